@@ -1,0 +1,39 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.fedqc-installed
+
+# Flower: no telemetry, no update checks, no runtime dependency installation.
+export FLWR_TELEMETRY_ENABLED := 0
+export FLWR_DISABLE_UPDATE_CHECK := 1
+export RAY_DEDUP_LOGS := 0
+
+DEMO_DATA := data/demo
+DEMO_RUN  := runs/demo
+
+.PHONY: install demo test cohort clean
+
+install: $(STAMP)
+
+# torch first, pinned to the CPU wheel: any looser torch spec pulls a multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+cohort: install
+	$(VENV)/bin/fedqc cohort --preset demo --out $(DEMO_DATA) --seed 0
+	$(VENV)/bin/fedqc validate $(DEMO_DATA)/manifest.csv
+
+demo: cohort
+	$(PY) -m fedqc.simulate --config configs/demo.yaml --out $(DEMO_RUN) --overwrite
+	$(VENV)/bin/fedqc infer --run $(DEMO_RUN)
+
+test: install
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) runs data

@@ -1,0 +1,196 @@
+"""Experiment configuration: one YAML file → validated, frozen dataclasses.
+
+Every problem (unknown key, wrong type, out-of-range value, missing manifest) is
+collected and raised together as :class:`ConfigError`, one line per problem naming the
+key. Relative paths are resolved against the config file's folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from fedqc.site import ModelSpec
+
+ARMS = ("clean", "dirty", "qc")
+ENGINES = ("flower", "inprocess")
+ORDERS = ("random", "fixed")
+
+
+class ConfigError(ValueError):
+    """An unusable config; ``problems`` holds one line per problem."""
+
+    def __init__(self, source: str | Path, problems: list[str]):
+        self.problems = problems
+        super().__init__(f"{source}: {len(problems)} problem(s):\n  " + "\n  ".join(problems))
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Travelling schedule; ``order`` is ``random``, ``fixed`` or an explicit site list."""
+
+    cycles: int = 30
+    warmup: int = 10
+    batch_size: int = 5
+    lr: float = 1e-4
+    lr_decay: float = 0.1  # lr × exp(-lr_decay · cycle)
+    order: str | tuple[str, ...] = "random"
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class QCConfig:
+    """Quality control of the ``qc`` arm (see :mod:`fedqc.qc`)."""
+
+    criterion: str = "reference"
+    granularity: str = "batch"
+    tolerance: float = 0.02
+    revisit: int = 2
+    alpha: float = 0.01
+    val_fraction: float = 1.0  # share of each site's val scans used for verification
+    audit: bool = False
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    name: str
+    manifest: Path
+    model: ModelSpec = ModelSpec()
+    train: TrainConfig = TrainConfig()
+    qc: QCConfig = QCConfig()
+    arms: tuple[str, ...] = ARMS
+    engine: str = "flower"
+    threads: int = 2
+    source: Path | None = field(default=None, compare=False)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d.pop("source")
+        d["manifest"] = str(self.manifest)
+        return _plain(d)
+
+
+def _plain(obj):
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def _check_type(value, tp, key: str, problems: list[str]):
+    """Coerce ``value`` to the annotated type ``tp`` or record a problem."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(tp):
+            trial: list[str] = []
+            out = _check_type(value, option, key, trial)
+            if not trial:
+                return out
+        problems.append(f"{key}: {value!r} has the wrong type")
+        return None
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            problems.append(f"{key}: expected a list, got {value!r}")
+            return None
+        inner = typing.get_args(tp)[0]
+        return tuple(_check_type(v, inner, f"{key}[{i}]", problems) for i, v in enumerate(value))
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if tp in (str, bool) and isinstance(value, tp):
+        return value
+    if tp is Path and isinstance(value, str):
+        return Path(value)
+    problems.append(f"{key}: expected {getattr(tp, '__name__', tp)}, got {value!r}")
+    return None
+
+
+def _build(cls, data, prefix: str, problems: list[str]):
+    if not isinstance(data, dict):
+        problems.append(f"{prefix or 'config'}: expected a mapping, got {data!r}")
+        return None
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if f.init and f.name != "source"}
+    for key in sorted(set(data) - names):
+        problems.append(f"{prefix}{key}: unknown key (allowed: {', '.join(sorted(names))})")
+    kwargs = {}
+    for name in names & set(data):
+        tp, value = hints[name], data[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, value, f"{prefix}{name}.", problems)
+        else:
+            kwargs[name] = _check_type(value, tp, prefix + name, problems)
+    missing = [f.name for f in dataclasses.fields(cls) if f.name in names and f.name not in data
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    problems += [f"{prefix}{m}: required key missing" for m in missing]
+    if any(v is None for v in kwargs.values()) or missing:
+        return None
+    return cls(**kwargs)
+
+
+def _check_ranges(cfg: ExperimentConfig, problems: list[str]) -> None:
+    t, q, m = cfg.train, cfg.qc, cfg.model
+    rules = [
+        (t.cycles >= 1, f"train.cycles: must be >= 1, got {t.cycles}"),
+        (0 <= t.warmup < t.cycles, f"train.warmup: must be in 0..cycles-1 ({t.cycles - 1}), got {t.warmup}"),
+        (t.batch_size >= 1, f"train.batch_size: must be >= 1, got {t.batch_size}"),
+        (t.lr > 0, f"train.lr: must be > 0, got {t.lr}"),
+        (t.lr_decay >= 0, f"train.lr_decay: must be >= 0, got {t.lr_decay}"),
+        (isinstance(t.order, tuple) or t.order in ORDERS, f"train.order: {t.order!r} is not one of {ORDERS} or a list of sites"),
+        (q.tolerance >= 0, f"qc.tolerance: must be >= 0, got {q.tolerance}"),
+        (q.revisit >= 1, f"qc.revisit: must be >= 1, got {q.revisit}"),
+        (0 < q.alpha < 1, f"qc.alpha: must be in (0, 1), got {q.alpha}"),
+        (0 < q.val_fraction <= 1, f"qc.val_fraction: must be in (0, 1], got {q.val_fraction}"),
+        (m.width > 0, f"model.width: must be > 0, got {m.width}"),
+        (len(m.input_shape) == 3 and min(m.input_shape) >= 8, f"model.input_shape: three sides >= 8, got {m.input_shape}"),
+        (cfg.engine in ENGINES, f"engine: {cfg.engine!r} is not one of {ENGINES}"),
+        (cfg.threads >= 1, f"threads: must be >= 1, got {cfg.threads}"),
+        (bool(cfg.arms) and set(cfg.arms) <= set(ARMS), f"arms: must be a non-empty subset of {ARMS}, got {list(cfg.arms)}"),
+        (cfg.manifest.is_file(), f"manifest: file not found: {cfg.manifest} (create it with `fedqc cohort`)"),
+    ]
+    problems += [msg for ok, msg in rules if not ok]
+    if cfg.qc is not None:
+        from fedqc.qc import CRITERIA, GRANULARITIES
+
+        if q.criterion not in CRITERIA:
+            problems.append(f"qc.criterion: {q.criterion!r} is not one of {tuple(CRITERIA)}")
+        if q.granularity not in GRANULARITIES:
+            problems.append(f"qc.granularity: {q.granularity!r} is not one of {GRANULARITIES}")
+
+
+def parse_config(data: dict, *, base: Path = Path("."), source: str | Path = "config") -> ExperimentConfig:
+    """Validate a config mapping; relative paths are taken from ``base``."""
+    problems: list[str] = []
+    if isinstance(data, dict) and isinstance(data.get("manifest"), str):
+        data = {**data, "manifest": str((base / data["manifest"]).resolve())}
+    cfg = _build(ExperimentConfig, data, "", problems)
+    if cfg is not None:
+        _check_ranges(cfg, problems)
+    if problems:
+        raise ConfigError(source, problems)
+    return dataclasses.replace(cfg, source=Path(source) if source != "config" else None)
+
+
+def load_config(path: str | Path, overrides: dict | None = None) -> ExperimentConfig:
+    """Read and validate a YAML experiment config; ``overrides`` are merged on top."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(path, [f"config file not found: {path}"])
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(path, [f"not valid YAML: {str(exc).splitlines()[0]}"]) from None
+    for dotted, value in (overrides or {}).items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return parse_config(data, base=path.parent, source=path)

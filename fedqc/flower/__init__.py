@@ -1,0 +1,1 @@
+"""Thin Flower adapters: messages in, :mod:`fedqc.site` logic, messages out."""

@@ -1,0 +1,109 @@
+"""ServerApp: drives :mod:`fedqc.travel` through ``grid.send_and_receive``, one hop at a time.
+
+Node ids are random per run, so the transport first fans out a ``query`` to every node
+and maps the site names they report to node ids.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from flwr.app import Context, Message, RecordDict
+from flwr.serverapp import Grid, ServerApp
+
+from fedqc.config import ExperimentConfig
+from fedqc.flower.codec import decode_eval_reply, decode_train_reply, state_to_record, to_config
+from fedqc.site import EvalResult, TrainResult
+from fedqc.state import State
+
+POLL_INTERVAL_S = 0.005  # the in-memory grid's default of 0.1 s dominates tiny sites
+
+
+class SiteError(RuntimeError):
+    """A site replied with an error or not at all."""
+
+
+class FlowerTransport:
+    """The :class:`fedqc.travel.Transport` over a Flower grid."""
+
+    def __init__(self, grid: Grid, cfg: ExperimentConfig, *, expected_nodes: int | None = None,
+                 wait_s: float = 120.0, timeout_s: float | None = None):
+        self.grid = grid
+        self.timeout_s = timeout_s
+        if hasattr(grid, "pull_interval"):
+            grid.pull_interval = POLL_INTERVAL_S
+        self.base = {"model.name": cfg.model.name, "model.width": cfg.model.width,
+                     "model.input_shape": list(cfg.model.input_shape), "threads": cfg.threads}
+        deadline = time.monotonic() + wait_s
+        nodes = list(grid.get_node_ids())
+        while expected_nodes and len(nodes) < expected_nodes and time.monotonic() < deadline:
+            time.sleep(0.2)
+            nodes = list(grid.get_node_ids())
+        replies = self._send([self._message("query", n, {}) for n in nodes])
+        self.node_of, self.info = {}, {}
+        for reply in replies:
+            name = str(reply.content["ids"]["site"])
+            self.node_of[name] = reply.metadata.src_node_id
+            self.info[name] = {k: int(v) for k, v in reply.content["metrics"].items()}
+
+    def _message(self, kind: str, node: int, request: dict, state: State | None = None) -> Message:
+        content = RecordDict({"config": to_config({**self.base, **request})})
+        if state is not None:
+            content["arrays"] = state_to_record(state)
+        return Message(content=content, dst_node_id=node, message_type=kind)
+
+    def _send(self, messages: list[Message]) -> list[Message]:
+        replies = list(self.grid.send_and_receive(messages, timeout=self.timeout_s))
+        if len(replies) < len(messages):
+            raise SiteError(f"{len(messages) - len(replies)} site(s) did not answer")
+        for r in replies:
+            if r.has_error():
+                raise SiteError(f"node {r.metadata.src_node_id} failed: {r.error.reason}")
+        return replies
+
+    def site_info(self) -> dict[str, dict[str, int]]:
+        return dict(self.info)
+
+    def train(self, site: str, state: State, request: dict) -> TrainResult:
+        (reply,) = self._send([self._message("train", self.node_of[site], request, state)])
+        return decode_train_reply(reply.content)
+
+    def evaluate(self, sites: list[str], state: State, request: dict) -> dict[str, EvalResult]:
+        replies = self._send([self._message("evaluate", self.node_of[s], request, state) for s in sites])
+        site_of = {v: k for k, v in self.node_of.items()}
+        return {site_of[r.metadata.src_node_id]: decode_eval_reply(r.content) for r in replies}
+
+
+def make_server_app(cfg: ExperimentConfig, out: Path, *, n_sites: int, resume: bool = False,
+                    quiet: bool = False) -> ServerApp:
+    """A ServerApp that runs the whole experiment ``cfg`` into ``out``."""
+    from fedqc.simulate import run_experiment
+
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        run_experiment(cfg, FlowerTransport(grid, cfg, expected_nodes=n_sites), out, resume=resume, quiet=quiet)
+
+    return app
+
+
+def _app_from_run_config() -> ServerApp:
+    """The ServerApp for ``flwr run .``: the run config names the experiment YAML and output."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        from fedqc.config import load_config
+        from fedqc.simulate import run_experiment
+
+        cfg = load_config(str(context.run_config["config"]))
+        out = Path(str(context.run_config.get("out", f"runs/{cfg.name}")))
+        run_experiment(cfg, FlowerTransport(grid, cfg, expected_nodes=int(context.run_config.get("nodes", 0))),
+                       out, resume=bool(context.run_config.get("resume", False)), quiet=True)
+
+    return app
+
+
+app = _app_from_run_config()

@@ -1,0 +1,39 @@
+"""SFCN encoder (Peng et al. 2021, as used by the reference method) and its classifier.
+
+Encoder: blocks of conv3×3×3 + BatchNorm + max-pool + ReLU with 32-64-128-256-256
+channels (× ``width``), then a 1×1×1 conv to 64 (× ``width``) + BatchNorm + ReLU,
+average pool, dropout 0.2, flatten. The number of pooling blocks adapts to the input:
+at most five, and never so many that the last map is smaller than 2 voxels on a side —
+at 32³ a fifth pool leaves 1³, where BatchNorm cannot train a batch of one scan (and QC
+trains single scans). Classifier: one linear layer to a single logit.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+CHANNELS = (32, 64, 128, 256, 256)
+
+
+def n_pool_blocks(input_shape: tuple[int, ...]) -> int:
+    """Pooling blocks such that the smallest side stays >= 2 voxels (max 5)."""
+    return max(1, min(len(CHANNELS), int(math.log2(min(input_shape))) - 1))
+
+
+class SFCNEncoder(nn.Sequential):
+    """SFCN feature extractor; ``out_features`` is the size of its flat output."""
+
+    def __init__(self, input_shape: tuple[int, int, int], width: float = 1.0, dropout: float = 0.2):
+        chans = [max(1, round(c * width)) for c in CHANNELS[: n_pool_blocks(input_shape)]]
+        layers: list[nn.Module] = []
+        c_in = 1
+        for c in chans:
+            layers += [nn.Conv3d(c_in, c, 3, padding=1), nn.BatchNorm3d(c), nn.MaxPool3d(2), nn.ReLU(inplace=True)]
+            c_in = c
+        self.out_features = max(1, round(64 * width))
+        layers += [nn.Conv3d(c_in, self.out_features, 1), nn.BatchNorm3d(self.out_features), nn.ReLU(inplace=True),
+                   nn.AdaptiveAvgPool3d(1), nn.Dropout(dropout), nn.Flatten()]
+        super().__init__(*layers)

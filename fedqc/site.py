@@ -1,0 +1,178 @@
+"""What one center does, in plain Python: train a visit (or a given subset) and evaluate.
+
+A :class:`Site` holds its own rows of the manifest and its own copy of the network; the
+travelling state (weights + optimizer, :mod:`fedqc.state`) comes in and goes out as
+arrays. Training is one local epoch over the chosen scans in a seeded order, batch size
+``batch_size`` or the number of scans if smaller, the last partial batch trained (the
+reference drops it; we do not). Evaluation returns confusion counts at threshold 0.5,
+loss and Brier sums with fixed keys, and per-scan scores.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from fedqc.data.dataset import ImageError, load_image
+from fedqc.models import build_model
+from fedqc.state import State, pack, unpack
+
+COUNT_KEYS = ("n", "tp", "fp", "tn", "fn", "loss_sum", "brier_sum")
+EVAL_BATCH = 16
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which network and at which input shape."""
+
+    name: str = "sfcn"
+    width: float = 0.5
+    input_shape: tuple[int, int, int] = (32, 32, 32)
+
+
+@dataclass
+class TrainResult:
+    state: State
+    n_scans: int
+    loss: float
+    seconds: float
+    subjects: list[str]
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass
+class EvalResult:
+    counts: dict[str, float]
+    scores: pd.DataFrame  # subject, site, label, score, sex, age
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+def batches(items: list, batch_size: int) -> list[list]:
+    """Consecutive chunks of ``min(batch_size, len(items))``; the last may be partial."""
+    size = max(1, min(batch_size, len(items)))
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def counts_from_scores(labels: np.ndarray, scores: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
+    """Confusion counts, BCE loss sum and Brier sum with fixed keys (zeros when empty)."""
+    labels = np.asarray(labels, dtype=float)
+    scores = np.clip(np.asarray(scores, dtype=float), 1e-7, 1 - 1e-7)
+    pred = scores >= threshold
+    pos = labels == 1
+    loss = -(labels * np.log(scores) + (1 - labels) * np.log(1 - scores))
+    return {"n": float(len(labels)), "tp": float(np.sum(pred & pos)), "fp": float(np.sum(pred & ~pos)),
+            "tn": float(np.sum(~pred & ~pos)), "fn": float(np.sum(~pred & pos)),
+            "loss_sum": float(loss.sum()), "brier_sum": float(((scores - labels) ** 2).sum())}
+
+
+class Site:
+    """One center: its manifest rows and a private copy of the network."""
+
+    def __init__(self, name: str, table: pd.DataFrame, *, model: ModelSpec = ModelSpec()):
+        self.name = name
+        self.table = table.set_index("subject", drop=False)
+        self.model = model
+        self.encoder, self.classifier = build_model(model.name, input_shape=model.input_shape, width=model.width)
+        self.optimizer = torch.optim.Adam(list(self.encoder.parameters()) + list(self.classifier.parameters()))
+        self.loss_fn = nn.BCEWithLogitsLoss()
+
+    def subjects(self, split: str, *, include_harmful: bool = True) -> list[str]:
+        rows = self.table[self.table["split"] == split]
+        if not include_harmful:
+            rows = rows[rows["harm"] == "none"]
+        return list(rows["subject"])
+
+    def info(self) -> dict[str, int]:
+        """Scan counts per split (and good training scans); no data, only counts."""
+        return {"train": len(self.subjects("train")), "train_good": len(self.subjects("train", include_harmful=False)),
+                "val": len(self.subjects("val")), "test": len(self.subjects("test"))}
+
+    def _images(self, subjects: list[str]) -> tuple[torch.Tensor, list[str], list[tuple[str, str]]]:
+        arrays, ok, skipped = [], [], []
+        for s in subjects:
+            try:
+                arrays.append(load_image(self.table.at[s, "path"], tuple(self.model.input_shape)))
+                ok.append(s)
+            except ImageError as exc:
+                skipped.append((s, str(exc)))
+        x = torch.from_numpy(np.stack(arrays)) if arrays else torch.empty(0)
+        return x, ok, skipped
+
+    def train(
+        self,
+        state: State,
+        *,
+        lr: float,
+        seed: int,
+        batch_size: int = 5,
+        subjects: list[str] | None = None,
+        include_harmful: bool = True,
+        exclude: frozenset[str] | set[str] = frozenset(),
+    ) -> TrainResult:
+        """One local epoch.
+
+        Parameters
+        ----------
+        state
+            Incoming weights and optimizer state.
+        lr
+            Learning rate for this visit.
+        seed
+            Seeds the scan order and dropout; the server derives it per hop.
+        subjects
+            Train exactly these scans in this order (QC retraining); otherwise all of the
+            site's training scans (minus ``exclude``, and minus harmful ones unless
+            ``include_harmful``) in a seeded random order.
+        """
+        t0 = time.perf_counter()
+        if subjects is None:
+            pool = [s for s in self.subjects("train", include_harmful=include_harmful) if s not in exclude]
+            subjects = [pool[i] for i in np.random.default_rng(seed).permutation(len(pool))]
+        unknown = [s for s in subjects if s not in self.table.index]
+        if unknown:
+            raise KeyError(f"site {self.name}: unknown subject(s) {unknown[:5]}")
+        unpack(state, self.encoder, self.classifier, self.optimizer)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        torch.manual_seed(seed)
+        self.encoder.train()
+        self.classifier.train()
+        total, n_done, done, skipped = 0.0, 0, [], []
+        for chunk in batches(subjects, batch_size):
+            x, ok, bad = self._images(chunk)
+            skipped += bad
+            if not ok:
+                continue
+            y = torch.tensor(self.table.loc[ok, "label"].to_numpy(dtype=np.float32))
+            self.optimizer.zero_grad(set_to_none=True)
+            loss = self.loss_fn(self.classifier(self.encoder(x)).squeeze(1), y)
+            loss.backward()
+            self.optimizer.step()
+            total += loss.item() * len(ok)
+            n_done += len(ok)
+            done += ok
+        return TrainResult(pack(self.encoder, self.classifier, self.optimizer), n_done,
+                           total / n_done if n_done else float("nan"), time.perf_counter() - t0, done, skipped)
+
+    @torch.no_grad()
+    def evaluate(self, state: State, *, split: str, exclude: frozenset[str] | set[str] = frozenset()) -> EvalResult:
+        """Scores, counts and loss sums of ``state`` on this site's ``split`` scans."""
+        unpack(state, self.encoder, self.classifier, None)
+        self.encoder.eval()
+        self.classifier.eval()
+        subjects = [s for s in self.subjects(split) if s not in exclude]
+        scores, done, skipped = [], [], []
+        for chunk in batches(subjects, EVAL_BATCH):
+            x, ok, bad = self._images(chunk)
+            skipped += bad
+            if ok:
+                scores.append(torch.sigmoid(self.classifier(self.encoder(x)).squeeze(1)).double().numpy())
+                done += ok
+        rows = self.table.loc[done, ["subject", "site", "label", "sex", "age"]].reset_index(drop=True)
+        rows.insert(3, "score", np.concatenate(scores) if scores else np.zeros(0))
+        return EvalResult(counts_from_scores(rows["label"].to_numpy(), rows["score"].to_numpy()), rows, skipped)

@@ -1,0 +1,39 @@
+"""The in-process transport: the travelling strategy calls each site's logic directly.
+
+Used for tests and quick runs; Flower's engines (:mod:`fedqc.flower`) carry the same
+requests as messages to the same :class:`~fedqc.site.Site` logic.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from fedqc.site import EvalResult, ModelSpec, Site, TrainResult
+from fedqc.state import State
+
+
+def train_request(site: Site, state: State, request: dict) -> TrainResult:
+    """Apply a train request (the fields the strategy sends) to a site."""
+    return site.train(state, lr=request["lr"], seed=request["seed"], batch_size=request["batch_size"],
+                      subjects=request.get("subjects"), include_harmful=request.get("include_harmful", True),
+                      exclude=frozenset(request.get("exclude", ())))
+
+
+def evaluate_request(site: Site, state: State, request: dict) -> EvalResult:
+    return site.evaluate(state, split=request["split"], exclude=frozenset(request.get("exclude", ())))
+
+
+class InProcessTransport:
+    """All sites in this process, built from one manifest table."""
+
+    def __init__(self, manifest: pd.DataFrame, model: ModelSpec):
+        self.sites = {name: Site(name, rows, model=model) for name, rows in manifest.groupby("site", sort=True)}
+
+    def site_info(self) -> dict[str, dict[str, int]]:
+        return {name: site.info() for name, site in self.sites.items()}
+
+    def train(self, site: str, state: State, request: dict) -> TrainResult:
+        return train_request(self.sites[site], state, request)
+
+    def evaluate(self, sites: list[str], state: State, request: dict) -> dict[str, EvalResult]:
+        return {s: evaluate_request(self.sites[s], state, request) for s in sites}
