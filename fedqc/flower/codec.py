@@ -15,7 +15,7 @@ from fedqc.state import State
 
 
 def state_to_record(state: State) -> ArrayRecord:
-    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in state.items()})
+    return ArrayRecord({k: Array(np.require(v, requirements="C")) for k, v in state.items()})
 
 
 def record_to_state(record: ArrayRecord) -> State:

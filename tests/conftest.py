@@ -1,0 +1,49 @@
+"""Shared fixtures: a tiny synthetic cohort (16³, 3 good sites + harm) and its config."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from fedqc.config import parse_config
+from fedqc.data.cohort import SiteSpec, generate_cohort
+
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
+torch.set_num_threads(2)
+
+TINY_SITES = [
+    SiteSpec("alpha", "scannerA", 12, 6, 5, 4, 2, 2, 4, 2, 2),
+    SiteSpec("beta", "scannerB", 6, 3, 2, 2, 1, 1, 3, 1, 1),
+    SiteSpec("gamma", "scannerC", 1, 1, 0, 1, 0, 1, 2, 1, 1),
+]
+TINY_HARM = {"sites": [{"kind": "inverted", "train": 4, "val": 1}],
+             "scans": [{"kind": "noise", "site": "alpha"}, {"kind": "mislabeled", "site": "beta"}]}
+
+
+@pytest.fixture(scope="session")
+def tiny_cohort(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tiny")
+    generate_cohort(out, size=16, seed=3, sites=TINY_SITES, harm=TINY_HARM)
+    return out
+
+
+def tiny_config(manifest, **overrides):
+    data = {"name": "tiny", "manifest": str(manifest), "engine": "inprocess", "threads": 2,
+            "model": {"name": "sfcn", "width": 0.25, "input_shape": [16, 16, 16]},
+            "train": {"cycles": 3, "warmup": 0, "batch_size": 5, "lr": 1e-3, "seed": 1},
+            "arms": ["clean", "dirty"]}
+    for key, value in overrides.items():
+        node = data
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return parse_config(data)
+
+
+@pytest.fixture
+def tiny_cfg(tiny_cohort):
+    return tiny_config(tiny_cohort / "manifest.csv")
