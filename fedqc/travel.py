@@ -15,6 +15,7 @@ quality control of :mod:`fedqc.qc`.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import zlib
 from dataclasses import dataclass
@@ -174,6 +175,7 @@ def run_arm(
         if on_cycle_end:
             on_cycle_end(cycle)
         atomic_torch_save({**split_parts(state), "cycle": cycle, "order": order, "arm": arm.name,
+                           "model": dataclasses.asdict(cfg.model),
                            "seed": cfg.train.seed, "rng": {"order": [cfg.train.seed, cycle],
                                                            "torch": torch.get_rng_state()}},
                           checkpoint_path(arm_dir, cycle))

@@ -1,0 +1,144 @@
+"""Travelling strategy: order, batching, optimizer travel, lr, determinism, resume, Flower parity."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fedqc.data.manifest import load_manifest
+from fedqc.simulate import run_experiment, simulate
+from fedqc.site import batches
+from fedqc.state import same
+from fedqc.transport import InProcessTransport
+from fedqc.travel import (arms_for, checkpoint_path, hop_seed, initial_state, learning_rate, load_checkpoint,
+                          run_arm, site_order)
+
+
+@pytest.fixture
+def transport(tiny_cfg):
+    return InProcessTransport(load_manifest(tiny_cfg.manifest), tiny_cfg.model)
+
+
+def test_order_policies():
+    sites = ["a", "b", "c", "d", "e", "f"]
+    orders = [site_order("random", sites, seed=0, cycle=c) for c in range(4)]
+    assert all(sorted(o) == sites for o in orders)
+    assert len({tuple(o) for o in orders}) > 1  # reshuffled every cycle
+    assert orders[2] == site_order("random", sites, seed=0, cycle=2)  # seeded
+    assert site_order("fixed", sites[::-1], seed=0, cycle=3) == sites
+    assert site_order(("c", "a"), sites, seed=0, cycle=0) == ["c", "a"]
+    with pytest.raises(ValueError, match="without training data"):
+        site_order(("zz",), sites, seed=0, cycle=0)
+
+
+@pytest.mark.parametrize("n,sizes", [(1, [1]), (4, [4]), (5, [5]), (6, [5, 1]), (11, [5, 5, 1])])
+def test_batch_size_rule_keeps_last_partial_batch(n, sizes):
+    assert [len(b) for b in batches(list(range(n)), 5)] == sizes
+
+
+def test_tiny_site_trains_every_scan(transport, tiny_cfg):
+    state = initial_state(tiny_cfg)
+    res = transport.train("gamma", state, {"lr": 1e-3, "seed": 1, "batch_size": 5})
+    assert res.n_scans == 1 and len(res.subjects) == 1
+    res = transport.train("alpha", state, {"lr": 1e-3, "seed": 1, "batch_size": 5, "include_harmful": True})
+    assert res.n_scans == 13  # 12 good + 1 harmful scan, batches 5, 5, 3
+
+
+def test_optimizer_state_travels(transport, tiny_cfg):
+    state = initial_state(tiny_cfg)
+    assert not any(k.startswith("optim.") for k in state)
+    a = transport.train("alpha", state, {"lr": 1e-3, "seed": 1, "batch_size": 5, "include_harmful": False})
+    assert float(a.state["optim.0.step"]) == 3  # 12 scans -> 3 batches
+    b = transport.train("beta", a.state, {"lr": 1e-3, "seed": 2, "batch_size": 5, "include_harmful": False})
+    assert float(b.state["optim.0.step"]) == 5  # Adam continued at the next site: 3 + 2 batches
+    assert not np.array_equal(a.state["optim.0.exp_avg"], b.state["optim.0.exp_avg"])
+
+
+def test_learning_rate_schedule(transport, tiny_cfg):
+    assert learning_rate(1e-4, 0.1, 0) == 1e-4
+    assert math.isclose(learning_rate(1e-4, 0.1, 10), 1e-4 * math.exp(-1.0))
+    transport.train("beta", initial_state(tiny_cfg), {"lr": 0.0123, "seed": 1, "batch_size": 5})
+    assert transport.sites["beta"].optimizer.param_groups[0]["lr"] == 0.0123
+
+
+def test_hop_seed_depends_on_cycle_and_site():
+    assert hop_seed(0, 1, "a") == hop_seed(0, 1, "a")
+    assert len({hop_seed(0, c, s) for c in range(3) for s in "ab"}) == 6
+
+
+def _final(out: Path, arm: str, cycle: int):
+    return load_checkpoint(checkpoint_path(out / arm, cycle))["state"]
+
+
+def test_deterministic_runs(transport, tiny_cfg, tmp_path):
+    for name in ("one", "two"):
+        run_experiment(tiny_cfg, transport, tmp_path / name, quiet=True)
+    for arm in ("clean", "dirty"):
+        assert same(_final(tmp_path / "one", arm, 2), _final(tmp_path / "two", arm, 2))
+    log = pd.read_csv(tmp_path / "one" / "clean" / "train_log.csv")
+    assert list(log.columns) == ["cycle", "hop", "site", "n_scans", "loss", "seconds"]
+    assert len(log) == 3 * 3
+    preds = pd.read_csv(tmp_path / "one" / "clean" / "predictions" / "cycle_002.csv")
+    assert list(preds.columns) == ["subject", "site", "label", "score", "sex", "age"]
+    assert len(preds) == 4 + 3 + 2  # every test scan
+    assert sorted(p.name for p in (tmp_path / "one" / "dirty" / "checkpoints").iterdir()) == \
+        ["cycle_001.pt", "cycle_002.pt"]  # dirty starts from clean's cycle W = 0
+
+
+class Interrupt(Exception):
+    pass
+
+
+@pytest.mark.parametrize("where", ["mid_cycle", "before_checkpoint"])
+def test_resume_is_bit_identical(where, transport, tiny_cfg, tmp_path):
+    arm = arms_for(tiny_cfg)[0]
+    full = run_arm(arm, transport, tiny_cfg, tmp_path / "full")
+
+    def progress(row):
+        if where == "mid_cycle" and row["cycle"] == 1 and row["hop"] == 1:
+            raise Interrupt
+
+    def cycle_end(cycle):
+        if where == "before_checkpoint" and cycle == 1:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        run_arm(arm, transport, tiny_cfg, tmp_path / "cut", progress=progress, on_cycle_end=cycle_end)
+    assert not checkpoint_path(tmp_path / "cut" / "clean", 1).exists()
+    resumed = run_arm(arm, transport, tiny_cfg, tmp_path / "cut", resume=True)
+    assert same(full, resumed)
+    a = pd.read_csv(tmp_path / "full" / "clean" / "train_log.csv").drop(columns="seconds")
+    b = pd.read_csv(tmp_path / "cut" / "clean" / "train_log.csv").drop(columns="seconds")
+    pd.testing.assert_frame_equal(a, b)
+
+
+def test_existing_run_dir_is_not_overwritten(tiny_cfg, tmp_path):
+    from fedqc.simulate import RunDirError
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "x").write_text("keep")
+    with pytest.raises(RunDirError, match="--resume"):
+        simulate(tiny_cfg, tmp_path / "run", quiet=True)
+    assert (tmp_path / "run" / "x").read_text() == "keep"
+
+
+@pytest.mark.flower
+@pytest.mark.slow
+def test_flower_simulation_matches_inprocess(tiny_cohort, tmp_path):
+    from tests.conftest import tiny_config
+
+    cfg = tiny_config(tiny_cohort / "manifest.csv", **{"train.cycles": 2})
+    simulate(cfg, tmp_path / "inproc", quiet=True)
+    flower_cfg = tiny_config(tiny_cohort / "manifest.csv", **{"train.cycles": 2, "engine": "flower"})
+    simulate(flower_cfg, tmp_path / "flower", quiet=True)
+    for arm, cycle in (("clean", 1), ("dirty", 1)):
+        assert same(_final(tmp_path / "inproc", arm, cycle), _final(tmp_path / "flower", arm, cycle))
+        a = pd.read_csv(tmp_path / "inproc" / arm / "predictions" / f"cycle_{cycle:03d}.csv")
+        b = pd.read_csv(tmp_path / "flower" / arm / "predictions" / f"cycle_{cycle:03d}.csv")
+        pd.testing.assert_frame_equal(a.sort_values("subject").reset_index(drop=True),
+                                      b.sort_values("subject").reset_index(drop=True))
+    assert (tmp_path / "flower" / "config.yaml").is_file()
