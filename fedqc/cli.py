@@ -126,6 +126,49 @@ def simulate_cmd(config: Path = SIM_OPTS["config"], out_dir: Optional[Path] = SI
     _simulate(config, out_dir, resume, overwrite, quiet, engine)
 
 
+@app.command()
+@friendly
+def infer(run: Optional[Path] = typer.Option(None, "--run", help="Run folder from `fedqc simulate`."),
+          checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="One checkpoint (with --manifest)."),
+          manifest: Optional[Path] = typer.Option(None, "--manifest", help="Manifest to score --checkpoint on."),
+          out_file: Optional[Path] = typer.Option(None, "--out", help="With --checkpoint: metrics CSV to write."),
+          recompute: bool = typer.Option(False, "--recompute", help="Rescore every cycle from its checkpoint."),
+          age_bins: str = typer.Option("60,70", "--age-bins", help="Age bin edges, comma separated."),
+          n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap resamples for the 95% CIs."),
+          seed: int = typer.Option(0, help="Bootstrap seed."),
+          debug: bool = DEBUG):
+    """Per-cycle test metrics overall and by sex and age group, fairness gaps, plots, report."""
+    from fedqc.infer import infer_run, predict_checkpoint
+    from fedqc.metrics import group_metrics
+
+    try:
+        edges = tuple(sorted(float(x) for x in age_bins.split(",")))
+    except ValueError:
+        raise ValueError(f"--age-bins must be numbers separated by commas, got {age_bins!r}") from None
+    if (run is None) == (checkpoint is None):
+        raise ValueError("give either --run DIR or --checkpoint FILE --manifest CSV")
+    if run is not None:
+        metrics = infer_run(run, recompute=recompute, age_edges=edges, n_boot=n_boot, seed=seed)
+        final = metrics[metrics["group"] == "all"].groupby("arm", sort=False).tail(1)
+        for r in final.itertuples():
+            out.print(f"{r.arm:6s} cycle {r.cycle:3d}  AUROC {r.auroc:.3f} [{r.auroc_lo:.3f}, {r.auroc_hi:.3f}]  "
+                      f"accuracy {r.accuracy:.3f}")
+        out.print(f"wrote {run / 'metrics.csv'}, {run / 'fairness.csv'}, {run / 'plots'}/, {run / 'report.md'}")
+        return
+    from fedqc.data.manifest import load_manifest
+
+    if manifest is None:
+        raise ValueError("--checkpoint needs --manifest")
+    if not checkpoint.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
+    metrics = group_metrics(predict_checkpoint(checkpoint, load_manifest(manifest)), age_edges=edges,
+                            n_boot=n_boot, seed=seed)
+    target = out_file or checkpoint.with_suffix(".metrics.csv")
+    metrics.to_csv(target, index=False)
+    out.print(metrics[["group", "n", "n_pos", "accuracy", "auroc", "sensitivity", "specificity"]].to_string(index=False))
+    out.print(f"wrote {target}")
+
+
 def simulate_main() -> None:
     """Entry point of ``python -m fedqc.simulate``."""
     typer.run(simulate_cmd)

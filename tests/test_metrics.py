@@ -1,0 +1,90 @@
+"""Metrics against scikit-learn, edge cases, bootstrap determinism, `fedqc infer` outputs."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score, roc_auc_score
+
+from fedqc.metrics import age_group, binary_metrics, bootstrap_ci, group_metrics
+
+
+def test_matches_sklearn():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 60)
+    s = np.clip(y * 0.3 + rng.uniform(0, 0.7, 60), 0, 1)
+    m = binary_metrics(y, s)
+    pred = s >= 0.5
+    assert math.isclose(m["accuracy"], accuracy_score(y, pred))
+    assert math.isclose(m["sensitivity"], recall_score(y, pred))
+    assert math.isclose(m["specificity"], recall_score(1 - y, ~pred))
+    assert math.isclose(m["precision"], precision_score(y, pred))
+    assert math.isclose(m["f1"], f1_score(y, pred))
+    assert math.isclose(m["auroc"], roc_auc_score(y, s))
+    assert m["n"] == 60 and m["n_pos"] == y.sum() and m["note"] == ""
+
+
+def test_edge_cases():
+    one_class = binary_metrics([1, 1, 1], [0.9, 0.2, 0.7])
+    assert math.isnan(one_class["auroc"]) and math.isnan(one_class["specificity"])
+    assert "one class" in one_class["note"] and math.isclose(one_class["sensitivity"], 2 / 3)
+    empty = binary_metrics([], [])
+    assert empty["n"] == 0 and math.isnan(empty["auroc"]) and empty["note"] == "empty group"
+    right = binary_metrics([0, 1, 0, 1], [0.1, 0.9, 0.2, 0.8])
+    assert right["accuracy"] == 1 and right["auroc"] == 1 and right["f1"] == 1
+    wrong = binary_metrics([0, 1, 0, 1], [0.9, 0.1, 0.8, 0.2])
+    assert wrong["accuracy"] == 0 and wrong["auroc"] == 0 and wrong["f1"] == 0
+    none_pos = binary_metrics([0, 1], [0.1, 0.2])
+    assert math.isnan(none_pos["precision"]) and "no positive predictions" in none_pos["note"]
+
+
+def test_bootstrap_is_seeded_and_brackets_the_estimate():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 80)
+    s = np.clip(y * 0.4 + rng.uniform(0, 0.6, 80), 0, 1)
+    a = bootstrap_ci(y, s, "auroc", seed=3)
+    assert a == bootstrap_ci(y, s, "auroc", seed=3) and a != bootstrap_ci(y, s, "auroc", seed=4)
+    assert a[0] < roc_auc_score(y, s) < a[1]
+    # the vectorised AUROC equals scikit-learn's on each resample, ties included
+    ties = np.round(s, 1)
+    lo, hi = bootstrap_ci(y, ties, "auroc", n_boot=1, seed=0, level=0.0)
+    idx = np.random.default_rng(0).integers(0, 80, (1, 80))[0]
+    assert math.isclose(lo, roc_auc_score(y[idx], ties[idx]))
+    assert all(math.isnan(v) for v in bootstrap_ci([1, 1], [0.2, 0.3], "auroc"))
+
+
+def test_groups_and_age_bins():
+    assert list(age_group(pd.Series([59.9, 60, 69.9, 70, 85]))) == ["<60", "60-70", "60-70", ">=70", ">=70"]
+    preds = pd.DataFrame({"label": [0, 1, 0, 1, 1], "score": [0.2, 0.8, 0.6, 0.4, 0.9],
+                          "sex": ["F", "F", "M", "M", "M"], "age": [55, 65, 75, 58, 80]})
+    g = group_metrics(preds, n_boot=50).set_index("group")
+    assert list(g.index) == ["all", "sex=F", "sex=M", "age=<60", "age=60-70", "age=>=70"]
+    assert g.loc["age=60-70", "n"] == 1 and math.isnan(g.loc["age=60-70", "auroc"])
+    assert g.loc["all", "n"] == 5
+
+
+@pytest.mark.slow
+def test_infer_on_finished_run(tiny_cfg, tmp_path):
+    from fedqc.infer import infer_run, predict_checkpoint
+    from fedqc.simulate import simulate
+
+    run = tmp_path / "run"
+    simulate(tiny_cfg, run, quiet=True)
+    metrics = infer_run(run, n_boot=50)
+    for name in ("metrics.csv", "fairness.csv", "report.md", "plots/metrics_by_arm.png", "plots/subgroups_clean.png"):
+        assert (run / name).is_file(), name
+    assert set(metrics["arm"]) == {"clean", "dirty"}
+    assert {"auroc_lo", "auroc_hi", "accuracy_lo", "accuracy_hi", "note", "balanced_accuracy"} <= set(metrics.columns)
+    # recomputing from the checkpoint reproduces the saved predictions
+    from fedqc.data.manifest import load_manifest
+
+    saved = pd.read_csv(run / "clean" / "predictions" / "cycle_002.csv").sort_values("subject", ignore_index=True)
+    again = predict_checkpoint(run / "clean" / "checkpoints" / "cycle_002.pt", load_manifest(tiny_cfg.manifest))
+    again = again.sort_values("subject", ignore_index=True)
+    np.testing.assert_allclose(saved["score"], again["score"], rtol=1e-6)
+    (run / "clean" / "predictions" / "cycle_001.csv").unlink()
+    recomputed = infer_run(run, n_boot=50)
+    pd.testing.assert_frame_equal(metrics, recomputed)
