@@ -149,10 +149,10 @@ def infer(run: Optional[Path] = typer.Option(None, "--run", help="Run folder fro
         raise ValueError("give either --run DIR or --checkpoint FILE --manifest CSV")
     if run is not None:
         metrics = infer_run(run, recompute=recompute, age_edges=edges, n_boot=n_boot, seed=seed)
-        final = metrics[metrics["group"] == "all"].groupby("arm", sort=False).tail(1)
-        for r in final.itertuples():
-            out.print(f"{r.arm:6s} cycle {r.cycle:3d}  AUROC {r.auroc:.3f} [{r.auroc_lo:.3f}, {r.auroc_hi:.3f}]  "
-                      f"accuracy {r.accuracy:.3f}")
+        overall = metrics[metrics["group"] == "all"].groupby("arm", sort=False)
+        for (arm, df), r in zip(overall, overall.tail(1).itertuples()):
+            out.print(f"{arm:6s} cycle {r.cycle:3d}  AUROC {r.auroc:.3f} [{r.auroc_lo:.3f}, {r.auroc_hi:.3f}]  "
+                      f"accuracy {r.accuracy:.3f}  mean AUROC of last 3 cycles {df['auroc'].tail(3).mean():.3f}")
         out.print(f"wrote {run / 'metrics.csv'}, {run / 'fairness.csv'}, {run / 'plots'}/, {run / 'report.md'}")
         return
     from fedqc.data.manifest import load_manifest
