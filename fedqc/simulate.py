@@ -75,12 +75,7 @@ def run_experiment(cfg: ExperimentConfig, transport: Transport, out: Path, *, re
                                                          f"{row['site']:>16s} loss {row['loss']:.3f}")
 
             t0 = time.perf_counter()
-            visit = end = None
-            if arm.name == "qc":
-                from fedqc.qc import qc_arm_visit
-
-                visit, end = qc_arm_visit(transport, cfg, arm, out)
-            run_arm(arm, transport, cfg, out, visit=visit, resume=resume, progress=progress, on_cycle_end=end)
+            run_arm(arm, transport, cfg, out, resume=resume, progress=progress)
             seconds[arm.name] = time.perf_counter() - t0
     for name, s in seconds.items():
         console.print(f"[bold]{name}[/]: {s:.1f} s")

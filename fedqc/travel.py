@@ -8,9 +8,9 @@ log rows, and last the checkpoint (encoder, classifier, optimizer, RNG state, cy
 site order). Every random choice inside a cycle is derived from ``(seed, cycle, site)``,
 so ``resume`` from the last checkpoint ends bit-identical to an uninterrupted run.
 
-Arms: ``clean`` trains good data for cycles 0..C-1; ``dirty`` and ``qc`` start from the
-clean checkpoint of cycle W and train all data for cycles W+1..C-1, ``qc`` through the
-quality control of :mod:`fedqc.qc`.
+Arms: ``clean`` trains good data for cycles 0..C-1; ``dirty`` starts from the clean
+checkpoint of cycle W and trains all data for cycles W+1..C-1. The seam for a QC arm is
+``run_arm``'s ``visit`` (how one hop trains) and ``on_cycle_end`` hooks.
 """
 
 from __future__ import annotations
@@ -89,9 +89,8 @@ class Arm:
 
 def arms_for(cfg: ExperimentConfig) -> list[Arm]:
     w = cfg.train.warmup
-    table = {"clean": Arm("clean", False, 0), "dirty": Arm("dirty", True, w + 1, "clean"),
-             "qc": Arm("qc", True, w + 1, "clean")}
-    return [table[a] for a in ("clean", "dirty", "qc") if a in cfg.arms]
+    table = {"clean": Arm("clean", False, 0), "dirty": Arm("dirty", True, w + 1, "clean")}
+    return [table[a] for a in ("clean", "dirty") if a in cfg.arms]
 
 
 def checkpoint_path(arm_dir: Path, cycle: int) -> Path:

@@ -1,4 +1,0 @@
-"""Quality control (filled in by the QC issue)."""
-
-CRITERIA = {"reference": None}
-GRANULARITIES = ("batch", "hierarchical")
