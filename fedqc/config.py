@@ -18,7 +18,8 @@ import yaml
 from fedqc.site import ModelSpec
 
 ARMS = ("clean", "dirty", "qc")
-IMPLEMENTED_ARMS = ("clean", "dirty")
+CRITERIA = ("reference", "loss", "calibrated")
+GRANULARITIES = ("batch", "hierarchical")
 ENGINES = ("flower", "inprocess")
 ORDERS = ("random", "fixed")
 
@@ -45,15 +46,46 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class QCConfig:
+    """Verification-based QC (:mod:`fedqc.qc`); arms ``qc`` and ``qc-<criterion>-<granularity>``."""
+
+    criterion: str = "calibrated"
+    granularity: str = "hierarchical"
+    tolerance: float = 0.02  # reference criterion: allowed rate rise per trained scan
+    z: float = 2.0  # paired criteria: one-sided z of the mean per-scan loss increase
+    revisit_after: int = 2  # R: a flagged scan is retried at cycle c + R
+    verify_fraction: float = 1.0  # share of each site's val scans in the verification set (seeded)
+    leave_site_out: bool = True  # a site's own val scans never judge its own updates
+    untrusted_fraction: float = 0.5  # a site with this share of its training scans eliminated
+    #                                  loses its val scans from the verification set
+
+
+def qc_variant(arm: str) -> tuple[str, str] | None:
+    """``qc-<criterion>-<granularity>`` → (criterion, granularity); None for other names."""
+    parts = arm.split("-")
+    if len(parts) == 3 and parts[0] == "qc" and parts[1] in CRITERIA and parts[2] in GRANULARITIES:
+        return parts[1], parts[2]
+    return None
+
+
+@dataclass(frozen=True)
 class ExperimentConfig:
     name: str
     manifest: Path
     model: ModelSpec = ModelSpec()
     train: TrainConfig = TrainConfig()
-    arms: tuple[str, ...] = IMPLEMENTED_ARMS
+    qc: QCConfig = QCConfig()
+    arms: tuple[str, ...] = ARMS
     engine: str = "flower"
     threads: int = 2
     source: Path | None = field(default=None, compare=False)
+
+    def qc_for(self, arm: str) -> QCConfig:
+        """The QC settings of arm ``qc`` or of a ``qc-<criterion>-<granularity>`` variant."""
+        variant = qc_variant(arm)
+        if variant is None:
+            return self.qc
+        return dataclasses.replace(self.qc, criterion=variant[0], granularity=variant[1])
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -123,7 +155,7 @@ def _build(cls, data, prefix: str, problems: list[str]):
 
 
 def _check_ranges(cfg: ExperimentConfig, problems: list[str]) -> None:
-    t, m = cfg.train, cfg.model
+    t, m, q = cfg.train, cfg.model, cfg.qc
     rules = [
         (t.cycles >= 1, f"train.cycles: must be >= 1, got {t.cycles}"),
         (0 <= t.warmup < t.cycles, f"train.warmup: must be in 0..cycles-1 ({t.cycles - 1}), got {t.warmup}"),
@@ -135,12 +167,19 @@ def _check_ranges(cfg: ExperimentConfig, problems: list[str]) -> None:
         (len(m.input_shape) == 3 and min(m.input_shape) >= 8, f"model.input_shape: three sides >= 8, got {m.input_shape}"),
         (cfg.engine in ENGINES, f"engine: {cfg.engine!r} is not one of {ENGINES}"),
         (cfg.threads >= 1, f"threads: must be >= 1, got {cfg.threads}"),
-        (bool(cfg.arms) and set(cfg.arms) <= set(ARMS), f"arms: must be a non-empty subset of {ARMS}, got {list(cfg.arms)}"),
+        (bool(cfg.arms) and all(a in ARMS or qc_variant(a) for a in cfg.arms),
+         f"arms: each of {ARMS} or qc-<{'|'.join(CRITERIA)}>-<{'|'.join(GRANULARITIES)}>, got {list(cfg.arms)}"),
+        (len(set(cfg.arms)) == len(cfg.arms), f"arms: listed twice: {list(cfg.arms)}"),
+        (q.criterion in CRITERIA, f"qc.criterion: {q.criterion!r} is not one of {CRITERIA}"),
+        (q.granularity in GRANULARITIES, f"qc.granularity: {q.granularity!r} is not one of {GRANULARITIES}"),
+        (q.tolerance >= 0, f"qc.tolerance: must be >= 0, got {q.tolerance}"),
+        (q.z >= 0, f"qc.z: must be >= 0, got {q.z}"),
+        (q.revisit_after >= 1, f"qc.revisit_after: must be >= 1, got {q.revisit_after}"),
+        (0 < q.verify_fraction <= 1, f"qc.verify_fraction: must be in (0, 1], got {q.verify_fraction}"),
+        (0 < q.untrusted_fraction <= 1, f"qc.untrusted_fraction: must be in (0, 1], got {q.untrusted_fraction}"),
         (cfg.manifest.is_file(), f"manifest: file not found: {cfg.manifest} (create it with `fedqc cohort`)"),
     ]
     problems += [msg for ok, msg in rules if not ok]
-    if "qc" in cfg.arms:
-        problems.append("arms: the qc arm is not implemented yet in this version of fedqc; use clean and dirty")
 
 
 def parse_config(data: dict, *, base: Path = Path("."), source: str | Path = "config") -> ExperimentConfig:

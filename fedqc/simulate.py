@@ -8,6 +8,7 @@ weights for the same seed.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -21,8 +22,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from fedqc.config import ExperimentConfig
-from fedqc.data.manifest import load_manifest
-from fedqc.io import atomic_write_text
+from fedqc.data.manifest import ManifestError, load_manifest
+from fedqc.detection import score_detection
+from fedqc.io import atomic_write_csv, atomic_write_text
+from fedqc.qc_arm import QCRunner
 from fedqc.travel import Arm, Transport, arms_for, run_arm
 
 FLOWER_ENV = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1", "RAY_USAGE_STATS_ENABLED": "0",
@@ -75,11 +78,35 @@ def run_experiment(cfg: ExperimentConfig, transport: Transport, out: Path, *, re
                                                          f"{row['site']:>16s} loss {row['loss']:.3f}")
 
             t0 = time.perf_counter()
-            run_arm(arm, transport, cfg, out, resume=resume, progress=progress)
+            hooks = QCRunner(transport, cfg, arm, out) if arm.qc else None
+            run_arm(arm, transport, cfg, out, hooks=hooks, resume=resume, progress=progress)
             seconds[arm.name] = time.perf_counter() - t0
+            if hooks:
+                summary = finish_qc(hooks, cfg, seconds[arm.name])
+                console.print(f"[bold]{arm.name}[/] ({summary['criterion']}, {summary['granularity']}): "
+                              f"{summary['verifications']} verifications in {summary['verify_seconds']:.1f} s; "
+                              f"{summary['eliminated']} scans eliminated, {summary['pending']} pending revisit")
     for name, s in seconds.items():
         console.print(f"[bold]{name}[/]: {s:.1f} s")
     return seconds
+
+
+def finish_qc(runner: QCRunner, cfg: ExperimentConfig, seconds: float) -> dict:
+    """Write a QC arm's ``qc_summary.json`` and, when the manifest has ground truth, ``detection.csv``."""
+    qc = runner.qc
+    summary = {"arm": runner.arm.name, "criterion": qc.criterion, "granularity": qc.granularity,
+               "verify_fraction": qc.verify_fraction, "verifications": runner.verifications,
+               "verify_seconds": round(runner.verify_seconds, 3), "arm_seconds": round(seconds, 3),
+               "eliminated": len(runner.policy.eliminated), "pending": len(runner.policy.flagged)}
+    atomic_write_text(json.dumps(summary, indent=2), runner.dir / "qc_summary.json")
+    try:
+        manifest = load_manifest(cfg.manifest, check_images=False)
+    except (OSError, ManifestError):
+        return summary  # a deployment server may not hold the sites' ground truth
+    if "harm" in manifest.columns:
+        atomic_write_csv(score_detection(manifest, runner.eliminated_table(), runner.flagged_table()),
+                         runner.dir / "detection.csv")
+    return summary
 
 
 def run_simulation_engine(cfg: ExperimentConfig, out: Path, *, resume: bool = False, quiet: bool = False) -> None:

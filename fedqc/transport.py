@@ -20,7 +20,8 @@ def train_request(site: Site, state: State, request: dict) -> TrainResult:
 
 
 def evaluate_request(site: Site, state: State, request: dict) -> EvalResult:
-    return site.evaluate(state, split=request["split"], exclude=frozenset(request.get("exclude", ())))
+    return site.evaluate(state, split=request["split"], exclude=frozenset(request.get("exclude", ())),
+                         fraction=float(request.get("fraction", 1.0)), sample_seed=int(request.get("sample_seed", 0)))
 
 
 class InProcessTransport:
@@ -31,6 +32,9 @@ class InProcessTransport:
 
     def site_info(self) -> dict[str, dict[str, int]]:
         return {name: site.info() for name, site in self.sites.items()}
+
+    def train_subjects(self, site: str) -> list[str]:
+        return self.sites[site].subjects("train")
 
     def train(self, site: str, state: State, request: dict) -> TrainResult:
         return train_request(self.sites[site], state, request)

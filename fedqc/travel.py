@@ -9,8 +9,9 @@ site order). Every random choice inside a cycle is derived from ``(seed, cycle, 
 so ``resume`` from the last checkpoint ends bit-identical to an uninterrupted run.
 
 Arms: ``clean`` trains good data for cycles 0..C-1; ``dirty`` starts from the clean
-checkpoint of cycle W and trains all data for cycles W+1..C-1. The seam for a QC arm is
-``run_arm``'s ``visit`` (how one hop trains) and ``on_cycle_end`` hooks.
+checkpoint of cycle W and trains all data for cycles W+1..C-1; QC arms start from the
+same checkpoint and train all data through :class:`ArmHooks` (:mod:`fedqc.qc_arm`),
+which decide how a visit trains and add their own state to each checkpoint.
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ class Transport(Protocol):
 
     def site_info(self) -> dict[str, dict[str, int]]:
         """Per site: scan counts per split (``train``, ``train_good``, ``val``, ``test``)."""
+
+    def train_subjects(self, site: str) -> list[str]:
+        """Identifiers of a site's training scans (ids only; QC trains exact subsets)."""
 
     def train(self, site: str, state: State, request: dict) -> TrainResult:
         """Train ``state`` at ``site``; ``request`` holds lr, seed, batch_size, subjects..."""
@@ -85,12 +89,15 @@ class Arm:
     include_harmful: bool
     first_cycle: int
     start_from: str | None = None  # arm whose checkpoint of first_cycle - 1 starts this one
+    qc: bool = False
 
 
 def arms_for(cfg: ExperimentConfig) -> list[Arm]:
+    """The configured arms in run order: clean, dirty, then QC arms as listed."""
     w = cfg.train.warmup
-    table = {"clean": Arm("clean", False, 0), "dirty": Arm("dirty", True, w + 1, "clean")}
-    return [table[a] for a in ("clean", "dirty") if a in cfg.arms]
+    arms = [Arm("clean", False, 0)] if "clean" in cfg.arms else []
+    arms += [Arm("dirty", True, w + 1, "clean")] if "dirty" in cfg.arms else []
+    return arms + [Arm(a, True, w + 1, "clean", qc=True) for a in cfg.arms if a not in ("clean", "dirty")]
 
 
 def checkpoint_path(arm_dir: Path, cycle: int) -> Path:
@@ -112,6 +119,21 @@ def load_checkpoint(path: Path) -> dict:
 Visit = Callable[[str, State, int, int, float], tuple[State, dict]]
 
 
+class ArmHooks(Protocol):
+    """How a QC arm trains a visit and what it adds to a checkpoint."""
+
+    def begin(self, state: State, first_cycle: int, checkpoint: dict | None) -> None:
+        """Called once before the first cycle; ``checkpoint`` is the resumed one, if any."""
+
+    def visit(self, site: str, state: State, cycle: int, hop: int, lr: float) -> tuple[State, dict]: ...
+
+    def end_cycle(self, cycle: int) -> None:
+        """Write the cycle's logs (before its checkpoint is committed)."""
+
+    def snapshot(self) -> dict:
+        """Plain data saved in the checkpoint under ``"qc"``."""
+
+
 def plain_visit(transport: Transport, cfg: ExperimentConfig, arm: Arm) -> Visit:
     def visit(site: str, state: State, cycle: int, hop: int, lr: float) -> tuple[State, dict]:
         res = transport.train(site, state, {"lr": lr, "seed": hop_seed(cfg.train.seed, cycle, site),
@@ -126,7 +148,7 @@ def run_arm(
     cfg: ExperimentConfig,
     out: Path,
     *,
-    visit: Visit | None = None,
+    hooks: ArmHooks | None = None,
     resume: bool = False,
     progress: Callable[[dict], None] | None = None,
     on_cycle_end: Callable[[int], None] | None = None,
@@ -141,11 +163,13 @@ def run_arm(
     key = "train" if arm.include_harmful else "train_good"
     sites = sorted(s for s, c in info.items() if c[key] > 0)
     test_sites = sorted(s for s, c in info.items() if c["test"] > 0)
-    visit = visit or plain_visit(transport, cfg, arm)
+    visit = hooks.visit if hooks else plain_visit(transport, cfg, arm)
 
     done = last_checkpoint(arm_dir) if resume else None
+    resumed = None
     if done is not None:
-        state, first = load_checkpoint(checkpoint_path(arm_dir, done))["state"], done + 1
+        resumed = load_checkpoint(checkpoint_path(arm_dir, done))
+        state, first = resumed["state"], done + 1
     elif arm.start_from:
         src = checkpoint_path(out / arm.start_from, arm.first_cycle - 1)
         if not src.is_file():
@@ -157,6 +181,8 @@ def run_arm(
     for stale in (arm_dir / "predictions").glob("cycle_*.csv"):
         if int(stale.stem.split("_")[1]) >= first:
             stale.unlink()
+    if hooks:
+        hooks.begin(state, first, resumed)
 
     for cycle in range(first, cfg.train.cycles):
         order = site_order(cfg.train.order, sites, seed=cfg.train.seed, cycle=cycle)
@@ -171,11 +197,14 @@ def run_arm(
         preds = pd.concat([r.scores for r in results.values()], ignore_index=True)
         atomic_write_csv(preds, arm_dir / "predictions" / f"cycle_{cycle:03d}.csv")
         append_csv(pd.DataFrame(rows), arm_dir / "train_log.csv")
+        if hooks:
+            hooks.end_cycle(cycle)
         if on_cycle_end:
             on_cycle_end(cycle)
+        extra = {"qc": hooks.snapshot()} if hooks else {}
         atomic_torch_save({**split_parts(state), "cycle": cycle, "order": order, "arm": arm.name,
                            "model": dataclasses.asdict(cfg.model),
                            "seed": cfg.train.seed, "rng": {"order": [cfg.train.seed, cycle],
-                                                           "torch": torch.get_rng_state()}},
+                                                           "torch": torch.get_rng_state()}, **extra},
                           checkpoint_path(arm_dir, cycle))
     return state

@@ -1,4 +1,4 @@
-"""ClientApp: one site. Handlers ``query`` (site name and counts), ``train``, ``evaluate``.
+"""ClientApp: one site. Handlers ``query`` (site name, counts, training ids), ``train``, ``evaluate``.
 
 A node finds its data from ``node_config``: in deployment ``site`` (and optionally its
 own ``manifest``), in simulation ``partition-id`` indexing the sorted site names of the
@@ -59,8 +59,8 @@ def make_client_app(manifest: str | None = None) -> ClientApp:
     @app.query()
     def query(msg: Message, context: Context) -> Message:
         site = _resolve(context, manifest, dict(msg.content["config"]))
-        return Message(RecordDict({"metrics": MetricRecord(site.info()), "ids": to_config({"site": site.name})}),
-                       reply_to=msg)
+        ids = to_config({"site": site.name, "train": site.subjects("train")})
+        return Message(RecordDict({"metrics": MetricRecord(site.info()), "ids": ids}), reply_to=msg)
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:

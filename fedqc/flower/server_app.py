@@ -41,11 +41,12 @@ class FlowerTransport:
             time.sleep(0.2)
             nodes = list(grid.get_node_ids())
         replies = self._send([self._message("query", n, {}) for n in nodes])
-        self.node_of, self.info = {}, {}
+        self.node_of, self.info, self.train_ids = {}, {}, {}
         for reply in replies:
             name = str(reply.content["ids"]["site"])
             self.node_of[name] = reply.metadata.src_node_id
             self.info[name] = {k: int(v) for k, v in reply.content["metrics"].items()}
+            self.train_ids[name] = [str(s) for s in reply.content["ids"].get("train", [])]
 
     def _message(self, kind: str, node: int, request: dict, state: State | None = None) -> Message:
         content = RecordDict({"config": to_config({**self.base, **request})})
@@ -64,6 +65,9 @@ class FlowerTransport:
 
     def site_info(self) -> dict[str, dict[str, int]]:
         return dict(self.info)
+
+    def train_subjects(self, site: str) -> list[str]:
+        return list(self.train_ids[site])
 
     def train(self, site: str, state: State, request: dict) -> TrainResult:
         (reply,) = self._send([self._message("train", self.node_of[site], request, state)])

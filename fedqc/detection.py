@@ -1,0 +1,45 @@
+"""Score a QC arm against the manifest's ground truth (the ``harm`` column).
+
+Only training scans can be eliminated, so only they are scored. A harmful scan counts
+as *eliminated* when QC eliminated it, *pending* when it was flagged and still waiting
+for its revisit when training ended (out of training, not eliminated), and *missed*
+otherwise. Harmful scans are scored separately for **whole harmful sites** (every
+training scan of the site is harmful) and **single scans** planted in good sites.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+COLUMNS = ["level", "name", "scope", "harmful", "eliminated", "pending", "missed", "recall",
+           "good", "good_eliminated", "good_eliminated_rate", "precision"]
+
+
+def _ratio(a: int, b: int) -> float | None:
+    return a / b if b else None
+
+
+def score_detection(manifest: pd.DataFrame, eliminated: pd.DataFrame, pending: pd.DataFrame) -> pd.DataFrame:
+    """One row per harm kind and scope, one for good scans overall, one ``overall``, one per site."""
+    train = manifest[manifest["split"] == "train"].copy()
+    whole = train.groupby("site")["harm"].transform(lambda h: (h != "none").all())
+    train["scope"] = ["whole-site" if w else "single-scan" for w in whole]
+    train["eliminated"] = train["subject"].isin(eliminated["subject"])
+    train["pending"] = train["subject"].isin(pending["subject"])
+    train["harmful"] = train["harm"] != "none"
+
+    def row(level: str, name: str, scope: str, t: pd.DataFrame) -> dict:
+        bad, good = t[t["harmful"]], t[~t["harmful"]]
+        n_elim, n_good_elim = int(bad["eliminated"].sum()), int(good["eliminated"].sum())
+        return {"level": level, "name": name, "scope": scope, "harmful": len(bad), "eliminated": n_elim,
+                "pending": int(bad["pending"].sum()), "missed": len(bad) - n_elim,
+                "recall": _ratio(n_elim, len(bad)), "good": len(good), "good_eliminated": n_good_elim,
+                "good_eliminated_rate": _ratio(n_good_elim, len(good)),
+                "precision": _ratio(n_elim, n_elim + n_good_elim)}
+
+    rows = [row("kind", kind, scope, t) for (scope, kind), t in train[train["harmful"]].groupby(["scope", "harm"], sort=True)]
+    rows += [row("scope", scope, scope, train[train["scope"] == scope]) for scope in ("whole-site", "single-scan")
+             if (train["scope"] == scope).any()]
+    rows.append(row("overall", "all", "all", train))
+    rows += [row("site", site, str(t["scope"].iloc[0]), t) for site, t in train.groupby("site", sort=True)]
+    return pd.DataFrame(rows, columns=COLUMNS)

@@ -1,0 +1,235 @@
+"""Quality control of travelling updates: criteria, and the verify → revisit → eliminate policy.
+
+Pure Python (numpy, pandas, scikit-learn): no torch and no Flower, so every decision can
+be unit-tested on hand-made scores. The granularity modes that call it live in
+:mod:`fedqc.qc_arm`.
+
+**Verification.** After an update the candidate model scores the verification scans (the
+sites' ``val`` splits, never ``test``). The policy keeps the per-scan scores of the last
+*accepted* model as the baseline, so every comparison is paired: same scans, the model
+before the update against the model after it (the no-update baseline).
+
+**Criteria.**
+
+``reference`` (the published method, DESIGN §4)
+    Confusion counts at threshold 0.5; reject if FPR = FP/(FP+TN) or FNR = FN/(FN+TP)
+    rose by more than ``tolerance × n_trained``. Rates are the true ones (the reference
+    code divides by the wrong class totals). With a few dozen verification scans one
+    changed prediction moves a rate by more than the single-scan tolerance, and the
+    travelling model's calibration drift moves the threshold far more than harm does,
+    so this criterion is mostly noise at small verification sets (DESIGN §7).
+
+``loss``
+    Threshold-free: the per-scan binary cross-entropy of candidate minus baseline,
+    ``d_i``. Reject when the mean increase is significant for the verification set's
+    size: ``mean(d) > z · sd(d) / sqrt(n)`` (a one-sided paired z-test). The tolerance
+    therefore shrinks with more verification scans and grows with their spread, instead
+    of being a fixed number of scans.
+
+``calibrated`` (the default)
+    As ``loss``, but each model's logits are first shifted by the one offset that
+    minimises its loss on the verification scans. A visit to a site with mostly
+    patients shifts the travelling model's bias — the calibration drift that swamps
+    thresholded rates — without changing what the model knows; the offset removes that
+    shift. Only the intercept is refitted, not the slope: wrong labels and inverted
+    scans destroy ranking, noise and blank scans mostly make the model less confident,
+    and both raise the offset-corrected loss.
+
+**Policy.** A rejected update is rolled back by the caller. A single scan that fails is
+*flagged*: kept out of training until cycle ``c + R``, then retrained alone and verified
+again — accepted, it returns to the pool; rejected, it is *eliminated* for the rest of
+training. With ``leave_site_out`` the verification set of an update excludes the
+training site's own ``val`` scans, so a harmful site cannot vouch for its own updates;
+once a share ``untrusted_fraction`` of a site's training scans is eliminated, its ``val``
+scans leave the verification set for good.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+import pandas as pd
+from scipy.optimize import minimize_scalar
+from scipy.special import expit
+
+EPS = 1e-7
+
+
+def confusion(labels: np.ndarray, scores: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
+    """TP/FP/TN/FN at ``threshold``, true FPR and FNR (NaN without negatives/positives), mean loss."""
+    labels = np.asarray(labels, dtype=int)
+    pred = np.asarray(scores) >= threshold
+    tp, fp = int(np.sum(pred & (labels == 1))), int(np.sum(pred & (labels == 0)))
+    tn, fn = int(np.sum(~pred & (labels == 0))), int(np.sum(~pred & (labels == 1)))
+    return {"tp": tp, "fp": fp, "tn": tn, "fn": fn,
+            "fpr": fp / (fp + tn) if fp + tn else math.nan, "fnr": fn / (fn + tp) if fn + tp else math.nan,
+            "loss": float(per_scan_loss(labels, scores).mean()) if len(labels) else math.nan}
+
+
+def per_scan_loss(labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(scores, dtype=float), EPS, 1 - EPS)
+    y = np.asarray(labels, dtype=float)
+    return -(y * np.log(p) + (1 - y) * np.log(1 - p))
+
+
+def recalibrate(labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Shift the logits by the one offset that minimises the loss on these scans.
+
+    Only the intercept is refitted: it absorbs the travelling model's drift towards
+    predicting one class, while a loss of confidence or of ranking still shows.
+    """
+    p = np.clip(np.asarray(scores, dtype=float), EPS, 1 - EPS)
+    logit = np.log(p / (1 - p))
+    y = np.asarray(labels, dtype=float)
+    best = minimize_scalar(lambda b: per_scan_loss(y, expit(logit + b)).mean(), bounds=(-20, 20), method="bounded")
+    return expit(logit + best.x)
+
+
+class Criterion(Protocol):
+    name: str
+
+    def decide(self, labels: np.ndarray, base: np.ndarray, cand: np.ndarray, n_trained: int) -> tuple[bool, dict]:
+        """Accept (True) or reject the candidate; the dict holds ``stat`` and ``limit``."""
+
+
+@dataclass(frozen=True)
+class ReferenceCriterion:
+    """Reject when FPR or FNR rose by more than ``tolerance × n_trained``."""
+
+    tolerance: float = 0.02
+    name: str = "reference"
+
+    def decide(self, labels, base, cand, n_trained):
+        b, c = confusion(labels, base), confusion(labels, cand)
+        rise = max(np.nan_to_num(c["fpr"] - b["fpr"]), np.nan_to_num(c["fnr"] - b["fnr"]))
+        limit = self.tolerance * n_trained
+        return bool(rise <= limit), {"stat": float(rise), "limit": limit}
+
+
+@dataclass(frozen=True)
+class PairedLossCriterion:
+    """Reject when the mean per-scan loss increase exceeds ``z`` standard errors."""
+
+    z: float = 2.0
+    recalibrated: bool = True
+
+    @property
+    def name(self) -> str:
+        return "calibrated" if self.recalibrated else "loss"
+
+    def decide(self, labels, base, cand, n_trained):
+        if self.recalibrated:
+            base, cand = recalibrate(labels, base), recalibrate(labels, cand)
+        d = per_scan_loss(labels, cand) - per_scan_loss(labels, base)
+        mean = float(d.mean())
+        se = float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else 0.0
+        limit = self.z * se
+        return bool(mean <= limit), {"stat": mean, "limit": limit}
+
+
+def make_criterion(name: str, *, tolerance: float = 0.02, z: float = 2.0) -> Criterion:
+    if name == "reference":
+        return ReferenceCriterion(tolerance)
+    if name in ("loss", "calibrated"):
+        return PairedLossCriterion(z, recalibrated=name == "calibrated")
+    raise ValueError(f"unknown QC criterion {name!r}")
+
+
+@dataclass
+class QCPolicy:
+    """The QC state machine: baseline scores, flagged and eliminated scans, the decision log.
+
+    Parameters
+    ----------
+    criterion
+        Decides each verification (:func:`make_criterion`).
+    train_counts
+        Training scans per site, for the ``untrusted_fraction`` rule.
+    revisit_after
+        ``R``: a scan flagged at cycle ``c`` is retried at cycle ``c + R``.
+    """
+
+    criterion: Criterion
+    train_counts: dict[str, int] = field(default_factory=dict)
+    revisit_after: int = 2
+    leave_site_out: bool = True
+    untrusted_fraction: float = 0.5
+    baseline: pd.DataFrame | None = None  # index subject; columns site, label, score
+    flagged: dict[str, dict] = field(default_factory=dict)
+    eliminated: dict[str, dict] = field(default_factory=dict)
+    untrusted: set[str] = field(default_factory=set)
+    log: list[dict] = field(default_factory=list)
+    revisits: list[dict] = field(default_factory=list)
+
+    def start(self, scores: pd.DataFrame) -> None:
+        """Set the baseline: the current model's scores on the verification scans."""
+        if scores.empty:
+            raise ValueError("QC needs verification scans: no site has a non-empty val split")
+        self.baseline = scores.set_index("subject")[["site", "label", "score"]].copy()
+
+    def verification_set(self, site: str) -> np.ndarray:
+        """Mask over the baseline rows that judge an update trained at ``site``."""
+        sites = self.baseline["site"]
+        mask = ~sites.isin(self.untrusted).to_numpy()
+        if self.leave_site_out:
+            mask &= (sites != site).to_numpy()
+        return mask
+
+    def verify(self, scores: pd.DataFrame, *, cycle: int, site: str, scope: str, subjects: list[str],
+               n_trained: int, seconds: float = 0.0) -> bool:
+        """Judge a candidate from its ``scores`` (subject, score) on the verification scans."""
+        cand = scores.set_index("subject")["score"].reindex(self.baseline.index)
+        mask = self.verification_set(site) & cand.notna().to_numpy()
+        labels = self.baseline["label"].to_numpy()[mask]
+        base, new = self.baseline["score"].to_numpy()[mask], cand.to_numpy()[mask]
+        if mask.any():
+            accepted, stats = self.criterion.decide(labels, base, new, n_trained)
+        else:
+            accepted, stats = True, {"stat": math.nan, "limit": math.nan}
+        self.log.append({"cycle": cycle, "site": site, "scope": scope,
+                         "subject": subjects[0] if len(subjects) == 1 else "", "n_trained": n_trained,
+                         "criterion": self.criterion.name, **stats, "accepted": accepted,
+                         **confusion(labels, new), "base_loss": float(per_scan_loss(labels, base).mean()),
+                         "n_verify": int(mask.sum()), "seconds": seconds})
+        if accepted:
+            seen = cand.notna()
+            self.baseline.loc[seen, "score"] = cand[seen]
+        return accepted
+
+    def flag(self, subject: str, site: str, cycle: int) -> None:
+        self.flagged[subject] = {"subject": subject, "site": site, "cycle_flagged": cycle,
+                                 "due": cycle + self.revisit_after}
+
+    def due(self, site: str, cycle: int) -> list[str]:
+        """Flagged scans of ``site`` whose revisit is due at ``cycle``."""
+        return sorted(s for s, f in self.flagged.items() if f["site"] == site and f["due"] <= cycle)
+
+    def revisit(self, subject: str, cycle: int, accepted: bool) -> None:
+        """Record a revisit: accepted → back in the pool; rejected → eliminated."""
+        flag = self.flagged.pop(subject)
+        self.revisits.append({**flag, "cycle_revisited": cycle, "accepted": accepted})
+        if accepted:
+            return
+        site = flag["site"]
+        self.eliminated[subject] = {"subject": subject, "site": site, "cycle_flagged": flag["cycle_flagged"],
+                                    "cycle_eliminated": cycle, "stage": "verification"}
+        n_out = sum(1 for e in self.eliminated.values() if e["site"] == site)
+        if site not in self.untrusted and n_out >= self.untrusted_fraction * self.train_counts.get(site, math.inf):
+            self.untrusted.add(site)
+
+    def excluded(self, site: str) -> set[str]:
+        """Scans of ``site`` kept out of training: flagged (until revisit) or eliminated."""
+        return {s for table in (self.flagged, self.eliminated) for s, r in table.items() if r["site"] == site}
+
+    def snapshot(self) -> dict:
+        """Everything needed to resume, as plain data."""
+        return {"baseline": self.baseline.reset_index().to_dict("list"), "flagged": dict(self.flagged),
+                "eliminated": dict(self.eliminated), "untrusted": sorted(self.untrusted)}
+
+    def restore(self, snap: dict) -> None:
+        self.baseline = pd.DataFrame(snap["baseline"]).set_index("subject")
+        self.flagged, self.eliminated = dict(snap["flagged"]), dict(snap["eliminated"])
+        self.untrusted = set(snap["untrusted"])

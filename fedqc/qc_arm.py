@@ -1,0 +1,155 @@
+"""A QC arm: how a visit trains when every update is verified, and what it writes.
+
+Verification is a federated evaluation: the candidate goes to every site with ``val``
+scans (optionally a seeded share ``qc.verify_fraction``), each returns per-scan scores,
+and :class:`fedqc.qc.QCPolicy` decides. Rollback is free: the travelling state is a dict
+of arrays, so a rejected update is simply not adopted, model and optimizer alike.
+
+Granularity:
+
+``batch`` (the reference, DESIGN §4)
+    Verify after every training batch; on rejection roll back and retrain the batch's
+    scans one at a time, verifying each; a scan that fails is flagged.
+``hierarchical``
+    Verify once per visit; only on rejection split the visit's scans in halves, then
+    smaller, down to single scans (a halving search), so a clean visit costs one
+    verification and one harmful scan in ``n`` costs about ``2·log2(n)``.
+
+Revisits of flagged scans run first in a site's visit at cycle ``c + R``.
+Outputs under ``DIR/<arm>/``: ``qc_log.csv``, ``eliminated.csv``, ``revisits.csv``
+(and ``detection.csv`` from :mod:`fedqc.detection`).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from fedqc.config import ExperimentConfig, QCConfig
+from fedqc.io import append_csv, atomic_write_csv, truncate_csv
+from fedqc.qc import QCPolicy, make_criterion
+from fedqc.site import batches
+from fedqc.state import State
+from fedqc.travel import Arm, Transport, hop_seed
+
+ELIMINATED_COLUMNS = ["subject", "site", "cycle_flagged", "cycle_eliminated", "stage"]
+REVISIT_COLUMNS = ["subject", "site", "cycle_flagged", "due", "cycle_revisited", "accepted"]
+
+
+def halves(items: list) -> tuple[list, list]:
+    mid = (len(items) + 1) // 2
+    return items[:mid], items[mid:]
+
+
+class QCRunner:
+    """The :class:`fedqc.travel.ArmHooks` of a QC arm."""
+
+    def __init__(self, transport: Transport, cfg: ExperimentConfig, arm: Arm, out: Path):
+        self.transport, self.cfg, self.arm = transport, cfg, arm
+        self.qc: QCConfig = cfg.qc_for(arm.name)
+        self.dir = out / arm.name
+        info = transport.site_info()
+        self.val_sites = sorted(s for s, c in info.items() if c["val"] > 0)
+        self.policy = QCPolicy(make_criterion(self.qc.criterion, tolerance=self.qc.tolerance, z=self.qc.z),
+                               train_counts={s: c["train"] for s, c in info.items()},
+                               revisit_after=self.qc.revisit_after, leave_site_out=self.qc.leave_site_out,
+                               untrusted_fraction=self.qc.untrusted_fraction)
+        self.train_ids = {s: transport.train_subjects(s) for s, c in info.items() if c["train"] > 0}
+        self.logged = self.revisits_logged = 0
+        self.verifications, self.verify_seconds = 0, 0.0
+
+    # ------------------------------------------------------------------ hooks
+    def begin(self, state: State, first_cycle: int, checkpoint: dict | None) -> None:
+        for name, column in (("qc_log.csv", "cycle"), ("revisits.csv", "cycle_revisited")):
+            truncate_csv(self.dir / name, lambda df, c=column: df[df[c] < first_cycle])
+        if checkpoint is not None and "qc" in checkpoint:
+            self.policy.restore(checkpoint["qc"])
+        else:
+            self.policy.start(self._scores(state))
+
+    def end_cycle(self, cycle: int) -> None:
+        if len(self.policy.log) > self.logged:
+            append_csv(pd.DataFrame(self.policy.log[self.logged:]), self.dir / "qc_log.csv")
+        append_csv(pd.DataFrame(self.policy.revisits[self.revisits_logged:], columns=REVISIT_COLUMNS),
+                   self.dir / "revisits.csv")
+        self.logged, self.revisits_logged = len(self.policy.log), len(self.policy.revisits)
+        atomic_write_csv(self.eliminated_table(), self.dir / "eliminated.csv")
+
+    def snapshot(self) -> dict:
+        return self.policy.snapshot()
+
+    def eliminated_table(self) -> pd.DataFrame:
+        return pd.DataFrame(list(self.policy.eliminated.values()), columns=ELIMINATED_COLUMNS)
+
+    def flagged_table(self) -> pd.DataFrame:
+        return pd.DataFrame(list(self.policy.flagged.values()), columns=["subject", "site", "cycle_flagged", "due"])
+
+    # ------------------------------------------------------------------ verification
+    def _scores(self, state: State) -> pd.DataFrame:
+        request = {"split": "val", "fraction": self.qc.verify_fraction, "sample_seed": self.cfg.train.seed}
+        results = self.transport.evaluate(self.val_sites, state, request)
+        return pd.concat([r.scores for r in results.values()], ignore_index=True)
+
+    def visit(self, site: str, state: State, cycle: int, hop: int, lr: float) -> tuple[State, dict]:
+        t0 = time.perf_counter()
+        seeds = np.random.SeedSequence(hop_seed(self.cfg.train.seed, cycle, site))
+        trained: list[tuple[int, float]] = []
+
+        def attempt(state: State, subjects: list[str], scope: str) -> tuple[bool, State]:
+            t = time.perf_counter()
+            seed = int(seeds.spawn(1)[0].generate_state(1)[0])
+            res = self.transport.train(site, state, {"lr": lr, "seed": seed, "batch_size": self.cfg.train.batch_size,
+                                                     "subjects": subjects})
+            scores = self._scores(res.state)
+            seconds = time.perf_counter() - t
+            ok = self.policy.verify(scores, cycle=cycle, site=site, scope=scope, subjects=subjects,
+                                    n_trained=res.n_scans, seconds=seconds)
+            self.verifications += 1
+            self.verify_seconds += seconds
+            if ok:
+                trained.append((res.n_scans, res.loss))
+            return ok, (res.state if ok else state)
+
+        def singles(state: State, subjects: list[str]) -> State:
+            for s in subjects:
+                ok, state = attempt(state, [s], "scan")
+                if not ok:
+                    self.policy.flag(s, site, cycle)
+            return state
+
+        def bisect(state: State, group: list[str]) -> State:
+            for part in halves(group):
+                if not part:
+                    continue
+                ok, state = attempt(state, part, "scan" if len(part) == 1 else "group")
+                if not ok:
+                    if len(part) == 1:
+                        self.policy.flag(part[0], site, cycle)
+                    else:
+                        state = bisect(state, part)
+            return state
+
+        revisited = self.policy.due(site, cycle)
+        for s in revisited:
+            ok, state = attempt(state, [s], "revisit")
+            self.policy.revisit(s, cycle, ok)
+        excluded = self.policy.excluded(site) | set(revisited)
+        pool = [s for s in self.train_ids.get(site, []) if s not in excluded]
+        pool = [pool[i] for i in np.random.default_rng(hop_seed(self.cfg.train.seed, cycle, site)).permutation(len(pool))]
+        if pool and self.qc.granularity == "batch":
+            for chunk in batches(pool, self.cfg.train.batch_size):
+                ok, state = attempt(state, chunk, "batch")
+                if not ok:
+                    state = singles(state, chunk)
+        elif pool:
+            ok, state = attempt(state, pool, "visit")
+            if not ok and len(pool) == 1:
+                self.policy.flag(pool[0], site, cycle)
+            elif not ok:
+                state = bisect(state, pool)
+        n = sum(k for k, _ in trained)
+        loss = sum(k * v for k, v in trained) / n if n else float("nan")
+        return state, {"n_scans": n, "loss": loss, "seconds": time.perf_counter() - t0}

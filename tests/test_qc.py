@@ -1,0 +1,244 @@
+"""QC: criteria, the policy state machine, granularity modes, detection scoring, a QC arm end to end."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fedqc.config import ConfigError
+from fedqc.detection import score_detection
+from fedqc.qc import PairedLossCriterion, QCPolicy, ReferenceCriterion, confusion, make_criterion, recalibrate
+from fedqc.qc_arm import QCRunner
+from fedqc.site import EvalResult, TrainResult
+from fedqc.travel import Arm
+from tests.conftest import tiny_config
+
+# 20 verification scans at one site "v": 10 patients, 10 controls
+LABELS = np.array([1] * 10 + [0] * 10)
+
+
+def scores_frame(scores, site="v") -> pd.DataFrame:
+    return pd.DataFrame({"subject": [f"s{i:02d}" for i in range(len(scores))], "site": site,
+                         "label": LABELS[: len(scores)], "score": scores})
+
+
+def good_scores(rng=None, spread=0.1):
+    rng = rng or np.random.default_rng(0)
+    return np.clip(np.where(LABELS == 1, 0.75, 0.25) + rng.normal(0, spread, len(LABELS)), 0.01, 0.99)
+
+
+# ----------------------------------------------------------------------------- criteria
+def test_confusion_uses_true_rates():
+    c = confusion(np.array([1, 1, 1, 0]), np.array([0.9, 0.2, 0.1, 0.7]))
+    assert (c["tp"], c["fn"], c["fp"], c["tn"]) == (1, 2, 1, 0)
+    assert c["fnr"] == pytest.approx(2 / 3) and c["fpr"] == 1.0  # FN/(FN+TP), FP/(FP+TN)
+    assert math.isnan(confusion(np.array([1]), np.array([0.9]))["fpr"])
+
+
+def test_reference_tolerance_scales_with_scans_trained():
+    base = np.where(LABELS == 1, 0.9, 0.1)
+    worse = base.copy()
+    worse[:2] = 0.1  # two patients missed: FNR rises by 0.2
+    crit = ReferenceCriterion(tolerance=0.02)
+    assert not crit.decide(LABELS, base, worse, n_trained=5)[0]  # limit 0.1
+    ok, stats = crit.decide(LABELS, base, worse, n_trained=10)  # limit 0.2: not "more than"
+    assert ok and stats["stat"] == pytest.approx(0.2) and stats["limit"] == pytest.approx(0.2)
+
+
+def test_recalibration_removes_a_uniform_logit_shift():
+    base = good_scores()
+    logit = np.log(base / (1 - base))
+    shifted = 1 / (1 + np.exp(-(logit + 2.0)))  # the model now leans to "patient"
+    np.testing.assert_allclose(recalibrate(LABELS, shifted), recalibrate(LABELS, base), atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["loss", "calibrated"])
+def test_paired_criteria_reject_harm_and_accept_good_updates(name):
+    crit = make_criterion(name, z=2.0)
+    rng = np.random.default_rng(1)
+    base = good_scores(rng)
+    # typical good updates: small per-scan changes in both directions
+    accepted = [crit.decide(LABELS, base, np.clip(base + rng.normal(0, 0.03, 20), 0.01, 0.99), 5)[0]
+                for _ in range(200)]
+    assert np.mean(accepted) > 0.9
+    # a clearly harmful update: the ranking is inverted
+    assert not crit.decide(LABELS, base, 1 - base, 5)[0]
+
+
+def test_calibrated_criterion_ignores_drift_that_fools_the_others():
+    base = good_scores()
+    logit = np.log(base / (1 - base))
+    drifted = 1 / (1 + np.exp(-(logit + 2.5)))  # same ranking, all-patient bias
+    assert make_criterion("calibrated").decide(LABELS, base, drifted, 5)[0]
+    assert not make_criterion("loss").decide(LABELS, base, drifted, 5)[0]
+    assert not ReferenceCriterion().decide(LABELS, base, drifted, 5)[0]
+
+
+# ----------------------------------------------------------------------------- policy
+def policy(**kw) -> QCPolicy:
+    p = QCPolicy(ReferenceCriterion(0.02), train_counts={"a": 4, "v": 10}, **kw)
+    p.start(scores_frame(np.where(LABELS == 1, 0.9, 0.1)))
+    return p
+
+
+def test_state_updates_only_on_acceptance():
+    p = policy(leave_site_out=False)
+    base = p.baseline["score"].copy()
+    bad = np.where(LABELS == 1, 0.1, 0.1)  # misses every patient
+    assert not p.verify(scores_frame(bad), cycle=1, site="a", scope="batch", subjects=["x", "y"], n_trained=2)
+    pd.testing.assert_series_equal(p.baseline["score"], base)
+    slightly = np.where(LABELS == 1, 0.8, 0.2)
+    assert p.verify(scores_frame(slightly), cycle=1, site="a", scope="batch", subjects=["x"], n_trained=1)
+    np.testing.assert_allclose(p.baseline["score"], slightly)
+    log = pd.DataFrame(p.log)
+    assert list(log["accepted"]) == [False, True] and list(log["fnr"]) == [1.0, 0.0]
+    assert {"cycle", "site", "scope", "subject", "n_trained", "stat", "limit", "fp", "fn", "tp", "tn",
+            "fpr", "fnr", "loss", "accepted", "seconds", "n_verify"} <= set(log.columns)
+
+
+def test_revisit_schedule_exclusion_and_elimination():
+    p = policy(revisit_after=2)
+    p.flag("a1", "a", cycle=3)
+    p.flag("a2", "a", cycle=3)
+    assert p.excluded("a") == {"a1", "a2"}
+    assert p.due("a", 4) == [] and p.due("a", 5) == ["a1", "a2"] and p.due("v", 5) == []
+    p.revisit("a1", 5, accepted=True)  # back in the pool
+    p.revisit("a2", 5, accepted=False)  # second failure: eliminated
+    assert p.excluded("a") == {"a2"}
+    assert p.eliminated["a2"] == {"subject": "a2", "site": "a", "cycle_flagged": 3, "cycle_eliminated": 5,
+                                  "stage": "verification"}
+    assert [r["accepted"] for r in p.revisits] == [True, False]
+
+
+def test_leave_site_out_and_untrusted_sites():
+    p = QCPolicy(ReferenceCriterion(), train_counts={"a": 2})
+    frame = pd.concat([scores_frame(good_scores(), "a"), scores_frame(good_scores(), "b")
+                       .assign(subject=lambda d: "b" + d["subject"])])
+    p.start(frame)
+    assert p.verification_set("a").sum() == 20 and p.verification_set("b").sum() == 20
+    for s in ("a1", "a2"):
+        p.flag(s, "a", 0)
+    p.revisit("a1", 2, accepted=False)
+    assert "a" in p.untrusted  # half of its training scans eliminated: its val leaves the set
+    assert p.verification_set("c").sum() == 20 and p.verification_set("b").sum() == 0
+
+
+def test_snapshot_round_trip():
+    p = policy()
+    p.flag("a1", "a", 1)
+    q = QCPolicy(ReferenceCriterion(), train_counts={"a": 4})
+    q.restore(p.snapshot())
+    assert q.flagged == p.flagged and q.untrusted == p.untrusted
+    pd.testing.assert_frame_equal(q.baseline, p.baseline, check_dtype=False)
+
+
+# ----------------------------------------------------------------------------- granularity
+class FakeTransport:
+    """One training site "t" (ids t00..), one val site "v"; harmful ids end in "x".
+
+    The state counts harmful scans trained; a model that saw any scores at chance.
+    Every train call records the state it received.
+    """
+
+    def __init__(self, train_ids):
+        self.ids = train_ids
+        self.received: list[dict] = []
+        self.requests: list[list[str]] = []
+
+    def site_info(self):
+        return {"t": {"train": len(self.ids), "train_good": 0, "val": 0, "test": 0},
+                "v": {"train": 0, "train_good": 0, "val": 20, "test": 0}}
+
+    def train_subjects(self, site):
+        return list(self.ids)
+
+    def train(self, site, state, request):
+        self.received.append({k: v.copy() for k, v in state.items()})
+        subjects = request["subjects"]
+        self.requests.append(list(subjects))
+        harm = sum(s.endswith("x") for s in subjects)
+        new = {"encoder.w": state["encoder.w"] + len(subjects), "optim.0.exp_avg": state["optim.0.exp_avg"] + 1,
+               "harm": state["harm"] + harm}
+        return TrainResult(new, len(subjects), 0.5, 0.0, list(subjects))
+
+    def evaluate(self, sites, state, request):
+        scores = np.where(LABELS == 1, 0.9, 0.1) if state["harm"][0] == 0 else np.full(20, 0.5)
+        return {"v": EvalResult({}, scores_frame(scores))}
+
+
+def runner(tiny_cohort, ids, granularity, criterion="loss"):
+    cfg = tiny_config(tiny_cohort / "manifest.csv",
+                      **{"arms": ["clean", "qc"], "qc": {"criterion": criterion, "granularity": granularity}})
+    transport = FakeTransport(ids)
+    r = QCRunner(transport, cfg, Arm("qc", True, 1, "clean", qc=True), tiny_cohort / "unused")
+    state = {"encoder.w": np.zeros(1), "optim.0.exp_avg": np.zeros(1), "harm": np.zeros(1)}
+    r.begin(state, 1, None)
+    return r, transport, state
+
+
+def test_hierarchical_isolates_one_harmful_scan_in_log_n(tiny_cohort):
+    ids = [f"t{i:02d}" for i in range(15)] + ["t15x"]
+    r, transport, state = runner(tiny_cohort, ids, "hierarchical")
+    final, row = r.visit("t", state, cycle=1, hop=0, lr=1e-3)
+    assert set(r.policy.flagged) == {"t15x"}
+    assert r.verifications <= 2 * math.ceil(math.log2(16)) + 1
+    assert final["harm"][0] == 0 and final["encoder.w"][0] == 15 and row["n_scans"] == 15
+    # a clean visit costs one verification
+    r2, _, state2 = runner(tiny_cohort, [f"t{i:02d}" for i in range(16)], "hierarchical")
+    r2.visit("t", state2, cycle=1, hop=0, lr=1e-3)
+    assert r2.verifications == 1 and not r2.policy.flagged
+
+
+def test_batch_mode_rolls_back_model_and_optimizer(tiny_cohort):
+    ids = ["t00", "t01x", "t02", "t03", "t04"]  # one batch of 5 with one harmful scan
+    r, transport, state = runner(tiny_cohort, ids, "batch")
+    final, _ = r.visit("t", state, cycle=1, hop=0, lr=1e-3)
+    batch_input, first_single_input = transport.received[0], transport.received[1]
+    assert all(np.array_equal(batch_input[k], first_single_input[k]) for k in batch_input)  # exact rollback
+    assert r.verifications == 1 + 5 and set(r.policy.flagged) == {"t01x"}
+    assert final["encoder.w"][0] == 4 and final["optim.0.exp_avg"][0] == 4 and final["harm"][0] == 0
+
+
+def test_flagged_scan_is_revisited_then_eliminated(tiny_cohort):
+    r, transport, state = runner(tiny_cohort, ["t00", "t01x"], "hierarchical")
+    state, _ = r.visit("t", state, cycle=1, hop=0, lr=1e-3)
+    assert set(r.policy.flagged) == {"t01x"}
+    state, _ = r.visit("t", state, cycle=2, hop=0, lr=1e-3)  # excluded until its revisit at 1 + R
+    assert transport.requests[-1] == ["t00"] and r.policy.flagged["t01x"]["due"] == 3
+    assert r.verifications == 1 + 2 + 1
+    r.visit("t", state, cycle=3, hop=0, lr=1e-3)
+    assert transport.requests[-2:] == [["t01x"], ["t00"]]  # the revisit first, alone
+    assert "t01x" in r.policy.eliminated and not r.policy.flagged
+
+
+# ----------------------------------------------------------------------------- detection
+def test_detection_scores_against_ground_truth():
+    manifest = pd.DataFrame({
+        "subject": ["h1", "h2", "g1", "g2", "g3", "x1", "v1"],
+        "site": ["harm", "harm", "good", "good", "good", "good", "good"],
+        "split": ["train"] * 6 + ["val"],
+        "harm": ["noise", "noise", "none", "none", "none", "inverted", "none"]})
+    eliminated = pd.DataFrame({"subject": ["h1", "g1"]})
+    pending = pd.DataFrame({"subject": ["h2"]})
+    d = score_detection(manifest, eliminated, pending).set_index(["level", "name"])
+    assert d.loc[("kind", "noise"), ["harmful", "eliminated", "pending", "missed"]].tolist() == [2, 1, 1, 1]
+    assert d.loc[("kind", "noise"), "scope"] == "whole-site" and d.loc[("kind", "inverted"), "scope"] == "single-scan"
+    overall = d.loc[("overall", "all")]
+    assert overall["recall"] == pytest.approx(1 / 3) and overall["precision"] == pytest.approx(1 / 2)
+    assert overall["good"] == 3 and overall["good_eliminated_rate"] == pytest.approx(1 / 3)
+    assert d.loc[("site", "good"), "good_eliminated"] == 1
+
+
+# ----------------------------------------------------------------------------- config
+def test_qc_config_validation(tiny_cohort):
+    cfg = tiny_config(tiny_cohort / "manifest.csv", **{"arms": ["clean", "qc", "qc-reference-batch"]})
+    assert cfg.qc_for("qc-reference-batch").criterion == "reference"
+    assert cfg.qc_for("qc-reference-batch").granularity == "batch"
+    assert cfg.qc_for("qc") == cfg.qc
+    with pytest.raises(ConfigError) as err:
+        tiny_config(tiny_cohort / "manifest.csv", **{"arms": ["qc-magic-batch"], "qc": {"criterion": "x", "z": -1}})
+    text = str(err.value)
+    assert "arms:" in text and "qc.criterion" in text and "qc.z" in text
