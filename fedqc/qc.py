@@ -27,13 +27,15 @@ before the update against the model after it (the no-update baseline).
     of being a fixed number of scans.
 
 ``calibrated`` (the default)
-    As ``loss``, but each model's logits are first shifted by the one offset that
-    minimises its loss on the verification scans. A visit to a site with mostly
-    patients shifts the travelling model's bias — the calibration drift that swamps
-    thresholded rates — without changing what the model knows; the offset removes that
-    shift. Only the intercept is refitted, not the slope: wrong labels and inverted
-    scans destroy ranking, noise and blank scans mostly make the model less confident,
-    and both raise the offset-corrected loss.
+    As ``loss``, but each model's scores are first recalibrated on the verification
+    scans (Platt scaling: a logistic fit of the label on the logit). Between visits the
+    travelling model swings between predicting all-patient and all-control — the
+    calibration drift that swamps thresholded rates — and from saturated logits any
+    update changes the raw loss a lot. Recalibration removes a shift and a monotone
+    rescaling of the logits, so the test measures the loss of *discrimination*, which
+    wrong labels and inverted contrast destroy. (An intercept-only recalibration was
+    tried and measured worse on the demo: from saturated logits every single-scan
+    update looked harmful.)
 
 **Policy.** A rejected update is rolled back by the caller. A single scan that fails is
 *flagged*: kept out of training until cycle ``c + R``, then retrained alone and verified
@@ -52,8 +54,7 @@ from typing import Protocol
 
 import numpy as np
 import pandas as pd
-from scipy.optimize import minimize_scalar
-from scipy.special import expit
+from sklearn.linear_model import LogisticRegression
 
 EPS = 1e-7
 
@@ -76,16 +77,16 @@ def per_scan_loss(labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
 
 
 def recalibrate(labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    """Shift the logits by the one offset that minimises the loss on these scans.
-
-    Only the intercept is refitted: it absorbs the travelling model's drift towards
-    predicting one class, while a loss of confidence or of ranking still shows.
-    """
+    """Platt scaling fitted on these scans (slope kept positive); unchanged with one class."""
+    labels = np.asarray(labels, dtype=int)
+    if len(np.unique(labels)) < 2:
+        return np.asarray(scores, dtype=float)
     p = np.clip(np.asarray(scores, dtype=float), EPS, 1 - EPS)
-    logit = np.log(p / (1 - p))
-    y = np.asarray(labels, dtype=float)
-    best = minimize_scalar(lambda b: per_scan_loss(y, expit(logit + b)).mean(), bounds=(-20, 20), method="bounded")
-    return expit(logit + best.x)
+    logit = np.log(p / (1 - p)).reshape(-1, 1)
+    fit = LogisticRegression(C=1e4).fit(logit, labels)
+    if fit.coef_[0, 0] <= 0:  # an inverted ranking is harm, not miscalibration: no skill left
+        return np.full(len(labels), labels.mean())
+    return fit.predict_proba(logit)[:, 1]
 
 
 class Criterion(Protocol):
