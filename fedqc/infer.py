@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -114,6 +115,28 @@ def plot_subgroups(metrics: pd.DataFrame, arm: str, path: Path) -> None:
     plt.close(fig)
 
 
+def plot_qc(arm_dir: Path, path: Path) -> None:
+    """Scans flagged and eliminated per cycle by one QC arm."""
+    flagged = pd.read_csv(arm_dir / "flagged.csv")
+    eliminated = pd.read_csv(arm_dir / "eliminated.csv")
+    cycles = sorted(int(p.stem.split("_")[1]) for p in (arm_dir / "predictions").glob("cycle_*.csv"))
+    f = flagged["cycle_flagged"].value_counts().reindex(cycles, fill_value=0)
+    e = eliminated["cycle_eliminated"].value_counts().reindex(cycles, fill_value=0)
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    x = np.arange(len(cycles))
+    ax.bar(x - 0.2, f.to_numpy(), width=0.4, label="flagged (kept out until revisit)")
+    ax.bar(x + 0.2, e.to_numpy(), width=0.4, label="eliminated (failed the revisit)")
+    ax.set_xticks(x, [str(c) for c in cycles])
+    ax.set_xlabel("cycle")
+    ax.set_ylabel("training scans")
+    ax.set_title(f"{arm_dir.name}: scans flagged and eliminated per cycle")
+    ax.legend()
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def _fmt(x, digits: int = 3) -> str:
     return "" if pd.isna(x) else f"{x:.{digits}f}"
 
@@ -143,9 +166,8 @@ def write_report(run: Path, metrics: pd.DataFrame, plots: list[Path]) -> None:
     for _, r in last[last["group"] != "all"].iterrows():
         lines.append(f"| {r.arm} | {r.group} | {r.n} | {r.n_pos} | {_fmt(r.auroc)} | {_fmt(r.sensitivity)} | "
                      f"{_fmt(r.specificity)} | {r.note if isinstance(r.note, str) else ''} |")
-    detection = run / "qc" / "detection.csv"
-    if detection.is_file():
-        lines += ["", "## QC detection", "", markdown_table(pd.read_csv(detection))]
+    for detection in sorted(run.glob("*/detection.csv")):
+        lines += ["", f"## QC detection: `{detection.parent.name}`", "", markdown_table(pd.read_csv(detection))]
     lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.relative_to(run).as_posix()})" for p in plots]
     atomic_write_text("\n".join(lines) + "\n", run / "report.md")
 
@@ -163,5 +185,8 @@ def infer_run(run: Path, *, recompute: bool = False, age_edges=DEFAULT_AGE_EDGES
     for arm in metrics["arm"].unique():
         plots.append(plot_dir / f"subgroups_{arm}.png")
         plot_subgroups(metrics, arm, plots[-1])
+        if (run / arm / "flagged.csv").is_file():
+            plots.append(plot_dir / f"qc_{arm}.png")
+            plot_qc(run / arm, plots[-1])
     write_report(run, metrics, plots)
     return metrics

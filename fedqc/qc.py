@@ -163,6 +163,7 @@ class QCPolicy:
     eliminated: dict[str, dict] = field(default_factory=dict)
     untrusted: set[str] = field(default_factory=set)
     log: list[dict] = field(default_factory=list)
+    flags: list[dict] = field(default_factory=list)
     revisits: list[dict] = field(default_factory=list)
 
     def start(self, scores: pd.DataFrame) -> None:
@@ -203,6 +204,7 @@ class QCPolicy:
     def flag(self, subject: str, site: str, cycle: int) -> None:
         self.flagged[subject] = {"subject": subject, "site": site, "cycle_flagged": cycle,
                                  "due": cycle + self.revisit_after}
+        self.flags.append(dict(self.flagged[subject]))
 
     def due(self, site: str, cycle: int) -> list[str]:
         """Flagged scans of ``site`` whose revisit is due at ``cycle``."""

@@ -16,8 +16,8 @@ Granularity:
     verification and one harmful scan in ``n`` costs about ``2·log2(n)``.
 
 Revisits of flagged scans run first in a site's visit at cycle ``c + R``.
-Outputs under ``DIR/<arm>/``: ``qc_log.csv``, ``eliminated.csv``, ``revisits.csv``
-(and ``detection.csv`` from :mod:`fedqc.detection`).
+Outputs under ``DIR/<arm>/``: ``qc_log.csv``, ``flagged.csv``, ``revisits.csv``,
+``eliminated.csv`` (and ``detection.csv`` from :mod:`fedqc.detection`).
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from fedqc.travel import Arm, Transport, hop_seed
 
 ELIMINATED_COLUMNS = ["subject", "site", "cycle_flagged", "cycle_eliminated", "stage"]
 REVISIT_COLUMNS = ["subject", "site", "cycle_flagged", "due", "cycle_revisited", "accepted"]
+FLAG_COLUMNS = ["subject", "site", "cycle_flagged", "due"]
 
 
 def halves(items: list) -> tuple[list, list]:
@@ -58,12 +59,13 @@ class QCRunner:
                                revisit_after=self.qc.revisit_after, leave_site_out=self.qc.leave_site_out,
                                untrusted_fraction=self.qc.untrusted_fraction)
         self.train_ids = {s: transport.train_subjects(s) for s, c in info.items() if c["train"] > 0}
-        self.logged = self.revisits_logged = 0
+        self.logged = self.revisits_logged = self.flags_logged = 0
         self.verifications, self.verify_seconds = 0, 0.0
 
     # ------------------------------------------------------------------ hooks
     def begin(self, state: State, first_cycle: int, checkpoint: dict | None) -> None:
-        for name, column in (("qc_log.csv", "cycle"), ("revisits.csv", "cycle_revisited")):
+        for name, column in (("qc_log.csv", "cycle"), ("revisits.csv", "cycle_revisited"),
+                             ("flagged.csv", "cycle_flagged")):
             truncate_csv(self.dir / name, lambda df, c=column: df[df[c] < first_cycle])
         if checkpoint is not None and "qc" in checkpoint:
             self.policy.restore(checkpoint["qc"])
@@ -75,7 +77,10 @@ class QCRunner:
             append_csv(pd.DataFrame(self.policy.log[self.logged:]), self.dir / "qc_log.csv")
         append_csv(pd.DataFrame(self.policy.revisits[self.revisits_logged:], columns=REVISIT_COLUMNS),
                    self.dir / "revisits.csv")
+        append_csv(pd.DataFrame(self.policy.flags[self.flags_logged:], columns=FLAG_COLUMNS),
+                   self.dir / "flagged.csv")
         self.logged, self.revisits_logged = len(self.policy.log), len(self.policy.revisits)
+        self.flags_logged = len(self.policy.flags)
         atomic_write_csv(self.eliminated_table(), self.dir / "eliminated.csv")
 
     def snapshot(self) -> dict:
@@ -85,7 +90,7 @@ class QCRunner:
         return pd.DataFrame(list(self.policy.eliminated.values()), columns=ELIMINATED_COLUMNS)
 
     def flagged_table(self) -> pd.DataFrame:
-        return pd.DataFrame(list(self.policy.flagged.values()), columns=["subject", "site", "cycle_flagged", "due"])
+        return pd.DataFrame(list(self.policy.flagged.values()), columns=FLAG_COLUMNS)
 
     # ------------------------------------------------------------------ verification
     def _scores(self, state: State) -> pd.DataFrame:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -243,3 +244,54 @@ def test_qc_config_validation(tiny_cohort):
         tiny_config(tiny_cohort / "manifest.csv", **{"arms": ["qc-magic-batch"], "qc": {"criterion": "x", "z": -1}})
     text = str(err.value)
     assert "arms:" in text and "qc.criterion" in text and "qc.z" in text
+
+
+# ----------------------------------------------------------------------------- end to end
+class Interrupt(Exception):
+    pass
+
+
+@pytest.mark.slow
+def test_qc_arms_end_to_end_and_resume(tiny_cohort, tmp_path):
+    from fedqc.data.manifest import load_manifest
+    from fedqc.infer import infer_run
+    from fedqc.simulate import simulate
+    from fedqc.state import same
+    from fedqc.transport import InProcessTransport
+    from fedqc.travel import arms_for, checkpoint_path, load_checkpoint, run_arm
+
+    cfg = tiny_config(tiny_cohort / "manifest.csv", **{"arms": ["clean", "dirty", "qc", "qc-reference-batch"],
+                                                       "train.cycles": 4})
+    run = tmp_path / "run"
+    simulate(cfg, run, quiet=True)
+    for arm in ("qc", "qc-reference-batch"):
+        for name in ("qc_log.csv", "flagged.csv", "revisits.csv", "eliminated.csv", "detection.csv", "qc_summary.json"):
+            assert (run / arm / name).is_file(), (arm, name)
+        log = pd.read_csv(run / arm / "qc_log.csv")
+        assert set(log["cycle"]) == {1, 2, 3} and log["n_verify"].max() > 0
+        assert set(log["scope"]) <= {"visit", "group", "batch", "scan", "revisit"}
+    assert "batch" in set(pd.read_csv(run / "qc-reference-batch" / "qc_log.csv")["scope"])
+    assert "visit" in set(pd.read_csv(run / "qc" / "qc_log.csv")["scope"])
+    infer_run(run, n_boot=20)
+    assert (run / "plots" / "qc_qc.png").is_file() and "QC detection: `qc`" in (run / "report.md").read_text()
+
+    # a QC arm killed mid-cycle resumes to the same weights, decisions and eliminations
+    transport = InProcessTransport(load_manifest(cfg.manifest), cfg.model)
+    arm = [a for a in arms_for(cfg) if a.name == "qc-reference-batch"][0]
+    cut = tmp_path / "cut"
+    shutil.copytree(run / "clean", cut / "clean")
+
+    def progress(row):
+        if row["cycle"] == 2 and row["hop"] == 1:
+            raise Interrupt
+
+    from fedqc.qc_arm import QCRunner
+
+    with pytest.raises(Interrupt):
+        run_arm(arm, transport, cfg, cut, hooks=QCRunner(transport, cfg, arm, cut), progress=progress)
+    resumed = run_arm(arm, transport, cfg, cut, hooks=QCRunner(transport, cfg, arm, cut), resume=True)
+    assert same(resumed, load_checkpoint(checkpoint_path(run / arm.name, 3))["state"])
+    for name in ("qc_log.csv", "flagged.csv", "eliminated.csv"):
+        a = pd.read_csv(run / arm.name / name).drop(columns="seconds", errors="ignore")
+        b = pd.read_csv(cut / arm.name / name).drop(columns="seconds", errors="ignore")
+        pd.testing.assert_frame_equal(a, b)
