@@ -216,12 +216,20 @@ class QCPolicy:
         self.revisits.append({**flag, "cycle_revisited": cycle, "accepted": accepted})
         if accepted:
             return
-        site = flag["site"]
-        self.eliminated[subject] = {"subject": subject, "site": site, "cycle_flagged": flag["cycle_flagged"],
-                                    "cycle_eliminated": cycle, "stage": "verification"}
+        self.eliminate(subject, flag["site"], cycle, "verification", cycle_flagged=flag["cycle_flagged"])
+
+    def eliminate(self, subject: str, site: str, cycle: int, stage: str, *, cycle_flagged: int | None = None) -> None:
+        """Eliminate a scan for the rest of training; a site losing enough scans becomes untrusted."""
+        self.eliminated[subject] = {"subject": subject, "site": site,
+                                    "cycle_flagged": cycle if cycle_flagged is None else cycle_flagged,
+                                    "cycle_eliminated": cycle, "stage": stage}
         n_out = sum(1 for e in self.eliminated.values() if e["site"] == site)
         if site not in self.untrusted and n_out >= self.untrusted_fraction * self.train_counts.get(site, math.inf):
             self.untrusted.add(site)
+
+    def drop_verification(self, subjects: list[str]) -> None:
+        """Remove scans from the verification set (e.g. val scans that failed the audit)."""
+        self.baseline = self.baseline.drop(index=[s for s in subjects if s in self.baseline.index])
 
     def excluded(self, site: str) -> set[str]:
         """Scans of ``site`` kept out of training: flagged (until revisit) or eliminated."""

@@ -69,8 +69,21 @@ class QCRunner:
             truncate_csv(self.dir / name, lambda df, c=column: df[df[c] < first_cycle])
         if checkpoint is not None and "qc" in checkpoint:
             self.policy.restore(checkpoint["qc"])
-        else:
-            self.policy.start(self._scores(state))
+            return
+        self.policy.start(self._scores(state))
+        if self.qc.audit:
+            self.run_audit(first_cycle)
+
+    def run_audit(self, cycle: int) -> None:
+        """Eliminate training scans that fail the image audit; drop such val scans from verification."""
+        sites = sorted(set(self.train_ids) | set(self.val_sites))
+        rows = [{"subject": s, "site": site, "split": split, "reason": reason}
+                for site, flagged in self.transport.audit(sites).items() for s, split, reason in flagged]
+        table = pd.DataFrame(rows, columns=["subject", "site", "split", "reason"])
+        for r in table[table["split"] == "train"].itertuples():
+            self.policy.eliminate(r.subject, r.site, cycle, "audit")
+        self.policy.drop_verification(list(table.loc[table["split"] == "val", "subject"]))
+        atomic_write_csv(table, self.dir / "audit.csv")
 
     def end_cycle(self, cycle: int) -> None:
         if len(self.policy.log) > self.logged:

@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from fedqc.audit import audit_image
 from fedqc.data.dataset import ImageError, load_image
 from fedqc.models import build_model
 from fedqc.state import State, pack, unpack
@@ -160,6 +161,19 @@ class Site:
             done += ok
         return TrainResult(pack(self.encoder, self.classifier, self.optimizer), n_done,
                            total / n_done if n_done else float("nan"), time.perf_counter() - t0, done, skipped)
+
+    def audit(self) -> list[tuple[str, str, str]]:
+        """Image-level checks (:mod:`fedqc.audit`) on the train and val scans: (subject, split, reason)."""
+        flagged = []
+        for split in ("train", "val"):
+            for s in self.subjects(split):
+                try:
+                    reason = audit_image(load_image(self.table.at[s, "path"], tuple(self.model.input_shape)))
+                except ImageError as exc:
+                    reason = str(exc)
+                if reason:
+                    flagged.append((s, split, reason))
+        return flagged
 
     def sample(self, split: str, fraction: float, seed: int) -> list[str]:
         """A seeded share of a split: ``max(1, round(fraction · n))`` scans, in manifest order."""

@@ -36,6 +36,9 @@ class InProcessTransport:
     def train_subjects(self, site: str) -> list[str]:
         return self.sites[site].subjects("train")
 
+    def audit(self, sites: list[str]) -> dict[str, list[tuple[str, str, str]]]:
+        return {s: self.sites[s].audit() for s in sites}
+
     def train(self, site: str, state: State, request: dict) -> TrainResult:
         return train_request(self.sites[site], state, request)
 

@@ -295,3 +295,32 @@ def test_qc_arms_end_to_end_and_resume(tiny_cohort, tmp_path):
         a = pd.read_csv(run / arm.name / name).drop(columns="seconds", errors="ignore")
         b = pd.read_csv(cut / arm.name / name).drop(columns="seconds", errors="ignore")
         pd.testing.assert_frame_equal(a, b)
+
+
+def test_audit_flags_image_level_harm_only(tiny_cohort):
+    from fedqc.audit import audit_image
+    from fedqc.data.dataset import load_image
+    from fedqc.data.manifest import load_manifest
+
+    m = load_manifest(tiny_cohort / "manifest.csv")
+    flagged = {r.harm for r in m.itertuples() if audit_image(load_image(r.path, (16, 16, 16))) is not None}
+    assert flagged == {"inverted", "noise"}  # the tiny cohort's image-level harm; never a good or mislabeled scan
+    assert audit_image(np.zeros((1, 8, 8, 8), dtype=np.float32)).startswith("blank")
+
+
+def test_audit_stage_eliminates_before_training(tiny_cohort, tmp_path):
+    from fedqc.data.manifest import load_manifest
+    from fedqc.transport import InProcessTransport
+    from fedqc.travel import initial_state
+
+    cfg = tiny_config(tiny_cohort / "manifest.csv", **{"arms": ["clean", "qc"], "qc": {"audit": True}})
+    transport = InProcessTransport(load_manifest(cfg.manifest), cfg.model)
+    r = QCRunner(transport, cfg, Arm("qc", True, 1, "clean", qc=True), tmp_path)
+    r.begin(initial_state(cfg), 1, None)
+    audit = pd.read_csv(tmp_path / "qc" / "audit.csv")
+    m = load_manifest(cfg.manifest).set_index("subject")
+    assert set(m.loc[audit["subject"], "harm"]) == {"inverted", "noise"}
+    train_flagged = set(audit.loc[audit["split"] == "train", "subject"])
+    assert set(r.policy.eliminated) == train_flagged
+    assert {e["stage"] for e in r.policy.eliminated.values()} == {"audit"}
+    assert not set(audit.loc[audit["split"] == "val", "subject"]) & set(r.policy.baseline.index)

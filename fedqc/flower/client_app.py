@@ -1,4 +1,4 @@
-"""ClientApp: one site. Handlers ``query`` (site name, counts, training ids), ``train``, ``evaluate``.
+"""ClientApp: one site. Handlers ``query`` (site name, counts, training ids, audit), ``train``, ``evaluate``.
 
 A node finds its data from ``node_config``: in deployment ``site`` (and optionally its
 own ``manifest``), in simulation ``partition-id`` indexing the sorted site names of the
@@ -58,8 +58,12 @@ def make_client_app(manifest: str | None = None) -> ClientApp:
 
     @app.query()
     def query(msg: Message, context: Context) -> Message:
-        site = _resolve(context, manifest, dict(msg.content["config"]))
-        ids = to_config({"site": site.name, "train": site.subjects("train")})
+        request = dict(msg.content["config"])
+        site = _resolve(context, manifest, request)
+        ids = {"site": site.name, "train": site.subjects("train")}
+        if request.get("audit"):
+            ids["flagged"] = ["\t".join(f) for f in site.audit()]
+        ids = to_config(ids)
         return Message(RecordDict({"metrics": MetricRecord(site.info()), "ids": ids}), reply_to=msg)
 
     @app.train()
