@@ -1,11 +1,15 @@
-"""Every QC criterion × granularity on one run, plus the default QC at smaller verification sets.
+"""Every QC criterion × granularity on one run, the configured QC, and smaller verification sets.
 
     python bench/qc_grid.py --config configs/demo.yaml --out runs/qc-grid
 
-Runs clean, dirty and the six ``qc-<criterion>-<granularity>`` arms in one experiment
-(in-process transport, same seed), then the configured ``qc`` arm again with
-``qc.verify_fraction`` 0.5 and 0.25 from the same clean checkpoint. Writes
-``OUT/qc_grid.csv``, ``OUT/qc_grid.json`` and ``OUT/qc_grid.md`` (the README table).
+1. One experiment (in-process transport, the config's seed): clean, dirty and the six
+   ``qc-<criterion>-<granularity>`` arms, all with the audit stage **off**, so the
+   verification-based method is measured on its own.
+2. From the same clean checkpoint: the config's ``qc`` arm as configured (audit
+   included if the config turns it on), then with the audit off at
+   ``qc.verify_fraction`` 0.5 and 0.25, for the config's criterion and ``reference``.
+
+Writes ``OUT/qc_grid.csv``, ``OUT/qc_grid.json`` and ``OUT/qc_grid.md`` (the README table).
 """
 
 from __future__ import annotations
@@ -39,7 +43,9 @@ def arm_row(run: Path, arm: str, label: str) -> dict:
         if level == "kind":
             row[f"recall {r['scope']} {name}"] = round(r["recall"], 2)
     overall = det.loc[("overall", "all")]
-    row |= {"recall whole-site": round(det.loc[("scope", "whole-site"), "recall"], 2),
+    whole = det.loc[("scope", "whole-site")]
+    row |= {"recall whole-site": round(whole["recall"], 2),
+            "whole-site out at end": round((whole["eliminated"] + whole["pending"]) / whole["harmful"], 2),
             "recall single-scan": round(det.loc[("scope", "single-scan"), "recall"], 2),
             "precision": None if pd.isna(overall["precision"]) else round(overall["precision"], 2),
             "good lost": f"{int(overall['good_eliminated'])} ({overall['good_eliminated_rate']:.1%})",
@@ -47,30 +53,61 @@ def arm_row(run: Path, arm: str, label: str) -> dict:
     return row
 
 
+def compact(table: pd.DataFrame) -> pd.DataFrame:
+    """The README's view: recall per harm kind folded into one column per scope."""
+    def kinds(row: pd.Series, scope: str) -> str:
+        cols = [c for c in table.columns if c.startswith(f"recall {scope} ")]
+        return " · ".join(f"{c.split()[-1]} {row[c]:.2f}" for c in cols if pd.notna(row[c]))
+
+    out = pd.DataFrame({"arm": table["arm"], "test AUROC (last 3)": table["auroc_last3"]})
+    if "recall whole-site" in table:
+        out["whole-site recall"] = table["recall whole-site"]
+        out["by kind"] = [kinds(r, "whole-site") for _, r in table.iterrows()]
+        out["whole-site out at end (eliminated + pending)"] = table["whole-site out at end"]
+        out["single-scan recall"] = table["recall single-scan"]
+        out["precision"] = table["precision"]
+        out["good lost"] = table["good lost"].fillna("")
+        for col in ("verifications", "seconds"):
+            out[col] = [f"{v:.0f}" if pd.notna(v) else "" for v in table[col]]
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/demo.yaml")
     parser.add_argument("--out", default="runs/qc-grid")
+    parser.add_argument("--reuse-grid", action="store_true",
+                        help="keep the clean, dirty and variant arms already in OUT; rerun only step 2")
+    parser.add_argument("--table-only", action="store_true", help="run nothing; rebuild the tables from OUT")
     args = parser.parse_args()
     out = Path(args.out)
     variants = [f"qc-{c}-{g}" for c in CRITERIA for g in GRANULARITIES]
-    cfg = load_config(args.config, {"arms": ["clean", "dirty", *variants], "engine": "inprocess"})
+    base = load_config(args.config, {"engine": "inprocess"})
+    no_audit = dataclasses.replace(base.qc, audit=False)
+    cfg = dataclasses.replace(base, arms=("clean", "dirty", *variants), qc=no_audit)
     torch.set_num_threads(cfg.threads)
-    prepare_run_dir(cfg, out, resume=False, overwrite=True)
     transport = InProcessTransport(load_manifest(cfg.manifest), cfg.model)
-    run_experiment(cfg, transport, out, quiet=True)
+    if not (args.reuse_grid or args.table_only):
+        prepare_run_dir(cfg, out, resume=False, overwrite=True)
+        run_experiment(cfg, transport, out, quiet=True)
     rows = [arm_row(out, a, a) for a in ("clean", "dirty", *variants)]
-    for fraction in FRACTIONS:
-        sub = out / f"verify_{fraction}"
-        sub_cfg = dataclasses.replace(cfg, arms=("qc",), qc=dataclasses.replace(cfg.qc, verify_fraction=fraction))
-        prepare_run_dir(sub_cfg, sub, resume=False, overwrite=True)
-        shutil.copytree(out / "clean", sub / "clean")
-        run_experiment(sub_cfg, transport, sub, quiet=True)
-        rows.append(arm_row(sub, "qc", f"qc ({cfg.qc.criterion}, {cfg.qc.granularity}) verify_fraction={fraction}"))
+    settings = [("default", base.qc, f"qc as configured ({base.qc.criterion}, {base.qc.granularity}, "
+                                     f"z={base.qc.z}, audit {'on' if base.qc.audit else 'off'})")]
+    for criterion in dict.fromkeys([base.qc.criterion, "reference"]):
+        settings += [(f"verify_{criterion}_{f}", dataclasses.replace(no_audit, criterion=criterion, verify_fraction=f),
+                      f"qc ({criterion}, {base.qc.granularity}, audit off), verify_fraction={f}") for f in FRACTIONS]
+    for name, qc, label in settings:
+        sub = out / name
+        sub_cfg = dataclasses.replace(cfg, arms=("qc",), qc=qc)
+        if not args.table_only:
+            prepare_run_dir(sub_cfg, sub, resume=False, overwrite=True)
+            shutil.copytree(out / "clean", sub / "clean")
+            run_experiment(sub_cfg, transport, sub, quiet=True)
+        rows.append(arm_row(sub, "qc", label))
     table = pd.DataFrame(rows)
     table.to_csv(out / "qc_grid.csv", index=False)
     (out / "qc_grid.json").write_text(table.to_json(orient="records", indent=2))
-    (out / "qc_grid.md").write_text(markdown_table(table) + "\n")
+    (out / "qc_grid.md").write_text(markdown_table(compact(table)) + "\n")
     print(table.to_string(index=False))
 
 

@@ -79,7 +79,7 @@ class QCRunner:
         sites = sorted(set(self.train_ids) | set(self.val_sites))
         rows = [{"subject": s, "site": site, "split": split, "reason": reason}
                 for site, flagged in self.transport.audit(sites).items() for s, split, reason in flagged]
-        table = pd.DataFrame(rows, columns=["subject", "site", "split", "reason"])
+        table = pd.DataFrame(rows, columns=["subject", "site", "split", "reason"]).sort_values(["site", "subject"])
         for r in table[table["split"] == "train"].itertuples():
             self.policy.eliminate(r.subject, r.site, cycle, "audit")
         self.policy.drop_verification(list(table.loc[table["split"] == "val", "subject"]))

@@ -131,11 +131,16 @@ def test_existing_run_dir_is_not_overwritten(tiny_cfg, tmp_path):
 def test_flower_simulation_matches_inprocess(tiny_cohort, tmp_path):
     from tests.conftest import tiny_config
 
-    cfg = tiny_config(tiny_cohort / "manifest.csv", **{"train.cycles": 2})
+    over = {"train.cycles": 2, "arms": ["clean", "dirty", "qc"], "qc": {"audit": True}}
+    cfg = tiny_config(tiny_cohort / "manifest.csv", **over)
     simulate(cfg, tmp_path / "inproc", quiet=True)
-    flower_cfg = tiny_config(tiny_cohort / "manifest.csv", **{"train.cycles": 2, "engine": "flower"})
+    flower_cfg = tiny_config(tiny_cohort / "manifest.csv", **over, engine="flower")
     simulate(flower_cfg, tmp_path / "flower", quiet=True)
-    for arm, cycle in (("clean", 1), ("dirty", 1)):
+    for name in ("qc_log.csv", "audit.csv", "eliminated.csv"):
+        a = pd.read_csv(tmp_path / "inproc" / "qc" / name).drop(columns="seconds", errors="ignore")
+        b = pd.read_csv(tmp_path / "flower" / "qc" / name).drop(columns="seconds", errors="ignore")
+        pd.testing.assert_frame_equal(a, b)
+    for arm, cycle in (("clean", 1), ("dirty", 1), ("qc", 1)):
         assert same(_final(tmp_path / "inproc", arm, cycle), _final(tmp_path / "flower", arm, cycle))
         a = pd.read_csv(tmp_path / "inproc" / arm / "predictions" / f"cycle_{cycle:03d}.csv")
         b = pd.read_csv(tmp_path / "flower" / arm / "predictions" / f"cycle_{cycle:03d}.csv")
