@@ -201,6 +201,12 @@ class QCPolicy:
             self.baseline.loc[seen, "score"] = cand[seen]
         return accepted
 
+    def reject(self, *, cycle: int, site: str, scope: str, subjects: list[str], reason: str) -> None:
+        """Log an update rejected before verification (an invalid reply)."""
+        self.log.append({"cycle": cycle, "site": site, "scope": scope,
+                         "subject": subjects[0] if len(subjects) == 1 else "", "n_trained": 0,
+                         "criterion": "invalid update", "accepted": False, "note": reason})
+
     def flag(self, subject: str, site: str, cycle: int) -> None:
         self.flagged[subject] = {"subject": subject, "site": site, "cycle_flagged": cycle,
                                  "due": cycle + self.revisit_after}

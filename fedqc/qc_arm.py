@@ -32,7 +32,7 @@ from fedqc.config import ExperimentConfig, QCConfig
 from fedqc.io import append_csv, atomic_write_csv, truncate_csv
 from fedqc.qc import QCPolicy, make_criterion
 from fedqc.site import batches
-from fedqc.state import State
+from fedqc.state import State, check_update
 from fedqc.travel import Arm, Transport, hop_seed
 
 ELIMINATED_COLUMNS = ["subject", "site", "cycle_flagged", "cycle_eliminated", "stage"]
@@ -121,6 +121,9 @@ class QCRunner:
             seed = int(seeds.spawn(1)[0].generate_state(1)[0])
             res = self.transport.train(site, state, {"lr": lr, "seed": seed, "batch_size": self.cfg.train.batch_size,
                                                      "subjects": subjects})
+            if reason := check_update(state, res.state):  # never evaluated, never adopted
+                self.policy.reject(cycle=cycle, site=site, scope=scope, subjects=subjects, reason=reason)
+                return False, state
             scores = self._scores(res.state)
             seconds = time.perf_counter() - t
             ok = self.policy.verify(scores, cycle=cycle, site=site, scope=scope, subjects=subjects,
@@ -170,4 +173,4 @@ class QCRunner:
                 state = bisect(state, pool)
         n = sum(k for k, _ in trained)
         loss = sum(k * v for k, v in trained) / n if n else float("nan")
-        return state, {"n_scans": n, "loss": loss, "seconds": time.perf_counter() - t0}
+        return state, {"n_scans": n, "loss": loss, "seconds": time.perf_counter() - t0, "status": "ok"}

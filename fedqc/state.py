@@ -58,3 +58,24 @@ def join_parts(parts: dict[str, dict[str, torch.Tensor]]) -> State:
 def same(a: State, b: State) -> bool:
     """Bit-identical comparison of two states."""
     return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def check_update(sent: State, reply: State) -> str | None:
+    """Why a site's reply cannot be adopted, or None.
+
+    The reply must carry exactly the keys that were sent (plus the optimizer state when
+    none was sent yet), each with the sent shape and dtype, and only finite values.
+    """
+    missing = sorted(set(sent) - set(reply))
+    extra = sorted(set(reply) - set(sent))
+    if missing:
+        return f"missing arrays: {missing[:3]}"
+    if extra and (any(k.startswith("optim.") for k in sent) or not all(k.startswith("optim.") for k in extra)):
+        return f"unexpected arrays: {extra[:3]}"
+    for key, value in reply.items():
+        ref = sent.get(key)
+        if ref is not None and (value.shape != ref.shape or value.dtype != ref.dtype):
+            return f"{key}: shape/dtype {value.shape}/{value.dtype}, expected {ref.shape}/{ref.dtype}"
+        if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
+            return f"{key}: non-finite values"
+    return None

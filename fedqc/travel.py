@@ -31,9 +31,8 @@ from fedqc.config import ExperimentConfig
 from fedqc.io import append_csv, atomic_torch_save, atomic_write_csv, truncate_csv
 from fedqc.models import build_model
 from fedqc.site import EvalResult, TrainResult
-from fedqc.state import State, join_parts, pack, split_parts
+from fedqc.state import State, check_update, join_parts, pack, split_parts
 
-LOG_COLUMNS = ["cycle", "hop", "site", "n_scans", "loss", "seconds"]
 
 
 class Transport(Protocol):
@@ -141,7 +140,9 @@ def plain_visit(transport: Transport, cfg: ExperimentConfig, arm: Arm) -> Visit:
     def visit(site: str, state: State, cycle: int, hop: int, lr: float) -> tuple[State, dict]:
         res = transport.train(site, state, {"lr": lr, "seed": hop_seed(cfg.train.seed, cycle, site),
                                             "batch_size": cfg.train.batch_size, "include_harmful": arm.include_harmful})
-        return res.state, {"n_scans": res.n_scans, "loss": res.loss, "seconds": res.seconds}
+        if reason := check_update(state, res.state):
+            return state, {"n_scans": 0, "loss": float("nan"), "seconds": res.seconds, "status": f"rejected: {reason}"}
+        return res.state, {"n_scans": res.n_scans, "loss": res.loss, "seconds": res.seconds, "status": "ok"}
     return visit
 
 

@@ -324,3 +324,19 @@ def test_audit_stage_eliminates_before_training(tiny_cohort, tmp_path):
     assert set(r.policy.eliminated) == train_flagged
     assert {e["stage"] for e in r.policy.eliminated.values()} == {"audit"}
     assert not set(audit.loc[audit["split"] == "val", "subject"]) & set(r.policy.baseline.index)
+
+
+def test_qc_never_evaluates_or_adopts_an_invalid_update(tiny_cohort):
+    r, transport, state = runner(tiny_cohort, ["t00", "t01"], "hierarchical")
+    original = transport.train
+
+    def poisoned(site, state, request):
+        res = original(site, state, request)
+        res.state = {**res.state, "encoder.w": np.full(1, np.inf)}
+        return res
+
+    transport.train = poisoned
+    final, _ = r.visit("t", state, cycle=1, hop=0, lr=1e-3)
+    assert final["encoder.w"][0] == 0  # nothing adopted
+    log = pd.DataFrame(r.policy.log)
+    assert (~log["accepted"]).all() and log["note"].str.contains("non-finite").all()

@@ -147,3 +147,37 @@ def test_flower_simulation_matches_inprocess(tiny_cohort, tmp_path):
         pd.testing.assert_frame_equal(a.sort_values("subject").reset_index(drop=True),
                                       b.sort_values("subject").reset_index(drop=True))
     assert (tmp_path / "flower" / "config.yaml").is_file()
+
+
+def test_check_update_rejects_bad_replies():
+    from fedqc.state import check_update
+
+    sent = {"encoder.w": np.zeros((2, 3), np.float32), "optim.0.step": np.array(1.0, np.float32)}
+    assert check_update(sent, {k: v + 1 for k, v in sent.items()}) is None
+    assert "non-finite" in check_update(sent, {**sent, "encoder.w": np.full((2, 3), np.nan, np.float32)})
+    assert "shape" in check_update(sent, {**sent, "encoder.w": np.zeros((3, 2), np.float32)})
+    assert "dtype" in check_update(sent, {**sent, "encoder.w": np.zeros((2, 3), np.float64)})
+    assert "missing" in check_update(sent, {"encoder.w": sent["encoder.w"]})
+    assert "unexpected" in check_update(sent, {**sent, "encoder.extra": np.zeros(1, np.float32)})
+    fresh = {"encoder.w": sent["encoder.w"]}  # no optimizer state yet: the first reply adds it
+    assert check_update(fresh, sent) is None
+
+
+class PoisonedTransport(InProcessTransport):
+    """Site ``beta`` answers with non-finite weights."""
+
+    def train(self, site, state, request):
+        res = super().train(site, state, request)
+        if site == "beta":
+            res.state = {k: np.full_like(v, np.nan) if v.dtype.kind == "f" else v for k, v in res.state.items()}
+        return res
+
+
+def test_a_poisoned_update_is_logged_and_never_adopted(tiny_cfg, tmp_path):
+    transport = PoisonedTransport(load_manifest(tiny_cfg.manifest), tiny_cfg.model)
+    state = run_arm(arms_for(tiny_cfg)[0], transport, tiny_cfg, tmp_path)
+    assert all(np.isfinite(v).all() for v in state.values())
+    log = pd.read_csv(tmp_path / "clean" / "train_log.csv")
+    beta = log[log["site"] == "beta"]
+    assert len(beta) == tiny_cfg.train.cycles and beta["status"].str.startswith("rejected: ").all()
+    assert (log.loc[log["site"] != "beta", "status"] == "ok").all()
