@@ -19,7 +19,7 @@ from fedqc.data.manifest import ManifestError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Travelling-model learning on medical images with quality control of harmful data.")
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)  # one line per message, never wrapped
 out = Console(highlight=False)
 USER_ERRORS = (ManifestError, ConfigError, ValueError, FileNotFoundError, KeyError, OSError)
 

@@ -134,7 +134,7 @@ def _check_type(value, tp, key: str, problems: list[str]):
 
 def _build(cls, data, prefix: str, problems: list[str]):
     if not isinstance(data, dict):
-        problems.append(f"{prefix or 'config'}: expected a mapping, got {data!r}")
+        problems.append(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
         return None
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls) if f.init and f.name != "source"}
