@@ -99,11 +99,12 @@ def cohort(preset: str = typer.Option("demo", help="demo or reference."),
 
 
 def _simulate(config: Path, out_dir: Optional[Path], resume: bool, overwrite: bool, quiet: bool,
-              engine: Optional[str]):
+              engine: Optional[str], strict: bool):
     from fedqc.config import load_config
     from fedqc.simulate import simulate
 
-    cfg = load_config(config, {"engine": engine} if engine else None)
+    overrides = ({"engine": engine} if engine else {}) | ({"strict": True} if strict else {})
+    cfg = load_config(config, overrides)
     simulate(cfg, out_dir or Path("runs") / cfg.name, resume=resume, overwrite=overwrite, quiet=quiet)
 
 
@@ -114,6 +115,7 @@ SIM_OPTS = dict(
     overwrite=typer.Option(False, "--overwrite", help="Replace an existing run folder."),
     quiet=typer.Option(False, "--quiet", help="No progress output."),
     engine=typer.Option(None, "--engine", help="Override the config's engine: flower or inprocess."),
+    strict=typer.Option(False, "--strict", help="Stop at the first unusable scan instead of skipping it."),
 )
 
 
@@ -121,9 +123,10 @@ SIM_OPTS = dict(
 @friendly
 def simulate_cmd(config: Path = SIM_OPTS["config"], out_dir: Optional[Path] = SIM_OPTS["out_dir"],
                  resume: bool = SIM_OPTS["resume"], overwrite: bool = SIM_OPTS["overwrite"],
-                 quiet: bool = SIM_OPTS["quiet"], engine: Optional[str] = SIM_OPTS["engine"], debug: bool = DEBUG):
+                 quiet: bool = SIM_OPTS["quiet"], engine: Optional[str] = SIM_OPTS["engine"],
+                 strict: bool = SIM_OPTS["strict"], debug: bool = DEBUG):
     """Run an experiment's arms on one machine (same as ``python -m fedqc.simulate``)."""
-    _simulate(config, out_dir, resume, overwrite, quiet, engine)
+    _simulate(config, out_dir, resume, overwrite, quiet, engine, strict)
 
 
 @app.command()

@@ -79,6 +79,7 @@ class ExperimentConfig:
     arms: tuple[str, ...] = ARMS
     engine: str = "flower"
     threads: int = 2
+    strict: bool = False  # an unusable scan stops the run instead of being skipped and recorded
     source: Path | None = field(default=None, compare=False)
 
     def qc_for(self, arm: str) -> QCConfig:

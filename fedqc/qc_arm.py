@@ -115,12 +115,14 @@ class QCRunner:
         t0 = time.perf_counter()
         seeds = np.random.SeedSequence(hop_seed(self.cfg.train.seed, cycle, site))
         trained: list[tuple[int, float]] = []
+        skipped: dict[str, str] = {}
 
         def attempt(state: State, subjects: list[str], scope: str) -> tuple[bool, State]:
             t = time.perf_counter()
             seed = int(seeds.spawn(1)[0].generate_state(1)[0])
             res = self.transport.train(site, state, {"lr": lr, "seed": seed, "batch_size": self.cfg.train.batch_size,
                                                      "subjects": subjects})
+            skipped.update(res.skipped)
             if reason := check_update(state, res.state):  # never evaluated, never adopted
                 self.policy.reject(cycle=cycle, site=site, scope=scope, subjects=subjects, reason=reason)
                 return False, state
@@ -173,4 +175,5 @@ class QCRunner:
                 state = bisect(state, pool)
         n = sum(k for k, _ in trained)
         loss = sum(k * v for k, v in trained) / n if n else float("nan")
-        return state, {"n_scans": n, "loss": loss, "seconds": time.perf_counter() - t0, "status": "ok"}
+        return state, {"n_scans": n, "loss": loss, "seconds": time.perf_counter() - t0, "status": "ok",
+                       "skipped": sorted(skipped.items())}

@@ -87,7 +87,9 @@ def run_experiment(cfg: ExperimentConfig, transport: Transport, out: Path, *, re
                               f"{summary['verifications']} verifications in {summary['verify_seconds']:.1f} s; "
                               f"{summary['eliminated']} scans eliminated, {summary['pending']} pending revisit")
     for name, s in seconds.items():
-        console.print(f"[bold]{name}[/]: {s:.1f} s")
+        errors = out / name / "errors.csv"
+        n_bad = len(pd.read_csv(errors).drop_duplicates(["subject"])) if errors.is_file() else 0
+        console.print(f"[bold]{name}[/]: {s:.1f} s" + (f"; {n_bad} unusable scan(s) skipped, see {errors}" if n_bad else ""))
     return seconds
 
 

@@ -54,6 +54,13 @@ class Transport(Protocol):
         """Evaluate ``state`` at each site on ``request['split']``."""
 
 
+ERROR_COLUMNS = ["subject", "site", "cycle", "stage", "reason"]
+
+
+class BrokenScanError(RuntimeError):
+    """An unusable scan met with ``strict`` on."""
+
+
 def hop_seed(seed: int, cycle: int, site: str) -> int:
     """The seed of one visit, derived from the run seed, cycle and site name."""
     return int(np.random.SeedSequence([seed, cycle, zlib.crc32(site.encode())]).generate_state(1)[0])
@@ -140,9 +147,10 @@ def plain_visit(transport: Transport, cfg: ExperimentConfig, arm: Arm) -> Visit:
     def visit(site: str, state: State, cycle: int, hop: int, lr: float) -> tuple[State, dict]:
         res = transport.train(site, state, {"lr": lr, "seed": hop_seed(cfg.train.seed, cycle, site),
                                             "batch_size": cfg.train.batch_size, "include_harmful": arm.include_harmful})
+        row = {"n_scans": res.n_scans, "loss": res.loss, "seconds": res.seconds, "status": "ok", "skipped": res.skipped}
         if reason := check_update(state, res.state):
-            return state, {"n_scans": 0, "loss": float("nan"), "seconds": res.seconds, "status": f"rejected: {reason}"}
-        return res.state, {"n_scans": res.n_scans, "loss": res.loss, "seconds": res.seconds, "status": "ok"}
+            return state, {**row, "n_scans": 0, "loss": float("nan"), "status": f"rejected: {reason}"}
+        return res.state, row
     return visit
 
 
@@ -181,7 +189,8 @@ def run_arm(
         state, first = load_checkpoint(src)["state"], arm.first_cycle
     else:
         state, first = initial_state(cfg), arm.first_cycle
-    truncate_csv(arm_dir / "train_log.csv", lambda df: df[df["cycle"] < first])
+    for name in ("train_log.csv", "errors.csv"):
+        truncate_csv(arm_dir / name, lambda df: df[df["cycle"] < first])
     for stale in (arm_dir / "predictions").glob("cycle_*.csv"):
         if int(stale.stem.split("_")[1]) >= first:
             stale.unlink()
@@ -191,16 +200,24 @@ def run_arm(
     for cycle in range(first, cfg.train.cycles):
         order = site_order(cfg.train.order, sites, seed=cfg.train.seed, cycle=cycle)
         lr = learning_rate(cfg.train.lr, cfg.train.lr_decay, cycle)
-        rows = []
+        rows, errors = [], []
         for hop, site in enumerate(order):
             state, row = visit(site, state, cycle, hop, lr)
+            errors += [{"subject": s, "site": site, "cycle": cycle, "stage": "train", "reason": r}
+                       for s, r in row.pop("skipped", [])]
             rows.append({"cycle": cycle, "hop": hop, "site": site, **row})
             if progress:
                 progress({"arm": arm.name, "cycle": cycle, "hop": hop, "site": site, **row})
         results = transport.evaluate(test_sites, state, {"split": "test"})
+        errors += [{"subject": s, "site": site, "cycle": cycle, "stage": "test", "reason": r}
+                   for site, res in results.items() for s, r in res.skipped]
+        if errors and cfg.strict:
+            raise BrokenScanError(f"{len(errors)} unusable scan(s) in cycle {cycle}, e.g. {errors[0]['subject']}: "
+                                  f"{errors[0]['reason']} (drop --strict / strict: false to skip and record them)")
         preds = pd.concat([r.scores for r in results.values()], ignore_index=True)
         atomic_write_csv(preds, arm_dir / "predictions" / f"cycle_{cycle:03d}.csv")
         append_csv(pd.DataFrame(rows), arm_dir / "train_log.csv")
+        append_csv(pd.DataFrame(errors, columns=ERROR_COLUMNS), arm_dir / "errors.csv")
         if hooks:
             hooks.end_cycle(cycle)
         if on_cycle_end:

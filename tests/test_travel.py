@@ -181,3 +181,48 @@ def test_a_poisoned_update_is_logged_and_never_adopted(tiny_cfg, tmp_path):
     beta = log[log["site"] == "beta"]
     assert len(beta) == tiny_cfg.train.cycles and beta["status"].str.startswith("rejected: ").all()
     assert (log.loc[log["site"] != "beta", "status"] == "ok").all()
+
+
+def broken_cohort(tiny_cohort, tmp_path):
+    """The tiny cohort with one NaN training scan and one truncated test scan (headers intact)."""
+    import shutil
+
+    import SimpleITK as sitk
+
+    root = tmp_path / "broken"
+    shutil.copytree(tiny_cohort, root)
+    m = pd.read_csv(root / "manifest.csv")
+    train = m.index[(m["split"] == "train") & (m["site"] == "alpha")][0]
+    test = m.index[(m["split"] == "test") & (m["site"] == "alpha")][0]
+    img = sitk.ReadImage(str(root / m.loc[train, "path"]), sitk.sitkFloat32)
+    arr = sitk.GetArrayFromImage(img)
+    arr[0, 0, 0] = np.nan
+    nan_img = sitk.GetImageFromArray(arr)
+    nan_img.CopyInformation(img)
+    sitk.WriteImage(nan_img, str(root / "nan.mha"))  # ITK's NIfTI writer/reader zero non-finite voxels
+    sitk.WriteImage(sitk.ReadImage(str(root / m.loc[test, "path"])), str(root / "full.nii"))
+    data = (root / "full.nii").read_bytes()
+    (root / "truncated.nii").write_bytes(data[: len(data) // 2])
+    m.loc[train, "path"], m.loc[test, "path"] = "nan.mha", "truncated.nii"
+    m.to_csv(root / "manifest.csv", index=False)
+    return root / "manifest.csv", m.loc[train, "subject"], m.loc[test, "subject"]
+
+
+def test_broken_scans_are_skipped_and_recorded(tiny_cohort, tmp_path):
+    from fedqc.travel import BrokenScanError
+    from tests.conftest import tiny_config
+
+    manifest, bad_train, bad_test = broken_cohort(tiny_cohort, tmp_path)
+    cfg = tiny_config(manifest, **{"arms": ["clean"]})
+    simulate(cfg, tmp_path / "run", quiet=True)
+    assert checkpoint_path(tmp_path / "run" / "clean", cfg.train.cycles - 1).is_file()
+    errors = pd.read_csv(tmp_path / "run" / "clean" / "errors.csv")
+    assert set(errors["subject"]) == {bad_train, bad_test}
+    assert set(errors["cycle"]) == set(range(cfg.train.cycles))
+    assert errors.loc[errors["subject"] == bad_train, "reason"].str.contains("NaN").all()
+    preds = pd.read_csv(tmp_path / "run" / "clean" / "predictions" / "cycle_000.csv")
+    assert bad_test not in set(preds["subject"])
+
+    strict = tiny_config(manifest, **{"arms": ["clean"], "strict": True})
+    with pytest.raises(BrokenScanError, match="unusable scan"):
+        simulate(strict, tmp_path / "strict", quiet=True)

@@ -20,6 +20,16 @@ class ImageError(ValueError):
     """A scan that cannot be used (unreadable, non-finite voxels, wrong dimensionality)."""
 
 
+def _check_complete(path: str) -> None:
+    """ITK's NIfTI reader zero-fills a truncated file; nibabel notices the missing bytes."""
+    import nibabel as nib
+
+    try:
+        np.asarray(nib.load(path).dataobj)
+    except (OSError, EOFError, ValueError) as exc:
+        raise ImageError(f"truncated or corrupt image {path}: {str(exc).strip().splitlines()[-1]}") from None
+
+
 @functools.lru_cache(maxsize=4096)
 def load_image(path: str, shape: tuple[int, int, int]) -> np.ndarray:
     """Read ``path`` and return a (1, *shape) float32 array scaled to [0, 1]."""
@@ -27,6 +37,8 @@ def load_image(path: str, shape: tuple[int, int, int]) -> np.ndarray:
         img = sitk.ReadImage(path, sitk.sitkFloat32)
     except RuntimeError as exc:
         raise ImageError(f"unreadable image {path}: {str(exc).strip().splitlines()[-1]}") from None
+    if path.endswith((".nii", ".nii.gz")):
+        _check_complete(path)
     arr = sitk.GetArrayFromImage(img)
     if arr.ndim != 3:
         raise ImageError(f"{path}: expected a 3-D image, got {arr.ndim}-D")
