@@ -80,6 +80,8 @@ class ExperimentConfig:
     engine: str = "flower"
     threads: int = 2
     strict: bool = False  # an unusable scan stops the run instead of being skipped and recorded
+    site_timeout_s: float = 600.0  # a site that does not answer within this costs its hop (Flower engines)
+    failing_cycles: int = 2  # report a site that failed in this many consecutive cycles
     source: Path | None = field(default=None, compare=False)
 
     def qc_for(self, arm: str) -> QCConfig:
@@ -169,6 +171,8 @@ def _check_ranges(cfg: ExperimentConfig, problems: list[str]) -> None:
         (len(m.input_shape) == 3 and min(m.input_shape) >= 8, f"model.input_shape: three sides >= 8, got {m.input_shape}"),
         (cfg.engine in ENGINES, f"engine: {cfg.engine!r} is not one of {ENGINES}"),
         (cfg.threads >= 1, f"threads: must be >= 1, got {cfg.threads}"),
+        (cfg.site_timeout_s > 0, f"site_timeout_s: must be > 0, got {cfg.site_timeout_s}"),
+        (cfg.failing_cycles >= 1, f"failing_cycles: must be >= 1, got {cfg.failing_cycles}"),
         (bool(cfg.arms) and all(a in ARMS or qc_variant(a) for a in cfg.arms),
          f"arms: each of {ARMS} or qc-<{'|'.join(CRITERIA)}>-<{'|'.join(GRANULARITIES)}>, got {list(cfg.arms)}"),
         (len(set(cfg.arms)) == len(cfg.arms), f"arms: listed twice: {list(cfg.arms)}"),

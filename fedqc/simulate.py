@@ -26,7 +26,7 @@ from fedqc.data.manifest import ManifestError, load_manifest
 from fedqc.detection import score_detection
 from fedqc.io import atomic_write_csv, atomic_write_text
 from fedqc.qc_arm import QCRunner
-from fedqc.travel import Arm, Transport, arms_for, run_arm
+from fedqc.travel import Arm, Transport, arms_for, failing_sites, run_arm
 
 FLOWER_ENV = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1", "RAY_USAGE_STATS_ENABLED": "0",
               "RAY_DEDUP_LOGS": "0", "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0"}
@@ -87,6 +87,8 @@ def run_experiment(cfg: ExperimentConfig, transport: Transport, out: Path, *, re
                               f"{summary['verifications']} verifications in {summary['verify_seconds']:.1f} s; "
                               f"{summary['eliminated']} scans eliminated, {summary['pending']} pending revisit")
     for name, s in seconds.items():
+        for site, n in failing_sites(pd.read_csv(out / name / "train_log.csv"), cfg.failing_cycles).items():
+            console.print(f"[yellow]warning:[/] {name}: site {site} failed in {n} consecutive cycles (train_log.csv)")
         errors = out / name / "errors.csv"
         n_bad = len(pd.read_csv(errors).drop_duplicates(["subject"])) if errors.is_file() else 0
         console.print(f"[bold]{name}[/]: {s:.1f} s" + (f"; {n_bad} unusable scan(s) skipped, see {errors}" if n_bad else ""))

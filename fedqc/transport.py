@@ -10,6 +10,7 @@ import pandas as pd
 
 from fedqc.site import EvalResult, ModelSpec, Site, TrainResult
 from fedqc.state import State
+from fedqc.travel import SiteError
 
 
 def train_request(site: Site, state: State, request: dict) -> TrainResult:
@@ -40,7 +41,10 @@ class InProcessTransport:
         return {s: self.sites[s].audit() for s in sites}
 
     def train(self, site: str, state: State, request: dict) -> TrainResult:
-        return train_request(self.sites[site], state, request)
+        try:
+            return train_request(self.sites[site], state, request)
+        except Exception as exc:  # a failing site costs its hop, as over Flower
+            raise SiteError(f"site {site} failed: {type(exc).__name__}: {exc}") from exc
 
     def evaluate(self, sites: list[str], state: State, request: dict) -> dict[str, EvalResult]:
         return {s: evaluate_request(self.sites[s], state, request) for s in sites}

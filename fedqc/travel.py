@@ -57,8 +57,25 @@ class Transport(Protocol):
 ERROR_COLUMNS = ["subject", "site", "cycle", "stage", "reason"]
 
 
+class SiteError(RuntimeError):
+    """A site raised, replied with an error, or did not answer in time: the hop is lost."""
+
+
 class BrokenScanError(RuntimeError):
     """An unusable scan met with ``strict`` on."""
+
+
+def failing_sites(log: pd.DataFrame, cycles: int) -> dict[str, int]:
+    """Sites whose hops failed in at least ``cycles`` consecutive cycles → longest run."""
+    worst: dict[str, int] = {}
+    for site, rows in log.assign(failed=log["status"].astype(str).str.startswith("failed")).groupby("site"):
+        run = best = 0
+        for failed in rows.sort_values("cycle")["failed"]:
+            run = run + 1 if failed else 0
+            best = max(best, run)
+        if best >= cycles:
+            worst[site] = best
+    return worst
 
 
 def hop_seed(seed: int, cycle: int, site: str) -> int:
@@ -202,7 +219,10 @@ def run_arm(
         lr = learning_rate(cfg.train.lr, cfg.train.lr_decay, cycle)
         rows, errors = [], []
         for hop, site in enumerate(order):
-            state, row = visit(site, state, cycle, hop, lr)
+            try:
+                state, row = visit(site, state, cycle, hop, lr)
+            except SiteError as exc:  # the model travels on unchanged
+                row = {"n_scans": 0, "loss": float("nan"), "seconds": float("nan"), "status": f"failed: {exc}"}
             errors += [{"subject": s, "site": site, "cycle": cycle, "stage": "train", "reason": r}
                        for s, r in row.pop("skipped", [])]
             rows.append({"cycle": cycle, "hop": hop, "site": site, **row})

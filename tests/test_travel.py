@@ -226,3 +226,33 @@ def test_broken_scans_are_skipped_and_recorded(tiny_cohort, tmp_path):
     strict = tiny_config(manifest, **{"arms": ["clean"], "strict": True})
     with pytest.raises(BrokenScanError, match="unusable scan"):
         simulate(strict, tmp_path / "strict", quiet=True)
+
+
+class FlakyTransport(InProcessTransport):
+    """Site ``beta`` raises in cycles 1 and 2."""
+
+    def train(self, site, state, request):
+        if site == "beta" and request["seed"] in self.bad_seeds:
+            self.sites[site] = None  # a crash inside the site: calling it raises
+            try:
+                return super().train(site, state, request)
+            finally:
+                self.sites[site] = self.saved
+        return super().train(site, state, request)
+
+
+def test_a_failing_site_costs_one_hop_and_is_reported(tiny_cohort, tmp_path, capsys):
+    from fedqc.travel import failing_sites
+    from tests.conftest import tiny_config
+
+    cfg = tiny_config(tiny_cohort / "manifest.csv", **{"arms": ["clean"], "train.cycles": 4})
+    transport = FlakyTransport(load_manifest(cfg.manifest), cfg.model)
+    transport.saved = transport.sites["beta"]
+    transport.bad_seeds = {hop_seed(cfg.train.seed, c, "beta") for c in (1, 2)}
+    run_experiment(cfg, transport, tmp_path, quiet=False)
+    log = pd.read_csv(tmp_path / "clean" / "train_log.csv")
+    beta = log[log["site"] == "beta"].set_index("cycle")["status"]
+    assert beta[1].startswith("failed: site beta failed") and beta[2].startswith("failed")
+    assert beta[0] == "ok" and beta[3] == "ok" and (log.loc[log["site"] != "beta", "status"] == "ok").all()
+    assert failing_sites(log, 2) == {"beta": 2} and failing_sites(log, 3) == {}
+    assert "site beta failed in 2 consecutive cycles" in capsys.readouterr().err

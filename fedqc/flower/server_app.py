@@ -16,12 +16,9 @@ from fedqc.config import ExperimentConfig
 from fedqc.flower.codec import decode_eval_reply, decode_train_reply, state_to_record, to_config
 from fedqc.site import EvalResult, TrainResult
 from fedqc.state import State
+from fedqc.travel import SiteError
 
 POLL_INTERVAL_S = 0.005  # the in-memory grid's default of 0.1 s dominates tiny sites
-
-
-class SiteError(RuntimeError):
-    """A site replied with an error or not at all."""
 
 
 class FlowerTransport:
@@ -30,7 +27,7 @@ class FlowerTransport:
     def __init__(self, grid: Grid, cfg: ExperimentConfig, *, expected_nodes: int | None = None,
                  wait_s: float = 120.0, timeout_s: float | None = None):
         self.grid = grid
-        self.timeout_s = timeout_s
+        self.timeout_s = timeout_s if timeout_s is not None else cfg.site_timeout_s
         if hasattr(grid, "pull_interval"):
             grid.pull_interval = POLL_INTERVAL_S
         self.base = {"model.name": cfg.model.name, "model.width": cfg.model.width,
@@ -57,7 +54,7 @@ class FlowerTransport:
     def _send(self, messages: list[Message]) -> list[Message]:
         replies = list(self.grid.send_and_receive(messages, timeout=self.timeout_s))
         if len(replies) < len(messages):
-            raise SiteError(f"{len(messages) - len(replies)} site(s) did not answer")
+            raise SiteError(f"{len(messages) - len(replies)} site(s) did not answer within {self.timeout_s} s")
         for r in replies:
             if r.has_error():
                 raise SiteError(f"node {r.metadata.src_node_id} failed: {r.error.reason}")
