@@ -52,9 +52,9 @@ def _resolve(context: Context, manifest: str | None, request: dict) -> Site:
                  None if site is not None else int(nc["partition-id"]), model)
 
 
-def make_client_app(manifest: str | None = None) -> ClientApp:
-    """A ClientApp bound to ``manifest`` (simulation) or resolving it per node."""
-    app = ClientApp()
+def make_client_app(manifest: str | None = None, mods: list | None = None) -> ClientApp:
+    """A ClientApp bound to ``manifest`` (simulation) or resolving it per node; ``mods`` wrap every handler."""
+    app = ClientApp(mods=mods or [])
 
     @app.query()
     def query(msg: Message, context: Context) -> Message:

@@ -1,0 +1,83 @@
+"""No image data leaves a site: every message a site sends in a Flower simulation is checked."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import numpy as np
+import pytest
+
+from fedqc.data.manifest import load_manifest
+from fedqc.travel import initial_state
+from tests.conftest import tiny_config
+
+ALLOWED_METRICS = {"n_scans", "loss", "seconds", "n", "tp", "fp", "tn", "fn", "loss_sum", "brier_sum",
+                   "score", "label", "age", "train", "train_good", "val", "test"}
+
+
+class Recorder:
+    """A Flower mod that appends a description of every reply a site sends to a file."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __call__(self, msg, context, call_next):
+        reply = call_next(msg, context)
+        record = {"type": msg.metadata.message_type, "arrays": {}, "metrics": {}, "configs": {}}
+        if not reply.has_error():
+            for name, rec in reply.content.array_records.items():
+                record["arrays"] |= {k: list(a.shape) for k, a in rec.items()}
+            for rec in reply.content.metric_records.values():
+                record["metrics"] |= {k: (len(v) if isinstance(v, list) else None) for k, v in rec.items()}
+            for rec in reply.content.config_records.values():
+                record["configs"] |= {k: sorted({type(x).__name__ for x in (v if isinstance(v, list) else [v])})
+                                      for k, v in rec.items()}
+        with open(self.path, "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        return reply
+
+
+@pytest.mark.slow
+@pytest.mark.flower
+def test_sites_send_only_model_arrays_counts_scores_and_ids(tiny_cohort, tmp_path):
+    from flwr.simulation import run_simulation
+
+    from fedqc.flower.client_app import make_client_app
+    from fedqc.flower.server_app import make_server_app
+    from fedqc.simulate import FLOWER_ENV, prepare_run_dir
+
+    os.environ.update(FLOWER_ENV)
+    logging.getLogger("flwr").setLevel(logging.WARNING)
+    cfg = tiny_config(tiny_cohort / "manifest.csv", **{"train.cycles": 2, "arms": ["clean", "qc"],
+                                                       "qc": {"audit": True}, "engine": "flower"})
+    prepare_run_dir(cfg, tmp_path / "run", resume=False, overwrite=False)
+    log = tmp_path / "messages.jsonl"
+    n_sites = load_manifest(cfg.manifest)["site"].nunique()
+    run_simulation(server_app=make_server_app(cfg, tmp_path / "run", n_sites=n_sites, quiet=True),
+                   client_app=make_client_app(str(cfg.manifest), mods=[Recorder(str(log))]),
+                   num_supernodes=n_sites,
+                   backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+                                   "init_args": {"num_cpus": 2, "include_dashboard": False, "logging_level": "ERROR"}})
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert {r["type"] for r in records} == {"query", "train", "evaluate"}
+
+    model = {k: list(np.shape(v)) for k, v in initial_state(cfg).items()}
+    largest_site = load_manifest(cfg.manifest).groupby("site").size().max()
+    for r in records:
+        for key, shape in r["arrays"].items():  # only the model's and the optimizer's arrays
+            part, _, rest = key.partition(".")
+            if part == "optim":
+                i, _, field = rest.partition(".")
+                assert field in {"step", "exp_avg", "exp_avg_sq"} and int(i) < len(model)
+            else:
+                assert model[key] == shape, key
+            assert int(np.prod(shape)) != 16 ** 3  # never a 16³ image
+        assert set(r["metrics"]) <= ALLOWED_METRICS, r["metrics"]
+        for key, length in r["metrics"].items():  # per-scan lists are at most one value per scan of the site
+            assert length is None or length <= largest_site
+        for key, types in r["configs"].items():  # ids and reasons only: strings
+            assert types in (["str"], []), (key, types)
+    trains = [r for r in records if r["type"] == "train"]
+    assert trains and all(r["arrays"] for r in trains)
