@@ -256,3 +256,37 @@ def test_a_failing_site_costs_one_hop_and_is_reported(tiny_cohort, tmp_path, cap
     assert beta[0] == "ok" and beta[3] == "ok" and (log.loc[log["site"] != "beta", "status"] == "ok").all()
     assert failing_sites(log, 2) == {"beta": 2} and failing_sites(log, 3) == {}
     assert "site beta failed in 2 consecutive cycles" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kill_at", [3, 8])
+def test_sigkill_then_resume_is_bit_identical(kill_at, tiny_cohort, tmp_path):
+    """SIGKILL once ``kill_at`` checkpoints exist (mid clean arm, mid dirty arm), then resume."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    from tests.conftest import tiny_config
+
+    cfg = tiny_config(tiny_cohort / "manifest.csv", **{"train.cycles": 6, "arms": ["clean", "dirty"]})
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(cfg.to_dict()))
+    cmd = [sys.executable, "-m", "fedqc.simulate", "--config", str(config), "--out", str(tmp_path / "cut"), "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while len(list((tmp_path / "cut").glob("*/checkpoints/*.pt"))) < kill_at and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not checkpoint_path(tmp_path / "cut" / "dirty", 5).exists()  # killed before the end
+    resumed = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    simulate(cfg, tmp_path / "full", quiet=True)
+    for arm in ("clean", "dirty"):
+        assert same(_final(tmp_path / "full", arm, 5), _final(tmp_path / "cut", arm, 5))
+    a = pd.read_csv(tmp_path / "full" / "dirty" / "train_log.csv").drop(columns="seconds")
+    b = pd.read_csv(tmp_path / "cut" / "dirty" / "train_log.csv").drop(columns="seconds")
+    pd.testing.assert_frame_equal(a, b)
