@@ -80,7 +80,7 @@ def test_deterministic_runs(transport, tiny_cfg, tmp_path):
     for arm in ("clean", "dirty"):
         assert same(_final(tmp_path / "one", arm, 2), _final(tmp_path / "two", arm, 2))
     log = pd.read_csv(tmp_path / "one" / "clean" / "train_log.csv")
-    assert list(log.columns) == ["cycle", "hop", "site", "n_scans", "loss", "seconds"]
+    assert list(log.columns) == ["cycle", "hop", "site", "n_scans", "loss", "seconds", "status"]
     assert len(log) == 3 * 3
     preds = pd.read_csv(tmp_path / "one" / "clean" / "predictions" / "cycle_002.csv")
     assert list(preds.columns) == ["subject", "site", "label", "score", "sex", "age"]
