@@ -90,7 +90,7 @@ def run_experiment(cfg: ExperimentConfig, transport: Transport, out: Path, *, re
         for site, n in failing_sites(pd.read_csv(out / name / "train_log.csv"), cfg.failing_cycles).items():
             console.print(f"[yellow]warning:[/] {name}: site {site} failed in {n} consecutive cycles (train_log.csv)")
         errors = out / name / "errors.csv"
-        n_bad = len(pd.read_csv(errors).drop_duplicates(["subject"])) if errors.is_file() else 0
+        n_bad = pd.read_csv(errors)["subject"].dropna().nunique() if errors.is_file() else 0
         console.print(f"[bold]{name}[/]: {s:.1f} s" + (f"; {n_bad} unusable scan(s) skipped, see {errors}" if n_bad else ""))
     return seconds
 

@@ -51,6 +51,12 @@ class EvalResult:
     counts: dict[str, float]
     scores: pd.DataFrame  # subject, site, label, score, sex, age
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    error: str | None = None  # the site failed or did not answer: no scores this time
+
+    @classmethod
+    def failed(cls, reason: str) -> EvalResult:
+        empty = pd.DataFrame(columns=["subject", "site", "label", "score", "sex", "age"])
+        return cls(counts_from_scores(np.zeros(0), np.zeros(0)), empty, [], reason)
 
 
 def batches(items: list, batch_size: int) -> list[list]:

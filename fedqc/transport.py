@@ -47,4 +47,10 @@ class InProcessTransport:
             raise SiteError(f"site {site} failed: {type(exc).__name__}: {exc}") from exc
 
     def evaluate(self, sites: list[str], state: State, request: dict) -> dict[str, EvalResult]:
-        return {s: evaluate_request(self.sites[s], state, request) for s in sites}
+        results = {}
+        for s in sites:
+            try:
+                results[s] = evaluate_request(self.sites[s], state, request)
+            except Exception as exc:  # a failing site loses its scores, not the run
+                results[s] = EvalResult.failed(f"site {s} failed: {type(exc).__name__}: {exc}")
+        return results

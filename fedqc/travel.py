@@ -231,7 +231,9 @@ def run_arm(
         results = transport.evaluate(test_sites, state, {"split": "test"})
         errors += [{"subject": s, "site": site, "cycle": cycle, "stage": "test", "reason": r}
                    for site, res in results.items() for s, r in res.skipped]
-        if errors and cfg.strict:
+        errors += [{"subject": "", "site": site, "cycle": cycle, "stage": "test", "reason": res.error}
+                   for site, res in results.items() if res.error]
+        if cfg.strict and any(e["subject"] for e in errors):
             raise BrokenScanError(f"{len(errors)} unusable scan(s) in cycle {cycle}, e.g. {errors[0]['subject']}: "
                                   f"{errors[0]['reason']} (drop --strict / strict: false to skip and record them)")
         preds = pd.concat([r.scores for r in results.values()], ignore_index=True)

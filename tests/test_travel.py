@@ -229,7 +229,20 @@ def test_broken_scans_are_skipped_and_recorded(tiny_cohort, tmp_path):
 
 
 class FlakyTransport(InProcessTransport):
-    """Site ``beta`` raises in cycles 1 and 2."""
+    """Site ``beta`` raises when training in cycles 1 and 2, and when scoring the test split the second time."""
+
+    test_calls = 0
+
+    def evaluate(self, sites, state, request):
+        if request["split"] == "test":
+            self.test_calls += 1
+            if self.test_calls == 2:
+                self.sites["beta"] = None
+                try:
+                    return super().evaluate(sites, state, request)
+                finally:
+                    self.sites["beta"] = self.saved
+        return super().evaluate(sites, state, request)
 
     def train(self, site, state, request):
         if site == "beta" and request["seed"] in self.bad_seeds:
@@ -241,11 +254,12 @@ class FlakyTransport(InProcessTransport):
         return super().train(site, state, request)
 
 
-def test_a_failing_site_costs_one_hop_and_is_reported(tiny_cohort, tmp_path, capsys):
+def test_run_with_broken_scans_and_a_failing_site_completes(tiny_cohort, tmp_path, capsys):
     from fedqc.travel import failing_sites
     from tests.conftest import tiny_config
 
-    cfg = tiny_config(tiny_cohort / "manifest.csv", **{"arms": ["clean"], "train.cycles": 4})
+    manifest, bad_train, bad_test = broken_cohort(tiny_cohort, tmp_path)
+    cfg = tiny_config(manifest, **{"arms": ["clean"], "train.cycles": 4})
     transport = FlakyTransport(load_manifest(cfg.manifest), cfg.model)
     transport.saved = transport.sites["beta"]
     transport.bad_seeds = {hop_seed(cfg.train.seed, c, "beta") for c in (1, 2)}
@@ -255,7 +269,14 @@ def test_a_failing_site_costs_one_hop_and_is_reported(tiny_cohort, tmp_path, cap
     assert beta[1].startswith("failed: site beta failed") and beta[2].startswith("failed")
     assert beta[0] == "ok" and beta[3] == "ok" and (log.loc[log["site"] != "beta", "status"] == "ok").all()
     assert failing_sites(log, 2) == {"beta": 2} and failing_sites(log, 3) == {}
-    assert "site beta failed in 2 consecutive cycles" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "site beta failed in 2 consecutive cycles" in err and "2 unusable scan(s) skipped" in err
+    errors = pd.read_csv(tmp_path / "clean" / "errors.csv")
+    assert set(errors["subject"].dropna()) == {bad_train, bad_test}
+    lost = errors[errors["subject"].isna()]
+    assert list(lost["cycle"]) == [1] and lost["reason"].str.contains("site beta failed").all()
+    assert "beta" not in set(pd.read_csv(tmp_path / "clean" / "predictions" / "cycle_001.csv")["site"])
+    assert checkpoint_path(tmp_path / "clean", 3).is_file()
 
 
 @pytest.mark.slow

@@ -76,9 +76,16 @@ class FlowerTransport:
         return decode_train_reply(reply.content)
 
     def evaluate(self, sites: list[str], state: State, request: dict) -> dict[str, EvalResult]:
-        replies = self._send([self._message("evaluate", self.node_of[s], request, state) for s in sites])
+        """Scores from every site that answers; a failed or silent site gets ``EvalResult.failed``."""
+        messages = [self._message("evaluate", self.node_of[s], request, state) for s in sites]
+        replies = list(self.grid.send_and_receive(messages, timeout=self.timeout_s))
         site_of = {v: k for k, v in self.node_of.items()}
-        return {site_of[r.metadata.src_node_id]: decode_eval_reply(r.content) for r in replies}
+        results = {s: EvalResult.failed(f"site {s} did not answer within {self.timeout_s} s") for s in sites}
+        for r in replies:
+            site = site_of[r.metadata.src_node_id]
+            results[site] = (EvalResult.failed(f"site {site} failed: {r.error.reason}") if r.has_error()
+                             else decode_eval_reply(r.content))
+        return results
 
 
 def make_server_app(cfg: ExperimentConfig, out: Path, *, n_sites: int, resume: bool = False,
