@@ -33,7 +33,7 @@ from fedqc.io import append_csv, atomic_write_csv, truncate_csv
 from fedqc.qc import QCPolicy, make_criterion
 from fedqc.site import batches
 from fedqc.state import State, check_update
-from fedqc.travel import Arm, Transport, hop_seed
+from fedqc.travel import Arm, SiteError, Transport, hop_seed
 
 ELIMINATED_COLUMNS = ["subject", "site", "cycle_flagged", "cycle_eliminated", "stage"]
 REVISIT_COLUMNS = ["subject", "site", "cycle_flagged", "due", "cycle_revisited", "accepted"]
@@ -61,6 +61,7 @@ class QCRunner:
         self.train_ids = {s: transport.train_subjects(s) for s, c in info.items() if c["train"] > 0}
         self.logged = self.revisits_logged = self.flags_logged = 0
         self.verifications, self.verify_seconds = 0, 0.0
+        self.val_problems: dict[tuple[str, str], str] = {}
 
     # ------------------------------------------------------------------ hooks
     def begin(self, state: State, first_cycle: int, checkpoint: dict | None) -> None:
@@ -77,10 +78,15 @@ class QCRunner:
     def run_audit(self, cycle: int) -> None:
         """Eliminate training scans that fail the image audit; drop such val scans from verification."""
         sites = sorted(set(self.train_ids) | set(self.val_sites))
-        rows = [{"subject": s, "site": site, "split": split, "reason": reason}
-                for site, flagged in self.transport.audit(sites).items() for s, split, reason in flagged]
+        rows = []
+        for site in sites:
+            try:
+                flagged = self.transport.audit([site])[site]
+            except SiteError as exc:  # a site that cannot audit trains unaudited; recorded
+                flagged = [("", "train", f"audit failed: {exc}")]
+            rows += [{"subject": s, "site": site, "split": split, "reason": reason} for s, split, reason in flagged]
         table = pd.DataFrame(rows, columns=["subject", "site", "split", "reason"]).sort_values(["site", "subject"])
-        for r in table[table["split"] == "train"].itertuples():
+        for r in table[(table["split"] == "train") & (table["subject"] != "")].itertuples():
             self.policy.eliminate(r.subject, r.site, cycle, "audit")
         self.policy.drop_verification(list(table.loc[table["split"] == "val", "subject"]))
         atomic_write_csv(table, self.dir / "audit.csv")
@@ -109,6 +115,10 @@ class QCRunner:
     def _scores(self, state: State) -> pd.DataFrame:
         request = {"split": "val", "fraction": self.qc.verify_fraction, "sample_seed": self.cfg.train.seed}
         results = self.transport.evaluate(self.val_sites, state, request)
+        for site, r in results.items():  # reported with the visit in errors.csv
+            self.val_problems.update({(s, site): reason for s, reason in r.skipped})
+            if r.error:
+                self.val_problems[("", site)] = r.error
         return pd.concat([r.scores for r in results.values()], ignore_index=True)
 
     def visit(self, site: str, state: State, cycle: int, hop: int, lr: float) -> tuple[State, dict]:
@@ -175,5 +185,7 @@ class QCRunner:
                 state = bisect(state, pool)
         n = sum(k for k, _ in trained)
         loss = sum(k * v for k, v in trained) / n if n else float("nan")
+        problems = [(s, f"{reason} (site {where})", "verification") for (s, where), reason in self.val_problems.items()]
+        self.val_problems.clear()
         return state, {"n_scans": n, "loss": loss, "seconds": time.perf_counter() - t0, "status": "ok",
-                       "skipped": sorted(skipped.items())}
+                       "skipped": sorted(skipped.items()) + problems}

@@ -38,7 +38,10 @@ class InProcessTransport:
         return self.sites[site].subjects("train")
 
     def audit(self, sites: list[str]) -> dict[str, list[tuple[str, str, str]]]:
-        return {s: self.sites[s].audit() for s in sites}
+        try:
+            return {s: self.sites[s].audit() for s in sites}
+        except Exception as exc:
+            raise SiteError(f"audit failed: {type(exc).__name__}: {exc}") from exc
 
     def train(self, site: str, state: State, request: dict) -> TrainResult:
         try:

@@ -223,8 +223,8 @@ def run_arm(
                 state, row = visit(site, state, cycle, hop, lr)
             except SiteError as exc:  # the model travels on unchanged
                 row = {"n_scans": 0, "loss": float("nan"), "seconds": float("nan"), "status": f"failed: {exc}"}
-            errors += [{"subject": s, "site": site, "cycle": cycle, "stage": "train", "reason": r}
-                       for s, r in row.pop("skipped", [])]
+            errors += [{"subject": s, "site": site, "cycle": cycle, "stage": (rest or ["train"])[0], "reason": r}
+                       for s, r, *rest in row.pop("skipped", [])]
             rows.append({"cycle": cycle, "hop": hop, "site": site, **row})
             if progress:
                 progress({"arm": arm.name, "cycle": cycle, "hop": hop, "site": site, **row})

@@ -340,3 +340,25 @@ def test_qc_never_evaluates_or_adopts_an_invalid_update(tiny_cohort):
     assert final["encoder.w"][0] == 0  # nothing adopted
     log = pd.DataFrame(r.policy.log)
     assert (~log["accepted"]).all() and log["note"].str.contains("non-finite").all()
+
+
+def test_unusable_verification_scan_is_recorded(tiny_cohort, tmp_path):
+    import SimpleITK as sitk
+
+    from fedqc.simulate import simulate
+
+    root = tmp_path / "cohort"
+    shutil.copytree(tiny_cohort, root)
+    m = pd.read_csv(root / "manifest.csv")
+    val = m.index[(m["split"] == "val") & (m["site"] == "alpha")][0]
+    img = sitk.ReadImage(str(root / m.loc[val, "path"]), sitk.sitkFloat32)
+    arr = sitk.GetArrayFromImage(img)
+    arr[0, 0, 0] = np.inf
+    sitk.WriteImage(sitk.GetImageFromArray(arr), str(root / "inf.mha"))
+    m.loc[val, "path"] = "inf.mha"
+    m.to_csv(root / "manifest.csv", index=False)
+    cfg = tiny_config(root / "manifest.csv", **{"arms": ["clean", "qc"], "train.cycles": 2})
+    simulate(cfg, tmp_path / "run", quiet=True)
+    errors = pd.read_csv(tmp_path / "run" / "qc" / "errors.csv")
+    hit = errors[errors["subject"] == m.loc[val, "subject"]]
+    assert set(hit["stage"]) == {"verification"} and hit["reason"].str.contains("infinite").all()
