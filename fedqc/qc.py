@@ -1,6 +1,6 @@
 """Quality control of travelling updates: criteria, and the verify → revisit → eliminate policy.
 
-Pure Python (numpy, pandas, scikit-learn): no torch and no Flower, so every decision can
+Pure Python (numpy, pandas, scikit-learn, :mod:`fedqc.metrics`): no torch and no Flower, so every decision can
 be unit-tested on hand-made scores. The granularity modes that call it live in
 :mod:`fedqc.qc_arm`.
 
@@ -56,24 +56,16 @@ import numpy as np
 import pandas as pd
 from sklearn.linear_model import LogisticRegression
 
-EPS = 1e-7
+from fedqc.metrics import EPS, counts_from_scores, per_scan_loss
 
 
 def confusion(labels: np.ndarray, scores: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
     """TP/FP/TN/FN at ``threshold``, true FPR and FNR (NaN without negatives/positives), mean loss."""
-    labels = np.asarray(labels, dtype=int)
-    pred = np.asarray(scores) >= threshold
-    tp, fp = int(np.sum(pred & (labels == 1))), int(np.sum(pred & (labels == 0)))
-    tn, fn = int(np.sum(~pred & (labels == 0))), int(np.sum(~pred & (labels == 1)))
+    c = counts_from_scores(labels, scores, threshold)
+    tp, fp, tn, fn = (int(c[k]) for k in ("tp", "fp", "tn", "fn"))
     return {"tp": tp, "fp": fp, "tn": tn, "fn": fn,
             "fpr": fp / (fp + tn) if fp + tn else math.nan, "fnr": fn / (fn + tp) if fn + tp else math.nan,
-            "loss": float(per_scan_loss(labels, scores).mean()) if len(labels) else math.nan}
-
-
-def per_scan_loss(labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    p = np.clip(np.asarray(scores, dtype=float), EPS, 1 - EPS)
-    y = np.asarray(labels, dtype=float)
-    return -(y * np.log(p) + (1 - y) * np.log(1 - p))
+            "loss": c["loss_sum"] / c["n"] if c["n"] else math.nan}
 
 
 def recalibrate(labels: np.ndarray, scores: np.ndarray) -> np.ndarray:

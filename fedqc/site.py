@@ -20,10 +20,10 @@ from torch import nn
 
 from fedqc.audit import audit_image
 from fedqc.data.dataset import ImageError, load_image
+from fedqc.metrics import counts_from_scores
 from fedqc.models import build_model
 from fedqc.state import State, pack, unpack
 
-COUNT_KEYS = ("n", "tp", "fp", "tn", "fn", "loss_sum", "brier_sum")
 EVAL_BATCH = 16
 
 
@@ -63,18 +63,6 @@ def batches(items: list, batch_size: int) -> list[list]:
     """Consecutive chunks of ``min(batch_size, len(items))``; the last may be partial."""
     size = max(1, min(batch_size, len(items)))
     return [items[i : i + size] for i in range(0, len(items), size)]
-
-
-def counts_from_scores(labels: np.ndarray, scores: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
-    """Confusion counts, BCE loss sum and Brier sum with fixed keys (zeros when empty)."""
-    labels = np.asarray(labels, dtype=float)
-    scores = np.clip(np.asarray(scores, dtype=float), 1e-7, 1 - 1e-7)
-    pred = scores >= threshold
-    pos = labels == 1
-    loss = -(labels * np.log(scores) + (1 - labels) * np.log(1 - scores))
-    return {"n": float(len(labels)), "tp": float(np.sum(pred & pos)), "fp": float(np.sum(pred & ~pos)),
-            "tn": float(np.sum(~pred & ~pos)), "fn": float(np.sum(~pred & pos)),
-            "loss_sum": float(loss.sum()), "brier_sum": float(((scores - labels) ** 2).sum())}
 
 
 class Site:

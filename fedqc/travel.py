@@ -34,7 +34,6 @@ from fedqc.site import EvalResult, TrainResult
 from fedqc.state import State, check_update, join_parts, pack, split_parts
 
 
-
 class Transport(Protocol):
     """How the strategy reaches sites: in-process calls or Flower messages."""
 

@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
-from fedqc.site import COUNT_KEYS, EvalResult, TrainResult
+from fedqc.metrics import COUNT_KEYS
+from fedqc.site import EvalResult, TrainResult
 from fedqc.state import State
 
 

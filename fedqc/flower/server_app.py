@@ -51,14 +51,24 @@ class FlowerTransport:
             content["arrays"] = state_to_record(state)
         return Message(content=content, dst_node_id=node, message_type=kind)
 
+    def _exchange(self, messages: list[Message]) -> dict[int, Message | str]:
+        """Send ``messages``; per destination node its reply, or why there is none."""
+        replies = {r.metadata.src_node_id: r for r in self.grid.send_and_receive(messages, timeout=self.timeout_s)}
+        out: dict[int, Message | str] = {}
+        for m in messages:
+            node = m.metadata.dst_node_id
+            reply = replies.get(node)
+            out[node] = (f"did not answer within {self.timeout_s} s" if reply is None
+                         else f"failed: {reply.error.reason}" if reply.has_error() else reply)
+        return out
+
     def _send(self, messages: list[Message]) -> list[Message]:
-        replies = list(self.grid.send_and_receive(messages, timeout=self.timeout_s))
-        if len(replies) < len(messages):
-            raise SiteError(f"{len(messages) - len(replies)} site(s) did not answer within {self.timeout_s} s")
-        for r in replies:
-            if r.has_error():
-                raise SiteError(f"node {r.metadata.src_node_id} failed: {r.error.reason}")
-        return replies
+        """Replies to every message, or :class:`SiteError` for the first node without one."""
+        replies = self._exchange(messages)
+        for node, reply in replies.items():
+            if isinstance(reply, str):
+                raise SiteError(f"node {node} {reply}")
+        return list(replies.values())
 
     def site_info(self) -> dict[str, dict[str, int]]:
         return dict(self.info)
@@ -77,14 +87,12 @@ class FlowerTransport:
 
     def evaluate(self, sites: list[str], state: State, request: dict) -> dict[str, EvalResult]:
         """Scores from every site that answers; a failed or silent site gets ``EvalResult.failed``."""
-        messages = [self._message("evaluate", self.node_of[s], request, state) for s in sites]
-        replies = list(self.grid.send_and_receive(messages, timeout=self.timeout_s))
-        site_of = {v: k for k, v in self.node_of.items()}
-        results = {s: EvalResult.failed(f"site {s} did not answer within {self.timeout_s} s") for s in sites}
-        for r in replies:
-            site = site_of[r.metadata.src_node_id]
-            results[site] = (EvalResult.failed(f"site {site} failed: {r.error.reason}") if r.has_error()
-                             else decode_eval_reply(r.content))
+        replies = self._exchange([self._message("evaluate", self.node_of[s], request, state) for s in sites])
+        results = {}
+        for site in sites:
+            reply = replies[self.node_of[site]]
+            results[site] = (EvalResult.failed(f"site {site} {reply}") if isinstance(reply, str)
+                             else decode_eval_reply(reply.content))
         return results
 
 
