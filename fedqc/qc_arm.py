@@ -38,6 +38,9 @@ from fedqc.travel import Arm, SiteError, Transport, hop_seed
 ELIMINATED_COLUMNS = ["subject", "site", "cycle_flagged", "cycle_eliminated", "stage"]
 REVISIT_COLUMNS = ["subject", "site", "cycle_flagged", "due", "cycle_revisited", "accepted"]
 FLAG_COLUMNS = ["subject", "site", "cycle_flagged", "due"]
+# Logs appended every cycle: file, QCPolicy list, the column that holds the cycle, fixed columns.
+LOGS = (("qc_log.csv", "log", "cycle", None), ("revisits.csv", "revisits", "cycle_revisited", REVISIT_COLUMNS),
+        ("flagged.csv", "flags", "cycle_flagged", FLAG_COLUMNS))
 
 
 def halves(items: list) -> tuple[list, list]:
@@ -59,14 +62,13 @@ class QCRunner:
                                revisit_after=self.qc.revisit_after, leave_site_out=self.qc.leave_site_out,
                                untrusted_fraction=self.qc.untrusted_fraction)
         self.train_ids = {s: transport.train_subjects(s) for s, c in info.items() if c["train"] > 0}
-        self.logged = self.revisits_logged = self.flags_logged = 0
+        self.written = {name: 0 for name, *_ in LOGS}  # rows of each log already on disk
         self.verifications, self.verify_seconds = 0, 0.0
         self.val_problems: dict[tuple[str, str], str] = {}
 
     # ------------------------------------------------------------------ hooks
     def begin(self, state: State, first_cycle: int, checkpoint: dict | None) -> None:
-        for name, column in (("qc_log.csv", "cycle"), ("revisits.csv", "cycle_revisited"),
-                             ("flagged.csv", "cycle_flagged")):
+        for name, _, column, _ in LOGS:
             truncate_csv(self.dir / name, lambda df, c=column: df[df[c] < first_cycle])
         if checkpoint is not None and "qc" in checkpoint:
             self.policy.restore(checkpoint["qc"])
@@ -81,7 +83,7 @@ class QCRunner:
         rows = []
         for site in sites:
             try:
-                flagged = self.transport.audit([site])[site]
+                flagged = self.transport.audit(site)
             except SiteError as exc:  # a site that cannot audit trains unaudited; recorded
                 flagged = [("", "train", f"audit failed: {exc}")]
             rows += [{"subject": s, "site": site, "split": split, "reason": reason} for s, split, reason in flagged]
@@ -92,14 +94,11 @@ class QCRunner:
         atomic_write_csv(table, self.dir / "audit.csv")
 
     def end_cycle(self, cycle: int) -> None:
-        if len(self.policy.log) > self.logged:
-            append_csv(pd.DataFrame(self.policy.log[self.logged:]), self.dir / "qc_log.csv")
-        append_csv(pd.DataFrame(self.policy.revisits[self.revisits_logged:], columns=REVISIT_COLUMNS),
-                   self.dir / "revisits.csv")
-        append_csv(pd.DataFrame(self.policy.flags[self.flags_logged:], columns=FLAG_COLUMNS),
-                   self.dir / "flagged.csv")
-        self.logged, self.revisits_logged = len(self.policy.log), len(self.policy.revisits)
-        self.flags_logged = len(self.policy.flags)
+        for name, attr, _, columns in LOGS:
+            rows = getattr(self.policy, attr)
+            if len(rows) > self.written[name] or columns is not None:  # fixed columns: write the header too
+                append_csv(pd.DataFrame(rows[self.written[name]:], columns=columns), self.dir / name)
+            self.written[name] = len(rows)
         atomic_write_csv(self.eliminated_table(), self.dir / "eliminated.csv")
 
     def snapshot(self) -> dict:

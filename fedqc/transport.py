@@ -37,9 +37,9 @@ class InProcessTransport:
     def train_subjects(self, site: str) -> list[str]:
         return self.sites[site].subjects("train")
 
-    def audit(self, sites: list[str]) -> dict[str, list[tuple[str, str, str]]]:
+    def audit(self, site: str) -> list[tuple[str, str, str]]:
         try:
-            return {s: self.sites[s].audit() for s in sites}
+            return self.sites[site].audit()
         except Exception as exc:
             raise SiteError(f"audit failed: {type(exc).__name__}: {exc}") from exc
 

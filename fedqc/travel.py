@@ -43,8 +43,8 @@ class Transport(Protocol):
     def train_subjects(self, site: str) -> list[str]:
         """Identifiers of a site's training scans (ids only; QC trains exact subsets)."""
 
-    def audit(self, sites: list[str]) -> dict[str, list[tuple[str, str, str]]]:
-        """Image-level audit at each site: (subject, split, reason) of the scans that fail."""
+    def audit(self, site: str) -> list[tuple[str, str, str]]:
+        """Image-level audit at ``site``: (subject, split, reason) of the scans that fail."""
 
     def train(self, site: str, state: State, request: dict) -> TrainResult:
         """Train ``state`` at ``site``; ``request`` holds lr, seed, batch_size, subjects..."""

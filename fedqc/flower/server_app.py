@@ -76,10 +76,9 @@ class FlowerTransport:
     def train_subjects(self, site: str) -> list[str]:
         return list(self.train_ids[site])
 
-    def audit(self, sites: list[str]) -> dict[str, list[tuple[str, str, str]]]:
-        replies = self._send([self._message("query", self.node_of[s], {"audit": True}) for s in sites])
-        return {str(r.content["ids"]["site"]): [tuple(f.split("\t", 2)) for f in r.content["ids"].get("flagged", [])]
-                for r in replies}
+    def audit(self, site: str) -> list[tuple[str, str, str]]:
+        (reply,) = self._send([self._message("query", self.node_of[site], {"audit": True})])
+        return [tuple(f.split("\t", 2)) for f in reply.content["ids"].get("flagged", [])]
 
     def train(self, site: str, state: State, request: dict) -> TrainResult:
         (reply,) = self._send([self._message("train", self.node_of[site], request, state)])
