@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -47,3 +49,15 @@ def tiny_config(manifest, **overrides):
 @pytest.fixture
 def tiny_cfg(tiny_cohort):
     return tiny_config(tiny_cohort / "manifest.csv")
+
+
+def non_finite_copy(src: Path, dst: Path, value: float) -> None:
+    """Copy a scan with one voxel set to ``value`` (NaN/Inf) as MetaImage: ITK's NIfTI IO zeroes such voxels."""
+    import SimpleITK as sitk
+
+    img = sitk.ReadImage(str(src), sitk.sitkFloat32)
+    arr = sitk.GetArrayFromImage(img)
+    arr[0, 0, 0] = value
+    out = sitk.GetImageFromArray(arr)
+    out.CopyInformation(img)
+    sitk.WriteImage(out, str(dst))

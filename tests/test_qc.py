@@ -343,18 +343,14 @@ def test_qc_never_evaluates_or_adopts_an_invalid_update(tiny_cohort):
 
 
 def test_unusable_verification_scan_is_recorded(tiny_cohort, tmp_path):
-    import SimpleITK as sitk
-
     from fedqc.simulate import simulate
+    from tests.conftest import non_finite_copy
 
     root = tmp_path / "cohort"
     shutil.copytree(tiny_cohort, root)
     m = pd.read_csv(root / "manifest.csv")
     val = m.index[(m["split"] == "val") & (m["site"] == "alpha")][0]
-    img = sitk.ReadImage(str(root / m.loc[val, "path"]), sitk.sitkFloat32)
-    arr = sitk.GetArrayFromImage(img)
-    arr[0, 0, 0] = np.inf
-    sitk.WriteImage(sitk.GetImageFromArray(arr), str(root / "inf.mha"))
+    non_finite_copy(root / m.loc[val, "path"], root / "inf.mha", np.inf)
     m.loc[val, "path"] = "inf.mha"
     m.to_csv(root / "manifest.csv", index=False)
     cfg = tiny_config(root / "manifest.csv", **{"arms": ["clean", "qc"], "train.cycles": 2})

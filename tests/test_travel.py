@@ -189,17 +189,14 @@ def broken_cohort(tiny_cohort, tmp_path):
 
     import SimpleITK as sitk
 
+    from tests.conftest import non_finite_copy
+
     root = tmp_path / "broken"
     shutil.copytree(tiny_cohort, root)
     m = pd.read_csv(root / "manifest.csv")
     train = m.index[(m["split"] == "train") & (m["site"] == "alpha")][0]
     test = m.index[(m["split"] == "test") & (m["site"] == "alpha")][0]
-    img = sitk.ReadImage(str(root / m.loc[train, "path"]), sitk.sitkFloat32)
-    arr = sitk.GetArrayFromImage(img)
-    arr[0, 0, 0] = np.nan
-    nan_img = sitk.GetImageFromArray(arr)
-    nan_img.CopyInformation(img)
-    sitk.WriteImage(nan_img, str(root / "nan.mha"))  # ITK's NIfTI writer/reader zero non-finite voxels
+    non_finite_copy(root / m.loc[train, "path"], root / "nan.mha", np.nan)
     sitk.WriteImage(sitk.ReadImage(str(root / m.loc[test, "path"])), str(root / "full.nii"))
     data = (root / "full.nii").read_bytes()
     (root / "truncated.nii").write_bytes(data[: len(data) // 2])
