@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import pandas as pd
 
+from fedqc.metrics import ratio
+
 COLUMNS = ["level", "name", "scope", "harmful", "eliminated", "pending", "missed", "recall",
            "good", "good_eliminated", "good_eliminated_rate", "precision"]
-
-
-def _ratio(a: int, b: int) -> float | None:
-    return a / b if b else None
 
 
 def score_detection(manifest: pd.DataFrame, eliminated: pd.DataFrame, pending: pd.DataFrame) -> pd.DataFrame:
@@ -33,9 +31,9 @@ def score_detection(manifest: pd.DataFrame, eliminated: pd.DataFrame, pending: p
         n_elim, n_good_elim = int(bad["eliminated"].sum()), int(good["eliminated"].sum())
         return {"level": level, "name": name, "scope": scope, "harmful": len(bad), "eliminated": n_elim,
                 "pending": int(bad["pending"].sum()), "missed": len(bad) - n_elim,
-                "recall": _ratio(n_elim, len(bad)), "good": len(good), "good_eliminated": n_good_elim,
-                "good_eliminated_rate": _ratio(n_good_elim, len(good)),
-                "precision": _ratio(n_elim, n_elim + n_good_elim)}
+                "recall": ratio(n_elim, len(bad)), "good": len(good), "good_eliminated": n_good_elim,
+                "good_eliminated_rate": ratio(n_good_elim, len(good)),
+                "precision": ratio(n_elim, n_elim + n_good_elim)}
 
     rows = [row("kind", kind, scope, t) for (scope, kind), t in train[train["harmful"]].groupby(["scope", "harm"], sort=True)]
     rows += [row("scope", scope, scope, train[train["scope"] == scope]) for scope in ("whole-site", "single-scan")

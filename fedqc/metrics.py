@@ -36,7 +36,8 @@ def counts_from_scores(labels: np.ndarray, scores: np.ndarray, threshold: float 
             "loss_sum": float(per_scan_loss(labels, scores).sum()), "brier_sum": float(((scores - labels) ** 2).sum())}
 
 
-def _ratio(num: float, den: float) -> float:
+def ratio(num: float, den: float) -> float:
+    """``num / den``, NaN when the denominator is 0 (an undefined rate)."""
     return num / den if den else float("nan")
 
 
@@ -49,10 +50,10 @@ def binary_metrics(labels, scores, threshold: float = 0.5) -> dict:
     if len(y) == 0:
         return out | {m: float("nan") for m in METRICS} | {"note": "empty group"}
     tn, fp, fn, tp = confusion_matrix(y, s >= threshold, labels=[0, 1]).ravel()
-    sens, spec = _ratio(tp, tp + fn), _ratio(tn, tn + fp)
-    prec = _ratio(tp, tp + fp)
+    sens, spec = ratio(tp, tp + fn), ratio(tn, tn + fp)
+    prec = ratio(tp, tp + fp)
     out |= {"accuracy": (tp + tn) / len(y), "sensitivity": sens, "specificity": spec, "precision": prec,
-            "f1": _ratio(2 * tp, 2 * tp + fp + fn), "balanced_accuracy": (sens + spec) / 2}
+            "f1": ratio(2 * tp, 2 * tp + fp + fn), "balanced_accuracy": (sens + spec) / 2}
     if len(set(y)) < 2:
         notes.append(f"one class only (label {y[0]}): auroc, {'sensitivity' if y[0] == 0 else 'specificity'}"
                      " and balanced_accuracy undefined")

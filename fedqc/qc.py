@@ -56,7 +56,7 @@ import numpy as np
 import pandas as pd
 from sklearn.linear_model import LogisticRegression
 
-from fedqc.metrics import EPS, counts_from_scores, per_scan_loss
+from fedqc.metrics import EPS, counts_from_scores, per_scan_loss, ratio
 
 
 def confusion(labels: np.ndarray, scores: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
@@ -64,8 +64,7 @@ def confusion(labels: np.ndarray, scores: np.ndarray, threshold: float = 0.5) ->
     c = counts_from_scores(labels, scores, threshold)
     tp, fp, tn, fn = (int(c[k]) for k in ("tp", "fp", "tn", "fn"))
     return {"tp": tp, "fp": fp, "tn": tn, "fn": fn,
-            "fpr": fp / (fp + tn) if fp + tn else math.nan, "fnr": fn / (fn + tp) if fn + tp else math.nan,
-            "loss": c["loss_sum"] / c["n"] if c["n"] else math.nan}
+            "fpr": ratio(fp, fp + tn), "fnr": ratio(fn, fn + tp), "loss": ratio(c["loss_sum"], c["n"])}
 
 
 def recalibrate(labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
