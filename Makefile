@@ -14,6 +14,8 @@ DEMO_RUN  := runs/demo
 
 .PHONY: install demo test cohort clean
 
+SMOKE_SITES := sites/deploy-smoke
+
 install: $(STAMP)
 
 # torch first, pinned to the CPU wheel: any looser torch spec pulls a multi-GB CUDA build.
@@ -32,8 +34,15 @@ demo: cohort
 	$(PY) -m fedqc.simulate --config configs/demo.yaml --out $(DEMO_RUN) --overwrite
 	$(VENV)/bin/fedqc infer --run $(DEMO_RUN)
 
+# The deployment smoke test's sites: the `smoke` cohort (3 sites, 16³) split per site.
+data/smoke/manifest.csv: | install
+	$(VENV)/bin/fedqc cohort --preset smoke --size 16 --out data/smoke --seed 0
+
+$(SMOKE_SITES): data/smoke/manifest.csv
+	$(VENV)/bin/fedqc sites split --manifest data/smoke/manifest.csv --out $@ --overwrite
+
 test: install
 	$(PY) -m pytest -q
 
 clean:
-	rm -rf $(VENV) runs data
+	rm -rf $(VENV) runs data $(SMOKE_SITES)

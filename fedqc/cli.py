@@ -1,4 +1,4 @@
-"""The ``fedqc`` command line: validate, cohort, simulate, infer.
+"""The ``fedqc`` command line: validate, cohort, simulate, infer, sites.
 
 Every user mistake ends in a one-line reason (or one line per problem) and a non-zero
 exit code, never a traceback; ``--debug`` shows the traceback.
@@ -75,7 +75,7 @@ def validate(manifest: Path = typer.Argument(..., help="Manifest CSV."),
 
 @app.command()
 @friendly
-def cohort(preset: str = typer.Option("demo", help="demo or reference."),
+def cohort(preset: str = typer.Option("demo", help="demo, reference or smoke."),
            out_dir: Path = typer.Option(..., "--out", help="Output folder."),
            size: str = typer.Option("32", help="Image side, or three sides as 160x192x160."),
            seed: int = typer.Option(0, help="Random seed."),
@@ -170,6 +170,39 @@ def infer(run: Optional[Path] = typer.Option(None, "--run", help="Run folder fro
     metrics.to_csv(target, index=False)
     out.print(metrics[["group", "n", "n_pos", "accuracy", "auroc", "sensitivity", "specificity"]].to_string(index=False))
     out.print(f"wrote {target}")
+
+
+sites_app = typer.Typer(no_args_is_help=True, help="Per-site folders and the docker-compose topology for real SuperNodes.")
+app.add_typer(sites_app, name="sites")
+
+
+@sites_app.command("split")
+@friendly
+def sites_split(manifest: Path = typer.Option(..., "--manifest", help="The experiment's manifest CSV."),
+                out_dir: Path = typer.Option(..., "--out", help="Folder for the sites, e.g. sites/<experiment>."),
+                overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing folder."),
+                debug: bool = DEBUG):
+    """Split a manifest into one folder per site: its own rows (manifest.csv) and scans (images/)."""
+    from fedqc.sites import split_sites
+
+    table = split_sites(manifest, out_dir, overwrite=overwrite)
+    for r in table.itertuples():
+        out.print(f"{out_dir / r.folder}: train {r.train}, val {r.val}, test {r.test}")
+    out.print(f"wrote {len(table)} site folders and {out_dir / 'sites.csv'}")
+
+
+@sites_app.command("compose")
+@friendly
+def sites_compose(sites: Path = typer.Option(..., "--sites", help="Folder from `fedqc sites split`."),
+                  config: str = typer.Option(..., "--config", help="Experiment YAML, relative to the repository."),
+                  out_file: Path = typer.Option(Path("docker-compose.yml"), "--out", help="Compose file to write."),
+                  debug: bool = DEBUG):
+    """Write the docker-compose topology: SuperLink, ServerApp SuperExec, a SuperNode + SuperExec per site."""
+    from fedqc.sites import write_compose
+
+    if not Path(config).is_file():
+        raise FileNotFoundError(f"config not found: {config}")
+    out.print(f"wrote {write_compose(sites, out_file, config=config)}")
 
 
 def simulate_main() -> None:

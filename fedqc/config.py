@@ -20,7 +20,7 @@ from fedqc.site import ModelSpec
 ARMS = ("clean", "dirty", "qc")
 CRITERIA = ("reference", "loss", "calibrated")
 GRANULARITIES = ("batch", "hierarchical")
-ENGINES = ("flower", "inprocess")
+ENGINES = ("flower", "inprocess", "deployment")  # deployment: real SuperNodes, see fedqc.sites
 ORDERS = ("random", "fixed")
 
 
@@ -72,7 +72,7 @@ def qc_variant(arm: str) -> tuple[str, str] | None:
 @dataclass(frozen=True)
 class ExperimentConfig:
     name: str
-    manifest: Path
+    manifest: Path | None = None  # required except for engine deployment, where the server holds no site data
     model: ModelSpec = ModelSpec()
     train: TrainConfig = TrainConfig()
     qc: QCConfig = QCConfig()
@@ -94,7 +94,10 @@ class ExperimentConfig:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d.pop("source")
-        d["manifest"] = str(self.manifest)
+        if self.manifest is None:
+            d.pop("manifest")
+        else:
+            d["manifest"] = str(self.manifest)
         return _plain(d)
 
 
@@ -183,7 +186,10 @@ def _check_ranges(cfg: ExperimentConfig, problems: list[str]) -> None:
         (q.revisit_after >= 1, f"qc.revisit_after: must be >= 1, got {q.revisit_after}"),
         (0 < q.verify_fraction <= 1, f"qc.verify_fraction: must be in (0, 1], got {q.verify_fraction}"),
         (0 < q.untrusted_fraction <= 1, f"qc.untrusted_fraction: must be in (0, 1], got {q.untrusted_fraction}"),
-        (cfg.manifest.is_file(), f"manifest: file not found: {cfg.manifest} (create it with `fedqc cohort`)"),
+        (cfg.manifest is not None or cfg.engine == "deployment",
+         "manifest: required key missing (only engine deployment runs without one)"),
+        (cfg.manifest is None or cfg.manifest.is_file(),
+         f"manifest: file not found: {cfg.manifest} (create it with `fedqc cohort`)"),
     ]
     problems += [msg for ok, msg in rules if not ok]
 

@@ -65,6 +65,9 @@ def run_metrics(run: Path, *, recompute: bool = False, age_edges=DEFAULT_AGE_EDG
             else:
                 if manifest is None:
                     cfg = parse_config(yaml.safe_load(cfg_path.read_text()), source=cfg_path)
+                    if cfg.manifest is None:
+                        raise ValueError(f"{pred_file} is missing and the run's config names no manifest to "
+                                         "recompute it; use --checkpoint with --manifest")
                     manifest = load_manifest(cfg.manifest)
                 preds = predict_checkpoint(arm_dir / "checkpoints" / f"cycle_{cycle:03d}.pt", manifest)
                 atomic_write_csv(preds, pred_file)

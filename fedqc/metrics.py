@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from scipy.stats import rankdata
-from sklearn.metrics import confusion_matrix, roc_auc_score
 
 COUNT_KEYS = ("n", "tp", "fp", "tn", "fn", "loss_sum", "brier_sum")
 EPS = 1e-7
@@ -43,6 +41,8 @@ def ratio(num: float, den: float) -> float:
 
 def binary_metrics(labels, scores, threshold: float = 0.5) -> dict:
     """Counts and metrics of scores against 0/1 labels at ``threshold``."""
+    from sklearn.metrics import confusion_matrix, roc_auc_score  # here: keeps sklearn out of every ClientApp start
+
     y = np.asarray(labels, dtype=int)
     s = np.asarray(scores, dtype=float)
     out = {"n": len(y), "n_pos": int(y.sum())}
@@ -78,6 +78,8 @@ def bootstrap_ci(labels, scores, metric: str, *, n_boot: int = 1000, seed: int =
     idx = rng.integers(0, len(y), (n_boot, len(y)))
     yb, sb = y[idx], s[idx]
     if metric == "auroc":  # Mann-Whitney form of AUROC, identical to roc_auc_score (ties averaged)
+        from scipy.stats import rankdata
+
         n_pos = yb.sum(1)
         keep = (n_pos > 0) & (n_pos < len(y))
         ranks = rankdata(sb[keep], axis=1)

@@ -36,10 +36,14 @@ class RunDirError(RuntimeError):
     """The output folder exists and neither resume nor overwrite was asked for."""
 
 
-def prepare_run_dir(cfg: ExperimentConfig, out: Path, *, resume: bool, overwrite: bool) -> None:
-    """Create ``out`` with a snapshot of the resolved config; never clobber silently."""
+def prepare_run_dir(cfg: ExperimentConfig, out: Path, *, resume: bool, overwrite: bool,
+                    ignore: tuple[str, ...] = ()) -> None:
+    """Create ``out`` with a snapshot of the resolved config; never clobber silently.
+
+    Entries named in ``ignore`` (a launcher's ``.flwr`` and ``logs``) do not make ``out`` a used run folder.
+    """
     snapshot = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and any(p.name not in ignore for p in out.iterdir()):
         if resume:
             old = (out / "config.yaml").read_text() if (out / "config.yaml").is_file() else None
             if old is not None and yaml.safe_load(old) != yaml.safe_load(snapshot):
@@ -103,10 +107,12 @@ def finish_qc(runner: QCRunner, cfg: ExperimentConfig, seconds: float) -> dict:
                "verify_seconds": round(runner.verify_seconds, 3), "arm_seconds": round(seconds, 3),
                "eliminated": len(runner.policy.eliminated), "pending": len(runner.policy.flagged)}
     atomic_write_text(json.dumps(summary, indent=2), runner.dir / "qc_summary.json")
+    if cfg.manifest is None:
+        return summary  # a deployment server holds no ground truth
     try:
         manifest = load_manifest(cfg.manifest, check_images=False)
     except (OSError, ManifestError):
-        return summary  # a deployment server may not hold the sites' ground truth
+        return summary
     if "harm" in manifest.columns:
         atomic_write_csv(score_detection(manifest, runner.eliminated_table(), runner.flagged_table()),
                          runner.dir / "detection.csv")
@@ -133,6 +139,9 @@ def run_simulation_engine(cfg: ExperimentConfig, out: Path, *, resume: bool = Fa
 def simulate(cfg: ExperimentConfig, out: Path, *, resume: bool = False, overwrite: bool = False,
              quiet: bool = False) -> None:
     """Prepare ``out`` and run ``cfg`` on the configured engine."""
+    if cfg.engine == "deployment":
+        raise ValueError("engine deployment runs on SuperNodes: use scripts/run_local_deployment.sh "
+                         "or docker-compose (README, Multi-site runs), not simulate")
     prepare_run_dir(cfg, out, resume=resume, overwrite=overwrite)
     torch.set_num_threads(cfg.threads)
     if cfg.engine == "flower":

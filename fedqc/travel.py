@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -218,10 +219,12 @@ def run_arm(
         lr = learning_rate(cfg.train.lr, cfg.train.lr_decay, cycle)
         rows, errors = [], []
         for hop, site in enumerate(order):
+            t0 = time.perf_counter()
             try:
                 state, row = visit(site, state, cycle, hop, lr)
             except SiteError as exc:  # the model travels on unchanged
                 row = {"n_scans": 0, "loss": float("nan"), "seconds": float("nan"), "status": f"failed: {exc}"}
+            row["hop_seconds"] = time.perf_counter() - t0  # the server's wall time: site work + transport
             errors += [{"subject": s, "site": site, "cycle": cycle, "stage": (rest or ["train"])[0], "reason": r}
                        for s, r, *rest in row.pop("skipped", [])]
             rows.append({"cycle": cycle, "hop": hop, "site": site, **row})

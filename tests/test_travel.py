@@ -80,7 +80,7 @@ def test_deterministic_runs(transport, tiny_cfg, tmp_path):
     for arm in ("clean", "dirty"):
         assert same(_final(tmp_path / "one", arm, 2), _final(tmp_path / "two", arm, 2))
     log = pd.read_csv(tmp_path / "one" / "clean" / "train_log.csv")
-    assert list(log.columns) == ["cycle", "hop", "site", "n_scans", "loss", "seconds", "status"]
+    assert list(log.columns) == ["cycle", "hop", "site", "n_scans", "loss", "seconds", "status", "hop_seconds"]
     assert len(log) == 3 * 3
     preds = pd.read_csv(tmp_path / "one" / "clean" / "predictions" / "cycle_002.csv")
     assert list(preds.columns) == ["subject", "site", "label", "score", "sex", "age"]
@@ -111,8 +111,8 @@ def test_resume_is_bit_identical(where, transport, tiny_cfg, tmp_path):
     assert not checkpoint_path(tmp_path / "cut" / "clean", 1).exists()
     resumed = run_arm(arm, transport, tiny_cfg, tmp_path / "cut", resume=True)
     assert same(full, resumed)
-    a = pd.read_csv(tmp_path / "full" / "clean" / "train_log.csv").drop(columns="seconds")
-    b = pd.read_csv(tmp_path / "cut" / "clean" / "train_log.csv").drop(columns="seconds")
+    a = pd.read_csv(tmp_path / "full" / "clean" / "train_log.csv").drop(columns=["seconds", "hop_seconds"])
+    b = pd.read_csv(tmp_path / "cut" / "clean" / "train_log.csv").drop(columns=["seconds", "hop_seconds"])
     pd.testing.assert_frame_equal(a, b)
 
 
@@ -137,8 +137,8 @@ def test_flower_simulation_matches_inprocess(tiny_cohort, tmp_path):
     flower_cfg = tiny_config(tiny_cohort / "manifest.csv", **over, engine="flower")
     simulate(flower_cfg, tmp_path / "flower", quiet=True)
     for name in ("qc_log.csv", "audit.csv", "eliminated.csv"):
-        a = pd.read_csv(tmp_path / "inproc" / "qc" / name).drop(columns="seconds", errors="ignore")
-        b = pd.read_csv(tmp_path / "flower" / "qc" / name).drop(columns="seconds", errors="ignore")
+        a = pd.read_csv(tmp_path / "inproc" / "qc" / name).drop(columns=["seconds", "hop_seconds"], errors="ignore")
+        b = pd.read_csv(tmp_path / "flower" / "qc" / name).drop(columns=["seconds", "hop_seconds"], errors="ignore")
         pd.testing.assert_frame_equal(a, b)
     for arm, cycle in (("clean", 1), ("dirty", 1), ("qc", 1)):
         assert same(_final(tmp_path / "inproc", arm, cycle), _final(tmp_path / "flower", arm, cycle))
@@ -305,6 +305,6 @@ def test_sigkill_then_resume_is_bit_identical(kill_at, tiny_cohort, tmp_path):
     simulate(cfg, tmp_path / "full", quiet=True)
     for arm in ("clean", "dirty"):
         assert same(_final(tmp_path / "full", arm, 5), _final(tmp_path / "cut", arm, 5))
-    a = pd.read_csv(tmp_path / "full" / "dirty" / "train_log.csv").drop(columns="seconds")
-    b = pd.read_csv(tmp_path / "cut" / "dirty" / "train_log.csv").drop(columns="seconds")
+    a = pd.read_csv(tmp_path / "full" / "dirty" / "train_log.csv").drop(columns=["seconds", "hop_seconds"])
+    b = pd.read_csv(tmp_path / "cut" / "dirty" / "train_log.csv").drop(columns=["seconds", "hop_seconds"])
     pd.testing.assert_frame_equal(a, b)

@@ -241,8 +241,14 @@ REFERENCE_HARM = {
     "scans": [{"kind": k, "site": s} for k, s in
               (("inverted", "site02"), ("noise", "site03"), ("inverted", "site10"), ("noise", "site20"))],
 }
+SMOKE_SITES = [
+    SiteSpec("hospitalA", "scanner01", 8, 4, 3, 2, 1, 1, 3, 1, 1),
+    SiteSpec("hospitalB", "scanner02", 6, 3, 2, 2, 1, 1, 3, 2, 1),
+    SiteSpec("hospitalC", "scanner03", 4, 2, 2, 2, 1, 1, 2, 1, 1),
+]
 PRESETS = {
     "demo": (demo_sites, DEMO_HARM, Effects()),
+    "smoke": (lambda seed: list(SMOKE_SITES), {}, Effects()),  # 3 small good sites: deployment smoke runs
     "reference": (lambda seed: reference_sites(), REFERENCE_HARM, Effects()),
 }
 
@@ -303,7 +309,7 @@ def generate_cohort(
     out
         Output folder (created).
     preset
-        ``demo`` or ``reference``.
+        ``demo``, ``reference`` or ``smoke`` (3 small sites, no harm).
     size
         Image shape: an int for a cube or three ints (the reference is 160, 192, 160).
     seed

@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Run an experiment on Flower's deployment engine with every component a plain process on
+# loopback: one SuperLink, one SuperNode per site (its own port, node config naming the
+# site and that site's own manifest), then `flwr run . loopback` against the SuperLink.
+# The same topology as docker-compose.yml, without a Docker engine.
+#
+#   scripts/run_local_deployment.sh CONFIG [SITES_DIR] [OUT]
+#
+# SITES_DIR: per-site folders from `fedqc sites split` (default sites/<config name>; built
+#   with `make SITES_DIR` when the Makefile knows how, as for configs/deploy-smoke.yaml).
+# OUT: the run folder (default runs/<config name>-deployment); logs and FLWR_HOME inside it.
+# Ports: LINK_PORT (default: a free one) for the SuperLink, and the next free ones per node.
+#
+# Telemetry, update checks and runtime dependency installation are off. The script fails
+# unless `flwr ls` reports the run finished:completed (`flwr run --stream` exits 0 even when
+# the ServerApp fails), and stops every process it started, by process group, on success,
+# failure or Ctrl-C.
+set -euo pipefail
+if [[ $# -lt 1 || $# -gt 3 ]]; then echo "usage: $0 CONFIG [SITES_DIR] [OUT]" >&2; exit 2; fi
+here=$(cd "$(dirname "$0")/.." && pwd)
+cd "$here"
+[[ -f $1 ]] || { echo "error: config not found: $1" >&2; exit 2; }
+[[ -x .venv/bin/fedqc ]] || make -s install
+export PATH="$here/.venv/bin:$PATH" FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1 \
+       FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1 OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
+# SuperExecs look for new tasks every 1 s by default; a tiny site's hop is shorter than that.
+export FLWR_SUPEREXEC_TASK_POLL_INTERVAL=${FLWR_SUPEREXEC_TASK_POLL_INTERVAL:-0.25}
+
+config=$(realpath "$1")
+name=$(python -c 'import sys; from fedqc.config import load_config; print(load_config(sys.argv[1]).name)' "$config")
+sites=${2:-sites/$name}
+out=$(realpath -m "${3:-runs/$name-deployment}")
+if [[ ! -f $sites/sites.csv ]] && make -n "$sites" >/dev/null 2>&1; then make -s "$sites"; fi
+[[ -f $sites/sites.csv ]] || { echo "error: $sites/sites.csv not found (make it with \`fedqc sites split --manifest M --out $sites\`)" >&2; exit 2; }
+sites=$(realpath "$sites")
+mapfile -t names < <(python -c 'import sys; from fedqc.sites import read_sites; print(*read_sites(sys.argv[1]), sep="\n")' "$sites")
+[[ ! -e $out ]] || { echo "error: $out exists; remove it or pass another OUT" >&2; exit 2; }
+mkdir -p "$out/logs"
+export FLWR_HOME="$out/.flwr"
+mkdir -p "$FLWR_HOME"
+
+free_port() { python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+pids=()
+stop() {
+  local pid
+  for pid in "${pids[@]}"; do kill -TERM -- "-$pid" 2>/dev/null || true; done
+  for _ in $(seq 50); do
+    local alive=0
+    for pid in "${pids[@]}"; do kill -0 -- "-$pid" 2>/dev/null && alive=1; done
+    [[ $alive == 0 ]] && return 0
+    sleep 0.2
+  done
+  for pid in "${pids[@]}"; do kill -KILL -- "-$pid" 2>/dev/null || true; done
+}
+trap stop EXIT
+trap 'exit 130' INT TERM
+start() {  # start LOG CMD...: in its own process group, so that stop() also ends its children
+  local log=$1; shift
+  setsid "$@" >"$log" 2>&1 &
+  pids+=($!)
+}
+wait_port() {  # wait_port PORT PID: until something listens on PORT, or PID's group is gone
+  for _ in $(seq 150); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    kill -0 -- "-$2" 2>/dev/null || return 1
+    sleep 0.2
+  done
+  return 1
+}
+
+link=${LINK_PORT:-$(free_port)}
+start "$out/logs/superlink.log" flower-superlink --insecure --host 127.0.0.1 --port "$link" \
+  --database "$out/.flwr/superlink.db" \
+  --disable-runtime-dependency-installation
+wait_port "$link" "${pids[-1]}" || { echo "error: the SuperLink did not start (see $out/logs/superlink.log)" >&2; exit 1; }
+for site in "${names[@]}"; do
+  config_line=$(python -c 'import sys; from fedqc.sites import node_config; print(node_config(sys.argv[1], sys.argv[2]))' "$site" "$sites/$site")
+  start "$out/logs/supernode-$site.log" flower-supernode --insecure --superlink "127.0.0.1:$link" \
+    --host 127.0.0.1 --port "$(free_port)" --node-config "$config_line"
+done
+cat >"$FLWR_HOME/config.toml" <<EOF
+[superlink]
+default = "loopback"
+
+[superlink.loopback]
+address = "127.0.0.1:$link"
+insecure = true
+EOF
+echo "SuperLink 127.0.0.1:$link, ${#names[@]} SuperNodes (${names[*]}); logs in $out/logs"
+flwr run . loopback --stream \
+  --run-config "config='$config' out='$out' nodes=${#names[@]}" 2>&1 | tee "$out/logs/run.log" || true
+status=$(flwr ls loopback --format json | python -c 'import json,sys; print(json.load(sys.stdin)["runs"][0]["status"])')
+echo "flwr run status: $status"
+[[ $status == finished:completed ]]
