@@ -12,7 +12,7 @@ export RAY_DEDUP_LOGS := 0
 DEMO_DATA := data/demo
 DEMO_RUN  := runs/demo
 
-.PHONY: install demo test cohort clean
+.PHONY: install demo test cohort clean bench
 
 SMOKE_SITES := sites/deploy-smoke
 
@@ -43,6 +43,14 @@ $(SMOKE_SITES): data/smoke/manifest.csv
 
 test: install
 	$(PY) -m pytest -q
+
+# Benchmarks (bench/): JSON under bench/results/ and the README's Performance table. About an hour on 2 cores.
+bench: install
+	$(PY) bench/overhead.py --cycles 2
+	$(PY) bench/scaling.py
+	$(PY) bench/qc_cost.py
+	$(PY) bench/deployment.py
+	$(PY) bench/report.py
 
 clean:
 	rm -rf $(VENV) runs data $(SMOKE_SITES)

@@ -93,8 +93,7 @@ def compose_file(sites_dir: str | Path, *, config: str, image: str = "fedqc:late
     sites_dir = str(sites_dir).rstrip("/")
     if not sites_dir.startswith(("/", "./", "../")):
         sites_dir = f"./{sites_dir}"  # compose reads a bare name as a named volume, not a folder
-    env = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1", "OMP_NUM_THREADS": "1",
-           "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.25"}
+    env = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1", "OMP_NUM_THREADS": "1"}
     base = {"image": image, "environment": env}
     services: dict = {
         "superlink": {**base, "build": ".", "command": [

@@ -206,7 +206,7 @@ def run_arm(
         state, first = load_checkpoint(src)["state"], arm.first_cycle
     else:
         state, first = initial_state(cfg), arm.first_cycle
-    for name in ("train_log.csv", "errors.csv"):
+    for name in ("train_log.csv", "errors.csv", "cycles.csv"):
         truncate_csv(arm_dir / name, lambda df: df[df["cycle"] < first])
     for stale in (arm_dir / "predictions").glob("cycle_*.csv"):
         if int(stale.stem.split("_")[1]) >= first:
@@ -215,6 +215,7 @@ def run_arm(
         hooks.begin(state, first, resumed)
 
     for cycle in range(first, cfg.train.cycles):
+        t_cycle = time.perf_counter()
         order = site_order(cfg.train.order, sites, seed=cfg.train.seed, cycle=cycle)
         lr = learning_rate(cfg.train.lr, cfg.train.lr_decay, cycle)
         rows, errors = [], []
@@ -230,7 +231,9 @@ def run_arm(
             rows.append({"cycle": cycle, "hop": hop, "site": site, **row})
             if progress:
                 progress({"arm": arm.name, "cycle": cycle, "hop": hop, "site": site, **row})
+        t_eval = time.perf_counter()
         results = transport.evaluate(test_sites, state, {"split": "test"})
+        eval_seconds = time.perf_counter() - t_eval
         errors += [{"subject": s, "site": site, "cycle": cycle, "stage": "test", "reason": r}
                    for site, res in results.items() for s, r in res.skipped]
         errors += [{"subject": "", "site": site, "cycle": cycle, "stage": "test", "reason": res.error}
@@ -242,6 +245,8 @@ def run_arm(
         atomic_write_csv(preds, arm_dir / "predictions" / f"cycle_{cycle:03d}.csv")
         append_csv(pd.DataFrame(rows), arm_dir / "train_log.csv")
         append_csv(pd.DataFrame(errors, columns=ERROR_COLUMNS), arm_dir / "errors.csv")
+        append_csv(pd.DataFrame([{"cycle": cycle, "hops": len(rows), "seconds": time.perf_counter() - t_cycle,
+                                  "test_seconds": eval_seconds}]), arm_dir / "cycles.csv")
         if hooks:
             hooks.end_cycle(cycle)
         if on_cycle_end:

@@ -23,8 +23,6 @@ cd "$here"
 [[ -x .venv/bin/fedqc ]] || make -s install
 export PATH="$here/.venv/bin:$PATH" FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1 \
        FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1 OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
-# SuperExecs look for new tasks every 1 s by default; a tiny site's hop is shorter than that.
-export FLWR_SUPEREXEC_TASK_POLL_INTERVAL=${FLWR_SUPEREXEC_TASK_POLL_INTERVAL:-0.25}
 
 config=$(realpath "$1")
 name=$(python -c 'import sys; from fedqc.config import load_config; print(load_config(sys.argv[1]).name)' "$config")

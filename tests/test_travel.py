@@ -82,6 +82,10 @@ def test_deterministic_runs(transport, tiny_cfg, tmp_path):
     log = pd.read_csv(tmp_path / "one" / "clean" / "train_log.csv")
     assert list(log.columns) == ["cycle", "hop", "site", "n_scans", "loss", "seconds", "status", "hop_seconds"]
     assert len(log) == 3 * 3
+    cycles = pd.read_csv(tmp_path / "one" / "clean" / "cycles.csv")
+    assert list(cycles["cycle"]) == [0, 1, 2] and (cycles["hops"] == 3).all()
+    assert (cycles["seconds"] >= cycles["test_seconds"]).all()
+    assert (cycles["seconds"] >= log.groupby("cycle")["hop_seconds"].sum().to_numpy()).all()
     preds = pd.read_csv(tmp_path / "one" / "clean" / "predictions" / "cycle_002.csv")
     assert list(preds.columns) == ["subject", "site", "label", "score", "sex", "age"]
     assert len(preds) == 4 + 3 + 2  # every test scan
@@ -114,6 +118,7 @@ def test_resume_is_bit_identical(where, transport, tiny_cfg, tmp_path):
     a = pd.read_csv(tmp_path / "full" / "clean" / "train_log.csv").drop(columns=["seconds", "hop_seconds"])
     b = pd.read_csv(tmp_path / "cut" / "clean" / "train_log.csv").drop(columns=["seconds", "hop_seconds"])
     pd.testing.assert_frame_equal(a, b)
+    assert list(pd.read_csv(tmp_path / "cut" / "clean" / "cycles.csv")["cycle"]) == [0, 1, 2]
 
 
 def test_existing_run_dir_is_not_overwritten(tiny_cfg, tmp_path):

@@ -25,7 +25,7 @@ def _manifest(path: str):
     return load_manifest(path, check_images=False)
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=None)  # one per site a process serves: a bounded cache thrashed on 83 sites
 def _site(manifest: str, site: str | None, partition: int | None, model: ModelSpec) -> Site:
     table = _manifest(manifest)
     names = sorted(table["site"].unique())

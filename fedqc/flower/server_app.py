@@ -3,10 +3,11 @@
 Node ids are random per run, so the transport first fans out a ``query`` to every node
 and maps the site names they report to node ids.
 
-Replies are collected with ``grid.push_messages`` / ``grid.pull_messages`` and a short,
-growing wait between pulls (5 ms up to 0.25 s): Flower's ``send_and_receive`` waits a
-fixed 3 s between pulls on a deployment grid (0.1 s in simulation), which dominates the
-hop of a tiny site. ``FEDQC_FLOWER_POLL=flower`` restores it (for before/after figures).
+Replies are collected with ``grid.push_messages`` / ``grid.pull_messages`` and a short
+wait between pulls that grows by 20 % from 5 ms up to 1 s, so a reply is picked up
+within a fifth of the time already waited: Flower's ``send_and_receive`` waits a fixed
+3 s between pulls on a deployment grid (0.1 s in simulation), which dominates the hop of
+a tiny site. ``FEDQC_FLOWER_POLL=flower`` restores it (for before/after figures).
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from fedqc.site import EvalResult, TrainResult
 from fedqc.state import State
 from fedqc.travel import SiteError
 
-POLL_S = (0.005, 0.25)  # first and longest wait between two pulls for replies
+POLL_S = (0.005, 1.0)  # first and longest wait between two pulls for replies
+POLL_GROWTH = 1.2
 
 
 class FlowerTransport:
@@ -70,7 +72,7 @@ class FlowerTransport:
             if not pending or remaining <= 0:
                 break
             time.sleep(min(wait, remaining))
-            wait = min(wait * 1.5, POLL_S[1])
+            wait = min(wait * POLL_GROWTH, POLL_S[1])
         return replies
 
     def _exchange(self, messages: list[Message]) -> dict[int, Message | str]:

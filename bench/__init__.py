@@ -1,0 +1,1 @@
+"""Benchmarks: scripts that measure and report (``make bench``), never timed tests."""

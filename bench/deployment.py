@@ -1,0 +1,109 @@
+"""Per-hop overhead of Flower's deployment engine against its simulation engine.
+
+Runs configs/deploy-smoke.yaml (3 sites, 2 cycles, 16³) on Flower simulation, then as
+a loopback deployment with Flower's own reply polling (``send_and_receive``: a fixed 3 s
+between pulls) and with fedqc's (push, then pull with a wait growing from 5 ms to 1 s),
+alternating, ``--repeats`` times each. A hop's overhead is the server's wall time for it
+minus the site's own training time (``hop_seconds - seconds`` in train_log.csv); the
+figures pool every repeat's hops. Also times a fresh ClientApp's start (imports and site
+set-up), which every deployment message pays.
+
+    python bench/deployment.py [--repeats 2] [--out bench/results/deployment.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from bench.common import machine  # noqa: E402
+
+CONFIG = ROOT / "configs" / "deploy-smoke.yaml"
+SITES = ROOT / "sites" / "deploy-smoke"
+MANIFEST = ROOT / "data" / "smoke" / "manifest.csv"
+
+
+def hop_overhead(*runs: Path) -> dict:
+    log = pd.concat([pd.read_csv(run / "clean" / "train_log.csv") for run in runs])
+    over = (log["hop_seconds"] - log["seconds"]).to_numpy()
+    return {"hops": len(over), "hop_overhead_s_median": float(np.median(over)),
+            "hop_overhead_s_p95": float(np.percentile(over, 95)), "hop_s_median": float(log["hop_seconds"].median())}
+
+
+def deployment(out: Path, env: dict) -> float:
+    """Run the loopback deployment into ``out``; its wall seconds."""
+    t0 = time.perf_counter()
+    proc = subprocess.run([str(ROOT / "scripts" / "run_local_deployment.sh"), str(CONFIG), str(SITES), str(out)],
+                          capture_output=True, text=True, env={**os.environ, **env}, cwd=ROOT)
+    if proc.returncode != 0:
+        raise SystemExit(f"deployment run failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+    return time.perf_counter() - t0
+
+
+def simulation(out: Path) -> dict:
+    import yaml
+
+    cfg = yaml.safe_load(CONFIG.read_text()) | {"engine": "flower", "manifest": str(MANIFEST)}
+    config = out.parent / "sim.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "fedqc.simulate", "--config", str(config), "--out", str(out), "--quiet"],
+                   check=True, cwd=ROOT, capture_output=True)
+    return {"run_s": time.perf_counter() - t0, **hop_overhead(out)}
+
+
+def clientapp_start(repeats: int = 3) -> float:
+    """Median seconds for a fresh interpreter to import the ClientApp and set up a site (no training)."""
+    probe = ("from fedqc.flower.client_app import _site; from fedqc.site import ModelSpec; "
+             f"_site({str(SITES / 'hospitalA' / 'manifest.csv')!r}, 'hospitalA', None, ModelSpec('sfcn', 0.25, (16, 16, 16)))")
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-c", probe], check=True, cwd=ROOT)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "deployment.json")
+    args = ap.parse_args()
+    subprocess.run(["make", "-s", "sites/deploy-smoke"], check=True, cwd=ROOT)
+    variants = {"deployment_flower_polling": {"FEDQC_FLOWER_POLL": "flower"}, "deployment_fedqc_polling": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        result = {"machine": machine(), "repeats": args.repeats, "clientapp_start_s": clientapp_start(),
+                  "simulation": simulation(tmp / "sim")}
+        runs: dict[str, list[Path]] = {k: [] for k in variants}
+        walls: dict[str, list[float]] = {k: [] for k in variants}
+        for i in range(args.repeats):
+            for key, env in variants.items():
+                runs[key].append(tmp / f"{key}-{i}")
+                walls[key].append(deployment(runs[key][-1], env))
+        for key in variants:
+            result[key] = {"run_s": [round(w, 1) for w in walls[key]], **hop_overhead(*runs[key]),
+                           "env": variants[key]}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    for key in ("simulation", "deployment_flower_polling", "deployment_fedqc_polling"):
+        r = result[key]
+        print(f"{key:27s} hop overhead median {r['hop_overhead_s_median']:.2f} s, p95 {r['hop_overhead_s_p95']:.2f} s; "
+              f"run {r['run_s']} s")
+    print(f"ClientApp start (imports + site set-up): {result['clientapp_start_s']:.2f} s; wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+"""Framework overhead: a clean-arm cycle as a plain PyTorch loop, in-process, and on Flower simulation.
+
+    python bench/overhead.py --cycles 1 --out bench/results/overhead.json
+
+The ``reference`` preset's shape (83 sites, 32³; made under data/reference when missing)
+with a half-width SFCN, the clean arm, seed 0, back to back in one invocation:
+
+* ``plain``: one model and one Adam over the same sites, visiting order, scan order and
+  batches, then the same test-split scoring: the compute floor, with no travelling
+  state, no transport and no logs.
+* ``inprocess``: fedqc's travelling model through the in-process transport.
+* ``flower``: the same through Flower's simulation engine (Ray start-up excluded: the
+  seconds of a cycle are timed inside the run, in ``cycles.csv``).
+
+Seconds per cycle are the median over cycles after the first when ``--cycles`` > 1
+(steady state: images read, networks and optimizers built), else the one cycle's.
+
+A hop's overhead is its wall time on the server minus the site's own training time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from bench.common import machine, own_peak_rss_mb, run_measured  # noqa: E402
+from fedqc.config import parse_config  # noqa: E402
+from fedqc.data.manifest import load_manifest  # noqa: E402
+from fedqc.site import EVAL_BATCH, Site, batches  # noqa: E402
+from fedqc.travel import hop_seed, initial_state, learning_rate, site_order  # noqa: E402
+
+REFERENCE = ROOT / "data" / "reference" / "manifest.csv"
+
+
+def reference_config(cycles: int, engine: str, manifest: Path = REFERENCE, **train) -> dict:
+    """The benchmark experiment: reference shape, half-width SFCN, clean arm only, 2 threads."""
+    return {"name": "bench", "manifest": str(manifest), "engine": engine, "threads": 2, "arms": ["clean"],
+            "model": {"name": "sfcn", "width": 0.5, "input_shape": [32, 32, 32]},
+            "train": {"cycles": cycles, "warmup": 0, "batch_size": 5, "lr": 1e-3, "seed": 0, **train}}
+
+
+def ensure_cohort(manifest: Path, preset: str = "reference", harm: dict | None = None) -> None:
+    if not manifest.is_file():
+        from fedqc.data.cohort import generate_cohort
+
+        print(f"generating the {preset} cohort under {manifest.parent} ...", flush=True)
+        generate_cohort(manifest.parent, preset=preset, size=32, seed=0, harm=harm)
+
+
+def plain_cycles(cfg_dict: dict) -> list[float]:
+    """Seconds per cycle of the plain loop: same scans, order and batches as the clean arm."""
+    cfg = parse_config(cfg_dict)
+    torch.set_num_threads(cfg.threads)
+    table = load_manifest(cfg.manifest)
+    sites = {name: Site(name, rows, model=cfg.model) for name, rows in table.groupby("site")}
+    model = sites[next(iter(sites))]  # one network and one optimizer for the whole loop
+    state = initial_state(cfg)
+    from fedqc.state import unpack
+
+    unpack(state, model.encoder, model.classifier, None)
+    enc, clf, opt, loss_fn = model.encoder, model.classifier, model.optimizer, model.loss_fn
+    train_sites = sorted(s for s, site in sites.items() if site.subjects("train", include_harmful=False))
+    seconds = []
+    for cycle in range(cfg.train.cycles):
+        t0 = time.perf_counter()
+        for group in opt.param_groups:
+            group["lr"] = learning_rate(cfg.train.lr, cfg.train.lr_decay, cycle)
+        for name in site_order(cfg.train.order, train_sites, seed=cfg.train.seed, cycle=cycle):
+            site, seed = sites[name], hop_seed(cfg.train.seed, cycle, name)
+            pool = site.subjects("train", include_harmful=False)
+            order = [pool[i] for i in np.random.default_rng(seed).permutation(len(pool))]
+            torch.manual_seed(seed)
+            enc.train()
+            clf.train()
+            for chunk in batches(order, cfg.train.batch_size):
+                x, ok, _ = site._images(chunk)
+                y = torch.tensor(site.table.loc[ok, "label"].to_numpy(dtype=np.float32))
+                opt.zero_grad(set_to_none=True)
+                loss_fn(clf(enc(x)).squeeze(1), y).backward()
+                opt.step()
+        enc.eval()
+        clf.eval()
+        with torch.no_grad():
+            for site in sites.values():
+                for chunk in batches(site.subjects("test"), EVAL_BATCH):
+                    x, _, _ = site._images(chunk)
+                    torch.sigmoid(clf(enc(x)).squeeze(1))
+        seconds.append(time.perf_counter() - t0)
+    return seconds
+
+
+def per_cycle(seconds) -> float:
+    seconds = list(seconds)
+    return float(np.median(seconds[1:] if len(seconds) > 1 else seconds))
+
+
+def fedqc_run(cfg_dict: dict, out: Path) -> dict:
+    """Run the clean arm with ``python -m fedqc.simulate`` (a fresh process, like a user's run)."""
+    config = out.with_suffix(".yaml")
+    config.write_text(yaml.safe_dump(cfg_dict))
+    t0 = time.perf_counter()
+    proc, peak = run_measured([sys.executable, "-m", "fedqc.simulate", "--config", str(config), "--out", str(out),
+                               "--quiet"], cwd=ROOT)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"{config} failed:\n{proc.stderr[-3000:]}")
+    cycles = pd.read_csv(out / "clean" / "cycles.csv")
+    log = pd.read_csv(out / "clean" / "train_log.csv")
+    log = log[log["cycle"] > 0] if len(cycles) > 1 else log  # steady-state hops
+    over = (log["hop_seconds"] - log["seconds"]).to_numpy()
+    return {"cycle_s": [round(float(s), 3) for s in cycles["seconds"]], "seconds_per_cycle": per_cycle(cycles["seconds"]),
+            "run_wall_s": round(wall, 2), "peak_rss_mb": peak, "hops_per_cycle": int(cycles["hops"].iloc[0]),
+            "hop_overhead_ms_median": float(np.median(over) * 1000), "hop_overhead_ms_p95": float(np.percentile(over, 95) * 1000)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cycles", type=int, default=2)
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "overhead.json")
+    args = ap.parse_args()
+    ensure_cohort(REFERENCE)
+    with tempfile.TemporaryDirectory() as tmp:
+        plain = plain_cycles(reference_config(args.cycles, "inprocess"))
+        inproc = fedqc_run(reference_config(args.cycles, "inprocess"), Path(tmp) / "inprocess")
+        flower = fedqc_run(reference_config(args.cycles, "flower"), Path(tmp) / "flower")
+    plain_s = per_cycle(plain)
+    result = {
+        "machine": machine(), "shape": "reference preset: 83 sites, 32^3, SFCN width 0.5, clean arm",
+        "cycles": args.cycles, "plain_s": plain_s, "inprocess_s": inproc["seconds_per_cycle"],
+        "flower_s": flower["seconds_per_cycle"], "inprocess_over_plain": inproc["seconds_per_cycle"] / plain_s,
+        "flower_over_plain": flower["seconds_per_cycle"] / plain_s,
+        "hop_overhead_ms_median": flower["hop_overhead_ms_median"], "hop_overhead_ms_p95": flower["hop_overhead_ms_p95"],
+        "plain_cycle_s": [round(s, 3) for s in plain], "inprocess": inproc, "flower": flower,
+        "peak_rss_mb": {"plain": own_peak_rss_mb(), "inprocess": inproc["peak_rss_mb"], "flower": flower["peak_rss_mb"]},
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    print(f"plain {plain_s:.1f} s/cycle | in-process {result['inprocess_s']:.1f} s ({result['inprocess_over_plain']:.3f}x) "
+          f"| Flower simulation {result['flower_s']:.1f} s ({result['flower_over_plain']:.3f}x); "
+          f"Flower hop overhead median {result['hop_overhead_ms_median']:.0f} ms, p95 {result['hop_overhead_ms_p95']:.0f} ms")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

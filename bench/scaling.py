@@ -1,0 +1,94 @@
+"""Seconds per clean-arm cycle on Flower simulation as sites, scans and resolution grow.
+
+    python bench/scaling.py [--out bench/results/scaling.json]
+
+Synthetic cohorts (seed 0, no harm), SFCN width 0.5, one cycle each, timed inside the
+run (``cycles.csv``, so Ray start-up is excluded), peak memory of the whole process tree:
+
+* same total scans: about 400 training and 80 test scans split over 10, 20, 40, 83 sites;
+* same scans per site: 8 training and 1 test scans per site, 10 to 83 sites;
+* resolution: 20 sites × 8 training scans at 32³, 48³, 64³.
+
+``r2`` is the R² of a straight line of seconds against scans (training + test) over the
+32³ points: a value near 1 says the cost is linear in scans, whatever the number of sites.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from bench.common import machine, run_measured  # noqa: E402
+from bench.overhead import reference_config  # noqa: E402
+from fedqc.data.cohort import SiteSpec, generate_cohort  # noqa: E402
+
+SITE_COUNTS = (10, 20, 40, 83)
+SIZES = (32, 48, 64)
+
+
+def sites(n: int, train: int, test: int) -> list[SiteSpec]:
+    return [SiteSpec(f"s{i:03d}", f"scanner{i % 6:02d}", train, train // 2, train // 3, 1, i % 2, 0,
+                     test, test // 2 + (i % 2 if test % 2 else 0), test // 3) for i in range(n)]
+
+
+def point(tmp: Path, series: str, specs: list[SiteSpec], size: int) -> dict:
+    data = tmp / f"{series}-{len(specs)}-{size}"
+    generate_cohort(data, size=size, seed=0, harm={}, sites=specs)
+    cfg = reference_config(1, "flower", data / "manifest.csv")
+    cfg["model"]["input_shape"] = [size] * 3
+    config = data / "bench.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    proc, peak = run_measured([sys.executable, "-m", "fedqc.simulate", "--config", str(config), "--out",
+                               str(data / "run"), "--quiet"], cwd=ROOT)
+    if proc.returncode != 0:
+        raise SystemExit(f"{series} {len(specs)} sites {size}³ failed:\n{proc.stderr[-3000:]}")
+    cycle = pd.read_csv(data / "run" / "clean" / "cycles.csv").iloc[0]
+    log = pd.read_csv(data / "run" / "clean" / "train_log.csv")
+    over = (log["hop_seconds"] - log["seconds"]).to_numpy()
+    row = {"series": series, "sites": len(specs), "size": size, "train_scans": sum(s.train_n for s in specs),
+           "test_scans": sum(s.test_n for s in specs), "seconds": round(float(cycle["seconds"]), 3),
+           "hop_overhead_ms_median": round(float(np.median(over)) * 1000, 1), "peak_rss_mb": peak}
+    print(row, flush=True)
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "scaling.json")
+    args = ap.parse_args()
+    points = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        for n in SITE_COUNTS:
+            points.append(point(tmp, "same total scans", sites(n, max(1, round(400 / n)), max(1, round(80 / n))), 32))
+        for n in SITE_COUNTS:
+            points.append(point(tmp, "same scans per site", sites(n, 8, 1), 32))
+        for size in SIZES:
+            points.append(point(tmp, "resolution", sites(20, 8, 1), size))
+    table = pd.DataFrame(points)
+    flat = table[table["size"] == 32]
+    x = (flat["train_scans"] + flat["test_scans"]).to_numpy(float)
+    y = flat["seconds"].to_numpy(float)
+    slope, intercept = np.polyfit(x, y, 1)
+    r2 = 1 - ((y - (slope * x + intercept)) ** 2).sum() / ((y - y.mean()) ** 2).sum()
+    res = table[table["series"] == "resolution"]
+    result = {"machine": machine(), "points": points, "r2": float(r2),
+              "seconds_per_scan_32": float(slope), "intercept_s": float(intercept),
+              "seconds_by_size": dict(zip(res["size"].astype(str), res["seconds"]))}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    print(table.to_string(index=False))
+    print(f"seconds = {intercept:.2f} + {slope * 1000:.1f} ms × scans, R² = {r2:.3f}; wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
