@@ -11,6 +11,8 @@ run (``cycles.csv``, so Ray start-up is excluded), peak memory of the whole proc
 
 ``r2`` is the R² of a straight line of seconds against scans (training + test) over the
 32³ points: a value near 1 says the cost is linear in scans, whatever the number of sites.
+``r2_scans_and_sites`` fits seconds = a + b·scans + c·sites instead; ``c`` is the cost of
+one more site (its hop and its test message) at a fixed number of scans.
 """
 
 from __future__ import annotations
@@ -80,14 +82,20 @@ def main() -> None:
     y = flat["seconds"].to_numpy(float)
     slope, intercept = np.polyfit(x, y, 1)
     r2 = 1 - ((y - (slope * x + intercept)) ** 2).sum() / ((y - y.mean()) ** 2).sum()
+    design = np.column_stack([np.ones_like(x), x, flat["sites"].to_numpy(float)])
+    coef, *_ = np.linalg.lstsq(design, y, rcond=None)
+    r2_sites = 1 - ((y - design @ coef) ** 2).sum() / ((y - y.mean()) ** 2).sum()
     res = table[table["series"] == "resolution"]
     result = {"machine": machine(), "points": points, "r2": float(r2),
               "seconds_per_scan_32": float(slope), "intercept_s": float(intercept),
+              "r2_scans_and_sites": float(r2_sites), "seconds_per_site": float(coef[2]),
+              "seconds_per_scan_given_sites": float(coef[1]),
               "seconds_by_size": dict(zip(res["size"].astype(str), res["seconds"]))}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     print(table.to_string(index=False))
-    print(f"seconds = {intercept:.2f} + {slope * 1000:.1f} ms × scans, R² = {r2:.3f}; wrote {args.out}")
+    print(f"seconds = {intercept:.2f} + {slope * 1000:.1f} ms × scans, R² = {r2:.3f}; with sites: "
+          f"{coef[1] * 1000:.1f} ms × scans + {coef[2] * 1000:.0f} ms × sites, R² = {r2_sites:.3f}; wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -42,6 +42,11 @@ def unpack(state: State, encoder: nn.Module, classifier: nn.Module, optimizer: t
     optimizer.load_state_dict({"state": opt_state, "param_groups": sd["param_groups"]})
 
 
+def weights(state: State) -> State:
+    """The model's arrays only (what scoring needs), without the optimizer's."""
+    return {k: v for k, v in state.items() if not k.startswith("optim.")}
+
+
 def split_parts(state: State) -> dict[str, dict[str, torch.Tensor]]:
     """``{"encoder": ..., "classifier": ..., "optim": ...}`` of tensors, for checkpoints."""
     parts: dict[str, dict[str, torch.Tensor]] = {p: {} for p in PARTS}

@@ -3,11 +3,14 @@
 Node ids are random per run, so the transport first fans out a ``query`` to every node
 and maps the site names they report to node ids.
 
-Replies are collected with ``grid.push_messages`` / ``grid.pull_messages`` and a short
-wait between pulls that grows by 20 % from 5 ms up to 1 s, so a reply is picked up
-within a fifth of the time already waited: Flower's ``send_and_receive`` waits a fixed
-3 s between pulls on a deployment grid (0.1 s in simulation), which dominates the hop of
-a tiny site. ``FEDQC_FLOWER_POLL=flower`` restores it (for before/after figures).
+Replies are collected with ``grid.push_messages`` / ``grid.pull_messages``. Flower's
+``send_and_receive`` waits a fixed 3 s between pulls on a deployment grid (0.1 s in
+simulation), which dominates the hop of a tiny site. fedqc polls the in-memory
+(simulation) grid every 5 ms, an in-process call, and a deployment grid with a wait that
+grows by 20 % from 5 ms up to 1 s, so a reply is picked up within a fifth of the time
+already waited. ``FEDQC_FLOWER_POLL=flower`` restores Flower's loop (before/after figures).
+
+Evaluation messages carry the model's arrays only: scoring needs no optimizer state.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from flwr.serverapp import Grid, ServerApp
 from fedqc.config import ExperimentConfig
 from fedqc.flower.codec import decode_eval_reply, decode_train_reply, state_to_record, to_config
 from fedqc.site import EvalResult, TrainResult
-from fedqc.state import State
+from fedqc.state import State, weights
 from fedqc.travel import SiteError
 
 POLL_S = (0.005, 1.0)  # first and longest wait between two pulls for replies
@@ -37,6 +40,8 @@ class FlowerTransport:
         self.grid = grid
         self.timeout_s = timeout_s if timeout_s is not None else cfg.site_timeout_s
         self.flower_poll = os.environ.get("FEDQC_FLOWER_POLL") == "flower"
+        # the in-memory grid (it has a pull_interval) answers pulls in-process: poll it at the fastest rate
+        self.max_wait = POLL_S[0] if hasattr(grid, "pull_interval") else POLL_S[1]
         self.base = {"model.name": cfg.model.name, "model.width": cfg.model.width,
                      "model.input_shape": list(cfg.model.input_shape), "threads": cfg.threads}
         deadline = time.monotonic() + wait_s
@@ -72,7 +77,7 @@ class FlowerTransport:
             if not pending or remaining <= 0:
                 break
             time.sleep(min(wait, remaining))
-            wait = min(wait * POLL_GROWTH, POLL_S[1])
+            wait = min(wait * POLL_GROWTH, self.max_wait)
         return replies
 
     def _exchange(self, messages: list[Message]) -> dict[int, Message | str]:
@@ -110,7 +115,8 @@ class FlowerTransport:
 
     def evaluate(self, sites: list[str], state: State, request: dict) -> dict[str, EvalResult]:
         """Scores from every site that answers; a failed or silent site gets ``EvalResult.failed``."""
-        replies = self._exchange([self._message("evaluate", self.node_of[s], request, state) for s in sites])
+        model = weights(state)
+        replies = self._exchange([self._message("evaluate", self.node_of[s], request, model) for s in sites])
         results = {}
         for site in sites:
             reply = replies[self.node_of[site]]
