@@ -74,7 +74,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         manifest = subset(DATA, args.sites, tmp / "subset") if args.sites else DATA
-        cfg = reference_config(2, "inprocess", manifest, warmup=1)
+        cfg = reference_config(2, "inprocess", manifest)  # W = 0: QC arms run cycle 1 from clean cycle 0
         cfg["arms"] = ["clean", *ARMS.values()]
         cfg["qc"] = {"criterion": "calibrated", "granularity": "hierarchical", "audit": True}
         config = tmp / "qc_cost.yaml"

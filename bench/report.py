@@ -35,10 +35,10 @@ def rows() -> list[tuple[str, str, str, str]]:
     if q := _load("qc_cost"):
         r, d = q["reference_detection"], q["default_detection"]
         out.append(("qc_cost", f"{q['sites']} sites: no QC {q['noqc_s']:.0f} s · reference method {q['reference_s']:.0f} s "
-                               f"({q['reference_over_noqc']:.2f}×, {q['reference_verifications']} verifications; whole-site "
-                               f"recall {r['whole_site_recall']:.2f}, good scans out {r['good_out_of_training']}/{r['good']}) · "
+                               f"({q['reference_over_noqc']:.2f}×, {q['reference_verifications']} verifications; whole sites "
+                               f"out of training {r['whole_site_recall']:.2f}, good scans out {r['good_out_of_training']}/{r['good']}) · "
                                f"default QC {q['default_s']:.0f} s ({q['default_over_noqc']:.2f}×, "
-                               f"{q['default_verifications']} verifications; whole-site recall {d['whole_site_recall']:.2f}, "
+                               f"{q['default_verifications']} verifications; whole sites out of training {d['whole_site_recall']:.2f}, "
                                f"good scans out {d['good_out_of_training']}/{d['good']}) per cycle",
                     "default ≤ 2× no QC, detection ≥ reference",
                     "yes" if q["default_over_noqc"] <= 2 and d["whole_site_recall"] >= r["whole_site_recall"]

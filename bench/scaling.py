@@ -2,8 +2,9 @@
 
     python bench/scaling.py [--out bench/results/scaling.json]
 
-Synthetic cohorts (seed 0, no harm), SFCN width 0.5, one cycle each, timed inside the
-run (``cycles.csv``, so Ray start-up is excluded), peak memory of the whole process tree:
+Synthetic cohorts (seed 0, no harm), SFCN width 0.5, two cycles each; the second is
+timed (steady state: images read, networks built; ``cycles.csv``, so Ray start-up is
+excluded) and its hops give the per-hop overhead; peak memory of the whole process tree:
 
 * same total scans: about 400 training and 80 test scans split over 10, 20, 40, 83 sites;
 * same scans per site: 8 training and 1 test scans per site, 10 to 83 sites;
@@ -45,7 +46,7 @@ def sites(n: int, train: int, test: int) -> list[SiteSpec]:
 def point(tmp: Path, series: str, specs: list[SiteSpec], size: int) -> dict:
     data = tmp / f"{series}-{len(specs)}-{size}"
     generate_cohort(data, size=size, seed=0, harm={}, sites=specs)
-    cfg = reference_config(1, "flower", data / "manifest.csv")
+    cfg = reference_config(2, "flower", data / "manifest.csv")
     cfg["model"]["input_shape"] = [size] * 3
     config = data / "bench.yaml"
     config.write_text(yaml.safe_dump(cfg))
@@ -53,8 +54,8 @@ def point(tmp: Path, series: str, specs: list[SiteSpec], size: int) -> dict:
                                str(data / "run"), "--quiet"], cwd=ROOT)
     if proc.returncode != 0:
         raise SystemExit(f"{series} {len(specs)} sites {size}³ failed:\n{proc.stderr[-3000:]}")
-    cycle = pd.read_csv(data / "run" / "clean" / "cycles.csv").iloc[0]
-    log = pd.read_csv(data / "run" / "clean" / "train_log.csv")
+    cycle = pd.read_csv(data / "run" / "clean" / "cycles.csv").iloc[-1]
+    log = pd.read_csv(data / "run" / "clean" / "train_log.csv").query("cycle == 1")
     over = (log["hop_seconds"] - log["seconds"]).to_numpy()
     row = {"series": series, "sites": len(specs), "size": size, "train_scans": sum(s.train_n for s in specs),
            "test_scans": sum(s.test_n for s in specs), "seconds": round(float(cycle["seconds"]), 3),
