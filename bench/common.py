@@ -66,3 +66,20 @@ def own_peak_rss_mb() -> float:
     import resource
 
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def simulate(cfg: dict, config: Path, out: Path) -> tuple[float, float]:
+    """Write ``cfg`` to ``config`` and run it with ``python -m fedqc.simulate`` into ``out``
+    (a fresh process, like a user's run); return its wall seconds and peak RSS (MB)."""
+    import sys
+    import time
+
+    import yaml
+
+    config.write_text(yaml.safe_dump(cfg))
+    t0 = time.perf_counter()
+    proc, peak = run_measured([sys.executable, "-m", "fedqc.simulate", "--config", str(config), "--out", str(out),
+                               "--quiet"], cwd=Path(__file__).resolve().parents[1])
+    if proc.returncode != 0:
+        raise SystemExit(f"{config} failed:\n{proc.stderr[-3000:]}")
+    return time.perf_counter() - t0, peak

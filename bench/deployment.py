@@ -25,10 +25,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench.common import machine  # noqa: E402
+from bench.common import machine, simulate  # noqa: E402
 
 CONFIG = ROOT / "configs" / "deploy-smoke.yaml"
 SITES = ROOT / "sites" / "deploy-smoke"
@@ -53,15 +54,9 @@ def deployment(out: Path, env: dict) -> float:
 
 
 def simulation(out: Path) -> dict:
-    import yaml
-
     cfg = yaml.safe_load(CONFIG.read_text()) | {"engine": "flower", "manifest": str(MANIFEST)}
-    config = out.parent / "sim.yaml"
-    config.write_text(yaml.safe_dump(cfg))
-    t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "fedqc.simulate", "--config", str(config), "--out", str(out), "--quiet"],
-                   check=True, cwd=ROOT, capture_output=True)
-    return {"run_s": time.perf_counter() - t0, **hop_overhead(out)}
+    wall, _ = simulate(cfg, out.parent / "sim.yaml", out)
+    return {"run_s": wall, **hop_overhead(out)}
 
 
 def clientapp_start(repeats: int = 3) -> float:

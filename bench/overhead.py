@@ -30,11 +30,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench.common import machine, own_peak_rss_mb, run_measured  # noqa: E402
+from bench.common import machine, own_peak_rss_mb, simulate  # noqa: E402
 from fedqc.config import parse_config  # noqa: E402
 from fedqc.data.manifest import load_manifest  # noqa: E402
 from fedqc.site import EVAL_BATCH, Site, batches  # noqa: E402
@@ -107,14 +106,7 @@ def per_cycle(seconds) -> float:
 
 def fedqc_run(cfg_dict: dict, out: Path) -> dict:
     """Run the clean arm with ``python -m fedqc.simulate`` (a fresh process, like a user's run)."""
-    config = out.with_suffix(".yaml")
-    config.write_text(yaml.safe_dump(cfg_dict))
-    t0 = time.perf_counter()
-    proc, peak = run_measured([sys.executable, "-m", "fedqc.simulate", "--config", str(config), "--out", str(out),
-                               "--quiet"], cwd=ROOT)
-    wall = time.perf_counter() - t0
-    if proc.returncode != 0:
-        raise SystemExit(f"{config} failed:\n{proc.stderr[-3000:]}")
+    wall, peak = simulate(cfg_dict, out.with_suffix(".yaml"), out)
     cycles = pd.read_csv(out / "clean" / "cycles.csv")
     log = pd.read_csv(out / "clean" / "train_log.csv")
     log = log[log["cycle"] > 0] if len(cycles) > 1 else log  # steady-state hops

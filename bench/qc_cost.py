@@ -23,15 +23,13 @@ import argparse
 import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench.common import machine, run_measured  # noqa: E402
+from bench.common import machine, simulate  # noqa: E402
 from bench.overhead import ensure_cohort, reference_config  # noqa: E402
 from fedqc.data.cohort import DEMO_HARM  # noqa: E402
 
@@ -77,18 +75,12 @@ def main() -> None:
         cfg = reference_config(2, "inprocess", manifest)  # W = 0: QC arms run cycle 1 from clean cycle 0
         cfg["arms"] = ["clean", *ARMS.values()]
         cfg["qc"] = {"criterion": "calibrated", "granularity": "hierarchical", "audit": True}
-        config = tmp / "qc_cost.yaml"
-        config.write_text(yaml.safe_dump(cfg))
-        t0 = time.perf_counter()
-        proc, peak = run_measured([sys.executable, "-m", "fedqc.simulate", "--config", str(config), "--out",
-                                   str(tmp / "run"), "--quiet"], cwd=ROOT)
-        if proc.returncode != 0:
-            raise SystemExit(f"run failed:\n{proc.stderr[-3000:]}")
+        wall, peak = simulate(cfg, tmp / "qc_cost.yaml", tmp / "run")
         run = tmp / "run"
         table = pd.read_csv(manifest)
         result = {"machine": machine(), "sites": int(table["site"].nunique()), "scans": len(table),
                   "shape": "reference preset + demo harm, 32^3, SFCN width 0.5, in-process, QC cycle 1 from clean cycle 0",
-                  "run_wall_s": round(time.perf_counter() - t0, 1), "peak_rss_mb": peak}
+                  "run_wall_s": round(wall, 1), "peak_rss_mb": peak}
         for key, arm in ARMS.items():
             result[f"{key}_s"] = float(pd.read_csv(run / arm / "cycles.csv")["seconds"].iloc[0])
             if key != "noqc":

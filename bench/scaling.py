@@ -26,11 +26,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench.common import machine, run_measured  # noqa: E402
+from bench.common import machine, simulate  # noqa: E402
 from bench.overhead import reference_config  # noqa: E402
 from fedqc.data.cohort import SiteSpec, generate_cohort  # noqa: E402
 
@@ -48,12 +47,7 @@ def point(tmp: Path, series: str, specs: list[SiteSpec], size: int) -> dict:
     generate_cohort(data, size=size, seed=0, harm={}, sites=specs)
     cfg = reference_config(2, "flower", data / "manifest.csv")
     cfg["model"]["input_shape"] = [size] * 3
-    config = data / "bench.yaml"
-    config.write_text(yaml.safe_dump(cfg))
-    proc, peak = run_measured([sys.executable, "-m", "fedqc.simulate", "--config", str(config), "--out",
-                               str(data / "run"), "--quiet"], cwd=ROOT)
-    if proc.returncode != 0:
-        raise SystemExit(f"{series} {len(specs)} sites {size}³ failed:\n{proc.stderr[-3000:]}")
+    _, peak = simulate(cfg, data / "bench.yaml", data / "run")
     cycle = pd.read_csv(data / "run" / "clean" / "cycles.csv").iloc[-1]
     log = pd.read_csv(data / "run" / "clean" / "train_log.csv").query("cycle == 1")
     over = (log["hop_seconds"] - log["seconds"]).to_numpy()
