@@ -106,6 +106,8 @@ OPTIONS = [
     (["infer", "--checkpoint", "nope.pt"], "--checkpoint needs --manifest"),
     (["cohort", "--out", "x", "--size", "big"], "--size must be an integer"),
     (["cohort", "--out", "x", "--preset", "huge"], "huge"),
+    (["sites", "split", "--manifest", "nowhere.csv", "--out", "s"], "nowhere.csv"),
+    (["sites", "compose", "--sites", "nowhere", "--config", "nowhere.yaml"], "config not found: nowhere.yaml"),
 ]
 
 
@@ -113,6 +115,28 @@ OPTIONS = [
 def test_bad_options(args, message, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert_clean_failure(args, message)
+
+
+def test_sites_commands_fail_cleanly(tiny_cohort, tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(base_config(tiny_cohort / "manifest.csv")))
+    assert_clean_failure(["sites", "compose", "--sites", str(tmp_path / "none"), "--config", str(config)],
+                         "sites.csv not found (make it with `fedqc sites split`)")
+    args = ["sites", "split", "--manifest", str(tiny_cohort / "manifest.csv"), "--out", str(tmp_path / "s")]
+    assert run(args)[0] == 0
+    assert_clean_failure(args, "exists and is not empty (use --overwrite to replace it)")
+
+
+def test_deployment_engine_is_refused_by_simulate_and_needs_no_manifest(tmp_path):
+    data = base_config("unused")
+    data.pop("manifest")
+    path = tmp_path / "dep.yaml"
+    path.write_text(yaml.safe_dump(data))  # engine inprocess without a manifest
+    assert_clean_failure(["simulate", "--config", str(path)], "manifest: required key missing")
+    path.write_text(yaml.safe_dump({**data, "engine": "deployment"}))
+    assert_clean_failure(["simulate", "--config", str(path), "--out", str(tmp_path / "run")],
+                         "engine deployment runs on SuperNodes")
+    assert not (tmp_path / "run").exists()
 
 
 def test_run_folder_is_never_clobbered(tiny_cohort, tmp_path):
