@@ -8,6 +8,8 @@ import subprocess
 import threading
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import torch
 
 PAGE_MB = os.sysconf("SC_PAGE_SIZE") / 2**20
@@ -22,6 +24,11 @@ def machine() -> dict:
         cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), cpu)
     return {"cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": "cpu", "cpu": cpu,
             "python": platform.python_version(), "torch": torch.__version__, "flwr": flwr.__version__}
+
+
+def hop_overhead_s(log: pd.DataFrame) -> np.ndarray:
+    """Per hop of a ``train_log.csv``: the server's wall time minus the site's own training time."""
+    return (log["hop_seconds"] - log["seconds"]).to_numpy()
 
 
 def _tree_rss_mb(root: int) -> float:

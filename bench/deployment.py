@@ -29,7 +29,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench.common import machine, simulate  # noqa: E402
+from bench.common import hop_overhead_s, machine, simulate  # noqa: E402
 
 CONFIG = ROOT / "configs" / "deploy-smoke.yaml"
 SITES = ROOT / "sites" / "deploy-smoke"
@@ -38,7 +38,7 @@ MANIFEST = ROOT / "data" / "smoke" / "manifest.csv"
 
 def hop_overhead(*runs: Path) -> dict:
     log = pd.concat([pd.read_csv(run / "clean" / "train_log.csv") for run in runs])
-    over = (log["hop_seconds"] - log["seconds"]).to_numpy()
+    over = hop_overhead_s(log)
     return {"hops": len(over), "hop_overhead_s_median": float(np.median(over)),
             "hop_overhead_s_p95": float(np.percentile(over, 95)), "hop_s_median": float(log["hop_seconds"].median())}
 

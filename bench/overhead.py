@@ -33,10 +33,11 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench.common import machine, own_peak_rss_mb, simulate  # noqa: E402
+from bench.common import hop_overhead_s, machine, own_peak_rss_mb, simulate  # noqa: E402
 from fedqc.config import parse_config  # noqa: E402
 from fedqc.data.manifest import load_manifest  # noqa: E402
 from fedqc.site import EVAL_BATCH, Site, batches  # noqa: E402
+from fedqc.state import unpack  # noqa: E402
 from fedqc.travel import hop_seed, initial_state, learning_rate, site_order  # noqa: E402
 
 REFERENCE = ROOT / "data" / "reference" / "manifest.csv"
@@ -65,8 +66,6 @@ def plain_cycles(cfg_dict: dict) -> list[float]:
     sites = {name: Site(name, rows, model=cfg.model) for name, rows in table.groupby("site")}
     model = sites[next(iter(sites))]  # one network and one optimizer for the whole loop
     state = initial_state(cfg)
-    from fedqc.state import unpack
-
     unpack(state, model.encoder, model.classifier, None)
     enc, clf, opt, loss_fn = model.encoder, model.classifier, model.optimizer, model.loss_fn
     train_sites = sorted(s for s, site in sites.items() if site.subjects("train", include_harmful=False))
@@ -110,7 +109,7 @@ def fedqc_run(cfg_dict: dict, out: Path) -> dict:
     cycles = pd.read_csv(out / "clean" / "cycles.csv")
     log = pd.read_csv(out / "clean" / "train_log.csv")
     log = log[log["cycle"] > 0] if len(cycles) > 1 else log  # steady-state hops
-    over = (log["hop_seconds"] - log["seconds"]).to_numpy()
+    over = hop_overhead_s(log)
     return {"cycle_s": [round(float(s), 3) for s in cycles["seconds"]], "seconds_per_cycle": per_cycle(cycles["seconds"]),
             "run_wall_s": round(wall, 2), "peak_rss_mb": peak, "hops_per_cycle": int(cycles["hops"].iloc[0]),
             "hop_overhead_ms_median": float(np.median(over) * 1000), "hop_overhead_ms_p95": float(np.percentile(over, 95) * 1000)}

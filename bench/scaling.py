@@ -29,7 +29,7 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench.common import machine, simulate  # noqa: E402
+from bench.common import hop_overhead_s, machine, simulate  # noqa: E402
 from bench.overhead import reference_config  # noqa: E402
 from fedqc.data.cohort import SiteSpec, generate_cohort  # noqa: E402
 
@@ -50,7 +50,7 @@ def point(tmp: Path, series: str, specs: list[SiteSpec], size: int) -> dict:
     _, peak = simulate(cfg, data / "bench.yaml", data / "run")
     cycle = pd.read_csv(data / "run" / "clean" / "cycles.csv").iloc[-1]
     log = pd.read_csv(data / "run" / "clean" / "train_log.csv").query("cycle == 1")
-    over = (log["hop_seconds"] - log["seconds"]).to_numpy()
+    over = hop_overhead_s(log)
     row = {"series": series, "sites": len(specs), "size": size, "train_scans": sum(s.train_n for s in specs),
            "test_scans": sum(s.test_n for s in specs), "seconds": round(float(cycle["seconds"]), 3),
            "hop_overhead_ms_median": round(float(np.median(over)) * 1000, 1), "peak_rss_mb": peak}

@@ -31,7 +31,10 @@ out=$(realpath -m "${3:-runs/$name-deployment}")
 if [[ ! -f $sites/sites.csv ]] && make -n "$sites" >/dev/null 2>&1; then make -s "$sites"; fi
 [[ -f $sites/sites.csv ]] || { echo "error: $sites/sites.csv not found (make it with \`fedqc sites split --manifest M --out $sites\`)" >&2; exit 2; }
 sites=$(realpath "$sites")
-mapfile -t names < <(python -c 'import sys; from fedqc.sites import read_sites; print(*read_sites(sys.argv[1]), sep="\n")' "$sites")
+# one line per site, "<site><TAB><node config>", from a single Python start
+mapfile -t nodes < <(python -c 'import sys; from fedqc.sites import read_sites, node_config
+for s in read_sites(sys.argv[1]): print(s, node_config(s, f"{sys.argv[1]}/{s}"), sep="\t")' "$sites")
+names=("${nodes[@]%%$'\t'*}")
 [[ ! -e $out ]] || { echo "error: $out exists; remove it or pass another OUT" >&2; exit 2; }
 mkdir -p "$out/logs"
 export FLWR_HOME="$out/.flwr"
@@ -71,10 +74,10 @@ start "$out/logs/superlink.log" flower-superlink --insecure --host 127.0.0.1 --p
   --database "$out/.flwr/superlink.db" \
   --disable-runtime-dependency-installation
 wait_port "$link" "${pids[-1]}" || { echo "error: the SuperLink did not start (see $out/logs/superlink.log)" >&2; exit 1; }
-for site in "${names[@]}"; do
-  config_line=$(python -c 'import sys; from fedqc.sites import node_config; print(node_config(sys.argv[1], sys.argv[2]))' "$site" "$sites/$site")
+for line in "${nodes[@]}"; do
+  site=${line%%$'\t'*}
   start "$out/logs/supernode-$site.log" flower-supernode --insecure --superlink "127.0.0.1:$link" \
-    --host 127.0.0.1 --port "$(free_port)" --node-config "$config_line"
+    --host 127.0.0.1 --port "$(free_port)" --node-config "${line#*$'\t'}"
 done
 cat >"$FLWR_HOME/config.toml" <<EOF
 [superlink]
