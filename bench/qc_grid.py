@@ -7,7 +7,7 @@
    verification-based method is measured on its own.
 2. From the same clean checkpoint: the config's ``qc`` arm as configured (audit
    included if the config turns it on), then with the audit off at
-   ``qc.verify_fraction`` 0.5 and 0.25, for the config's criterion and ``reference``.
+   ``qc.verify_fraction`` 0.5 and 0.25, for the config's criterion.
 
 Writes ``OUT/qc_grid.csv``, ``OUT/qc_grid.json`` and ``OUT/qc_grid.md`` (the README table).
 """
@@ -92,8 +92,8 @@ def main() -> None:
         run_experiment(cfg, transport, out, quiet=True)
     rows = [arm_row(out, a, a) for a in ("clean", "dirty", *variants)]
     settings = [("default", base.qc, f"qc as configured ({base.qc.criterion}, {base.qc.granularity}, "
-                                     f"z={base.qc.z}, audit {'on' if base.qc.audit else 'off'})")]
-    for criterion in dict.fromkeys([base.qc.criterion, "reference"]):
+                                     f"alpha={base.qc.alpha}, audit {'on' if base.qc.audit else 'off'})")]
+    for criterion in [base.qc.criterion]:
         settings += [(f"verify_{criterion}_{f}", dataclasses.replace(no_audit, criterion=criterion, verify_fraction=f),
                       f"qc ({criterion}, {base.qc.granularity}, audit off), verify_fraction={f}") for f in FRACTIONS]
     for name, qc, label in settings:

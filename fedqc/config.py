@@ -18,7 +18,7 @@ import yaml
 from fedqc.site import ModelSpec
 
 ARMS = ("clean", "dirty", "qc")
-CRITERIA = ("reference", "loss", "calibrated")
+CRITERIA = ("reference", "loss", "calibrated", "conformal")
 GRANULARITIES = ("batch", "hierarchical")
 ENGINES = ("flower", "inprocess", "deployment")  # deployment: real SuperNodes, see fedqc.sites
 ORDERS = ("random", "fixed")
@@ -49,10 +49,11 @@ class TrainConfig:
 class QCConfig:
     """Verification-based QC (:mod:`fedqc.qc`); arms ``qc`` and ``qc-<criterion>-<granularity>``."""
 
-    criterion: str = "calibrated"
+    criterion: str = "conformal"
     granularity: str = "hierarchical"
     tolerance: float = 0.02  # reference criterion: allowed rate rise per trained scan
     z: float = 2.0  # paired criteria: one-sided z of the mean per-scan loss increase
+    alpha: float = 0.01  # conformal criterion: level of the site check (Fisher-combined conformal p-values)
     revisit_after: int = 2  # R: a flagged scan is retried at cycle c + R
     verify_fraction: float = 1.0  # share of each site's val scans in the verification set (seeded)
     leave_site_out: bool = True  # a site's own val scans never judge its own updates
@@ -183,6 +184,7 @@ def _check_ranges(cfg: ExperimentConfig, problems: list[str]) -> None:
         (q.granularity in GRANULARITIES, f"qc.granularity: {q.granularity!r} is not one of {GRANULARITIES}"),
         (q.tolerance >= 0, f"qc.tolerance: must be >= 0, got {q.tolerance}"),
         (q.z >= 0, f"qc.z: must be >= 0, got {q.z}"),
+        (0 < q.alpha < 1, f"qc.alpha: must be in (0, 1), got {q.alpha}"),
         (q.revisit_after >= 1, f"qc.revisit_after: must be >= 1, got {q.revisit_after}"),
         (0 < q.verify_fraction <= 1, f"qc.verify_fraction: must be in (0, 1], got {q.verify_fraction}"),
         (0 < q.untrusted_fraction <= 1, f"qc.untrusted_fraction: must be in (0, 1], got {q.untrusted_fraction}"),

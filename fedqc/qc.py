@@ -26,7 +26,7 @@ before the update against the model after it (the no-update baseline).
     therefore shrinks with more verification scans and grows with their spread, instead
     of being a fixed number of scans.
 
-``calibrated`` (the default)
+``calibrated``
     As ``loss``, but each model's scores are first recalibrated on the verification
     scans (Platt scaling: a logistic fit of the label on the logit). Between visits the
     travelling model swings between predicting all-patient and all-control — the
@@ -37,7 +37,30 @@ before the update against the model after it (the no-update baseline).
     tried and measured worse on the demo: from saturated logits every single-scan
     update looked harmful.)
 
-**Policy.** A rejected update is rolled back by the caller. A single scan that fails is
+``conformal`` (the default)
+    Judges the *data* an update would learn from, not the update: every visit starts
+    with a **site check**. The site scores its training scans with the last accepted
+    model; each scan gets a label-conditional (Mondrian) conformal p-value against the
+    verification scans of the same label,
+    ``p = (1 + #{verification scans of its label scored at least as wrongly}) / (1 + n)``.
+    For a good site, whose scans are exchangeable with the verification scans (or were
+    already fitted), these p-values are uniform or larger whatever the model's
+    calibration, because only ranks count. Fisher's method combines them,
+    ``X = -2 Σ log p ~ χ²(2k)``, and the site fails when ``P(χ²(2k) ≥ X) < alpha``. A
+    site whose labels the verified model cannot reproduce fails: contrast-inverted or
+    noise images it scores alike whatever the label, or flipped labels. One odd scan in
+    a good site cannot make it fail (one p-value is at least ``1/(n+1)``, above ``alpha``
+    0.01 with ~30 verification scans per label). A site that passes trains its visit,
+    and the update is adopted without a val evaluation: measured on the demo, the paired
+    val tests above have no power against harmful sites (inverted and noise images
+    barely move predictions on clean scans) and, once the model separates the
+    verification scans almost perfectly, reject good updates and eliminate good scans
+    by the hundred, while the site check separates harmful sites at p < 1e-3.
+
+**Policy.** A site that fails its check is *flagged* and sits out until cycle ``c + R``;
+it is then checked again — passing, it trains again; failing, it is *eliminated*: all its
+remaining training scans (stage ``site``) and its ``val`` scans leave QC for good.
+A rejected update is rolled back by the caller. A single scan that fails is
 *flagged*: kept out of training until cycle ``c + R``, then retrained alone and verified
 again — accepted, it returns to the pool; rejected, it is *eliminated* for the rest of
 training. With ``leave_site_out`` the verification set of an update excludes the
@@ -80,8 +103,40 @@ def recalibrate(labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
     return fit.predict_proba(logit)[:, 1]
 
 
+def conformal_pvalues(cal_labels: np.ndarray, cal_scores: np.ndarray, labels: np.ndarray,
+                      scores: np.ndarray) -> np.ndarray:
+    """Label-conditional conformal p-values: how wrongly each scan is scored among calibration scans of its label.
+
+    ``p_i = (1 + #{calibration scans with label y_i scored at least as wrongly}) / (1 + n_{y_i})``,
+    where lower scores are wrong for label 1 and higher ones for label 0; 1.0 when the
+    calibration set has no scan of that label.
+    """
+    cal_labels, cal_scores = np.asarray(cal_labels, dtype=int), np.asarray(cal_scores, dtype=float)
+    out = np.ones(len(labels))
+    for y, sign in ((1, 1.0), (0, -1.0)):
+        ref = np.sort(sign * cal_scores[cal_labels == y])
+        mine = np.asarray(labels, dtype=int) == y
+        if len(ref):  # sign·score ≤ own sign·score: scored at least as wrongly
+            out[mine] = (1 + np.searchsorted(ref, sign * np.asarray(scores, dtype=float)[mine], side="right")) / (1 + len(ref))
+    return out
+
+
+def fisher(pvalues: np.ndarray, alpha: float) -> tuple[bool, dict]:
+    """Fisher's combination ``X = -2 Σ log p`` against χ²(2k): accept unless ``P(χ² ≥ X) < alpha``."""
+    from scipy.stats import chi2
+
+    k = len(pvalues)
+    if k == 0:
+        return True, {"stat": math.nan, "limit": math.nan, "p_value": math.nan}
+    stat = float(-2 * np.log(pvalues).sum())
+    p = float(chi2.sf(stat, 2 * k))
+    return p >= alpha, {"stat": stat, "limit": float(chi2.isf(alpha, 2 * k)), "p_value": p}
+
+
 class Criterion(Protocol):
     name: str
+    site_alpha: float | None  # level of the site check; None: this criterion checks no sites
+    checks_updates: bool  # False: updates are adopted without a verification on val scans
 
     def decide(self, labels: np.ndarray, base: np.ndarray, cand: np.ndarray, n_trained: int) -> tuple[bool, dict]:
         """Accept (True) or reject the candidate; the dict holds ``stat`` and ``limit``."""
@@ -93,6 +148,8 @@ class ReferenceCriterion:
 
     tolerance: float = 0.02
     name: str = "reference"
+    site_alpha: None = None
+    checks_updates: bool = True
 
     def decide(self, labels, base, cand, n_trained):
         b, c = confusion(labels, base), confusion(labels, cand)
@@ -107,6 +164,8 @@ class PairedLossCriterion:
 
     z: float = 2.0
     recalibrated: bool = True
+    site_alpha: None = None
+    checks_updates: bool = True
 
     @property
     def name(self) -> str:
@@ -122,11 +181,25 @@ class PairedLossCriterion:
         return bool(mean <= limit), {"stat": mean, "limit": limit}
 
 
-def make_criterion(name: str, *, tolerance: float = 0.02, z: float = 2.0) -> Criterion:
+@dataclass(frozen=True)
+class ConformalCriterion:
+    """Check each site's data before it trains (:meth:`QCPolicy.check_site`); adopt its updates unverified."""
+
+    site_alpha: float = 0.01
+    name: str = "conformal"
+    checks_updates: bool = False
+
+    def decide(self, labels, base, cand, n_trained):
+        return True, {"stat": math.nan, "limit": math.nan}
+
+
+def make_criterion(name: str, *, tolerance: float = 0.02, z: float = 2.0, alpha: float = 0.01) -> Criterion:
     if name == "reference":
         return ReferenceCriterion(tolerance)
     if name in ("loss", "calibrated"):
         return PairedLossCriterion(z, recalibrated=name == "calibrated")
+    if name == "conformal":
+        return ConformalCriterion(alpha)
     raise ValueError(f"unknown QC criterion {name!r}")
 
 
@@ -152,6 +225,8 @@ class QCPolicy:
     baseline: pd.DataFrame | None = None  # index subject; columns site, label, score
     flagged: dict[str, dict] = field(default_factory=dict)
     eliminated: dict[str, dict] = field(default_factory=dict)
+    flagged_sites: dict[str, dict] = field(default_factory=dict)
+    eliminated_sites: dict[str, int] = field(default_factory=dict)  # site → cycle eliminated
     untrusted: set[str] = field(default_factory=set)
     log: list[dict] = field(default_factory=list)
     flags: list[dict] = field(default_factory=list)
@@ -191,6 +266,47 @@ class QCPolicy:
             seen = cand.notna()
             self.baseline.loc[seen, "score"] = cand[seen]
         return accepted
+
+    def site_due(self, site: str, cycle: int) -> bool:
+        """Whether ``site`` trains at ``cycle``: not eliminated, and not flagged unless its revisit is due."""
+        if site in self.eliminated_sites:
+            return False
+        return site not in self.flagged_sites or self.flagged_sites[site]["due"] <= cycle
+
+    def check_site(self, scores: pd.DataFrame, *, cycle: int, site: str, subjects: list[str],
+                   seconds: float = 0.0) -> bool:
+        """The site check: ``scores`` (subject, label, score) of the site's training scans under the baseline model.
+
+        Fails when the scans' conformal p-values against the verification set combine
+        below ``criterion.site_alpha``. A first failure flags the site until ``c + R``; a
+        failure at that revisit eliminates it with all of ``subjects`` (its training scans).
+        """
+        mask = self.verification_set(site)
+        p = conformal_pvalues(self.baseline["label"].to_numpy()[mask], self.baseline["score"].to_numpy()[mask],
+                              scores["label"].to_numpy(), scores["score"].to_numpy())
+        accepted, stats = fisher(p, self.criterion.site_alpha)
+        self.log.append({"cycle": cycle, "site": site, "scope": "site", "subject": "", "n_trained": len(p),
+                         "criterion": self.criterion.name, **stats, "accepted": accepted,
+                         "n_verify": int(mask.sum()), "seconds": seconds})
+        flag = self.flagged_sites.pop(site, None)
+        if flag is not None:
+            self.revisits.append({**flag, "cycle_revisited": cycle, "accepted": accepted})
+            if not accepted:
+                self.eliminate_site(site, cycle, subjects, cycle_flagged=flag["cycle_flagged"])
+        elif not accepted:
+            self.flagged_sites[site] = {"subject": "", "site": site, "cycle_flagged": cycle,
+                                        "due": cycle + self.revisit_after}
+            self.flags.append(dict(self.flagged_sites[site]))
+        return accepted
+
+    def eliminate_site(self, site: str, cycle: int, subjects: list[str], *, cycle_flagged: int) -> None:
+        """Eliminate a site: its training scans (stage ``site``) and its val scans leave QC for good."""
+        self.eliminated_sites[site] = cycle
+        self.untrusted.add(site)
+        for s in subjects:
+            if s not in self.eliminated:
+                flag = self.flagged.pop(s, None)
+                self.eliminate(s, site, cycle, "site", cycle_flagged=flag["cycle_flagged"] if flag else cycle_flagged)
 
     def reject(self, *, cycle: int, site: str, scope: str, subjects: list[str], reason: str) -> None:
         """Log an update rejected before verification (an invalid reply)."""
@@ -235,9 +351,12 @@ class QCPolicy:
     def snapshot(self) -> dict:
         """Everything needed to resume, as plain data."""
         return {"baseline": self.baseline.reset_index().to_dict("list"), "flagged": dict(self.flagged),
-                "eliminated": dict(self.eliminated), "untrusted": sorted(self.untrusted)}
+                "eliminated": dict(self.eliminated), "flagged_sites": dict(self.flagged_sites),
+                "eliminated_sites": dict(self.eliminated_sites), "untrusted": sorted(self.untrusted)}
 
     def restore(self, snap: dict) -> None:
         self.baseline = pd.DataFrame(snap["baseline"]).set_index("subject")
         self.flagged, self.eliminated = dict(snap["flagged"]), dict(snap["eliminated"])
+        self.flagged_sites = dict(snap.get("flagged_sites", {}))
+        self.eliminated_sites = dict(snap.get("eliminated_sites", {}))
         self.untrusted = set(snap["untrusted"])

@@ -57,7 +57,8 @@ class QCRunner:
         self.dir = out / arm.name
         info = transport.site_info()
         self.val_sites = sorted(s for s, c in info.items() if c["val"] > 0)
-        self.policy = QCPolicy(make_criterion(self.qc.criterion, tolerance=self.qc.tolerance, z=self.qc.z),
+        self.policy = QCPolicy(make_criterion(self.qc.criterion, tolerance=self.qc.tolerance, z=self.qc.z,
+                                              alpha=self.qc.alpha),
                                train_counts={s: c["train"] for s, c in info.items()},
                                revisit_after=self.qc.revisit_after, leave_site_out=self.qc.leave_site_out,
                                untrusted_fraction=self.qc.untrusted_fraction)
@@ -108,7 +109,11 @@ class QCRunner:
         return pd.DataFrame(list(self.policy.eliminated.values()), columns=ELIMINATED_COLUMNS)
 
     def flagged_table(self) -> pd.DataFrame:
-        return pd.DataFrame(list(self.policy.flagged.values()), columns=FLAG_COLUMNS)
+        """Scans out of training at the end, awaiting a revisit: flagged ones and those of flagged sites."""
+        rows = list(self.policy.flagged.values())
+        rows += [{**flag, "subject": s} for site, flag in self.policy.flagged_sites.items()
+                 for s in self.train_ids.get(site, []) if s not in self.policy.eliminated and s not in self.policy.flagged]
+        return pd.DataFrame(rows, columns=FLAG_COLUMNS)
 
     # ------------------------------------------------------------------ verification
     def _scores(self, state: State) -> pd.DataFrame:
@@ -119,6 +124,22 @@ class QCRunner:
             if r.error:
                 self.val_problems[("", site)] = r.error
         return pd.concat([r.scores for r in results.values()], ignore_index=True)
+
+    def check_site(self, site: str, state: State, cycle: int) -> bool:
+        """The site check (:meth:`fedqc.qc.QCPolicy.check_site`) on the scans this visit could train."""
+        t = time.perf_counter()
+        waiting = {s for s, f in self.policy.flagged.items() if f["site"] == site and f["due"] > cycle}
+        exclude = sorted(waiting | {s for s, e in self.policy.eliminated.items() if e["site"] == site})
+        result = self.transport.evaluate([site], state, {"split": "train", "exclude": exclude})[site]
+        if result.error:
+            raise SiteError(result.error)
+        self.val_problems.update({(s, site): reason for s, reason in result.skipped})
+        seconds = time.perf_counter() - t
+        ok = self.policy.check_site(result.scores, cycle=cycle, site=site, subjects=self.train_ids.get(site, []),
+                                    seconds=seconds)
+        self.verifications += 1
+        self.verify_seconds += seconds
+        return ok
 
     def visit(self, site: str, state: State, cycle: int, hop: int, lr: float) -> tuple[State, dict]:
         t0 = time.perf_counter()
@@ -135,6 +156,9 @@ class QCRunner:
             if reason := check_update(state, res.state):  # never evaluated, never adopted
                 self.policy.reject(cycle=cycle, site=site, scope=scope, subjects=subjects, reason=reason)
                 return False, state
+            if not self.policy.criterion.checks_updates:  # the site check has judged this visit's data
+                trained.append((res.n_scans, res.loss))
+                return True, res.state
             scores = self._scores(res.state)
             seconds = time.perf_counter() - t
             ok = self.policy.verify(scores, cycle=cycle, site=site, scope=scope, subjects=subjects,
@@ -164,6 +188,13 @@ class QCRunner:
                         state = bisect(state, part)
             return state
 
+        if self.policy.criterion.site_alpha is not None:
+            if not self.policy.site_due(site, cycle):
+                status = "qc: site eliminated" if site in self.policy.eliminated_sites else "qc: site flagged"
+                return state, {"n_scans": 0, "loss": float("nan"), "seconds": 0.0, "status": status, "skipped": []}
+            if not self.check_site(site, state, cycle):
+                return state, {"n_scans": 0, "loss": float("nan"), "seconds": time.perf_counter() - t0,
+                               "status": "qc: site check failed", "skipped": self.verification_problems()}
         revisited = self.policy.due(site, cycle)
         for s in revisited:
             ok, state = attempt(state, [s], "revisit")
@@ -184,7 +215,11 @@ class QCRunner:
                 state = bisect(state, pool)
         n = sum(k for k, _ in trained)
         loss = sum(k * v for k, v in trained) / n if n else float("nan")
+        return state, {"n_scans": n, "loss": loss, "seconds": time.perf_counter() - t0, "status": "ok",
+                       "skipped": sorted(skipped.items()) + self.verification_problems()}
+
+    def verification_problems(self) -> list[tuple[str, str, str]]:
+        """Unusable scans met while verifying since the last call, as errors.csv entries."""
         problems = [(s, f"{reason} (site {where})", "verification") for (s, where), reason in self.val_problems.items()]
         self.val_problems.clear()
-        return state, {"n_scans": n, "loss": loss, "seconds": time.perf_counter() - t0, "status": "ok",
-                       "skipped": sorted(skipped.items()) + problems}
+        return problems

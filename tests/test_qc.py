@@ -11,7 +11,8 @@ import pytest
 
 from fedqc.config import ConfigError
 from fedqc.detection import score_detection
-from fedqc.qc import PairedLossCriterion, QCPolicy, ReferenceCriterion, confusion, make_criterion, recalibrate
+from fedqc.qc import (PairedLossCriterion, QCPolicy, ReferenceCriterion, confusion, conformal_pvalues, fisher,
+                      make_criterion, recalibrate)
 from fedqc.qc_arm import QCRunner
 from fedqc.site import EvalResult, TrainResult
 from fedqc.travel import Arm
@@ -80,6 +81,81 @@ def test_calibrated_criterion_ignores_drift_that_fools_the_others():
 
 
 # ----------------------------------------------------------------------------- policy
+def test_conformal_pvalues_rank_each_scan_among_its_label():
+    cal_labels = np.array([1, 1, 1, 1, 0, 0, 0, 0])
+    cal_scores = np.array([0.6, 0.7, 0.8, 0.9, 0.1, 0.2, 0.3, 0.4])
+    p = conformal_pvalues(cal_labels, cal_scores, np.array([1, 1, 0, 0]), np.array([0.05, 0.75, 0.95, 0.25]))
+    # a patient scored below every calibration patient: (1 + 0) / 5; a control above every control: (1 + 0) / 5
+    np.testing.assert_allclose(p, [1 / 5, 3 / 5, 1 / 5, 3 / 5])
+    # monotone drift of the model (calibration) changes nothing: ranks only
+    logit = lambda x: np.log(x / (1 - x))  # noqa: E731
+    shift = lambda x: 1 / (1 + np.exp(-(3 * logit(x) + 2)))  # noqa: E731
+    np.testing.assert_allclose(conformal_pvalues(cal_labels, shift(cal_scores), np.array([1, 1, 0, 0]),
+                                                 shift(np.array([0.05, 0.75, 0.95, 0.25]))), p)
+    assert conformal_pvalues(cal_labels[:4], cal_scores[:4], np.array([0]), np.array([0.9]))[0] == 1.0
+
+
+def test_site_check_rejects_a_site_its_labels_disagree_with_and_never_one_odd_scan():
+    rng = np.random.default_rng(0)
+    cal_labels = np.repeat([1, 0], 30)
+    cal_scores = np.clip(np.where(cal_labels == 1, 0.75, 0.25) + rng.normal(0, 0.15, 60), 0.01, 0.99)
+    labels = np.repeat([1, 0], 15)
+    good = np.clip(np.where(labels == 1, 0.75, 0.25) + rng.normal(0, 0.15, 30), 0.01, 0.99)
+    assert fisher(conformal_pvalues(cal_labels, cal_scores, labels, good), 0.01)[0]
+    for harmful in (np.full(30, 0.02), 1 - good):  # scored alike whatever the label; labels flipped
+        ok, stats = fisher(conformal_pvalues(cal_labels, cal_scores, labels, harmful), 0.01)
+        assert not ok and stats["p_value"] < 1e-3 and stats["stat"] > stats["limit"]
+    worst = conformal_pvalues(cal_labels, cal_scores, np.array([1]), np.array([0.0]))
+    assert worst[0] == pytest.approx(1 / 31) and fisher(worst, 0.01)[0]  # one scan alone cannot fail the check
+
+
+def site_policy(revisit_after=2) -> QCPolicy:
+    p = QCPolicy(make_criterion("conformal", alpha=0.01), revisit_after=revisit_after,
+                 train_counts={"a": 20, "b": 20})
+    rng = np.random.default_rng(1)
+    labels = np.repeat([1, 0], 15)
+    frame = pd.DataFrame({"subject": [f"v{i}" for i in range(30)] + ["a_val"], "site": ["v"] * 30 + ["a"],
+                          "label": list(labels) + [1],
+                          "score": list(np.where(labels == 1, 0.8, 0.2) + rng.normal(0, 0.1, 30)) + [0.5]})
+    p.start(frame)
+    return p
+
+
+def train_scores(site: str, good: bool) -> pd.DataFrame:
+    labels = np.repeat([1, 0], 10)
+    scores = np.where(labels == (1 if good else 0), 0.8, 0.2)  # harmful: the model disagrees with every label
+    return pd.DataFrame({"subject": [f"{site}{i:02d}" for i in range(20)], "label": labels, "score": scores})
+
+
+def test_site_check_flags_revisits_and_eliminates_a_site():
+    p = site_policy()
+    subjects = list(train_scores("a", False)["subject"])
+    assert p.site_due("a", 3)
+    assert not p.check_site(train_scores("a", False), cycle=3, site="a", subjects=subjects)
+    assert p.flagged_sites["a"]["due"] == 5 and not p.site_due("a", 4) and p.site_due("a", 5)
+    assert p.check_site(train_scores("b", True), cycle=3, site="b", subjects=["b00"]) and not p.flagged_sites.get("b")
+    p.flag("a03", "a", 3)  # a scan flagged by update verification goes with its site
+    assert not p.check_site(train_scores("a", False), cycle=5, site="a", subjects=subjects)
+    assert p.eliminated_sites == {"a": 5} and not p.site_due("a", 9) and not p.flagged
+    assert {e["stage"] for e in p.eliminated.values()} == {"site"} and set(p.eliminated) == set(subjects)
+    assert p.eliminated["a00"]["cycle_flagged"] == 3 and p.eliminated["a00"]["cycle_eliminated"] == 5
+    assert "a" in p.untrusted and p.verification_set("b").sum() == 30  # its val scan leaves the set
+    log = pd.DataFrame(p.log)
+    assert list(log["scope"]) == ["site"] * 3 and list(log["accepted"]) == [False, True, False]
+    assert [r["accepted"] for r in p.revisits] == [False] and p.flags[0]["subject"] == ""
+
+
+def test_site_passing_its_revisit_trains_again():
+    p = site_policy()
+    assert not p.check_site(train_scores("a", False), cycle=1, site="a", subjects=[])
+    assert p.check_site(train_scores("a", True), cycle=3, site="a", subjects=[])
+    assert not p.flagged_sites and not p.eliminated_sites and p.site_due("a", 4)
+    q = QCPolicy(make_criterion("conformal"))
+    p.check_site(train_scores("b", False), cycle=4, site="b", subjects=[])
+    q.restore(p.snapshot())
+    assert q.flagged_sites == p.flagged_sites == {"b": {"subject": "", "site": "b", "cycle_flagged": 4, "due": 6}}
+
+
 def policy(**kw) -> QCPolicy:
     p = QCPolicy(ReferenceCriterion(0.02), train_counts={"a": 4, "v": 10}, **kw)
     p.start(scores_frame(np.where(LABELS == 1, 0.9, 0.1)))
@@ -167,6 +243,11 @@ class FakeTransport:
         return TrainResult(new, len(subjects), 0.5, 0.0, list(subjects))
 
     def evaluate(self, sites, state, request):
+        if request["split"] == "train":  # the site check: harmful scans scored against their label
+            ids = [s for s in self.ids if s not in request.get("exclude", ())]
+            labels = np.arange(len(ids)) % 2
+            scores = np.where([s.endswith("x") for s in ids], 1 - labels, labels) * 0.8 + 0.1
+            return {"t": EvalResult({}, pd.DataFrame({"subject": ids, "site": "t", "label": labels, "score": scores}))}
         scores = np.where(LABELS == 1, 0.9, 0.1) if state["harm"][0] == 0 else np.full(20, 0.5)
         return {"v": EvalResult({}, scores_frame(scores))}
 
@@ -214,6 +295,25 @@ def test_flagged_scan_is_revisited_then_eliminated(tiny_cohort):
     r.visit("t", state, cycle=3, hop=0, lr=1e-3)
     assert transport.requests[-2:] == [["t01x"], ["t00"]]  # the revisit first, alone
     assert "t01x" in r.policy.eliminated and not r.policy.flagged
+
+
+def test_site_check_keeps_a_harmful_site_out_then_eliminates_it(tiny_cohort):
+    ids = [f"t{i:02d}x" for i in range(20)]
+    r, transport, state = runner(tiny_cohort, ids, "hierarchical", criterion="conformal")
+    statuses = []
+    for cycle in (1, 2, 3, 4):
+        state, row = r.visit("t", state, cycle=cycle, hop=0, lr=1e-3)
+        statuses.append(row["status"])
+        if cycle == 1:
+            assert len(r.flagged_table()) == 20  # out of training, pending the site's revisit
+    assert statuses == ["qc: site check failed", "qc: site flagged", "qc: site check failed", "qc: site eliminated"]
+    assert transport.requests == [] and state["encoder.w"][0] == 0  # never trained
+    assert r.verifications == 2 and set(r.eliminated_table()["stage"]) == {"site"} and len(r.eliminated_table()) == 20
+    # a good site passes its check and trains its visit, adopted without a val evaluation
+    r2, transport2, state2 = runner(tiny_cohort, [f"t{i:02d}" for i in range(20)], "hierarchical", criterion="conformal")
+    state2, row = r2.visit("t", state2, cycle=1, hop=0, lr=1e-3)
+    assert row["status"] == "ok" and row["n_scans"] == 20 and state2["encoder.w"][0] == 20
+    assert r2.verifications == 1 and [r["scope"] for r in r2.policy.log] == ["site"]
 
 
 # ----------------------------------------------------------------------------- detection
@@ -269,9 +369,9 @@ def test_qc_arms_end_to_end_and_resume(tiny_cohort, tmp_path):
             assert (run / arm / name).is_file(), (arm, name)
         log = pd.read_csv(run / arm / "qc_log.csv")
         assert set(log["cycle"]) == {1, 2, 3} and log["n_verify"].max() > 0
-        assert set(log["scope"]) <= {"visit", "group", "batch", "scan", "revisit"}
+        assert set(log["scope"]) <= {"visit", "group", "batch", "scan", "revisit", "site"}
     assert "batch" in set(pd.read_csv(run / "qc-reference-batch" / "qc_log.csv")["scope"])
-    assert "visit" in set(pd.read_csv(run / "qc" / "qc_log.csv")["scope"])
+    assert set(pd.read_csv(run / "qc" / "qc_log.csv")["scope"]) == {"site"}  # conformal: the site check only
     infer_run(run, n_boot=20)
     assert (run / "plots" / "qc_qc.png").is_file() and "QC detection: `qc`" in (run / "report.md").read_text()
 
