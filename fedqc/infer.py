@@ -128,7 +128,8 @@ def plot_qc(arm_dir: Path, path: Path) -> None:
     x = np.arange(len(cycles))
     ax.bar(x - 0.2, f.to_numpy(), width=0.4, label="flagged (kept out until revisit)")
     bottom = np.zeros(len(cycles))
-    for stage, label in (("audit", "eliminated by the audit"), ("verification", "eliminated (failed the revisit)")):
+    for stage, label in (("audit", "eliminated by the audit"), ("verification", "eliminated (failed the revisit)"),
+                         ("site", "eliminated with its site")):
         e = eliminated.loc[eliminated["stage"] == stage, "cycle_eliminated"].value_counts()
         e = e.reindex(cycles, fill_value=0).to_numpy()
         if e.any():

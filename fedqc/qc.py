@@ -296,7 +296,7 @@ class QCPolicy:
         elif not accepted:
             self.flagged_sites[site] = {"subject": "", "site": site, "cycle_flagged": cycle,
                                         "due": cycle + self.revisit_after}
-            self.flags.append(dict(self.flagged_sites[site]))
+            self.flags += [{**self.flagged_sites[site], "subject": s} for s in scores["subject"]]
         return accepted
 
     def eliminate_site(self, site: str, cycle: int, subjects: list[str], *, cycle_flagged: int) -> None:

@@ -142,7 +142,8 @@ def test_site_check_flags_revisits_and_eliminates_a_site():
     assert "a" in p.untrusted and p.verification_set("b").sum() == 30  # its val scan leaves the set
     log = pd.DataFrame(p.log)
     assert list(log["scope"]) == ["site"] * 3 and list(log["accepted"]) == [False, True, False]
-    assert [r["accepted"] for r in p.revisits] == [False] and p.flags[0]["subject"] == ""
+    assert [r["accepted"] for r in p.revisits] == [False] and p.revisits[0]["subject"] == ""
+    assert [f["subject"] for f in p.flags if f["cycle_flagged"] == 3 and f["site"] == "a"] == subjects + ["a03"]
 
 
 def test_site_passing_its_revisit_trains_again():
