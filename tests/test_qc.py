@@ -342,9 +342,9 @@ def test_qc_config_validation(tiny_cohort):
     assert cfg.qc_for("qc-reference-batch").granularity == "batch"
     assert cfg.qc_for("qc") == cfg.qc
     with pytest.raises(ConfigError) as err:
-        tiny_config(tiny_cohort / "manifest.csv", **{"arms": ["qc-magic-batch"], "qc": {"criterion": "x", "z": -1}})
+        tiny_config(tiny_cohort / "manifest.csv", **{"arms": ["qc-magic-batch"], "qc": {"criterion": "x", "z": -1, "alpha": 1}})
     text = str(err.value)
-    assert "arms:" in text and "qc.criterion" in text and "qc.z" in text
+    assert "arms:" in text and "qc.criterion" in text and "qc.z" in text and "qc.alpha" in text
 
 
 # ----------------------------------------------------------------------------- end to end
