@@ -9,7 +9,7 @@ arm's cycle 0, then from its checkpoint one cycle (cycle 1) of
 
 * ``dirty``: no QC;
 * ``qc-reference-batch``: the reference method (verify after every batch, reference criterion);
-* ``qc``: fedqc's default (conformal criterion, hierarchical, audit stage on).
+* ``qc``: fedqc's default (auroc criterion, hierarchical, audit stage on).
 
 A QC arm's seconds include its verifications; its detection is what is out of training
 after that one cycle (eliminated, or flagged and waiting for its revisit), scored against
@@ -74,7 +74,7 @@ def main() -> None:
         manifest = subset(DATA, args.sites, tmp / "subset") if args.sites else DATA
         cfg = reference_config(2, "inprocess", manifest)  # W = 0: QC arms run cycle 1 from clean cycle 0
         cfg["arms"] = ["clean", *ARMS.values()]
-        cfg["qc"] = {"criterion": "conformal", "granularity": "hierarchical", "audit": True}
+        cfg["qc"] = {"criterion": "auroc", "granularity": "hierarchical", "audit": True}
         wall, peak = simulate(cfg, tmp / "qc_cost.yaml", tmp / "run")
         run = tmp / "run"
         table = pd.read_csv(manifest)

@@ -18,7 +18,7 @@ import yaml
 from fedqc.site import ModelSpec
 
 ARMS = ("clean", "dirty", "qc")
-CRITERIA = ("reference", "loss", "calibrated", "conformal")
+CRITERIA = ("reference", "loss", "calibrated", "auroc")
 GRANULARITIES = ("batch", "hierarchical")
 ENGINES = ("flower", "inprocess", "deployment")  # deployment: real SuperNodes, see fedqc.sites
 ORDERS = ("random", "fixed")
@@ -49,11 +49,11 @@ class TrainConfig:
 class QCConfig:
     """Verification-based QC (:mod:`fedqc.qc`); arms ``qc`` and ``qc-<criterion>-<granularity>``."""
 
-    criterion: str = "conformal"
+    criterion: str = "auroc"
     granularity: str = "hierarchical"
     tolerance: float = 0.02  # reference criterion: allowed rate rise per trained scan
     z: float = 2.0  # paired criteria: one-sided z of the mean per-scan loss increase
-    alpha: float = 0.01  # conformal criterion: level of the site check (Fisher-combined conformal p-values)
+    alpha: float = 0.01  # auroc criterion: level of the site check (site AUROC vs verification AUROC)
     revisit_after: int = 2  # R: a flagged scan is retried at cycle c + R
     verify_fraction: float = 1.0  # share of each site's val scans in the verification set (seeded)
     leave_site_out: bool = True  # a site's own val scans never judge its own updates

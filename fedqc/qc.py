@@ -37,25 +37,27 @@ before the update against the model after it (the no-update baseline).
     tried and measured worse on the demo: from saturated logits every single-scan
     update looked harmful.)
 
-``conformal`` (the default)
+``auroc`` (the default)
     Judges the *data* an update would learn from, not the update: every visit starts
     with a **site check**. The site scores its training scans with the last accepted
-    model; each scan gets a label-conditional (Mondrian) conformal p-value against the
-    verification scans of the same label,
-    ``p = (1 + #{verification scans of its label scored at least as wrongly}) / (1 + n)``.
-    For a good site, whose scans are exchangeable with the verification scans (or were
-    already fitted), these p-values are uniform or larger whatever the model's
-    calibration, because only ranks count. Fisher's method combines them,
-    ``X = -2 Σ log p ~ χ²(2k)``, and the site fails when ``P(χ²(2k) ≥ X) < alpha``. A
-    site whose labels the verified model cannot reproduce fails: contrast-inverted or
-    noise images it scores alike whatever the label, or flipped labels. One odd scan in
-    a good site cannot make it fail (one p-value is at least ``1/(n+1)``, above ``alpha``
-    0.01 with ~30 verification scans per label). A site that passes trains its visit,
-    and the update is adopted without a val evaluation: measured on the demo, the paired
-    val tests above have no power against harmful sites (inverted and noise images
-    barely move predictions on clean scans) and, once the model separates the
-    verification scans almost perfectly, reject good updates and eliminate good scans
-    by the hundred, while the site check separates harmful sites at p < 1e-3.
+    model, and the check compares how well that model separates the site's labels —
+    the site's AUROC — with how well it separates the verification scans' labels:
+    ``z = (AUROC_verify - AUROC_site) / sqrt(se_verify² + se_site²)`` (Hanley-McNeil
+    standard errors), failing when ``P(Z ≥ z) < alpha``. A site whose labels the
+    verified model cannot reproduce fails: contrast-inverted or noise images it scores
+    alike whatever the label (AUROC ≈ 0.5), flipped labels (AUROC < 0.5). Only ranks
+    *within* the site count, so neither the travelling model's calibration drift nor a
+    site-specific shift of its scores (another scanner) can make a good site fail; a
+    first version that ranked each scan among the verification scans of its label
+    (conformal p-values) flagged good sites whose scores were shifted as a whole. One
+    odd scan moves a site's AUROC by about ``1/n``, far below the standard errors, so
+    single scans are left to update verification or the audit. A site that passes trains
+    its visit, and the update is adopted without a paired val test: measured on the
+    demo, the paired tests above have no power against harmful sites (inverted and noise
+    images barely move predictions on clean scans), and once the model separates the
+    verification scans almost perfectly they reject good updates and eliminate good
+    scans by the hundred. The verification scans are rescored after each adopted update,
+    so both AUROCs are the same model's.
 
 **Policy.** A site that fails its check is *flagged* and sits out until cycle ``c + R``;
 it is then checked again — passing, it trains again; failing, it is *eliminated*: all its
@@ -78,6 +80,7 @@ from typing import Protocol
 import numpy as np
 import pandas as pd
 from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
 
 from fedqc.metrics import EPS, counts_from_scores, per_scan_loss, ratio
 
@@ -103,34 +106,39 @@ def recalibrate(labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
     return fit.predict_proba(logit)[:, 1]
 
 
-def conformal_pvalues(cal_labels: np.ndarray, cal_scores: np.ndarray, labels: np.ndarray,
-                      scores: np.ndarray) -> np.ndarray:
-    """Label-conditional conformal p-values: how wrongly each scan is scored among calibration scans of its label.
+def auroc_se(labels: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
+    """AUROC (ties count one half) and its Hanley-McNeil (1982) standard error; NaN without both classes.
 
-    ``p_i = (1 + #{calibration scans with label y_i scored at least as wrongly}) / (1 + n_{y_i})``,
-    where lower scores are wrong for label 1 and higher ones for label 0; 1.0 when the
-    calibration set has no scan of that label.
+    The standard error is taken at an AUROC kept half a pair from 0 and 1, where the
+    formula would give 0.
     """
-    cal_labels, cal_scores = np.asarray(cal_labels, dtype=int), np.asarray(cal_scores, dtype=float)
-    out = np.ones(len(labels))
-    for y, sign in ((1, 1.0), (0, -1.0)):
-        ref = np.sort(sign * cal_scores[cal_labels == y])
-        mine = np.asarray(labels, dtype=int) == y
-        if len(ref):  # sign·score ≤ own sign·score: scored at least as wrongly
-            out[mine] = (1 + np.searchsorted(ref, sign * np.asarray(scores, dtype=float)[mine], side="right")) / (1 + len(ref))
-    return out
+    labels, scores = np.asarray(labels, dtype=int), np.asarray(scores, dtype=float)
+    pos, neg = scores[labels == 1], scores[labels == 0]
+    if len(pos) == 0 or len(neg) == 0:
+        return math.nan, math.nan
+    auc = float(roc_auc_score(labels, scores))
+    pairs = len(pos) * len(neg)
+    a = min(max(auc, 0.5 / pairs), 1 - 0.5 / pairs)  # half a pair from 0 and 1: perfect separation is not certainty
+    q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
+    var = (a * (1 - a) + (len(pos) - 1) * (q1 - a * a) + (len(neg) - 1) * (q2 - a * a)) / pairs
+    return auc, math.sqrt(max(var, 0.0))
 
 
-def fisher(pvalues: np.ndarray, alpha: float) -> tuple[bool, dict]:
-    """Fisher's combination ``X = -2 Σ log p`` against χ²(2k): accept unless ``P(χ² ≥ X) < alpha``."""
-    from scipy.stats import chi2
+def site_auroc_test(verify_labels: np.ndarray, verify_scores: np.ndarray, site_labels: np.ndarray,
+                    site_scores: np.ndarray, alpha: float) -> tuple[bool, dict]:
+    """Accept unless the site's AUROC is significantly below the verification scans' (one-sided z, level ``alpha``)."""
+    from scipy.stats import norm
 
-    k = len(pvalues)
-    if k == 0:
-        return True, {"stat": math.nan, "limit": math.nan, "p_value": math.nan}
-    stat = float(-2 * np.log(pvalues).sum())
-    p = float(chi2.sf(stat, 2 * k))
-    return p >= alpha, {"stat": stat, "limit": float(chi2.isf(alpha, 2 * k)), "p_value": p}
+    a_verify, se_verify = auroc_se(verify_labels, verify_scores)
+    a_site, se_site = auroc_se(site_labels, site_scores)
+    limit = float(norm.isf(alpha))
+    se = math.hypot(se_verify, se_site)
+    if math.isnan(se) or se == 0:  # one class only, or no uncertainty to judge by: no evidence
+        return True, {"stat": math.nan, "limit": limit, "p_value": math.nan,
+                      "auroc_site": a_site, "auroc_verify": a_verify}
+    z = (a_verify - a_site) / se
+    return z <= limit, {"stat": z, "limit": limit, "p_value": float(norm.sf(z)),
+                        "auroc_site": a_site, "auroc_verify": a_verify}
 
 
 class Criterion(Protocol):
@@ -182,11 +190,11 @@ class PairedLossCriterion:
 
 
 @dataclass(frozen=True)
-class ConformalCriterion:
+class SiteAUROCCriterion:
     """Check each site's data before it trains (:meth:`QCPolicy.check_site`); adopt its updates unverified."""
 
     site_alpha: float = 0.01
-    name: str = "conformal"
+    name: str = "auroc"
     checks_updates: bool = False
 
     def decide(self, labels, base, cand, n_trained):
@@ -198,8 +206,8 @@ def make_criterion(name: str, *, tolerance: float = 0.02, z: float = 2.0, alpha:
         return ReferenceCriterion(tolerance)
     if name in ("loss", "calibrated"):
         return PairedLossCriterion(z, recalibrated=name == "calibrated")
-    if name == "conformal":
-        return ConformalCriterion(alpha)
+    if name == "auroc":
+        return SiteAUROCCriterion(alpha)
     raise ValueError(f"unknown QC criterion {name!r}")
 
 
@@ -263,9 +271,14 @@ class QCPolicy:
                          **confusion(labels, new), "base_loss": float(per_scan_loss(labels, base).mean()),
                          "n_verify": int(mask.sum()), "seconds": seconds})
         if accepted:
-            seen = cand.notna()
-            self.baseline.loc[seen, "score"] = cand[seen]
+            self.rebase(scores)
         return accepted
+
+    def rebase(self, scores: pd.DataFrame) -> None:
+        """Make ``scores`` (subject, score), the adopted model's, the baseline of the scans they cover."""
+        cand = scores.set_index("subject")["score"].reindex(self.baseline.index)
+        seen = cand.notna()
+        self.baseline.loc[seen, "score"] = cand[seen]
 
     def site_due(self, site: str, cycle: int) -> bool:
         """Whether ``site`` trains at ``cycle``: not eliminated, and not flagged unless its revisit is due."""
@@ -277,15 +290,18 @@ class QCPolicy:
                    seconds: float = 0.0) -> bool:
         """The site check: ``scores`` (subject, label, score) of the site's training scans under the baseline model.
 
-        Fails when the scans' conformal p-values against the verification set combine
-        below ``criterion.site_alpha``. A first failure flags the site until ``c + R``; a
-        failure at that revisit eliminates it with all of ``subjects`` (its training scans).
+        The baseline must hold the same model's verification scores (:meth:`rebase`).
+        Fails when the site's AUROC is significantly below the verification scans'
+        (:func:`site_auroc_test` at ``criterion.site_alpha``). A first failure flags the
+        site until ``c + R``; a failure at that revisit eliminates it with all of
+        ``subjects`` (its training scans).
         """
         mask = self.verification_set(site)
-        p = conformal_pvalues(self.baseline["label"].to_numpy()[mask], self.baseline["score"].to_numpy()[mask],
-                              scores["label"].to_numpy(), scores["score"].to_numpy())
-        accepted, stats = fisher(p, self.criterion.site_alpha)
-        self.log.append({"cycle": cycle, "site": site, "scope": "site", "subject": "", "n_trained": len(p),
+        accepted, stats = site_auroc_test(self.baseline["label"].to_numpy()[mask],
+                                          self.baseline["score"].to_numpy()[mask],
+                                          scores["label"].to_numpy(), scores["score"].to_numpy(),
+                                          self.criterion.site_alpha)
+        self.log.append({"cycle": cycle, "site": site, "scope": "site", "subject": "", "n_trained": len(scores),
                          "criterion": self.criterion.name, **stats, "accepted": accepted,
                          "n_verify": int(mask.sum()), "seconds": seconds})
         flag = self.flagged_sites.pop(site, None)

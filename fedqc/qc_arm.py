@@ -4,6 +4,9 @@ Verification is a federated evaluation: the candidate goes to every site with ``
 scans (optionally a seeded share ``qc.verify_fraction``), each returns per-scan scores,
 and :class:`fedqc.qc.QCPolicy` decides. Rollback is free: the travelling state is a dict
 of arrays, so a rejected update is simply not adopted, model and optimizer alike.
+With the ``auroc`` criterion a visit starts with the site check instead: the site
+scores the scans it would train, compared with the verification scans rescored by the
+same model whenever an adopted update has changed it.
 
 Granularity:
 
@@ -66,6 +69,7 @@ class QCRunner:
         self.written = {name: 0 for name, *_ in LOGS}  # rows of each log already on disk
         self.verifications, self.verify_seconds = 0, 0.0
         self.val_problems: dict[tuple[str, str], str] = {}
+        self.stale = False  # the model changed since the baseline's verification scores were taken
 
     # ------------------------------------------------------------------ hooks
     def begin(self, state: State, first_cycle: int, checkpoint: dict | None) -> None:
@@ -73,6 +77,7 @@ class QCRunner:
             truncate_csv(self.dir / name, lambda df, c=column: df[df[c] < first_cycle])
         if checkpoint is not None and "qc" in checkpoint:
             self.policy.restore(checkpoint["qc"])
+            self.stale = True  # whether the last visit changed the model is not saved; rescoring is exact
             return
         self.policy.start(self._scores(state))
         if self.qc.audit:
@@ -128,6 +133,9 @@ class QCRunner:
     def check_site(self, site: str, state: State, cycle: int) -> bool:
         """The site check (:meth:`fedqc.qc.QCPolicy.check_site`) on the scans this visit could train."""
         t = time.perf_counter()
+        if self.stale:  # p-values compare one model's scores: the verification scans' must be this state's
+            self.policy.rebase(self._scores(state))
+            self.stale = False
         waiting = {s for s, f in self.policy.flagged.items() if f["site"] == site and f["due"] > cycle}
         exclude = sorted(waiting | {s for s, e in self.policy.eliminated.items() if e["site"] == site})
         result = self.transport.evaluate([site], state, {"split": "train", "exclude": exclude})[site]
@@ -158,6 +166,7 @@ class QCRunner:
                 return False, state
             if not self.policy.criterion.checks_updates:  # the site check has judged this visit's data
                 trained.append((res.n_scans, res.loss))
+                self.stale = True
                 return True, res.state
             scores = self._scores(res.state)
             seconds = time.perf_counter() - t

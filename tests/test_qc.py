@@ -11,8 +11,8 @@ import pytest
 
 from fedqc.config import ConfigError
 from fedqc.detection import score_detection
-from fedqc.qc import (PairedLossCriterion, QCPolicy, ReferenceCriterion, confusion, conformal_pvalues, fisher,
-                      make_criterion, recalibrate)
+from fedqc.qc import (PairedLossCriterion, QCPolicy, ReferenceCriterion, auroc_se, confusion, make_criterion, recalibrate,
+                      site_auroc_test)
 from fedqc.qc_arm import QCRunner
 from fedqc.site import EvalResult, TrainResult
 from fedqc.travel import Arm
@@ -81,36 +81,35 @@ def test_calibrated_criterion_ignores_drift_that_fools_the_others():
 
 
 # ----------------------------------------------------------------------------- policy
-def test_conformal_pvalues_rank_each_scan_among_its_label():
-    cal_labels = np.array([1, 1, 1, 1, 0, 0, 0, 0])
-    cal_scores = np.array([0.6, 0.7, 0.8, 0.9, 0.1, 0.2, 0.3, 0.4])
-    p = conformal_pvalues(cal_labels, cal_scores, np.array([1, 1, 0, 0]), np.array([0.05, 0.75, 0.95, 0.25]))
-    # a patient scored below every calibration patient: (1 + 0) / 5; a control above every control: (1 + 0) / 5
-    np.testing.assert_allclose(p, [1 / 5, 3 / 5, 1 / 5, 3 / 5])
-    # monotone drift of the model (calibration) changes nothing: ranks only
-    logit = lambda x: np.log(x / (1 - x))  # noqa: E731
-    shift = lambda x: 1 / (1 + np.exp(-(3 * logit(x) + 2)))  # noqa: E731
-    np.testing.assert_allclose(conformal_pvalues(cal_labels, shift(cal_scores), np.array([1, 1, 0, 0]),
-                                                 shift(np.array([0.05, 0.75, 0.95, 0.25]))), p)
-    assert conformal_pvalues(cal_labels[:4], cal_scores[:4], np.array([0]), np.array([0.9]))[0] == 1.0
+def test_auroc_and_its_hanley_mcneil_standard_error():
+    a, se = auroc_se(np.array([1, 1, 0, 0]), np.array([0.9, 0.4, 0.5, 0.1]))
+    assert a == pytest.approx(0.75)
+    q1, q2 = 0.75 / 1.25, 2 * 0.75**2 / 1.75
+    assert se == pytest.approx(math.sqrt((0.75 * 0.25 + (q1 - 0.75**2) + (q2 - 0.75**2)) / 4))
+    assert all(math.isnan(v) for v in auroc_se(np.array([1, 1]), np.array([0.2, 0.3])))
 
 
-def test_site_check_rejects_a_site_its_labels_disagree_with_and_never_one_odd_scan():
+def test_site_check_rejects_a_site_its_labels_disagree_with_and_ignores_shifts_and_one_odd_scan():
     rng = np.random.default_rng(0)
-    cal_labels = np.repeat([1, 0], 30)
-    cal_scores = np.clip(np.where(cal_labels == 1, 0.75, 0.25) + rng.normal(0, 0.15, 60), 0.01, 0.99)
+    verify_labels = np.repeat([1, 0], 30)
+    verify = np.clip(np.where(verify_labels == 1, 0.75, 0.25) + rng.normal(0, 0.15, 60), 0.01, 0.99)
     labels = np.repeat([1, 0], 15)
     good = np.clip(np.where(labels == 1, 0.75, 0.25) + rng.normal(0, 0.15, 30), 0.01, 0.99)
-    assert fisher(conformal_pvalues(cal_labels, cal_scores, labels, good), 0.01)[0]
-    for harmful in (np.full(30, 0.02), 1 - good):  # scored alike whatever the label; labels flipped
-        ok, stats = fisher(conformal_pvalues(cal_labels, cal_scores, labels, harmful), 0.01)
+    assert site_auroc_test(verify_labels, verify, labels, good, 0.01)[0]
+    assert site_auroc_test(verify_labels, verify, labels, 0.5 + good / 2, 0.01)[0]  # the whole site scored higher
+    odd = good.copy()
+    odd[0] = 0.01  # one patient scored as the surest control
+    assert site_auroc_test(verify_labels, verify, labels, odd, 0.01)[0]
+    alike = np.clip(0.9 + rng.normal(0, 0.01, 30), 0, 1)  # scored alike whatever the label (inverted, noise)
+    for harmful in (alike, 1 - good):  # ... and labels flipped
+        ok, stats = site_auroc_test(verify_labels, verify, labels, harmful, 0.01)
         assert not ok and stats["p_value"] < 1e-3 and stats["stat"] > stats["limit"]
-    worst = conformal_pvalues(cal_labels, cal_scores, np.array([1]), np.array([0.0]))
-    assert worst[0] == pytest.approx(1 / 31) and fisher(worst, 0.01)[0]  # one scan alone cannot fail the check
+    ok, stats = site_auroc_test(verify_labels, verify, np.ones(5), good[:5], 0.01)  # one class: no evidence
+    assert ok and math.isnan(stats["p_value"])
 
 
 def site_policy(revisit_after=2) -> QCPolicy:
-    p = QCPolicy(make_criterion("conformal", alpha=0.01), revisit_after=revisit_after,
+    p = QCPolicy(make_criterion("auroc", alpha=0.01), revisit_after=revisit_after,
                  train_counts={"a": 20, "b": 20})
     rng = np.random.default_rng(1)
     labels = np.repeat([1, 0], 15)
@@ -151,7 +150,7 @@ def test_site_passing_its_revisit_trains_again():
     assert not p.check_site(train_scores("a", False), cycle=1, site="a", subjects=[])
     assert p.check_site(train_scores("a", True), cycle=3, site="a", subjects=[])
     assert not p.flagged_sites and not p.eliminated_sites and p.site_due("a", 4)
-    q = QCPolicy(make_criterion("conformal"))
+    q = QCPolicy(make_criterion("auroc"))
     p.check_site(train_scores("b", False), cycle=4, site="b", subjects=[])
     q.restore(p.snapshot())
     assert q.flagged_sites == p.flagged_sites == {"b": {"subject": "", "site": "b", "cycle_flagged": 4, "due": 6}}
@@ -226,6 +225,7 @@ class FakeTransport:
         self.ids = train_ids
         self.received: list[dict] = []
         self.requests: list[list[str]] = []
+        self.evaluated: list[str] = []
 
     def site_info(self):
         return {"t": {"train": len(self.ids), "train_good": 0, "val": 0, "test": 0},
@@ -244,6 +244,7 @@ class FakeTransport:
         return TrainResult(new, len(subjects), 0.5, 0.0, list(subjects))
 
     def evaluate(self, sites, state, request):
+        self.evaluated.append(request["split"])
         if request["split"] == "train":  # the site check: harmful scans scored against their label
             ids = [s for s in self.ids if s not in request.get("exclude", ())]
             labels = np.arange(len(ids)) % 2
@@ -300,7 +301,7 @@ def test_flagged_scan_is_revisited_then_eliminated(tiny_cohort):
 
 def test_site_check_keeps_a_harmful_site_out_then_eliminates_it(tiny_cohort):
     ids = [f"t{i:02d}x" for i in range(20)]
-    r, transport, state = runner(tiny_cohort, ids, "hierarchical", criterion="conformal")
+    r, transport, state = runner(tiny_cohort, ids, "hierarchical", criterion="auroc")
     statuses = []
     for cycle in (1, 2, 3, 4):
         state, row = r.visit("t", state, cycle=cycle, hop=0, lr=1e-3)
@@ -311,10 +312,12 @@ def test_site_check_keeps_a_harmful_site_out_then_eliminates_it(tiny_cohort):
     assert transport.requests == [] and state["encoder.w"][0] == 0  # never trained
     assert r.verifications == 2 and set(r.eliminated_table()["stage"]) == {"site"} and len(r.eliminated_table()) == 20
     # a good site passes its check and trains its visit, adopted without a val evaluation
-    r2, transport2, state2 = runner(tiny_cohort, [f"t{i:02d}" for i in range(20)], "hierarchical", criterion="conformal")
+    r2, transport2, state2 = runner(tiny_cohort, [f"t{i:02d}" for i in range(20)], "hierarchical", criterion="auroc")
     state2, row = r2.visit("t", state2, cycle=1, hop=0, lr=1e-3)
     assert row["status"] == "ok" and row["n_scans"] == 20 and state2["encoder.w"][0] == 20
     assert r2.verifications == 1 and [r["scope"] for r in r2.policy.log] == ["site"]
+    r2.visit("t", state2, cycle=2, hop=0, lr=1e-3)  # the model changed: val is rescored before the next check
+    assert transport2.evaluated == ["val", "train", "val", "train"]
 
 
 # ----------------------------------------------------------------------------- detection
@@ -372,7 +375,7 @@ def test_qc_arms_end_to_end_and_resume(tiny_cohort, tmp_path):
         assert set(log["cycle"]) == {1, 2, 3} and log["n_verify"].max() > 0
         assert set(log["scope"]) <= {"visit", "group", "batch", "scan", "revisit", "site"}
     assert "batch" in set(pd.read_csv(run / "qc-reference-batch" / "qc_log.csv")["scope"])
-    assert set(pd.read_csv(run / "qc" / "qc_log.csv")["scope"]) == {"site"}  # conformal: the site check only
+    assert set(pd.read_csv(run / "qc" / "qc_log.csv")["scope"]) == {"site"}  # auroc: the site check only
     infer_run(run, n_boot=20)
     assert (run / "plots" / "qc_qc.png").is_file() and "QC detection: `qc`" in (run / "report.md").read_text()
 
