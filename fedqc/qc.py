@@ -303,6 +303,7 @@ class QCPolicy:
                                           self.criterion.site_alpha)
         self.log.append({"cycle": cycle, "site": site, "scope": "site", "subject": "", "n_trained": len(scores),
                          "criterion": self.criterion.name, **stats, "accepted": accepted,
+                         **confusion(scores["label"].to_numpy(), scores["score"].to_numpy()),
                          "n_verify": int(mask.sum()), "seconds": seconds})
         flag = self.flagged_sites.pop(site, None)
         if flag is not None:
