@@ -41,15 +41,18 @@ before the update against the model after it (the no-update baseline).
     Judges the *data* an update would learn from, not the update: every visit starts
     with a **site check**. The site scores its training scans with the last accepted
     model, and the check compares how well that model separates the site's labels —
-    the site's AUROC — with how well it separates the verification scans' labels:
+    the site's AUROC — with how well it separates the verification scans' labels within
+    their sites (patient-control pairs of the same site, pooled over sites):
     ``z = (AUROC_verify - AUROC_site) / sqrt(se_verify² + se_site²)`` (Hanley-McNeil
     standard errors), failing when ``P(Z ≥ z) < alpha``. A site whose labels the
     verified model cannot reproduce fails: contrast-inverted or noise images it scores
     alike whatever the label (AUROC ≈ 0.5), flipped labels (AUROC < 0.5). Only ranks
-    *within* the site count, so neither the travelling model's calibration drift nor a
-    site-specific shift of its scores (another scanner) can make a good site fail; a
-    first version that ranked each scan among the verification scans of its label
-    (conformal p-values) flagged good sites whose scores were shifted as a whole. One
+    *within* a site count, on both sides, so neither the travelling model's calibration
+    drift nor a site-specific shift of scores (another scanner) can make a good site
+    fail or mask a harmful one; a first version that ranked each scan among the
+    verification scans of its label (conformal p-values) flagged good sites whose
+    scores were shifted as a whole, and a pooled verification AUROC, lowered by such
+    shifts, let a noise site through in two of three seeds. One
     odd scan moves a site's AUROC by about ``1/n``, far below the standard errors, so
     single scans are left to update verification or the audit. A site that passes trains
     its visit, and the update is adopted without a paired val test: measured on the
@@ -62,6 +65,7 @@ before the update against the model after it (the no-update baseline).
 **Policy.** A site that fails its check is *flagged* and sits out until cycle ``c + R``;
 it is then checked again — passing, it trains again; failing, it is *eliminated*: all its
 remaining training scans (stage ``site``) and its ``val`` scans leave QC for good.
+While a site is flagged its ``val`` scans stay out of the verification set too.
 A rejected update is rolled back by the caller. A single scan that fails is
 *flagged*: kept out of training until cycle ``c + R``, then retrained alone and verified
 again — accepted, it returns to the pool; rejected, it is *eliminated* for the rest of
@@ -124,12 +128,36 @@ def auroc_se(labels: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
     return auc, math.sqrt(max(var, 0.0))
 
 
-def site_auroc_test(verify_labels: np.ndarray, verify_scores: np.ndarray, site_labels: np.ndarray,
-                    site_scores: np.ndarray, alpha: float) -> tuple[bool, dict]:
-    """Accept unless the site's AUROC is significantly below the verification scans' (one-sided z, level ``alpha``)."""
+def within_site_auroc_se(labels: np.ndarray, scores: np.ndarray, sites: np.ndarray) -> tuple[float, float]:
+    """AUROC over patient-control pairs of the same site, and its standard error; NaN without such pairs.
+
+    The pair-weighted mean of the per-site AUROCs, ``Σ w_k A_k`` with ``w_k ∝ n1_k · n0_k``,
+    and ``se² = Σ w_k² se_k²`` (sites are independent). Shifts of whole sites' scores,
+    which lower a pooled AUROC, do not enter it.
+    """
+    labels, scores, sites = np.asarray(labels, dtype=int), np.asarray(scores, dtype=float), np.asarray(sites)
+    parts = []
+    for site in np.unique(sites):
+        mine = sites == site
+        pairs = int(labels[mine].sum()) * int((labels[mine] == 0).sum())
+        if pairs:
+            parts.append((pairs, *auroc_se(labels[mine], scores[mine])))
+    if not parts:
+        return math.nan, math.nan
+    w = np.array([p for p, _, _ in parts], dtype=float) / sum(p for p, _, _ in parts)
+    return float(w @ [a for _, a, _ in parts]), float(math.sqrt(w**2 @ [se**2 for _, _, se in parts]))
+
+
+def site_auroc_test(verify_labels: np.ndarray, verify_scores: np.ndarray, verify_sites: np.ndarray,
+                    site_labels: np.ndarray, site_scores: np.ndarray, alpha: float) -> tuple[bool, dict]:
+    """Accept unless the site's AUROC is significantly below the verification scans' within-site AUROC.
+
+    One-sided z at level ``alpha``; the verification side is :func:`within_site_auroc_se`,
+    so both sides rank scans of one site against each other.
+    """
     from scipy.stats import norm
 
-    a_verify, se_verify = auroc_se(verify_labels, verify_scores)
+    a_verify, se_verify = within_site_auroc_se(verify_labels, verify_scores, verify_sites)
     a_site, se_site = auroc_se(site_labels, site_scores)
     limit = float(norm.isf(alpha))
     se = math.hypot(se_verify, se_site)
@@ -249,7 +277,7 @@ class QCPolicy:
     def verification_set(self, site: str) -> np.ndarray:
         """Mask over the baseline rows that judge an update trained at ``site``."""
         sites = self.baseline["site"]
-        mask = ~sites.isin(self.untrusted).to_numpy()
+        mask = ~sites.isin(self.untrusted | set(self.flagged_sites)).to_numpy()
         if self.leave_site_out:
             mask &= (sites != site).to_numpy()
         return mask
@@ -299,6 +327,7 @@ class QCPolicy:
         mask = self.verification_set(site)
         accepted, stats = site_auroc_test(self.baseline["label"].to_numpy()[mask],
                                           self.baseline["score"].to_numpy()[mask],
+                                          self.baseline["site"].to_numpy()[mask],
                                           scores["label"].to_numpy(), scores["score"].to_numpy(),
                                           self.criterion.site_alpha)
         self.log.append({"cycle": cycle, "site": site, "scope": "site", "subject": "", "n_trained": len(scores),

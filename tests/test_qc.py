@@ -12,7 +12,7 @@ import pytest
 from fedqc.config import ConfigError
 from fedqc.detection import score_detection
 from fedqc.qc import (PairedLossCriterion, QCPolicy, ReferenceCriterion, auroc_se, confusion, make_criterion, recalibrate,
-                      site_auroc_test)
+                      site_auroc_test, within_site_auroc_se)
 from fedqc.qc_arm import QCRunner
 from fedqc.site import EvalResult, TrainResult
 from fedqc.travel import Arm
@@ -89,22 +89,35 @@ def test_auroc_and_its_hanley_mcneil_standard_error():
     assert all(math.isnan(v) for v in auroc_se(np.array([1, 1]), np.array([0.2, 0.3])))
 
 
+def test_within_site_auroc_ignores_shifts_between_sites():
+    labels = np.array([1, 0, 1, 0, 1, 0])
+    scores = np.array([0.3, 0.2, 0.9, 0.8, 0.6, 0.5])  # each site separated, whole sites shifted
+    sites = np.array(["a", "a", "b", "b", "c", "c"])
+    assert auroc_se(labels, scores)[0] < 0.7 and within_site_auroc_se(labels, scores, sites)[0] == 1.0
+    a, se = within_site_auroc_se(np.array([1, 0, 0, 1, 1]), np.array([0.9, 0.1, 0.2, 0.4, 0.5]),
+                                 np.array(["a", "a", "a", "b", "b"]))  # site b has one label: no pairs
+    assert a == 1.0 and se == pytest.approx(auroc_se(np.array([1, 0, 0]), np.array([0.9, 0.1, 0.2]))[1])
+    assert math.isnan(within_site_auroc_se(np.array([1, 0]), np.array([0.9, 0.1]), np.array(["a", "b"]))[0])
+
+
 def test_site_check_rejects_a_site_its_labels_disagree_with_and_ignores_shifts_and_one_odd_scan():
     rng = np.random.default_rng(0)
-    verify_labels = np.repeat([1, 0], 30)
-    verify = np.clip(np.where(verify_labels == 1, 0.75, 0.25) + rng.normal(0, 0.15, 60), 0.01, 0.99)
+    verify_labels = np.tile([1, 0], 30)
+    verify_sites = np.repeat(["u", "v", "w"], 20)
+    shift = np.repeat([-0.2, 0.0, 0.2], 20)  # the model scores whole verification sites higher or lower
+    verify = np.clip(np.where(verify_labels == 1, 0.6, 0.4) + shift + rng.normal(0, 0.08, 60), 0.01, 0.99)
     labels = np.repeat([1, 0], 15)
-    good = np.clip(np.where(labels == 1, 0.75, 0.25) + rng.normal(0, 0.15, 30), 0.01, 0.99)
-    assert site_auroc_test(verify_labels, verify, labels, good, 0.01)[0]
-    assert site_auroc_test(verify_labels, verify, labels, 0.5 + good / 2, 0.01)[0]  # the whole site scored higher
+    good = np.clip(np.where(labels == 1, 0.6, 0.4) + rng.normal(0, 0.08, 30), 0.01, 0.99)
+    assert site_auroc_test(verify_labels, verify, verify_sites, labels, good, 0.01)[0]
+    assert site_auroc_test(verify_labels, verify, verify_sites, labels, 0.5 + good / 2, 0.01)[0]  # shifted site
     odd = good.copy()
     odd[0] = 0.01  # one patient scored as the surest control
-    assert site_auroc_test(verify_labels, verify, labels, odd, 0.01)[0]
+    assert site_auroc_test(verify_labels, verify, verify_sites, labels, odd, 0.01)[0]
     alike = np.clip(0.9 + rng.normal(0, 0.01, 30), 0, 1)  # scored alike whatever the label (inverted, noise)
     for harmful in (alike, 1 - good):  # ... and labels flipped
-        ok, stats = site_auroc_test(verify_labels, verify, labels, harmful, 0.01)
+        ok, stats = site_auroc_test(verify_labels, verify, verify_sites, labels, harmful, 0.01)
         assert not ok and stats["p_value"] < 1e-3 and stats["stat"] > stats["limit"]
-    ok, stats = site_auroc_test(verify_labels, verify, np.ones(5), good[:5], 0.01)  # one class: no evidence
+    ok, stats = site_auroc_test(verify_labels, verify, verify_sites, np.ones(5), good[:5], 0.01)  # one label
     assert ok and math.isnan(stats["p_value"])
 
 
@@ -132,6 +145,7 @@ def test_site_check_flags_revisits_and_eliminates_a_site():
     assert p.site_due("a", 3)
     assert not p.check_site(train_scores("a", False), cycle=3, site="a", subjects=subjects)
     assert p.flagged_sites["a"]["due"] == 5 and not p.site_due("a", 4) and p.site_due("a", 5)
+    assert p.verification_set("b").sum() == 30  # a flagged site's val scan does not judge others
     assert p.check_site(train_scores("b", True), cycle=3, site="b", subjects=["b00"]) and not p.flagged_sites.get("b")
     p.flag("a03", "a", 3)  # a scan flagged by update verification goes with its site
     assert not p.check_site(train_scores("a", False), cycle=5, site="a", subjects=subjects)
