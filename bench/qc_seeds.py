@@ -51,7 +51,7 @@ def main() -> None:
         qc = arm_row(run, "qc", "qc")
         rows.append({"seed": seed, "clean": arm_row(run, "clean", "")["auroc_last3"],
                      "dirty": arm_row(run, "dirty", "")["auroc_last3"], "qc": qc["auroc_last3"],
-                     "qc whole-site recall": qc["recall whole-site"], "qc good lost": qc["good lost"],
+                     "qc whole-site recall": float(qc["recall whole-site"]), "qc good lost": qc["good lost"],
                      "qc seconds": qc["seconds"]})
         print(rows[-1], flush=True)
     table = pd.DataFrame(rows)

@@ -6,7 +6,8 @@ and :class:`fedqc.qc.QCPolicy` decides. Rollback is free: the travelling state i
 of arrays, so a rejected update is simply not adopted, model and optimizer alike.
 With the ``auroc`` criterion a visit starts with the site check instead: the site
 scores the scans it would train, compared with the verification scans rescored by the
-same model whenever an adopted update has changed it.
+same model whenever an adopted update has changed it; before the first cycle every site
+is screened (:meth:`QCRunner.screen`).
 
 Granularity:
 
@@ -82,6 +83,20 @@ class QCRunner:
         self.policy.start(self._scores(state))
         if self.qc.audit:
             self.run_audit(first_cycle)
+        if self.policy.criterion.site_alpha is not None:
+            self.screen(state, first_cycle)
+
+    def screen(self, state: State, cycle: int) -> None:
+        """Check every site before the arm trains anything, until no further site fails.
+
+        A flagged site's val scans leave the verification set, which can expose another
+        harmful site that they had masked; the first check decides whether the model
+        ever learns a site, so it must not depend on the order the sites come in.
+        """
+        while True:
+            sites = [s for s in sorted(self.train_ids) if s not in self.policy.flagged_sites]
+            if all([self.check_site(site, state, cycle) for site in sites]):  # a list: every site checked
+                return
 
     def run_audit(self, cycle: int) -> None:
         """Eliminate training scans that fail the image audit; drop such val scans from verification."""

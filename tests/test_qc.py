@@ -315,23 +315,55 @@ def test_flagged_scan_is_revisited_then_eliminated(tiny_cohort):
 
 def test_site_check_keeps_a_harmful_site_out_then_eliminates_it(tiny_cohort):
     ids = [f"t{i:02d}x" for i in range(20)]
-    r, transport, state = runner(tiny_cohort, ids, "hierarchical", criterion="auroc")
+    r, transport, state = runner(tiny_cohort, ids, "hierarchical", criterion="auroc")  # begin screens every site
+    assert len(r.flagged_table()) == 20 and r.policy.flagged_sites["t"]["due"] == 3  # out of training, pending
     statuses = []
     for cycle in (1, 2, 3, 4):
         state, row = r.visit("t", state, cycle=cycle, hop=0, lr=1e-3)
         statuses.append(row["status"])
-        if cycle == 1:
-            assert len(r.flagged_table()) == 20  # out of training, pending the site's revisit
-    assert statuses == ["qc: site check failed", "qc: site flagged", "qc: site check failed", "qc: site eliminated"]
+    assert statuses == ["qc: site flagged", "qc: site flagged", "qc: site check failed", "qc: site eliminated"]
     assert transport.requests == [] and state["encoder.w"][0] == 0  # never trained
     assert r.verifications == 2 and set(r.eliminated_table()["stage"]) == {"site"} and len(r.eliminated_table()) == 20
-    # a good site passes its check and trains its visit, adopted without a val evaluation
+    # a good site passes its checks and trains its visit, adopted without a val evaluation
     r2, transport2, state2 = runner(tiny_cohort, [f"t{i:02d}" for i in range(20)], "hierarchical", criterion="auroc")
     state2, row = r2.visit("t", state2, cycle=1, hop=0, lr=1e-3)
     assert row["status"] == "ok" and row["n_scans"] == 20 and state2["encoder.w"][0] == 20
-    assert r2.verifications == 1 and [r["scope"] for r in r2.policy.log] == ["site"]
+    assert r2.verifications == 2 and [r["scope"] for r in r2.policy.log] == ["site", "site"]
     r2.visit("t", state2, cycle=2, hop=0, lr=1e-3)  # the model changed: val is rescored before the next check
-    assert transport2.evaluated == ["val", "train", "val", "train"]
+    assert transport2.evaluated == ["val", "train", "train", "val", "train"]
+
+
+class TwoSiteTransport:
+    """Training sites "a" (scored alike whatever the label) and "b" (labels flipped, val scans too); val at "v"."""
+
+    labels = np.tile([1, 0], 10)
+
+    def site_info(self):
+        return {"a": {"train": 20, "train_good": 0, "val": 0, "test": 0},
+                "b": {"train": 20, "train_good": 0, "val": 20, "test": 0},
+                "v": {"train": 0, "train_good": 0, "val": 20, "test": 0}}
+
+    def train_subjects(self, site):
+        return [f"{site}{i:02d}" for i in range(20)] if site in ("a", "b") else []
+
+    def evaluate(self, sites, state, request):
+        def frame(site, scores):
+            return pd.DataFrame({"subject": [f"{site}{request['split']}{i:02d}" for i in range(20)], "site": site,
+                                 "label": self.labels, "score": scores})
+        right = np.where(self.labels == 1, 0.8, 0.2) + np.linspace(0, 0.1, 20)
+        if request["split"] == "train":
+            return {s: EvalResult({}, frame(s, np.linspace(0.4, 0.6, 20) if s == "a" else 1 - right)) for s in sites}
+        return {"b": EvalResult({}, frame("b", 1 - right)), "v": EvalResult({}, frame("v", right))}
+
+
+def test_screening_repeats_until_no_site_fails(tiny_cohort):
+    cfg = tiny_config(tiny_cohort / "manifest.csv", **{"arms": ["clean", "qc"], "qc": {"criterion": "auroc"}})
+    r = QCRunner(TwoSiteTransport(), cfg, Arm("qc", True, 1, "clean", qc=True), tiny_cohort / "unused")
+    r.begin({"encoder.w": np.zeros(1)}, 1, None)
+    checks = [(row["site"], row["accepted"]) for row in r.policy.log]
+    # round 1: "a" passes while b's flipped val scans drag the verification AUROC down; "b" fails;
+    # round 2, without b's val scans: "a" fails
+    assert checks == [("a", True), ("b", False), ("a", False)] and set(r.policy.flagged_sites) == {"a", "b"}
 
 
 # ----------------------------------------------------------------------------- detection
