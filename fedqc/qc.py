@@ -39,28 +39,28 @@ before the update against the model after it (the no-update baseline).
 
 ``auroc`` (the default)
     Judges the *data* an update would learn from, not the update: every visit starts
-    with a **site check**. The site scores its training scans with the last accepted
-    model, and the check compares how well that model separates the site's labels —
-    the site's AUROC — with how well it separates the verification scans' labels within
-    their sites (patient-control pairs of the same site, pooled over sites):
-    ``z = (AUROC_verify - AUROC_site) / sqrt(se_verify² + se_site²)`` (Hanley-McNeil
-    standard errors), failing when ``P(Z ≥ z) < alpha``. A site whose labels the
-    verified model cannot reproduce fails: contrast-inverted or noise images it scores
-    alike whatever the label (AUROC ≈ 0.5), flipped labels (AUROC < 0.5). Only ranks
-    *within* a site count, on both sides, so neither the travelling model's calibration
-    drift nor a site-specific shift of scores (another scanner) can make a good site
-    fail or mask a harmful one; a first version that ranked each scan among the
-    verification scans of its label (conformal p-values) flagged good sites whose
-    scores were shifted as a whole, and a pooled verification AUROC, lowered by such
-    shifts, let a noise site through in two of three seeds. One
-    odd scan moves a site's AUROC by about ``1/n``, far below the standard errors, so
-    single scans are left to update verification or the audit. A site that passes trains
-    its visit, and the update is adopted without a paired val test: measured on the
-    demo, the paired tests above have no power against harmful sites (inverted and noise
-    images barely move predictions on clean scans), and once the model separates the
-    verification scans almost perfectly they reject good updates and eliminate good
-    scans by the hundred. The verification scans are rescored after each adopted update,
-    so both AUROCs are the same model's.
+    with a **site check**, and a QC arm first screens every site. The site scores its
+    training scans with the last accepted model; the check compares how well that
+    model separates the site's labels (its AUROC) with how well it separates the
+    verification scans' labels within their sites (patient-control pairs of one site):
+    ``z = (AUROC_verify - AUROC_site) / sqrt(se_verify² + se_site²)`` with Hanley-McNeil
+    standard errors, failing when ``P(Z ≥ z) < alpha``.
+
+    - A site whose labels the verified model cannot reproduce fails: inverted or noise
+      images it scores alike whatever the label (AUROC ≈ 0.5), flipped labels (< 0.5).
+    - Only ranks within a site count, on both sides, so neither calibration drift nor
+      a site-wide shift of scores (another scanner) fails a good site or hides a
+      harmful one. Two first versions failed on the demo: per-scan conformal p-values
+      against the verification scans of the same label flagged good sites shifted as a
+      whole, and a pooled verification AUROC, lowered by such shifts, let a noise site
+      through in two of three seeds.
+    - One odd scan moves a site's AUROC by about ``1/n``, far inside the standard
+      errors: single scans are left to the other criteria or the audit.
+    - A site that passes trains its visit, adopted without a paired val test: on the
+      demo the paired tests have no power against harmful sites, and once the model
+      separates the verification scans almost perfectly they reject good updates and
+      eliminate good scans by the hundred. The verification scans are rescored after
+      every adopted update, so both AUROCs are the same model's.
 
 **Policy.** A site that fails its check is *flagged* and sits out until cycle ``c + R``;
 it is then checked again — passing, it trains again; failing, it is *eliminated*: all its
