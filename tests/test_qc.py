@@ -333,6 +333,24 @@ def test_site_check_keeps_a_harmful_site_out_then_eliminates_it(tiny_cohort):
     assert transport2.evaluated == ["val", "train", "train", "val", "train"]
 
 
+def test_a_site_that_cannot_be_checked_loses_its_hop_not_the_arm(tiny_cohort):
+    from fedqc.travel import SiteError
+
+    class Down(FakeTransport):
+        def evaluate(self, sites, state, request):
+            if request["split"] == "train":
+                return {"t": EvalResult.failed("site t did not answer")}
+            return super().evaluate(sites, state, request)
+
+    cfg = tiny_config(tiny_cohort / "manifest.csv", **{"arms": ["clean", "qc"], "qc": {"criterion": "auroc"}})
+    r = QCRunner(Down(["t00", "t01"]), cfg, Arm("qc", True, 1, "clean", qc=True), tiny_cohort / "unused")
+    state = {"encoder.w": np.zeros(1), "optim.0.exp_avg": np.zeros(1), "harm": np.zeros(1)}
+    r.begin(state, 1, None)  # the screening records it and goes on
+    assert not r.policy.flagged_sites and "did not answer" in r.val_problems[("", "t")]
+    with pytest.raises(SiteError, match="did not answer"):  # the visit's own check fails the hop
+        r.visit("t", state, cycle=1, hop=0, lr=1e-3)
+
+
 class TwoSiteTransport:
     """Training sites "a" (scored alike whatever the label) and "b" (labels flipped, val scans too); val at "v"."""
 
