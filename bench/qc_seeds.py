@@ -28,7 +28,7 @@ from bench.qc_grid import arm_row  # noqa: E402
 from fedqc.config import load_config  # noqa: E402
 from fedqc.data.manifest import load_manifest  # noqa: E402
 from fedqc.infer import markdown_table  # noqa: E402
-from fedqc.simulate import prepare_run_dir, run_experiment  # noqa: E402
+from fedqc.simulate import final_auroc, prepare_run_dir, run_experiment  # noqa: E402
 from fedqc.transport import InProcessTransport  # noqa: E402
 
 
@@ -49,8 +49,8 @@ def main() -> None:
         prepare_run_dir(cfg, run, resume=False, overwrite=True)
         run_experiment(cfg, transport, run, quiet=True)
         qc = arm_row(run, "qc", "qc")
-        rows.append({"seed": seed, "clean": arm_row(run, "clean", "")["auroc_last3"],
-                     "dirty": arm_row(run, "dirty", "")["auroc_last3"], "qc": qc["auroc_last3"],
+        rows.append({"seed": seed, "clean": round(final_auroc(run, "clean"), 3),
+                     "dirty": round(final_auroc(run, "dirty"), 3), "qc": qc["auroc_last3"],
                      "qc whole-site recall": float(qc["recall whole-site"]), "qc good lost": qc["good lost"],
                      "qc seconds": qc["seconds"]})
         print(rows[-1], flush=True)

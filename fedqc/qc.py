@@ -171,8 +171,7 @@ def site_auroc_test(verify_labels: np.ndarray, verify_scores: np.ndarray, verify
 
 class Criterion(Protocol):
     name: str
-    site_alpha: float | None  # level of the site check; None: this criterion checks no sites
-    checks_updates: bool  # False: updates are adopted without a verification on val scans
+    site_alpha: float | None  # level of the site check; set: sites are checked and updates adopted unverified
 
     def decide(self, labels: np.ndarray, base: np.ndarray, cand: np.ndarray, n_trained: int) -> tuple[bool, dict]:
         """Accept (True) or reject the candidate; the dict holds ``stat`` and ``limit``."""
@@ -185,7 +184,6 @@ class ReferenceCriterion:
     tolerance: float = 0.02
     name: str = "reference"
     site_alpha: None = None
-    checks_updates: bool = True
 
     def decide(self, labels, base, cand, n_trained):
         b, c = confusion(labels, base), confusion(labels, cand)
@@ -201,7 +199,6 @@ class PairedLossCriterion:
     z: float = 2.0
     recalibrated: bool = True
     site_alpha: None = None
-    checks_updates: bool = True
 
     @property
     def name(self) -> str:
@@ -223,9 +220,8 @@ class SiteAUROCCriterion:
 
     site_alpha: float = 0.01
     name: str = "auroc"
-    checks_updates: bool = False
 
-    def decide(self, labels, base, cand, n_trained):
+    def decide(self, labels, base, cand, n_trained):  # not asked by QCRunner: updates are adopted unverified
         return True, {"stat": math.nan, "limit": math.nan}
 
 

@@ -71,6 +71,7 @@ class QCRunner:
         self.verifications, self.verify_seconds = 0, 0.0
         self.val_problems: dict[tuple[str, str], str] = {}
         self.stale = False  # the model changed since the baseline's verification scores were taken
+        self.checks_sites = self.policy.criterion.site_alpha is not None  # then updates are adopted unverified
 
     # ------------------------------------------------------------------ hooks
     def begin(self, state: State, first_cycle: int, checkpoint: dict | None) -> None:
@@ -83,7 +84,7 @@ class QCRunner:
         self.policy.start(self._scores(state))
         if self.qc.audit:
             self.run_audit(first_cycle)
-        if self.policy.criterion.site_alpha is not None:
+        if self.checks_sites:
             self.screen(state, first_cycle)
 
     def screen(self, state: State, cycle: int) -> None:
@@ -158,8 +159,7 @@ class QCRunner:
         if self.stale:  # p-values compare one model's scores: the verification scans' must be this state's
             self.policy.rebase(self._scores(state))
             self.stale = False
-        waiting = {s for s, f in self.policy.flagged.items() if f["site"] == site and f["due"] > cycle}
-        exclude = sorted(waiting | {s for s, e in self.policy.eliminated.items() if e["site"] == site})
+        exclude = sorted(self.policy.excluded(site) - set(self.policy.due(site, cycle)))  # due revisits train now
         result = self.transport.evaluate([site], state, {"split": "train", "exclude": exclude})[site]
         if result.error:
             raise SiteError(result.error)
@@ -186,7 +186,7 @@ class QCRunner:
             if reason := check_update(state, res.state):  # never evaluated, never adopted
                 self.policy.reject(cycle=cycle, site=site, scope=scope, subjects=subjects, reason=reason)
                 return False, state
-            if not self.policy.criterion.checks_updates:  # the site check has judged this visit's data
+            if self.checks_sites:  # the site check has judged this visit's data
                 trained.append((res.n_scans, res.loss))
                 self.stale = True
                 return True, res.state
@@ -219,7 +219,7 @@ class QCRunner:
                         state = bisect(state, part)
             return state
 
-        if self.policy.criterion.site_alpha is not None:
+        if self.checks_sites:
             if not self.policy.site_due(site, cycle):
                 status = "qc: site eliminated" if site in self.policy.eliminated_sites else "qc: site flagged"
                 return state, {"n_scans": 0, "loss": float("nan"), "seconds": 0.0, "status": status, "skipped": []}
