@@ -42,16 +42,18 @@ mkdir -p "$FLWR_HOME"
 
 free_port() { python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 pids=()
+# signal SIG PID: PID's process group, or PID alone while setsid has not yet made the group
+signal() { kill "-$1" -- "-$2" 2>/dev/null || kill "-$1" "$2" 2>/dev/null; }
 stop() {
   local pid
-  for pid in "${pids[@]}"; do kill -TERM -- "-$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do signal TERM "$pid" || true; done
   for _ in $(seq 50); do
     local alive=0
-    for pid in "${pids[@]}"; do kill -0 -- "-$pid" 2>/dev/null && alive=1; done
+    for pid in "${pids[@]}"; do signal 0 "$pid" && alive=1; done
     [[ $alive == 0 ]] && return 0
     sleep 0.2
   done
-  for pid in "${pids[@]}"; do kill -KILL -- "-$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do signal KILL "$pid" || true; done
 }
 trap stop EXIT
 trap 'exit 130' INT TERM
@@ -63,7 +65,7 @@ start() {  # start LOG CMD...: in its own process group, so that stop() also end
 wait_port() {  # wait_port PORT PID: until something listens on PORT, or PID's group is gone
   for _ in $(seq 150); do
     (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    kill -0 -- "-$2" 2>/dev/null || return 1
+    signal 0 "$2" || return 1
     sleep 0.2
   done
   return 1
