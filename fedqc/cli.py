@@ -1,7 +1,10 @@
 """The ``fedqc`` command line: validate, cohort, simulate, infer, sites.
 
-Every user mistake ends in a one-line reason (or one line per problem) and a non-zero
-exit code, never a traceback; ``--debug`` shows the traceback.
+A user's mistake (:class:`~fedqc.errors.UserError`), a site that cannot be reached
+(:class:`~fedqc.errors.SiteError`) or a file the system refuses (``OSError``) ends in
+a one-line reason (one more per problem) and exit code 1; ``--debug`` shows the
+traceback. Anything else is a bug and keeps its traceback. Commands import their
+heavy dependencies (torch, MONAI, SimpleITK, Flower) only when they run.
 """
 
 from __future__ import annotations
@@ -14,14 +17,13 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from fedqc.config import ConfigError
-from fedqc.data.manifest import ManifestError
+from fedqc.errors import SiteError, UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Travelling-model learning on medical images with quality control of harmful data.")
 err = Console(stderr=True, highlight=False, soft_wrap=True)  # one line per message, never wrapped
 out = Console(highlight=False)
-USER_ERRORS = (ManifestError, ConfigError, ValueError, FileNotFoundError, KeyError, OSError)
+USER_ERRORS = (UserError, SiteError, OSError)
 
 
 def friendly(fn):
@@ -33,16 +35,13 @@ def friendly(fn):
             return fn(*args, **kwargs)
         except typer.Exit:
             raise
-        except USER_ERRORS + (RuntimeError,) as exc:
+        except USER_ERRORS as exc:
             if "--debug" in sys.argv:
                 raise
             problems = getattr(exc, "problems", None)
-            if problems:
-                err.print(f"[red]error:[/] {str(exc).splitlines()[0]}")
-                for p in problems:
-                    err.print(f"  - {p}")
-            else:
-                err.print(f"[red]error:[/] {type(exc).__name__}: {exc}" if isinstance(exc, KeyError) else f"[red]error:[/] {exc}")
+            err.print(f"[red]error:[/] {str(exc).splitlines()[0] if problems else exc}")
+            for p in problems or []:
+                err.print(f"  - {p}")
             raise typer.Exit(1)
 
     return wrapper
@@ -84,12 +83,12 @@ def cohort(preset: str = typer.Option("demo", help="demo, reference or smoke."),
     """Generate a synthetic multi-center brain-MRI cohort (manifest + NIfTI images)."""
     import time
 
-    from fedqc.data.cohort import generate_cohort
+    from fedqc.data.synth.cohort import generate_cohort
 
     try:
         sides = tuple(int(s) for s in size.lower().split("x"))
     except ValueError:
-        raise ValueError(f"--size must be an integer or AxBxC, got {size!r}") from None
+        raise UserError(f"--size must be an integer or AxBxC, got {size!r}") from None
     t0 = time.perf_counter()
     m = generate_cohort(out_dir, preset=preset, size=sides[0] if len(sides) == 1 else sides, seed=seed,
                         harm={} if no_harm else None)
@@ -101,7 +100,7 @@ def cohort(preset: str = typer.Option("demo", help="demo, reference or smoke."),
 def _simulate(config: Path, out_dir: Optional[Path], resume: bool, overwrite: bool, quiet: bool,
               engine: Optional[str], strict: bool):
     from fedqc.config import load_config
-    from fedqc.simulate import simulate
+    from fedqc.experiment.runner import simulate
 
     overrides = ({"engine": engine} if engine else {}) | ({"strict": True} if strict else {})
     cfg = load_config(config, overrides)
@@ -141,15 +140,15 @@ def infer(run: Optional[Path] = typer.Option(None, "--run", help="Run folder fro
           seed: int = typer.Option(0, help="Bootstrap seed."),
           debug: bool = DEBUG):
     """Per-cycle test metrics overall and by sex and age group, fairness gaps, plots, report."""
-    from fedqc.infer import infer_run, predict_checkpoint
-    from fedqc.metrics import group_metrics
+    from fedqc.analysis.infer import infer_run, predict_checkpoint
+    from fedqc.analysis.metrics import group_metrics
 
     try:
         edges = tuple(sorted(float(x) for x in age_bins.split(",")))
     except ValueError:
-        raise ValueError(f"--age-bins must be numbers separated by commas, got {age_bins!r}") from None
+        raise UserError(f"--age-bins must be numbers separated by commas, got {age_bins!r}") from None
     if (run is None) == (checkpoint is None):
-        raise ValueError("give either --run DIR or --checkpoint FILE --manifest CSV")
+        raise UserError("give either --run DIR or --checkpoint FILE --manifest CSV")
     if run is not None:
         metrics = infer_run(run, recompute=recompute, age_edges=edges, n_boot=n_boot, seed=seed)
         overall = metrics[metrics["group"] == "all"].groupby("arm", sort=False)
@@ -161,9 +160,9 @@ def infer(run: Optional[Path] = typer.Option(None, "--run", help="Run folder fro
     from fedqc.data.manifest import load_manifest
 
     if manifest is None:
-        raise ValueError("--checkpoint needs --manifest")
+        raise UserError("--checkpoint needs --manifest")
     if not checkpoint.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
+        raise UserError(f"checkpoint not found: {checkpoint}")
     metrics = group_metrics(predict_checkpoint(checkpoint, load_manifest(manifest)), age_edges=edges,
                             n_boot=n_boot, seed=seed)
     target = out_file or checkpoint.with_suffix(".metrics.csv")
@@ -183,7 +182,7 @@ def sites_split(manifest: Path = typer.Option(..., "--manifest", help="The exper
                 overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing folder."),
                 debug: bool = DEBUG):
     """Split a manifest into one folder per site: its own rows (manifest.csv) and scans (images/)."""
-    from fedqc.sites import split_sites
+    from fedqc.transport.flower.deployment import split_sites
 
     table = split_sites(manifest, out_dir, overwrite=overwrite)
     for r in table.itertuples():
@@ -198,10 +197,10 @@ def sites_compose(sites: Path = typer.Option(..., "--sites", help="Folder from `
                   out_file: Path = typer.Option(Path("docker-compose.yml"), "--out", help="Compose file to write."),
                   debug: bool = DEBUG):
     """Write the docker-compose topology: SuperLink, ServerApp SuperExec, a SuperNode + SuperExec per site."""
-    from fedqc.sites import write_compose
+    from fedqc.transport.flower.deployment import write_compose
 
     if not Path(config).is_file():
-        raise FileNotFoundError(f"config not found: {config}")
+        raise UserError(f"config not found: {config}")
     out.print(f"wrote {write_compose(sites, out_file, config=config)}")
 
 

@@ -1,4 +1,4 @@
-"""Crash-safe file output: every file is written to a temporary name, then renamed."""
+"""Crash-safe file output: every file is written to a temporary name, synced, then renamed into place."""
 
 from __future__ import annotations
 
@@ -7,34 +7,24 @@ from pathlib import Path
 from typing import Callable
 
 import pandas as pd
-import torch
 
 
-def _replace(tmp: Path, path: Path) -> None:
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call ``write(tmp)`` and move ``tmp`` onto ``path``: a reader sees the old file or the whole new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
     with open(tmp, "rb") as fh:
         os.fsync(fh.fileno())
     os.replace(tmp, path)
 
 
 def atomic_write_csv(df: pd.DataFrame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    df.to_csv(tmp, index=False)
-    _replace(tmp, path)
+    atomic_write(path, lambda tmp: df.to_csv(tmp, index=False))
 
 
 def atomic_write_text(text: str, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    _replace(tmp, path)
-
-
-def atomic_torch_save(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    _replace(tmp, path)
+    atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def append_csv(rows: pd.DataFrame, path: Path) -> None:

@@ -32,7 +32,7 @@ if [[ ! -f $sites/sites.csv ]] && make -n "$sites" >/dev/null 2>&1; then make -s
 [[ -f $sites/sites.csv ]] || { echo "error: $sites/sites.csv not found (make it with \`fedqc sites split --manifest M --out $sites\`)" >&2; exit 2; }
 sites=$(realpath "$sites")
 # one line per site, "<site><TAB><node config>", from a single Python start
-mapfile -t nodes < <(python -c 'import sys; from fedqc.sites import read_sites, node_config
+mapfile -t nodes < <(python -c 'import sys; from fedqc.transport.flower.deployment import read_sites, node_config
 for s in read_sites(sys.argv[1]): print(s, node_config(s, f"{sys.argv[1]}/{s}"), sep="\t")' "$sites")
 names=("${nodes[@]%%$'\t'*}")
 [[ ! -e $out ]] || { echo "error: $out exists; remove it or pass another OUT" >&2; exit 2; }

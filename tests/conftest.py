@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -10,10 +9,11 @@ import pytest
 import torch
 
 from fedqc.config import parse_config
-from fedqc.data.cohort import SiteSpec, generate_cohort
+from fedqc.experiment.run_dir import ArmDir
+from fedqc.transport.flower.env import apply_flower_env
+from fedqc.data.synth.cohort import SiteSpec, generate_cohort
 
-os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
-os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
+apply_flower_env()
 torch.set_num_threads(2)
 
 TINY_SITES = [
@@ -32,7 +32,7 @@ def tiny_cohort(tmp_path_factory):
     return out
 
 
-def tiny_config(manifest, **overrides):
+def tiny_config(manifest, *, check_files: bool = True, **overrides):
     data = {"name": "tiny", "manifest": str(manifest), "engine": "inprocess", "threads": 2,
             "model": {"name": "sfcn", "width": 0.25, "input_shape": [16, 16, 16]},
             "train": {"cycles": 3, "warmup": 0, "batch_size": 5, "lr": 1e-3, "seed": 1},
@@ -43,7 +43,7 @@ def tiny_config(manifest, **overrides):
         for p in parents:
             node = node[p]
         node[leaf] = value
-    return parse_config(data)
+    return parse_config(data, check_files=check_files)
 
 
 @pytest.fixture
@@ -61,3 +61,7 @@ def non_finite_copy(src: Path, dst: Path, value: float) -> None:
     out = sitk.GetImageFromArray(arr)
     out.CopyInformation(img)
     sitk.WriteImage(out, str(dst))
+
+
+def checkpoint_path(arm_dir: Path, cycle: int) -> Path:
+    return ArmDir(arm_dir).checkpoint(cycle)

@@ -11,12 +11,13 @@ import pytest
 import yaml
 
 from fedqc.config import load_config, parse_config
-from fedqc.data.cohort import generate_cohort
+from fedqc.data.synth.cohort import generate_cohort
 from fedqc.data.manifest import load_manifest
-from fedqc.simulate import simulate
-from fedqc.sites import SITE_MOUNT, compose_file, split_sites
-from fedqc.state import same
-from fedqc.travel import checkpoint_path, load_checkpoint
+from fedqc.experiment.runner import simulate
+from fedqc.transport.flower.deployment import SITE_MOUNT, compose_file, split_sites
+from fedqc.protocol import same
+from fedqc.experiment.run_dir import load_checkpoint
+from tests.conftest import checkpoint_path
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "deploy-smoke.yaml"

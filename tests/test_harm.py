@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from fedqc.data.harm import Blank, HarmScenario, Invert, Mislabel, PureNoise, make_harm
+from fedqc.data.corruptions import make_corruption as make_harm
+from fedqc.data.corruptions.scenario import HarmScenario
+from fedqc.data.corruptions.transforms import Blank, Invert, Mislabel, PureNoise
 
 
 @pytest.fixture
@@ -45,9 +47,18 @@ def test_blank_and_mislabel(brain):
     assert label == 0 and img is brain
 
 
-def test_record_has_kind_params_seed():
-    rec = json.loads(make_harm("noise", seed=7, sigma=10.0).record())
-    assert rec == {"kind": "noise", "sigma": 10.0, "threshold": 0.1, "seed": 7}
+def test_randomize_then_apply_reuses_the_draw_and_records_it(brain):
+    noise = make_harm("noise", seed=7, sigma=10.0)
+    noise.randomize(brain, 0)
+    first, second = noise.apply(brain, 0)[0], noise.apply(brain, 0)[0]
+    np.testing.assert_array_equal(first, second)  # apply draws nothing
+    rec = json.loads(noise.record())
+    inside = brain > 0.1 * brain.max()
+    assert rec == {"kind": "noise", "sigma": 10.0, "threshold": 0.1, "seed": 7,
+                   "noise_mean": round(float(brain[inside].mean()), 3)}
+    noise.randomize(brain, 0)
+    assert not np.array_equal(noise.apply(brain, 0)[0], first)  # a new call, a new draw from the same RNG
+    assert json.loads(Invert(seed=3).record()) == {"kind": "inverted", "maximum": 255.0, "seed": 3}
 
 
 def test_scenario_rejects_unknown_kind_and_key():

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score, roc_auc_score
 
-from fedqc.metrics import age_group, binary_metrics, bootstrap_ci, group_metrics
+from fedqc.analysis.metrics import age_group, binary_metrics, bootstrap_ci, group_metrics
 
 
 def test_matches_sklearn():
@@ -68,8 +68,8 @@ def test_groups_and_age_bins():
 
 @pytest.mark.slow
 def test_infer_on_finished_run(tiny_cfg, tmp_path):
-    from fedqc.infer import infer_run, predict_checkpoint
-    from fedqc.simulate import simulate
+    from fedqc.analysis.infer import infer_run, predict_checkpoint
+    from fedqc.experiment.runner import simulate
 
     run = tmp_path / "run"
     simulate(tiny_cfg, run, quiet=True)

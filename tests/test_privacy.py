@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 
 import numpy as np
 import pytest
 
 from fedqc.data.manifest import load_manifest
-from fedqc.travel import initial_state
+from fedqc.models.state import initial_state
 from tests.conftest import tiny_config
 
 ALLOWED_METRICS = {"n_scans", "loss", "seconds", "n", "tp", "fp", "tn", "fn", "loss_sum", "brier_sum",
-                   "score", "label", "age", "train", "train_good", "val", "test"}
+                   "score", "label", "age", "val", "test"}
 
 
 class Recorder:
@@ -44,18 +43,20 @@ class Recorder:
 def test_sites_send_only_model_arrays_counts_scores_and_ids(tiny_cohort, tmp_path):
     from flwr.simulation import run_simulation
 
-    from fedqc.flower.client_app import make_client_app
-    from fedqc.flower.server_app import make_server_app
-    from fedqc.simulate import FLOWER_ENV, prepare_run_dir
+    from fedqc.experiment.run_dir import RunDir
+    from fedqc.experiment.runner import run_experiment
+    from fedqc.transport.flower.client_app import make_client_app
+    from fedqc.transport.flower.server_app import make_server_app
 
-    os.environ.update(FLOWER_ENV)
     logging.getLogger("flwr").setLevel(logging.WARNING)
     cfg = tiny_config(tiny_cohort / "manifest.csv", **{"train.cycles": 2, "arms": ["clean", "qc"],
                                                        "qc": {"audit": True}, "engine": "flower"})
-    prepare_run_dir(cfg, tmp_path / "run", resume=False, overwrite=False)
+    RunDir(tmp_path / "run").prepare(cfg, resume=False, overwrite=False)
     log = tmp_path / "messages.jsonl"
     n_sites = load_manifest(cfg.manifest)["site"].nunique()
-    run_simulation(server_app=make_server_app(cfg, tmp_path / "run", n_sites=n_sites, quiet=True),
+    server = make_server_app(cfg, lambda transport, _: run_experiment(cfg, transport, tmp_path / "run", quiet=True),
+                             expected_nodes=n_sites)
+    run_simulation(server_app=server,
                    client_app=make_client_app(str(cfg.manifest), mods=[Recorder(str(log))]),
                    num_supernodes=n_sites,
                    backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
@@ -63,7 +64,7 @@ def test_sites_send_only_model_arrays_counts_scores_and_ids(tiny_cohort, tmp_pat
     records = [json.loads(line) for line in log.read_text().splitlines()]
     assert {r["type"] for r in records} == {"query", "train", "evaluate"}
 
-    model = {k: list(np.shape(v)) for k, v in initial_state(cfg).items()}
+    model = {k: list(np.shape(v)) for k, v in initial_state(cfg.model, cfg.train.seed).items()}
     largest_site = load_manifest(cfg.manifest).groupby("site").size().max()
     for r in records:
         for key, shape in r["arrays"].items():  # only the model's and the optimizer's arrays

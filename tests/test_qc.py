@@ -9,13 +9,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fedqc.config import ConfigError
-from fedqc.detection import score_detection
-from fedqc.qc import (PairedLossCriterion, QCPolicy, ReferenceCriterion, auroc_se, confusion, make_criterion, recalibrate,
-                      site_auroc_test, within_site_auroc_se)
-from fedqc.qc_arm import QCRunner
-from fedqc.site import EvalResult, TrainResult
-from fedqc.travel import Arm
+from fedqc.config import CRITERIA, GRANULARITIES, ConfigError
+from fedqc.errors import SiteError
+from fedqc.protocol import EvalReply, SiteInfo, TrainReply
+from fedqc.qc.arm import QCArm
+from fedqc.qc.criteria import (SITE_CHECKS, UPDATE_CRITERIA, CalibratedLossCriterion, LossCriterion,
+                               ReferenceCriterion, SiteAUROCCheck)
+from fedqc.qc.detection import score_detection
+from fedqc.qc.policy import QCPolicy
+from fedqc.qc.search import SEARCHES
+from fedqc.qc.stats import auroc_se, confusion, recalibrate, site_auroc_test, within_site_auroc_se
+from fedqc.strategies.travelling import HopStatus
 from tests.conftest import tiny_config
 
 # 20 verification scans at one site "v": 10 patients, 10 controls
@@ -33,6 +37,11 @@ def good_scores(rng=None, spread=0.1):
 
 
 # ----------------------------------------------------------------------------- criteria
+def test_every_configurable_name_has_one_implementation():
+    assert set(UPDATE_CRITERIA) | set(SITE_CHECKS) == set(CRITERIA) and not set(UPDATE_CRITERIA) & set(SITE_CHECKS)
+    assert set(SEARCHES) == set(GRANULARITIES)
+
+
 def test_confusion_uses_true_rates():
     c = confusion(np.array([1, 1, 1, 0]), np.array([0.9, 0.2, 0.1, 0.7]))
     assert (c["tp"], c["fn"], c["fp"], c["tn"]) == (1, 2, 1, 0)
@@ -59,7 +68,7 @@ def test_recalibration_removes_a_logit_shift_and_scale():
 
 @pytest.mark.parametrize("name", ["loss", "calibrated"])
 def test_paired_criteria_reject_harm_and_accept_good_updates(name):
-    crit = make_criterion(name, z=2.0)
+    crit = UPDATE_CRITERIA[name](z=2.0)
     rng = np.random.default_rng(1)
     base = good_scores(rng)
     # typical good updates: small per-scan changes in both directions
@@ -75,8 +84,8 @@ def test_calibrated_criterion_ignores_drift_that_fools_the_others():
     base = good_scores()
     logit = np.log(base / (1 - base))
     drifted = 1 / (1 + np.exp(-(logit + 2.5)))  # same ranking, all-patient bias
-    assert make_criterion("calibrated").decide(LABELS, base, drifted, 5)[0]
-    assert not make_criterion("loss").decide(LABELS, base, drifted, 5)[0]
+    assert CalibratedLossCriterion().decide(LABELS, base, drifted, 5)[0]
+    assert not LossCriterion().decide(LABELS, base, drifted, 5)[0]
     assert not ReferenceCriterion().decide(LABELS, base, drifted, 5)[0]
 
 
@@ -121,9 +130,12 @@ def test_site_check_rejects_a_site_its_labels_disagree_with_and_ignores_shifts_a
     assert ok and math.isnan(stats["p_value"])
 
 
+CHECK = SiteAUROCCheck(alpha=0.01)
+REFERENCE = ReferenceCriterion(0.02)
+
+
 def site_policy(revisit_after=2) -> QCPolicy:
-    p = QCPolicy(make_criterion("auroc", alpha=0.01), revisit_after=revisit_after,
-                 train_counts={"a": 20, "b": 20})
+    p = QCPolicy(revisit_after=revisit_after, train_counts={"a": 20, "b": 20})
     rng = np.random.default_rng(1)
     labels = np.repeat([1, 0], 15)
     frame = pd.DataFrame({"subject": [f"v{i}" for i in range(30)] + ["a_val"], "site": ["v"] * 30 + ["a"],
@@ -143,12 +155,12 @@ def test_site_check_flags_revisits_and_eliminates_a_site():
     p = site_policy()
     subjects = list(train_scores("a", False)["subject"])
     assert p.site_due("a", 3)
-    assert not p.check_site(train_scores("a", False), cycle=3, site="a", subjects=subjects)
+    assert not p.check_site(CHECK, train_scores("a", False), cycle=3, site="a", subjects=subjects)
     assert p.flagged_sites["a"]["due"] == 5 and not p.site_due("a", 4) and p.site_due("a", 5)
     assert p.verification_set("b").sum() == 30  # a flagged site's val scan does not judge others
-    assert p.check_site(train_scores("b", True), cycle=3, site="b", subjects=["b00"]) and not p.flagged_sites.get("b")
+    assert p.check_site(CHECK, train_scores("b", True), cycle=3, site="b", subjects=["b00"]) and not p.flagged_sites.get("b")
     p.flag("a03", "a", 3)  # a scan flagged by update verification goes with its site
-    assert not p.check_site(train_scores("a", False), cycle=5, site="a", subjects=subjects)
+    assert not p.check_site(CHECK, train_scores("a", False), cycle=5, site="a", subjects=subjects)
     assert p.eliminated_sites == {"a": 5} and not p.site_due("a", 9) and not p.flagged
     assert {e["stage"] for e in p.eliminated.values()} == {"site"} and set(p.eliminated) == set(subjects)
     assert p.eliminated["a00"]["cycle_flagged"] == 3 and p.eliminated["a00"]["cycle_eliminated"] == 5
@@ -161,17 +173,17 @@ def test_site_check_flags_revisits_and_eliminates_a_site():
 
 def test_site_passing_its_revisit_trains_again():
     p = site_policy()
-    assert not p.check_site(train_scores("a", False), cycle=1, site="a", subjects=[])
-    assert p.check_site(train_scores("a", True), cycle=3, site="a", subjects=[])
+    assert not p.check_site(CHECK, train_scores("a", False), cycle=1, site="a", subjects=[])
+    assert p.check_site(CHECK, train_scores("a", True), cycle=3, site="a", subjects=[])
     assert not p.flagged_sites and not p.eliminated_sites and p.site_due("a", 4)
-    q = QCPolicy(make_criterion("auroc"))
-    p.check_site(train_scores("b", False), cycle=4, site="b", subjects=[])
+    q = QCPolicy()
+    p.check_site(CHECK, train_scores("b", False), cycle=4, site="b", subjects=[])
     q.restore(p.snapshot())
     assert q.flagged_sites == p.flagged_sites == {"b": {"subject": "", "site": "b", "cycle_flagged": 4, "due": 6}}
 
 
 def policy(**kw) -> QCPolicy:
-    p = QCPolicy(ReferenceCriterion(0.02), train_counts={"a": 4, "v": 10}, **kw)
+    p = QCPolicy(train_counts={"a": 4, "v": 10}, **kw)
     p.start(scores_frame(np.where(LABELS == 1, 0.9, 0.1)))
     return p
 
@@ -180,10 +192,10 @@ def test_state_updates_only_on_acceptance():
     p = policy(leave_site_out=False)
     base = p.baseline["score"].copy()
     bad = np.where(LABELS == 1, 0.1, 0.1)  # misses every patient
-    assert not p.verify(scores_frame(bad), cycle=1, site="a", scope="batch", subjects=["x", "y"], n_trained=2)
+    assert not p.verify(REFERENCE, scores_frame(bad), cycle=1, site="a", scope="batch", subjects=["x", "y"], n_trained=2)
     pd.testing.assert_series_equal(p.baseline["score"], base)
     slightly = np.where(LABELS == 1, 0.8, 0.2)
-    assert p.verify(scores_frame(slightly), cycle=1, site="a", scope="batch", subjects=["x"], n_trained=1)
+    assert p.verify(REFERENCE, scores_frame(slightly), cycle=1, site="a", scope="batch", subjects=["x"], n_trained=1)
     np.testing.assert_allclose(p.baseline["score"], slightly)
     log = pd.DataFrame(p.log)
     assert list(log["accepted"]) == [False, True] and list(log["fnr"]) == [1.0, 0.0]
@@ -206,7 +218,7 @@ def test_revisit_schedule_exclusion_and_elimination():
 
 
 def test_leave_site_out_and_untrusted_sites():
-    p = QCPolicy(ReferenceCriterion(), train_counts={"a": 2})
+    p = QCPolicy(train_counts={"a": 2})
     frame = pd.concat([scores_frame(good_scores(), "a"), scores_frame(good_scores(), "b")
                        .assign(subject=lambda d: "b" + d["subject"])])
     p.start(frame)
@@ -221,15 +233,19 @@ def test_leave_site_out_and_untrusted_sites():
 def test_snapshot_round_trip():
     p = policy()
     p.flag("a1", "a", 1)
-    q = QCPolicy(ReferenceCriterion(), train_counts={"a": 4})
+    q = QCPolicy(train_counts={"a": 4})
     q.restore(p.snapshot())
     assert q.flagged == p.flagged and q.untrusted == p.untrusted
     pd.testing.assert_frame_equal(q.baseline, p.baseline, check_dtype=False)
 
 
 # ----------------------------------------------------------------------------- granularity
+def info(site, n_train=0, n_val=0, prefix=None):
+    return SiteInfo(site, tuple(f"{prefix or site}{i:02d}" for i in range(n_train)), n_val, 0)
+
+
 class FakeTransport:
-    """One training site "t" (ids t00..), one val site "v"; harmful ids end in "x".
+    """One training site "t" (ids given), one val site "v"; harmful ids end in "x".
 
     The state counts harmful scans trained; a model that saw any scores at chance.
     Every train call records the state it received.
@@ -242,113 +258,109 @@ class FakeTransport:
         self.evaluated: list[str] = []
 
     def site_info(self):
-        return {"t": {"train": len(self.ids), "train_good": 0, "val": 0, "test": 0},
-                "v": {"train": 0, "train_good": 0, "val": 20, "test": 0}}
-
-    def train_subjects(self, site):
-        return list(self.ids)
+        return {"t": SiteInfo("t", tuple(self.ids), 0, 0), "v": SiteInfo("v", (), 20, 0)}
 
     def train(self, site, state, request):
         self.received.append({k: v.copy() for k, v in state.items()})
-        subjects = request["subjects"]
-        self.requests.append(list(subjects))
+        subjects = list(request.subjects)
+        self.requests.append(subjects)
         harm = sum(s.endswith("x") for s in subjects)
         new = {"encoder.w": state["encoder.w"] + len(subjects), "optim.0.exp_avg": state["optim.0.exp_avg"] + 1,
                "harm": state["harm"] + harm}
-        return TrainResult(new, len(subjects), 0.5, 0.0, list(subjects))
+        return TrainReply(new, len(subjects), 0.5, 0.0, subjects)
 
     def evaluate(self, sites, state, request):
-        self.evaluated.append(request["split"])
-        if request["split"] == "train":  # the site check: harmful scans scored against their label
-            ids = [s for s in self.ids if s not in request.get("exclude", ())]
+        self.evaluated.append(request.split)
+        if request.split == "train":  # the site check: harmful scans scored against their label
+            ids = [s for s in self.ids if s not in request.exclude]
             labels = np.arange(len(ids)) % 2
             scores = np.where([s.endswith("x") for s in ids], 1 - labels, labels) * 0.8 + 0.1
-            return {"t": EvalResult({}, pd.DataFrame({"subject": ids, "site": "t", "label": labels, "score": scores}))}
+            return {"t": EvalReply({}, pd.DataFrame({"subject": ids, "site": "t", "label": labels, "score": scores}))}
         scores = np.where(LABELS == 1, 0.9, 0.1) if state["harm"][0] == 0 else np.full(20, 0.5)
-        return {"v": EvalResult({}, scores_frame(scores))}
+        return {"v": EvalReply({}, scores_frame(scores))}
 
 
-def runner(tiny_cohort, ids, granularity, criterion="loss"):
-    cfg = tiny_config(tiny_cohort / "manifest.csv",
-                      **{"arms": ["clean", "qc"], "qc": {"criterion": criterion, "granularity": granularity}})
-    transport = FakeTransport(ids)
-    r = QCRunner(transport, cfg, Arm("qc", True, 1, "clean", qc=True), tiny_cohort / "unused")
+def qc_cfg(**qc):
+    """A QC config that needs no images: these tests run against fake transports."""
+    return tiny_config("unused.csv", check_files=False, **{"arms": ["clean", "qc"], "qc": qc})
+
+
+def runner(tmp_path, ids, granularity, criterion="loss", transport_cls=FakeTransport):
+    transport = transport_cls(ids)
+    r = QCArm(transport, qc_cfg(criterion=criterion, granularity=granularity), "qc", tmp_path / "qc")
     state = {"encoder.w": np.zeros(1), "optim.0.exp_avg": np.zeros(1), "harm": np.zeros(1)}
     r.begin(state, 1, None)
     return r, transport, state
 
 
-def test_hierarchical_isolates_one_harmful_scan_in_log_n(tiny_cohort):
+def test_hierarchical_isolates_one_harmful_scan_in_log_n(tmp_path):
     ids = [f"t{i:02d}" for i in range(15)] + ["t15x"]
-    r, transport, state = runner(tiny_cohort, ids, "hierarchical")
-    final, row = r.visit("t", state, cycle=1, hop=0, lr=1e-3)
+    r, transport, state = runner(tmp_path, ids, "hierarchical")
+    hop = r.visit("t", state, 1, 1e-3)
     assert set(r.policy.flagged) == {"t15x"}
     assert r.verifications <= 2 * math.ceil(math.log2(16)) + 1
-    assert final["harm"][0] == 0 and final["encoder.w"][0] == 15 and row["n_scans"] == 15
+    assert hop.state["harm"][0] == 0 and hop.state["encoder.w"][0] == 15 and hop.n_scans == 15
     # a clean visit costs one verification
-    r2, _, state2 = runner(tiny_cohort, [f"t{i:02d}" for i in range(16)], "hierarchical")
-    r2.visit("t", state2, cycle=1, hop=0, lr=1e-3)
+    r2, _, state2 = runner(tmp_path / "2", [f"t{i:02d}" for i in range(16)], "hierarchical")
+    r2.visit("t", state2, 1, 1e-3)
     assert r2.verifications == 1 and not r2.policy.flagged
 
 
-def test_batch_mode_rolls_back_model_and_optimizer(tiny_cohort):
+def test_batch_mode_rolls_back_model_and_optimizer(tmp_path):
     ids = ["t00", "t01x", "t02", "t03", "t04"]  # one batch of 5 with one harmful scan
-    r, transport, state = runner(tiny_cohort, ids, "batch")
-    final, _ = r.visit("t", state, cycle=1, hop=0, lr=1e-3)
+    r, transport, state = runner(tmp_path, ids, "batch")
+    final = r.visit("t", state, 1, 1e-3).state
     batch_input, first_single_input = transport.received[0], transport.received[1]
     assert all(np.array_equal(batch_input[k], first_single_input[k]) for k in batch_input)  # exact rollback
     assert r.verifications == 1 + 5 and set(r.policy.flagged) == {"t01x"}
     assert final["encoder.w"][0] == 4 and final["optim.0.exp_avg"][0] == 4 and final["harm"][0] == 0
 
 
-def test_flagged_scan_is_revisited_then_eliminated(tiny_cohort):
-    r, transport, state = runner(tiny_cohort, ["t00", "t01x"], "hierarchical")
-    state, _ = r.visit("t", state, cycle=1, hop=0, lr=1e-3)
+def test_flagged_scan_is_revisited_then_eliminated(tmp_path):
+    r, transport, state = runner(tmp_path, ["t00", "t01x"], "hierarchical")
+    state = r.visit("t", state, 1, 1e-3).state
     assert set(r.policy.flagged) == {"t01x"}
-    state, _ = r.visit("t", state, cycle=2, hop=0, lr=1e-3)  # excluded until its revisit at 1 + R
+    state = r.visit("t", state, 2, 1e-3).state  # excluded until its revisit at 1 + R
     assert transport.requests[-1] == ["t00"] and r.policy.flagged["t01x"]["due"] == 3
     assert r.verifications == 1 + 2 + 1
-    r.visit("t", state, cycle=3, hop=0, lr=1e-3)
+    r.visit("t", state, 3, 1e-3)
     assert transport.requests[-2:] == [["t01x"], ["t00"]]  # the revisit first, alone
     assert "t01x" in r.policy.eliminated and not r.policy.flagged
 
 
-def test_site_check_keeps_a_harmful_site_out_then_eliminates_it(tiny_cohort):
+def test_site_check_keeps_a_harmful_site_out_then_eliminates_it(tmp_path):
     ids = [f"t{i:02d}x" for i in range(20)]
-    r, transport, state = runner(tiny_cohort, ids, "hierarchical", criterion="auroc")  # begin screens every site
-    assert len(r.flagged_table()) == 20 and r.policy.flagged_sites["t"]["due"] == 3  # out of training, pending
+    r, transport, state = runner(tmp_path, ids, "hierarchical", criterion="auroc")  # begin screens every site
+    assert len(r.pending_table()) == 20 and r.policy.flagged_sites["t"]["due"] == 3  # out of training, pending
     statuses = []
     for cycle in (1, 2, 3, 4):
-        state, row = r.visit("t", state, cycle=cycle, hop=0, lr=1e-3)
-        statuses.append(row["status"])
-    assert statuses == ["qc: site flagged", "qc: site flagged", "qc: site check failed", "qc: site eliminated"]
+        hop = r.visit("t", state, cycle, 1e-3)
+        state = hop.state
+        statuses.append(hop.status)
+    assert statuses == [HopStatus.SITE_FLAGGED, HopStatus.SITE_FLAGGED, HopStatus.SITE_CHECK_FAILED,
+                        HopStatus.SITE_ELIMINATED]
     assert transport.requests == [] and state["encoder.w"][0] == 0  # never trained
     assert r.verifications == 2 and set(r.eliminated_table()["stage"]) == {"site"} and len(r.eliminated_table()) == 20
     # a good site passes its checks and trains its visit, adopted without a val evaluation
-    r2, transport2, state2 = runner(tiny_cohort, [f"t{i:02d}" for i in range(20)], "hierarchical", criterion="auroc")
-    state2, row = r2.visit("t", state2, cycle=1, hop=0, lr=1e-3)
-    assert row["status"] == "ok" and row["n_scans"] == 20 and state2["encoder.w"][0] == 20
+    r2, transport2, state2 = runner(tmp_path / "2", [f"t{i:02d}" for i in range(20)], "hierarchical", criterion="auroc")
+    hop = r2.visit("t", state2, 1, 1e-3)
+    assert hop.status == HopStatus.OK and hop.n_scans == 20 and hop.state["encoder.w"][0] == 20
     assert r2.verifications == 2 and [r["scope"] for r in r2.policy.log] == ["site", "site"]
-    r2.visit("t", state2, cycle=2, hop=0, lr=1e-3)  # the model changed: val is rescored before the next check
+    r2.visit("t", hop.state, 2, 1e-3)  # the model changed: val is rescored before the next check
     assert transport2.evaluated == ["val", "train", "train", "val", "train"]
 
 
-def test_a_site_that_cannot_be_checked_loses_its_hop_not_the_arm(tiny_cohort):
-    from fedqc.travel import SiteError
-
+def test_a_site_that_cannot_be_checked_loses_its_hop_not_the_arm(tmp_path):
     class Down(FakeTransport):
         def evaluate(self, sites, state, request):
-            if request["split"] == "train":
-                return {"t": EvalResult.failed("site t did not answer")}
+            if request.split == "train":
+                return {"t": EvalReply.failed("site t did not answer")}
             return super().evaluate(sites, state, request)
 
-    cfg = tiny_config(tiny_cohort / "manifest.csv", **{"arms": ["clean", "qc"], "qc": {"criterion": "auroc"}})
-    r = QCRunner(Down(["t00", "t01"]), cfg, Arm("qc", True, 1, "clean", qc=True), tiny_cohort / "unused")
-    state = {"encoder.w": np.zeros(1), "optim.0.exp_avg": np.zeros(1), "harm": np.zeros(1)}
-    r.begin(state, 1, None)  # the screening records it and goes on
-    assert not r.policy.flagged_sites and "did not answer" in r.val_problems[("", "t")]
+    r, _, state = runner(tmp_path, ["t00", "t01"], "hierarchical", "auroc", Down)  # the screening records it
+    assert not r.policy.flagged_sites and "did not answer" in r.scans.problems[("", "t")]
     with pytest.raises(SiteError, match="did not answer"):  # the visit's own check fails the hop
-        r.visit("t", state, cycle=1, hop=0, lr=1e-3)
+        r.visit("t", state, 1, 1e-3)
 
 
 class TwoSiteTransport:
@@ -357,26 +369,20 @@ class TwoSiteTransport:
     labels = np.tile([1, 0], 10)
 
     def site_info(self):
-        return {"a": {"train": 20, "train_good": 0, "val": 0, "test": 0},
-                "b": {"train": 20, "train_good": 0, "val": 20, "test": 0},
-                "v": {"train": 0, "train_good": 0, "val": 20, "test": 0}}
-
-    def train_subjects(self, site):
-        return [f"{site}{i:02d}" for i in range(20)] if site in ("a", "b") else []
+        return {"a": info("a", 20), "b": info("b", 20, 20), "v": info("v", 0, 20)}
 
     def evaluate(self, sites, state, request):
         def frame(site, scores):
-            return pd.DataFrame({"subject": [f"{site}{request['split']}{i:02d}" for i in range(20)], "site": site,
+            return pd.DataFrame({"subject": [f"{site}{request.split}{i:02d}" for i in range(20)], "site": site,
                                  "label": self.labels, "score": scores})
         right = np.where(self.labels == 1, 0.8, 0.2) + np.linspace(0, 0.1, 20)
-        if request["split"] == "train":
-            return {s: EvalResult({}, frame(s, np.linspace(0.4, 0.6, 20) if s == "a" else 1 - right)) for s in sites}
-        return {"b": EvalResult({}, frame("b", 1 - right)), "v": EvalResult({}, frame("v", right))}
+        if request.split == "train":
+            return {s: EvalReply({}, frame(s, np.linspace(0.4, 0.6, 20) if s == "a" else 1 - right)) for s in sites}
+        return {"b": EvalReply({}, frame("b", 1 - right)), "v": EvalReply({}, frame("v", right))}
 
 
-def test_screening_repeats_until_no_site_fails(tiny_cohort):
-    cfg = tiny_config(tiny_cohort / "manifest.csv", **{"arms": ["clean", "qc"], "qc": {"criterion": "auroc"}})
-    r = QCRunner(TwoSiteTransport(), cfg, Arm("qc", True, 1, "clean", qc=True), tiny_cohort / "unused")
+def test_screening_repeats_until_no_site_fails(tmp_path):
+    r = QCArm(TwoSiteTransport(), qc_cfg(criterion="auroc"), "qc", tmp_path)
     r.begin({"encoder.w": np.zeros(1)}, 1, None)
     checks = [(row["site"], row["accepted"]) for row in r.policy.log]
     # round 1: "a" passes while b's flipped val scans drag the verification AUROC down; "b" fails;
@@ -394,7 +400,8 @@ def test_detection_scores_against_ground_truth():
     eliminated = pd.DataFrame({"subject": ["h1", "g1"]})
     pending = pd.DataFrame({"subject": ["h2"]})
     d = score_detection(manifest, eliminated, pending).set_index(["level", "name"])
-    assert d.loc[("kind", "noise"), ["harmful", "eliminated", "pending", "missed"]].tolist() == [2, 1, 1, 1]
+    # pending is not missed: harmful = eliminated + pending + missed
+    assert d.loc[("kind", "noise"), ["harmful", "eliminated", "pending", "missed"]].tolist() == [2, 1, 1, 0]
     assert d.loc[("kind", "noise"), "scope"] == "whole-site" and d.loc[("kind", "inverted"), "scope"] == "single-scan"
     overall = d.loc[("overall", "all")]
     assert overall["recall"] == pytest.approx(1 / 3) and overall["precision"] == pytest.approx(1 / 2)
@@ -421,43 +428,64 @@ class Interrupt(Exception):
 
 @pytest.mark.slow
 def test_qc_arms_end_to_end_and_resume(tiny_cohort, tmp_path):
+    from fedqc.analysis.infer import infer_run
     from fedqc.data.manifest import load_manifest
-    from fedqc.infer import infer_run
-    from fedqc.simulate import simulate
-    from fedqc.state import same
-    from fedqc.transport import InProcessTransport
-    from fedqc.travel import arms_for, checkpoint_path, load_checkpoint, run_arm
+    from fedqc.experiment.arms import arms_for
+    from fedqc.experiment.run_dir import RunDir, load_checkpoint
+    from fedqc.experiment.runner import run_arm, simulate
+    from fedqc.protocol import same
+    from fedqc.transport.inprocess import InProcessTransport
+    from tests.conftest import checkpoint_path
 
     cfg = tiny_config(tiny_cohort / "manifest.csv", **{"arms": ["clean", "dirty", "qc", "qc-reference-batch"],
-                                                       "train.cycles": 4})
+                                                       "train.cycles": 4, "qc": {"audit": True}})
     run = tmp_path / "run"
     simulate(cfg, run, quiet=True)
+    manifest = load_manifest(cfg.manifest).set_index("subject")
     for arm in ("qc", "qc-reference-batch"):
-        for name in ("qc_log.csv", "flagged.csv", "revisits.csv", "eliminated.csv", "detection.csv", "qc_summary.json"):
-            assert (run / arm / name).is_file(), (arm, name)
         log = pd.read_csv(run / arm / "qc_log.csv")
         assert set(log["cycle"]) == {1, 2, 3} and log["n_verify"].max() > 0
         assert set(log["scope"]) <= {"visit", "group", "batch", "scan", "revisit", "site"}
+        # the audit removes the image-level harm before any training: the inverted site and the noise scan
+        eliminated = pd.read_csv(run / arm / "eliminated.csv")
+        audited = eliminated[eliminated["stage"] == "audit"]
+        assert sorted(manifest.loc[audited["subject"], "harm"]) == ["inverted"] * 4 + ["noise"]
+        assert (audited["cycle_eliminated"] == 1).all()
+        detection = pd.read_csv(run / arm / "detection.csv").set_index(["level", "name"])
+        assert detection.loc[("kind", "inverted"), ["harmful", "eliminated", "recall"]].tolist() == [4, 4, 1.0]
+        assert detection.loc[("kind", "noise"), ["scope", "eliminated"]].tolist() == ["single-scan", 1]
+        train = manifest[manifest["split"] == "train"]
+        harmful = set(train.index[train["harm"] != "none"])
+        overall = detection.loc[("overall", "all")]
+        assert overall["eliminated"] == len(harmful & set(eliminated["subject"]))
+        assert overall["good_eliminated"] == len(set(eliminated["subject"]) - harmful)
+        assert overall["eliminated"] + overall["pending"] + overall["missed"] == overall["harmful"] == len(harmful)
     assert "batch" in set(pd.read_csv(run / "qc-reference-batch" / "qc_log.csv")["scope"])
     assert set(pd.read_csv(run / "qc" / "qc_log.csv")["scope"]) == {"site"}  # auroc: the site check only
-    infer_run(run, n_boot=20)
-    assert (run / "plots" / "qc_qc.png").is_file() and "QC detection: `qc`" in (run / "report.md").read_text()
+    metrics = infer_run(run, n_boot=20)
+    overall = metrics[metrics["group"] == "all"]
+    assert {a: sorted(overall.loc[overall["arm"] == a, "cycle"]) for a in cfg.arms} == \
+        {"clean": [0, 1, 2, 3], "dirty": [1, 2, 3], "qc": [1, 2, 3], "qc-reference-batch": [1, 2, 3]}
+    assert overall["auroc"].notna().all()
+    report = (run / "report.md").read_text()
+    assert "QC detection: `qc`" in report and "QC detection: `qc-reference-batch`" in report
+    assert (run / "plots" / "qc_qc-reference-batch.png").is_file()
 
     # a QC arm killed mid-cycle resumes to the same weights, decisions and eliminations
-    from fedqc.qc_arm import QCRunner
-
     transport = InProcessTransport(load_manifest(cfg.manifest), cfg.model)
     cut = tmp_path / "cut"
     shutil.copytree(run / "clean", cut / "clean")
 
-    def progress(row):
-        if row["cycle"] == 2 and row["hop"] == 1:
+    def on_hop(cycle, hop, site, outcome):
+        if cycle == 2 and hop == 1:
             raise Interrupt
 
-    for arm in [a for a in arms_for(cfg) if a.name in ("qc", "qc-reference-batch")]:
+    for arm in [a for a in arms_for(cfg) if a.qc]:
         with pytest.raises(Interrupt):
-            run_arm(arm, transport, cfg, cut, hooks=QCRunner(transport, cfg, arm, cut), progress=progress)
-        resumed = run_arm(arm, transport, cfg, cut, hooks=QCRunner(transport, cfg, arm, cut), resume=True)
+            run_arm(arm, transport, cfg, RunDir(cut), visitor=QCArm(transport, cfg, arm.name, cut / arm.name),
+                    on_hop=on_hop)
+        resumed = run_arm(arm, transport, cfg, RunDir(cut), visitor=QCArm(transport, cfg, arm.name, cut / arm.name),
+                          resume=True)
         assert same(resumed, load_checkpoint(checkpoint_path(run / arm.name, 3))["state"])
         for name in ("qc_log.csv", "flagged.csv", "eliminated.csv"):
             a = pd.read_csv(run / arm.name / name).drop(columns=["seconds", "hop_seconds"], errors="ignore")
@@ -466,25 +494,25 @@ def test_qc_arms_end_to_end_and_resume(tiny_cohort, tmp_path):
 
 
 def test_audit_flags_image_level_harm_only(tiny_cohort):
-    from fedqc.audit import audit_image
-    from fedqc.data.dataset import load_image
+    from fedqc.data.image_checks import check_image
+    from fedqc.data.images import load_image
     from fedqc.data.manifest import load_manifest
 
     m = load_manifest(tiny_cohort / "manifest.csv")
-    flagged = {r.harm for r in m.itertuples() if audit_image(load_image(r.path, (16, 16, 16))) is not None}
+    flagged = {r.harm for r in m.itertuples() if check_image(load_image(r.path, (16, 16, 16))) is not None}
     assert flagged == {"inverted", "noise"}  # the tiny cohort's image-level harm; never a good or mislabeled scan
-    assert audit_image(np.zeros((1, 8, 8, 8), dtype=np.float32)).startswith("blank")
+    assert check_image(np.zeros((1, 8, 8, 8), dtype=np.float32)).startswith("blank")
 
 
 def test_audit_stage_eliminates_before_training(tiny_cohort, tmp_path):
     from fedqc.data.manifest import load_manifest
-    from fedqc.transport import InProcessTransport
-    from fedqc.travel import initial_state
+    from fedqc.models.state import initial_state
+    from fedqc.transport.inprocess import InProcessTransport
 
     cfg = tiny_config(tiny_cohort / "manifest.csv", **{"arms": ["clean", "qc"], "qc": {"audit": True}})
     transport = InProcessTransport(load_manifest(cfg.manifest), cfg.model)
-    r = QCRunner(transport, cfg, Arm("qc", True, 1, "clean", qc=True), tmp_path)
-    r.begin(initial_state(cfg), 1, None)
+    r = QCArm(transport, cfg, "qc", tmp_path / "qc")
+    r.begin(initial_state(cfg.model, 0), 1, None)
     audit = pd.read_csv(tmp_path / "qc" / "audit.csv")
     m = load_manifest(cfg.manifest).set_index("subject")
     assert set(m.loc[audit["subject"], "harm"]) == {"inverted", "noise"}
@@ -494,8 +522,8 @@ def test_audit_stage_eliminates_before_training(tiny_cohort, tmp_path):
     assert not set(audit.loc[audit["split"] == "val", "subject"]) & set(r.policy.baseline.index)
 
 
-def test_qc_never_evaluates_or_adopts_an_invalid_update(tiny_cohort):
-    r, transport, state = runner(tiny_cohort, ["t00", "t01"], "hierarchical")
+def test_qc_never_evaluates_or_adopts_an_invalid_update(tmp_path):
+    r, transport, state = runner(tmp_path, ["t00", "t01"], "hierarchical")
     original = transport.train
 
     def poisoned(site, state, request):
@@ -504,14 +532,14 @@ def test_qc_never_evaluates_or_adopts_an_invalid_update(tiny_cohort):
         return res
 
     transport.train = poisoned
-    final, _ = r.visit("t", state, cycle=1, hop=0, lr=1e-3)
+    final = r.visit("t", state, 1, 1e-3).state
     assert final["encoder.w"][0] == 0  # nothing adopted
     log = pd.DataFrame(r.policy.log)
     assert (~log["accepted"]).all() and log["note"].str.contains("non-finite").all()
 
 
 def test_unusable_verification_scan_is_recorded(tiny_cohort, tmp_path):
-    from fedqc.simulate import simulate
+    from fedqc.experiment.runner import simulate
     from tests.conftest import non_finite_copy
 
     root = tmp_path / "cohort"

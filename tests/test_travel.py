@@ -10,12 +10,16 @@ import pandas as pd
 import pytest
 
 from fedqc.data.manifest import load_manifest
-from fedqc.simulate import run_experiment, simulate
-from fedqc.site import batches
-from fedqc.state import same
-from fedqc.transport import InProcessTransport
-from fedqc.travel import (arms_for, checkpoint_path, hop_seed, initial_state, learning_rate, load_checkpoint,
-                          run_arm, site_order)
+from fedqc.errors import BrokenScanError, RunDirError, UserError
+from fedqc.experiment.arms import arms_for, harmful_training_scans
+from fedqc.experiment.run_dir import RunDir, load_checkpoint
+from fedqc.experiment.runner import failing_sites, run_arm, run_experiment, simulate
+from fedqc.models.state import initial_state
+from fedqc.protocol import TrainRequest, batches, check_update, same
+from fedqc.site import Site
+from fedqc.strategies.travelling import PlainVisitor, hop_seed, learning_rate, site_order
+from fedqc.transport.inprocess import InProcessTransport
+from tests.conftest import checkpoint_path, tiny_config
 
 
 @pytest.fixture
@@ -31,7 +35,7 @@ def test_order_policies():
     assert orders[2] == site_order("random", sites, seed=0, cycle=2)  # seeded
     assert site_order("fixed", sites[::-1], seed=0, cycle=3) == sites
     assert site_order(("c", "a"), sites, seed=0, cycle=0) == ["c", "a"]
-    with pytest.raises(ValueError, match="without training data"):
+    with pytest.raises(UserError, match="without training data"):
         site_order(("zz",), sites, seed=0, cycle=0)
 
 
@@ -40,20 +44,35 @@ def test_batch_size_rule_keeps_last_partial_batch(n, sizes):
     assert [len(b) for b in batches(list(range(n)), 5)] == sizes
 
 
+def request(seed=1, lr=1e-3, **kw):
+    return TrainRequest(lr=lr, seed=seed, batch_size=5, **kw)
+
+
 def test_tiny_site_trains_every_scan(transport, tiny_cfg):
-    state = initial_state(tiny_cfg)
-    res = transport.train("gamma", state, {"lr": 1e-3, "seed": 1, "batch_size": 5})
+    state = initial_state(tiny_cfg.model, tiny_cfg.train.seed)
+    res = transport.train("gamma", state, request())
     assert res.n_scans == 1 and len(res.subjects) == 1
-    res = transport.train("alpha", state, {"lr": 1e-3, "seed": 1, "batch_size": 5, "include_harmful": True})
+    res = transport.train("alpha", state, request())
     assert res.n_scans == 13  # 12 good + 1 harmful scan, batches 5, 5, 3
 
 
+def test_the_site_never_sees_ground_truth_and_trains_what_it_is_told(tiny_cfg):
+    manifest = load_manifest(tiny_cfg.manifest)
+    site = Site("alpha", manifest[manifest["site"] == "alpha"], model=tiny_cfg.model)
+    assert "harm" not in site.table.columns and "harm_detail" not in site.table.columns
+    leave_out = harmful_training_scans(manifest)["alpha"]  # the runner's oracle, from the manifest
+    assert len(leave_out) == 1
+    res = site.train(initial_state(tiny_cfg.model, 0), request(exclude=leave_out))
+    assert res.n_scans == 12 and not set(leave_out) & set(res.subjects)
+
+
 def test_optimizer_state_travels(transport, tiny_cfg):
-    state = initial_state(tiny_cfg)
+    state = initial_state(tiny_cfg.model, tiny_cfg.train.seed)
     assert not any(k.startswith("optim.") for k in state)
-    a = transport.train("alpha", state, {"lr": 1e-3, "seed": 1, "batch_size": 5, "include_harmful": False})
+    good = harmful_training_scans(load_manifest(tiny_cfg.manifest))
+    a = transport.train("alpha", state, request(exclude=good["alpha"]))
     assert float(a.state["optim.0.step"]) == 3  # 12 scans -> 3 batches
-    b = transport.train("beta", a.state, {"lr": 1e-3, "seed": 2, "batch_size": 5, "include_harmful": False})
+    b = transport.train("beta", a.state, request(seed=2, exclude=good["beta"]))
     assert float(b.state["optim.0.step"]) == 5  # Adam continued at the next site: 3 + 2 batches
     assert not np.array_equal(a.state["optim.0.exp_avg"], b.state["optim.0.exp_avg"])
 
@@ -61,7 +80,7 @@ def test_optimizer_state_travels(transport, tiny_cfg):
 def test_learning_rate_schedule(transport, tiny_cfg):
     assert learning_rate(1e-4, 0.1, 0) == 1e-4
     assert math.isclose(learning_rate(1e-4, 0.1, 10), 1e-4 * math.exp(-1.0))
-    transport.train("beta", initial_state(tiny_cfg), {"lr": 0.0123, "seed": 1, "batch_size": 5})
+    transport.train("beta", initial_state(tiny_cfg.model, 0), request(lr=0.0123))
     assert transport.sites["beta"].optimizer.param_groups[0]["lr"] == 0.0123
 
 
@@ -80,7 +99,7 @@ def test_deterministic_runs(transport, tiny_cfg, tmp_path):
     for arm in ("clean", "dirty"):
         assert same(_final(tmp_path / "one", arm, 2), _final(tmp_path / "two", arm, 2))
     log = pd.read_csv(tmp_path / "one" / "clean" / "train_log.csv")
-    assert list(log.columns) == ["cycle", "hop", "site", "n_scans", "loss", "seconds", "status", "hop_seconds"]
+    assert list(log.columns) == ["cycle", "hop", "site", "n_scans", "loss", "seconds", "status", "note", "hop_seconds"]
     assert len(log) == 3 * 3
     cycles = pd.read_csv(tmp_path / "one" / "clean" / "cycles.csv")
     assert list(cycles["cycle"]) == [0, 1, 2] and (cycles["hops"] == 3).all()
@@ -97,23 +116,33 @@ class Interrupt(Exception):
     pass
 
 
+class CutVisitor(PlainVisitor):
+    """Stops the run after the cycle's logs are written, before its checkpoint."""
+
+    def end_cycle(self, cycle):
+        if cycle == 1:
+            raise Interrupt
+
+
 @pytest.mark.parametrize("where", ["mid_cycle", "before_checkpoint"])
 def test_resume_is_bit_identical(where, transport, tiny_cfg, tmp_path):
     arm = arms_for(tiny_cfg)[0]
-    full = run_arm(arm, transport, tiny_cfg, tmp_path / "full")
+    leave_out = harmful_training_scans(load_manifest(tiny_cfg.manifest))
 
-    def progress(row):
-        if where == "mid_cycle" and row["cycle"] == 1 and row["hop"] == 1:
-            raise Interrupt
+    def run(out, visitor_cls=PlainVisitor, **kw):
+        return run_arm(arm, transport, tiny_cfg, RunDir(out), visitor=visitor_cls(transport, tiny_cfg.train, leave_out),
+                       leave_out=leave_out, **kw)
 
-    def cycle_end(cycle):
-        if where == "before_checkpoint" and cycle == 1:
+    full = run(tmp_path / "full")
+
+    def on_hop(cycle, hop, site, outcome):
+        if where == "mid_cycle" and cycle == 1 and hop == 1:
             raise Interrupt
 
     with pytest.raises(Interrupt):
-        run_arm(arm, transport, tiny_cfg, tmp_path / "cut", progress=progress, on_cycle_end=cycle_end)
+        run(tmp_path / "cut", CutVisitor if where == "before_checkpoint" else PlainVisitor, on_hop=on_hop)
     assert not checkpoint_path(tmp_path / "cut" / "clean", 1).exists()
-    resumed = run_arm(arm, transport, tiny_cfg, tmp_path / "cut", resume=True)
+    resumed = run(tmp_path / "cut", resume=True)
     assert same(full, resumed)
     a = pd.read_csv(tmp_path / "full" / "clean" / "train_log.csv").drop(columns=["seconds", "hop_seconds"])
     b = pd.read_csv(tmp_path / "cut" / "clean" / "train_log.csv").drop(columns=["seconds", "hop_seconds"])
@@ -122,8 +151,6 @@ def test_resume_is_bit_identical(where, transport, tiny_cfg, tmp_path):
 
 
 def test_existing_run_dir_is_not_overwritten(tiny_cfg, tmp_path):
-    from fedqc.simulate import RunDirError
-
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "x").write_text("keep")
     with pytest.raises(RunDirError, match="--resume"):
@@ -134,8 +161,6 @@ def test_existing_run_dir_is_not_overwritten(tiny_cfg, tmp_path):
 @pytest.mark.flower
 @pytest.mark.slow
 def test_flower_simulation_matches_inprocess(tiny_cohort, tmp_path):
-    from tests.conftest import tiny_config
-
     over = {"train.cycles": 2, "arms": ["clean", "dirty", "qc"], "qc": {"audit": True}}
     cfg = tiny_config(tiny_cohort / "manifest.csv", **over)
     simulate(cfg, tmp_path / "inproc", quiet=True)
@@ -155,8 +180,6 @@ def test_flower_simulation_matches_inprocess(tiny_cohort, tmp_path):
 
 
 def test_check_update_rejects_bad_replies():
-    from fedqc.state import check_update
-
     sent = {"encoder.w": np.zeros((2, 3), np.float32), "optim.0.step": np.array(1.0, np.float32)}
     assert check_update(sent, {k: v + 1 for k, v in sent.items()}) is None
     assert "non-finite" in check_update(sent, {**sent, "encoder.w": np.full((2, 3), np.nan, np.float32)})
@@ -180,11 +203,13 @@ class PoisonedTransport(InProcessTransport):
 
 def test_a_poisoned_update_is_logged_and_never_adopted(tiny_cfg, tmp_path):
     transport = PoisonedTransport(load_manifest(tiny_cfg.manifest), tiny_cfg.model)
-    state = run_arm(arms_for(tiny_cfg)[0], transport, tiny_cfg, tmp_path)
+    state = run_arm(arms_for(tiny_cfg)[0], transport, tiny_cfg, RunDir(tmp_path),
+                    visitor=PlainVisitor(transport, tiny_cfg.train))
     assert all(np.isfinite(v).all() for v in state.values())
     log = pd.read_csv(tmp_path / "clean" / "train_log.csv")
     beta = log[log["site"] == "beta"]
-    assert len(beta) == tiny_cfg.train.cycles and beta["status"].str.startswith("rejected: ").all()
+    assert len(beta) == tiny_cfg.train.cycles and (beta["status"] == "rejected").all()
+    assert beta["note"].str.contains("non-finite").all()
     assert (log.loc[log["site"] != "beta", "status"] == "ok").all()
 
 
@@ -211,9 +236,6 @@ def broken_cohort(tiny_cohort, tmp_path):
 
 
 def test_broken_scans_are_skipped_and_recorded(tiny_cohort, tmp_path):
-    from fedqc.travel import BrokenScanError
-    from tests.conftest import tiny_config
-
     manifest, bad_train, bad_test = broken_cohort(tiny_cohort, tmp_path)
     cfg = tiny_config(manifest, **{"arms": ["clean"]})
     simulate(cfg, tmp_path / "run", quiet=True)
@@ -236,7 +258,7 @@ class FlakyTransport(InProcessTransport):
     test_calls = 0
 
     def evaluate(self, sites, state, request):
-        if request["split"] == "test":
+        if request.split == "test":
             self.test_calls += 1
             if self.test_calls == 2:
                 self.sites["beta"] = None
@@ -247,7 +269,7 @@ class FlakyTransport(InProcessTransport):
         return super().evaluate(sites, state, request)
 
     def train(self, site, state, request):
-        if site == "beta" and request["seed"] in self.bad_seeds:
+        if site == "beta" and request.seed in self.bad_seeds:
             self.sites[site] = None  # a crash inside the site: calling it raises
             try:
                 return super().train(site, state, request)
@@ -257,9 +279,6 @@ class FlakyTransport(InProcessTransport):
 
 
 def test_run_with_broken_scans_and_a_failing_site_completes(tiny_cohort, tmp_path, capsys):
-    from fedqc.travel import failing_sites
-    from tests.conftest import tiny_config
-
     manifest, bad_train, bad_test = broken_cohort(tiny_cohort, tmp_path)
     cfg = tiny_config(manifest, **{"arms": ["clean"], "train.cycles": 4})
     transport = FlakyTransport(load_manifest(cfg.manifest), cfg.model)
@@ -267,9 +286,9 @@ def test_run_with_broken_scans_and_a_failing_site_completes(tiny_cohort, tmp_pat
     transport.bad_seeds = {hop_seed(cfg.train.seed, c, "beta") for c in (1, 2)}
     run_experiment(cfg, transport, tmp_path, quiet=False)
     log = pd.read_csv(tmp_path / "clean" / "train_log.csv")
-    beta = log[log["site"] == "beta"].set_index("cycle")["status"]
-    assert beta[1].startswith("failed: site beta failed") and beta[2].startswith("failed")
-    assert beta[0] == "ok" and beta[3] == "ok" and (log.loc[log["site"] != "beta", "status"] == "ok").all()
+    beta = log[log["site"] == "beta"].set_index("cycle")
+    assert list(beta["status"]) == ["ok", "failed", "failed", "ok"] and beta.loc[1, "note"].startswith("site beta failed")
+    assert (log.loc[log["site"] != "beta", "status"] == "ok").all()
     assert failing_sites(log, 2) == {"beta": 2} and failing_sites(log, 3) == {}
     err = capsys.readouterr().err
     assert "site beta failed in 2 consecutive cycles" in err and "2 unusable scan(s) skipped" in err
@@ -291,8 +310,6 @@ def test_sigkill_then_resume_is_bit_identical(kill_at, tiny_cohort, tmp_path):
     import time
 
     import yaml
-
-    from tests.conftest import tiny_config
 
     cfg = tiny_config(tiny_cohort / "manifest.csv", **{"train.cycles": 6, "arms": ["clean", "dirty"]})
     config = tmp_path / "c.yaml"

@@ -16,8 +16,10 @@ from pathlib import Path
 import pandas as pd
 import SimpleITK as sitk
 
+from fedqc.data.corruptions import CORRUPTIONS
+from fedqc.errors import ManifestError
+
 REQUIRED = ("subject", "site", "path", "label", "sex", "age", "split")
-OPTIONAL = ("harm",)
 ALIASES = {
     "Subject": "subject",
     "Study": "site",
@@ -30,16 +32,8 @@ ALIASES = {
 }
 SPLITS = ("train", "val", "test")
 SEXES = ("M", "F")
-HARM_KINDS = ("none", "inverted", "noise", "blank", "mislabeled")
+HARM_KINDS = ("none", *CORRUPTIONS)
 _MAX_LISTED = 8
-
-
-class ManifestError(ValueError):
-    """A manifest that cannot be used; ``problems`` holds one line per problem."""
-
-    def __init__(self, path: str | Path, problems: list[str]):
-        self.problems = problems
-        super().__init__(f"{path}: {len(problems)} problem(s):\n  " + "\n  ".join(problems))
 
 
 @dataclass

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from fedqc.errors import UserError
 from fedqc.models.sfcn import SFCNEncoder
 
 MODELS = ("sfcn", "densenet121")
@@ -21,12 +22,12 @@ def build_model(name: str = "sfcn", *, input_shape: tuple[int, int, int], width:
         n_features = encoder.out_features
     elif name == "densenet121":
         if min(input_shape) < DENSENET_MIN_SIDE:
-            raise ValueError(f"densenet121 needs inputs of at least {DENSENET_MIN_SIDE} voxels a side "
+            raise UserError(f"densenet121 needs inputs of at least {DENSENET_MIN_SIDE} voxels a side "
                              f"(its last BatchNorm sees 1 voxel below that); got {tuple(input_shape)}")
         from monai.networks.nets import DenseNet121
 
         n_features = max(8, round(64 * width))
         encoder = DenseNet121(spatial_dims=3, in_channels=1, out_channels=n_features)
     else:
-        raise ValueError(f"unknown model {name!r}; expected one of {', '.join(MODELS)}")
+        raise UserError(f"unknown model {name!r}; expected one of {', '.join(MODELS)}")
     return encoder, nn.Linear(n_features, 1)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 
-import torch
 from torch import nn
 
 CHANNELS = (32, 64, 128, 256, 256)

@@ -1,0 +1,100 @@
+"""``fedqc infer``: per-cycle test metrics of every configured arm, fairness gaps, plots and a report.
+
+Saved test predictions (``<arm>/predictions/cycle_NNN.csv``) are reused; a cycle whose
+predictions are missing (or every cycle with ``recompute``) is scored again from its
+checkpoint through the same site logic. The test split is only ever read here and in
+the per-cycle scoring — never by training or QC.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from fedqc.analysis.metrics import DEFAULT_AGE_EDGES, fairness_gaps, group_metrics
+from fedqc.analysis.plots import plot_by_arm, plot_qc, plot_subgroups
+from fedqc.analysis.report import write_report
+from fedqc.config import ExperimentConfig, ModelSpec, parse_config
+from fedqc.data.manifest import load_manifest
+from fedqc.errors import UserError
+from fedqc.experiment.arms import arms_for
+from fedqc.experiment.run_dir import RunDir, load_checkpoint
+from fedqc.io import atomic_write_csv
+from fedqc.protocol import EvalRequest
+
+
+def predict_checkpoint(checkpoint: Path, manifest: pd.DataFrame, *, split: str = "test") -> pd.DataFrame:
+    """Per-scan scores of one checkpoint on a manifest's ``split``, through the site logic."""
+    from fedqc.transport.inprocess import InProcessTransport
+
+    ckpt = load_checkpoint(checkpoint)
+    spec = ModelSpec(**{**ckpt["model"], "input_shape": tuple(ckpt["model"]["input_shape"])})
+    rows = manifest[manifest["split"] == split]
+    if rows.empty:
+        raise UserError(f"manifest has no {split!r} rows to score")
+    transport = InProcessTransport(rows, spec)
+    replies = transport.evaluate(sorted(transport.sites), ckpt["state"], EvalRequest(split))
+    return pd.concat([r.scores for r in replies.values()], ignore_index=True)
+
+
+def run_config(run: RunDir) -> ExperimentConfig:
+    if not run.config.is_file():
+        raise UserError(f"{run.root} is not a run folder (no config.yaml)")
+    return parse_config(yaml.safe_load(run.config.read_text()), source=run.config, check_files=False)
+
+
+def run_metrics(run: Path, *, recompute: bool = False, age_edges=DEFAULT_AGE_EDGES, n_boot: int = 1000,
+                seed: int = 0) -> pd.DataFrame:
+    """metrics.csv rows for every configured arm and cycle of a finished (or running) run."""
+    run_dir = RunDir(run)
+    cfg = run_config(run_dir)
+    manifest = None
+    frames = []
+    for arm in arms_for(cfg):
+        arm_dir = run_dir.arm(arm.name)
+        for cycle in sorted(set(arm_dir.cycles("predictions")) | set(arm_dir.cycles("checkpoints"))):
+            pred_file = arm_dir.predictions(cycle)
+            if pred_file.is_file() and not recompute:
+                preds = pd.read_csv(pred_file)
+            else:
+                if manifest is None:
+                    if cfg.manifest is None or not cfg.manifest.is_file():
+                        raise UserError(f"{pred_file} is missing and the run's manifest ({cfg.manifest}) is not "
+                                        "there to recompute it; use --checkpoint with --manifest")
+                    manifest = load_manifest(cfg.manifest)
+                preds = predict_checkpoint(arm_dir.checkpoint(cycle), manifest)
+                atomic_write_csv(preds, pred_file)
+            m = group_metrics(preds, age_edges=age_edges, n_boot=n_boot, seed=seed)
+            m.insert(0, "cycle", cycle)
+            m.insert(0, "arm", arm.name)
+            frames.append(m)
+    if not frames:
+        raise UserError(f"{run}: no predictions or checkpoints found")
+    return pd.concat(frames, ignore_index=True)
+
+
+def infer_run(run: Path, *, recompute: bool = False, age_edges=DEFAULT_AGE_EDGES, n_boot: int = 1000,
+              seed: int = 0) -> pd.DataFrame:
+    """Write metrics.csv, fairness.csv, plots/ and report.md into ``run``; return the metrics."""
+    metrics = run_metrics(run, recompute=recompute, age_edges=age_edges, n_boot=n_boot, seed=seed)
+    atomic_write_csv(metrics, run / "metrics.csv")
+    atomic_write_csv(fairness_gaps(metrics), run / "fairness.csv")
+    plot_dir = run / "plots"
+    plot_dir.mkdir(exist_ok=True)
+    plots = [plot_dir / "metrics_by_arm.png"]
+    plot_by_arm(metrics, plots[0])
+    detections = {}
+    for arm in metrics["arm"].unique():
+        arm_dir = RunDir(run).arm(arm)
+        plots.append(plot_dir / f"subgroups_{arm}.png")
+        plot_subgroups(metrics, arm, plots[-1])
+        if (arm_dir.path / "flagged.csv").is_file():
+            plots.append(plot_dir / f"qc_{arm}.png")
+            plot_qc(pd.read_csv(arm_dir.path / "flagged.csv"), pd.read_csv(arm_dir.path / "eliminated.csv"),
+                    arm_dir.cycles("predictions"), arm, plots[-1])
+        if (arm_dir.path / "detection.csv").is_file():
+            detections[arm] = pd.read_csv(arm_dir.path / "detection.csv")
+    write_report(run, metrics, detections, plots)
+    return metrics

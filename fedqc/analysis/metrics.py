@@ -1,0 +1,116 @@
+"""Diagnostic metrics from per-scan scores, overall and by sex and age group.
+
+A metric that is undefined for a group (AUROC with one class, sensitivity without
+positives, anything on an empty group) is NaN — written as an empty cell — and the
+reason goes in ``note``; never a crash and never a fake 0.5.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from fedqc.scoring import ratio
+
+METRICS = ("accuracy", "sensitivity", "specificity", "precision", "f1", "auroc", "balanced_accuracy")
+DEFAULT_AGE_EDGES = (60.0, 70.0)
+
+
+def binary_metrics(labels, scores, threshold: float = 0.5) -> dict:
+    """Counts and metrics of scores against 0/1 labels at ``threshold``."""
+    from sklearn.metrics import (  # here: keeps sklearn out of every ClientApp start
+        confusion_matrix,
+        roc_auc_score,
+    )
+
+    y = np.asarray(labels, dtype=int)
+    s = np.asarray(scores, dtype=float)
+    out = {"n": len(y), "n_pos": int(y.sum())}
+    notes = []
+    if len(y) == 0:
+        return out | {m: float("nan") for m in METRICS} | {"note": "empty group"}
+    tn, fp, fn, tp = confusion_matrix(y, s >= threshold, labels=[0, 1]).ravel()
+    sens, spec = ratio(tp, tp + fn), ratio(tn, tn + fp)
+    prec = ratio(tp, tp + fp)
+    out |= {"accuracy": (tp + tn) / len(y), "sensitivity": sens, "specificity": spec, "precision": prec,
+            "f1": ratio(2 * tp, 2 * tp + fp + fn), "balanced_accuracy": (sens + spec) / 2}
+    if len(set(y)) < 2:
+        notes.append(f"one class only (label {y[0]}): auroc, {'sensitivity' if y[0] == 0 else 'specificity'}"
+                     " and balanced_accuracy undefined")
+        out["auroc"] = float("nan")
+    else:
+        out["auroc"] = roc_auc_score(y, s)
+    if tp + fp == 0:
+        notes.append("no positive predictions: precision undefined")
+    out["note"] = "; ".join(notes)
+    return out
+
+
+def bootstrap_ci(labels, scores, metric: str, *, n_boot: int = 1000, seed: int = 0,
+                 threshold: float = 0.5, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap CI of ``accuracy`` or ``auroc``; resamples with one class are
+    skipped for AUROC. NaN when undefined."""
+    y = np.asarray(labels, dtype=int)
+    s = np.asarray(scores, dtype=float)
+    if len(y) == 0 or (metric == "auroc" and len(set(y)) < 2):
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(y), (n_boot, len(y)))
+    yb, sb = y[idx], s[idx]
+    if metric == "auroc":  # Mann-Whitney form of AUROC, identical to roc_auc_score (ties averaged)
+        from scipy.stats import rankdata
+
+        n_pos = yb.sum(1)
+        keep = (n_pos > 0) & (n_pos < len(y))
+        ranks = rankdata(sb[keep], axis=1)
+        n_pos = n_pos[keep]
+        values = ((ranks * yb[keep]).sum(1) - n_pos * (n_pos + 1) / 2) / (n_pos * (len(y) - n_pos))
+    else:
+        values = ((sb >= threshold) == yb).mean(1)
+    if len(values) == 0:
+        return float("nan"), float("nan")
+    a = (1 - level) / 2
+    return float(np.quantile(values, a)), float(np.quantile(values, 1 - a))
+
+
+def age_labels(edges=DEFAULT_AGE_EDGES) -> list[str]:
+    edges = [float(e) for e in edges]
+    fmt = lambda x: f"{x:g}"  # noqa: E731
+    return [f"<{fmt(edges[0])}"] + [f"{fmt(a)}-{fmt(b)}" for a, b in zip(edges, edges[1:])] + [f">={fmt(edges[-1])}"]
+
+
+def age_group(ages, edges=DEFAULT_AGE_EDGES) -> pd.Series:
+    """Bin ages: ``<60``, ``60-70``, ``>=70`` for the default edges (left-closed)."""
+    bins = np.digitize(np.asarray(ages, dtype=float), edges, right=False)
+    return pd.Series(np.asarray(age_labels(edges))[bins], index=getattr(ages, "index", None))
+
+
+def group_metrics(preds: pd.DataFrame, *, age_edges=DEFAULT_AGE_EDGES, n_boot: int = 1000,
+                  seed: int = 0) -> pd.DataFrame:
+    """One row per group (``all``, ``sex=F``, ``sex=M``, ``age=<bin>``) with CIs."""
+    ages = age_group(preds["age"], age_edges)
+    groups = [("all", np.ones(len(preds), bool))]
+    groups += [(f"sex={s}", (preds["sex"] == s).to_numpy()) for s in ("F", "M")]
+    groups += [(f"age={b}", (ages == b).to_numpy()) for b in age_labels(age_edges)]
+    rows = []
+    for name, mask in groups:
+        y, s = preds["label"].to_numpy()[mask], preds["score"].to_numpy()[mask]
+        row = {"group": name, **binary_metrics(y, s)}
+        for metric in ("auroc", "accuracy"):
+            row[f"{metric}_lo"], row[f"{metric}_hi"] = bootstrap_ci(y, s, metric, n_boot=n_boot, seed=seed)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def fairness_gaps(metrics: pd.DataFrame) -> pd.DataFrame:
+    """Per arm and cycle: the largest gap between subgroups (sex, age) for auroc and sensitivity."""
+    rows = []
+    for (arm, cycle), df in metrics.groupby(["arm", "cycle"], sort=True):
+        row = {"arm": arm, "cycle": cycle}
+        for kind in ("sex", "age"):
+            sub = df[df["group"].str.startswith(kind + "=")]
+            for metric in ("auroc", "sensitivity"):
+                vals = sub[metric].dropna()
+                row[f"{kind}_{metric}_gap"] = float(vals.max() - vals.min()) if len(vals) >= 2 else float("nan")
+        rows.append(row)
+    return pd.DataFrame(rows)

@@ -1,0 +1,144 @@
+"""One YAML file → a validated :class:`~fedqc.config.schema.ExperimentConfig`.
+
+Every problem (unknown key, wrong type, out-of-range value, missing manifest) is
+collected and raised together as :class:`~fedqc.errors.ConfigError`, one line per
+problem naming the key. Relative paths are resolved against the config file's folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+
+import yaml
+
+from fedqc.config.schema import ARMS, CRITERIA, ENGINES, GRANULARITIES, ORDERS, ExperimentConfig, qc_variant
+from fedqc.errors import ConfigError
+
+MIN_SIDE = 8
+
+
+def _check_type(value, tp, key: str, problems: list[str]):
+    """Coerce ``value`` to the annotated type ``tp`` or record a problem."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(tp):
+            trial: list[str] = []
+            out = _check_type(value, option, key, trial)
+            if not trial:
+                return out
+        problems.append(f"{key}: {value!r} has the wrong type")
+        return None
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            problems.append(f"{key}: expected a list, got {value!r}")
+            return None
+        inner = typing.get_args(tp)[0]
+        return tuple(_check_type(v, inner, f"{key}[{i}]", problems) for i, v in enumerate(value))
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if tp in (str, bool) and isinstance(value, tp):
+        return value
+    if tp is Path and isinstance(value, str):
+        return Path(value)
+    problems.append(f"{key}: expected {getattr(tp, '__name__', tp)}, got {value!r}")
+    return None
+
+
+def _build(cls, data, prefix: str, problems: list[str]):
+    if not isinstance(data, dict):
+        problems.append(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
+        return None
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if f.init and f.name != "source"}
+    for key in sorted(set(data) - names):
+        problems.append(f"{prefix}{key}: unknown key (allowed: {', '.join(sorted(names))})")
+    kwargs = {}
+    for name in names & set(data):
+        tp, value = hints[name], data[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, value, f"{prefix}{name}.", problems)
+        else:
+            kwargs[name] = _check_type(value, tp, prefix + name, problems)
+    missing = [f.name for f in dataclasses.fields(cls) if f.name in names and f.name not in data
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    problems += [f"{prefix}{m}: required key missing" for m in missing]
+    if any(v is None for v in kwargs.values()) or missing:
+        return None
+    return cls(**kwargs)
+
+
+def _check_ranges(cfg: ExperimentConfig, problems: list[str]) -> None:
+    t, m, q = cfg.train, cfg.model, cfg.qc
+    criteria, granularities = CRITERIA, GRANULARITIES
+    rules = [
+        (t.cycles >= 1, f"train.cycles: must be >= 1, got {t.cycles}"),
+        (0 <= t.warmup < t.cycles, f"train.warmup: must be in 0..cycles-1 ({t.cycles - 1}), got {t.warmup}"),
+        (t.batch_size >= 1, f"train.batch_size: must be >= 1, got {t.batch_size}"),
+        (t.lr > 0, f"train.lr: must be > 0, got {t.lr}"),
+        (t.lr_decay >= 0, f"train.lr_decay: must be >= 0, got {t.lr_decay}"),
+        (isinstance(t.order, tuple) or t.order in ORDERS, f"train.order: {t.order!r} is not one of {ORDERS} or a list of sites"),
+        (m.width > 0, f"model.width: must be > 0, got {m.width}"),
+        (len(m.input_shape) == 3 and min(m.input_shape) >= MIN_SIDE,
+         f"model.input_shape: three sides >= {MIN_SIDE}, got {m.input_shape}"),
+        (cfg.engine in ENGINES, f"engine: {cfg.engine!r} is not one of {ENGINES}"),
+        (cfg.threads >= 1, f"threads: must be >= 1, got {cfg.threads}"),
+        (cfg.site_timeout_s > 0, f"site_timeout_s: must be > 0, got {cfg.site_timeout_s}"),
+        (cfg.failing_cycles >= 1, f"failing_cycles: must be >= 1, got {cfg.failing_cycles}"),
+        (bool(cfg.arms) and all(a in ARMS or qc_variant(a) for a in cfg.arms),
+         f"arms: each of {ARMS} or qc-<{'|'.join(criteria)}>-<{'|'.join(granularities)}>, got {list(cfg.arms)}"),
+        (len(set(cfg.arms)) == len(cfg.arms), f"arms: listed twice: {list(cfg.arms)}"),
+        (q.criterion in criteria, f"qc.criterion: {q.criterion!r} is not one of {criteria}"),
+        (q.granularity in granularities, f"qc.granularity: {q.granularity!r} is not one of {granularities}"),
+        (q.tolerance >= 0, f"qc.tolerance: must be >= 0, got {q.tolerance}"),
+        (q.z >= 0, f"qc.z: must be >= 0, got {q.z}"),
+        (0 < q.alpha < 1, f"qc.alpha: must be in (0, 1), got {q.alpha}"),
+        (q.revisit_after >= 1, f"qc.revisit_after: must be >= 1, got {q.revisit_after}"),
+        (0 < q.verify_fraction <= 1, f"qc.verify_fraction: must be in (0, 1], got {q.verify_fraction}"),
+        (0 < q.untrusted_fraction <= 1, f"qc.untrusted_fraction: must be in (0, 1], got {q.untrusted_fraction}"),
+        (cfg.manifest is not None or cfg.engine == "deployment",
+         "manifest: required key missing (only engine deployment runs without one)"),
+    ]
+    problems += [msg for ok, msg in rules if not ok]
+
+
+def parse_config(data: dict, *, base: Path = Path("."), source: str | Path = "config",
+                 check_files: bool = True) -> ExperimentConfig:
+    """Validate a config mapping; relative paths are taken from ``base``.
+
+    ``check_files=False`` skips the check that the manifest exists (reading a finished
+    run's config, building a config in a test).
+    """
+    problems: list[str] = []
+    if isinstance(data, dict) and isinstance(data.get("manifest"), str):
+        data = {**data, "manifest": str((base / data["manifest"]).resolve())}
+    cfg = _build(ExperimentConfig, data, "", problems)
+    if cfg is not None:
+        _check_ranges(cfg, problems)
+        if check_files and cfg.manifest is not None and not cfg.manifest.is_file():
+            problems.append(f"manifest: file not found: {cfg.manifest} (create it with `fedqc cohort`)")
+    if problems:
+        raise ConfigError(source, problems)
+    return dataclasses.replace(cfg, source=Path(source) if source != "config" else None)
+
+
+def load_config(path: str | Path, overrides: dict | None = None) -> ExperimentConfig:
+    """Read and validate a YAML experiment config; ``overrides`` (dotted keys) are merged on top."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(path, [f"config file not found: {path}"])
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(path, [f"not valid YAML: {str(exc).splitlines()[0]}"]) from None
+    for dotted, value in (overrides or {}).items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return parse_config(data, base=path.parent, source=path)

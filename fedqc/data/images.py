@@ -1,0 +1,52 @@
+"""Image I/O with SimpleITK: one scan → a normalised (1, X, Y, Z) float32 array.
+
+Images are resized to the model's input shape with MONAI when they differ and min-max
+scaled to [0, 1] per scan (a blank scan stays all zero). Arrays are cached per process,
+keyed by path and shape, so a site reads each of its scans once.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import SimpleITK as sitk
+from monai.transforms import Resize, ScaleIntensity
+
+_scale = ScaleIntensity(minv=0.0, maxv=1.0)
+
+
+class ImageError(ValueError):
+    """A scan that cannot be used (unreadable, non-finite voxels, wrong dimensionality): skipped and recorded."""
+
+
+def _check_complete(path: str) -> None:
+    """ITK's NIfTI reader zero-fills a truncated file; nibabel notices the missing bytes."""
+    import nibabel as nib
+
+    try:
+        np.asarray(nib.load(path).dataobj)
+    except (OSError, EOFError, ValueError) as exc:
+        raise ImageError(f"truncated or corrupt image {path}: {str(exc).strip().splitlines()[-1]}") from None
+
+
+@functools.lru_cache(maxsize=4096)
+def load_image(path: str, shape: tuple[int, int, int]) -> np.ndarray:
+    """Read ``path`` and return a read-only (1, *shape) float32 array scaled to [0, 1]."""
+    try:
+        img = sitk.ReadImage(path, sitk.sitkFloat32)
+    except RuntimeError as exc:
+        raise ImageError(f"unreadable image {path}: {str(exc).strip().splitlines()[-1]}") from None
+    if path.endswith((".nii", ".nii.gz")):
+        _check_complete(path)
+    arr = sitk.GetArrayFromImage(img)
+    if arr.ndim != 3:
+        raise ImageError(f"{path}: expected a 3-D image, got {arr.ndim}-D")
+    if not np.isfinite(arr).all():
+        raise ImageError(f"{path}: image has NaN or infinite voxels")
+    arr = arr.transpose(2, 1, 0)[None]  # SimpleITK (z, y, x) -> (1, x, y, z)
+    if arr.shape[1:] != tuple(shape):
+        arr = np.asarray(Resize(spatial_size=shape, mode="trilinear")(arr))
+    out = np.asarray(_scale(arr), dtype=np.float32)
+    out.setflags(write=False)
+    return out

@@ -1,0 +1,358 @@
+"""Synthetic multi-center brain-MRI cohort built from the MNI152 template in nilearn's wheel.
+
+Every subject is the 2 mm MNI152 2009 T1 template (shipped inside nilearn, never
+downloaded) resampled through a subject-specific sampling grid, in one batched
+``grid_sample`` call:
+
+* head size: a global scale, smaller for women (``female_head_scale``) plus jitter;
+* a smooth random deformation (``deform_mm``) and a global intensity jitter;
+* Parkinson's disease: an intensity drop (``pd_intensity``) and local atrophy
+  (``pd_atrophy``) in deep grey matter — GM probability under Gaussian blobs at the
+  putamen, caudate, pallidum and thalamus (nilearn ships no labels);
+* age: ventricle enlargement (``age_atrophy`` per decade over 40);
+* scanner: per-scanner bias field, contrast (gamma), gain and noise.
+
+Presets: ``demo`` (10 good sites of varied size + the default harm scenario) and
+``reference`` (83 sites whose train/test sizes, PD and female counts follow the real
+study, ``reference_sites.csv``; each site also gets a ``val`` split). Same seed →
+byte-identical manifest and images.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import asdict, dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import SimpleITK as sitk
+import torch
+import torch.nn.functional as F
+
+from fedqc.data.corruptions import make_corruption
+from fedqc.data.corruptions.scenario import HarmScenario
+from fedqc.data.corruptions.transforms import MAX_INTENSITY
+from fedqc.errors import UserError
+
+# Deep grey matter centres in MNI mm (left/right putamen, caudate, pallidum, thalamus).
+DGM_CENTRES_MM = [(s * x, y, z) for s in (-1, 1) for x, y, z in
+                  ((25, 2, 0), (13, 12, 10), (19, -4, -1), (11, -18, 7))]
+DGM_RADIUS_MM = 7.0
+VENTRICLE_CENTRE_MM = (0.0, -5.0, 15.0)
+VENTRICLE_RADIUS_MM = 22.0
+
+
+@dataclass(frozen=True)
+class Effects:
+    """Effect sizes of the generator (fractions unless stated)."""
+
+    pd_intensity: float = 0.2  # deep-GM intensity drop in PD
+    pd_atrophy: float = 0.2  # deep-GM shrink in PD (fraction of the local radius)
+    age_atrophy: float = 0.08  # ventricle enlargement per decade over 40
+    female_head_scale: float = 0.93  # female / male head size
+    head_scale_sd: float = 0.03
+    deform_mm: float = 2.0
+    intensity_sd: float = 0.03
+    bias_strength: float = 0.15  # per-scanner multiplicative bias field amplitude
+    noise_max: float = 6.0  # per-scanner noise sd on the 0-255 scale, up to this
+
+
+@dataclass(frozen=True)
+class SiteSpec:
+    """Counts for one site; ``*_pd`` and ``*_female`` are counts within each split."""
+
+    site: str
+    scanner: str
+    train_n: int
+    train_pd: int
+    train_female: int
+    val_n: int
+    val_pd: int
+    val_female: int
+    test_n: int
+    test_pd: int
+    test_female: int
+
+
+# --------------------------------------------------------------------------- template
+@dataclass(frozen=True)
+class Template:
+    """Template channels (T1, GM, deep-GM weight, brain mask) as a (1, 4, X, Y, Z) tensor."""
+
+    channels: torch.Tensor
+    lo: np.ndarray  # brain bounding box in template voxels
+    hi: np.ndarray
+    affine: np.ndarray
+
+
+@functools.lru_cache(maxsize=1)
+def load_template() -> Template:
+    from nilearn import datasets
+
+    t1 = datasets.load_mni152_template(resolution=2)
+    gm = datasets.load_mni152_gm_template(resolution=2).get_fdata()
+    mask = datasets.load_mni152_brain_mask(resolution=2).get_fdata()
+    affine = t1.affine
+    t1 = t1.get_fdata()
+    t1 = t1 / t1.max()
+    inv = np.linalg.inv(affine)
+    grid = np.stack(np.meshgrid(*[np.arange(n) for n in t1.shape], indexing="ij"), -1)
+    dgm = np.zeros(t1.shape)
+    for centre in DGM_CENTRES_MM:
+        c = (inv @ np.array([*centre, 1.0]))[:3]
+        d2 = (((grid - c) * 2.0) ** 2).sum(-1)  # 2 mm voxels
+        dgm = np.maximum(dgm, np.exp(-d2 / (2 * DGM_RADIUS_MM**2)))
+    dgm *= gm
+    idx = np.argwhere(mask > 0)
+    lo = np.maximum(idx.min(0) - 2, 0).astype(float)
+    hi = np.minimum(idx.max(0) + 2, np.array(t1.shape) - 1).astype(float)
+    chans = torch.from_numpy(np.stack([t1, gm, dgm, mask]).astype(np.float32))[None]
+    return Template(chans, lo, hi, affine)
+
+
+def _mm_to_vox(template: Template, mm) -> np.ndarray:
+    return (np.linalg.inv(template.affine) @ np.array([*mm, 1.0]))[:3]
+
+
+# --------------------------------------------------------------------------- subjects
+def _smooth_field(rng: np.random.Generator, shape, control: int = 5, channels: int = 3):
+    coarse = torch.from_numpy(rng.standard_normal((1, channels, control, control, control)))
+    return F.interpolate(coarse.float(), size=tuple(shape), mode="trilinear", align_corners=True)[0]
+
+
+def synth_subject(
+    rng: np.random.Generator,
+    *,
+    shape: tuple[int, int, int],
+    label: int,
+    sex: str,
+    age: float,
+    scanner: dict,
+    effects: Effects,
+) -> np.ndarray:
+    """One synthetic T1 scan on a 0-255 scale, array axes (x, y, z)."""
+    tpl = load_template()
+    axes = [torch.linspace(float(a), float(b), n) for a, b, n in zip(tpl.lo, tpl.hi, shape)]
+    vox = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1)  # output -> template voxel
+    centre = torch.tensor((tpl.lo + tpl.hi) / 2, dtype=torch.float32)
+    scale = (effects.female_head_scale if sex == "F" else 1.0) + effects.head_scale_sd * rng.standard_normal()
+    vox = centre + (vox - centre) / scale
+    mm_per_vox = 2.0
+    if label == 1 and effects.pd_atrophy:
+        for c_mm in DGM_CENTRES_MM:
+            c = torch.tensor(_mm_to_vox(tpl, c_mm), dtype=torch.float32)
+            w = torch.exp(-(((vox - c) * mm_per_vox) ** 2).sum(-1, keepdim=True) / (2 * DGM_RADIUS_MM**2))
+            vox = vox + effects.pd_atrophy * w * (vox - c)
+    vent = torch.tensor(_mm_to_vox(tpl, VENTRICLE_CENTRE_MM), dtype=torch.float32)
+    w = torch.exp(-(((vox - vent) * mm_per_vox) ** 2).sum(-1, keepdim=True) / (2 * VENTRICLE_RADIUS_MM**2))
+    vox = vox - effects.age_atrophy * max(age - 40.0, 0.0) / 10.0 * w * (vox - vent)
+    vox = vox + _smooth_field(rng, shape).permute(1, 2, 3, 0) * (effects.deform_mm / mm_per_vox)
+
+    size = torch.tensor(tpl.channels.shape[2:], dtype=torch.float32)
+    norm = 2.0 * vox / (size - 1) - 1.0
+    grid = norm.flip(-1)[None]  # grid_sample wants (z, y, x) order for (D, H, W) = (x, y, z)
+    t1, _gm, dgm, _mask = F.grid_sample(tpl.channels, grid, mode="bilinear", align_corners=True)[0]
+
+    img = t1 * (1.0 - effects.pd_intensity * dgm * label)
+    img = img * (1.0 + effects.intensity_sd * rng.standard_normal())
+    bias = torch.exp(effects.bias_strength * scanner["bias"] * _smooth_field(np.random.default_rng(scanner["seed"]), shape, control=3, channels=1)[0])
+    img = torch.clamp(img * bias, min=0.0) ** scanner["gamma"]
+    img = img * MAX_INTENSITY * scanner["gain"]
+    img = img + torch.from_numpy(rng.normal(0.0, scanner["noise"], size=shape)).float().abs()
+    return torch.clamp(img, 0.0, MAX_INTENSITY).numpy().astype(np.float32)
+
+
+def scanner_params(name: str, seed: int, effects: Effects) -> dict:
+    """Deterministic scanner effects from the scanner's name and the cohort seed."""
+    rng = np.random.default_rng([seed, *name.encode()])
+    return {
+        "seed": int(rng.integers(2**31)),
+        "bias": float(rng.uniform(0.3, 1.0)),
+        "gamma": float(rng.uniform(0.85, 1.15)),
+        "gain": float(rng.uniform(0.8, 1.0)),
+        "noise": float(rng.uniform(1.0, effects.noise_max)),
+    }
+
+
+def write_nifti(path: Path, image: np.ndarray, shape) -> None:
+    """Write an (x, y, z) array as NIfTI with spacing covering the cropped template box."""
+    tpl = load_template()
+    spacing = [float((h - l) * 2.0 / max(n - 1, 1)) for l, h, n in zip(tpl.lo, tpl.hi, shape)]
+    img = sitk.GetImageFromArray(image.transpose(2, 1, 0))
+    img.SetSpacing(spacing)
+    img.SetDirection((-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0))  # RAS array in LPS terms
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(img, str(path), useCompression=True)
+
+
+# --------------------------------------------------------------------------- presets
+def _split_counts(n: int, pd: int, female: int, frac: float) -> tuple[int, int, int]:
+    """Carve a val split of about ``frac`` of a site's train counts (at least one scan)."""
+    k = max(1, round(n * frac))
+    return k, round(k * pd / n) if n else 0, round(k * female / n) if n else 0
+
+
+def reference_sites(val_fraction: float = 0.2) -> list[SiteSpec]:
+    """The 83 sites of the real study (train/test as published, plus a val split)."""
+    with resources.files("fedqc.data").joinpath("reference_sites.csv").open() as fh:
+        table = pd.read_csv(fh)
+    specs = []
+    for r in table.itertuples():
+        val = _split_counts(r.train_n, r.train_pd, r.train_female, val_fraction)
+        specs.append(SiteSpec(r.site, r.scanner_id, r.train_n, r.train_pd, r.train_female,
+                              *val, r.test_n, r.test_pd, r.test_female))
+    return specs
+
+
+DEMO_TRAIN_SIZES = (60, 45, 35, 28, 20, 14, 10, 7, 4, 2)
+
+
+def demo_sites(seed: int) -> list[SiteSpec]:
+    """10 good sites of very different size, PD share and sex mix."""
+    rng = np.random.default_rng([seed, 7])
+    specs = []
+    for i, n in enumerate(DEMO_TRAIN_SIZES):
+        pd_share = float(np.clip(rng.normal(0.5, 0.12), 0.2, 0.8))
+        f_share = float(np.clip(rng.normal(0.42, 0.1), 0.2, 0.7))
+        counts = []
+        for k in (n, max(1, round(n * 0.25)), max(1, round(n * 0.35))):
+            counts += [k, round(k * pd_share), round(k * f_share)]
+        specs.append(SiteSpec(f"site{i + 1:02d}", f"scanner{i % 6 + 1:02d}", *counts))
+    return specs
+
+
+DEMO_HARM = {
+    "sites": [
+        {"kind": "inverted", "train": 30, "val": 6},
+        {"kind": "noise", "train": 25, "val": 5},
+        {"kind": "mislabeled", "train": 60, "val": 12},
+    ],
+    "scans": [
+        {"kind": "inverted", "site": "site02"},
+        {"kind": "noise", "site": "site03"},
+        {"kind": "blank", "site": "site04"},
+        {"kind": "mislabeled", "site": "site05"},
+    ],
+}
+REFERENCE_HARM = {
+    "sites": [
+        {"kind": "inverted", "train": 20, "val": 4},
+        {"kind": "noise", "train": 20, "val": 4},
+    ],
+    "scans": [{"kind": k, "site": s} for k, s in
+              (("inverted", "site02"), ("noise", "site03"), ("inverted", "site10"), ("noise", "site20"))],
+}
+SMOKE_SITES = [
+    SiteSpec("hospitalA", "scanner01", 8, 4, 3, 2, 1, 1, 3, 1, 1),
+    SiteSpec("hospitalB", "scanner02", 6, 3, 2, 2, 1, 1, 3, 2, 1),
+    SiteSpec("hospitalC", "scanner03", 4, 2, 2, 2, 1, 1, 2, 1, 1),
+]
+PRESETS = {
+    "demo": (demo_sites, DEMO_HARM, Effects()),
+    "smoke": (lambda seed: list(SMOKE_SITES), {}, Effects()),  # 3 small good sites: deployment smoke runs
+    "reference": (lambda seed: reference_sites(), REFERENCE_HARM, Effects()),
+}
+
+
+# --------------------------------------------------------------------------- generation
+def _subject_rows(spec: SiteSpec, seed: int) -> list[dict]:
+    """Labels, sexes and ages of a site's subjects, exactly matching its counts."""
+    rows = []
+    for split in ("train", "val", "test"):
+        n, n_pd, n_f = (getattr(spec, f"{split}_{k}") for k in ("n", "pd", "female"))
+        rng = np.random.default_rng([seed, *spec.site.encode(), *split.encode()])
+        labels = rng.permutation([1] * n_pd + [0] * (n - n_pd))
+        sexes = rng.permutation(["F"] * n_f + ["M"] * (n - n_f))
+        for i, (lab, sex) in enumerate(zip(labels, sexes)):
+            age = float(np.clip(rng.normal(66 if lab else 63, 8), 40, 90))
+            rows.append({"subject": f"{spec.site}-{split}{i:03d}", "site": spec.site,
+                         "label": int(lab), "sex": str(sex), "age": round(age, 1), "split": split,
+                         "scanner": spec.scanner, "harm": "none", "harm_detail": ""})
+    return rows
+
+
+def _harm_rows(scenario: HarmScenario, specs: list[SiteSpec], seed: int) -> list[dict]:
+    scanners = {s.site: s.scanner for s in specs}
+    rows = []
+    for j, hs in enumerate(scenario.sites):
+        site = f"harm{j + 1:02d}-{hs.kind}"
+        n_train, n_val = hs.train, hs.val
+        fake = SiteSpec(site, f"scanner-{site}", n_train, n_train // 2, n_train // 3,
+                        n_val, n_val // 2, n_val // 3, 0, 0, 0)
+        for r in _subject_rows(fake, seed):
+            rows.append({**r, "harm": hs.kind})
+    for j, sc in enumerate(scenario.scans):
+        if sc.site not in scanners:
+            raise UserError(f"harm scenario: single harmful scan targets unknown site {sc.site!r}")
+        rng = np.random.default_rng([seed, 99, j])
+        lab = int(rng.integers(2))
+        rows.append({"subject": f"{sc.site}-harm{j:02d}", "site": sc.site, "label": lab,
+                     "sex": "F" if rng.random() < 0.4 else "M",
+                     "age": round(float(np.clip(rng.normal(65, 8), 40, 90)), 1), "split": "train",
+                     "scanner": scanners[sc.site], "harm": sc.kind, "harm_detail": ""})
+    return rows
+
+
+def generate_cohort(
+    out: str | Path,
+    *,
+    preset: str = "demo",
+    size: int | tuple[int, int, int] = 32,
+    seed: int = 0,
+    harm: dict | None = None,
+    effects: Effects | None = None,
+    sites: list[SiteSpec] | None = None,
+) -> pd.DataFrame:
+    """Write ``out/manifest.csv`` and one NIfTI per scan under ``out/images/<site>/``.
+
+    Parameters
+    ----------
+    out
+        Output folder (created).
+    preset
+        ``demo``, ``reference`` or ``smoke`` (3 small sites, no harm).
+    size
+        Image shape: an int for a cube or three ints (the reference is 160, 192, 160).
+    seed
+        Seeds every random choice; the same seed gives byte-identical files.
+    harm
+        Harm scenario as a dict (see :class:`~fedqc.data.corruptions.scenario.HarmScenario`);
+        ``None`` uses the preset's default, ``{}`` injects nothing.
+    effects
+        Effect sizes; ``None`` uses the preset's.
+    sites
+        Site counts replacing the preset's (tests, custom cohorts).
+    """
+    if preset not in PRESETS:
+        raise UserError(f"unknown preset {preset!r}; expected one of {', '.join(PRESETS)}")
+    site_fn, default_harm, default_effects = PRESETS[preset]
+    effects = effects or default_effects
+    shape = (size,) * 3 if isinstance(size, int) else tuple(size)
+    if len(shape) != 3 or min(shape) < 8:
+        raise UserError(f"size must be one int or three ints, each >= 8; got {size}")
+    scenario = HarmScenario.from_dict(default_harm if harm is None else harm)
+    specs = sites if sites is not None else site_fn(seed)
+    rows = [r for s in specs for r in _subject_rows(s, seed)] + _harm_rows(scenario, specs, seed)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for k, row in enumerate(rows):
+        rng = np.random.default_rng([seed, *row["subject"].encode()])
+        scanner = scanner_params(row["scanner"], seed, effects)
+        image = synth_subject(rng, shape=shape, label=row["label"], sex=row["sex"],
+                              age=row["age"], scanner=scanner, effects=effects)
+        if row["harm"] != "none":
+            transform = make_corruption(row["harm"], seed=int(rng.integers(2**31)))
+            image, row["label"] = transform(image, row["label"])
+            row["harm_detail"] = transform.record()
+        row["path"] = f"images/{row['site']}/{row['subject']}.nii.gz"
+        write_nifti(out / row["path"], image, shape)
+    cols = ["subject", "site", "path", "label", "sex", "age", "split", "harm", "harm_detail", "scanner"]
+    manifest = pd.DataFrame(rows)[cols]
+    manifest.to_csv(out / "manifest.csv", index=False)
+    (out / "cohort.json").write_text(pd.Series({
+        "preset": preset, "size": list(shape), "seed": seed, "harm": scenario.to_dict(),
+        "effects": asdict(effects)}).to_json(indent=2))
+    return manifest
+

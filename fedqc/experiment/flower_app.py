@@ -1,0 +1,30 @@
+"""The ServerApp of ``flwr run .`` (and of a deployment): the run config names the experiment YAML and output.
+
+Run config keys: ``config`` (experiment YAML), ``out`` (run folder, default
+``runs/<name>``), ``nodes`` (SuperNodes to wait for), ``resume``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from fedqc.config import load_config
+from fedqc.experiment.run_dir import RunDir
+from fedqc.experiment.runner import run_experiment
+from fedqc.transport.flower.grid import GridTransport
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    rc = context.run_config
+    cfg = load_config(str(rc["config"]))
+    out = Path(str(rc.get("out", f"runs/{cfg.name}")))
+    resume = bool(rc.get("resume", False))
+    RunDir(out).prepare(cfg, resume=resume, overwrite=False, ignore=(".flwr", "logs"))
+    transport = GridTransport(grid, cfg, expected_nodes=int(rc.get("nodes", 0)))
+    run_experiment(cfg, transport, out, resume=resume, quiet=True)

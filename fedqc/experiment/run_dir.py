@@ -1,0 +1,124 @@
+"""The run folder: one place that knows its layout.
+
+``RUN/config.yaml`` (the resolved config), and per arm ``RUN/<arm>/``:
+``checkpoints/cycle_NNN.pt`` (encoder, classifier and optimizer saved separately, the
+cycle, the arm, the model spec, and the visitor's state under ``qc``),
+``predictions/cycle_NNN.csv`` (test scores), ``train_log.csv``, ``errors.csv``,
+``cycles.csv``, and a QC arm's logs. A cycle is committed by its checkpoint, written
+last; resuming discards whatever a killed run wrote after the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from fedqc.config import ExperimentConfig
+from fedqc.errors import RunDirError
+from fedqc.io import atomic_write, atomic_write_text, truncate_csv
+from fedqc.protocol import State
+
+PARTS = ("encoder", "classifier", "optim")
+CYCLE_LOGS = ("train_log.csv", "errors.csv", "cycles.csv")
+
+
+def cycle_name(cycle: int) -> str:
+    return f"cycle_{cycle:03d}"
+
+
+def cycle_of(path: Path) -> int:
+    """The cycle of a ``cycle_NNN.*`` file."""
+    return int(path.stem.split("_")[1])
+
+
+class ArmDir:
+    """The folder of one arm."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def checkpoint(self, cycle: int) -> Path:
+        return self.path / "checkpoints" / f"{cycle_name(cycle)}.pt"
+
+    def predictions(self, cycle: int) -> Path:
+        return self.path / "predictions" / f"{cycle_name(cycle)}.csv"
+
+    def cycles(self, kind: str) -> list[int]:
+        """Cycles with a file of ``kind`` (``checkpoints`` or ``predictions``)."""
+        return sorted(cycle_of(p) for p in (self.path / kind).glob("cycle_*.*") if p.suffix in (".pt", ".csv"))
+
+    def last_checkpoint(self) -> int | None:
+        cycles = self.cycles("checkpoints")
+        return cycles[-1] if cycles else None
+
+    def discard_from(self, first_cycle: int) -> None:
+        """Drop log rows and predictions of ``first_cycle`` and later (what a killed run left behind)."""
+        for name in CYCLE_LOGS:
+            truncate_csv(self.path / name, lambda df: df[df["cycle"] < first_cycle])
+        for cycle in self.cycles("predictions"):
+            if cycle >= first_cycle:
+                self.predictions(cycle).unlink()
+
+    def save_checkpoint(self, cycle: int, state: State, *, model: dict, visitor: dict) -> None:
+        import torch
+
+        parts: dict[str, dict] = {p: {} for p in PARTS}
+        for key, value in state.items():
+            part, rest = key.split(".", 1)
+            parts[part][rest] = torch.from_numpy(np.array(value))
+        ckpt = {**parts, "cycle": cycle, "arm": self.name, "model": model, **({"qc": visitor} if visitor else {})}
+        atomic_write(self.checkpoint(cycle), lambda tmp: torch.save(ckpt, tmp))
+
+
+def load_checkpoint(path: Path) -> dict:
+    """A checkpoint with its arrays joined back into the travelling state under ``state``."""
+    import torch
+
+    ckpt = torch.load(path, weights_only=False)
+    ckpt["state"] = {f"{p}.{k}": v.numpy() for p in PARTS for k, v in ckpt.get(p, {}).items()}
+    return ckpt
+
+
+class RunDir:
+    """A run folder ``root``."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def arm(self, name: str) -> ArmDir:
+        return ArmDir(self.root / name)
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    def prepare(self, cfg: ExperimentConfig, *, resume: bool, overwrite: bool, ignore: tuple[str, ...] = ()) -> None:
+        """Create the folder with a snapshot of the resolved config; never clobber silently.
+
+        Entries named in ``ignore`` (a launcher's ``.flwr`` and ``logs``) do not make it a used run folder.
+        """
+        snapshot = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+        if self.root.exists() and any(p.name not in ignore for p in self.root.iterdir()):
+            if resume:
+                old = self.config.read_text() if self.config.is_file() else None
+                if old is not None and yaml.safe_load(old) != yaml.safe_load(snapshot):
+                    raise RunDirError(f"{self.root} was run with a different config; resume needs the same one")
+            elif overwrite:
+                shutil.rmtree(self.root)
+            else:
+                raise RunDirError(f"{self.root} already exists; pass --resume to continue it or --overwrite to "
+                                  "replace it")
+        self.root.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(snapshot, self.config)
+
+
+def model_dict(cfg: ExperimentConfig) -> dict:
+    return dataclasses.asdict(cfg.model)

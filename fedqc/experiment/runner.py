@@ -1,0 +1,203 @@
+"""Run an experiment: every configured arm in order, on the configured engine, into one run folder.
+
+Engines: ``flower`` (Flower's simulation engine, one virtual SuperNode per site),
+``inprocess`` (sites called directly), ``deployment`` (real SuperNodes; the ServerApp of
+:mod:`fedqc.experiment.flower_app`). All carry the same requests to the same site logic
+and give bit-identical weights for the same seed.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from fedqc.config import ExperimentConfig
+from fedqc.data.manifest import load_manifest
+from fedqc.errors import BrokenScanError, UserError
+from fedqc.experiment.arms import Arm, arms_for, harmful_training_scans
+from fedqc.experiment.run_dir import ArmDir, RunDir, load_checkpoint, model_dict
+from fedqc.io import append_csv, atomic_write_csv
+from fedqc.models.state import initial_state
+from fedqc.protocol import State
+from fedqc.qc.arm import QCArm
+from fedqc.qc.detection import score_detection
+from fedqc.strategies.travelling import (
+    Cycle,
+    Hop,
+    HopStatus,
+    PlainVisitor,
+    Visitor,
+    travel,
+)
+from fedqc.transport import Transport
+
+ERROR_COLUMNS = ["subject", "site", "cycle", "stage", "reason"]
+HopCallback = Callable[[int, int, str, Hop], None]
+
+
+def failing_sites(log: pd.DataFrame, cycles: int) -> dict[str, int]:
+    """Sites whose hops failed in at least ``cycles`` consecutive cycles → longest run."""
+    worst: dict[str, int] = {}
+    for site, rows in log.assign(failed=log["status"] == HopStatus.FAILED.value).groupby("site"):
+        run = best = 0
+        for failed in rows.sort_values("cycle")["failed"]:
+            run = run + 1 if failed else 0
+            best = max(best, run)
+        if best >= cycles:
+            worst[site] = best
+    return worst
+
+
+class CycleRecorder:
+    """Commits a finished cycle: predictions, log rows, the visitor's logs, and last the checkpoint."""
+
+    def __init__(self, arm_dir: ArmDir, cfg: ExperimentConfig, visitor: Visitor):
+        self.arm_dir, self.cfg, self.visitor = arm_dir, cfg, visitor
+
+    def __call__(self, cycle: Cycle, state: State) -> None:
+        c = cycle.cycle
+        rows = [{"cycle": c, "hop": i, "site": site, "n_scans": hop.n_scans, "loss": hop.loss, "seconds": hop.seconds,
+                 "status": hop.status.value, "note": hop.note, "hop_seconds": wall}
+                for i, (site, hop, wall) in enumerate(cycle.hops)]
+        errors = [{"subject": p.subject, "site": site, "cycle": c, "stage": p.stage, "reason": p.reason}
+                  for site, hop, _ in cycle.hops for p in hop.problems]
+        for site, reply in cycle.test.items():
+            errors += [{"subject": p.subject, "site": site, "cycle": c, "stage": "test", "reason": p.reason}
+                       for p in reply.skipped]
+            if reply.error:
+                errors.append({"subject": "", "site": site, "cycle": c, "stage": "test", "reason": reply.error})
+        if self.cfg.strict and any(e["subject"] for e in errors):
+            bad = next(e for e in errors if e["subject"])
+            raise BrokenScanError(f"unusable scan in cycle {c}: {bad['subject']}: {bad['reason']} "
+                                  "(drop --strict / strict: false to skip and record such scans)")
+        preds = pd.concat([r.scores for r in cycle.test.values()], ignore_index=True)
+        atomic_write_csv(preds, self.arm_dir.predictions(c))
+        append_csv(pd.DataFrame(rows), self.arm_dir.path / "train_log.csv")
+        append_csv(pd.DataFrame(errors, columns=ERROR_COLUMNS), self.arm_dir.path / "errors.csv")
+        append_csv(pd.DataFrame([{"cycle": c, "hops": len(rows), "seconds": time.perf_counter() - cycle.started,
+                                  "test_seconds": cycle.test_seconds}]), self.arm_dir.path / "cycles.csv")
+        self.visitor.end_cycle(c)
+        self.arm_dir.save_checkpoint(c, state, model=model_dict(self.cfg), visitor=self.visitor.snapshot())
+
+
+def arm_sites(transport: Transport, leave_out: dict[str, tuple[str, ...]]) -> list[str]:
+    """Sites with at least one training scan the arm may train."""
+    return sorted(s for s, i in transport.site_info().items() if set(i.train) - set(leave_out.get(s, ())))
+
+
+def run_arm(arm: Arm, transport: Transport, cfg: ExperimentConfig, run: RunDir, *, visitor: Visitor,
+            leave_out: dict[str, tuple[str, ...]] | None = None, resume: bool = False,
+            on_hop: HopCallback | None = None) -> State:
+    """Train one arm to cycle C-1, committing a checkpoint per cycle; return the final state.
+
+    With ``resume`` the arm continues after its last complete checkpoint; anything a
+    killed run wrote beyond it (log rows, predictions) is discarded first.
+    """
+    arm_dir = run.arm(arm.name)
+    done = arm_dir.last_checkpoint() if resume else None
+    snapshot = None
+    if done is not None:
+        ckpt = load_checkpoint(arm_dir.checkpoint(done))
+        state, first, snapshot = ckpt["state"], done + 1, ckpt.get("qc")
+    elif arm.start_from:
+        src = run.arm(arm.start_from).checkpoint(arm.first_cycle - 1)
+        if not src.is_file():
+            raise UserError(f"arm {arm.name} starts from {src}, which does not exist")
+        state, first = load_checkpoint(src)["state"], arm.first_cycle
+    else:
+        state, first = initial_state(cfg.model, cfg.train.seed), arm.first_cycle
+    arm_dir.discard_from(first)
+    visitor.begin(state, first, snapshot)
+    info = transport.site_info()
+    return travel(transport, visitor, state, sites=arm_sites(transport, leave_out or {}),
+                  test_sites=sorted(s for s, i in info.items() if i.n_test), train=cfg.train, first_cycle=first,
+                  on_hop=on_hop or (lambda *_: None), on_cycle=CycleRecorder(arm_dir, cfg, visitor))
+
+
+def ground_truth(cfg: ExperimentConfig) -> pd.DataFrame | None:
+    """The manifest with its ``harm`` column, when the server has one (simulation); None in deployment."""
+    if cfg.manifest is None:
+        return None
+    return load_manifest(cfg.manifest, check_images=False)
+
+
+def write_detection(qc: QCArm, manifest: pd.DataFrame | None) -> None:
+    """``detection.csv``: the QC arm scored against the ground truth, when there is one."""
+    if manifest is not None and "harm" in manifest:
+        atomic_write_csv(score_detection(manifest, qc.eliminated_table(), qc.pending_table()),
+                         qc.folder / "detection.csv")
+
+
+def run_experiment(cfg: ExperimentConfig, transport: Transport, out: Path, *, resume: bool = False,
+                   quiet: bool = False) -> dict[str, float]:
+    """Run every arm of ``cfg`` in order (clean first: the others start from it); return seconds per arm."""
+    run = RunDir(out)
+    console = Console(quiet=quiet, stderr=True)
+    manifest = ground_truth(cfg)
+    oracle = harmful_training_scans(manifest)
+    if manifest is None and "clean" in cfg.arms:
+        console.print("[yellow]warning:[/] the server has no manifest, so no ground truth: the clean arm trains "
+                      "every scan the sites hold")
+    seconds: dict[str, float] = {}
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("ETA"), TimeRemainingColumn()]
+    with Progress(*columns, console=console, disable=quiet) as bar:
+        for arm in arms_for(cfg):
+            leave_out = oracle if arm.oracle else {}
+            task = bar.add_task(arm.name, total=(cfg.train.cycles - arm.first_cycle) * len(arm_sites(transport, leave_out)))
+
+            def on_hop(cycle: int, hop: int, site: str, outcome: Hop, task=task, name=arm.name) -> None:
+                bar.update(task, advance=1, description=f"{name:5s} cycle {cycle:3d} {site:>16s} loss {outcome.loss:.3f}")
+
+            t0 = time.perf_counter()
+            qc = QCArm(transport, cfg, arm.name, run.arm(arm.name).path) if arm.qc else None
+            visitor = qc or PlainVisitor(transport, cfg.train, leave_out)
+            run_arm(arm, transport, cfg, run, visitor=visitor, leave_out=leave_out, resume=resume, on_hop=on_hop)
+            seconds[arm.name] = time.perf_counter() - t0
+            if qc:
+                s = qc.summary(seconds[arm.name])
+                write_detection(qc, manifest)
+                console.print(f"[bold]{arm.name}[/] ({s['criterion']}, {s['granularity']}): {s['verifications']} "
+                              f"verifications in {s['verify_seconds']:.1f} s; {s['eliminated']} scans eliminated, "
+                              f"{s['pending']} pending revisit")
+    for name, s in seconds.items():
+        for site, n in failing_sites(pd.read_csv(out / name / "train_log.csv"), cfg.failing_cycles).items():
+            console.print(f"[yellow]warning:[/] {name}: site {site} failed in {n} consecutive cycles (train_log.csv)")
+        errors = out / name / "errors.csv"
+        n_bad = pd.read_csv(errors)["subject"].dropna().nunique() if errors.is_file() else 0
+        console.print(f"[bold]{name}[/]: {s:.1f} s" + (f"; {n_bad} unusable scan(s) skipped, see {errors}" if n_bad else ""))
+    return seconds
+
+
+def simulate(cfg: ExperimentConfig, out: Path, *, resume: bool = False, overwrite: bool = False,
+             quiet: bool = False) -> None:
+    """Prepare the run folder ``out`` and run ``cfg`` on its engine, on this machine."""
+    import torch
+
+    if cfg.engine == "deployment":
+        raise UserError("engine deployment runs on SuperNodes: use scripts/run_local_deployment.sh or "
+                        "docker compose (docs/deployment.md), not simulate")
+    RunDir(out).prepare(cfg, resume=resume, overwrite=overwrite)
+    torch.set_num_threads(cfg.threads)
+    if cfg.engine == "flower":
+        from fedqc.transport.flower.simulation import run_on_simulation
+
+        n_sites = load_manifest(cfg.manifest, check_images=False)["site"].nunique()
+        run_on_simulation(cfg, lambda transport: run_experiment(cfg, transport, out, resume=resume, quiet=quiet),
+                          n_sites=n_sites, quiet=quiet)
+    else:
+        from fedqc.transport.inprocess import InProcessTransport
+
+        run_experiment(cfg, InProcessTransport(load_manifest(cfg.manifest), cfg.model), out, resume=resume, quiet=quiet)

@@ -1,1 +1,0 @@
-"""Thin Flower adapters: messages in, :mod:`fedqc.site` logic, messages out."""

@@ -1,0 +1,151 @@
+"""What the server and a site say to each other: typed requests and replies, site facts, errors.
+
+The travelling state is a flat ``{name: numpy array}`` dict: ``encoder.<param>``,
+``classifier.<param>`` and ``optim.<i>.<field>`` (Adam's ``step``, ``exp_avg``,
+``exp_avg_sq`` of parameter *i*), so the optimizer state travels with the model and a
+transport only ever carries named arrays, numbers and scan identifiers — never images.
+No torch here: the server side and the config layer use these types too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import NamedTuple
+
+import numpy as np
+import pandas as pd
+
+State = dict[str, np.ndarray]
+SCORE_COLUMNS = ["subject", "site", "label", "score", "sex", "age"]
+COUNT_KEYS = ("n", "tp", "fp", "tn", "fn", "loss_sum", "brier_sum")
+
+
+class ScanProblem(NamedTuple):
+    """An unusable scan met at ``stage`` (``train``, ``verification`` or ``test``); the subject is empty
+    when a whole site could not answer."""
+
+    subject: str
+    reason: str
+    stage: str = "train"
+
+
+class AuditFinding(NamedTuple):
+    """A scan that fails a site's image audit."""
+
+    subject: str
+    split: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class SiteInfo:
+    """What a site tells the server about itself: its training scans' ids and how many val/test scans it has."""
+
+    name: str
+    train: tuple[str, ...]
+    n_val: int
+    n_test: int
+
+
+@dataclass(frozen=True)
+class TrainRequest:
+    """Train one local epoch.
+
+    ``subjects`` set: exactly these scans in this order (QC retrains exact subsets).
+    Otherwise every training scan except ``exclude``, in an order drawn from ``seed``.
+    ``seed`` also seeds dropout; the server derives it per hop.
+    """
+
+    lr: float
+    seed: int
+    batch_size: int
+    subjects: tuple[str, ...] | None = None
+    exclude: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainRequest:
+        subjects = d.get("subjects")
+        return cls(lr=float(d["lr"]), seed=int(d["seed"]), batch_size=int(d["batch_size"]),
+                   subjects=None if subjects is None else tuple(str(s) for s in subjects),
+                   exclude=tuple(str(s) for s in d.get("exclude", ())))
+
+
+@dataclass(frozen=True)
+class EvalRequest:
+    """Score the scans of ``split`` (minus ``exclude``); ``fraction`` < 1 scores a share drawn from ``sample_seed``."""
+
+    split: str
+    exclude: tuple[str, ...] = ()
+    fraction: float = 1.0
+    sample_seed: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> EvalRequest:
+        return cls(split=str(d["split"]), exclude=tuple(str(s) for s in d.get("exclude", ())),
+                   fraction=float(d.get("fraction", 1.0)), sample_seed=int(d.get("sample_seed", 0)))
+
+
+@dataclass
+class TrainReply:
+    state: State
+    n_scans: int
+    loss: float
+    seconds: float
+    subjects: list[str]
+    skipped: list[ScanProblem] = field(default_factory=list)
+
+
+@dataclass
+class EvalReply:
+    counts: dict[str, float]
+    scores: pd.DataFrame  # SCORE_COLUMNS
+    skipped: list[ScanProblem] = field(default_factory=list)
+    error: str | None = None  # the site failed or did not answer: no scores this time
+
+    @classmethod
+    def failed(cls, reason: str) -> EvalReply:
+        return cls({k: 0.0 for k in COUNT_KEYS}, pd.DataFrame(columns=SCORE_COLUMNS), [], reason)
+
+
+def weights(state: State) -> State:
+    """The model's arrays only (what scoring needs), without the optimizer's."""
+    return {k: v for k, v in state.items() if not k.startswith("optim.")}
+
+
+def same(a: State, b: State) -> bool:
+    """Bit-identical comparison of two states."""
+    return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def check_update(sent: State, reply: State) -> str | None:
+    """Why a site's reply cannot be adopted, or None.
+
+    The reply must carry exactly the keys that were sent (plus the optimizer state when
+    none was sent yet), each with the sent shape and dtype, and only finite values.
+    """
+    missing = sorted(set(sent) - set(reply))
+    extra = sorted(set(reply) - set(sent))
+    if missing:
+        return f"missing arrays: {missing[:3]}"
+    if extra and (any(k.startswith("optim.") for k in sent) or not all(k.startswith("optim.") for k in extra)):
+        return f"unexpected arrays: {extra[:3]}"
+    for key, value in reply.items():
+        ref = sent.get(key)
+        if ref is not None and (value.shape != ref.shape or value.dtype != ref.dtype):
+            return f"{key}: shape/dtype {value.shape}/{value.dtype}, expected {ref.shape}/{ref.dtype}"
+        if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
+            return f"{key}: non-finite values"
+    return None
+
+
+def batches(items: list, batch_size: int) -> list[list]:
+    """The batching rule both sides share: chunks of ``min(batch_size, len(items))``, the last one kept
+    even when partial (the reference drops it; we do not)."""
+    size = max(1, min(batch_size, len(items)))
+    return [items[i : i + size] for i in range(0, len(items), size)]

@@ -1,0 +1,140 @@
+"""A QC arm: how a visit trains when QC judges what the model learns, and what the arm writes.
+
+A visit first asks its gate whether the site may train — :class:`~fedqc.qc.screening.SiteScreening`
+checks the site's data, :class:`~fedqc.qc.verification.UpdateVerification` lets every
+site train and verifies each update instead. Then the site's flagged scans due for a
+revisit are retrained alone, and the rest of its pool is trained with the configured
+granularity (:mod:`fedqc.qc.search`), each attempt judged by the gate.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from fedqc.config import ExperimentConfig
+from fedqc.io import atomic_write_csv, atomic_write_text
+from fedqc.protocol import ScanProblem, State, TrainRequest, check_update
+from fedqc.qc.audit import run_audit
+from fedqc.qc.criteria import SITE_CHECKS, UPDATE_CRITERIA
+from fedqc.qc.logs import QCLogs, eliminated_table, pending_table
+from fedqc.qc.policy import QCPolicy
+from fedqc.qc.screening import SiteScreening
+from fedqc.qc.search import SEARCHES
+from fedqc.qc.verification import UpdateVerification, VerificationScans
+from fedqc.strategies.travelling import Hop, HopStatus, hop_seed
+from fedqc.transport import Transport
+
+
+class QCArm:
+    """The :class:`~fedqc.strategies.travelling.Visitor` of a QC arm named ``arm`` writing into ``folder``."""
+
+    def __init__(self, transport: Transport, cfg: ExperimentConfig, arm: str, folder: Path):
+        self.transport, self.cfg, self.name, self.folder = transport, cfg, arm, folder
+        self.qc = cfg.qc_for(arm)
+        info = transport.site_info()
+        self.train_ids = {s: list(i.train) for s, i in info.items() if i.train}
+        self.policy = QCPolicy(train_counts={s: len(i.train) for s, i in info.items()},
+                               revisit_after=self.qc.revisit_after, leave_site_out=self.qc.leave_site_out,
+                               untrusted_fraction=self.qc.untrusted_fraction)
+        self.scans = VerificationScans(transport, sorted(s for s, i in info.items() if i.n_val),
+                                       fraction=self.qc.verify_fraction, seed=cfg.train.seed)
+        if self.qc.criterion in SITE_CHECKS:
+            self.gate = SiteScreening(SITE_CHECKS[self.qc.criterion].from_config(self.qc), self.policy, self.scans,
+                                      transport, self.train_ids)
+        else:
+            self.gate = UpdateVerification(UPDATE_CRITERIA[self.qc.criterion].from_config(self.qc), self.policy,
+                                           self.scans)
+        self.search = SEARCHES[self.qc.granularity]
+        self.logs = QCLogs(folder)
+
+    @property
+    def verifications(self) -> int:
+        return self.gate.verifications
+
+    # ------------------------------------------------------------------ Visitor
+    def begin(self, state: State, first_cycle: int, checkpoint: dict | None) -> None:
+        self.logs.truncate(first_cycle)
+        if checkpoint:
+            self.policy.restore(checkpoint)
+            self.gate.resumed()
+            return
+        self.policy.start(self.scans.score(state))
+        if self.qc.audit:
+            sites = sorted(set(self.train_ids) | set(self.scans.sites))
+            atomic_write_csv(run_audit(self.transport, self.policy, sites, first_cycle), self.folder / "audit.csv")
+        self.gate.screen(state, first_cycle)
+
+    def visit(self, site: str, state: State, cycle: int, lr: float) -> Hop:
+        t0 = time.perf_counter()
+        status = self.gate.check(site, state, cycle)
+        if status in (HopStatus.SITE_ELIMINATED, HopStatus.SITE_FLAGGED):
+            return Hop(state, seconds=0.0, status=status)
+        if status:
+            return Hop(state, seconds=time.perf_counter() - t0, status=status, problems=self.scans.take_problems())
+        visit = _Visit(self, site, state, cycle, lr)
+        revisits = self.policy.due(site, cycle)
+        for subject in revisits:
+            self.policy.revisit(subject, cycle, visit.attempt([subject], "revisit"))
+        excluded = self.policy.excluded(site) | set(revisits)
+        pool = [s for s in self.train_ids.get(site, []) if s not in excluded]
+        pool = [pool[i] for i in np.random.default_rng(hop_seed(self.cfg.train.seed, cycle, site)).permutation(len(pool))]
+        if pool:
+            self.search(pool, visit.attempt, lambda s: self.policy.flag(s, site, cycle), self.cfg.train.batch_size)
+        return visit.outcome(time.perf_counter() - t0)
+
+    def end_cycle(self, cycle: int) -> None:
+        self.logs.write(self.policy)
+
+    def snapshot(self) -> dict:
+        return self.policy.snapshot()
+
+    # ------------------------------------------------------------------ outputs
+    def summary(self, seconds: float) -> dict:
+        """``qc_summary.json``: the arm's settings, cost and outcome."""
+        summary = {"arm": self.name, "criterion": self.qc.criterion, "granularity": self.qc.granularity,
+                   "verify_fraction": self.qc.verify_fraction, "verifications": self.gate.verifications,
+                   "verify_seconds": round(self.gate.seconds, 3), "arm_seconds": round(seconds, 3),
+                   "eliminated": len(self.policy.eliminated), "pending": len(self.policy.flagged)}
+        atomic_write_text(json.dumps(summary, indent=2), self.folder / "qc_summary.json")
+        return summary
+
+    def eliminated_table(self):
+        return eliminated_table(self.policy)
+
+    def pending_table(self):
+        return pending_table(self.policy, self.train_ids)
+
+
+class _Visit:
+    """One visit's attempts: each trains a subset on the current state and keeps it only when the gate accepts."""
+
+    def __init__(self, arm: QCArm, site: str, state: State, cycle: int, lr: float):
+        self.arm, self.site, self.state, self.cycle, self.lr = arm, site, state, cycle, lr
+        self.seeds = np.random.SeedSequence(hop_seed(arm.cfg.train.seed, cycle, site))
+        self.trained: list[tuple[int, float]] = []  # (scans, mean loss) of adopted updates
+        self.skipped: dict[str, ScanProblem] = {}
+
+    def attempt(self, subjects: list[str], scope: str) -> bool:
+        arm, t = self.arm, time.perf_counter()
+        seed = int(self.seeds.spawn(1)[0].generate_state(1)[0])
+        request = TrainRequest(lr=self.lr, seed=seed, batch_size=arm.cfg.train.batch_size, subjects=tuple(subjects))
+        reply = arm.transport.train(self.site, self.state, request)
+        self.skipped.update({p.subject: p for p in reply.skipped})
+        if reason := check_update(self.state, reply.state):  # never evaluated, never adopted
+            arm.policy.reject(cycle=self.cycle, site=self.site, scope=scope, subjects=subjects, reason=reason)
+            return False
+        ok = arm.gate.judge(reply, cycle=self.cycle, site=self.site, scope=scope, subjects=subjects, started=t)
+        if ok:
+            self.trained.append((reply.n_scans, reply.loss))
+            self.state = reply.state
+        return ok
+
+    def outcome(self, seconds: float) -> Hop:
+        n = sum(k for k, _ in self.trained)
+        loss = sum(k * v for k, v in self.trained) / n if n else float("nan")
+        problems = sorted(self.skipped.values()) + self.arm.scans.take_problems()
+        return Hop(self.state, n, loss, seconds, problems=problems)

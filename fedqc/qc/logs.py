@@ -1,0 +1,49 @@
+"""A QC arm's files: ``qc_log.csv``, ``revisits.csv``, ``flagged.csv`` (appended each cycle) and ``eliminated.csv``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from fedqc.io import append_csv, atomic_write_csv, truncate_csv
+from fedqc.qc.policy import QCPolicy
+
+ELIMINATED_COLUMNS = ["subject", "site", "cycle_flagged", "cycle_eliminated", "stage"]
+REVISIT_COLUMNS = ["subject", "site", "cycle_flagged", "due", "cycle_revisited", "accepted"]
+FLAG_COLUMNS = ["subject", "site", "cycle_flagged", "due"]
+# file, the QCPolicy list it holds, the column with the cycle, fixed columns (None: whatever the rows hold)
+LOGS = (("qc_log.csv", "log", "cycle", None), ("revisits.csv", "revisits", "cycle_revisited", REVISIT_COLUMNS),
+        ("flagged.csv", "flags", "cycle_flagged", FLAG_COLUMNS))
+
+
+class QCLogs:
+    """Appends the policy's new log rows at the end of every cycle; on resume, drops rows of later cycles."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.written = {name: 0 for name, *_ in LOGS}  # rows of each log already on disk
+
+    def truncate(self, first_cycle: int) -> None:
+        for name, _, column, _ in LOGS:
+            truncate_csv(self.folder / name, lambda df, c=column: df[df[c] < first_cycle])
+
+    def write(self, policy: QCPolicy) -> None:
+        for name, attr, _, columns in LOGS:
+            rows = getattr(policy, attr)
+            if len(rows) > self.written[name] or columns is not None:  # fixed columns: write the header too
+                append_csv(pd.DataFrame(rows[self.written[name]:], columns=columns), self.folder / name)
+            self.written[name] = len(rows)
+        atomic_write_csv(eliminated_table(policy), self.folder / "eliminated.csv")
+
+
+def eliminated_table(policy: QCPolicy) -> pd.DataFrame:
+    return pd.DataFrame(list(policy.eliminated.values()), columns=ELIMINATED_COLUMNS)
+
+
+def pending_table(policy: QCPolicy, train_ids: dict[str, list[str]]) -> pd.DataFrame:
+    """Scans out of training at the end, awaiting a revisit: flagged ones and those of flagged sites."""
+    rows = list(policy.flagged.values())
+    rows += [{**flag, "subject": s} for site, flag in policy.flagged_sites.items()
+             for s in train_ids.get(site, []) if s not in policy.eliminated and s not in policy.flagged]
+    return pd.DataFrame(rows, columns=FLAG_COLUMNS)

@@ -1,0 +1,190 @@
+"""The QC state machine: verification baseline, flagged and eliminated scans and sites, the decision log.
+
+**Scans.** A scan whose update fails is *flagged*: kept out of training until cycle
+``c + R``, then retrained alone and verified again — accepted, it returns to the pool;
+rejected, it is *eliminated* for the rest of training.
+
+**Sites.** A site that fails its check is flagged and sits out until ``c + R``; it is
+then checked again — passing, it trains again; failing, it is eliminated with all its
+training scans (stage ``site``), and its ``val`` scans leave the verification set for
+good. While a site is flagged its ``val`` scans are out of the verification set too.
+
+**Verification set.** The baseline holds the last accepted model's scores on the
+verification scans, so every comparison is paired. With ``leave_site_out`` an update
+is never judged by its own site's ``val`` scans; a site that has lost a share
+``untrusted_fraction`` of its training scans loses its ``val`` scans from it for good.
+
+Pure Python on hand-made scores: every decision can be unit-tested without a model.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from fedqc.errors import UserError
+from fedqc.qc.criteria import SiteAUROCCheck, UpdateCriterion
+from fedqc.qc.stats import confusion
+from fedqc.scoring import per_scan_loss
+
+
+def _one(subjects: list[str]) -> str:
+    return subjects[0] if len(subjects) == 1 else ""
+
+
+@dataclass
+class QCPolicy:
+    """Parameters: ``train_counts`` (training scans per site, for the untrusted rule) and
+    ``revisit_after`` (R: a scan flagged at cycle c is retried at c + R)."""
+
+    train_counts: dict[str, int] = field(default_factory=dict)
+    revisit_after: int = 2
+    leave_site_out: bool = True
+    untrusted_fraction: float = 0.5
+    baseline: pd.DataFrame | None = None  # index subject; columns site, label, score
+    flagged: dict[str, dict] = field(default_factory=dict)
+    eliminated: dict[str, dict] = field(default_factory=dict)
+    flagged_sites: dict[str, dict] = field(default_factory=dict)
+    eliminated_sites: dict[str, int] = field(default_factory=dict)  # site → cycle eliminated
+    untrusted: set[str] = field(default_factory=set)
+    log: list[dict] = field(default_factory=list)
+    flags: list[dict] = field(default_factory=list)
+    revisits: list[dict] = field(default_factory=list)
+
+    # ------------------------------------------------------------------ verification set
+    def start(self, scores: pd.DataFrame) -> None:
+        """Set the baseline: the current model's scores on the verification scans."""
+        if scores.empty:
+            raise UserError("QC needs verification scans: no site has a usable non-empty val split")
+        self.baseline = scores.set_index("subject")[["site", "label", "score"]].copy()
+
+    def verification_set(self, site: str) -> np.ndarray:
+        """Mask over the baseline rows that judge an update trained at (or a check of) ``site``."""
+        sites = self.baseline["site"]
+        mask = ~sites.isin(self.untrusted | set(self.flagged_sites)).to_numpy()
+        if self.leave_site_out:
+            mask &= (sites != site).to_numpy()
+        return mask
+
+    def rebase(self, scores: pd.DataFrame) -> None:
+        """Make ``scores`` (subject, score), the adopted model's, the baseline of the scans they cover."""
+        cand = scores.set_index("subject")["score"].reindex(self.baseline.index)
+        seen = cand.notna()
+        self.baseline.loc[seen, "score"] = cand[seen]
+
+    def drop_verification(self, subjects: list[str]) -> None:
+        """Remove scans from the verification set (e.g. val scans that failed the audit)."""
+        self.baseline = self.baseline.drop(index=[s for s in subjects if s in self.baseline.index])
+
+    # ------------------------------------------------------------------ decisions
+    def verify(self, criterion: UpdateCriterion, scores: pd.DataFrame, *, cycle: int, site: str, scope: str,
+               subjects: list[str], n_trained: int, seconds: float = 0.0) -> bool:
+        """Judge a candidate from its ``scores`` (subject, score) on the verification scans; rebase if accepted."""
+        cand = scores.set_index("subject")["score"].reindex(self.baseline.index)
+        mask = self.verification_set(site) & cand.notna().to_numpy()
+        labels = self.baseline["label"].to_numpy()[mask]
+        base, new = self.baseline["score"].to_numpy()[mask], cand.to_numpy()[mask]
+        if mask.any():
+            accepted, stats = criterion.decide(labels, base, new, n_trained)
+        else:
+            accepted, stats = True, {"stat": math.nan, "limit": math.nan}
+        self.log.append({"cycle": cycle, "site": site, "scope": scope, "subject": _one(subjects),
+                         "n_trained": n_trained, "criterion": criterion.name, **stats, "accepted": accepted,
+                         **confusion(labels, new), "base_loss": float(per_scan_loss(labels, base).mean()),
+                         "n_verify": int(mask.sum()), "seconds": seconds})
+        if accepted:
+            self.rebase(scores)
+        return accepted
+
+    def check_site(self, check: SiteAUROCCheck, scores: pd.DataFrame, *, cycle: int, site: str,
+                   subjects: list[str], seconds: float = 0.0) -> bool:
+        """The site check on ``scores`` (subject, label, score) of the site's training scans under the baseline model.
+
+        The baseline must hold the same model's verification scores (:meth:`rebase`). A
+        first failure flags the site until ``c + R``; a failure at that revisit
+        eliminates it with all of ``subjects`` (its training scans).
+        """
+        mask = self.verification_set(site)
+        b = self.baseline[mask]
+        accepted, stats = check.decide(b["label"].to_numpy(), b["score"].to_numpy(), b["site"].to_numpy(),
+                                       scores["label"].to_numpy(), scores["score"].to_numpy())
+        self.log.append({"cycle": cycle, "site": site, "scope": "site", "subject": "", "n_trained": len(scores),
+                         "criterion": check.name, **stats, "accepted": accepted,
+                         **confusion(scores["label"].to_numpy(), scores["score"].to_numpy()),
+                         "n_verify": int(mask.sum()), "seconds": seconds})
+        flag = self.flagged_sites.pop(site, None)
+        if flag is not None:
+            self.revisits.append({**flag, "cycle_revisited": cycle, "accepted": accepted})
+            if not accepted:
+                self.eliminate_site(site, cycle, subjects, cycle_flagged=flag["cycle_flagged"])
+        elif not accepted:
+            self.flagged_sites[site] = {"subject": "", "site": site, "cycle_flagged": cycle,
+                                        "due": cycle + self.revisit_after}
+            self.flags += [{**self.flagged_sites[site], "subject": s} for s in scores["subject"]]
+        return accepted
+
+    def reject(self, *, cycle: int, site: str, scope: str, subjects: list[str], reason: str) -> None:
+        """Log an update rejected before verification (an invalid reply)."""
+        self.log.append({"cycle": cycle, "site": site, "scope": scope, "subject": _one(subjects), "n_trained": 0,
+                         "criterion": "invalid update", "accepted": False, "note": reason})
+
+    # ------------------------------------------------------------------ scans and sites
+    def site_due(self, site: str, cycle: int) -> bool:
+        """Whether ``site`` trains at ``cycle``: not eliminated, and not flagged unless its revisit is due."""
+        if site in self.eliminated_sites:
+            return False
+        return site not in self.flagged_sites or self.flagged_sites[site]["due"] <= cycle
+
+    def flag(self, subject: str, site: str, cycle: int) -> None:
+        self.flagged[subject] = {"subject": subject, "site": site, "cycle_flagged": cycle,
+                                 "due": cycle + self.revisit_after}
+        self.flags.append(dict(self.flagged[subject]))
+
+    def due(self, site: str, cycle: int) -> list[str]:
+        """Flagged scans of ``site`` whose revisit is due at ``cycle``."""
+        return sorted(s for s, f in self.flagged.items() if f["site"] == site and f["due"] <= cycle)
+
+    def revisit(self, subject: str, cycle: int, accepted: bool) -> None:
+        """Record a revisit: accepted → back in the pool; rejected → eliminated."""
+        flag = self.flagged.pop(subject)
+        self.revisits.append({**flag, "cycle_revisited": cycle, "accepted": accepted})
+        if not accepted:
+            self.eliminate(subject, flag["site"], cycle, "verification", cycle_flagged=flag["cycle_flagged"])
+
+    def eliminate(self, subject: str, site: str, cycle: int, stage: str, *, cycle_flagged: int | None = None) -> None:
+        """Eliminate a scan for the rest of training; a site losing enough scans becomes untrusted."""
+        self.eliminated[subject] = {"subject": subject, "site": site,
+                                    "cycle_flagged": cycle if cycle_flagged is None else cycle_flagged,
+                                    "cycle_eliminated": cycle, "stage": stage}
+        n_out = sum(1 for e in self.eliminated.values() if e["site"] == site)
+        if site not in self.untrusted and n_out >= self.untrusted_fraction * self.train_counts.get(site, math.inf):
+            self.untrusted.add(site)
+
+    def eliminate_site(self, site: str, cycle: int, subjects: list[str], *, cycle_flagged: int) -> None:
+        """Eliminate a site: its training scans (stage ``site``) and its val scans leave QC for good."""
+        self.eliminated_sites[site] = cycle
+        self.untrusted.add(site)
+        for s in subjects:
+            if s not in self.eliminated:
+                flag = self.flagged.pop(s, None)
+                self.eliminate(s, site, cycle, "site", cycle_flagged=flag["cycle_flagged"] if flag else cycle_flagged)
+
+    def excluded(self, site: str) -> set[str]:
+        """Scans of ``site`` kept out of training: flagged (until revisit) or eliminated."""
+        return {s for table in (self.flagged, self.eliminated) for s, r in table.items() if r["site"] == site}
+
+    # ------------------------------------------------------------------ checkpoints
+    def snapshot(self) -> dict:
+        """Everything needed to resume, as plain data."""
+        return {"baseline": self.baseline.reset_index().to_dict("list"), "flagged": dict(self.flagged),
+                "eliminated": dict(self.eliminated), "flagged_sites": dict(self.flagged_sites),
+                "eliminated_sites": dict(self.eliminated_sites), "untrusted": sorted(self.untrusted)}
+
+    def restore(self, snap: dict) -> None:
+        self.baseline = pd.DataFrame(snap["baseline"]).set_index("subject")
+        self.flagged, self.eliminated = dict(snap["flagged"]), dict(snap["eliminated"])
+        self.flagged_sites, self.eliminated_sites = dict(snap["flagged_sites"]), dict(snap["eliminated_sites"])
+        self.untrusted = set(snap["untrusted"])

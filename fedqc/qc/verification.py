@@ -1,0 +1,75 @@
+"""Update verification: judge each update *after* it trains, on the verification scans.
+
+The candidate model scores every site's ``val`` scans (a federated evaluation, never
+the test split); the criterion compares those scores with the last accepted model's
+and the policy records the decision. Rollback is free: the travelling state is a dict
+of arrays, so a rejected update is simply not adopted, model and optimizer alike.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pandas as pd
+
+from fedqc.protocol import EvalRequest, ScanProblem, State, TrainReply
+from fedqc.qc.criteria import UpdateCriterion
+from fedqc.qc.policy import QCPolicy
+from fedqc.strategies.travelling import HopStatus
+from fedqc.transport import Transport
+
+
+class VerificationScans:
+    """The sites' ``val`` scans (a seeded share ``fraction`` of each), scored through the transport.
+
+    Scans a site could not score, and sites that could not answer, are collected for
+    ``errors.csv`` (stage ``verification``) until :meth:`take_problems`.
+    """
+
+    def __init__(self, transport: Transport, sites: list[str], *, fraction: float, seed: int):
+        self.transport, self.sites = transport, sites
+        self.request = EvalRequest("val", fraction=fraction, sample_seed=seed)
+        self.problems: dict[tuple[str, str], str] = {}  # (subject, site) → reason
+
+    def score(self, state: State) -> pd.DataFrame:
+        replies = self.transport.evaluate(self.sites, state, self.request)
+        for site, r in replies.items():
+            self.note(site, r.skipped, r.error)
+        return pd.concat([r.scores for r in replies.values()], ignore_index=True)
+
+    def note(self, site: str, skipped: list[ScanProblem], error: str | None = None) -> None:
+        self.problems.update({(p.subject, site): p.reason for p in skipped})
+        if error:
+            self.problems[("", site)] = error
+
+    def take_problems(self) -> list[ScanProblem]:
+        out = [ScanProblem(s, f"{reason} (site {site})", "verification") for (s, site), reason in self.problems.items()]
+        self.problems.clear()
+        return out
+
+
+class UpdateVerification:
+    """The gate of update criteria: every site trains; every update is verified before it is adopted."""
+
+    def __init__(self, criterion: UpdateCriterion, policy: QCPolicy, scans: VerificationScans):
+        self.criterion, self.policy, self.scans = criterion, policy, scans
+        self.verifications, self.seconds = 0, 0.0
+
+    def screen(self, state: State, cycle: int) -> None:
+        """Nothing is checked before training."""
+
+    def resumed(self) -> None:
+        """The baseline restored from a checkpoint is exact: nothing to redo."""
+
+    def check(self, site: str, state: State, cycle: int) -> HopStatus | None:
+        return None
+
+    def judge(self, reply: TrainReply, *, cycle: int, site: str, scope: str, subjects: list[str],
+              started: float) -> bool:
+        scores = self.scans.score(reply.state)
+        seconds = time.perf_counter() - started
+        ok = self.policy.verify(self.criterion, scores, cycle=cycle, site=site, scope=scope, subjects=subjects,
+                                n_trained=reply.n_scans, seconds=seconds)
+        self.verifications += 1
+        self.seconds += seconds
+        return ok

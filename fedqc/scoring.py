@@ -1,0 +1,30 @@
+"""Per-scan scores → counts and losses: the arithmetic shared by sites, QC and the reported metrics."""
+
+from __future__ import annotations
+
+import numpy as np
+
+EPS = 1e-7
+
+
+def per_scan_loss(labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Binary cross-entropy of each scan (scores clipped to [EPS, 1 - EPS])."""
+    p = np.clip(np.asarray(scores, dtype=float), EPS, 1 - EPS)
+    y = np.asarray(labels, dtype=float)
+    return -(y * np.log(p) + (1 - y) * np.log(1 - p))
+
+
+def counts_from_scores(labels: np.ndarray, scores: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
+    """Confusion counts, BCE loss sum and Brier sum with fixed keys (zeros when empty)."""
+    labels = np.asarray(labels, dtype=float)
+    scores = np.clip(np.asarray(scores, dtype=float), EPS, 1 - EPS)
+    pred = scores >= threshold
+    pos = labels == 1
+    return {"n": float(len(labels)), "tp": float(np.sum(pred & pos)), "fp": float(np.sum(pred & ~pos)),
+            "tn": float(np.sum(~pred & ~pos)), "fn": float(np.sum(~pred & pos)),
+            "loss_sum": float(per_scan_loss(labels, scores).sum()), "brier_sum": float(((scores - labels) ** 2).sum())}
+
+
+def ratio(num: float, den: float) -> float:
+    """``num / den``, NaN when the denominator is 0 (an undefined rate)."""
+    return num / den if den else float("nan")

@@ -1,0 +1,1 @@
+"""How the model moves between sites: the travelling model (``travelling``)."""

@@ -1,0 +1,151 @@
+"""The travelling model: the model and its optimizer state go from site to site, cycle after cycle.
+
+Every cycle the site order is drawn from a seeded RNG (``random``, the reference), kept
+sorted (``fixed``) or given explicitly; the learning rate is ``lr × exp(-lr_decay ·
+cycle)``; every random choice inside a cycle derives from ``(seed, cycle, site)``, so a
+run resumed from any cycle ends bit-identical. *How* a site trains is the visitor's:
+plain training, or a QC arm's verified training (:mod:`fedqc.qc.arm`). A site that
+fails costs its hop; the model travels on unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import zlib
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Callable, Protocol
+
+import numpy as np
+
+from fedqc.config import TrainConfig
+from fedqc.errors import SiteError, UserError
+from fedqc.protocol import (
+    EvalReply,
+    EvalRequest,
+    ScanProblem,
+    State,
+    TrainRequest,
+    check_update,
+)
+from fedqc.transport import Transport
+
+
+class HopStatus(str, Enum):
+    OK = "ok"
+    REJECTED = "rejected"  # the site's reply was invalid: not adopted
+    FAILED = "failed"  # the site raised or did not answer
+    SITE_FLAGGED = "qc: site flagged"
+    SITE_CHECK_FAILED = "qc: site check failed"
+    SITE_ELIMINATED = "qc: site eliminated"
+
+
+@dataclass
+class Hop:
+    """The outcome of one visit: the state the model travels on with, and what happened."""
+
+    state: State
+    n_scans: int = 0
+    loss: float = math.nan
+    seconds: float = 0.0  # the site's own training time
+    status: HopStatus = HopStatus.OK
+    note: str = ""
+    problems: list[ScanProblem] = field(default_factory=list)
+
+
+class Visitor(Protocol):
+    """How an arm trains a visit, and what it keeps between cycles."""
+
+    def begin(self, state: State, first_cycle: int, checkpoint: dict | None) -> None:
+        """Called once before the first cycle; ``checkpoint`` is the resumed one, if any."""
+
+    def visit(self, site: str, state: State, cycle: int, lr: float) -> Hop: ...
+
+    def end_cycle(self, cycle: int) -> None:
+        """Write the cycle's logs (before its checkpoint is committed)."""
+
+    def snapshot(self) -> dict:
+        """Plain data saved in the checkpoint."""
+
+
+def hop_seed(seed: int, cycle: int, site: str) -> int:
+    """The seed of one visit, derived from the run seed, cycle and site name."""
+    return int(np.random.SeedSequence([seed, cycle, zlib.crc32(site.encode())]).generate_state(1)[0])
+
+
+def site_order(policy: str | tuple[str, ...], sites: list[str], *, seed: int, cycle: int) -> list[str]:
+    """Visiting order for ``cycle``: reshuffled from a seeded RNG, fixed (sorted), or explicit."""
+    if policy == "random":
+        rng = np.random.default_rng([seed, cycle])
+        return [sites[i] for i in rng.permutation(len(sites))]
+    if policy == "fixed":
+        return sorted(sites)
+    missing = sorted(set(policy) - set(sites))
+    if missing:
+        raise UserError(f"train.order names site(s) without training data in this arm: {missing}")
+    return list(policy)
+
+
+def learning_rate(lr: float, decay: float, cycle: int) -> float:
+    return lr * math.exp(-decay * cycle)
+
+
+@dataclass
+class PlainVisitor:
+    """One local epoch per visit, adopted unless the reply is invalid; ``leave_out`` per site is not trained."""
+
+    transport: Transport
+    train: TrainConfig
+    leave_out: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def begin(self, state: State, first_cycle: int, checkpoint: dict | None) -> None:
+        pass
+
+    def visit(self, site: str, state: State, cycle: int, lr: float) -> Hop:
+        request = TrainRequest(lr=lr, seed=hop_seed(self.train.seed, cycle, site), batch_size=self.train.batch_size,
+                               exclude=self.leave_out.get(site, ()))
+        reply = self.transport.train(site, state, request)
+        if reason := check_update(state, reply.state):
+            return Hop(state, seconds=reply.seconds, status=HopStatus.REJECTED, note=reason, problems=reply.skipped)
+        return Hop(reply.state, reply.n_scans, reply.loss, reply.seconds, problems=reply.skipped)
+
+    def end_cycle(self, cycle: int) -> None:
+        pass
+
+    def snapshot(self) -> dict:
+        return {}
+
+
+@dataclass
+class Cycle:
+    """One finished cycle: its hops (with the server's wall time of each) and the test split's scores."""
+
+    cycle: int
+    hops: list[tuple[str, Hop, float]]  # site, outcome, hop wall seconds
+    test: dict[str, EvalReply]
+    test_seconds: float
+    started: float
+
+
+def travel(transport: Transport, visitor: Visitor, state: State, *, sites: list[str], test_sites: list[str],
+           train: TrainConfig, first_cycle: int, on_hop: Callable[[int, int, str, Hop], None],
+           on_cycle: Callable[[Cycle, State], None]) -> State:
+    """Cycles ``first_cycle .. train.cycles - 1``: visit every site in the cycle's order, then score the test split."""
+    for cycle in range(first_cycle, train.cycles):
+        started = time.perf_counter()
+        lr = learning_rate(train.lr, train.lr_decay, cycle)
+        hops = []
+        for i, site in enumerate(site_order(train.order, sites, seed=train.seed, cycle=cycle)):
+            t0 = time.perf_counter()
+            try:
+                hop = visitor.visit(site, state, cycle, lr)
+            except SiteError as exc:
+                hop = Hop(state, seconds=math.nan, status=HopStatus.FAILED, note=str(exc))
+            state = hop.state
+            hops.append((site, hop, time.perf_counter() - t0))
+            on_hop(cycle, i, site, hop)
+        t_test = time.perf_counter()
+        test = transport.evaluate(test_sites, state, EvalRequest("test"))
+        on_cycle(Cycle(cycle, hops, test, time.perf_counter() - t_test, started), state)
+    return state

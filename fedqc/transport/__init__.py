@@ -1,0 +1,31 @@
+"""How the server reaches sites: :class:`Transport`, implemented in-process (:mod:`.inprocess`) and over
+Flower (:mod:`.flower`). Every implementation carries the same typed requests to the same
+:class:`~fedqc.site.Site` logic, and a failing site surfaces as :class:`~fedqc.protocol.SiteError`."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from fedqc.protocol import (
+    AuditFinding,
+    EvalReply,
+    EvalRequest,
+    SiteInfo,
+    State,
+    TrainReply,
+    TrainRequest,
+)
+
+
+class Transport(Protocol):
+    def site_info(self) -> dict[str, SiteInfo]:
+        """Per site: its training scans' ids and val/test counts."""
+
+    def audit(self, site: str) -> list[AuditFinding]:
+        """The image audit's findings at ``site``."""
+
+    def train(self, site: str, state: State, request: TrainRequest) -> TrainReply:
+        """Train ``state`` at ``site``; :class:`~fedqc.protocol.SiteError` when the site fails."""
+
+    def evaluate(self, sites: list[str], state: State, request: EvalRequest) -> dict[str, EvalReply]:
+        """Score ``state`` at each site; a site that fails gets :meth:`EvalReply.failed`."""

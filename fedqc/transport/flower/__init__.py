@@ -1,0 +1,7 @@
+"""Flower at the edge: thin adapters that carry arrays, configs and counts between the server and sites.
+
+``codec`` (what crosses the wire), ``grid`` (the server's :class:`~fedqc.transport.Transport`
+over a Flower grid), ``client_app`` (a site's ClientApp), ``server_app`` (a ServerApp that
+hands the grid transport to a caller's function), ``simulation`` (Flower's simulation engine),
+``deployment`` (per-site folders and the docker-compose topology) and ``env`` (settings).
+"""

@@ -1,0 +1,92 @@
+"""What crosses the wire: the state as an ArrayRecord, requests as a ConfigRecord, replies as counts and scores
+(MetricRecord) and scan identifiers (ConfigRecord). No image data is ever put in a message."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+
+from fedqc.config import ModelSpec
+from fedqc.protocol import (
+    COUNT_KEYS,
+    EvalReply,
+    ScanProblem,
+    SiteInfo,
+    State,
+    TrainReply,
+)
+
+MODEL_KEYS = ("model.name", "model.width", "model.input_shape")
+
+
+def state_to_record(state: State) -> ArrayRecord:
+    return ArrayRecord({k: Array(np.require(v, requirements="C")) for k, v in state.items()})
+
+
+def record_to_state(record: ArrayRecord) -> State:
+    return {k: a.numpy() for k, a in record.items()}
+
+
+def to_config(d: dict) -> ConfigRecord:
+    """A ConfigRecord of ``d`` without empty lists or None (Flower cannot type them)."""
+    return ConfigRecord({k: list(v) if isinstance(v, tuple) else v for k, v in d.items()
+                         if v is not None and not (isinstance(v, (list, tuple)) and len(v) == 0)})
+
+
+def model_config(model: ModelSpec, threads: int) -> dict:
+    """The request fields every message carries: which network to build, how many threads to use."""
+    return {"model.name": model.name, "model.width": model.width, "model.input_shape": list(model.input_shape),
+            "threads": threads}
+
+
+def model_from_config(config: dict) -> ModelSpec:
+    return ModelSpec(str(config["model.name"]), float(config["model.width"]),
+                     tuple(int(x) for x in config["model.input_shape"]))
+
+
+def _problems(items: list[str]) -> list[ScanProblem]:
+    return [ScanProblem(*x.split("\t", 1)) for x in items]
+
+
+def encode_site_info(info: SiteInfo) -> RecordDict:
+    return RecordDict({"metrics": MetricRecord({"val": info.n_val, "test": info.n_test}),
+                       "ids": to_config({"site": info.name, "train": list(info.train)})})
+
+
+def decode_site_info(content: RecordDict) -> SiteInfo:
+    m, ids = content["metrics"], content["ids"]
+    return SiteInfo(str(ids["site"]), tuple(str(s) for s in ids.get("train", [])), int(m["val"]), int(m["test"]))
+
+
+def encode_train_reply(res: TrainReply) -> RecordDict:
+    return RecordDict({
+        "arrays": state_to_record(res.state),
+        "metrics": MetricRecord({"n_scans": res.n_scans, "loss": float(res.loss), "seconds": float(res.seconds)}),
+        "ids": to_config({"subjects": res.subjects, "skipped": [f"{p.subject}\t{p.reason}" for p in res.skipped]}),
+    })
+
+
+def decode_train_reply(content: RecordDict) -> TrainReply:
+    m, ids = content["metrics"], content["ids"]
+    return TrainReply(record_to_state(content["arrays"]), int(m["n_scans"]), float(m["loss"]), float(m["seconds"]),
+                      list(ids.get("subjects", [])), _problems(ids.get("skipped", [])))
+
+
+def encode_eval_reply(res: EvalReply) -> RecordDict:
+    s = res.scores
+    metrics = {k: float(res.counts[k]) for k in COUNT_KEYS}
+    if len(s):
+        metrics |= {"score": [float(x) for x in s["score"]], "label": [int(x) for x in s["label"]],
+                    "age": [float(x) for x in s["age"]]}
+    ids = {"subject": list(s["subject"]), "sex": list(s["sex"]), "site": list(s["site"]),
+           "skipped": [f"{p.subject}\t{p.reason}" for p in res.skipped]}
+    return RecordDict({"metrics": MetricRecord(metrics), "ids": to_config(ids)})
+
+
+def decode_eval_reply(content: RecordDict) -> EvalReply:
+    m, ids = content["metrics"], content["ids"]
+    scores = pd.DataFrame({"subject": list(ids.get("subject", [])), "site": list(ids.get("site", [])),
+                           "label": list(m.get("label", [])), "score": list(m.get("score", [])),
+                           "sex": list(ids.get("sex", [])), "age": list(m.get("age", []))})
+    return EvalReply({k: float(m[k]) for k in COUNT_KEYS}, scores, _problems(ids.get("skipped", [])))

@@ -1,0 +1,138 @@
+"""Sites as deployed: one folder per site holding only that site's manifest rows and scans.
+
+``split_sites`` turns an experiment's manifest into ``OUT/<site>/manifest.csv`` (paths
+relative to the folder) and ``OUT/<site>/images/``, plus ``OUT/sites.csv`` listing the
+sites and their scan counts per split. A SuperNode then names its site and manifest in
+its node config, ``site="<site>" manifest="<folder>/manifest.csv"`` (:func:`node_config`),
+and mounts nothing else. ``compose_file`` writes the docker-compose topology for such a
+folder: a SuperLink, a SuperExec for the ServerApp and, per site, a SuperNode and the
+SuperExec that runs its ClientApp with that site's folder mounted read-only.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from fedqc.data.manifest import load_manifest
+from fedqc.errors import UserError
+from fedqc.io import atomic_write_csv, atomic_write_text
+from fedqc.transport.flower.env import FLOWER_ENV
+
+SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+SITE_MOUNT = "/site"  # where a site's folder is mounted in its containers
+
+
+class _NoAliases(yaml.SafeDumper):
+    """Write repeated mappings (the shared environment) out in full: compose files stay readable."""
+
+    def ignore_aliases(self, data) -> bool:
+        return True
+
+
+def _service(site: str) -> str:
+    return re.sub(r"[^a-z0-9-]", "-", site.lower())
+
+
+def split_sites(manifest: str | Path, out: str | Path, *, overwrite: bool = False) -> pd.DataFrame:
+    """Write one folder per site of ``manifest`` under ``out``; return the ``sites.csv`` table.
+
+    Scans are hard-linked when ``out`` is on the same file system, copied otherwise.
+    """
+    table = load_manifest(manifest)
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise UserError(f"{out} exists and is not empty (use --overwrite to replace it)")
+        shutil.rmtree(out)
+    bad = sorted(s for s in table["site"].unique() if not SITE_NAME.match(str(s)))
+    if bad:
+        raise UserError(f"site names usable as folder names only (letters, digits, . _ -): {', '.join(bad)}")
+    services = table["site"].map(_service)
+    if services.nunique() != table["site"].nunique():
+        raise UserError("two sites differ only in case or punctuation; rename one")
+    index = []
+    for site, rows in table.groupby("site", sort=True):
+        folder = out / site
+        rows = rows.copy()
+        rel = []
+        for src in rows["path"]:
+            dst = folder / "images" / Path(src).name
+            if dst.exists():
+                raise UserError(f"site {site}: two scans share the file name {dst.name}")
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(src, dst)
+            except OSError:
+                shutil.copy2(src, dst)
+            rel.append(f"images/{dst.name}")
+        rows["path"] = rel
+        atomic_write_csv(rows, folder / "manifest.csv")
+        counts = rows["split"].value_counts()
+        index.append({"site": site, "folder": site, **{s: int(counts.get(s, 0)) for s in ("train", "val", "test")}})
+    sites = pd.DataFrame(index)
+    atomic_write_csv(sites, out / "sites.csv")
+    return sites
+
+
+def read_sites(folder: str | Path) -> list[str]:
+    """Site names of a folder made by :func:`split_sites`."""
+    index = Path(folder) / "sites.csv"
+    if not index.is_file():
+        raise UserError(f"{index} not found (make it with `fedqc sites split`)")
+    return [str(s) for s in pd.read_csv(index)["site"]]
+
+
+def node_config(site: str, folder: str | Path) -> str:
+    """The ``--node-config`` of a SuperNode serving ``site`` from ``folder``."""
+    return f'site="{site}" manifest="{Path(folder) / "manifest.csv"}"'
+
+
+def compose_file(sites_dir: str | Path, *, config: str, image: str = "fedqc:latest", port: int = 8000) -> str:
+    """A docker-compose file for the sites under ``sites_dir`` (paths as given, relative to the compose file).
+
+    ``config`` is the experiment YAML inside the image's ``/app`` (the repository is copied
+    there); results go to ``./runs`` on the host through the ServerApp's SuperExec.
+    """
+    sites_dir = str(sites_dir).rstrip("/")
+    if not sites_dir.startswith(("/", "./", "../")):
+        sites_dir = f"./{sites_dir}"  # compose reads a bare name as a named volume, not a folder
+    env = {**FLOWER_ENV, "OMP_NUM_THREADS": "1"}
+    base = {"image": image, "environment": env}
+    services: dict = {
+        "superlink": {**base, "build": ".", "command": [
+            "flower-superlink", "--insecure", "--isolation", "process", "--host", "0.0.0.0",
+            "--port", str(port), "--disable-runtime-dependency-installation"],
+            "ports": [f"{port}:{port}"]},
+        "superexec-serverapp": {**base, "command": [
+            "flower-superexec", "--insecure", "--runtime-api-address", f"superlink:{port}"],
+            "volumes": ["./runs:/runs"], "depends_on": ["superlink"]},
+    }
+    sites = read_sites(sites_dir)
+    for site in sites:
+        name = _service(site)
+        services[f"supernode-{name}"] = {**base, "command": [
+            "flower-supernode", "--insecure", "--superlink", f"superlink:{port}", "--isolation", "process",
+            "--host", "0.0.0.0", "--port", "9094", "--node-config", node_config(site, SITE_MOUNT)],
+            "depends_on": ["superlink"]}
+        services[f"superexec-{name}"] = {**base, "command": [
+            "flower-superexec", "--insecure", "--runtime-api-address", f"supernode-{name}:9094"],
+            "volumes": [f"{sites_dir}/{site}:{SITE_MOUNT}:ro"], "depends_on": [f"supernode-{name}"]}
+    header = (f"# Generated by `fedqc sites compose --sites {sites_dir} --config {config}`.\n"
+              "# Build: docker compose build; start: docker compose up -d; then, from the host:\n"
+              f"#   flwr run . compose --run-config \"config='/app/{config}' out='/runs/<name>' "
+              f"nodes={len(sites)}\"\n"
+              "# with a [superlink.compose] connection (address = \"127.0.0.1:"
+              f"{port}\", insecure = true) in $FLWR_HOME/config.toml. TLS: see docs/deployment.md.\n")
+    return header + yaml.dump({"services": services}, Dumper=_NoAliases, sort_keys=False, width=200)
+
+
+def write_compose(sites_dir: str | Path, out: str | Path, *, config: str) -> Path:
+    out = Path(out)
+    atomic_write_text(compose_file(sites_dir, config=config), out)
+    return out

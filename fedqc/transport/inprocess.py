@@ -1,0 +1,49 @@
+"""The in-process transport: every site in this process, called directly (tests, quick runs, scoring checkpoints)."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from fedqc.config import ModelSpec
+from fedqc.errors import SiteError
+from fedqc.protocol import (
+    AuditFinding,
+    EvalReply,
+    EvalRequest,
+    SiteInfo,
+    State,
+    TrainReply,
+    TrainRequest,
+)
+from fedqc.site import Site
+
+
+class InProcessTransport:
+    """All sites of one manifest table; a site that raises fails as it would over Flower."""
+
+    def __init__(self, manifest: pd.DataFrame, model: ModelSpec):
+        self.sites = {name: Site(name, rows, model=model) for name, rows in manifest.groupby("site", sort=True)}
+
+    def site_info(self) -> dict[str, SiteInfo]:
+        return {name: site.info() for name, site in self.sites.items()}
+
+    def audit(self, site: str) -> list[AuditFinding]:
+        try:
+            return self.sites[site].audit()
+        except Exception as exc:
+            raise SiteError(f"audit failed: {type(exc).__name__}: {exc}") from exc
+
+    def train(self, site: str, state: State, request: TrainRequest) -> TrainReply:
+        try:
+            return self.sites[site].train(state, request)
+        except Exception as exc:  # a failing site costs its hop, as over Flower
+            raise SiteError(f"site {site} failed: {type(exc).__name__}: {exc}") from exc
+
+    def evaluate(self, sites: list[str], state: State, request: EvalRequest) -> dict[str, EvalReply]:
+        replies = {}
+        for s in sites:
+            try:
+                replies[s] = self.sites[s].evaluate(state, request)
+            except Exception as exc:  # a failing site loses its scores, not the run
+                replies[s] = EvalReply.failed(f"site {s} failed: {type(exc).__name__}: {exc}")
+        return replies
