@@ -4,10 +4,8 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.fedqc-installed
 
-# Flower: no telemetry, no update checks, no runtime dependency installation.
-export FLWR_TELEMETRY_ENABLED := 0
-export FLWR_DISABLE_UPDATE_CHECK := 1
-export RAY_DEDUP_LOGS := 0
+# Flower's settings (no telemetry, no update checks, no runtime dependency installation) are
+# applied by fedqc itself (fedqc/transport/flower/env.py) and by the scripts it starts.
 
 DEMO_DATA := data/demo
 DEMO_RUN  := runs/demo
@@ -44,13 +42,13 @@ $(SMOKE_SITES): data/smoke/manifest.csv
 test: install
 	$(PY) -m pytest -q
 
-# Benchmarks (bench/): JSON under bench/results/ and the README's Performance table. About an hour on 2 cores.
+# Benchmarks (bench/): JSON under bench/results/ and the table in docs/results/performance.md. About an hour on 2 cores.
 bench: install
-	$(PY) bench/overhead.py --cycles 2
-	$(PY) bench/scaling.py
-	$(PY) bench/qc_cost.py
-	$(PY) bench/deployment.py
-	$(PY) bench/report.py
+	$(PY) -m bench.overhead --cycles 2
+	$(PY) -m bench.scaling
+	$(PY) -m bench.qc_cost
+	$(PY) -m bench.deployment
+	$(PY) -m bench.report
 
 clean:
 	rm -rf $(VENV) runs data $(SMOKE_SITES)

@@ -1,17 +1,27 @@
-"""What every benchmark reports beside its figures: the machine, and peak memory."""
+"""What the benchmarks share: paths, the reference experiment, the machine, peak memory, fedqc runs and their scores."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+import resource
 import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+import yaml
 
+from fedqc.transport.flower.env import FLOWER_ENV, RAY_ENV
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+REFERENCE = ROOT / "data" / "reference" / "manifest.csv"
 PAGE_MB = os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
@@ -21,9 +31,32 @@ def machine() -> dict:
 
     cpu = platform.processor()
     if os.path.exists("/proc/cpuinfo"):
-        cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), cpu)
+        with open("/proc/cpuinfo") as info:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in info if ln.startswith("model name")), cpu)
     return {"cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": "cpu", "cpu": cpu,
             "python": platform.python_version(), "torch": torch.__version__, "flwr": flwr.__version__}
+
+
+def flower_env() -> dict[str, str]:
+    """This process's environment with fedqc's Flower and Ray settings (:mod:`fedqc.transport.flower.env`),
+    for the runs a benchmark starts, whether or not ``make`` exported them."""
+    return {**os.environ, **FLOWER_ENV, **RAY_ENV}
+
+
+def reference_config(cycles: int, engine: str, manifest: Path = REFERENCE, **train) -> dict:
+    """The benchmark experiment: reference shape, half-width SFCN, clean arm only, 2 threads."""
+    return {"name": "bench", "manifest": str(manifest), "engine": engine, "threads": 2, "arms": ["clean"],
+            "model": {"name": "sfcn", "width": 0.5, "input_shape": [32, 32, 32]},
+            "train": {"cycles": cycles, "warmup": 0, "batch_size": 5, "lr": 1e-3, "seed": 0, **train}}
+
+
+def ensure_cohort(manifest: Path, preset: str = "reference", harm: dict | None = None) -> None:
+    """Generate the ``preset`` cohort (32³, seed 0) under ``manifest``'s folder when it is missing."""
+    if not manifest.is_file():
+        from fedqc.data.synth.cohort import generate_cohort
+
+        print(f"generating the {preset} cohort under {manifest.parent} ...", flush=True)
+        generate_cohort(manifest.parent, preset=preset, size=32, seed=0, harm=harm)
 
 
 def hop_overhead_s(log: pd.DataFrame) -> np.ndarray:
@@ -70,23 +103,46 @@ def run_measured(cmd: list[str], *, interval: float = 0.25, **kwargs) -> tuple[s
 
 def own_peak_rss_mb() -> float:
     """Peak resident memory of this process (MB)."""
-    import resource
-
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def simulate(cfg: dict, config: Path, out: Path) -> tuple[float, float]:
     """Write ``cfg`` to ``config`` and run it with ``python -m fedqc.simulate`` into ``out``
     (a fresh process, like a user's run); return its wall seconds and peak RSS (MB)."""
-    import sys
-    import time
-
-    import yaml
-
     config.write_text(yaml.safe_dump(cfg))
     t0 = time.perf_counter()
     proc, peak = run_measured([sys.executable, "-m", "fedqc.simulate", "--config", str(config), "--out", str(out),
-                               "--quiet"], cwd=Path(__file__).resolve().parents[1])
+                               "--quiet"], cwd=ROOT, env=flower_env())
     if proc.returncode != 0:
         raise SystemExit(f"{config} failed:\n{proc.stderr[-3000:]}")
     return time.perf_counter() - t0, peak
+
+
+def final_auroc(out: Path, arm: str, last: int = 3) -> float:
+    """Mean test AUROC of an arm's last ``last`` cycles (from its saved predictions)."""
+    from sklearn.metrics import roc_auc_score
+
+    files = sorted((out / arm / "predictions").glob("cycle_*.csv"))[-last:]
+    return float(sum(roc_auc_score(p["label"], p["score"]) for p in map(pd.read_csv, files)) / len(files))
+
+
+def arm_row(run: Path, arm: str, label: str) -> dict:
+    """One arm of a run as a table row: its test AUROC and, for a QC arm, what it detected and what it cost."""
+    row = {"arm": label, "auroc_last3": round(final_auroc(run, arm), 3)}
+    summary_file = run / arm / "qc_summary.json"
+    if not summary_file.is_file():
+        return row
+    summary = json.loads(summary_file.read_text())
+    det = pd.read_csv(run / arm / "detection.csv").set_index(["level", "name"])
+    for (level, name), r in det.iterrows():
+        if level == "kind":
+            row[f"recall {r['scope']} {name}"] = round(r["recall"], 2)
+    overall = det.loc[("overall", "all")]
+    whole = det.loc[("scope", "whole-site")]
+    row |= {"recall whole-site": round(whole["recall"], 2),
+            "whole-site out at end": round((whole["eliminated"] + whole["pending"]) / whole["harmful"], 2),
+            "recall single-scan": round(det.loc[("scope", "single-scan"), "recall"], 2),
+            "precision": None if pd.isna(overall["precision"]) else round(overall["precision"], 2),
+            "good lost": f"{int(overall['good_eliminated'])} ({overall['good_eliminated_rate']:.1%})",
+            "verifications": summary["verifications"], "seconds": round(summary["arm_seconds"])}
+    return row

@@ -1,6 +1,6 @@
 """Framework overhead: a clean-arm cycle as a plain PyTorch loop, in-process, and on Flower simulation.
 
-    python bench/overhead.py --cycles 1 --out bench/results/overhead.json
+    python -m bench.overhead --cycles 1 --out bench/results/overhead.json
 
 The ``reference`` preset's shape (83 sites, 32³; made under data/reference when missing)
 with a half-width SFCN, the clean arm, seed 0, back to back in one invocation:
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -31,52 +30,53 @@ import numpy as np
 import pandas as pd
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from bench.common import hop_overhead_s, machine, own_peak_rss_mb, simulate  # noqa: E402
-from fedqc.config import parse_config  # noqa: E402
-from fedqc.data.manifest import load_manifest  # noqa: E402
-from fedqc.site import EVAL_BATCH, Site, batches  # noqa: E402
-from fedqc.state import unpack  # noqa: E402
-from fedqc.travel import hop_seed, initial_state, learning_rate, site_order  # noqa: E402
-
-REFERENCE = ROOT / "data" / "reference" / "manifest.csv"
-
-
-def reference_config(cycles: int, engine: str, manifest: Path = REFERENCE, **train) -> dict:
-    """The benchmark experiment: reference shape, half-width SFCN, clean arm only, 2 threads."""
-    return {"name": "bench", "manifest": str(manifest), "engine": engine, "threads": 2, "arms": ["clean"],
-            "model": {"name": "sfcn", "width": 0.5, "input_shape": [32, 32, 32]},
-            "train": {"cycles": cycles, "warmup": 0, "batch_size": 5, "lr": 1e-3, "seed": 0, **train}}
-
-
-def ensure_cohort(manifest: Path, preset: str = "reference", harm: dict | None = None) -> None:
-    if not manifest.is_file():
-        from fedqc.data.cohort import generate_cohort
-
-        print(f"generating the {preset} cohort under {manifest.parent} ...", flush=True)
-        generate_cohort(manifest.parent, preset=preset, size=32, seed=0, harm=harm)
+from bench.common import (
+    REFERENCE,
+    RESULTS,
+    ensure_cohort,
+    hop_overhead_s,
+    machine,
+    own_peak_rss_mb,
+    reference_config,
+    simulate,
+)
+from fedqc.config import parse_config
+from fedqc.data.manifest import load_manifest
+from fedqc.experiment.arms import harmful_training_scans
+from fedqc.models.state import initial_state, unpack
+from fedqc.protocol import batches
+from fedqc.site import Site
+from fedqc.site.site import EVAL_BATCH
+from fedqc.strategies.travelling import hop_seed, learning_rate, site_order
 
 
 def plain_cycles(cfg_dict: dict) -> list[float]:
-    """Seconds per cycle of the plain loop: same scans, order and batches as the clean arm."""
+    """Seconds per cycle of the plain loop: same scans, order and batches as the clean arm.
+
+    Like the runner's clean arm, each site trains its training scans in manifest order minus
+    the ones the ground truth marks harmful, permuted by the hop's seed.
+    """
     cfg = parse_config(cfg_dict)
     torch.set_num_threads(cfg.threads)
     table = load_manifest(cfg.manifest)
-    sites = {name: Site(name, rows, model=cfg.model) for name, rows in table.groupby("site")}
+    leave_out = harmful_training_scans(table)
+    sites = {name: Site(name, rows, model=cfg.model) for name, rows in table.groupby("site", sort=True)}
+    pools = {}
+    for name, site in sites.items():
+        drop = set(leave_out.get(name, ()))
+        pools[name] = [s for s in site.subjects("train") if s not in drop]
     model = sites[next(iter(sites))]  # one network and one optimizer for the whole loop
-    state = initial_state(cfg)
+    state = initial_state(cfg.model, cfg.train.seed)
     unpack(state, model.encoder, model.classifier, None)
     enc, clf, opt, loss_fn = model.encoder, model.classifier, model.optimizer, model.loss_fn
-    train_sites = sorted(s for s, site in sites.items() if site.subjects("train", include_harmful=False))
+    train_sites = sorted(name for name, pool in pools.items() if pool)
     seconds = []
     for cycle in range(cfg.train.cycles):
         t0 = time.perf_counter()
         for group in opt.param_groups:
             group["lr"] = learning_rate(cfg.train.lr, cfg.train.lr_decay, cycle)
         for name in site_order(cfg.train.order, train_sites, seed=cfg.train.seed, cycle=cycle):
-            site, seed = sites[name], hop_seed(cfg.train.seed, cycle, name)
-            pool = site.subjects("train", include_harmful=False)
+            site, pool, seed = sites[name], pools[name], hop_seed(cfg.train.seed, cycle, name)
             order = [pool[i] for i in np.random.default_rng(seed).permutation(len(pool))]
             torch.manual_seed(seed)
             enc.train()
@@ -116,9 +116,9 @@ def fedqc_run(cfg_dict: dict, out: Path) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m bench.overhead", description=__doc__.splitlines()[0])
     ap.add_argument("--cycles", type=int, default=2)
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "overhead.json")
+    ap.add_argument("--out", type=Path, default=RESULTS / "overhead.json")
     args = ap.parse_args()
     ensure_cohort(REFERENCE)
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,6 +1,6 @@
 """The cost of one QC cycle against a no-QC (dirty) cycle, and what each detects.
 
-    python bench/qc_cost.py [--sites N] [--out bench/results/qc_cost.json]
+    python -m bench.qc_cost [--sites N] [--out bench/results/qc_cost.json]
 
 The ``reference`` preset's shape (32³, SFCN width 0.5) with the demo harm scenario
 (whole inverted, noise and mislabeled sites plus single harmful scans), made under
@@ -21,17 +21,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 from pathlib import Path
 
 import pandas as pd
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from bench.common import machine, simulate  # noqa: E402
-from bench.overhead import ensure_cohort, reference_config  # noqa: E402
-from fedqc.data.cohort import DEMO_HARM  # noqa: E402
+from bench.common import (
+    RESULTS,
+    ROOT,
+    ensure_cohort,
+    machine,
+    reference_config,
+    simulate,
+)
+from fedqc.data.synth.cohort import DEMO_HARM
 
 DATA = ROOT / "data" / "reference-demoharm" / "manifest.csv"
 ARMS = {"noqc": "dirty", "reference": "qc-reference-batch", "default": "qc"}
@@ -55,7 +58,10 @@ def detection(arm_dir: Path, manifest: pd.DataFrame) -> dict:
     good = set(manifest.loc[(manifest["harm"] == "none") & (manifest["split"] == "train"), "subject"])
     whole, overall = det.loc[("scope", "whole-site")], det.loc[("overall", "all")]
     single = det.loc[("scope", "single-scan")]
-    out_of_training = lambda r: (r["eliminated"] + r["pending"]) / r["harmful"]  # noqa: E731
+
+    def out_of_training(r: pd.Series) -> float:
+        return (r["eliminated"] + r["pending"]) / r["harmful"]
+
     return {"whole_site_recall": round(float(out_of_training(whole)), 3),
             "single_scan_recall": round(float(out_of_training(single)), 3),
             "harmful_recall": round(float(out_of_training(overall)), 3),
@@ -64,9 +70,9 @@ def detection(arm_dir: Path, manifest: pd.DataFrame) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m bench.qc_cost", description=__doc__.splitlines()[0])
     ap.add_argument("--sites", type=int, default=0, help="keep this many sites (0: all 83 plus the harmful ones)")
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "qc_cost.json")
+    ap.add_argument("--out", type=Path, default=RESULTS / "qc_cost.json")
     args = ap.parse_args()
     ensure_cohort(DATA, harm=DEMO_HARM)
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,9 +1,9 @@
 """Every QC criterion × granularity on one run, the configured QC, and smaller verification sets.
 
-    python bench/qc_grid.py --config configs/demo.yaml --out runs/qc-grid
+    python -m bench.qc_grid --config configs/demo.yaml --out runs/qc-grid
 
-1. One experiment (in-process transport, the config's seed): clean, dirty and the six
-   ``qc-<criterion>-<granularity>`` arms, all with the audit stage **off**, so the
+1. One experiment (in-process transport, the config's seed): clean, dirty and every
+   ``qc-<criterion>-<granularity>`` arm, all with the audit stage **off**, so the
    verification-based method is measured on its own.
 2. From the same clean checkpoint: the config's ``qc`` arm as configured (audit
    included if the config turns it on), then with the audit off at
@@ -16,41 +16,21 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import shutil
 from pathlib import Path
 
 import pandas as pd
 import torch
 
+from bench.common import arm_row
+from fedqc.analysis.report import markdown_table
 from fedqc.config import CRITERIA, GRANULARITIES, load_config
 from fedqc.data.manifest import load_manifest
-from fedqc.infer import markdown_table
-from fedqc.simulate import final_auroc, prepare_run_dir, run_experiment
-from fedqc.transport import InProcessTransport
+from fedqc.experiment.run_dir import RunDir
+from fedqc.experiment.runner import run_experiment
+from fedqc.transport.inprocess import InProcessTransport
 
 FRACTIONS = (0.5, 0.25)
-
-
-def arm_row(run: Path, arm: str, label: str) -> dict:
-    row = {"arm": label, "auroc_last3": round(final_auroc(run, arm), 3)}
-    summary_file = run / arm / "qc_summary.json"
-    if not summary_file.is_file():
-        return row
-    summary = json.loads(summary_file.read_text())
-    det = pd.read_csv(run / arm / "detection.csv").set_index(["level", "name"])
-    for (level, name), r in det.iterrows():
-        if level == "kind":
-            row[f"recall {r['scope']} {name}"] = round(r["recall"], 2)
-    overall = det.loc[("overall", "all")]
-    whole = det.loc[("scope", "whole-site")]
-    row |= {"recall whole-site": round(whole["recall"], 2),
-            "whole-site out at end": round((whole["eliminated"] + whole["pending"]) / whole["harmful"], 2),
-            "recall single-scan": round(det.loc[("scope", "single-scan"), "recall"], 2),
-            "precision": None if pd.isna(overall["precision"]) else round(overall["precision"], 2),
-            "good lost": f"{int(overall['good_eliminated'])} ({overall['good_eliminated_rate']:.1%})",
-            "verifications": summary["verifications"], "seconds": round(summary["arm_seconds"])}
-    return row
 
 
 def compact(table: pd.DataFrame) -> pd.DataFrame:
@@ -73,7 +53,7 @@ def compact(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.qc_grid", description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/demo.yaml")
     parser.add_argument("--out", default="runs/qc-grid")
     parser.add_argument("--reuse-grid", action="store_true",
@@ -88,11 +68,11 @@ def main() -> None:
     torch.set_num_threads(cfg.threads)
     transport = InProcessTransport(load_manifest(cfg.manifest), cfg.model)
     if not (args.reuse_grid or args.table_only):
-        prepare_run_dir(cfg, out, resume=False, overwrite=True)
+        RunDir(out).prepare(cfg, resume=False, overwrite=True)
         run_experiment(cfg, transport, out, quiet=True)
     rows = [arm_row(out, a, a) for a in ("clean", "dirty", *variants)]
-    settings = [("default", base.qc, f"qc as configured ({base.qc.criterion}, {base.qc.granularity}, "
-                                     f"alpha={base.qc.alpha}, audit {'on' if base.qc.audit else 'off'})")]
+    settings = [("default", base.qc, (f"qc as configured ({base.qc.criterion}, {base.qc.granularity}, "
+                                      f"alpha={base.qc.alpha}, audit {'on' if base.qc.audit else 'off'})"))]
     for criterion in [base.qc.criterion]:
         settings += [(f"verify_{criterion}_{f}", dataclasses.replace(no_audit, criterion=criterion, verify_fraction=f),
                       f"qc ({criterion}, {base.qc.granularity}, audit off), verify_fraction={f}") for f in FRACTIONS]
@@ -100,7 +80,7 @@ def main() -> None:
         sub = out / name
         sub_cfg = dataclasses.replace(cfg, arms=("qc",), qc=qc)
         if not args.table_only:
-            prepare_run_dir(sub_cfg, sub, resume=False, overwrite=True)
+            RunDir(sub).prepare(sub_cfg, resume=False, overwrite=True)
             shutil.copytree(out / "clean", sub / "clean")
             run_experiment(sub_cfg, transport, sub, quiet=True)
         rows.append(arm_row(sub, "qc", label))

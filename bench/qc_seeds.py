@@ -1,6 +1,6 @@
 """Clean, dirty and the configured QC (audit off) over several training seeds.
 
-    python bench/qc_seeds.py --config configs/demo.yaml --seeds 0 1 2 --out runs/qc-seeds
+    python -m bench.qc_seeds --config configs/demo.yaml --seeds 0 1 2 --out runs/qc-seeds
 
 One AUROC per arm and seed is a single draw: on the demo's 79 test scans, arms that
 train the same data differ by tenths between seeds (see the QC section of the README).
@@ -16,24 +16,22 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 from pathlib import Path
 
 import pandas as pd
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from bench.qc_grid import arm_row  # noqa: E402
-from fedqc.config import load_config  # noqa: E402
-from fedqc.data.manifest import load_manifest  # noqa: E402
-from fedqc.infer import markdown_table  # noqa: E402
-from fedqc.simulate import final_auroc, prepare_run_dir, run_experiment  # noqa: E402
-from fedqc.transport import InProcessTransport  # noqa: E402
+from bench.common import arm_row, final_auroc
+from fedqc.analysis.report import markdown_table
+from fedqc.config import load_config
+from fedqc.data.manifest import load_manifest
+from fedqc.experiment.run_dir import RunDir
+from fedqc.experiment.runner import run_experiment
+from fedqc.transport.inprocess import InProcessTransport
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.qc_seeds", description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/demo.yaml")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", default="runs/qc-seeds")
@@ -46,7 +44,7 @@ def main() -> None:
         cfg = dataclasses.replace(base, arms=("clean", "dirty", "qc"), qc=dataclasses.replace(base.qc, audit=False),
                                   train=dataclasses.replace(base.train, seed=seed))
         run = Path(args.out) / f"seed{seed}"
-        prepare_run_dir(cfg, run, resume=False, overwrite=True)
+        RunDir(run).prepare(cfg, resume=False, overwrite=True)
         run_experiment(cfg, transport, run, quiet=True)
         qc = arm_row(run, "qc", "qc")
         rows.append({"seed": seed, "clean": round(final_auroc(run, "clean"), 3),

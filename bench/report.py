@@ -1,6 +1,6 @@
-"""Write the README's Performance table from bench/results/*.json (the last step of ``make bench``).
+"""Write the Performance table of docs/results/performance.md from bench/results/*.json (the last step of ``make bench``).
 
-    python bench/report.py [--readme README.md]
+    python -m bench.report [--doc docs/results/performance.md]
 
 Replaces the text between ``<!-- bench:start -->`` and ``<!-- bench:end -->``; a
 benchmark whose JSON is missing gets a row saying so.
@@ -12,9 +12,11 @@ import argparse
 import json
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results"
+from bench.common import RESULTS, ROOT
+
+DOC = ROOT / "docs" / "results" / "performance.md"
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
+BENCHMARKS = ("overhead", "qc_cost", "scaling", "deployment")
 
 
 def _load(name: str) -> dict | None:
@@ -22,51 +24,61 @@ def _load(name: str) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def _deployment(d: dict) -> str:
+    sim, a = d["simulation"], d["deployment_fedqc_polling"]
+    parts = [f"hop overhead median: simulation {sim['hop_overhead_s_median']:.2f} s"]
+    if b := d.get("deployment_flower_polling"):  # results measured before the Flower-polling comparison was dropped
+        parts.append(f"loopback deployment with Flower's polling {b['hop_overhead_s_median']:.1f} s "
+                     f"(p95 {b['hop_overhead_s_p95']:.1f})")
+        parts.append(f"with fedqc's {a['hop_overhead_s_median']:.1f} s (p95 {a['hop_overhead_s_p95']:.1f})")
+    else:
+        parts.append(f"loopback deployment {a['hop_overhead_s_median']:.1f} s (p95 {a['hop_overhead_s_p95']:.1f})")
+    return " · ".join(parts) + f"; a fresh ClientApp's start {d['clientapp_start_s']:.1f} s"
+
+
 def rows() -> list[tuple[str, str, str, str]]:
     """(benchmark, figure, target, met) rows."""
     out = []
     if o := _load("overhead"):
-        out.append(("overhead", f"plain {o['plain_s']:.1f} s · in-process {o['inprocess_s']:.1f} s "
-                                f"({o['inprocess_over_plain']:.2f}×) · Flower simulation {o['flower_s']:.1f} s "
-                                f"({o['flower_over_plain']:.2f}×) per cycle; Flower hop overhead median "
-                                f"{o['hop_overhead_ms_median']:.0f} ms, p95 {o['hop_overhead_ms_p95']:.0f} ms; "
-                                f"peak RSS {o['peak_rss_mb']['flower']:.0f} MB (Flower, whole process tree)",
+        out.append(("overhead",
+                    (f"plain {o['plain_s']:.1f} s · in-process {o['inprocess_s']:.1f} s "
+                     f"({o['inprocess_over_plain']:.2f}×) · Flower simulation {o['flower_s']:.1f} s "
+                     f"({o['flower_over_plain']:.2f}×) per cycle; Flower hop overhead median "
+                     f"{o['hop_overhead_ms_median']:.0f} ms, p95 {o['hop_overhead_ms_p95']:.0f} ms; "
+                     f"peak RSS {o['peak_rss_mb']['flower']:.0f} MB (Flower, whole process tree)"),
                     "Flower ≤ 1.15× plain", "yes" if o["flower_over_plain"] <= 1.15 else "no"))
     if q := _load("qc_cost"):
         r, d = q["reference_detection"], q["default_detection"]
-        out.append(("qc_cost", f"{q['sites']} sites: no QC {q['noqc_s']:.0f} s · reference method {q['reference_s']:.0f} s "
-                               f"({q['reference_over_noqc']:.2f}×, {q['reference_verifications']} verifications; whole sites "
-                               f"out of training {r['whole_site_recall']:.2f}, good scans out {r['good_out_of_training']}/{r['good']}) · "
-                               f"default QC {q['default_s']:.0f} s ({q['default_over_noqc']:.2f}×, "
-                               f"{q['default_verifications']} verifications; whole sites out of training {d['whole_site_recall']:.2f}, "
-                               f"good scans out {d['good_out_of_training']}/{d['good']}) per cycle",
+        out.append(("qc_cost",
+                    (f"{q['sites']} sites: no QC {q['noqc_s']:.0f} s · reference method {q['reference_s']:.0f} s "
+                     f"({q['reference_over_noqc']:.2f}×, {q['reference_verifications']} verifications; whole sites "
+                     f"out of training {r['whole_site_recall']:.2f}, good scans out {r['good_out_of_training']}/{r['good']}) · "
+                     f"default QC {q['default_s']:.0f} s ({q['default_over_noqc']:.2f}×, "
+                     f"{q['default_verifications']} verifications; whole sites out of training {d['whole_site_recall']:.2f}, "
+                     f"good scans out {d['good_out_of_training']}/{d['good']}) per cycle"),
                     "default ≤ 2× no QC, detection ≥ reference",
                     "yes" if q["default_over_noqc"] <= 2 and d["whole_site_recall"] >= r["whole_site_recall"]
                     and d["good_out_of_training"] <= r["good_out_of_training"] else "no"))
     if s := _load("scaling"):
         sizes = " · ".join(f"{k}³ {v:.1f} s" for k, v in s["seconds_by_size"].items())
         peak = max(p["peak_rss_mb"] for p in s["points"])
-        out.append(("scaling", f"seconds = {s['intercept_s']:.1f} + {s['seconds_per_scan_32'] * 1000:.0f} ms × scans "
-                               f"over {sum(p['size'] == 32 for p in s['points'])} points at 32³ (10–83 sites), "
-                               f"R² {s['r2']:.3f}; with a per-site term: {s['seconds_per_scan_given_sites'] * 1000:.0f} ms × scans "
-                               f"+ {s['seconds_per_site'] * 1000:.0f} ms × sites, R² {s['r2_scans_and_sites']:.3f}; "
-                               f"20 sites × 8 scans: {sizes}; peak RSS ≤ {peak:.0f} MB",
+        out.append(("scaling",
+                    (f"seconds = {s['intercept_s']:.1f} + {s['seconds_per_scan_32'] * 1000:.0f} ms × scans "
+                     f"over {sum(p['size'] == 32 for p in s['points'])} points at 32³ (10–83 sites), "
+                     f"R² {s['r2']:.3f}; with a per-site term: {s['seconds_per_scan_given_sites'] * 1000:.0f} ms × scans "
+                     f"+ {s['seconds_per_site'] * 1000:.0f} ms × sites, R² {s['r2_scans_and_sites']:.3f}; "
+                     f"20 sites × 8 scans: {sizes}; peak RSS ≤ {peak:.0f} MB"),
                     "R² ≥ 0.95", "yes" if s["r2"] >= 0.95 else "no"))
     if d := _load("deployment"):
-        b, a, sim = d["deployment_flower_polling"], d["deployment_fedqc_polling"], d["simulation"]
-        out.append(("deployment", f"hop overhead median: simulation {sim['hop_overhead_s_median']:.2f} s · loopback "
-                                  f"deployment with Flower's polling {b['hop_overhead_s_median']:.1f} s (p95 "
-                                  f"{b['hop_overhead_s_p95']:.1f}) · with fedqc's {a['hop_overhead_s_median']:.1f} s (p95 "
-                                  f"{a['hop_overhead_s_p95']:.1f}); a fresh ClientApp's start {d['clientapp_start_s']:.1f} s",
-                    "(measure, reduce)", ""))
-    for name in ("overhead", "qc_cost", "scaling", "deployment"):
+        out.append(("deployment", _deployment(d), "(measure, reduce)", ""))
+    for name in BENCHMARKS:
         if not _load(name):
-            out.append((name, f"not run yet: python bench/{name}.py", "", ""))
+            out.append((name, f"not run yet: python -m bench.{name}", "", ""))
     return out
 
 
 def table() -> str:
-    machine = next((r["machine"] for n in ("overhead", "qc_cost", "scaling", "deployment") if (r := _load(n))), None)
+    machine = next((r["machine"] for n in BENCHMARKS if (r := _load(n))), None)
     lines = ["| benchmark | measured | target | met |", "|---|---|---|---|"]
     lines += [f"| `{b}` | {f} | {t} | {m} |" for b, f, t, m in rows()]
     if machine:
@@ -77,16 +89,16 @@ def table() -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--readme", type=Path, default=ROOT / "README.md")
+    ap = argparse.ArgumentParser(prog="python -m bench.report", description=__doc__.splitlines()[0])
+    ap.add_argument("--doc", type=Path, default=DOC, help="the Markdown file whose bench block to rewrite")
     args = ap.parse_args()
-    text = args.readme.read_text()
+    text = args.doc.read_text() if args.doc.is_file() else ""
     if START not in text or END not in text:
-        raise SystemExit(f"{args.readme} has no {START} … {END} block")
+        raise SystemExit(f"{args.doc} has no {START} … {END} block")
     head, rest = text.split(START, 1)
     _, tail = rest.split(END, 1)
-    args.readme.write_text(f"{head}{START}\n{table()}\n{END}{tail}")
-    print(f"updated the Performance table in {args.readme}")
+    args.doc.write_text(f"{head}{START}\n{table()}\n{END}{tail}")
+    print(f"updated the Performance table in {args.doc}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Seconds per clean-arm cycle on Flower simulation as sites, scans and resolution grow.
 
-    python bench/scaling.py [--out bench/results/scaling.json]
+    python -m bench.scaling [--out bench/results/scaling.json]
 
 Synthetic cohorts (seed 0, no harm), SFCN width 0.5, two cycles each; the second is
 timed (steady state: images read, networks built; ``cycles.csv``, so Ray start-up is
@@ -20,18 +20,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from bench.common import hop_overhead_s, machine, simulate  # noqa: E402
-from bench.overhead import reference_config  # noqa: E402
-from fedqc.data.cohort import SiteSpec, generate_cohort  # noqa: E402
+from bench.common import RESULTS, hop_overhead_s, machine, reference_config, simulate
+from fedqc.data.synth.cohort import SiteSpec, generate_cohort
 
 SITE_COUNTS = (10, 20, 40, 83)
 SIZES = (32, 48, 64)
@@ -59,8 +55,8 @@ def point(tmp: Path, series: str, specs: list[SiteSpec], size: int) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "scaling.json")
+    ap = argparse.ArgumentParser(prog="python -m bench.scaling", description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=RESULTS / "scaling.json")
     args = ap.parse_args()
     points = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -12,8 +12,8 @@ if [[ $# -ne 3 ]]; then echo "usage: $0 CONFIG OUT NODES" >&2; exit 2; fi
 here=$(cd "$(dirname "$0")/.." && pwd)
 config=$(realpath "$1"); out=$(realpath -m "$2"); nodes=$3
 [[ -f $config ]] || { echo "error: config not found: $1" >&2; exit 2; }
-export PATH="$here/.venv/bin:$PATH" FLWR_HOME="$out/.flwr" FLWR_TELEMETRY_ENABLED=0 \
-       FLWR_DISABLE_UPDATE_CHECK=1 FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1 RAY_USAGE_STATS_ENABLED=0
+export PATH="$here/.venv/bin:$PATH" FLWR_HOME="$out/.flwr"
+eval "$(python -m fedqc.transport.flower.env)"
 if (exec 3<>/dev/tcp/127.0.0.1/39091) 2>/dev/null; then
   echo "error: a SuperLink already listens on 127.0.0.1:39091; stop it first" >&2; exit 1
 fi

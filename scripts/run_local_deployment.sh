@@ -21,8 +21,8 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
 [[ -f $1 ]] || { echo "error: config not found: $1" >&2; exit 2; }
 [[ -x .venv/bin/fedqc ]] || make -s install
-export PATH="$here/.venv/bin:$PATH" FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1 \
-       FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1 OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
+export PATH="$here/.venv/bin:$PATH" OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
+eval "$(python -m fedqc.transport.flower.env)"
 
 config=$(realpath "$1")
 name=$(python -c 'import sys; from fedqc.config import load_config; print(load_config(sys.argv[1]).name)' "$config")

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 from fedqc.config import parse_config
+from fedqc.data.synth.cohort import SiteSpec, generate_cohort
 from fedqc.experiment.run_dir import ArmDir
 from fedqc.transport.flower.env import apply_flower_env
-from fedqc.data.synth.cohort import SiteSpec, generate_cohort
 
 apply_flower_env()
 torch.set_num_threads(2)
@@ -65,3 +64,8 @@ def non_finite_copy(src: Path, dst: Path, value: float) -> None:
 
 def checkpoint_path(arm_dir: Path, cycle: int) -> Path:
     return ArmDir(arm_dir).checkpoint(cycle)
+
+
+def with_absolute_paths(table, root: Path):
+    """A manifest table whose image paths point into ``root``, so it can be written anywhere."""
+    return table.assign(path=[str(root / p) for p in table["path"]])

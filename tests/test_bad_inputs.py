@@ -8,6 +8,7 @@ import yaml
 from typer.testing import CliRunner
 
 from fedqc.cli import app
+from tests.conftest import with_absolute_paths
 
 
 def base_config(manifest) -> dict:
@@ -94,10 +95,10 @@ MANIFESTS = [
 
 @pytest.mark.parametrize("mutate,message", [m[1:] for m in MANIFESTS], ids=[m[0] for m in MANIFESTS])
 def test_bad_manifest(mutate, message, tiny_cohort, tmp_path):
-    (tiny_cohort / "broken.nii.gz").write_bytes(b"\x1f\x8b truncated")
-    good = pd.read_csv(tiny_cohort / "manifest.csv")
-    mutate(good).to_csv(tiny_cohort / "bad_manifest.csv", index=False)
-    assert_clean_failure(["validate", str(tiny_cohort / "bad_manifest.csv")], message)
+    (tmp_path / "broken.nii.gz").write_bytes(b"\x1f\x8b truncated")  # next to the manifest: relative paths find it
+    good = with_absolute_paths(pd.read_csv(tiny_cohort / "manifest.csv"), tiny_cohort)
+    mutate(good).to_csv(tmp_path / "bad_manifest.csv", index=False)
+    assert_clean_failure(["validate", str(tmp_path / "bad_manifest.csv")], message)
 
 
 OPTIONS = [

@@ -10,9 +10,9 @@ import SimpleITK as sitk
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
-from fedqc.data.synth.cohort import SiteSpec, _subject_rows, generate_cohort, reference_sites
 from fedqc.data.images import load_image
 from fedqc.data.manifest import load_manifest
+from fedqc.data.synth.cohort import SiteSpec, _subject_rows, generate_cohort, reference_sites
 from tests.conftest import TINY_HARM, TINY_SITES
 
 

@@ -11,12 +11,13 @@ import pytest
 import yaml
 
 from fedqc.config import load_config, parse_config
-from fedqc.data.synth.cohort import generate_cohort
 from fedqc.data.manifest import load_manifest
-from fedqc.experiment.runner import simulate
-from fedqc.transport.flower.deployment import SITE_MOUNT, compose_file, split_sites
-from fedqc.protocol import same
+from fedqc.data.synth.cohort import generate_cohort
+from fedqc.errors import UserError
 from fedqc.experiment.run_dir import load_checkpoint
+from fedqc.experiment.runner import simulate
+from fedqc.protocol import same
+from fedqc.transport.flower.deployment import SITE_MOUNT, compose_file, split_sites
 from tests.conftest import checkpoint_path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,14 +55,14 @@ def test_split_gives_each_site_only_its_own_rows_and_scans(tiny_cohort, tmp_path
 
 def test_split_refuses_to_clobber_and_rejects_unsafe_site_names(tiny_cohort, tmp_path):
     split_sites(tiny_cohort / "manifest.csv", tmp_path / "s")
-    with pytest.raises(FileExistsError, match="--overwrite"):
+    with pytest.raises(UserError, match="--overwrite"):
         split_sites(tiny_cohort / "manifest.csv", tmp_path / "s")
     split_sites(tiny_cohort / "manifest.csv", tmp_path / "s", overwrite=True)
     table = pd.read_csv(tiny_cohort / "manifest.csv")
     table.loc[table["site"] == "beta", "site"] = "../beta"
     table["path"] = [str(tiny_cohort / p) for p in table["path"]]
     table.to_csv(tmp_path / "bad.csv", index=False)
-    with pytest.raises(ValueError, match=r"\.\./beta"):
+    with pytest.raises(UserError, match=r"\.\./beta"):
         split_sites(tmp_path / "bad.csv", tmp_path / "bad")
 
 

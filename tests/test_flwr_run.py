@@ -8,11 +8,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from fedqc.experiment.run_dir import load_checkpoint
 from fedqc.experiment.runner import simulate
 from fedqc.protocol import same
-from fedqc.experiment.run_dir import load_checkpoint
-from tests.conftest import checkpoint_path
-from tests.conftest import tiny_config
+from tests.conftest import checkpoint_path, tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -8,7 +8,9 @@ import sys
 import pandas as pd
 import pytest
 
-from fedqc.data.manifest import ManifestError, load_manifest, read_table, validate_manifest
+from fedqc.data.manifest import load_manifest, read_table, validate_manifest
+from fedqc.errors import ManifestError
+from tests.conftest import with_absolute_paths
 
 
 @pytest.fixture
@@ -32,8 +34,9 @@ def test_reference_aliases_accepted(good, tiny_cohort, tmp_path):
     aliased = good.rename(columns={"subject": "Subject", "site": "Study", "path": "Path",
                                    "label": "Group_bin", "sex": "Sex", "age": "Age"})
     assert check(aliased, tiny_cohort, tmp_path).ok
-    aliased.to_csv(tiny_cohort / "aliased.csv", index=False)
-    table = load_manifest(tiny_cohort / "aliased.csv")
+    with_absolute_paths(aliased.rename(columns={"Path": "path"}), tiny_cohort).rename(columns={"path": "Path"}) \
+        .to_csv(tmp_path / "aliased.csv", index=False)
+    table = load_manifest(tmp_path / "aliased.csv")
     assert {"subject", "site", "path", "label", "sex", "age"} <= set(table.columns)
     assert table["label"].dtype.kind == "i"
 
@@ -63,10 +66,10 @@ def test_bad_inputs_reported_with_rows(name, mutate, message, good, tiny_cohort,
 
 
 def test_unreadable_image(good, tiny_cohort, tmp_path):
-    (tiny_cohort / "broken.nii.gz").write_bytes(b"not an image")
-    df = good.copy()
+    (tmp_path / "broken.nii.gz").write_bytes(b"not an image")
+    df = with_absolute_paths(good, tiny_cohort)
     df.loc[0, "path"] = "broken.nii.gz"
-    report = check(df, tiny_cohort, tmp_path)
+    report = check(df, tmp_path, tmp_path)
     assert any("unreadable" in e and df.loc[0, "subject"] in e for e in report.errors)
 
 
@@ -76,13 +79,13 @@ def test_site_without_val_is_a_warning(good, tiny_cohort, tmp_path):
     assert report.ok and any("beta" in w for w in report.warnings)
 
 
-def test_load_manifest_raises_with_all_problems(good, tiny_cohort):
-    df = good.copy()
+def test_load_manifest_raises_with_all_problems(good, tiny_cohort, tmp_path):
+    df = with_absolute_paths(good, tiny_cohort)
     df.loc[0, "label"] = "7"
     df.loc[1, "sex"] = "?"
-    df.to_csv(tiny_cohort / "bad.csv", index=False)
+    df.to_csv(tmp_path / "bad.csv", index=False)
     with pytest.raises(ManifestError) as exc:
-        load_manifest(tiny_cohort / "bad.csv")
+        load_manifest(tmp_path / "bad.csv")
     assert len(exc.value.problems) == 2
 
 

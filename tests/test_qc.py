@@ -13,8 +13,14 @@ from fedqc.config import CRITERIA, GRANULARITIES, ConfigError
 from fedqc.errors import SiteError
 from fedqc.protocol import EvalReply, SiteInfo, TrainReply
 from fedqc.qc.arm import QCArm
-from fedqc.qc.criteria import (SITE_CHECKS, UPDATE_CRITERIA, CalibratedLossCriterion, LossCriterion,
-                               ReferenceCriterion, SiteAUROCCheck)
+from fedqc.qc.criteria import (
+    SITE_CHECKS,
+    UPDATE_CRITERIA,
+    CalibratedLossCriterion,
+    LossCriterion,
+    ReferenceCriterion,
+    SiteAUROCCheck,
+)
 from fedqc.qc.detection import score_detection
 from fedqc.qc.policy import QCPolicy
 from fedqc.qc.search import SEARCHES

@@ -1,8 +1,17 @@
 """Experiment configuration: the schema and its loader (no torch, MONAI or SimpleITK)."""
 
 from fedqc.config.load import load_config, parse_config
-from fedqc.config.schema import (ARMS, CRITERIA, ENGINES, GRANULARITIES, ExperimentConfig, ModelSpec, QCConfig,
-                                 TrainConfig, qc_variant)
+from fedqc.config.schema import (
+                                 ARMS,
+                                 CRITERIA,
+                                 ENGINES,
+                                 GRANULARITIES,
+                                 ExperimentConfig,
+                                 ModelSpec,
+                                 QCConfig,
+                                 TrainConfig,
+                                 qc_variant,
+)
 from fedqc.errors import ConfigError
 
 __all__ = ["ARMS", "CRITERIA", "ENGINES", "GRANULARITIES", "ConfigError", "ExperimentConfig", "ModelSpec", "QCConfig",

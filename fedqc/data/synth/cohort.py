@@ -157,7 +157,8 @@ def synth_subject(
 
     img = t1 * (1.0 - effects.pd_intensity * dgm * label)
     img = img * (1.0 + effects.intensity_sd * rng.standard_normal())
-    bias = torch.exp(effects.bias_strength * scanner["bias"] * _smooth_field(np.random.default_rng(scanner["seed"]), shape, control=3, channels=1)[0])
+    field = _smooth_field(np.random.default_rng(scanner["seed"]), shape, control=3, channels=1)[0]
+    bias = torch.exp(effects.bias_strength * scanner["bias"] * field)
     img = torch.clamp(img * bias, min=0.0) ** scanner["gamma"]
     img = img * MAX_INTENSITY * scanner["gain"]
     img = img + torch.from_numpy(rng.normal(0.0, scanner["noise"], size=shape)).float().abs()
@@ -179,7 +180,7 @@ def scanner_params(name: str, seed: int, effects: Effects) -> dict:
 def write_nifti(path: Path, image: np.ndarray, shape) -> None:
     """Write an (x, y, z) array as NIfTI with spacing covering the cropped template box."""
     tpl = load_template()
-    spacing = [float((h - l) * 2.0 / max(n - 1, 1)) for l, h, n in zip(tpl.lo, tpl.hi, shape)]
+    spacing = [float((hi - lo) * 2.0 / max(n - 1, 1)) for lo, hi, n in zip(tpl.lo, tpl.hi, shape)]
     img = sitk.GetImageFromArray(image.transpose(2, 1, 0))
     img.SetSpacing(spacing)
     img.SetDirection((-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0))  # RAS array in LPS terms

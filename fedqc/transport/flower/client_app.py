@@ -9,6 +9,7 @@ node config, or the run config's ``config`` (an experiment YAML, for ``flwr run`
 from __future__ import annotations
 
 import functools
+from typing import Callable
 
 import torch
 from flwr.app import ConfigRecord, Context, Message, RecordDict
@@ -62,28 +63,29 @@ def make_client_app(manifest: str | None = None, mods: list | None = None) -> Cl
     """A ClientApp bound to ``manifest`` (simulation) or resolving it per node; ``mods`` wrap every handler."""
     app = ClientApp(mods=mods or [])
 
-    @app.query()
-    def query(msg: Message, context: Context) -> Message:
+    def answer(msg: Message, context: Context, work: Callable[[Site, dict], RecordDict]) -> Message:
         request = dict(msg.content["config"])
-        site = _resolve(context, manifest, request)
+        return Message(work(_resolve(context, manifest, request), request), reply_to=msg)
+
+    def site_facts(site: Site, request: dict) -> RecordDict:
         if request.get("audit"):
             findings = ["\t".join(f) for f in site.audit()]
-            return Message(RecordDict({"ids": ConfigRecord({"findings": findings} if findings else {})}), reply_to=msg)
-        return Message(encode_site_info(site.info()), reply_to=msg)
+            return RecordDict({"ids": ConfigRecord({"findings": findings} if findings else {})})
+        return encode_site_info(site.info())
+
+    @app.query()
+    def query(msg: Message, context: Context) -> Message:
+        return answer(msg, context, site_facts)
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
-        request = dict(msg.content["config"])
-        site = _resolve(context, manifest, request)
-        reply = site.train(record_to_state(msg.content["arrays"]), TrainRequest.from_dict(request))
-        return Message(encode_train_reply(reply), reply_to=msg)
+        return answer(msg, context, lambda site, request: encode_train_reply(
+            site.train(record_to_state(msg.content["arrays"]), TrainRequest.from_dict(request))))
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
-        request = dict(msg.content["config"])
-        site = _resolve(context, manifest, request)
-        reply = site.evaluate(record_to_state(msg.content["arrays"]), EvalRequest.from_dict(request))
-        return Message(encode_eval_reply(reply), reply_to=msg)
+        return answer(msg, context, lambda site, request: encode_eval_reply(
+            site.evaluate(record_to_state(msg.content["arrays"]), EvalRequest.from_dict(request))))
 
     return app
 

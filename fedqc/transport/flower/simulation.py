@@ -6,14 +6,12 @@ import logging
 from typing import Callable
 
 from fedqc.config import ExperimentConfig
-from fedqc.transport.flower.env import apply_flower_env
 from fedqc.transport.flower.grid import GridTransport
 
 
 def run_on_simulation(cfg: ExperimentConfig, main: Callable[[GridTransport], None], *, n_sites: int,
                       quiet: bool = False) -> None:
     """Start the engine with ``cfg.threads`` CPUs for one ClientApp at a time and run ``main(transport)``."""
-    apply_flower_env()
     from flwr.simulation import run_simulation
 
     from fedqc.transport.flower.client_app import make_client_app
