@@ -26,14 +26,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.common import (
-    RESULTS,
-    ROOT,
-    ensure_cohort,
-    machine,
-    reference_config,
-    simulate,
-)
+from bench.common import RESULTS, ROOT, ensure_cohort, machine, reference_config, simulate
 from fedqc.data.synth.cohort import DEMO_HARM
 
 DATA = ROOT / "data" / "reference-demoharm" / "manifest.csv"

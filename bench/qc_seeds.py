@@ -3,13 +3,13 @@
     python -m bench.qc_seeds --config configs/demo.yaml --seeds 0 1 2 --out runs/qc-seeds
 
 One AUROC per arm and seed is a single draw: on the demo's 79 test scans, arms that
-train the same data differ by tenths between seeds (see the QC section of the README).
+train the same data differ by tenths between seeds (see docs/results/qc.md).
 This runs the whole experiment (in-process) once per ``train.seed`` — same cohort,
 other scan orders, site orders and dropout — with the QC arm's audit stage off, and
 reports per seed and as mean ± sd: test AUROC (mean of the last three cycles) per arm,
 and the QC arm's whole-site recall and good scans lost.
 
-Writes ``OUT/qc_seeds.csv`` and ``OUT/qc_seeds.md`` (the README table).
+Writes ``OUT/qc_seeds.csv`` and ``OUT/qc_seeds.md`` (the table in docs/results/qc.md).
 """
 
 from __future__ import annotations
