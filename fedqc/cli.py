@@ -1,4 +1,4 @@
-"""The ``fedqc`` command line: validate, cohort, simulate, infer, sites.
+"""The ``fedqc`` command line: validate, cohort, harm, simulate, infer, sites.
 
 A user's mistake (:class:`~fedqc.errors.UserError`), a site that cannot be reached
 (:class:`~fedqc.errors.SiteError`) or a file the system refuses (``OSError``) ends in
@@ -95,6 +95,23 @@ def cohort(preset: str = typer.Option("demo", help="demo, reference or smoke."),
     harmful = int((m["harm"] != "none").sum())
     out.print(f"{out_dir / 'manifest.csv'}: {len(m)} scans, {m['site'].nunique()} sites, "
               f"{harmful} harmful, in {time.perf_counter() - t0:.1f} s")
+
+
+@app.command()
+@friendly
+def harm(manifest: Path = typer.Option(..., "--manifest", help="Manifest CSV of the scans to corrupt."),
+         scenario: Path = typer.Option(..., "--scenario", help="Harm scenario YAML (configs/scenarios/)."),
+         out_dir: Path = typer.Option(..., "--out", help="Output folder, apart from the inputs."),
+         seed: int = typer.Option(0, help="Seeds every choice and every corruption."),
+         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
+         debug: bool = DEBUG):
+    """Inject harmful data into a manifest: a new manifest and the corrupted images, the input untouched."""
+    from fedqc.data.inject import inject, load_scenario
+
+    table = inject(manifest, load_scenario(scenario), out_dir, seed=seed, overwrite=overwrite)
+    counts = table.loc[table["harm"] != "none", "harm"].value_counts().sort_index()
+    out.print(f"{out_dir / 'manifest.csv'}: {len(table)} scans, {int(counts.sum())} harmful ("
+              + ", ".join(f"{k} {v}" for k, v in counts.items()) + ")")
 
 
 def _simulate(config: Path, out_dir: Optional[Path], resume: bool, overwrite: bool, quiet: bool,

@@ -20,8 +20,8 @@ TINY_SITES = [
     SiteSpec("beta", "scannerB", 6, 3, 2, 2, 1, 1, 3, 1, 1),
     SiteSpec("gamma", "scannerC", 1, 1, 0, 1, 0, 1, 2, 1, 1),
 ]
-TINY_HARM = {"sites": [{"kind": "inverted", "train": 4, "val": 1}],
-             "scans": [{"kind": "noise", "site": "alpha"}, {"kind": "mislabeled", "site": "beta"}]}
+TINY_HARM = {"sites": [{"kind": "inverted", "new": "harm01-inverted", "train": 4, "val": 1}],
+             "scans": [{"kind": "pure-noise", "site": "alpha"}, {"kind": "mislabeled", "site": "beta"}]}
 
 
 @pytest.fixture(scope="session")

@@ -51,7 +51,7 @@ def test_images_readable_and_manifest_valid(tiny_cohort):
     assert img.GetSize() == (16, 16, 16)
     arr = sitk.GetArrayFromImage(img)
     assert 0 <= arr.min() and arr.max() <= 255 and arr.std() > 10
-    assert set(m["harm"]) == {"none", "inverted", "noise", "mislabeled"}
+    assert set(m["harm"]) == {"none", "inverted", "pure-noise", "mislabeled"}
     assert (m.loc[m["harm"] != "none", "harm_detail"] != "").all()
 
 

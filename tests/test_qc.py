@@ -452,14 +452,14 @@ def test_qc_arms_end_to_end_and_resume(tiny_cohort, tmp_path):
         log = pd.read_csv(run / arm / "qc_log.csv")
         assert set(log["cycle"]) == {1, 2, 3} and log["n_verify"].max() > 0
         assert set(log["scope"]) <= {"visit", "group", "batch", "scan", "revisit", "site"}
-        # the audit removes the image-level harm before any training: the inverted site and the noise scan
+        # the audit removes the image-level harm before any training: the inverted site and the pure-noise scan
         eliminated = pd.read_csv(run / arm / "eliminated.csv")
         audited = eliminated[eliminated["stage"] == "audit"]
-        assert sorted(manifest.loc[audited["subject"], "harm"]) == ["inverted"] * 4 + ["noise"]
+        assert sorted(manifest.loc[audited["subject"], "harm"]) == ["inverted"] * 4 + ["pure-noise"]
         assert (audited["cycle_eliminated"] == 1).all()
         detection = pd.read_csv(run / arm / "detection.csv").set_index(["level", "name"])
         assert detection.loc[("kind", "inverted"), ["harmful", "eliminated", "recall"]].tolist() == [4, 4, 1.0]
-        assert detection.loc[("kind", "noise"), ["scope", "eliminated"]].tolist() == ["single-scan", 1]
+        assert detection.loc[("kind", "pure-noise"), ["scope", "eliminated"]].tolist() == ["single-scan", 1]
         train = manifest[manifest["split"] == "train"]
         harmful = set(train.index[train["harm"] != "none"])
         overall = detection.loc[("overall", "all")]
@@ -506,7 +506,7 @@ def test_audit_flags_image_level_harm_only(tiny_cohort):
 
     m = load_manifest(tiny_cohort / "manifest.csv")
     flagged = {r.harm for r in m.itertuples() if check_image(load_image(r.path, (16, 16, 16))) is not None}
-    assert flagged == {"inverted", "noise"}  # the tiny cohort's image-level harm; never a good or mislabeled scan
+    assert flagged == {"inverted", "pure-noise"}  # the tiny cohort's image-level harm; never a good or mislabeled scan
     assert check_image(np.zeros((1, 8, 8, 8), dtype=np.float32)).startswith("blank")
 
 
@@ -521,7 +521,7 @@ def test_audit_stage_eliminates_before_training(tiny_cohort, tmp_path):
     r.begin(initial_state(cfg.model, 0), 1, None)
     audit = pd.read_csv(tmp_path / "qc" / "audit.csv")
     m = load_manifest(cfg.manifest).set_index("subject")
-    assert set(m.loc[audit["subject"], "harm"]) == {"inverted", "noise"}
+    assert set(m.loc[audit["subject"], "harm"]) == {"inverted", "pure-noise"}
     train_flagged = set(audit.loc[audit["split"] == "train", "subject"])
     assert set(r.policy.eliminated) == train_flagged
     assert {e["stage"] for e in r.policy.eliminated.values()} == {"audit"}

@@ -6,20 +6,18 @@ accepts these names and ``none``.
 
 from __future__ import annotations
 
-from fedqc.data.corruptions.transforms import (
-    Blank,
-    Corruption,
-    Invert,
-    Mislabel,
-    PureNoise,
-)
+from fedqc.data.corruptions.transforms import AdditiveNoise, Blank, Corruption, Invert, Mislabel, PureNoise
 from fedqc.errors import UserError
 
-CORRUPTIONS: dict[str, type[Corruption]] = {cls.kind: cls for cls in (Invert, PureNoise, Blank, Mislabel)}
+CORRUPTIONS: dict[str, type[Corruption]] = {
+    cls.kind: cls for cls in (Invert, AdditiveNoise, PureNoise, Blank, Mislabel)}
 
 
 def make_corruption(kind: str, seed: int | None = None, **params) -> Corruption:
-    """The transform for ``kind`` (one of :data:`CORRUPTIONS`)."""
+    """The transform for ``kind`` (one of :data:`CORRUPTIONS`) with its parameters."""
     if kind not in CORRUPTIONS:
         raise UserError(f"unknown harm kind {kind!r}; expected one of {', '.join(CORRUPTIONS)}")
-    return CORRUPTIONS[kind](seed=seed, **params)
+    try:
+        return CORRUPTIONS[kind](seed=seed, **params)
+    except TypeError:
+        raise UserError(f"harm kind {kind!r}: unknown parameter(s) {sorted(params)}") from None

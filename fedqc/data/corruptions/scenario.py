@@ -1,51 +1,242 @@
-"""Where harm goes: whole harmful sites (every scan, ``train`` and ``val``) and single harmful scans
-added to otherwise good sites."""
+"""Where harm goes: a scenario names whole harmful sites, single harmful scans and label noise, and
+:meth:`Scenario.plan` turns it into one :class:`Action` per corrupted scan of a given manifest.
+
+A scenario (YAML or a dict)::
+
+    sites:                       # whole harmful sites: every train and val scan (test scans never)
+      - {kind: inverted, site: hospitalA}                  # an existing site turned harmful
+      - {kind: noise, new: harm-noise, train: 20, val: 4}  # a new site of copies of other sites' scans
+    scans:                       # single harmful training scans in good sites
+      - {kind: inverted, site: hospitalB}                  # count 1 by default
+      - {kind: noise, site: random, count: 10}             # one each in 10 randomly chosen good sites
+      - {kind: blank, rate: 0.01}                          # 1 % of the good sites' training scans
+      - {kind: mislabeled, subject: sub-042}               # that scan
+    label_noise:                 # a share of sites' training labels flipped (ground truth: mislabeled)
+      - {sites: [hospitalC], rate: 0.2}                    # symmetric
+      - {sites: all, rates: {0: 0.1, 1: 0.3}}              # class-conditional: share flipped per label
+
+Any entry may carry the corruption's parameters under ``params`` (e.g. ``{sigma: 25}``).
+Every random choice derives from the injection seed; every problem is reported with the entry it is in.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import zlib
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
 
 from fedqc.data.corruptions import CORRUPTIONS
+from fedqc.data.corruptions.transforms import LabelFlips, share
 from fedqc.errors import UserError
 
+_KEYS = {"sites": {"kind", "site", "new", "train", "val", "params"},
+         "scans": {"kind", "site", "subject", "count", "rate", "params"},
+         "label_noise": {"sites", "rate", "rates"}}
+
 
 @dataclass(frozen=True)
-class HarmfulSite:
-    """A whole site whose every scan carries ``kind``."""
+class Action:
+    """One scan of the output manifest that carries harm.
 
+    ``source`` is the scan copied into a new site (then ``site`` and ``split`` are the copy's); a label
+    flip chosen by a rate carries its rule in ``record``.
+    """
+
+    subject: str
     kind: str
-    train: int
-    val: int = 0
+    seed: int
+    params: dict = field(default_factory=dict)
+    source: str | None = None
+    site: str | None = None
+    split: str | None = None
+    record: str | None = None
+
+
+def scan_seed(seed: int, subject: str) -> int:
+    """The seed of one scan's corruption, from the injection seed and the scan's id."""
+    return int(np.random.SeedSequence([seed, zlib.crc32(subject.encode())]).generate_state(1)[0])
+
+
+def _number(entry: dict, key: str, where: str, problems: list[str], *, rate: bool = False):
+    value = entry.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (not rate and not isinstance(value, int)):
+        problems.append(f"{where}: {key} must be {'a number' if rate else 'an integer'}, got {value!r}")
+        return None
+    if rate and not 0 <= value <= 1:
+        problems.append(f"{where}: {key} must be in [0, 1], got {value}")
+        return None
+    if not rate and value < (0 if key in ("train", "val") else 1):
+        problems.append(f"{where}: {key} must be >= {0 if key in ('train', 'val') else 1}, got {value}")
+        return None
+    return value
 
 
 @dataclass(frozen=True)
-class HarmfulScan:
-    """One harmful training scan added to the good site ``site``."""
-
-    kind: str
-    site: str
-
-
-@dataclass(frozen=True)
-class HarmScenario:
-    sites: tuple[HarmfulSite, ...] = ()
-    scans: tuple[HarmfulScan, ...] = ()
+class Scenario:
+    sites: tuple[dict, ...] = ()
+    scans: tuple[dict, ...] = ()
+    label_noise: tuple[dict, ...] = ()
 
     @classmethod
-    def from_dict(cls, spec: dict | None) -> HarmScenario:
+    def from_dict(cls, spec: dict | None) -> Scenario:
+        """Check the scenario's shape (keys, kinds, numbers); the manifest is checked by :meth:`plan`."""
         spec = spec or {}
-        unknown = set(spec) - {"sites", "scans"}
-        if unknown:
-            raise UserError(f"harm scenario: unknown key(s) {sorted(unknown)} (allowed: sites, scans)")
-        try:
-            sites = tuple(HarmfulSite(**s) for s in spec.get("sites", []))
-            scans = tuple(HarmfulScan(**s) for s in spec.get("scans", []))
-        except TypeError as exc:
-            raise UserError(f"harm scenario: {exc}") from None
-        bad = sorted({item.kind for item in sites + scans} - set(CORRUPTIONS))
-        if bad:
-            raise UserError(f"harm scenario: unknown harm kind(s) {bad}; expected one of {', '.join(CORRUPTIONS)}")
-        return cls(sites, scans)
+        if not isinstance(spec, dict):
+            raise UserError(f"harm scenario: expected a mapping with sites, scans, label_noise; got {spec!r}")
+        problems = [f"harm scenario: unknown key {k!r} (allowed: {', '.join(_KEYS)})" for k in sorted(set(spec) - set(_KEYS))]
+        parts = {}
+        for part, keys in _KEYS.items():
+            entries = spec.get(part) or []
+            if not isinstance(entries, list):
+                problems.append(f"{part}: expected a list, got {entries!r}")
+                entries = []
+            for i, entry in enumerate(entries):
+                where = f"{part}[{i}]"
+                if not isinstance(entry, dict):
+                    problems.append(f"{where}: expected a mapping, got {entry!r}")
+                    continue
+                allowed = ", ".join(sorted(keys))
+                problems += [f"{where}: unknown key {k!r} (allowed: {allowed})" for k in sorted(set(entry) - keys)]
+                if part != "label_noise" and entry.get("kind") not in CORRUPTIONS:
+                    problems.append(f"{where}: unknown harm kind {entry.get('kind')!r}; expected one of {', '.join(CORRUPTIONS)}")
+                if not isinstance(entry.get("params", {}), dict):
+                    problems.append(f"{where}: params must be a mapping")
+                for key in ("train", "val", "count"):
+                    _number(entry, key, where, problems)
+                _number(entry, "rate", where, problems, rate=True)
+            parts[part] = tuple(e for e in entries if isinstance(e, dict))
+        for i, e in enumerate(parts["sites"]):
+            if ("site" in e) == ("new" in e):
+                problems.append(f"sites[{i}]: give either site (an existing site) or new (a site made of copies)")
+            elif "new" in e and not e.get("train", 0) + e.get("val", 0):
+                problems.append(f"sites[{i}]: a new site needs train and/or val scans")
+        for i, e in enumerate(parts["scans"]):
+            if sum(k in e for k in ("site", "subject", "rate")) != 1:
+                problems.append(f"scans[{i}]: give exactly one of site, subject or rate")
+        for i, e in enumerate(parts["label_noise"]):
+            if ("rate" in e) == ("rates" in e):
+                problems.append(f"label_noise[{i}]: give either rate (symmetric) or rates (per label)")
+            if e.get("sites") != "all" and not (isinstance(e.get("sites"), list) and e["sites"]
+                                                and all(isinstance(x, str) for x in e["sites"])):
+                problems.append(f"label_noise[{i}]: sites must be 'all' or a list of site names, got {e.get('sites')!r}")
+            rates = e.get("rates", {})
+            if not isinstance(rates, dict) or not set(map(str, rates)) <= {"0", "1"}:
+                problems.append(f"label_noise[{i}]: rates must map labels 0 and/or 1 to a share, got {rates!r}")
+            else:
+                for label in rates:
+                    _number(rates, label, f"label_noise[{i}].rates", problems, rate=True)
+        if problems:
+            raise UserError(f"harm scenario: {len(problems)} problem(s)", problems)
+        return cls(parts["sites"], parts["scans"], parts["label_noise"])
 
-    def to_dict(self) -> dict:
-        return {"sites": [asdict(s) for s in self.sites], "scans": [asdict(s) for s in self.scans]}
+    def plan(self, table: pd.DataFrame, seed: int) -> list[Action]:
+        """The corrupted scans of ``table`` (a loaded manifest) under this scenario, seeded by ``seed``.
+
+        Raises :class:`UserError` listing every problem: an unknown site or subject, a test scan
+        targeted, a scan targeted twice, more scans asked than there are.
+        """
+        problems: list[str] = []
+        train = table[table["split"] == "train"]
+        sites = set(table["site"])
+        taken: dict[str, str] = {}  # subject → the entry that targets it
+        actions: list[Action] = []
+
+        def target(subject: str, kind: str, entry: dict, where: str, **extra) -> None:
+            if subject in taken:
+                problems.append(f"{where}: scan {subject} is already targeted by {taken[subject]}")
+                return
+            taken[subject] = where
+            actions.append(Action(subject, kind, scan_seed(seed, subject), dict(entry.get("params", {})), **extra))
+
+        harmful_sites = {e["site"] for e in self.sites if "site" in e}
+        for i, e in enumerate(self.sites):
+            where = f"sites[{i}]"
+            if "site" in e:
+                if e["site"] not in sites:
+                    problems.append(f"{where}: unknown site {e['site']!r}")
+                    continue
+                for s in table.loc[(table["site"] == e["site"]) & (table["split"] != "test"), "subject"]:
+                    target(s, e["kind"], e, where)
+        good_train = train[~train["site"].isin(harmful_sites)]
+        copied: set[str] = set()  # good scans copied into a new site: each at most once
+        rng = np.random.default_rng([seed, 1])
+        for i, e in enumerate(self.sites):
+            if "new" not in e:
+                continue
+            where = f"sites[{i}]"
+            if e["new"] in sites:
+                problems.append(f"{where}: new site {e['new']!r} already exists")
+                continue
+            pool = [s for s in good_train["subject"] if s not in taken and s not in copied]
+            n = e.get("train", 0) + e.get("val", 0)
+            if n > len(pool):
+                problems.append(f"{where}: {n} scans asked, {len(pool)} good training scans left to copy")
+                continue
+            sources = rng.choice(pool, size=n, replace=False)
+            for j, src in enumerate(sources):
+                split = "train" if j < e.get("train", 0) else "val"
+                k = j if split == "train" else j - e.get("train", 0)
+                copied.add(src)
+                target(f"{e['new']}-{split}{k:03d}", e["kind"], e, where, source=src, site=e["new"], split=split)
+        for i, e in enumerate(self.scans):
+            where = f"scans[{i}]"
+            rng = np.random.default_rng([seed, 2, i])
+            pool = good_train[~good_train["subject"].isin(taken)]
+            if "subject" in e:
+                row = table[table["subject"] == e["subject"]]
+                if row.empty:
+                    problems.append(f"{where}: unknown subject {e['subject']!r}")
+                elif row["split"].iloc[0] == "test":
+                    problems.append(f"{where}: {e['subject']} is a test scan; the test split is never corrupted")
+                else:
+                    target(e["subject"], e["kind"], e, where)
+                continue
+            if "rate" in e:
+                chosen = rng.choice(pool["subject"].to_numpy(), size=share(e["rate"], len(pool)), replace=False)
+            elif e["site"] == "random":
+                count = e.get("count", 1)
+                by_site = sorted(pool["site"].unique())
+                if count > len(pool):
+                    problems.append(f"{where}: {count} scans asked, {len(pool)} good training scans left")
+                    continue
+                order = list(rng.permutation(by_site))
+                chosen = []
+                while len(chosen) < count:  # one scan per site, round after round, sites in a random order
+                    for site in order:
+                        left = [s for s in pool.loc[pool["site"] == site, "subject"] if s not in chosen]
+                        if left and len(chosen) < count:
+                            chosen.append(str(rng.choice(left)))
+            elif e["site"] not in sites:
+                problems.append(f"{where}: unknown site {e['site']!r}")
+                continue
+            else:
+                mine = pool.loc[pool["site"] == e["site"], "subject"].to_numpy()
+                count = e.get("count", 1)
+                if count > len(mine):
+                    problems.append(f"{where}: {count} scan(s) asked at {e['site']}, which has {len(mine)} "
+                                    "good training scan(s) left")
+                    continue
+                chosen = rng.choice(mine, size=count, replace=False)
+            for s in chosen:
+                target(str(s), e["kind"], e, where)
+        for i, e in enumerate(self.label_noise):
+            where = f"label_noise[{i}]"
+            names = sorted(sites - harmful_sites) if e["sites"] == "all" else list(e["sites"])
+            unknown = sorted(set(names) - sites)
+            if unknown:
+                problems.append(f"{where}: unknown site(s) {unknown}")
+                continue
+            for site in names:
+                rows = train[(train["site"] == site) & ~train["subject"].isin(taken)]
+                flips = LabelFlips(rate=e.get("rate"), rates={int(k): v for k, v in e.get("rates", {}).items()} or None,
+                                   seed=scan_seed(seed, f"label-noise-{i}-{site}"))
+                flips.randomize(rows["label"].to_numpy())
+                for s in rows["subject"].to_numpy()[flips.flipped]:
+                    target(str(s), "mislabeled", {}, where, record=flips.record())
+        if problems:
+            raise UserError(f"harm scenario: {len(problems)} problem(s)", problems)
+        return actions

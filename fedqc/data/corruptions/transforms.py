@@ -21,6 +21,7 @@ class Corruption:
     """Base class: a corruption with its own RNG, its parameters and the record of its last draw."""
 
     kind: ClassVar[str]
+    changes_image: ClassVar[bool] = True
 
     def __init__(self, seed: int | None = None):
         self.seed = seed
@@ -47,7 +48,8 @@ class Corruption:
 
 
 class Invert(Corruption):
-    """Intensity inversion with SimpleITK ``InvertIntensityImageFilter`` semantics: ``maximum - value``."""
+    """The reference's inverted scan: SimpleITK ``InvertIntensityImageFilter``, ``maximum - value``
+    (its default maximum 255: images on a 0-255 scale)."""
 
     kind = "inverted"
 
@@ -63,11 +65,37 @@ class Invert(Corruption):
         return {"maximum": self.maximum}
 
 
-class PureNoise(Corruption):
-    """Replace the brain by Gaussian noise (σ on the 0-255 scale, clipped), keeping no anatomy:
-    voxels inside the head get ``N(mean, σ)``, the background stays empty."""
+class AdditiveNoise(Corruption):
+    """The reference's noisy scan: ``clip(image + N(0, σ), 0, maximum)`` over the whole image, stored as
+    8-bit integers on the 0-255 scale (truncated, as the reference's ``astype(uint8)``). The anatomy stays
+    visible; the background gets noise too."""
 
     kind = "noise"
+
+    def __init__(self, sigma: float = 25.0, maximum: float = MAX_INTENSITY, seed: int | None = None):
+        super().__init__(seed)
+        self.sigma = float(sigma)
+        self.maximum = float(maximum)
+
+    def randomize(self, image, label):
+        noise = self.rng.normal(0.0, self.sigma, size=image.shape)
+        self.drawn = {"noise": noise, "noise_sd": round(float(noise.std()), 3)}
+
+    def apply(self, image, label):
+        out = np.clip(image + self.drawn["noise"], 0.0, self.maximum)
+        stored = out.astype(np.uint8) if self.maximum <= 255 else out  # the reference stores uint8
+        return stored.astype(image.dtype), label
+
+    def params(self):
+        return {"sigma": self.sigma, "maximum": self.maximum}
+
+
+class PureNoise(Corruption):
+    """Replace the brain by Gaussian noise (σ on the 0-255 scale, clipped), keeping no anatomy:
+    voxels inside the head get ``N(mean, σ)``, the background stays empty. A far easier case than
+    :class:`AdditiveNoise`: no anatomy is left to learn from."""
+
+    kind = "pure-noise"
 
     def __init__(self, sigma: float = 25.0, threshold: float = 0.1, seed: int | None = None):
         super().__init__(seed)
@@ -103,6 +131,36 @@ class Mislabel(Corruption):
     """Flip the binary label; the image is untouched."""
 
     kind = "mislabeled"
+    changes_image = False
 
     def apply(self, image, label):
         return image, 1 - int(label)
+
+
+def share(rate: float, n: int) -> int:
+    """How many of ``n`` a ``rate`` means: rounded half up (0.5 of 3 is 2)."""
+    return int(np.floor(rate * n + 0.5))
+
+
+class LabelFlips:
+    """Flip a share of a set of labels: ``rate`` of all (symmetric) or ``rates[c]`` of those with label c
+    (class-conditional). Exactly ``rate · n`` labels of each group flip (rounded half up), chosen by ``randomize``."""
+
+    kind = "mislabeled"
+
+    def __init__(self, *, rate: float | None = None, rates: dict[int, float] | None = None, seed: int | None = None):
+        self.rate, self.rates, self.seed = rate, rates, seed
+        self.rng = np.random.default_rng(seed)
+        self.flipped: np.ndarray = np.zeros(0, dtype=int)
+
+    def randomize(self, labels: np.ndarray) -> None:
+        labels = np.asarray(labels, dtype=int)
+        groups = [(np.arange(len(labels)), self.rate)] if self.rates is None else \
+            [(np.flatnonzero(labels == c), r) for c, r in sorted(self.rates.items())]
+        chosen = [self.rng.choice(idx, size=share(r, len(idx)), replace=False) for idx, r in groups if len(idx)]
+        self.flipped = np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, dtype=int)
+
+    def record(self) -> str:
+        rule = {"rule": "symmetric", "rate": self.rate} if self.rates is None else \
+            {"rule": "class-conditional", "rates": {str(k): v for k, v in sorted(self.rates.items())}}
+        return json.dumps({"kind": self.kind, **rule, "seed": self.seed}, sort_keys=True)

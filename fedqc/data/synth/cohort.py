@@ -31,9 +31,9 @@ import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
-from fedqc.data.corruptions import make_corruption
-from fedqc.data.corruptions.scenario import HarmScenario
+from fedqc.data.corruptions.scenario import Scenario
 from fedqc.data.corruptions.transforms import MAX_INTENSITY
+from fedqc.data.inject import corrupt
 from fedqc.errors import UserError
 
 # Deep grey matter centres in MNI mm (left/right putamen, caudate, pallidum, thalamus).
@@ -224,11 +224,13 @@ def demo_sites(seed: int) -> list[SiteSpec]:
     return specs
 
 
+# Harm scenarios in the format of fedqc.data.corruptions.scenario. In a synthetic cohort a ``new`` site
+# and the single scans of a named ``site`` are synthesized as extra subjects, then corrupted.
 DEMO_HARM = {
     "sites": [
-        {"kind": "inverted", "train": 30, "val": 6},
-        {"kind": "noise", "train": 25, "val": 5},
-        {"kind": "mislabeled", "train": 60, "val": 12},
+        {"kind": "inverted", "new": "harm01-inverted", "train": 30, "val": 6},
+        {"kind": "noise", "new": "harm02-noise", "train": 25, "val": 5},
+        {"kind": "mislabeled", "new": "harm03-mislabeled", "train": 60, "val": 12},
     ],
     "scans": [
         {"kind": "inverted", "site": "site02"},
@@ -237,13 +239,17 @@ DEMO_HARM = {
         {"kind": "mislabeled", "site": "site05"},
     ],
 }
+# The reference study's two scenarios together: whole harmful centers (one of each kind, and a small one
+# like the 30 real centers under 5 scans) and single harmful scans, ten of each kind, in randomly chosen
+# good centers of every size.
 REFERENCE_HARM = {
     "sites": [
-        {"kind": "inverted", "train": 20, "val": 4},
-        {"kind": "noise", "train": 20, "val": 4},
+        {"kind": "inverted", "new": "harm01-inverted", "train": 20, "val": 4},
+        {"kind": "noise", "new": "harm02-noise", "train": 20, "val": 4},
+        {"kind": "mislabeled", "new": "harm03-mislabeled", "train": 20, "val": 4},
+        {"kind": "inverted", "new": "harm04-inverted-small", "train": 3, "val": 1},
     ],
-    "scans": [{"kind": k, "site": s} for k, s in
-              (("inverted", "site02"), ("noise", "site03"), ("inverted", "site10"), ("noise", "site20"))],
+    "scans": [{"kind": k, "site": "random", "count": 10} for k in ("inverted", "noise", "blank", "mislabeled")],
 }
 SMOKE_SITES = [
     SiteSpec("hospitalA", "scanner01", 8, 4, 3, 2, 1, 1, 3, 1, 1),
@@ -274,26 +280,43 @@ def _subject_rows(spec: SiteSpec, seed: int) -> list[dict]:
     return rows
 
 
-def _harm_rows(scenario: HarmScenario, specs: list[SiteSpec], seed: int) -> list[dict]:
+def _synthesized_harm(spec: dict, specs: list[SiteSpec], seed: int) -> tuple[list[dict], Scenario]:
+    """The extra subjects a harm scenario asks a synthetic cohort for, and the scenario that corrupts them.
+
+    A ``new`` site becomes a synthesized site (its own scanner) turned harmful; ``count`` single scans at
+    a named ``site`` become that many synthesized subjects there, each targeted by id. Other entries
+    (``site: random``, ``rate``, ``subject``, ``label_noise``) apply to the cohort as they would to any manifest.
+    """
+    Scenario.from_dict(spec)  # every problem of the scenario itself, before anything is synthesized
     scanners = {s.site: s.scanner for s in specs}
-    rows = []
-    for j, hs in enumerate(scenario.sites):
-        site = f"harm{j + 1:02d}-{hs.kind}"
-        n_train, n_val = hs.train, hs.val
-        fake = SiteSpec(site, f"scanner-{site}", n_train, n_train // 2, n_train // 3,
+    rows, sites, scans = [], [], []
+    for entry in spec.get("sites", []):
+        if "new" not in entry:
+            sites.append(entry)
+            continue
+        name, n_train, n_val = entry["new"], entry.get("train", 0), entry.get("val", 0)
+        fake = SiteSpec(name, f"scanner-{name}", n_train, n_train // 2, n_train // 3,
                         n_val, n_val // 2, n_val // 3, 0, 0, 0)
-        for r in _subject_rows(fake, seed):
-            rows.append({**r, "harm": hs.kind})
-    for j, sc in enumerate(scenario.scans):
-        if sc.site not in scanners:
-            raise UserError(f"harm scenario: single harmful scan targets unknown site {sc.site!r}")
-        rng = np.random.default_rng([seed, 99, j])
-        lab = int(rng.integers(2))
-        rows.append({"subject": f"{sc.site}-harm{j:02d}", "site": sc.site, "label": lab,
-                     "sex": "F" if rng.random() < 0.4 else "M",
-                     "age": round(float(np.clip(rng.normal(65, 8), 40, 90)), 1), "split": "train",
-                     "scanner": scanners[sc.site], "harm": sc.kind, "harm_detail": ""})
-    return rows
+        rows += _subject_rows(fake, seed)
+        sites.append({k: v for k, v in entry.items() if k not in ("new", "train", "val")} | {"site": name})
+    j = 0
+    for entry in spec.get("scans", []):
+        site = entry.get("site")
+        if site is None or site == "random":
+            scans.append(entry)
+            continue
+        if site not in scanners:
+            raise UserError(f"harm scenario: single harmful scan targets unknown site {site!r}")
+        for _ in range(entry.get("count", 1)):
+            rng = np.random.default_rng([seed, 99, j])
+            subject = f"{site}-harm{j:02d}"
+            rows.append({"subject": subject, "site": site, "label": int(rng.integers(2)),
+                         "sex": "F" if rng.random() < 0.4 else "M",
+                         "age": round(float(np.clip(rng.normal(65, 8), 40, 90)), 1), "split": "train",
+                         "scanner": scanners[site], "harm": "none", "harm_detail": ""})
+            scans.append({k: v for k, v in entry.items() if k not in ("site", "count")} | {"subject": subject})
+            j += 1
+    return rows, Scenario.from_dict({"sites": sites, "scans": scans, "label_noise": spec.get("label_noise", [])})
 
 
 def generate_cohort(
@@ -319,8 +342,8 @@ def generate_cohort(
     seed
         Seeds every random choice; the same seed gives byte-identical files.
     harm
-        Harm scenario as a dict (see :class:`~fedqc.data.corruptions.scenario.HarmScenario`);
-        ``None`` uses the preset's default, ``{}`` injects nothing.
+        Harm scenario as a dict (:mod:`fedqc.data.corruptions.scenario`, applied through the same
+        planner and transforms as ``fedqc harm``); ``None`` uses the preset's default, ``{}`` injects nothing.
     effects
         Effect sizes; ``None`` uses the preset's.
     sites
@@ -333,27 +356,28 @@ def generate_cohort(
     shape = (size,) * 3 if isinstance(size, int) else tuple(size)
     if len(shape) != 3 or min(shape) < 8:
         raise UserError(f"size must be one int or three ints, each >= 8; got {size}")
-    scenario = HarmScenario.from_dict(default_harm if harm is None else harm)
+    harm_spec = default_harm if harm is None else harm
     specs = sites if sites is not None else site_fn(seed)
-    rows = [r for s in specs for r in _subject_rows(s, seed)] + _harm_rows(scenario, specs, seed)
+    extra, scenario = _synthesized_harm(harm_spec, specs, seed)
+    rows = [r for s in specs for r in _subject_rows(s, seed)] + extra
+    actions = {a.subject: a for a in scenario.plan(pd.DataFrame(rows), seed)}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    for k, row in enumerate(rows):
+    for row in rows:
         rng = np.random.default_rng([seed, *row["subject"].encode()])
         scanner = scanner_params(row["scanner"], seed, effects)
         image = synth_subject(rng, shape=shape, label=row["label"], sex=row["sex"],
                               age=row["age"], scanner=scanner, effects=effects)
-        if row["harm"] != "none":
-            transform = make_corruption(row["harm"], seed=int(rng.integers(2**31)))
-            image, row["label"] = transform(image, row["label"])
-            row["harm_detail"] = transform.record()
+        if (action := actions.get(row["subject"])) is not None:
+            image, row["label"], row["harm_detail"] = corrupt(image, row["label"], action)
+            row["harm"] = action.kind
         row["path"] = f"images/{row['site']}/{row['subject']}.nii.gz"
         write_nifti(out / row["path"], image, shape)
     cols = ["subject", "site", "path", "label", "sex", "age", "split", "harm", "harm_detail", "scanner"]
     manifest = pd.DataFrame(rows)[cols]
     manifest.to_csv(out / "manifest.csv", index=False)
     (out / "cohort.json").write_text(pd.Series({
-        "preset": preset, "size": list(shape), "seed": seed, "harm": scenario.to_dict(),
+        "preset": preset, "size": list(shape), "seed": seed, "harm": harm_spec,
         "effects": asdict(effects)}).to_json(indent=2))
     return manifest
 

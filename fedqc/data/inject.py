@@ -1,0 +1,98 @@
+"""``fedqc harm``: inject a harm scenario into any manifest — a researcher's own scans included.
+
+The output folder gets a new manifest and the corrupted images only: good scans keep
+their original (absolute) paths and are never copied, a label flip changes the manifest
+and not the image, and the ground truth goes to ``harm`` / ``harm_detail``. Nothing is
+written into or next to the input files: the output folder may neither lie inside the
+manifest's or an image's folder nor contain an input file.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import SimpleITK as sitk
+import yaml
+
+from fedqc.data.corruptions import CORRUPTIONS, make_corruption
+from fedqc.data.corruptions.scenario import Action, Scenario
+from fedqc.data.manifest import load_manifest
+from fedqc.errors import UserError
+from fedqc.io import atomic_write_csv, atomic_write_text
+
+GROUND_TRUTH = ("harm", "harm_detail")
+
+
+def corrupt(image: np.ndarray | None, label: int, action: Action) -> tuple[np.ndarray | None, int, str]:
+    """Apply ``action`` to one scan: the corrupted image (None stays None for a label flip), label and record."""
+    transform = make_corruption(action.kind, seed=action.seed, **action.params)
+    image, label = transform(image, label)
+    return image, int(label), action.record or transform.record()
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"scenario not found: {path}")
+    try:
+        return Scenario.from_dict(yaml.safe_load(path.read_text()))
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
+
+
+def _check_output(out: Path, manifest: Path, table: pd.DataFrame) -> None:
+    out = out.resolve()
+    inputs = [manifest.resolve()] + [Path(p) for p in table["path"]]
+    for folder in sorted({p.parent for p in inputs}):
+        if out == folder or out.is_relative_to(folder):
+            raise UserError(f"--out {out} is inside the input folder {folder}; choose a folder apart from the inputs")
+    inside = [p for p in inputs if p.is_relative_to(out)]
+    if inside:
+        raise UserError(f"--out {out} contains input files (e.g. {inside[0]}); choose a folder apart from the inputs")
+
+
+def inject(manifest: str | Path, scenario: Scenario, out: str | Path, *, seed: int = 0,
+           overwrite: bool = False) -> pd.DataFrame:
+    """Write ``out/manifest.csv`` (the scenario applied to ``manifest``), the corrupted images under
+    ``out/images/<site>/`` and ``out/scenario.yaml``; return the new manifest."""
+    manifest, out = Path(manifest), Path(out)
+    table = load_manifest(manifest)
+    _check_output(out, manifest, table)
+    actions = scenario.plan(table, seed)
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise UserError(f"{out} exists and is not empty (use --overwrite to replace it)")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    table = table.copy()
+    table["harm_detail"] = table["harm_detail"].fillna("") if "harm_detail" in table else ""
+    index = {s: i for i, s in enumerate(table["subject"])}
+    rows = table.to_dict("records")
+    for action in actions:
+        if action.source is not None:
+            row = {**rows[index[action.source]], "subject": action.subject, "site": action.site, "split": action.split}
+            rows.append(row)
+        else:
+            row = rows[index[action.subject]]
+        image = None
+        if CORRUPTIONS[action.kind].changes_image:
+            original = sitk.ReadImage(row["path"])
+            image = sitk.GetArrayFromImage(original)
+        image, row["label"], row["harm_detail"] = corrupt(image, row["label"], action)
+        row["harm"] = action.kind
+        if image is not None:
+            written = sitk.GetImageFromArray(image)
+            written.CopyInformation(original)
+            rel = Path("images") / row["site"] / f"{action.subject}.nii.gz"
+            (out / rel).parent.mkdir(parents=True, exist_ok=True)
+            sitk.WriteImage(written, str(out / rel), useCompression=True)
+            row["path"] = rel.as_posix()
+    result = pd.DataFrame(rows)
+    atomic_write_csv(result, out / "manifest.csv")
+    atomic_write_text(yaml.safe_dump({"seed": seed, "source": str(manifest.resolve()), "sites": list(scenario.sites),
+                                      "scans": list(scenario.scans), "label_noise": list(scenario.label_noise)},
+                                     sort_keys=False), out / "scenario.yaml")
+    return result
