@@ -1,4 +1,4 @@
-"""The ``fedqc`` command line: validate, cohort, harm, simulate, infer, sites.
+"""The ``fedqc`` command line: validate, cohort, harm, simulate, study, infer, sites.
 
 A user's mistake (:class:`~fedqc.errors.UserError`), a site that cannot be reached
 (:class:`~fedqc.errors.SiteError`) or a file the system refuses (``OSError``) ends in
@@ -143,6 +143,38 @@ def simulate_cmd(config: Path = SIM_OPTS["config"], out_dir: Optional[Path] = SI
                  strict: bool = SIM_OPTS["strict"], debug: bool = DEBUG):
     """Run an experiment's arms on one machine (same as ``python -m fedqc.simulate``)."""
     _simulate(config, out_dir, resume, overwrite, quiet, engine, strict)
+
+
+@app.command(context_settings={"allow_extra_args": True})
+@friendly
+def study(ctx: typer.Context,
+          config: Path = typer.Option(..., "--config", help="Experiment YAML."),
+          seeds: list[int] = typer.Option([0, 1, 2], "--seeds", help="Training seeds: --seeds 0 1 2."),
+          out_dir: Optional[Path] = typer.Option(None, "--out", help="Study folder (default runs/<name>-study)."),
+          quiet: bool = typer.Option(False, "--quiet", help="No progress output."),
+          debug: bool = DEBUG):
+    """Run the experiment once per seed; study.csv, summary.csv (mean, sd, 95 % t-interval), a plot, study.md."""
+    from fedqc.analysis.study import write_study
+    from fedqc.config import load_config
+    from fedqc.experiment.study import run_study
+
+    extra = list(ctx.args)  # `--seeds 0 1 2`: the values after the first
+    if not all(x.lstrip("-").isdigit() for x in extra):
+        raise UserError(f"unexpected argument(s) {extra}; seeds are integers: --seeds 0 1 2")
+    seeds = list(seeds) + [int(x) for x in extra]
+    cfg = load_config(config)
+    out_dir = out_dir or Path("runs") / f"{cfg.name}-study"
+
+    def report(seed: int, state: str) -> None:
+        err.print(f"seed {seed}: " + {"done": "finished earlier, kept", "resumed": "resuming", "started": "running"}[state])
+
+    runs = run_study(cfg, seeds, out_dir, quiet=quiet, on_seed=report)
+    command = f"fedqc study --config {config} --seeds {' '.join(map(str, seeds))} --out {out_dir}"
+    summary = write_study(out_dir, dict(zip(seeds, runs)), command)
+    for r in summary[summary["figure"] == "auroc_last3"].itertuples():
+        out.print(f"{r.arm:28s} AUROC (last 3 cycles) {r.mean:.3f} [{r.ci_lo:.3f}, {r.ci_hi:.3f}] over {r.n} seed(s)")
+    out.print(f"wrote {out_dir / 'study.csv'}, {out_dir / 'summary.csv'}, {out_dir / 'study_auroc.png'}, "
+              f"{out_dir / 'study.md'}")
 
 
 @app.command()

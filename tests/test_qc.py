@@ -421,6 +421,8 @@ def test_qc_config_validation(tiny_cohort):
     assert cfg.qc_for("qc-reference-batch").criterion == "reference"
     assert cfg.qc_for("qc-reference-batch").granularity == "batch"
     assert cfg.qc_for("qc") == cfg.qc
+    assert cfg.qc_for("qc-auroc-hierarchical-noaudit").audit is False
+    assert cfg.qc_for("qc-auroc-batch-audit").audit is True and cfg.qc_for("qc-auroc-batch").audit is cfg.qc.audit
     with pytest.raises(ConfigError) as err:
         tiny_config(tiny_cohort / "manifest.csv", **{"arms": ["qc-magic-batch"], "qc": {"criterion": "x", "z": -1, "alpha": 1}})
     text = str(err.value)

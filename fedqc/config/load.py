@@ -90,7 +90,8 @@ def _check_ranges(cfg: ExperimentConfig, problems: list[str]) -> None:
         (cfg.site_timeout_s > 0, f"site_timeout_s: must be > 0, got {cfg.site_timeout_s}"),
         (cfg.failing_cycles >= 1, f"failing_cycles: must be >= 1, got {cfg.failing_cycles}"),
         (bool(cfg.arms) and all(a in ARMS or qc_variant(a) for a in cfg.arms),
-         f"arms: each of {ARMS} or qc-<{'|'.join(criteria)}>-<{'|'.join(granularities)}>, got {list(cfg.arms)}"),
+         f"arms: each of {ARMS} or qc-<{'|'.join(criteria)}>-<{'|'.join(granularities)}>[-audit|-noaudit], "
+         f"got {list(cfg.arms)}"),
         (len(set(cfg.arms)) == len(cfg.arms), f"arms: listed twice: {list(cfg.arms)}"),
         (q.criterion in criteria, f"qc.criterion: {q.criterion!r} is not one of {criteria}"),
         (q.granularity in granularities, f"qc.granularity: {q.granularity!r} is not one of {granularities}"),

@@ -56,11 +56,18 @@ class QCConfig:
     #                                  loses its val scans from the verification set
 
 
-def qc_variant(arm: str) -> tuple[str, str] | None:
-    """``qc-<criterion>-<granularity>`` → (criterion, granularity); None for other names."""
+AUDIT_SUFFIXES = {"audit": True, "noaudit": False}
+
+
+def qc_variant(arm: str) -> tuple[str, str, bool | None] | None:
+    """``qc-<criterion>-<granularity>[-audit|-noaudit]`` → (criterion, granularity, audit or None for the
+    config's ``qc.audit``); None for other names."""
     parts = arm.split("-")
-    if len(parts) == 3 and parts[0] == "qc" and parts[1] in CRITERIA and parts[2] in GRANULARITIES:
-        return parts[1], parts[2]
+    if len(parts) in (3, 4) and parts[0] == "qc" and parts[1] in CRITERIA and parts[2] in GRANULARITIES:
+        if len(parts) == 3:
+            return parts[1], parts[2], None
+        if parts[3] in AUDIT_SUFFIXES:
+            return parts[1], parts[2], AUDIT_SUFFIXES[parts[3]]
     return None
 
 
@@ -80,11 +87,13 @@ class ExperimentConfig:
     source: Path | None = field(default=None, compare=False)
 
     def qc_for(self, arm: str) -> QCConfig:
-        """The QC settings of arm ``qc`` or of a ``qc-<criterion>-<granularity>`` variant."""
+        """The QC settings of arm ``qc`` or of a ``qc-<criterion>-<granularity>[-audit|-noaudit]`` variant."""
         variant = qc_variant(arm)
         if variant is None:
             return self.qc
-        return dataclasses.replace(self.qc, criterion=variant[0], granularity=variant[1])
+        criterion, granularity, audit = variant
+        return dataclasses.replace(self.qc, criterion=criterion, granularity=granularity,
+                                   audit=self.qc.audit if audit is None else audit)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)

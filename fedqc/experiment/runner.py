@@ -167,7 +167,7 @@ def run_experiment(cfg: ExperimentConfig, transport: Transport, out: Path, *, re
             run_arm(arm, transport, cfg, run, visitor=visitor, leave_out=leave_out, resume=resume, on_hop=on_hop)
             seconds[arm.name] = time.perf_counter() - t0
             if qc:
-                s = qc.summary(seconds[arm.name])
+                s = qc.summary()
                 write_detection(qc, manifest)
                 console.print(f"[bold]{arm.name}[/] ({s['criterion']}, {s['granularity']}): {s['verifications']} "
                               f"verifications in {s['verify_seconds']:.1f} s; {s['eliminated']} scans eliminated, "

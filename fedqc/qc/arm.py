@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from fedqc.config import ExperimentConfig
 from fedqc.io import atomic_write_csv, atomic_write_text
@@ -50,9 +51,11 @@ class QCArm:
                                            self.scans)
         self.search = SEARCHES[self.qc.granularity]
         self.logs = QCLogs(folder)
+        self.setup_seconds = 0.0  # the audit and the screening, before the first cycle
 
     @property
     def verifications(self) -> int:
+        """Site checks and update verifications made by this process (the logs hold every run's)."""
         return self.gate.verifications
 
     # ------------------------------------------------------------------ Visitor
@@ -60,13 +63,16 @@ class QCArm:
         self.logs.truncate(first_cycle)
         if checkpoint:
             self.policy.restore(checkpoint)
+            self.setup_seconds = checkpoint.get("setup_seconds", 0.0)  # absent from checkpoints of fedqc 0.1
             self.gate.resumed()
             return
+        t0 = time.perf_counter()
         self.policy.start(self.scans.score(state))
         if self.qc.audit:
             sites = sorted(set(self.train_ids) | set(self.scans.sites))
             atomic_write_csv(run_audit(self.transport, self.policy, sites, first_cycle), self.folder / "audit.csv")
         self.gate.screen(state, first_cycle)
+        self.setup_seconds = time.perf_counter() - t0
 
     def visit(self, site: str, state: State, cycle: int, lr: float) -> Hop:
         t0 = time.perf_counter()
@@ -90,14 +96,22 @@ class QCArm:
         self.logs.write(self.policy)
 
     def snapshot(self) -> dict:
-        return self.policy.snapshot()
+        return {**self.policy.snapshot(), "setup_seconds": self.setup_seconds}
 
     # ------------------------------------------------------------------ outputs
-    def summary(self, seconds: float) -> dict:
-        """``qc_summary.json``: the arm's settings, cost and outcome."""
+    def summary(self) -> dict:
+        """``qc_summary.json``: the arm's settings, cost and outcome, from its logs (whole even after a resume).
+
+        ``arm_seconds`` is the set-up before the first cycle (audit, screening) plus every cycle's time.
+        """
+        path = self.folder / "qc_log.csv"
+        log = pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=["criterion", "seconds"])
+        judged = log[log["criterion"] != "invalid update"]
+        cycles = pd.read_csv(self.folder / "cycles.csv")
         summary = {"arm": self.name, "criterion": self.qc.criterion, "granularity": self.qc.granularity,
-                   "verify_fraction": self.qc.verify_fraction, "verifications": self.gate.verifications,
-                   "verify_seconds": round(self.gate.seconds, 3), "arm_seconds": round(seconds, 3),
+                   "verify_fraction": self.qc.verify_fraction, "audit": self.qc.audit, "verifications": len(judged),
+                   "verify_seconds": round(float(judged["seconds"].sum()), 3),
+                   "arm_seconds": round(self.setup_seconds + float(cycles["seconds"].sum()), 3),
                    "eliminated": len(self.policy.eliminated), "pending": len(self.policy.flagged)}
         atomic_write_text(json.dumps(summary, indent=2), self.folder / "qc_summary.json")
         return summary

@@ -1,0 +1,144 @@
+"""A study's tables, plot and report: one row per seed × arm, and per arm the mean, sd and a 95 % t-interval.
+
+``study.csv``: test AUROC of the last cycle and the mean of the last three, accuracy,
+sensitivity and specificity of the last cycle; for QC arms also the recall of every harm
+kind, for whole harmful sites and single scans apart, and of every whole harmful site, the good scans
+lost, precision, verifications and seconds. ``summary.csv``: per arm and figure, ``n`` (seeds with a
+value), mean, sd and the t-interval (NaN with fewer than two seeds).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from fedqc.analysis.metrics import binary_metrics
+from fedqc.analysis.report import markdown_table
+from fedqc.experiment.arms import arms_for
+from fedqc.experiment.run_dir import RunDir
+from fedqc.io import atomic_write_csv, atomic_write_text
+
+LAST = 3  # cycles averaged for the "last-3" AUROC
+
+
+def _auroc(preds: pd.DataFrame) -> float:
+    return binary_metrics(preds["label"], preds["score"])["auroc"]
+
+
+def arm_row(run: RunDir, arm: str) -> dict | None:
+    """The study figures of one arm of one run; None when the arm has no predictions."""
+    arm_dir = run.arm(arm)
+    cycles = arm_dir.cycles("predictions")
+    if not cycles:
+        return None
+    preds = [pd.read_csv(arm_dir.predictions(c)) for c in cycles[-LAST:]]
+    m = binary_metrics(preds[-1]["label"], preds[-1]["score"])
+    row = {"arm": arm, "cycle": cycles[-1], "auroc": m["auroc"], "auroc_last3": float(np.mean([_auroc(p) for p in preds])),
+           "accuracy": m["accuracy"], "sensitivity": m["sensitivity"], "specificity": m["specificity"],
+           "seconds": float(pd.read_csv(arm_dir.path / "cycles.csv")["seconds"].sum())}
+    detection = arm_dir.path / "detection.csv"
+    if detection.is_file():
+        d = pd.read_csv(detection)
+        for r in d[d["level"] == "kind"].itertuples():
+            row[f"recall_{r.scope}_{r.name}"] = r.recall
+        for r in d[(d["level"] == "site") & (d["scope"] == "whole-site")].itertuples():
+            row[f"recall_site_{r.name}"] = r.recall
+        overall = d[d["level"] == "overall"].iloc[0]
+        row |= {"good_lost": overall["good_eliminated"], "good": overall["good"], "precision": overall["precision"]}
+    summary = arm_dir.path / "qc_summary.json"
+    if summary.is_file():
+        s = json.loads(summary.read_text())
+        row |= {"verifications": s["verifications"], "seconds": s["arm_seconds"]}
+    return row
+
+
+def study_rows(runs: dict[int, Path], arms: list[str]) -> pd.DataFrame:
+    rows = [{"seed": seed, **row} for seed, path in runs.items() for arm in arms
+            if (row := arm_row(RunDir(path), arm)) is not None]
+    return pd.DataFrame(rows)
+
+
+def summarize(rows: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
+    """Per arm and numeric figure: seeds with a value, mean, sd and the ``level`` t-interval of the mean."""
+    from scipy.stats import t
+
+    figures = [c for c in rows.columns if c not in ("seed", "arm", "cycle") and pd.api.types.is_numeric_dtype(rows[c])]
+    out = []
+    for arm, df in rows.groupby("arm", sort=False):
+        for figure in figures:
+            values = df[figure].dropna().to_numpy(dtype=float)
+            n = len(values)
+            mean = float(values.mean()) if n else float("nan")
+            sd = float(values.std(ddof=1)) if n > 1 else float("nan")
+            half = float(t.ppf((1 + level) / 2, n - 1) * sd / np.sqrt(n)) if n > 1 else float("nan")
+            out.append({"arm": arm, "figure": figure, "n": n, "mean": mean, "sd": sd,
+                        "ci_lo": mean - half, "ci_hi": mean + half})
+    return pd.DataFrame(out, columns=["arm", "figure", "n", "mean", "sd", "ci_lo", "ci_hi"])
+
+
+def plot_study(runs: dict[int, Path], arms: list[str], path: Path) -> None:
+    """Test AUROC per cycle: per arm the mean across seeds and a band from the lowest to the highest seed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for arm in arms:
+        curves = {}
+        for seed, run in runs.items():
+            arm_dir = RunDir(run).arm(arm)
+            curves[seed] = pd.Series({c: _auroc(pd.read_csv(arm_dir.predictions(c)))
+                                      for c in arm_dir.cycles("predictions")})
+        table = pd.DataFrame(curves)
+        if table.empty:
+            continue
+        line, = ax.plot(table.index, table.mean(axis=1), marker="o", label=f"{arm} (mean of {table.shape[1]} seeds)")
+        ax.fill_between(table.index, table.min(axis=1), table.max(axis=1), color=line.get_color(), alpha=0.2)
+    ax.set_xlabel("cycle")
+    ax.set_ylabel("test AUROC")
+    ax.set_ylim(0.3, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("Test AUROC per cycle across seeds (band: lowest to highest seed)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _cell(summary: pd.DataFrame, arm: str, figure: str) -> str:
+    r = summary[(summary["arm"] == arm) & (summary["figure"] == figure)]
+    if r.empty or r["n"].iloc[0] == 0:
+        return ""
+    r = r.iloc[0]
+    if r["n"] < 2:
+        return f"{r['mean']:.3f}"
+    return f"{r['mean']:.3f} [{r['ci_lo']:.3f}, {r['ci_hi']:.3f}]"
+
+
+def write_study(out: Path, runs: dict[int, Path], command: str) -> pd.DataFrame:
+    """``study.csv``, ``summary.csv``, ``study_auroc.png`` and ``study.md`` in ``out``; return the summary."""
+    from fedqc.analysis.infer import run_config
+
+    cfg = run_config(RunDir(next(iter(runs.values()))))
+    arms = [a.name for a in arms_for(cfg)]
+    rows = study_rows(runs, arms)
+    summary = summarize(rows)
+    atomic_write_csv(rows, out / "study.csv")
+    atomic_write_csv(summary, out / "summary.csv")
+    plot_study(runs, arms, out / "study_auroc.png")
+    figures = [f for f in ("auroc", "auroc_last3", "accuracy", "sensitivity", "specificity") if f in rows]
+    main = pd.DataFrame([{"arm": arm, **{f: _cell(summary, arm, f) for f in figures}} for arm in arms])
+    qc = [c for c in rows.columns if c.startswith("recall_")]
+    qc += [c for c in ("good_lost", "precision", "verifications", "seconds") if c in rows]
+    qc_table = pd.DataFrame([{"arm": arm, **{f: _cell(summary, arm, f) for f in qc}} for arm in arms])
+    lines = [f"# Study `{cfg.name}`", "", f"Made by `{command}`. Seeds: {', '.join(map(str, runs))} "
+             f"(training seed; the cohort is the same). Cells: mean [95 % t-interval] across seeds.", "",
+             "## Test metrics (last cycle; AUROC also as the mean of the last three cycles)", "",
+             markdown_table(main), "", "## QC: recall by scope and harm kind, good scans lost, cost", "",
+             markdown_table(qc_table), "", "![AUROC across seeds](study_auroc.png)", ""]
+    atomic_write_text("\n".join(lines), out / "study.md")
+    return summary

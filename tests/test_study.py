@@ -1,0 +1,63 @@
+"""`fedqc study`: aggregation over seeds, and a study that resumes seed by seed."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from fedqc.analysis.study import summarize, write_study
+from fedqc.experiment.run_dir import RunDir, load_checkpoint
+from fedqc.experiment.study import run_study, seed_dir
+from fedqc.protocol import same
+from tests.conftest import tiny_config
+
+
+def test_summary_is_mean_sd_and_t_interval_per_arm_and_figure():
+    rows = pd.DataFrame({"seed": [0, 1, 2, 0, 1, 2], "arm": ["a"] * 3 + ["b"] * 3,
+                         "auroc": [0.8, 0.9, 0.7, 0.5, np.nan, 0.6], "verifications": [10, 12, 14, 1, 1, 1]})
+    s = summarize(rows).set_index(["arm", "figure"])
+    a = s.loc[("a", "auroc")]
+    half = stats.t.ppf(0.975, 2) * np.std([0.8, 0.9, 0.7], ddof=1) / math.sqrt(3)
+    assert a["n"] == 3 and a["mean"] == pytest.approx(0.8) and a["sd"] == pytest.approx(0.1)
+    assert (a["ci_lo"], a["ci_hi"]) == pytest.approx((0.8 - half, 0.8 + half))
+    b = s.loc[("b", "auroc")]  # a missing value is left out, not counted as 0
+    assert b["n"] == 2 and b["mean"] == pytest.approx(0.55)
+    assert s.loc[("b", "verifications"), "sd"] == 0 and s.loc[("b", "verifications"), "ci_lo"] == 1
+    one = summarize(rows[rows["seed"] == 0]).set_index(["arm", "figure"]).loc[("a", "auroc")]
+    assert one["n"] == 1 and one["mean"] == 0.8 and math.isnan(one["sd"]) and math.isnan(one["ci_lo"])
+    assert "seed" not in set(s.index.get_level_values("figure"))
+
+
+@pytest.mark.slow
+def test_study_runs_every_seed_and_resumes_an_interrupted_one(tiny_cohort, tmp_path):
+    cfg = tiny_config(tiny_cohort / "manifest.csv", **{"arms": ["clean", "dirty", "qc"], "train.cycles": 3,
+                                                       "qc": {"audit": True}})
+    out = tmp_path / "study"
+    runs = run_study(cfg, [0, 1], out, quiet=True)
+    full = {s: load_checkpoint(RunDir(r).arm("qc").checkpoint(2))["state"] for s, r in zip([0, 1], runs)}
+    assert not same(full[0], full[1])  # the seeds differ
+    summary = write_study(out, dict(zip([0, 1], runs)), "test")
+    rows = pd.read_csv(out / "study.csv")
+    assert sorted(zip(rows["seed"], rows["arm"])) == [(s, a) for s in (0, 1) for a in ("clean", "dirty", "qc")]
+    qc = rows[rows["arm"] == "qc"]
+    assert (qc["recall_whole-site_inverted"] == 1.0).all() and (qc["recall_site_harm01-inverted"] == 1.0).all()
+    assert (qc["verifications"] > 0).all() and rows["auroc"].between(0, 1).all()
+    assert set(summary["arm"]) == {"clean", "dirty", "qc"} and (out / "study_auroc.png").is_file()
+    assert "| qc |" in (out / "study.md").read_text()
+
+    # interrupt seed 1 in its QC arm: its last checkpoint and what came after it are lost
+    arm = RunDir(seed_dir(out, 1)).arm("qc")
+    arm.checkpoint(2).unlink()
+    kept = RunDir(seed_dir(out, 0)).arm("qc").checkpoint(2).stat().st_mtime_ns
+    states = []
+    run_study(cfg, [0, 1], out, quiet=True, on_seed=lambda seed, state: states.append((seed, state)))
+    assert states == [(0, "done"), (1, "resumed")]
+    assert RunDir(seed_dir(out, 0)).arm("qc").checkpoint(2).stat().st_mtime_ns == kept
+    assert same(load_checkpoint(arm.checkpoint(2))["state"], full[1])  # resumed mid-arm to the same weights
+    write_study(out, {0: seed_dir(out, 0), 1: seed_dir(out, 1)}, "test")
+    again = pd.read_csv(out / "study.csv").drop(columns=["seconds"])
+    pd.testing.assert_frame_equal(again, rows.drop(columns=["seconds"]))
