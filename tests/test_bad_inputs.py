@@ -72,6 +72,16 @@ def test_bad_config(key, value, message, tiny_cohort, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_no_cycle_left_after_warmup(tiny_cohort, tmp_path):
+    """warmup = cycles-1 leaves the dirty and QC arms nothing to run: refused before anything runs."""
+    data = set_key(base_config(tiny_cohort / "manifest.csv"), "train.warmup", 1)
+    data["arms"] = ["clean", "dirty"]
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert_clean_failure(["simulate", "--config", str(path), "--out", str(tmp_path / "run")],
+                         "train.warmup: the dirty and QC arms start at cycle warmup+1")
+
+
 @pytest.mark.parametrize("content,message", [("a: [1, 2", "not valid YAML"), ("- 1\n- 2\n", "expected a mapping")],
                          ids=["broken YAML", "list instead of mapping"])
 def test_unreadable_config(content, message, tmp_path):
