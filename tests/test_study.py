@@ -18,18 +18,27 @@ from tests.conftest import tiny_config
 
 def test_summary_is_mean_sd_and_t_interval_per_arm_and_figure():
     rows = pd.DataFrame({"seed": [0, 1, 2, 0, 1, 2], "arm": ["a"] * 3 + ["b"] * 3,
-                         "auroc": [0.8, 0.9, 0.7, 0.5, np.nan, 0.6], "verifications": [10, 12, 14, 1, 1, 1]})
+                         "auroc": [0.6, 0.7, 0.5, 0.5, np.nan, 0.6], "verifications": [10, 12, 14, 1, 1, 1]})
     s = summarize(rows).set_index(["arm", "figure"])
     a = s.loc[("a", "auroc")]
-    half = stats.t.ppf(0.975, 2) * np.std([0.8, 0.9, 0.7], ddof=1) / math.sqrt(3)
-    assert a["n"] == 3 and a["mean"] == pytest.approx(0.8) and a["sd"] == pytest.approx(0.1)
-    assert (a["ci_lo"], a["ci_hi"]) == pytest.approx((0.8 - half, 0.8 + half))
+    half = stats.t.ppf(0.975, 2) * np.std([0.6, 0.7, 0.5], ddof=1) / math.sqrt(3)
+    assert a["n"] == 3 and a["mean"] == pytest.approx(0.6) and a["sd"] == pytest.approx(0.1)
+    assert (a["ci_lo"], a["ci_hi"]) == pytest.approx((0.6 - half, 0.6 + half))
     b = s.loc[("b", "auroc")]  # a missing value is left out, not counted as 0
     assert b["n"] == 2 and b["mean"] == pytest.approx(0.55)
     assert s.loc[("b", "verifications"), "sd"] == 0 and s.loc[("b", "verifications"), "ci_lo"] == 1
     one = summarize(rows[rows["seed"] == 0]).set_index(["arm", "figure"]).loc[("a", "auroc")]
-    assert one["n"] == 1 and one["mean"] == 0.8 and math.isnan(one["sd"]) and math.isnan(one["ci_lo"])
+    assert one["n"] == 1 and one["mean"] == 0.6 and math.isnan(one["sd"]) and math.isnan(one["ci_lo"])
     assert "seed" not in set(s.index.get_level_values("figure"))
+
+
+def test_intervals_are_clipped_to_what_the_figure_can_be():
+    rows = pd.DataFrame({"seed": [0, 1, 2], "arm": ["a"] * 3, "accuracy": [0.99, 0.5, 1.0],
+                         "recall_single-scan_noise": [0.0, 0.0, 0.5], "good_lost": [0, 0, 30]})
+    s = summarize(rows).set_index("figure")
+    assert s.loc["accuracy", "ci_hi"] == 1.0 and 0 < s.loc["accuracy", "ci_lo"] < s.loc["accuracy", "mean"]
+    assert s.loc["recall_single-scan_noise", "ci_lo"] == 0.0
+    assert s.loc["good_lost", "ci_lo"] == 0.0 and s.loc["good_lost", "ci_hi"] > 30
 
 
 @pytest.mark.slow

@@ -4,7 +4,9 @@
 sensitivity and specificity of the last cycle; for QC arms also the recall of every harm
 kind, for whole harmful sites and single scans apart, and of every whole harmful site, the good scans
 lost, precision, verifications and seconds. ``summary.csv``: per arm and figure, ``n`` (seeds with a
-value), mean, sd and the t-interval (NaN with fewer than two seeds).
+value), mean, sd and the t-interval (NaN with fewer than two seeds), clipped to the figure's range:
+a share (AUROC, accuracy, sensitivity, specificity, recall, precision) to [0, 1], a count or a time to
+[0, ∞). With three seeds the interval is wide; unclipped it would run past what the figure can be.
 """
 
 from __future__ import annotations
@@ -22,6 +24,12 @@ from fedqc.experiment.run_dir import RunDir
 from fedqc.io import atomic_write_csv, atomic_write_text
 
 LAST = 3  # cycles averaged for the "last-3" AUROC
+SHARES = ("auroc", "auroc_last3", "accuracy", "sensitivity", "specificity", "precision")  # and every recall_*
+
+
+def figure_range(figure: str) -> tuple[float, float]:
+    """The values ``figure`` can take: [0, 1] for a share, [0, ∞) for a count or a time."""
+    return (0.0, 1.0) if figure in SHARES or figure.startswith("recall_") else (0.0, float("inf"))
 
 
 def _auroc(preds: pd.DataFrame) -> float:
@@ -74,8 +82,9 @@ def summarize(rows: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
             mean = float(values.mean()) if n else float("nan")
             sd = float(values.std(ddof=1)) if n > 1 else float("nan")
             half = float(t.ppf((1 + level) / 2, n - 1) * sd / np.sqrt(n)) if n > 1 else float("nan")
+            low, high = figure_range(figure)
             out.append({"arm": arm, "figure": figure, "n": n, "mean": mean, "sd": sd,
-                        "ci_lo": mean - half, "ci_hi": mean + half})
+                        "ci_lo": max(mean - half, low), "ci_hi": min(mean + half, high)})
     return pd.DataFrame(out, columns=["arm", "figure", "n", "mean", "sd", "ci_lo", "ci_hi"])
 
 
@@ -130,15 +139,19 @@ def write_study(out: Path, runs: dict[int, Path], command: str) -> pd.DataFrame:
     atomic_write_csv(rows, out / "study.csv")
     atomic_write_csv(summary, out / "summary.csv")
     plot_study(runs, arms, out / "study_auroc.png")
-    figures = [f for f in ("auroc", "auroc_last3", "accuracy", "sensitivity", "specificity") if f in rows]
+    figures = [f for f in ("auroc", "auroc_last3", "accuracy", "sensitivity", "specificity", "seconds") if f in rows]
     main = pd.DataFrame([{"arm": arm, **{f: _cell(summary, arm, f) for f in figures}} for arm in arms])
     qc = [c for c in rows.columns if c.startswith("recall_")]
-    qc += [c for c in ("good_lost", "precision", "verifications", "seconds") if c in rows]
-    qc_table = pd.DataFrame([{"arm": arm, **{f: _cell(summary, arm, f) for f in qc}} for arm in arms])
+    qc += [c for c in ("good_lost", "precision", "verifications") if c in rows]
+    qc_arms = [a for a in arms if a in set(rows.loc[rows.filter(like="recall_").notna().any(axis=1), "arm"])]
+    qc_table = pd.DataFrame([{"figure": f, **{a: _cell(summary, a, f) for a in qc_arms}} for f in qc])
     lines = [f"# Study `{cfg.name}`", "", f"Made by `{command}`. Seeds: {', '.join(map(str, runs))} "
-             f"(training seed; the cohort is the same). Cells: mean [95 % t-interval] across seeds.", "",
-             "## Test metrics (last cycle; AUROC also as the mean of the last three cycles)", "",
+             f"(training seed; the cohort is the same). Cells: mean [95 % t-interval] across seeds, "
+             "clipped to what the figure can be.", "",
+             "## Test metrics (last cycle; AUROC also as the mean of the last three cycles) and the arm's seconds", "",
              markdown_table(main), "", "## QC: recall by scope and harm kind, good scans lost, cost", "",
+             "`recall_<scope>_<kind>`: whole harmful sites (every training scan of the site harmful) or single "
+             "scans in sites that keep good ones; `recall_site_<site>`: each whole harmful site.", "",
              markdown_table(qc_table), "", "![AUROC across seeds](study_auroc.png)", ""]
     atomic_write_text("\n".join(lines), out / "study.md")
     return summary
