@@ -54,6 +54,7 @@ def test_study_runs_every_seed_and_resumes_an_interrupted_one(tiny_cohort, tmp_p
     assert sorted(zip(rows["seed"], rows["arm"])) == [(s, a) for s in (0, 1) for a in ("clean", "dirty", "qc")]
     qc = rows[rows["arm"] == "qc"]
     assert (qc["recall_whole-site_inverted"] == 1.0).all() and (qc["recall_site_harm01-inverted"] == 1.0).all()
+    assert qc["recall_whole-site"].between(0, 1).all() and qc["recall_single-scan"].between(0, 1).all()
     assert (qc["verifications"] > 0).all() and rows["auroc"].between(0, 1).all()
     assert set(summary["arm"]) == {"clean", "dirty", "qc"} and (out / "study_auroc.png").is_file()
     assert "| qc |" in (out / "study.md").read_text()

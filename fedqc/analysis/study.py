@@ -1,8 +1,8 @@
 """A study's tables, plot and report: one row per seed × arm, and per arm the mean, sd and a 95 % t-interval.
 
 ``study.csv``: test AUROC of the last cycle and the mean of the last three, accuracy,
-sensitivity and specificity of the last cycle; for QC arms also the recall of every harm
-kind, for whole harmful sites and single scans apart, and of every whole harmful site, the good scans
+sensitivity and specificity of the last cycle; for QC arms also the recall of whole harmful
+sites and of single scans, of every harm kind in each, and of every whole harmful site, the good scans
 lost, precision, verifications and seconds. ``summary.csv``: per arm and figure, ``n`` (seeds with a
 value), mean, sd and the t-interval (NaN with fewer than two seeds), clipped to the figure's range:
 a share (AUROC, accuracy, sensitivity, specificity, recall, precision) to [0, 1], a count or a time to
@@ -50,6 +50,8 @@ def arm_row(run: RunDir, arm: str) -> dict | None:
     detection = arm_dir.path / "detection.csv"
     if detection.is_file():
         d = pd.read_csv(detection)
+        for r in d[d["level"] == "scope"].itertuples():
+            row[f"recall_{r.name}"] = r.recall
         for r in d[d["level"] == "kind"].itertuples():
             row[f"recall_{r.scope}_{r.name}"] = r.recall
         for r in d[(d["level"] == "site") & (d["scope"] == "whole-site")].itertuples():
@@ -150,8 +152,8 @@ def write_study(out: Path, runs: dict[int, Path], command: str) -> pd.DataFrame:
              "clipped to what the figure can be.", "",
              "## Test metrics (last cycle; AUROC also as the mean of the last three cycles) and the arm's seconds", "",
              markdown_table(main), "", "## QC: recall by scope and harm kind, good scans lost, cost", "",
-             "`recall_<scope>_<kind>`: whole harmful sites (every training scan of the site harmful) or single "
-             "scans in sites that keep good ones; `recall_site_<site>`: each whole harmful site.", "",
+             "`recall_<scope>` and `recall_<scope>_<kind>`: whole harmful sites (every training scan of the site "
+             "harmful) or single scans in sites that keep good ones; `recall_site_<site>`: each whole harmful site.", "",
              markdown_table(qc_table), "", "![AUROC across seeds](study_auroc.png)", ""]
     atomic_write_text("\n".join(lines), out / "study.md")
     return summary
