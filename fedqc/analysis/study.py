@@ -136,6 +136,7 @@ def write_study(out: Path, runs: dict[int, Path], command: str) -> pd.DataFrame:
 
     cfg = run_config(RunDir(next(iter(runs.values()))))
     arms = [a.name for a in arms_for(cfg)]
+    qc_arms = [a.name for a in arms_for(cfg) if a.qc]
     rows = study_rows(runs, arms)
     summary = summarize(rows)
     atomic_write_csv(rows, out / "study.csv")
@@ -145,7 +146,6 @@ def write_study(out: Path, runs: dict[int, Path], command: str) -> pd.DataFrame:
     main = pd.DataFrame([{"arm": arm, **{f: _cell(summary, arm, f) for f in figures}} for arm in arms])
     qc = [c for c in rows.columns if c.startswith("recall_")]
     qc += [c for c in ("good_lost", "precision", "verifications") if c in rows]
-    qc_arms = [a for a in arms if a in set(rows.loc[rows.filter(like="recall_").notna().any(axis=1), "arm"])]
     qc_table = pd.DataFrame([{"figure": f, **{a: _cell(summary, a, f) for a in qc_arms}} for f in qc])
     lines = [f"# Study `{cfg.name}`", "", f"Made by `{command}`. Seeds: {', '.join(map(str, runs))} "
              f"(training seed; the cohort is the same). Cells: mean [95 % t-interval] across seeds, "

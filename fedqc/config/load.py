@@ -78,7 +78,7 @@ def _check_ranges(cfg: ExperimentConfig, problems: list[str]) -> None:
     rules = [
         (t.cycles >= 1, f"train.cycles: must be >= 1, got {t.cycles}"),
         (0 <= t.warmup < t.cycles, f"train.warmup: must be in 0..cycles-1 ({t.cycles - 1}), got {t.warmup}"),
-        (t.warmup < t.cycles - 1 or set(cfg.arms) <= {"clean"},
+        (t.warmup != t.cycles - 1 or set(cfg.arms) <= {"clean"},
          f"train.warmup: the dirty and QC arms start at cycle warmup+1, so warmup must be <= cycles-2 "
          f"({t.cycles - 2}), got {t.warmup}"),
         (t.batch_size >= 1, f"train.batch_size: must be >= 1, got {t.batch_size}"),
