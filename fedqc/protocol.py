@@ -18,6 +18,7 @@ import pandas as pd
 State = dict[str, np.ndarray]
 SCORE_COLUMNS = ["subject", "site", "label", "score", "sex", "age"]
 COUNT_KEYS = ("n", "tp", "fp", "tn", "fn", "loss_sum", "brier_sum")
+MOMENT_KEYS = ("feat_n", "feat_sum", "feat_sq")  # scans, per-feature sums, per-feature sums of squares
 
 
 class ScanProblem(NamedTuple):
@@ -75,12 +76,20 @@ class TrainRequest:
 
 @dataclass(frozen=True)
 class EvalRequest:
-    """Score the scans of ``split`` (minus ``exclude``); ``fraction`` < 1 scores a share drawn from ``sample_seed``."""
+    """Score the scans of ``split`` (minus ``exclude``); ``fraction`` < 1 scores a share drawn from ``sample_seed``.
+
+    ``moments``: also return the encoder features' count, per-feature sums and sums of
+    squares over the scored scans (no per-scan features). ``ood_center``/``ood_scale``
+    (one value per feature): also return each scan's feature distance to them (column ``ood``).
+    """
 
     split: str
     exclude: tuple[str, ...] = ()
     fraction: float = 1.0
     sample_seed: int = 0
+    moments: bool = False
+    ood_center: tuple[float, ...] = ()
+    ood_scale: tuple[float, ...] = ()
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -88,7 +97,10 @@ class EvalRequest:
     @classmethod
     def from_dict(cls, d: dict) -> EvalRequest:
         return cls(split=str(d["split"]), exclude=tuple(str(s) for s in d.get("exclude", ())),
-                   fraction=float(d.get("fraction", 1.0)), sample_seed=int(d.get("sample_seed", 0)))
+                   fraction=float(d.get("fraction", 1.0)), sample_seed=int(d.get("sample_seed", 0)),
+                   moments=bool(d.get("moments", False)),
+                   ood_center=tuple(float(x) for x in d.get("ood_center", ())),
+                   ood_scale=tuple(float(x) for x in d.get("ood_scale", ())))
 
 
 @dataclass
@@ -107,6 +119,7 @@ class EvalReply:
     scores: pd.DataFrame  # SCORE_COLUMNS
     skipped: list[ScanProblem] = field(default_factory=list)
     error: str | None = None  # the site failed or did not answer: no scores this time
+    moments: dict[str, np.ndarray] | None = None  # MOMENT_KEYS, when the request asked for them
 
     @classmethod
     def failed(cls, reason: str) -> EvalReply:

@@ -28,3 +28,12 @@ def counts_from_scores(labels: np.ndarray, scores: np.ndarray, threshold: float 
 def ratio(num: float, den: float) -> float:
     """``num / den``, NaN when the denominator is 0 (an undefined rate)."""
     return num / den if den else float("nan")
+
+
+def feature_distance(features: np.ndarray, center: np.ndarray, scale: np.ndarray,
+                     blocks: list[int] | None = None) -> np.ndarray:
+    """Each row's root-mean-square standardised distance to ``center``, every block of columns weighing the same:
+    ``sqrt(mean_b mean_{j in b} ((f_j - center_j) / scale_j)²)`` (one block: all columns)."""
+    z2 = ((np.asarray(features) - center) / scale) ** 2
+    edges = np.cumsum([0, *(blocks or [z2.shape[1]])])
+    return np.sqrt(np.mean([z2[:, a:b].mean(axis=1) for a, b in zip(edges[:-1], edges[1:])], axis=0))

@@ -35,13 +35,14 @@ def tiny_config(manifest, *, check_files: bool = True, **overrides):
     data = {"name": "tiny", "manifest": str(manifest), "engine": "inprocess", "threads": 2,
             "model": {"name": "sfcn", "width": 0.25, "input_shape": [16, 16, 16]},
             "train": {"cycles": 3, "warmup": 0, "batch_size": 5, "lr": 1e-3, "seed": 1},
-            "arms": ["clean", "dirty"]}
+            "arms": ["clean", "dirty"], "qc": {"start": "clean"}}
     for key, value in overrides.items():
         node = data
         *parents, leaf = key.split(".")
         for p in parents:
             node = node[p]
-        node[leaf] = value
+        node[leaf] = {**node[leaf], **value} if isinstance(value, dict) and isinstance(node.get(leaf), dict) \
+            else value
     return parse_config(data, check_files=check_files)
 
 

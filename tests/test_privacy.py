@@ -7,13 +7,16 @@ import logging
 
 import numpy as np
 import pytest
+import torch
 
 from fedqc.data.manifest import load_manifest
+from fedqc.models import build_model, encode
 from fedqc.models.state import initial_state
 from tests.conftest import tiny_config
 
 ALLOWED_METRICS = {"n_scans", "loss", "seconds", "n", "tp", "fp", "tn", "fn", "loss_sum", "brier_sum",
-                   "score", "label", "age", "val", "test"}
+                   "score", "label", "age", "val", "test", "ood", "feat_n", "feat_sum", "feat_sq"}
+MOMENTS = {"feat_n", "feat_sum", "feat_sq"}  # sums over a site's scans, one value per activation: never per scan
 
 
 class Recorder:
@@ -66,6 +69,9 @@ def test_sites_send_only_model_arrays_counts_scores_and_ids(tiny_cohort, tmp_pat
 
     model = {k: list(np.shape(v)) for k, v in initial_state(cfg.model, cfg.train.seed).items()}
     largest_site = load_manifest(cfg.manifest).groupby("site").size().max()
+    encoder, _ = build_model(cfg.model.name, input_shape=cfg.model.input_shape, width=cfg.model.width)
+    n_taps = encode(encoder.eval(), torch.zeros(1, 1, *cfg.model.input_shape))[1].shape[1]
+    assert n_taps != largest_site  # so that a list of moments cannot pass for a list of per-scan values
     for r in records:
         for key, shape in r["arrays"].items():  # only the model's and the optimizer's arrays
             part, _, rest = key.partition(".")
@@ -77,7 +83,11 @@ def test_sites_send_only_model_arrays_counts_scores_and_ids(tiny_cohort, tmp_pat
             assert int(np.prod(shape)) != 16 ** 3  # never a 16³ image
         assert set(r["metrics"]) <= ALLOWED_METRICS, r["metrics"]
         for key, length in r["metrics"].items():  # per-scan lists are at most one value per scan of the site
-            assert length is None or length <= largest_site
+            if key in MOMENTS:
+                assert length == (1 if key == "feat_n" else n_taps), (key, length)
+            else:
+                assert length is None or length <= largest_site
+    assert any(MOMENTS <= set(r["metrics"]) for r in records) and any("ood" in r["metrics"] for r in records)
         for key, types in r["configs"].items():  # ids and reasons only: strings
             assert types in (["str"], []), (key, types)
     trains = [r for r in records if r["type"] == "train"]

@@ -132,8 +132,27 @@ def test_site_check_rejects_a_site_its_labels_disagree_with_and_ignores_shifts_a
     for harmful in (alike, 1 - good):  # ... and labels flipped
         ok, stats = site_auroc_test(verify_labels, verify, verify_sites, labels, harmful, 0.01)
         assert not ok and stats["p_value"] < 1e-3 and stats["stat"] > stats["limit"]
-    ok, stats = site_auroc_test(verify_labels, verify, verify_sites, np.ones(5), good[:5], 0.01)  # one label
-    assert ok and math.isnan(stats["p_value"])
+
+
+def test_a_one_class_site_is_judged_against_the_other_class_of_the_verification_scans():
+    rng = np.random.default_rng(1)
+    verify_labels = np.tile([1, 0], 30)
+    verify_sites = np.repeat(["u", "v", "w"], 20)
+    verify = np.clip(np.where(verify_labels == 1, 0.7, 0.3) + rng.normal(0, 0.1, 60), 0.01, 0.99)
+    patients = np.clip(0.7 + rng.normal(0, 0.1, 5), 0.01, 0.99)  # five scans, all labelled patients
+    ok, stats = site_auroc_test(verify_labels, verify, verify_sites, np.ones(5), patients, 0.01)
+    assert ok and stats["auroc_site"] > 0.9
+    ok, stats = site_auroc_test(verify_labels, verify, verify_sites, np.ones(5), patients - 0.15, 0.01)
+    assert ok  # a site its scanner scores somewhat lower still passes
+    controls_called_patients = np.clip(0.3 + rng.normal(0, 0.1, 5), 0.01, 0.99)  # a mislabeled one-class center
+    ok, stats = site_auroc_test(verify_labels, verify, verify_sites, np.ones(5), controls_called_patients, 0.01)
+    assert not ok and stats["auroc_site"] < 0.7 and stats["p_value"] < 0.01
+    ok, stats = site_auroc_test(verify_labels, verify, verify_sites, np.zeros(3), 1 - controls_called_patients[:3],
+                                0.01)
+    assert not ok  # the same for a site of controls that are patients
+    assert site_auroc_test(verify_labels, verify, verify_sites, np.ones(1), patients[:1], 0.01)[0]  # one scan
+    ok, stats = site_auroc_test(np.ones(60), verify, verify_sites, np.ones(5), controls_called_patients, 0.01)
+    assert ok and math.isnan(stats["p_value"])  # no verification scan of the other class: no evidence
 
 
 CHECK = SiteAUROCCheck(alpha=0.01)
@@ -288,7 +307,7 @@ class FakeTransport:
 
 def qc_cfg(**qc):
     """A QC config that needs no images: these tests run against fake transports."""
-    return tiny_config("unused.csv", check_files=False, **{"arms": ["clean", "qc"], "qc": qc})
+    return tiny_config("unused.csv", check_files=False, **{"arms": ["clean", "qc"], "qc": {"scans": [], **qc}})
 
 
 def runner(tmp_path, ids, granularity, criterion="loss", transport_cls=FakeTransport):
@@ -353,7 +372,9 @@ def test_site_check_keeps_a_harmful_site_out_then_eliminates_it(tmp_path):
     assert hop.status == HopStatus.OK and hop.n_scans == 20 and hop.state["encoder.w"][0] == 20
     assert r2.verifications == 2 and [r["scope"] for r in r2.policy.log] == ["site", "site"]
     r2.visit("t", hop.state, 2, 1e-3)  # the model changed: val is rescored before the next check
-    assert transport2.evaluated == ["val", "train", "train", "val", "train"]
+    # the verification scans are scored at the start (twice: baseline, then the screening's refresh) and once
+    # per cycle; the site's scans at every check
+    assert transport2.evaluated == ["val", "val", "train", "train", "val", "train"]
 
 
 def test_a_site_that_cannot_be_checked_loses_its_hop_not_the_arm(tmp_path):
@@ -388,7 +409,7 @@ class TwoSiteTransport:
 
 
 def test_screening_repeats_until_no_site_fails(tmp_path):
-    r = QCArm(TwoSiteTransport(), qc_cfg(criterion="auroc"), "qc", tmp_path)
+    r = QCArm(TwoSiteTransport(), qc_cfg(criterion="auroc", skill=0), "qc", tmp_path)  # b's val scans: no skill
     r.begin({"encoder.w": np.zeros(1)}, 1, None)
     checks = [(row["site"], row["accepted"]) for row in r.policy.log]
     # round 1: "a" passes while b's flipped val scans drag the verification AUROC down; "b" fails;

@@ -24,7 +24,7 @@ from fedqc.experiment.run_dir import RunDir
 from fedqc.io import atomic_write_csv, atomic_write_text
 
 LAST = 3  # cycles averaged for the "last-3" AUROC
-SHARES = ("auroc", "auroc_last3", "accuracy", "sensitivity", "specificity", "precision")  # and every recall_*
+SHARES = ("auroc", "auroc_last3", "accuracy", "sensitivity", "specificity", "precision", "good_lost_rate")  # and recall_*
 
 
 def figure_range(figure: str) -> tuple[float, float]:
@@ -46,7 +46,8 @@ def arm_row(run: RunDir, arm: str) -> dict | None:
     m = binary_metrics(preds[-1]["label"], preds[-1]["score"])
     row = {"arm": arm, "cycle": cycles[-1], "auroc": m["auroc"], "auroc_last3": float(np.mean([_auroc(p) for p in preds])),
            "accuracy": m["accuracy"], "sensitivity": m["sensitivity"], "specificity": m["specificity"],
-           "seconds": float(pd.read_csv(arm_dir.path / "cycles.csv")["seconds"].sum())}
+           "seconds": float(pd.read_csv(arm_dir.path / "cycles.csv")["seconds"].sum()),
+           "cycle_seconds": float(pd.read_csv(arm_dir.path / "cycles.csv")["seconds"].median())}
     detection = arm_dir.path / "detection.csv"
     if detection.is_file():
         d = pd.read_csv(detection)
@@ -57,7 +58,8 @@ def arm_row(run: RunDir, arm: str) -> dict | None:
         for r in d[(d["level"] == "site") & (d["scope"] == "whole-site")].itertuples():
             row[f"recall_site_{r.name}"] = r.recall
         overall = d[d["level"] == "overall"].iloc[0]
-        row |= {"good_lost": overall["good_eliminated"], "good": overall["good"], "precision": overall["precision"]}
+        row |= {"good_lost": overall["good_eliminated"], "good_lost_rate": overall["good_eliminated_rate"],
+                "good_pending": overall["good_pending"], "good": overall["good"], "precision": overall["precision"]}
     summary = arm_dir.path / "qc_summary.json"
     if summary.is_file():
         s = json.loads(summary.read_text())
@@ -66,9 +68,13 @@ def arm_row(run: RunDir, arm: str) -> dict | None:
 
 
 def study_rows(runs: dict[int, Path], arms: list[str]) -> pd.DataFrame:
-    rows = [{"seed": seed, **row} for seed, path in runs.items() for arm in arms
-            if (row := arm_row(RunDir(path), arm)) is not None]
-    return pd.DataFrame(rows)
+    """One row per seed and arm; ``cost_vs_dirty``: an arm's median cycle time over the dirty arm's, same seed."""
+    rows = pd.DataFrame([{"seed": seed, **row} for seed, path in runs.items() for arm in arms
+                         if (row := arm_row(RunDir(path), arm)) is not None])
+    if "dirty" in arms and not rows.empty:
+        dirty = rows[rows["arm"] == "dirty"].set_index("seed")["cycle_seconds"]
+        rows["cost_vs_dirty"] = rows["cycle_seconds"] / rows["seed"].map(dirty)
+    return rows
 
 
 def summarize(rows: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
@@ -145,7 +151,8 @@ def write_study(out: Path, runs: dict[int, Path], command: str) -> pd.DataFrame:
     figures = [f for f in ("auroc", "auroc_last3", "accuracy", "sensitivity", "specificity", "seconds") if f in rows]
     main = pd.DataFrame([{"arm": arm, **{f: _cell(summary, arm, f) for f in figures}} for arm in arms])
     qc = [c for c in rows.columns if c.startswith("recall_")]
-    qc += [c for c in ("good_lost", "precision", "verifications") if c in rows]
+    qc += [c for c in ("good_lost", "good_lost_rate", "good_pending", "precision", "verifications", "cost_vs_dirty")
+           if c in rows]
     qc_table = pd.DataFrame([{"figure": f, **{a: _cell(summary, a, f) for a in qc_arms}} for f in qc])
     lines = [f"# Study `{cfg.name}`", "", f"Made by `{command}`. Seeds: {', '.join(map(str, runs))} "
              f"(training seed; the cohort is the same). Cells: mean [95 % t-interval] across seeds, "

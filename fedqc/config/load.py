@@ -8,13 +8,24 @@ problem naming the key. Relative paths are resolved against the config file's fo
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import types
 import typing
 from pathlib import Path
 
 import yaml
 
-from fedqc.config.schema import ARMS, CRITERIA, ENGINES, GRANULARITIES, ORDERS, ExperimentConfig, qc_variant
+from fedqc.config.schema import (
+    ARMS,
+    CRITERIA,
+    ENGINES,
+    GRANULARITIES,
+    ORDERS,
+    SCAN_CHECKS,
+    STARTS,
+    ExperimentConfig,
+    qc_variant,
+)
 from fedqc.errors import ConfigError
 
 MIN_SIDE = 8
@@ -93,8 +104,8 @@ def _check_ranges(cfg: ExperimentConfig, problems: list[str]) -> None:
         (cfg.site_timeout_s > 0, f"site_timeout_s: must be > 0, got {cfg.site_timeout_s}"),
         (cfg.failing_cycles >= 1, f"failing_cycles: must be >= 1, got {cfg.failing_cycles}"),
         (bool(cfg.arms) and all(a in ARMS or qc_variant(a) for a in cfg.arms),
-         f"arms: each of {ARMS} or qc-<{'|'.join(criteria)}>-<{'|'.join(granularities)}>[-audit|-noaudit], "
-         f"got {list(cfg.arms)}"),
+         f"arms: each of {ARMS}, qc-<{'|'.join(criteria)}>-<{'|'.join(granularities)}>[-audit|-noaudit]"
+         f"[-<{'|'.join(STARTS)}>] or qc-<{'|'.join(STARTS)}>, got {list(cfg.arms)}"),
         (len(set(cfg.arms)) == len(cfg.arms), f"arms: listed twice: {list(cfg.arms)}"),
         (q.criterion in criteria, f"qc.criterion: {q.criterion!r} is not one of {criteria}"),
         (q.granularity in granularities, f"qc.granularity: {q.granularity!r} is not one of {granularities}"),
@@ -104,10 +115,28 @@ def _check_ranges(cfg: ExperimentConfig, problems: list[str]) -> None:
         (q.revisit_after >= 1, f"qc.revisit_after: must be >= 1, got {q.revisit_after}"),
         (0 < q.verify_fraction <= 1, f"qc.verify_fraction: must be in (0, 1], got {q.verify_fraction}"),
         (0 < q.untrusted_fraction <= 1, f"qc.untrusted_fraction: must be in (0, 1], got {q.untrusted_fraction}"),
+        (q.start in STARTS, f"qc.start: {q.start!r} is not one of {STARTS}"),
+        (0 <= q.skill < 1, f"qc.skill: must be in [0, 1) (0: decide from the start), got {q.skill}"),
+        (q.ood_limit > 0, f"qc.ood_limit: must be > 0, got {q.ood_limit}"),
+        (set(q.scans) <= set(SCAN_CHECKS), f"qc.scans: each of {SCAN_CHECKS}, got {list(q.scans)}"),
         (cfg.manifest is not None or cfg.engine == "deployment",
          "manifest: required key missing (only engine deployment runs without one)"),
     ]
     problems += [msg for ok, msg in rules if not ok]
+    _check_qc_arms(cfg, problems)
+
+
+def _check_qc_arms(cfg: ExperimentConfig, problems: list[str]) -> None:
+    """What each QC arm's start and per-scan checks need."""
+    qcs = [cfg.qc_for(a) for a in cfg.arms if a not in ("clean", "dirty") and qc_variant(a) is not None]
+    if any(q.start == "trusted" for q in qcs) and not cfg.qc.trusted_sites:
+        problems.append("qc.trusted_sites: start trusted needs the sites whose data you trust (e.g. a coordinating "
+                        "center's curated scans); or set qc.start to scratch, or clean (an oracle, simulation only)")
+    if any(q.start == "scratch" and q.criterion != "auroc" for q in qcs):
+        problems.append("qc.start: scratch waits for skill in the site-check gate, so it needs criterion auroc")
+    if any(q.criterion == "auroc" and "labels" in q.scans for q in qcs) and importlib.util.find_spec("cleanlab") is None:
+        problems.append("qc.scans: 'labels' needs cleanlab (AGPL-3.0, an optional extra): pip install 'fedqc[cleanlab]', "
+                        "or leave 'labels' out of qc.scans")
 
 
 def parse_config(data: dict, *, base: Path = Path("."), source: str | Path = "config",

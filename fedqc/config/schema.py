@@ -15,6 +15,10 @@ CRITERIA = ("reference", "loss", "calibrated", "auroc")
 GRANULARITIES = ("batch", "hierarchical")
 ENGINES = ("flower", "inprocess", "deployment")  # deployment: real SuperNodes, one per site
 ORDERS = ("random", "fixed")
+# Where a QC arm's model comes from: ``clean`` the oracle clean arm's checkpoint (the reference protocol),
+# ``trusted`` a warm-up on ``qc.trusted_sites`` only, ``scratch`` a fresh model with QC from cycle 0.
+STARTS = ("clean", "trusted", "scratch")
+SCAN_CHECKS = ("labels", "ood")  # per-scan checks by the model: cleanlab label issues, feature distance
 
 
 @dataclass(frozen=True)
@@ -54,21 +58,32 @@ class QCConfig:
     audit: bool = False  # image-level audit before training, its own stage
     untrusted_fraction: float = 0.5  # a site with this share of its training scans eliminated
     #                                  loses its val scans from the verification set
+    start: str = "trusted"  # STARTS; clean is an oracle (simulation only)
+    trusted_sites: tuple[str, ...] = ()  # start trusted: the sites the model is warmed up on, and only those
+    skill: float = 0.7  # decisions wait until the verification AUROC's lower (1 - alpha) bound reaches this
+    scans: tuple[str, ...] = SCAN_CHECKS  # per-scan checks of the site-check gate (labels needs cleanlab)
+    ood_limit: float = 3.5  # a scan is out of distribution beyond this many robust SDs of the verification scans
 
 
 AUDIT_SUFFIXES = {"audit": True, "noaudit": False}
 
 
-def qc_variant(arm: str) -> tuple[str, str, bool | None] | None:
-    """``qc-<criterion>-<granularity>[-audit|-noaudit]`` → (criterion, granularity, audit or None for the
-    config's ``qc.audit``); None for other names."""
+def qc_variant(arm: str) -> dict | None:
+    """``qc-<criterion>-<granularity>[-audit|-noaudit][-<start>]`` or ``qc-<start>`` → the QC keys the name
+    sets (criterion, granularity, audit, start); None for other names. ``qc`` alone sets none."""
     parts = arm.split("-")
-    if len(parts) in (3, 4) and parts[0] == "qc" and parts[1] in CRITERIA and parts[2] in GRANULARITIES:
-        if len(parts) == 3:
-            return parts[1], parts[2], None
-        if parts[3] in AUDIT_SUFFIXES:
-            return parts[1], parts[2], AUDIT_SUFFIXES[parts[3]]
-    return None
+    if parts[0] != "qc":
+        return None
+    keys: dict = {}
+    rest = parts[1:]
+    if len(rest) >= 2 and rest[0] in CRITERIA and rest[1] in GRANULARITIES:
+        keys |= {"criterion": rest[0], "granularity": rest[1]}
+        rest = rest[2:]
+        if rest and rest[0] in AUDIT_SUFFIXES:
+            keys["audit"] = AUDIT_SUFFIXES[rest.pop(0)]
+    if rest and rest[0] in STARTS:
+        keys["start"] = rest.pop(0)
+    return None if rest else keys
 
 
 @dataclass(frozen=True)
@@ -87,13 +102,8 @@ class ExperimentConfig:
     source: Path | None = field(default=None, compare=False)
 
     def qc_for(self, arm: str) -> QCConfig:
-        """The QC settings of arm ``qc`` or of a ``qc-<criterion>-<granularity>[-audit|-noaudit]`` variant."""
-        variant = qc_variant(arm)
-        if variant is None:
-            return self.qc
-        criterion, granularity, audit = variant
-        return dataclasses.replace(self.qc, criterion=criterion, granularity=granularity,
-                                   audit=self.qc.audit if audit is None else audit)
+        """The QC settings of arm ``qc`` or of a variant named by :func:`qc_variant`."""
+        return dataclasses.replace(self.qc, **(qc_variant(arm) or {}))
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)

@@ -3,8 +3,13 @@
 ``clean`` trains cycles 0..C-1 on the scans the ground truth calls good — an *oracle*
 only a simulation has: the runner tells each site which scans to leave out. ``dirty``
 starts from the clean checkpoint of cycle W and trains all data for cycles W+1..C-1,
-without QC. QC arms (``qc`` and ``qc-<criterion>-<granularity>``) start from the same
-checkpoint and train all data through :class:`~fedqc.qc.arm.QCArm`.
+without QC. A QC arm (``qc`` and its variants) trains all data through
+:class:`~fedqc.qc.arm.QCArm` from where its ``qc.start`` says:
+
+- ``clean``: the clean checkpoint of cycle W (the reference protocol; an oracle start);
+- ``trusted``: the checkpoint of cycle W of the ``trusted`` arm, which trains cycles
+  0..W on the sites of ``qc.trusted_sites`` only — no ground truth involved;
+- ``scratch``: a fresh model at cycle 0 (QC decides once the model shows skill).
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ import pandas as pd
 
 from fedqc.config import ExperimentConfig
 
+TRUSTED = "trusted"  # the warm-up arm of trusted-start QC arms
+
 
 @dataclass(frozen=True)
 class Arm:
@@ -23,14 +30,27 @@ class Arm:
     start_from: str | None = None  # arm whose checkpoint of first_cycle - 1 starts this one
     qc: bool = False
     oracle: bool = False  # trains only the scans the manifest's ground truth calls good
+    last_cycle: int = -1  # the arm's last cycle (-1: the experiment's last)
+    sites: tuple[str, ...] | None = None  # only these sites train (None: all)
+
+    def end(self, cycles: int) -> int:
+        """The last cycle this arm trains in an experiment of ``cycles`` cycles."""
+        return cycles - 1 if self.last_cycle < 0 else self.last_cycle
 
 
 def arms_for(cfg: ExperimentConfig) -> list[Arm]:
-    """The configured arms in run order: clean, dirty, then QC arms as listed."""
+    """The configured arms in run order: clean, the trusted warm-up (when a QC arm needs it), dirty, QC arms."""
     w = cfg.train.warmup
+    qc_arms = [a for a in cfg.arms if a not in ("clean", "dirty")]
+    starts = {a: cfg.qc_for(a).start for a in qc_arms}
     arms = [Arm("clean", 0, oracle=True)] if "clean" in cfg.arms else []
+    if "trusted" in starts.values():
+        arms.append(Arm(TRUSTED, 0, last_cycle=w, sites=cfg.qc.trusted_sites))
     arms += [Arm("dirty", w + 1, "clean")] if "dirty" in cfg.arms else []
-    return arms + [Arm(a, w + 1, "clean", qc=True) for a in cfg.arms if a not in ("clean", "dirty")]
+    for a in qc_arms:
+        arms.append(Arm(a, 0, qc=True) if starts[a] == "scratch" else
+                    Arm(a, w + 1, "clean" if starts[a] == "clean" else TRUSTED, qc=True))
+    return arms
 
 
 def harmful_training_scans(manifest: pd.DataFrame | None) -> dict[str, tuple[str, ...]]:

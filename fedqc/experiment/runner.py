@@ -8,6 +8,7 @@ and give bit-identical weights for the same seed.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Callable
@@ -26,7 +27,7 @@ from rich.progress import (
 from fedqc.config import ExperimentConfig
 from fedqc.data.manifest import load_manifest
 from fedqc.errors import BrokenScanError, UserError
-from fedqc.experiment.arms import Arm, arms_for, harmful_training_scans
+from fedqc.experiment.arms import TRUSTED, Arm, arms_for, harmful_training_scans
 from fedqc.experiment.run_dir import ArmDir, RunDir, load_checkpoint, model_dict
 from fedqc.io import append_csv, atomic_write_csv
 from fedqc.models.state import initial_state
@@ -92,9 +93,10 @@ class CycleRecorder:
         self.arm_dir.save_checkpoint(c, state, model=model_dict(self.cfg), visitor=self.visitor.snapshot())
 
 
-def arm_sites(transport: Transport, leave_out: dict[str, tuple[str, ...]]) -> list[str]:
+def arm_sites(transport: Transport, arm: Arm, leave_out: dict[str, tuple[str, ...]]) -> list[str]:
     """Sites with at least one training scan the arm may train."""
-    return sorted(s for s, i in transport.site_info().items() if set(i.train) - set(leave_out.get(s, ())))
+    return sorted(s for s, i in transport.site_info().items() if set(i.train) - set(leave_out.get(s, ()))
+                  and (arm.sites is None or s in arm.sites))
 
 
 def run_arm(arm: Arm, transport: Transport, cfg: ExperimentConfig, run: RunDir, *, visitor: Visitor,
@@ -121,8 +123,9 @@ def run_arm(arm: Arm, transport: Transport, cfg: ExperimentConfig, run: RunDir, 
     arm_dir.discard_from(first)
     visitor.begin(state, first, snapshot)
     info = transport.site_info()
-    return travel(transport, visitor, state, sites=arm_sites(transport, leave_out or {}),
-                  test_sites=sorted(s for s, i in info.items() if i.n_test), train=cfg.train, first_cycle=first,
+    train = dataclasses.replace(cfg.train, cycles=arm.end(cfg.train.cycles) + 1)
+    return travel(transport, visitor, state, sites=arm_sites(transport, arm, leave_out or {}),
+                  test_sites=sorted(s for s, i in info.items() if i.n_test), train=train, first_cycle=first,
                   on_hop=on_hop or (lambda *_: None), on_cycle=CycleRecorder(arm_dir, cfg, visitor))
 
 
@@ -140,6 +143,24 @@ def write_detection(qc: QCArm, manifest: pd.DataFrame | None) -> None:
                          qc.folder / "detection.csv")
 
 
+def check_trusted_sites(cfg: ExperimentConfig, transport: Transport, console: Console) -> None:
+    """A trusted start needs its sites to exist; more than 2 sites or 10 % of the training scans is no longer
+    the small curated subset the protocol means (a warning: the user may have reasons)."""
+    if not any(a.name == TRUSTED for a in arms_for(cfg)):
+        return
+    info = transport.site_info()
+    unknown = sorted(set(cfg.qc.trusted_sites) - set(info))
+    if unknown:
+        raise UserError(f"qc.trusted_sites: no such site(s): {unknown} (sites: {sorted(info)[:10]}...)")
+    n_trusted = sum(len(info[s].train) for s in cfg.qc.trusted_sites)
+    n_all = sum(len(i.train) for i in info.values())
+    if not n_trusted:
+        raise UserError(f"qc.trusted_sites: {list(cfg.qc.trusted_sites)} hold no training scans")
+    if len(cfg.qc.trusted_sites) > 2 or n_trusted > 0.1 * n_all:
+        console.print(f"[yellow]warning:[/] qc.trusted_sites hold {n_trusted} of {n_all} training scans in "
+                      f"{len(cfg.qc.trusted_sites)} site(s): more than the protocol's 2 sites / 10 %")
+
+
 def run_experiment(cfg: ExperimentConfig, transport: Transport, out: Path, *, resume: bool = False,
                    quiet: bool = False) -> dict[str, float]:
     """Run every arm of ``cfg`` in order (clean first: the others start from it); return seconds per arm."""
@@ -150,13 +171,15 @@ def run_experiment(cfg: ExperimentConfig, transport: Transport, out: Path, *, re
     if manifest is None and "clean" in cfg.arms:
         console.print("[yellow]warning:[/] the server has no manifest, so no ground truth: the clean arm trains "
                       "every scan the sites hold")
+    check_trusted_sites(cfg, transport, console)
     seconds: dict[str, float] = {}
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("ETA"), TimeRemainingColumn()]
     with Progress(*columns, console=console, disable=quiet) as bar:
         for arm in arms_for(cfg):
             leave_out = oracle if arm.oracle else {}
-            task = bar.add_task(arm.name, total=(cfg.train.cycles - arm.first_cycle) * len(arm_sites(transport, leave_out)))
+            task = bar.add_task(arm.name, total=(arm.end(cfg.train.cycles) + 1 - arm.first_cycle)
+                                                   * len(arm_sites(transport, arm, leave_out)))
 
             def on_hop(cycle: int, hop: int, site: str, outcome: Hop, task=task, name=arm.name) -> None:
                 bar.update(task, advance=1, description=f"{name:5s} cycle {cycle:3d} {site:>16s} loss {outcome.loss:.3f}")

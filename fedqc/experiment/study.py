@@ -26,7 +26,7 @@ def seeded(cfg: ExperimentConfig, seed: int) -> ExperimentConfig:
 
 def finished(cfg: ExperimentConfig, run: RunDir) -> bool:
     """Whether every arm of ``cfg`` has its last cycle's checkpoint in ``run``."""
-    return all(run.arm(a.name).last_checkpoint() == cfg.train.cycles - 1 for a in arms_for(cfg))
+    return all(run.arm(a.name).last_checkpoint() == a.end(cfg.train.cycles) for a in arms_for(cfg))
 
 
 def run_study(cfg: ExperimentConfig, seeds: list[int], out: Path, *, quiet: bool = False,

@@ -6,6 +6,7 @@ the classifier maps encoder features to a single logit.
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from fedqc.errors import UserError
@@ -31,3 +32,21 @@ def build_model(name: str = "sfcn", *, input_shape: tuple[int, int, int], width:
     else:
         raise UserError(f"unknown model {name!r}; expected one of {', '.join(MODELS)}")
     return encoder, nn.Linear(n_features, 1)
+
+
+def encode(encoder: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """``(features, taps, blocks)``: the encoder's output, and the spatial means of every ReLU's output along the
+    way, concatenated (``blocks`` holds each one's width; the output alone for encoders that are not a sequence).
+
+    Early taps see texture and contrast that the classifier's features have learned to
+    ignore: what a feature-distance check of the image needs.
+    """
+    if not isinstance(encoder, nn.Sequential):
+        features = encoder(x)
+        return features, features, [features.shape[1]]
+    taps = []
+    for layer in encoder:
+        x = layer(x)
+        if isinstance(layer, nn.ReLU):
+            taps.append(x.flatten(2).mean(2))
+    return x, torch.cat(taps, dim=1), [t.shape[1] for t in taps]

@@ -21,7 +21,7 @@ from fedqc.io import atomic_write_csv, atomic_write_text
 from fedqc.protocol import ScanProblem, State, TrainRequest, check_update
 from fedqc.qc.audit import run_audit
 from fedqc.qc.criteria import SITE_CHECKS, UPDATE_CRITERIA
-from fedqc.qc.logs import QCLogs, eliminated_table, pending_table
+from fedqc.qc.logs import SCAN_ISSUE_COLUMNS, QCLogs, eliminated_table, pending_table
 from fedqc.qc.policy import QCPolicy
 from fedqc.qc.screening import SiteScreening
 from fedqc.qc.search import SEARCHES
@@ -45,7 +45,8 @@ class QCArm:
                                        fraction=self.qc.verify_fraction, seed=cfg.train.seed)
         if self.qc.criterion in SITE_CHECKS:
             self.gate = SiteScreening(SITE_CHECKS[self.qc.criterion].from_config(self.qc), self.policy, self.scans,
-                                      transport, self.train_ids)
+                                      transport, self.train_ids, checks=self.qc.scans, skill=self.qc.skill,
+                                      ood_limit=self.qc.ood_limit)
         else:
             self.gate = UpdateVerification(UPDATE_CRITERIA[self.qc.criterion].from_config(self.qc), self.policy,
                                            self.scans)
@@ -68,6 +69,8 @@ class QCArm:
             return
         t0 = time.perf_counter()
         self.policy.start(self.scans.score(state))
+        trusted = set(self.qc.trusted_sites) if self.qc.start == "trusted" else set()
+        self.policy.fresh = {s for site, ids in self.train_ids.items() if site not in trusted for s in ids}
         if self.qc.audit:
             sites = sorted(set(self.train_ids) | set(self.scans.sites))
             atomic_write_csv(run_audit(self.transport, self.policy, sites, first_cycle), self.folder / "audit.csv")
@@ -108,7 +111,15 @@ class QCArm:
         log = pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=["criterion", "seconds"])
         judged = log[log["criterion"] != "invalid update"]
         cycles = pd.read_csv(self.folder / "cycles.csv")
+        issues = pd.DataFrame(list(self.policy.scan_issues.values()), columns=SCAN_ISSUE_COLUMNS)
         summary = {"arm": self.name, "criterion": self.qc.criterion, "granularity": self.qc.granularity,
+                   "start": self.qc.start, "oracle_start": self.qc.start == "clean",
+                   "trusted_sites": list(self.qc.trusted_sites) if self.qc.start == "trusted" else [],
+                   "skill_cycle": self.policy.skill_cycle, "scan_checks": list(self.qc.scans),
+                   "scan_issues": {"labels": int(issues["is_label_issue"].sum()), "ood": int(issues["is_ood_issue"].sum()),
+                                   "scans_checked": len(issues),
+                                   **{f"decision_{k}": int(v) for k, v in issues["decision"].value_counts().items()}},
+                   "cost": dict(getattr(self.gate, "counts", {})),
                    "verify_fraction": self.qc.verify_fraction, "audit": self.qc.audit, "verifications": len(judged),
                    "verify_seconds": round(float(judged["seconds"].sum()), 3),
                    "arm_seconds": round(self.setup_seconds + float(cycles["seconds"].sum()), 3),
@@ -145,6 +156,7 @@ class _Visit:
         if ok:
             self.trained.append((reply.n_scans, reply.loss))
             self.state = reply.state
+            arm.policy.fresh.difference_update(reply.subjects)
         return ok
 
     def outcome(self, seconds: float) -> Hop:

@@ -15,7 +15,7 @@ import pandas as pd
 from fedqc.scoring import ratio
 
 COLUMNS = ["level", "name", "scope", "harmful", "eliminated", "pending", "missed", "recall",
-           "good", "good_eliminated", "good_eliminated_rate", "precision"]
+           "good", "good_eliminated", "good_eliminated_rate", "good_pending", "precision"]
 
 
 def score_detection(manifest: pd.DataFrame, eliminated: pd.DataFrame, pending: pd.DataFrame) -> pd.DataFrame:
@@ -33,7 +33,7 @@ def score_detection(manifest: pd.DataFrame, eliminated: pd.DataFrame, pending: p
         return {"level": level, "name": name, "scope": scope, "harmful": len(bad), "eliminated": n_elim,
                 "pending": n_pending, "missed": len(bad) - n_elim - n_pending,
                 "recall": ratio(n_elim, len(bad)), "good": len(good), "good_eliminated": n_good_elim,
-                "good_eliminated_rate": ratio(n_good_elim, len(good)),
+                "good_eliminated_rate": ratio(n_good_elim, len(good)), "good_pending": int(good["pending"].sum()),
                 "precision": ratio(n_elim, n_elim + n_good_elim)}
 
     rows = [row("kind", kind, scope, t) for (scope, kind), t in train[train["harmful"]].groupby(["scope", "harm"], sort=True)]

@@ -1,4 +1,5 @@
-"""A QC arm's files: ``qc_log.csv``, ``revisits.csv``, ``flagged.csv`` (appended each cycle) and ``eliminated.csv``."""
+"""A QC arm's files: ``qc_log.csv``, ``revisits.csv``, ``flagged.csv`` (appended each cycle), ``eliminated.csv``
+and ``scan_issues.csv`` (one row per scan: its last per-scan check — scores, issues, decision and stage)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from fedqc.qc.policy import QCPolicy
 ELIMINATED_COLUMNS = ["subject", "site", "cycle_flagged", "cycle_eliminated", "stage"]
 REVISIT_COLUMNS = ["subject", "site", "cycle_flagged", "due", "cycle_revisited", "accepted"]
 FLAG_COLUMNS = ["subject", "site", "cycle_flagged", "due"]
+SCAN_ISSUE_COLUMNS = ["subject", "site", "cycle", "stage", "out_of_sample", "label_score", "is_label_issue",
+                      "ood_score", "is_ood_issue", "decision"]
 # file, the QCPolicy list it holds, the column with the cycle, fixed columns (None: whatever the rows hold)
 LOGS = (("qc_log.csv", "log", "cycle", None), ("revisits.csv", "revisits", "cycle_revisited", REVISIT_COLUMNS),
         ("flagged.csv", "flags", "cycle_flagged", FLAG_COLUMNS))
@@ -35,6 +38,8 @@ class QCLogs:
                 append_csv(pd.DataFrame(rows[self.written[name]:], columns=columns), self.folder / name)
             self.written[name] = len(rows)
         atomic_write_csv(eliminated_table(policy), self.folder / "eliminated.csv")
+        issues = pd.DataFrame(list(policy.scan_issues.values()), columns=SCAN_ISSUE_COLUMNS)
+        atomic_write_csv(issues.sort_values(["site", "subject"]), self.folder / "scan_issues.csv")
 
 
 def eliminated_table(policy: QCPolicy) -> pd.DataFrame:

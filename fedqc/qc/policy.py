@@ -50,6 +50,9 @@ class QCPolicy:
     flagged_sites: dict[str, dict] = field(default_factory=dict)
     eliminated_sites: dict[str, int] = field(default_factory=dict)  # site → cycle eliminated
     untrusted: set[str] = field(default_factory=set)
+    fresh: set[str] = field(default_factory=set)  # training scans the model has never trained on (out-of-sample)
+    skill_cycle: int | None = None  # the cycle the model first showed skill: decisions start there
+    scan_issues: dict[str, dict] = field(default_factory=dict)  # subject → its last per-scan check (scans.py)
     log: list[dict] = field(default_factory=list)
     flags: list[dict] = field(default_factory=list)
     revisits: list[dict] = field(default_factory=list)
@@ -100,21 +103,27 @@ class QCPolicy:
         return accepted
 
     def check_site(self, check: SiteAUROCCheck, scores: pd.DataFrame, *, cycle: int, site: str,
-                   subjects: list[str], seconds: float = 0.0) -> bool:
+                   subjects: list[str], seconds: float = 0.0, issues: pd.Series | None = None) -> bool:
         """The site check on ``scores`` (subject, label, score) of the site's training scans under the baseline model.
 
-        The baseline must hold the same model's verification scores (:meth:`rebase`). A
-        first failure flags the site until ``c + R``; a failure at that revisit
+        The baseline must hold the same model's verification scores (:meth:`rebase`).
+        ``issues`` (a mask over ``scores``) marks scans with per-scan issues: they are left
+        out of the check, which judges the rest — and a site where they are more than half
+        fails. A first failure flags the site until ``c + R``; a failure at that revisit
         eliminates it with all of ``subjects`` (its training scans).
         """
         mask = self.verification_set(site)
         b = self.baseline[mask]
+        issues = pd.Series(False, index=scores.index) if issues is None else issues
+        rest = scores[~issues.to_numpy()]
         accepted, stats = check.decide(b["label"].to_numpy(), b["score"].to_numpy(), b["site"].to_numpy(),
-                                       scores["label"].to_numpy(), scores["score"].to_numpy())
-        self.log.append({"cycle": cycle, "site": site, "scope": "site", "subject": "", "n_trained": len(scores),
+                                       rest["label"].to_numpy(), rest["score"].to_numpy())
+        if issues.sum() > len(scores) / 2:
+            accepted, stats = False, stats | {"note": f"{int(issues.sum())} of {len(scores)} scans with per-scan issues"}
+        self.log.append({"cycle": cycle, "site": site, "scope": "site", "subject": "", "n_trained": len(rest),
                          "criterion": check.name, **stats, "accepted": accepted,
-                         **confusion(scores["label"].to_numpy(), scores["score"].to_numpy()),
-                         "n_verify": int(mask.sum()), "seconds": seconds})
+                         **confusion(rest["label"].to_numpy(), rest["score"].to_numpy()),
+                         "n_verify": int(mask.sum()), "n_issues": int(issues.sum()), "seconds": seconds})
         flag = self.flagged_sites.pop(site, None)
         if flag is not None:
             self.revisits.append({**flag, "cycle_revisited": cycle, "accepted": accepted})
@@ -147,12 +156,12 @@ class QCPolicy:
         """Flagged scans of ``site`` whose revisit is due at ``cycle``."""
         return sorted(s for s, f in self.flagged.items() if f["site"] == site and f["due"] <= cycle)
 
-    def revisit(self, subject: str, cycle: int, accepted: bool) -> None:
-        """Record a revisit: accepted → back in the pool; rejected → eliminated."""
+    def revisit(self, subject: str, cycle: int, accepted: bool, stage: str = "verification") -> None:
+        """Record a revisit: accepted → back in the pool; rejected → eliminated (at ``stage``)."""
         flag = self.flagged.pop(subject)
         self.revisits.append({**flag, "cycle_revisited": cycle, "accepted": accepted})
         if not accepted:
-            self.eliminate(subject, flag["site"], cycle, "verification", cycle_flagged=flag["cycle_flagged"])
+            self.eliminate(subject, flag["site"], cycle, stage, cycle_flagged=flag["cycle_flagged"])
 
     def eliminate(self, subject: str, site: str, cycle: int, stage: str, *, cycle_flagged: int | None = None) -> None:
         """Eliminate a scan for the rest of training; a site losing enough scans becomes untrusted."""
@@ -181,10 +190,13 @@ class QCPolicy:
         """Everything needed to resume, as plain data."""
         return {"baseline": self.baseline.reset_index().to_dict("list"), "flagged": dict(self.flagged),
                 "eliminated": dict(self.eliminated), "flagged_sites": dict(self.flagged_sites),
-                "eliminated_sites": dict(self.eliminated_sites), "untrusted": sorted(self.untrusted)}
+                "eliminated_sites": dict(self.eliminated_sites), "untrusted": sorted(self.untrusted),
+                "fresh": sorted(self.fresh), "skill_cycle": self.skill_cycle, "scan_issues": dict(self.scan_issues)}
 
     def restore(self, snap: dict) -> None:
         self.baseline = pd.DataFrame(snap["baseline"]).set_index("subject")
         self.flagged, self.eliminated = dict(snap["flagged"]), dict(snap["eliminated"])
         self.flagged_sites, self.eliminated_sites = dict(snap["flagged_sites"]), dict(snap["eliminated_sites"])
         self.untrusted = set(snap["untrusted"])
+        self.fresh, self.skill_cycle = set(snap.get("fresh", ())), snap.get("skill_cycle")
+        self.scan_issues = dict(snap.get("scan_issues", {}))

@@ -1,87 +1,232 @@
 """Site screening: check a site's data *before* it trains, and adopt the updates of sites that pass.
 
-The site scores the scans it would train with the last accepted model; the site check
-(:class:`~fedqc.qc.criteria.SiteAUROCCheck`) compares how well that model separates
-the site's labels with how well it separates the verification scans' labels within
-their sites. The verification scans are rescored whenever an adopted update changed
-the model, so both sides are always the same model's. Before a QC arm trains anything,
-every site is screened until no further site fails, so whether the model ever learns a
-site does not depend on the order sites come in.
+Once per cycle the verification scans are scored (:meth:`SiteScreening.refresh`): their
+scores are the baseline of the site check, their encoder-feature moments the reference
+of the feature-distance check. Decisions wait until the model shows skill on them
+(:func:`~fedqc.qc.stats.skill_bound` ≥ ``qc.skill``); from then on, at every visit:
+
+1. the site scores the scans it would train (due revisits included) with the current
+   model, and the **site check** (:class:`~fedqc.qc.criteria.SiteAUROCCheck`) compares
+   how well that model separates the site's labels with the verification scans'. A
+   failure against a baseline the model has moved away from is re-decided on freshly
+   rescored verification scans: they are rescored only when a decision needs them;
+2. in a site that passes, **per-scan checks** (:mod:`fedqc.qc.scans`) flag scans with a
+   label issue (only scans the model has not trained on yet) or out-of-distribution
+   features; a flagged scan due for its revisit that still has an issue is eliminated.
+
+When skill is first reached every site is screened — site checks repeated until no
+further site fails, then the per-scan checks on all sites at once — so whether the model
+ever learns a site does not depend on the order sites come in.
 """
 
 from __future__ import annotations
 
 import time
+from collections import Counter
+
+import numpy as np
+import pandas as pd
 
 from fedqc.errors import SiteError
-from fedqc.protocol import EvalRequest, State, TrainReply
+from fedqc.protocol import EvalReply, EvalRequest, State, TrainReply
 from fedqc.qc.criteria import SiteAUROCCheck
 from fedqc.qc.policy import QCPolicy
+from fedqc.qc.scans import FeatureReference, OODLimit, label_issues, label_quality
+from fedqc.qc.stats import skill_bound
 from fedqc.qc.verification import VerificationScans
 from fedqc.strategies.travelling import HopStatus
 from fedqc.transport import Transport
 
 
 class SiteScreening:
-    """The gate of site checks: a site trains only after its data passed; its updates are adopted unverified."""
+    """The gate of site checks and per-scan checks; a site's updates are adopted unverified."""
 
     def __init__(self, check: SiteAUROCCheck, policy: QCPolicy, scans: VerificationScans, transport: Transport,
-                 train_ids: dict[str, list[str]]):
+                 train_ids: dict[str, list[str]], *, checks: tuple[str, ...] = (), skill: float = 0.7,
+                 ood_limit: float = 3.5):
         self.site_check, self.policy, self.scans = check, policy, scans
         self.transport, self.train_ids = transport, train_ids
+        self.checks, self.skill, self.ood_limit = set(checks), skill, ood_limit
+        self.reference: FeatureReference | None = None
+        self.limit: OODLimit | None = None
+        self.cycle: int | None = None  # the cycle whose verification scores the baseline holds
         self.stale = False  # the model changed since the verification scans were scored
         self.verifications, self.seconds = 0, 0.0
+        self.counts: Counter[str] = Counter()  # cost counters: verification rounds, site scorings, scans scored
 
+    # ------------------------------------------------------------------ verification scans
+    def _score_verification(self, state: State, **fields) -> dict[str, EvalReply]:
+        replies = self.scans.evaluate(state, **fields)
+        self.counts["verification_rounds"] += 1
+        self.counts["scans_scored"] += sum(len(r.scores) for r in replies.values())
+        return replies
+
+    def refresh(self, state: State, cycle: int) -> None:
+        """Score the verification scans with ``state``: the baseline, the feature reference and its limit."""
+        replies = self._score_verification(state, moments="ood" in self.checks)
+        self.policy.rebase(pd.concat([r.scores for r in replies.values()], ignore_index=True))
+        self.cycle, self.stale = cycle, False
+        if "ood" in self.checks:
+            judges = set(self.policy.baseline.loc[self.policy.verification_set(""), "site"])
+            moments = [r.moments for s, r in replies.items() if s in judges and r.moments is not None]
+            self.reference = FeatureReference.from_moments(moments)
+            null = self._score_verification(state, **self.reference.request())
+            ood = pd.concat([r.scores for s, r in null.items() if s in judges], ignore_index=True)["ood"]
+            self.limit = OODLimit.from_null(ood.to_numpy(), self.ood_limit)
+
+    def _rebase_now(self, state: State) -> None:
+        """Rescore the verification scans for a decision that needs the current model's (feature reference kept)."""
+        replies = self._score_verification(state)
+        self.policy.rebase(pd.concat([r.scores for r in replies.values()], ignore_index=True))
+        self.stale = False
+
+    def _skilled(self, cycle: int) -> bool:
+        if self.policy.skill_cycle is None and self.skill > 0:
+            b = self.policy.baseline[self.policy.verification_set("")]
+            bound = skill_bound(b["label"].to_numpy(), b["score"].to_numpy(), b["site"].to_numpy(),
+                                self.site_check.alpha)
+            if not bound >= self.skill:
+                return False
+        if self.policy.skill_cycle is None:
+            self.policy.skill_cycle = cycle
+        return True
+
+    # ------------------------------------------------------------------ the gate
     def screen(self, state: State, cycle: int) -> None:
-        """Check every site, repeating until no further site fails.
-
-        A flagged site's val scans leave the verification set, which can expose another
-        harmful site they had masked. A site that cannot be checked now is recorded and
-        checked at its visit instead.
-        """
-        def passes(site: str) -> bool:
-            try:
-                return self.check_data(site, state, cycle)
-            except SiteError as exc:
-                self.scans.note(site, [], f"site check at screening failed: {exc}")
-                return True
-
-        while True:
-            sites = [s for s in sorted(self.train_ids) if s not in self.policy.flagged_sites]
-            if all([passes(site) for site in sites]):  # a list: every site checked each round
-                return
+        """Before the first cycle of the arm: score the verification scans; screen every site if the model has skill."""
+        self.refresh(state, cycle)
+        if self._skilled(cycle):
+            self._screen_all(state, cycle)
 
     def resumed(self) -> None:
-        self.stale = True  # whether the last visit changed the model is not saved; rescoring is exact
+        self.cycle = None  # rescored at the next visit: exact, whatever the last visit changed
 
     def check(self, site: str, state: State, cycle: int) -> HopStatus | None:
         """None when ``site`` may train now; else why it sits this visit out."""
+        if cycle != self.cycle:
+            skilled_before = self.policy.skill_cycle is not None
+            self.refresh(state, cycle)
+            if self._skilled(cycle) and not skilled_before:
+                self._screen_all(state, cycle)
+        if self.policy.skill_cycle is None:
+            return None  # no decision before the model shows skill
         if site in self.policy.eliminated_sites:
             return HopStatus.SITE_ELIMINATED
         if not self.policy.site_due(site, cycle):
             return HopStatus.SITE_FLAGGED
-        return None if self.check_data(site, state, cycle) else HopStatus.SITE_CHECK_FAILED
-
-    def check_data(self, site: str, state: State, cycle: int) -> bool:
-        """The site check on the scans this visit could train (due revisits included)."""
-        t = time.perf_counter()
-        if self.stale:
-            self.policy.rebase(self.scans.score(state))
-            self.stale = False
-        exclude = sorted(self.policy.excluded(site) - set(self.policy.due(site, cycle)))
-        reply = self.transport.evaluate([site], state, EvalRequest("train", exclude=tuple(exclude)))[site]
-        if reply.error:
-            raise SiteError(reply.error)
-        self.scans.note(site, reply.skipped)
-        seconds = time.perf_counter() - t
-        ok = self.policy.check_site(self.site_check, reply.scores, cycle=cycle, site=site,
-                                    subjects=self.train_ids.get(site, []), seconds=seconds)
-        self.verifications += 1
-        self.seconds += seconds
-        return ok
+        reply = self._score_site(site, state, cycle)
+        scans = self._scan_issues({site: reply}, state)
+        if not self._site_passes(site, reply, scans, state, cycle):
+            return HopStatus.SITE_CHECK_FAILED
+        self._decide_scans(scans, cycle, stage="visit")
+        return None
 
     def judge(self, reply: TrainReply, *, cycle: int, site: str, scope: str, subjects: list[str],
               started: float) -> bool:
-        """The site check has judged this visit's data: adopt."""
+        """The checks have judged this visit's data: adopt."""
         self.stale = True
         return True
+
+    # ------------------------------------------------------------------ steps
+    def _screen_all(self, state: State, cycle: int) -> None:
+        """Site checks on every site until no further site fails, then the per-scan decisions on all of them.
+
+        A flagged site's val scans leave the verification set, which can expose another
+        harmful site they had masked; the per-scan issues are recomputed each round on
+        the sites still in.
+        """
+        replies: dict[str, EvalReply] = {}
+        for site in sorted(self.train_ids):
+            if site in self.policy.flagged_sites:
+                continue
+            try:
+                replies[site] = self._score_site(site, state, cycle)
+            except SiteError as exc:  # checked at its visit instead
+                self.scans.note(site, [], f"site check at screening failed: {exc}")
+        while True:
+            live = {s: r for s, r in replies.items() if s not in self.policy.flagged_sites}
+            scans = self._scan_issues(live, state)
+            passed = [self._site_passes(s, r, scans, state, cycle) for s, r in live.items()]  # every site, each round
+            if all(passed):
+                break
+        self._decide_scans(scans, cycle, stage="screening")
+
+    def _score_site(self, site: str, state: State, cycle: int) -> EvalReply:
+        """The site's scores (and feature distances) on the scans this visit could train, due revisits included."""
+        t = time.perf_counter()
+        exclude = sorted(self.policy.excluded(site) - set(self.policy.due(site, cycle)))
+        fields = self.reference.request() if self.reference is not None and "ood" in self.checks else {}
+        reply = self.transport.evaluate([site], state, EvalRequest("train", exclude=tuple(exclude), **fields))[site]
+        if reply.error:
+            raise SiteError(reply.error)
+        self.scans.note(site, reply.skipped)
+        self.counts["site_scorings"] += 1
+        self.counts["scans_scored"] += len(reply.scores)
+        self.seconds += time.perf_counter() - t
+        return reply
+
+    def _site_passes(self, site: str, reply: EvalReply, scans: pd.DataFrame, state: State, cycle: int) -> bool:
+        """The site check on the site's scans without per-scan issues (:meth:`QCPolicy.check_site`)."""
+        t = time.perf_counter()
+        s = reply.scores
+        flagged = set(scans.loc[scans["issue"] != "", "subject"])
+        issues = s["subject"].isin(flagged)
+        if self.stale:  # a failure against an outdated baseline is re-decided on the current model's
+            b = self.policy.baseline[self.policy.verification_set(site)]
+            rest = s[~issues.to_numpy()]
+            ok, _ = self.site_check.decide(b["label"].to_numpy(), b["score"].to_numpy(), b["site"].to_numpy(),
+                                           rest["label"].to_numpy(), rest["score"].to_numpy())
+            if not ok:
+                self._rebase_now(state)
+        ok = self.policy.check_site(self.site_check, s, cycle=cycle, site=site, subjects=self.train_ids.get(site, []),
+                                    seconds=time.perf_counter() - t, issues=issues)
+        self.verifications += 1
+        return ok
+
+    def _scan_issues(self, replies: dict[str, EvalReply], state: State) -> pd.DataFrame:
+        """Per scored scan: its label and feature-distance scores, whether each is an issue, and ``issue``
+        (the issue types joined by ``+``, empty for none)."""
+        scored = pd.concat([r.scores for r in replies.values()], ignore_index=True) if replies else pd.DataFrame()
+        if scored.empty:
+            return pd.DataFrame(columns=["subject", "site", "label_score", "label_issue", "ood_score", "ood_issue",
+                                         "issue"])
+        scored["label_score"] = label_quality(scored["label"], scored["score"])
+        fresh = scored["subject"].isin(self.policy.fresh).to_numpy()
+        scored["label_issue"] = False
+        if "labels" in self.checks and fresh.any():
+            if self.stale:
+                self._rebase_now(state)
+            b = self.policy.baseline[self.policy.verification_set("")]
+            labels = np.concatenate([b["label"].to_numpy(), scored.loc[fresh, "label"].to_numpy()])
+            probs = np.concatenate([b["score"].to_numpy(), scored.loc[fresh, "score"].to_numpy()])
+            judged = np.r_[np.zeros(len(b), bool), np.ones(int(fresh.sum()), bool)]
+            scored.loc[fresh, "label_issue"] = label_issues(labels, probs, judged)
+        if "ood" in self.checks and self.limit is not None and "ood" in scored:
+            scored["ood_score"] = self.limit.score(scored["ood"])
+            scored["ood_issue"] = self.limit.issues(scored["ood"])
+        else:
+            scored["ood_score"], scored["ood_issue"] = np.nan, False
+        scored["issue"] = ["+".join(k for k, hit in (("labels", a), ("ood", b)) if hit)
+                           for a, b in zip(scored["label_issue"], scored["ood_issue"])]
+        return scored
+
+    def _decide_scans(self, scans: pd.DataFrame, cycle: int, *, stage: str) -> None:
+        """Flag scans with new issues; a due revisit with an issue is eliminated, without one it returns to the pool."""
+        scans = scans[~scans["site"].isin(self.policy.flagged_sites)]
+        due = {s for site in set(scans["site"]) for s in self.policy.due(site, cycle)}
+        for r in scans.itertuples(index=False):
+            if r.subject in due:
+                decision = "eliminated" if r.issue else "returned"
+                self.policy.revisit(r.subject, cycle, not r.issue, stage=f"scan: {r.issue}")
+            elif r.issue:
+                decision = "flagged"
+                self.policy.flag(r.subject, r.site, cycle)
+            else:
+                decision = "kept"
+            if r.subject in self.policy.scan_issues and decision == "kept":
+                continue  # the table keeps a scan's first check (out of sample) and its decisions
+            self.policy.scan_issues[r.subject] = {
+                "subject": r.subject, "site": r.site, "cycle": cycle, "stage": "revisit" if r.subject in due else stage,
+                "out_of_sample": r.subject in self.policy.fresh, "label_score": float(r.label_score),
+                "is_label_issue": bool(r.label_issue), "ood_score": float(r.ood_score),
+                "is_ood_issue": bool(r.ood_issue), "decision": decision}

@@ -82,9 +82,11 @@ def site_auroc_test(verify_labels: np.ndarray, verify_scores: np.ndarray, verify
     """
     from scipy.stats import norm
 
+    if len(np.unique(site_labels)) == 1:
+        return one_class_site_test(verify_labels, verify_scores, site_labels, site_scores, alpha)
     a_verify, se_verify = within_site_auroc_se(verify_labels, verify_scores, verify_sites)
-    a_site, se_site = auroc_se(site_labels, site_scores)
     limit = float(norm.isf(alpha))
+    a_site, se_site = auroc_se(site_labels, site_scores)
     se = math.hypot(se_verify, se_site)
     if math.isnan(se) or se == 0:  # one class only, or no uncertainty to judge by: no evidence
         return True, {"stat": math.nan, "limit": limit, "p_value": math.nan,
@@ -92,3 +94,43 @@ def site_auroc_test(verify_labels: np.ndarray, verify_scores: np.ndarray, verify
     z = (a_verify - a_site) / se
     return z <= limit, {"stat": z, "limit": limit, "p_value": float(norm.sf(z)),
                         "auroc_site": a_site, "auroc_verify": a_verify}
+
+
+def one_class_site_test(verify_labels: np.ndarray, verify_scores: np.ndarray, site_labels: np.ndarray,
+                        site_scores: np.ndarray, alpha: float) -> tuple[bool, dict]:
+    """A site with one class: is it separated from the other class as well as that class's verification scans are?
+
+    ``AUROC_site`` ranks the site's scans (labelled as they are) against the verification
+    scans of the other class; ``AUROC_verify`` ranks the verification scans of the site's
+    class against the same ones (pooled over sites: a one-class site has no within-site
+    pairs, so shifts between sites are on both sides). A good site is near
+    ``AUROC_verify``; a site whose labels are all flipped is near 0.5, as its scans look
+    like the other class. One-sided z with Hanley-McNeil errors at level ``alpha``; with
+    no verification scan of the other class there is no evidence.
+    """
+    from scipy.stats import norm
+
+    verify_labels, site_labels = np.asarray(verify_labels, dtype=int), np.asarray(site_labels, dtype=int)
+    verify_scores, site_scores = np.asarray(verify_scores, dtype=float), np.asarray(site_scores, dtype=float)
+    other = verify_labels != site_labels[0]
+    a_site, se_site = auroc_se(np.concatenate([site_labels, verify_labels[other]]),
+                               np.concatenate([site_scores, verify_scores[other]]))
+    a_verify, se_verify = auroc_se(verify_labels, verify_scores)
+    limit = float(norm.isf(alpha))
+    se = math.hypot(se_verify, se_site)
+    if math.isnan(se) or se == 0:
+        return True, {"stat": math.nan, "limit": limit, "p_value": math.nan, "auroc_site": a_site,
+                      "auroc_verify": a_verify}
+    z = (a_verify - a_site) / se
+    return z <= limit, {"stat": z, "limit": limit, "p_value": float(norm.sf(z)), "auroc_site": a_site,
+                        "auroc_verify": a_verify}
+
+
+def skill_bound(labels: np.ndarray, scores: np.ndarray, sites: np.ndarray, alpha: float) -> float:
+    """Lower one-sided ``1 - alpha`` bound of the within-site AUROC (the pooled one without within-site pairs)."""
+    from scipy.stats import norm
+
+    a, se = within_site_auroc_se(labels, scores, sites)
+    if math.isnan(a):
+        a, se = auroc_se(labels, scores)
+    return a - float(norm.isf(alpha)) * se if not math.isnan(a) else math.nan

@@ -8,11 +8,12 @@ of arrays, so a rejected update is simply not adopted, model and optimizer alike
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import pandas as pd
 
-from fedqc.protocol import EvalRequest, ScanProblem, State, TrainReply
+from fedqc.protocol import EvalReply, EvalRequest, ScanProblem, State, TrainReply
 from fedqc.qc.criteria import UpdateCriterion
 from fedqc.qc.policy import QCPolicy
 from fedqc.strategies.travelling import HopStatus
@@ -31,11 +32,15 @@ class VerificationScans:
         self.request = EvalRequest("val", fraction=fraction, sample_seed=seed)
         self.problems: dict[tuple[str, str], str] = {}  # (subject, site) → reason
 
-    def score(self, state: State) -> pd.DataFrame:
-        replies = self.transport.evaluate(self.sites, state, self.request)
+    def evaluate(self, state: State, **fields) -> dict[str, EvalReply]:
+        """Every verification site's reply to the verification request (plus ``fields``, e.g. ``moments``)."""
+        replies = self.transport.evaluate(self.sites, state, dataclasses.replace(self.request, **fields))
         for site, r in replies.items():
             self.note(site, r.skipped, r.error)
-        return pd.concat([r.scores for r in replies.values()], ignore_index=True)
+        return replies
+
+    def score(self, state: State) -> pd.DataFrame:
+        return pd.concat([r.scores for r in self.evaluate(state).values()], ignore_index=True)
 
     def note(self, site: str, skipped: list[ScanProblem], error: str | None = None) -> None:
         self.problems.update({(p.subject, site): p.reason for p in skipped})

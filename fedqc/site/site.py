@@ -22,7 +22,7 @@ from fedqc.config import ModelSpec
 from fedqc.data.image_checks import check_image
 from fedqc.data.images import ImageError, load_image
 from fedqc.data.manifest import REQUIRED
-from fedqc.models import build_model
+from fedqc.models import build_model, encode
 from fedqc.models.state import pack, unpack
 from fedqc.protocol import (
     AuditFinding,
@@ -35,7 +35,7 @@ from fedqc.protocol import (
     TrainRequest,
     batches,
 )
-from fedqc.scoring import counts_from_scores
+from fedqc.scoring import counts_from_scores, feature_distance
 
 EVAL_BATCH = 16
 
@@ -137,13 +137,22 @@ class Site:
         self.classifier.eval()
         exclude = set(request.exclude)
         subjects = [s for s in self.sample(request.split, request.fraction, request.sample_seed) if s not in exclude]
-        scores, done, skipped = [], [], []
+        scores, taps, done, skipped, blocks = [], [], [], [], []
         for chunk in batches(subjects, EVAL_BATCH):
             x, ok, bad = self._images(chunk)
             skipped += bad
             if ok:
-                scores.append(torch.sigmoid(self.classifier(self.encoder(x)).squeeze(1)).double().numpy())
+                f, t, blocks = encode(self.encoder, x)
+                scores.append(torch.sigmoid(self.classifier(f).squeeze(1)).double().numpy())
+                taps.append(t.double().numpy())
                 done += ok
         rows = self.table.loc[done, ["subject", "site", "label", "sex", "age"]].reset_index(drop=True)
         rows.insert(3, "score", np.concatenate(scores) if scores else np.zeros(0))
-        return EvalReply(counts_from_scores(rows["label"].to_numpy(), rows["score"].to_numpy()), rows, skipped)
+        f = np.concatenate(taps) if taps else np.zeros((0, len(request.ood_center)))
+        if request.ood_center and len(rows):
+            rows["ood"] = feature_distance(f, np.asarray(request.ood_center), np.asarray(request.ood_scale), blocks)
+        moments = {"feat_n": np.array([len(f)], dtype=float), "feat_sum": f.sum(0), "feat_sq": (f**2).sum(0)} \
+            if request.moments else None
+        return EvalReply(counts_from_scores(rows["label"].to_numpy(), rows["score"].to_numpy()), rows, skipped,
+                         moments=moments)
+

@@ -10,6 +10,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from fedqc.config import ModelSpec
 from fedqc.protocol import (
     COUNT_KEYS,
+    MOMENT_KEYS,
     EvalReply,
     ScanProblem,
     SiteInfo,
@@ -79,6 +80,10 @@ def encode_eval_reply(res: EvalReply) -> RecordDict:
     if len(s):
         metrics |= {"score": [float(x) for x in s["score"]], "label": [int(x) for x in s["label"]],
                     "age": [float(x) for x in s["age"]]}
+        if "ood" in s:
+            metrics["ood"] = [float(x) for x in s["ood"]]
+    if res.moments is not None:
+        metrics |= {k: [float(x) for x in res.moments[k]] for k in MOMENT_KEYS}
     ids = {"subject": list(s["subject"]), "sex": list(s["sex"]), "site": list(s["site"]),
            "skipped": [f"{p.subject}\t{p.reason}" for p in res.skipped]}
     return RecordDict({"metrics": MetricRecord(metrics), "ids": to_config(ids)})
@@ -89,4 +94,7 @@ def decode_eval_reply(content: RecordDict) -> EvalReply:
     scores = pd.DataFrame({"subject": list(ids.get("subject", [])), "site": list(ids.get("site", [])),
                            "label": list(m.get("label", [])), "score": list(m.get("score", [])),
                            "sex": list(ids.get("sex", [])), "age": list(m.get("age", []))})
-    return EvalReply({k: float(m[k]) for k in COUNT_KEYS}, scores, _problems(ids.get("skipped", [])))
+    if "ood" in m:
+        scores["ood"] = list(m["ood"])
+    moments = {k: np.asarray(m[k], dtype=float) for k in MOMENT_KEYS} if MOMENT_KEYS[0] in m else None
+    return EvalReply({k: float(m[k]) for k in COUNT_KEYS}, scores, _problems(ids.get("skipped", [])), moments=moments)

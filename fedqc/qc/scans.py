@@ -1,0 +1,102 @@
+"""Per-scan checks by the model: label issues and out-of-distribution scans, arrays in, masks out.
+
+**Label issues** (``labels``): confident learning — cleanlab's ``find_label_issues`` — on
+*out-of-sample* predicted probabilities: scans the model has never trained on, pooled
+with the verification scans (which no model ever trains on), so cleanlab's per-class
+thresholds come from scans with trustworthy probabilities even when one small site is
+checked. A scan the model has already fitted would look clean whatever its label, so
+only scans not yet trained are judged. cleanlab is AGPL-3.0 and an optional extra: it is
+imported only here, only when the check runs.
+
+**Feature distance** (``ood``): each scan's root-mean-square standardised distance to the
+verification scans' mean of the encoder's activations — the spatial mean of every ReLU
+output along the encoder, each block weighing the same (:func:`fedqc.models.encode`,
+:func:`fedqc.scoring.feature_distance`). Early blocks see texture and contrast, which
+the classifier's last features learn to ignore: at the demo's clean checkpoint the last
+features alone put additively noisy scans at ~2 robust SDs, the early blocks at > 4. The
+site computes the distance from per-feature means and scales the server pooled from
+sites' sums — no per-scan feature leaves a site. A scan is out of distribution when its
+log distance lies more than ``limit`` robust standard deviations (1.4826 × MAD) above
+the median log distance of the verification scans: a rule on what the model sees, not
+on hand-written image properties.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedqc.protocol import MOMENT_KEYS
+
+MAD_SD = 1.4826  # MAD → SD of a normal distribution
+
+
+@dataclass(frozen=True)
+class FeatureReference:
+    """Per-feature center and scale of the verification scans' encoder features."""
+
+    center: np.ndarray
+    scale: np.ndarray
+
+    @classmethod
+    def from_moments(cls, moments: list[dict[str, np.ndarray]]) -> FeatureReference:
+        """Pool sites' ``feat_n``/``feat_sum``/``feat_sq``; a scale floor keeps dead features from dominating."""
+        moments = [m for m in moments if float(np.atleast_1d(m["feat_n"])[0]) > 0]
+        n, total, sq = (sum(np.asarray(m[k], dtype=float) for m in moments) for k in MOMENT_KEYS)
+        n = float(np.atleast_1d(n)[0]) if moments else 0.0
+        if n < 2:
+            raise ValueError("a feature reference needs at least two verification scans")
+        center = total / n
+        var = np.maximum(sq / n - center**2, 0.0)
+        return cls(center, np.sqrt(var + 1e-6 + 0.01 * var.mean()))
+
+    def request(self) -> dict:
+        """The :class:`~fedqc.protocol.EvalRequest` fields that make a site return ``ood`` distances."""
+        return {"ood_center": tuple(float(x) for x in self.center), "ood_scale": tuple(float(x) for x in self.scale)}
+
+
+@dataclass(frozen=True)
+class OODLimit:
+    """Where an ``ood`` distance becomes an issue: the verification scans' median log distance + ``limit`` robust SDs."""
+
+    median: float
+    spread: float
+    limit: float
+
+    @classmethod
+    def from_null(cls, distances: np.ndarray, limit: float) -> OODLimit:
+        logd = np.log(np.maximum(np.asarray(distances, dtype=float), 1e-12))
+        median = float(np.median(logd))
+        spread = MAD_SD * float(np.median(np.abs(logd - median)))
+        return cls(median, max(spread, 1e-6), limit)
+
+    def score(self, distances: np.ndarray) -> np.ndarray:
+        """Robust z of each log distance (higher: further out)."""
+        return (np.log(np.maximum(np.asarray(distances, dtype=float), 1e-12)) - self.median) / self.spread
+
+    def issues(self, distances: np.ndarray) -> np.ndarray:
+        return self.score(distances) > self.limit
+
+
+def label_quality(labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """The probability the model gives each scan's own label (cleanlab's self-confidence)."""
+    labels, scores = np.asarray(labels, dtype=int), np.asarray(scores, dtype=float)
+    return np.where(labels == 1, scores, 1 - scores)
+
+
+def label_issues(labels: np.ndarray, scores: np.ndarray, judged: np.ndarray) -> np.ndarray:
+    """Mask over ``judged`` rows that cleanlab calls label issues, from all rows' out-of-sample probabilities.
+
+    ``labels``/``scores`` cover the reference scans and the judged ones together; with
+    fewer than two scans of either class there is nothing to learn the thresholds from,
+    and nothing is called an issue.
+    """
+    from cleanlab.filter import find_label_issues
+
+    labels, scores = np.asarray(labels, dtype=int), np.clip(np.asarray(scores, dtype=float), 1e-6, 1 - 1e-6)
+    judged = np.asarray(judged, dtype=bool)
+    if min(int((labels == 0).sum()), int((labels == 1).sum())) < 2 or not judged.any():
+        return np.zeros(int(judged.sum()), dtype=bool)
+    issues = find_label_issues(labels, np.column_stack([1 - scores, scores]), n_jobs=1)
+    return issues[judged]

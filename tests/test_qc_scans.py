@@ -1,0 +1,215 @@
+"""Per-scan checks by the model (label issues, feature distance), start protocols, small sites and cost counters."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fedqc.protocol import EvalReply, EvalRequest, SiteInfo, TrainReply
+from fedqc.qc.arm import QCArm
+from fedqc.qc.scans import FeatureReference, OODLimit, label_issues
+from fedqc.qc.stats import skill_bound
+from fedqc.scoring import feature_distance
+from tests.conftest import tiny_config
+
+cleanlab = pytest.importorskip("cleanlab")  # the optional extra; installed with .[dev]
+
+
+# ----------------------------------------------------------------------------- arrays in, masks out
+def test_cleanlab_finds_a_flipped_label_among_out_of_sample_probabilities():
+    rng = np.random.default_rng(0)
+    labels = np.tile([1, 0], 50)
+    logits = np.where(labels == 1, 3.0, -3.0) + rng.normal(0, 1, 100)
+    probs = 1 / (1 + np.exp(-logits))
+    flipped = labels.copy()
+    sure = [i for i in range(40) if abs(logits[i]) > 3.5]  # scans the model is sure about
+    wrong = [next(i for i in sure if labels[i] == 1), next(i for i in sure if labels[i] == 0)]
+    flipped[wrong] = 1 - flipped[wrong]  # a patient called a control and a control called a patient
+    judged = np.zeros(100, bool)
+    judged[:40] = True  # the scans under judgement; the rest are the reference (verification) scans
+    issues = label_issues(flipped, probs, judged)
+    assert issues.shape == (40,) and set(np.flatnonzero(issues)) == set(wrong)
+    assert not label_issues(labels, probs, judged).any()  # the true labels: no issue
+    assert not label_issues(np.ones(100, int), probs, judged).any()  # one class: nothing to learn thresholds from
+
+
+def test_feature_distance_limit_is_robust_to_a_few_outliers_in_the_reference():
+    rng = np.random.default_rng(1)
+    features = rng.normal(0, 1, (200, 8))
+    features[:4] += 10  # a few harmful verification scans among the reference
+    moments = [{"feat_n": np.array([100.0]), "feat_sum": f.sum(0), "feat_sq": (f**2).sum(0)}
+               for f in (features[:100], features[100:])]
+    ref = FeatureReference.from_moments(moments)
+    limit = OODLimit.from_null(feature_distance(features, ref.center, ref.scale), limit=6.0)
+    good, far = rng.normal(0, 1, (50, 8)), rng.normal(0, 1, (3, 8)) + 10
+    assert not limit.issues(feature_distance(good, ref.center, ref.scale)).any()
+    assert limit.issues(feature_distance(far, ref.center, ref.scale)).all()
+
+
+def test_feature_distance_separates_an_inverted_scan_from_good_ones(tiny_cohort):
+    """A real (tiny, briefly trained) model: the inverted center's scans sit far from the good sites' features."""
+    from fedqc.data.manifest import load_manifest
+    from fedqc.models.state import initial_state
+    from fedqc.protocol import TrainRequest
+    from fedqc.site import Site
+
+    cfg = tiny_config(tiny_cohort / "manifest.csv")
+    manifest = load_manifest(cfg.manifest)
+    sites = {s: Site(s, t, model=cfg.model) for s, t in manifest.groupby("site")}
+    state = initial_state(cfg.model, 0)
+    for cycle in range(3):
+        for s in ("alpha", "beta"):
+            state = sites[s].train(state, TrainRequest(lr=1e-3, seed=cycle, batch_size=5)).state
+    good = [sites[s].evaluate(state, EvalRequest("val", moments=True)) for s in ("alpha", "beta")]
+    ref = FeatureReference.from_moments([r.moments for r in good])
+    null = pd.concat([sites[s].evaluate(state, EvalRequest(split, **ref.request())).scores
+                      for s in ("alpha", "beta") for split in ("val", "train")])
+    inverted = sites["harm01-inverted"].evaluate(state, EvalRequest("train", **ref.request())).scores
+    clean_null = null[~null["subject"].isin(manifest.loc[manifest["harm"] != "none", "subject"])]
+    assert inverted["ood"].min() > clean_null["ood"].max()  # every inverted scan beyond every good one
+
+
+# ----------------------------------------------------------------------------- a QC arm on a fake federation
+class ScanFederation:
+    """Val site "v" (40 scans), training sites "t" (20 scans, t03 with odd features, t07 labelled wrongly) and
+    "u" (4 scans, all patients). A model that trained fewer than ``skilled_after`` scans scores at chance."""
+
+    def __init__(self, skilled_after: int = 0):
+        rng = np.random.default_rng(2)
+        self.skilled_after = skilled_after
+        self.truth = {f"v{i:02d}": i % 2 for i in range(40)} | {f"t{i:02d}": i % 2 for i in range(20)} | \
+            {f"u{i}": 1 for i in range(4)}
+        self.labels = dict(self.truth) | {"t07": 0}  # t07 is a patient labelled a control
+        self.features = {s: rng.normal(0, 1, 4) for s in self.truth}
+        self.features["t03"] = self.features["t03"] + 12  # out of distribution
+        self.noise = {s: rng.normal(0, 0.08) for s in self.truth} | {"t07": 0.15}  # the model is sure: a patient
+        self.evaluated: list[tuple[str, int]] = []  # (split, scans)
+        self.trained: list[str] = []
+
+    def site_info(self):
+        return {"v": SiteInfo("v", (), 40, 0), "t": SiteInfo("t", tuple(f"t{i:02d}" for i in range(20)), 0, 0),
+                "u": SiteInfo("u", tuple(f"u{i}" for i in range(4)), 0, 0)}
+
+    def train(self, site, state, request):
+        subjects = list(request.subjects)
+        self.trained += subjects
+        return TrainReply({"encoder.w": state["encoder.w"] + len(subjects)}, len(subjects), 0.5, 0.0, subjects)
+
+    def evaluate(self, sites, state, request: EvalRequest):
+        skilled = state["encoder.w"][0] >= self.skilled_after
+        replies = {}
+        for site in sites:
+            ids = [s for s in self.truth if s[0] == site and s not in request.exclude]
+            if request.split == "val" and site != "v" or request.split == "train" and site == "v":
+                ids = []
+            score = [0.5 + self.noise[s] if not skilled else (0.8 if self.truth[s] else 0.2) + self.noise[s] for s in ids]
+            frame = pd.DataFrame({"subject": ids, "site": site, "label": [self.labels[s] for s in ids], "score": score})
+            f = np.array([self.features[s] for s in ids]).reshape(len(ids), 4)
+            if request.ood_center:
+                frame["ood"] = feature_distance(f, np.array(request.ood_center), np.array(request.ood_scale))
+            moments = {"feat_n": np.array([float(len(f))]), "feat_sum": f.sum(0), "feat_sq": (f**2).sum(0)} \
+                if request.moments else None
+            self.evaluated.append((request.split, len(ids)))
+            replies[site] = EvalReply({}, frame, moments=moments)
+        return replies
+
+
+def summary(arm: QCArm, folder) -> dict:
+    pd.DataFrame({"cycle": [1], "seconds": [0.0]}).to_csv(folder / "cycles.csv", index=False)  # what the runner writes
+    return arm.summary()
+
+
+def scan_arm(tmp_path, start="clean", skilled_after=0, **qc):
+    cfg = tiny_config("unused.csv", check_files=False, **{
+        "arms": ["clean", "qc"], "qc": {"criterion": "auroc", "start": start, "trusted_sites": ["u"], **qc}})
+    fed = ScanFederation(skilled_after)
+    return QCArm(fed, cfg, "qc", tmp_path), fed
+
+
+def test_a_flipped_label_and_an_odd_scan_are_flagged_then_eliminated_at_their_revisit(tmp_path):
+    arm, fed = scan_arm(tmp_path)
+    state = {"encoder.w": np.zeros(1)}
+    arm.begin(state, 1, None)  # the screening judges every site's scans at once
+    assert set(arm.policy.flagged) == {"t03", "t07"} and not arm.policy.flagged_sites
+    issues = arm.policy.scan_issues
+    assert issues["t07"]["is_label_issue"] and not issues["t07"]["is_ood_issue"]
+    assert issues["t03"]["is_ood_issue"] and issues["t03"]["stage"] == "screening"
+    hop = arm.visit("t", state, 1, 1e-3)
+    assert hop.n_scans == 18 and not {"t03", "t07"} & set(fed.trained)  # flagged scans sit out
+    assert not arm.policy.fresh & set(fed.trained)  # trained scans are in-sample from now on
+    state = hop.state
+    arm.visit("t", state, 3, 1e-3)  # the revisit: still out of distribution, still mislabeled
+    eliminated = arm.eliminated_table().set_index("subject")
+    assert set(eliminated.index) == {"t03", "t07"} and eliminated.loc["t07", "stage"] == "scan: labels"
+    assert eliminated.loc["t03", "stage"] == "scan: ood"
+    arm.end_cycle(3)
+    table = pd.read_csv(tmp_path / "scan_issues.csv")
+    assert len(table) == 24 and set(table.loc[table["decision"] == "eliminated", "subject"]) == {"t03", "t07"}
+    s = summary(arm, tmp_path)
+    assert s["scan_issues"]["labels"] == 1 and s["scan_issues"]["ood"] == 1
+    assert s["start"] == "clean" and s["oracle_start"] is True
+
+
+def test_only_scans_the_model_never_trained_are_judged_for_label_issues(tmp_path):
+    arm, _ = scan_arm(tmp_path, start="trusted")
+    assert arm.qc.start == "trusted"
+    arm.begin({"encoder.w": np.zeros(1)}, 1, None)
+    assert not arm.policy.fresh & {"u0", "u1", "u2", "u3"}  # the trusted site trained the start model
+    assert not arm.policy.scan_issues["u0"]["out_of_sample"] and arm.policy.scan_issues["t00"]["out_of_sample"]
+
+
+def test_scratch_makes_no_decision_before_the_model_shows_skill(tmp_path):
+    arm, fed = scan_arm(tmp_path, start="scratch", skilled_after=24, skill=0.7)
+    state = {"encoder.w": np.zeros(1)}
+    arm.begin(state, 0, None)
+    assert arm.policy.skill_cycle is None and not arm.policy.log
+    for site in ("t", "u"):  # cycle 0: no check, every scan trains (harmful ones too)
+        state = arm.visit(site, state, 0, 1e-3).state
+    assert not arm.policy.log and not arm.policy.flagged and len(fed.trained) == 24
+    arm.visit("t", state, 1, 1e-3)  # cycle 1: the rescored verification scans show skill, so every site is screened
+    assert arm.policy.skill_cycle == 1 and {r["cycle"] for r in arm.policy.log} == {1}
+    assert "t03" in arm.policy.flagged  # odd features are judged whatever was trained
+    assert "t07" not in arm.policy.flagged  # it was trained before skill: in-sample, not judged for its label
+    b = arm.policy.baseline
+    assert skill_bound(b["label"], b["score"], b["site"], 0.01) >= 0.7
+
+
+def test_cost_counters_count_verification_rounds_site_scorings_and_scans(tmp_path):
+    arm, fed = scan_arm(tmp_path)
+    state = {"encoder.w": np.zeros(1)}
+    arm.begin(state, 1, None)
+    cost = summary(arm, tmp_path)["cost"]
+    # start: the baseline (not a gate round), then the gate's refresh: scores+moments, distances
+    assert cost["verification_rounds"] == 2 and cost["site_scorings"] == 2
+    assert cost["scans_scored"] == 40 + 40 + 20 + 4
+    arm.visit("t", state, 1, 1e-3)
+    assert summary(arm, tmp_path)["cost"]["verification_rounds"] == 2  # the same cycle: no further round
+    arm.visit("u", state, 1, 1e-3)  # u's scans are still untrained: their label check needs the verification
+    assert summary(arm, tmp_path)["cost"]["verification_rounds"] == 3  # scans rescored since t's update
+    arm.visit("t", state, 2, 1e-3)  # a new cycle: one refresh (two rounds)
+    cost = summary(arm, tmp_path)["cost"]
+    assert cost["verification_rounds"] == 5 and cost["site_scorings"] == 5
+
+
+def test_a_site_is_judged_without_its_scans_with_issues_and_fails_when_they_are_most_of_it():
+    from fedqc.qc.criteria import SiteAUROCCheck
+    from fedqc.qc.policy import QCPolicy
+
+    rng = np.random.default_rng(3)
+    labels = np.tile([1, 0], 20)
+    verify = pd.DataFrame({"subject": [f"v{i}" for i in range(40)], "site": np.repeat(["v", "w"], 20), "label": labels,
+                           "score": np.clip(np.where(labels == 1, 0.8, 0.2) + rng.normal(0, 0.1, 40), 0.01, 0.99)})
+    site = pd.DataFrame({"subject": [f"t{i}" for i in range(10)], "site": "t", "label": np.tile([1, 0], 5),
+                         "score": np.where(np.tile([1, 0], 5) == 1, 0.8, 0.2)})
+    site.loc[[0, 1], "score"] = [0.05, 0.95]  # two scans scored against their labels: the site AUROC drops
+    check = SiteAUROCCheck(0.01)
+
+    def verdict(issues):
+        policy = QCPolicy(revisit_after=2)
+        policy.start(verify)
+        return policy.check_site(check, site, cycle=1, site="t", subjects=list(site["subject"]), issues=issues)
+
+    assert not verdict(None)  # judged with its two odd scans, the site fails
+    assert verdict(site["subject"].isin(["t0", "t1"]))  # with them left out as per-scan issues, it passes
+    assert not verdict(site["subject"].isin([f"t{i}" for i in range(6)]))  # six of ten scans with issues: fails
