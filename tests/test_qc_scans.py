@@ -200,9 +200,10 @@ def test_a_site_is_judged_without_its_scans_with_issues_and_fails_when_they_are_
     labels = np.tile([1, 0], 20)
     verify = pd.DataFrame({"subject": [f"v{i}" for i in range(40)], "site": np.repeat(["v", "w"], 20), "label": labels,
                            "score": np.clip(np.where(labels == 1, 0.8, 0.2) + rng.normal(0, 0.1, 40), 0.01, 0.99)})
-    site = pd.DataFrame({"subject": [f"t{i}" for i in range(10)], "site": "t", "label": np.tile([1, 0], 5),
-                         "score": np.where(np.tile([1, 0], 5) == 1, 0.8, 0.2)})
-    site.loc[[0, 1], "score"] = [0.05, 0.95]  # two scans scored against their labels: the site AUROC drops
+    site = pd.DataFrame({"subject": [f"t{i}" for i in range(40)], "site": "t", "label": np.tile([1, 0], 20),
+                         "score": np.where(np.tile([1, 0], 20) == 1, 0.8, 0.2)})
+    odd = [f"t{i}" for i in range(8)]
+    site.loc[:7, "score"] = 1 - site.loc[:7, "score"]  # eight scans scored against their labels
     check = SiteAUROCCheck(0.01)
 
     def verdict(issues):
@@ -210,6 +211,6 @@ def test_a_site_is_judged_without_its_scans_with_issues_and_fails_when_they_are_
         policy.start(verify)
         return policy.check_site(check, site, cycle=1, site="t", subjects=list(site["subject"]), issues=issues)
 
-    assert not verdict(None)  # judged with its two odd scans, the site fails
-    assert verdict(site["subject"].isin(["t0", "t1"]))  # with them left out as per-scan issues, it passes
-    assert not verdict(site["subject"].isin([f"t{i}" for i in range(6)]))  # six of ten scans with issues: fails
+    assert not verdict(None)  # judged with its odd scans, the site fails
+    assert verdict(site["subject"].isin(odd))  # with them left out as per-scan issues, it passes
+    assert not verdict(site["subject"].isin([f"t{i}" for i in range(21)]))  # 21 of 40 scans with issues: fails
