@@ -9,7 +9,7 @@ import pytest
 from fedqc.protocol import EvalReply, EvalRequest, SiteInfo, TrainReply
 from fedqc.qc.arm import QCArm
 from fedqc.qc.scans import FeatureReference, OODLimit, label_issues
-from fedqc.qc.stats import skill_bound
+from fedqc.qc.stats import skill
 from fedqc.scoring import feature_distance
 from tests.conftest import tiny_config
 
@@ -151,12 +151,12 @@ def test_a_flipped_label_and_an_odd_scan_are_flagged_then_eliminated_at_their_re
     assert s["start"] == "clean" and s["oracle_start"] is True
 
 
-def test_only_scans_the_model_never_trained_are_judged_for_label_issues(tmp_path):
+def test_only_scans_the_model_never_trained_are_judged(tmp_path):
     arm, _ = scan_arm(tmp_path, start="trusted")
     assert arm.qc.start == "trusted"
     arm.begin({"encoder.w": np.zeros(1)}, 1, None)
     assert not arm.policy.fresh & {"u0", "u1", "u2", "u3"}  # the trusted site trained the start model
-    assert not arm.policy.scan_issues["u0"]["out_of_sample"] and arm.policy.scan_issues["t00"]["out_of_sample"]
+    assert "u0" not in arm.policy.scan_issues and "t00" in arm.policy.scan_issues  # only those are judged
 
 
 def test_scratch_makes_no_decision_before_the_model_shows_skill(tmp_path):
@@ -169,10 +169,9 @@ def test_scratch_makes_no_decision_before_the_model_shows_skill(tmp_path):
     assert not arm.policy.log and not arm.policy.flagged and len(fed.trained) == 24
     arm.visit("t", state, 1, 1e-3)  # cycle 1: the rescored verification scans show skill, so every site is screened
     assert arm.policy.skill_cycle == 1 and {r["cycle"] for r in arm.policy.log} == {1}
-    assert "t03" in arm.policy.flagged  # odd features are judged whatever was trained
-    assert "t07" not in arm.policy.flagged  # it was trained before skill: in-sample, not judged for its label
+    assert not arm.policy.flagged and not arm.policy.scan_issues  # trained before skill: fitted, nothing to judge
     b = arm.policy.baseline
-    assert skill_bound(b["label"], b["score"], b["site"], 0.01) >= 0.7
+    assert skill(b["label"], b["score"], b["site"]) >= 0.7
 
 
 def test_cost_counters_count_verification_rounds_site_scorings_and_scans(tmp_path):
@@ -185,9 +184,9 @@ def test_cost_counters_count_verification_rounds_site_scorings_and_scans(tmp_pat
     assert cost["scans_scored"] == 40 + 40 + 20 + 4
     arm.visit("t", state, 1, 1e-3)
     assert summary(arm, tmp_path)["cost"]["verification_rounds"] == 2  # the same cycle: no further round
-    arm.visit("u", state, 1, 1e-3)  # u's scans are still untrained: their label check needs the verification
-    assert summary(arm, tmp_path)["cost"]["verification_rounds"] == 3  # scans rescored since t's update
-    arm.visit("t", state, 2, 1e-3)  # a new cycle: one refresh (two rounds)
+    arm.visit("u", state, 1, 1e-3)  # u's scans are still untrained, and t's update changed the model: the
+    assert summary(arm, tmp_path)["cost"]["verification_rounds"] == 4  # reference is scored again (two rounds)
+    arm.visit("t", state, 2, 1e-3)  # a new cycle: the baseline only (t has nothing left to judge)
     cost = summary(arm, tmp_path)["cost"]
     assert cost["verification_rounds"] == 5 and cost["site_scorings"] == 5
 
@@ -214,3 +213,13 @@ def test_a_site_is_judged_without_its_scans_with_issues_and_fails_when_they_are_
     assert not verdict(None)  # judged with its odd scans, the site fails
     assert verdict(site["subject"].isin(odd))  # with them left out as per-scan issues, it passes
     assert not verdict(site["subject"].isin([f"t{i}" for i in range(21)]))  # 21 of 40 scans with issues: fails
+
+
+def test_skill_is_the_median_site_auroc_so_a_harmful_minority_does_not_decide():
+    labels = np.tile([1, 0], 30)
+    sites = np.repeat(["a", "b", "c"], 20)
+    good = np.where(labels == 1, 0.8, 0.2)
+    scores = np.where(sites == "c", 1 - good, good)  # site c's labels are flipped
+    assert skill(labels, scores, sites) == 1.0  # two good sites of three: skilled
+    assert skill(labels, np.where(sites == "a", good, 1 - good), sites) == 0.0  # two of three flipped: no skill
+    assert np.isnan(skill(np.ones(60), scores, sites))  # no site with both classes

@@ -117,6 +117,7 @@ def _check_ranges(cfg: ExperimentConfig, problems: list[str]) -> None:
         (0 < q.untrusted_fraction <= 1, f"qc.untrusted_fraction: must be in (0, 1], got {q.untrusted_fraction}"),
         (q.start in STARTS, f"qc.start: {q.start!r} is not one of {STARTS}"),
         (0 <= q.skill < 1, f"qc.skill: must be in [0, 1) (0: decide from the start), got {q.skill}"),
+        (q.trusted_epochs >= 1, f"qc.trusted_epochs: must be >= 1, got {q.trusted_epochs}"),
         (q.ood_limit > 0, f"qc.ood_limit: must be > 0, got {q.ood_limit}"),
         (set(q.scans) <= set(SCAN_CHECKS), f"qc.scans: each of {SCAN_CHECKS}, got {list(q.scans)}"),
         (cfg.manifest is not None or cfg.engine == "deployment",

@@ -60,7 +60,8 @@ class QCConfig:
     #                                  loses its val scans from the verification set
     start: str = "trusted"  # STARTS; clean is an oracle (simulation only)
     trusted_sites: tuple[str, ...] = ()  # start trusted: the sites the model is warmed up on, and only those
-    skill: float = 0.7  # decisions wait until the verification AUROC's lower (1 - alpha) bound reaches this
+    trusted_epochs: int = 10  # start trusted: local epochs per visit of the warm-up (a few curated scans)
+    skill: float = 0.7  # decisions wait until the verification scans' median site AUROC reaches this
     scans: tuple[str, ...] = SCAN_CHECKS  # per-scan checks of the site-check gate (labels needs cleanlab)
     ood_limit: float = 3.5  # a scan is out of distribution beyond this many robust SDs of the verification scans
 

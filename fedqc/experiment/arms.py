@@ -8,7 +8,8 @@ without QC. A QC arm (``qc`` and its variants) trains all data through
 
 - ``clean``: the clean checkpoint of cycle W (the reference protocol; an oracle start);
 - ``trusted``: the checkpoint of cycle W of the ``trusted`` arm, which trains cycles
-  0..W on the sites of ``qc.trusted_sites`` only — no ground truth involved;
+  0..W on the sites of ``qc.trusted_sites`` only, ``qc.trusted_epochs`` local epochs per
+  visit — no ground truth involved;
 - ``scratch``: a fresh model at cycle 0 (QC decides once the model shows skill).
 """
 
@@ -32,6 +33,7 @@ class Arm:
     oracle: bool = False  # trains only the scans the manifest's ground truth calls good
     last_cycle: int = -1  # the arm's last cycle (-1: the experiment's last)
     sites: tuple[str, ...] | None = None  # only these sites train (None: all)
+    epochs: int = 1  # local epochs per visit
 
     def end(self, cycles: int) -> int:
         """The last cycle this arm trains in an experiment of ``cycles`` cycles."""
@@ -45,7 +47,7 @@ def arms_for(cfg: ExperimentConfig) -> list[Arm]:
     starts = {a: cfg.qc_for(a).start for a in qc_arms}
     arms = [Arm("clean", 0, oracle=True)] if "clean" in cfg.arms else []
     if "trusted" in starts.values():
-        arms.append(Arm(TRUSTED, 0, last_cycle=w, sites=cfg.qc.trusted_sites))
+        arms.append(Arm(TRUSTED, 0, last_cycle=w, sites=cfg.qc.trusted_sites, epochs=cfg.qc.trusted_epochs))
     arms += [Arm("dirty", w + 1, "clean")] if "dirty" in cfg.arms else []
     for a in qc_arms:
         arms.append(Arm(a, 0, qc=True) if starts[a] == "scratch" else

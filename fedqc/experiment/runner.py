@@ -186,7 +186,7 @@ def run_experiment(cfg: ExperimentConfig, transport: Transport, out: Path, *, re
 
             t0 = time.perf_counter()
             qc = QCArm(transport, cfg, arm.name, run.arm(arm.name).path) if arm.qc else None
-            visitor = qc or PlainVisitor(transport, cfg.train, leave_out)
+            visitor = qc or PlainVisitor(transport, cfg.train, leave_out, epochs=arm.epochs)
             run_arm(arm, transport, cfg, run, visitor=visitor, leave_out=leave_out, resume=resume, on_hop=on_hop)
             seconds[arm.name] = time.perf_counter() - t0
             if qc:

@@ -13,7 +13,7 @@ from fedqc.qc.policy import QCPolicy
 ELIMINATED_COLUMNS = ["subject", "site", "cycle_flagged", "cycle_eliminated", "stage"]
 REVISIT_COLUMNS = ["subject", "site", "cycle_flagged", "due", "cycle_revisited", "accepted"]
 FLAG_COLUMNS = ["subject", "site", "cycle_flagged", "due"]
-SCAN_ISSUE_COLUMNS = ["subject", "site", "cycle", "stage", "out_of_sample", "label_score", "is_label_issue",
+SCAN_ISSUE_COLUMNS = ["subject", "site", "cycle", "stage", "label_score", "is_label_issue",
                       "ood_score", "is_ood_issue", "decision"]
 # file, the QCPolicy list it holds, the column with the cycle, fixed columns (None: whatever the rows hold)
 LOGS = (("qc_log.csv", "log", "cycle", None), ("revisits.csv", "revisits", "cycle_revisited", REVISIT_COLUMNS),

@@ -1,18 +1,22 @@
 """Site screening: check a site's data *before* it trains, and adopt the updates of sites that pass.
 
 Once per cycle the verification scans are scored (:meth:`SiteScreening.refresh`): their
-scores are the baseline of the site check, their encoder-feature moments the reference
-of the feature-distance check. Decisions wait until the model shows skill on them
-(:func:`~fedqc.qc.stats.skill_bound` ≥ ``qc.skill``); from then on, at every visit:
+scores are the baseline of the site check; when scans are to be judged one by one, their
+encoder-feature moments give the reference of the feature-distance check. Decisions wait until the model shows skill on them
+(:func:`~fedqc.qc.stats.skill` ≥ ``qc.skill``); from then on, at every visit:
 
 1. the site scores the scans it would train (due revisits included) with the current
    model, and the **site check** (:class:`~fedqc.qc.criteria.SiteAUROCCheck`) compares
    how well that model separates the site's labels with the verification scans'. A
    failure against a baseline the model has moved away from is re-decided on freshly
    rescored verification scans: they are rescored only when a decision needs them;
-2. in a site that passes, **per-scan checks** (:mod:`fedqc.qc.scans`) flag scans with a
-   label issue (only scans the model has not trained on yet) or out-of-distribution
-   features; a flagged scan due for its revisit that still has an issue is eliminated.
+2. **per-scan checks** (:mod:`fedqc.qc.scans`) judge the scans the model has not
+   trained on yet (the others it has fitted: there is nothing left to judge): a label
+   issue or out-of-distribution features flag a scan, and a flagged scan due for its
+   revisit that still has an issue is eliminated. The site check leaves such scans out
+   (a site mostly made of them fails). Features of one model only compare with the
+   reference of the same model, so when there are scans to judge and the model has
+   changed since the cycle began, the verification scans are scored again first.
 
 When skill is first reached every site is screened — site checks repeated until no
 further site fails, then the per-scan checks on all sites at once — so whether the model
@@ -32,7 +36,7 @@ from fedqc.protocol import EvalReply, EvalRequest, State, TrainReply
 from fedqc.qc.criteria import SiteAUROCCheck
 from fedqc.qc.policy import QCPolicy
 from fedqc.qc.scans import FeatureReference, OODLimit, label_issues, label_quality
-from fedqc.qc.stats import skill_bound
+from fedqc.qc.stats import skill
 from fedqc.qc.verification import VerificationScans
 from fedqc.strategies.travelling import HopStatus
 from fedqc.transport import Transport
@@ -51,6 +55,7 @@ class SiteScreening:
         self.limit: OODLimit | None = None
         self.cycle: int | None = None  # the cycle whose verification scores the baseline holds
         self.stale = False  # the model changed since the verification scans were scored
+        self.reference_current = False  # the feature reference is the current model's
         self.verifications, self.seconds = 0, 0.0
         self.counts: Counter[str] = Counter()  # cost counters: verification rounds, site scorings, scans scored
 
@@ -61,12 +66,15 @@ class SiteScreening:
         self.counts["scans_scored"] += sum(len(r.scores) for r in replies.values())
         return replies
 
-    def refresh(self, state: State, cycle: int) -> None:
-        """Score the verification scans with ``state``: the baseline, the feature reference and its limit."""
-        replies = self._score_verification(state, moments="ood" in self.checks)
+    def refresh(self, state: State, cycle: int, *, features: bool) -> None:
+        """Score the verification scans with ``state``: the baseline, and with ``features`` the feature reference
+        and its limit (two rounds: the pooled statistics first, then the verification scans' own distances)."""
+        features = features and "ood" in self.checks
+        replies = self._score_verification(state, moments=features)
         self.policy.rebase(pd.concat([r.scores for r in replies.values()], ignore_index=True))
         self.cycle, self.stale = cycle, False
-        if "ood" in self.checks:
+        self.reference_current = features or "ood" not in self.checks
+        if features:
             judges = set(self.policy.baseline.loc[self.policy.verification_set(""), "site"])
             moments = [r.moments for s, r in replies.items() if s in judges and r.moments is not None]
             self.reference = FeatureReference.from_moments(moments)
@@ -83,9 +91,7 @@ class SiteScreening:
     def _skilled(self, cycle: int) -> bool:
         if self.policy.skill_cycle is None and self.skill > 0:
             b = self.policy.baseline[self.policy.verification_set("")]
-            bound = skill_bound(b["label"].to_numpy(), b["score"].to_numpy(), b["site"].to_numpy(),
-                                self.site_check.alpha)
-            if not bound >= self.skill:
+            if not skill(b["label"].to_numpy(), b["score"].to_numpy(), b["site"].to_numpy()) >= self.skill:
                 return False
         if self.policy.skill_cycle is None:
             self.policy.skill_cycle = cycle
@@ -94,7 +100,7 @@ class SiteScreening:
     # ------------------------------------------------------------------ the gate
     def screen(self, state: State, cycle: int) -> None:
         """Before the first cycle of the arm: score the verification scans; screen every site if the model has skill."""
-        self.refresh(state, cycle)
+        self.refresh(state, cycle, features=True)
         if self._skilled(cycle):
             self._screen_all(state, cycle)
 
@@ -105,7 +111,7 @@ class SiteScreening:
         """None when ``site`` may train now; else why it sits this visit out."""
         if cycle != self.cycle:
             skilled_before = self.policy.skill_cycle is not None
-            self.refresh(state, cycle)
+            self.refresh(state, cycle, features=False)
             if self._skilled(cycle) and not skilled_before:
                 self._screen_all(state, cycle)
         if self.policy.skill_cycle is None:
@@ -114,6 +120,9 @@ class SiteScreening:
             return HopStatus.SITE_ELIMINATED
         if not self.policy.site_due(site, cycle):
             return HopStatus.SITE_FLAGGED
+        if self.checks and (self.stale or not self.reference_current) and \
+                self.policy.fresh & set(self._to_score(site, cycle)):
+            self.refresh(state, cycle, features=True)  # features compare only with the same model's reference
         reply = self._score_site(site, state, cycle)
         scans = self._scan_issues({site: reply}, state)
         if not self._site_passes(site, reply, scans, state, cycle):
@@ -124,7 +133,7 @@ class SiteScreening:
     def judge(self, reply: TrainReply, *, cycle: int, site: str, scope: str, subjects: list[str],
               started: float) -> bool:
         """The checks have judged this visit's data: adopt."""
-        self.stale = True
+        self.stale, self.reference_current = True, False
         return True
 
     # ------------------------------------------------------------------ steps
@@ -135,6 +144,8 @@ class SiteScreening:
         harmful site they had masked; the per-scan issues are recomputed each round on
         the sites still in.
         """
+        if self.stale or not self.reference_current:
+            self.refresh(state, cycle, features=True)
         replies: dict[str, EvalReply] = {}
         for site in sorted(self.train_ids):
             if site in self.policy.flagged_sites:
@@ -150,6 +161,11 @@ class SiteScreening:
             if all(passed):
                 break
         self._decide_scans(scans, cycle, stage="screening")
+
+    def _to_score(self, site: str, cycle: int) -> list[str]:
+        """The scans this visit could train, due revisits included."""
+        exclude = self.policy.excluded(site) - set(self.policy.due(site, cycle))
+        return [s for s in self.train_ids.get(site, []) if s not in exclude]
 
     def _score_site(self, site: str, state: State, cycle: int) -> EvalReply:
         """The site's scores (and feature distances) on the scans this visit could train, due revisits included."""
@@ -184,23 +200,25 @@ class SiteScreening:
         return ok
 
     def _scan_issues(self, replies: dict[str, EvalReply], state: State) -> pd.DataFrame:
-        """Per scored scan: its label and feature-distance scores, whether each is an issue, and ``issue``
-        (the issue types joined by ``+``, empty for none)."""
+        """Per scored scan the model has not trained on (the others it has fitted: nothing to judge): its label
+        and feature-distance scores, whether each is an issue, and ``issue`` (the issue types joined by ``+``,
+        empty for none)."""
         scored = pd.concat([r.scores for r in replies.values()], ignore_index=True) if replies else pd.DataFrame()
+        if not scored.empty:
+            scored = scored[scored["subject"].isin(self.policy.fresh)].reset_index(drop=True)
         if scored.empty:
             return pd.DataFrame(columns=["subject", "site", "label_score", "label_issue", "ood_score", "ood_issue",
                                          "issue"])
         scored["label_score"] = label_quality(scored["label"], scored["score"])
-        fresh = scored["subject"].isin(self.policy.fresh).to_numpy()
         scored["label_issue"] = False
-        if "labels" in self.checks and fresh.any():
+        if "labels" in self.checks:
             if self.stale:
                 self._rebase_now(state)
             b = self.policy.baseline[self.policy.verification_set("")]
-            labels = np.concatenate([b["label"].to_numpy(), scored.loc[fresh, "label"].to_numpy()])
-            probs = np.concatenate([b["score"].to_numpy(), scored.loc[fresh, "score"].to_numpy()])
-            judged = np.r_[np.zeros(len(b), bool), np.ones(int(fresh.sum()), bool)]
-            scored.loc[fresh, "label_issue"] = label_issues(labels, probs, judged)
+            labels = np.concatenate([b["label"].to_numpy(), scored["label"].to_numpy()])
+            probs = np.concatenate([b["score"].to_numpy(), scored["score"].to_numpy()])
+            judged = np.r_[np.zeros(len(b), bool), np.ones(len(scored), bool)]
+            scored["label_issue"] = label_issues(labels, probs, judged)
         if "ood" in self.checks and self.limit is not None and "ood" in scored:
             scored["ood_score"] = self.limit.score(scored["ood"])
             scored["ood_issue"] = self.limit.issues(scored["ood"])
@@ -227,6 +245,6 @@ class SiteScreening:
                 continue  # the table keeps a scan's first check (out of sample) and its decisions
             self.policy.scan_issues[r.subject] = {
                 "subject": r.subject, "site": r.site, "cycle": cycle, "stage": "revisit" if r.subject in due else stage,
-                "out_of_sample": r.subject in self.policy.fresh, "label_score": float(r.label_score),
+                "label_score": float(r.label_score),
                 "is_label_issue": bool(r.label_issue), "ood_score": float(r.ood_score),
                 "is_ood_issue": bool(r.ood_issue), "decision": decision}

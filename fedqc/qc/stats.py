@@ -126,11 +126,22 @@ def one_class_site_test(verify_labels: np.ndarray, verify_scores: np.ndarray, si
                         "auroc_verify": a_verify}
 
 
-def skill_bound(labels: np.ndarray, scores: np.ndarray, sites: np.ndarray, alpha: float) -> float:
-    """Lower one-sided ``1 - alpha`` bound of the within-site AUROC (the pooled one without within-site pairs)."""
-    from scipy.stats import norm
+def skill(labels: np.ndarray, scores: np.ndarray, sites: np.ndarray) -> float:
+    """The pair-weighted median of the per-site AUROCs (sites with both classes); NaN without such a site.
 
-    a, se = within_site_auroc_se(labels, scores, sites)
-    if math.isnan(a):
-        a, se = auroc_se(labels, scores)
-    return a - float(norm.isf(alpha)) * se if not math.isnan(a) else math.nan
+    A median, so that a minority of harmful sites among the verification scans (whose
+    labels the model cannot or must not reproduce) does not keep a skilled model from
+    counting as one, nor makes an unskilled one look skilled.
+    """
+    labels, scores, sites = np.asarray(labels, dtype=int), np.asarray(scores, dtype=float), np.asarray(sites)
+    parts = []
+    for site in np.unique(sites):
+        mine = sites == site
+        pairs = int(labels[mine].sum()) * int((labels[mine] == 0).sum())
+        if pairs:
+            parts.append((auroc_se(labels[mine], scores[mine])[0], pairs))
+    if not parts:
+        return math.nan
+    parts.sort()
+    weights = np.cumsum([w for _, w in parts])
+    return float(parts[int(np.searchsorted(weights, weights[-1] / 2))][0])

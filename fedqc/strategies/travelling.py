@@ -93,22 +93,31 @@ def learning_rate(lr: float, decay: float, cycle: int) -> float:
 
 @dataclass
 class PlainVisitor:
-    """One local epoch per visit, adopted unless the reply is invalid; ``leave_out`` per site is not trained."""
+    """``epochs`` local epochs per visit (one request each), adopted unless a reply is invalid; ``leave_out`` per
+    site is not trained."""
 
     transport: Transport
     train: TrainConfig
     leave_out: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    epochs: int = 1
 
     def begin(self, state: State, first_cycle: int, checkpoint: dict | None) -> None:
         pass
 
     def visit(self, site: str, state: State, cycle: int, lr: float) -> Hop:
-        request = TrainRequest(lr=lr, seed=hop_seed(self.train.seed, cycle, site), batch_size=self.train.batch_size,
-                               exclude=self.leave_out.get(site, ()))
-        reply = self.transport.train(site, state, request)
-        if reason := check_update(state, reply.state):
-            return Hop(state, seconds=reply.seconds, status=HopStatus.REJECTED, note=reason, problems=reply.skipped)
-        return Hop(reply.state, reply.n_scans, reply.loss, reply.seconds, problems=reply.skipped)
+        seed, start = hop_seed(self.train.seed, cycle, site), state
+        n, loss, seconds, problems = 0, 0.0, 0.0, []
+        for epoch in range(self.epochs):  # epoch 0 keeps the hop's seed: one epoch is the plain travelling model
+            request = TrainRequest(lr=lr, seed=seed if epoch == 0 else int(np.random.SeedSequence([seed, epoch])
+                                                                           .generate_state(1)[0]),
+                                   batch_size=self.train.batch_size, exclude=self.leave_out.get(site, ()))
+            reply = self.transport.train(site, state, request)
+            seconds += reply.seconds
+            problems += reply.skipped
+            if reason := check_update(state, reply.state):
+                return Hop(start, seconds=seconds, status=HopStatus.REJECTED, note=reason, problems=problems)
+            state, n, loss = reply.state, n + reply.n_scans, reply.loss
+        return Hop(state, n, loss, seconds, problems=problems)
 
     def end_cycle(self, cycle: int) -> None:
         pass
