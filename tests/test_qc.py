@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import shutil
 
 import numpy as np
@@ -448,6 +449,29 @@ def test_qc_config_validation(tiny_cohort):
         tiny_config(tiny_cohort / "manifest.csv", **{"arms": ["qc-magic-batch"], "qc": {"criterion": "x", "z": -1, "alpha": 1}})
     text = str(err.value)
     assert "arms:" in text and "qc.criterion" in text and "qc.z" in text and "qc.alpha" in text
+    assert cfg.qc_for("qc-trusted").start == "trusted" and cfg.qc_for("qc-reference-batch-noaudit-scratch").start == "scratch"
+    assert cfg.qc_for("qc-auroc-batch-clean").criterion == "auroc" and cfg.qc_for("qc-auroc-batch-clean").start == "clean"
+
+
+def test_qc_start_and_scan_check_validation(tiny_cohort, monkeypatch):
+    import importlib.util
+
+    manifest = tiny_cohort / "manifest.csv"
+    bad = [({"qc": {"start": "trusted", "trusted_sites": []}}, "qc.trusted_sites: start trusted needs"),
+           ({"qc": {"start": "somewhere"}}, "qc.start: 'somewhere' is not one of"),
+           ({"qc": {"start": "scratch", "criterion": "loss"}}, "qc.start: scratch waits for skill"),
+           ({"qc": {"scans": ["labels", "vibes"]}}, "qc.scans: each of"),
+           ({"qc": {"skill": 1.0}}, "qc.skill: must be in [0, 1)"),
+           ({"qc": {"trusted_epochs": 0}}, "qc.trusted_epochs: must be >= 1"),
+           ({"arms": ["qc-auroc-batch-somewhere"]}, "arms:")]
+    for overrides, message in bad:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            tiny_config(manifest, **{"arms": ["clean", "qc"], **overrides})
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "cleanlab" else real(name, *a))
+    with pytest.raises(ConfigError, match=re.escape("qc.scans: 'labels' needs cleanlab (AGPL-3.0, an optional extra)")):
+        tiny_config(manifest, **{"arms": ["clean", "qc"]})
+    assert tiny_config(manifest, **{"arms": ["clean", "qc"], "qc": {"scans": ["ood"]}}).qc.scans == ("ood",)
 
 
 # ----------------------------------------------------------------------------- end to end

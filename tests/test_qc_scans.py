@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -223,3 +225,70 @@ def test_skill_is_the_median_site_auroc_so_a_harmful_minority_does_not_decide():
     assert skill(labels, scores, sites) == 1.0  # two good sites of three: skilled
     assert skill(labels, np.where(sites == "a", good, 1 - good), sites) == 0.0  # two of three flipped: no skill
     assert np.isnan(skill(np.ones(60), scores, sites))  # no site with both classes
+
+
+# ----------------------------------------------------------------------------- the starts, end to end
+@pytest.mark.slow
+def test_trusted_and_scratch_starts_end_to_end_and_resume(tiny_cohort, tmp_path):
+    from fedqc.data.manifest import load_manifest
+    from fedqc.experiment.arms import arms_for
+    from fedqc.experiment.run_dir import RunDir, load_checkpoint
+    from fedqc.experiment.runner import run_experiment
+    from fedqc.protocol import same
+    from fedqc.transport.inprocess import InProcessTransport
+    from tests.conftest import checkpoint_path
+
+    class Recording(InProcessTransport):
+        def __init__(self, *args):
+            super().__init__(*args)
+            self.trained: list[tuple[str, tuple[str, ...]]] = []
+
+        def train(self, site, state, request):
+            reply = super().train(site, state, request)
+            self.trained.append((site, tuple(reply.subjects)))
+            return reply
+
+    cfg = tiny_config(tiny_cohort / "manifest.csv", **{
+        "arms": ["qc-auroc-hierarchical-trusted", "qc-auroc-hierarchical-scratch"], "train.cycles": 4,
+        "train.warmup": 1, "qc": {"trusted_sites": ["beta"], "trusted_epochs": 2, "skill": 0.0}})
+    assert [(a.name, a.first_cycle, a.start_from) for a in arms_for(cfg)] == [
+        ("trusted", 0, None), ("qc-auroc-hierarchical-trusted", 2, "trusted"), ("qc-auroc-hierarchical-scratch", 0, None)]
+    manifest = load_manifest(cfg.manifest)
+    transport = Recording(manifest, cfg.model)
+    run = tmp_path / "run"
+    RunDir(run).prepare(cfg, resume=False, overwrite=False)
+    run_experiment(cfg, transport, run, quiet=True)
+    trusted_hops = transport.trained[: 2 * 2]  # the warm-up: cycles 0 and 1, two epochs each, beta only
+    beta = set(manifest.loc[(manifest["site"] == "beta") & (manifest["split"] == "train"), "subject"])
+    assert {site for site, _ in trusted_hops} == {"beta"} and set().union(*(set(s) for _, s in trusted_hops)) == beta
+    assert RunDir(run).arm("trusted").last_checkpoint() == 1  # the warm-up stops at W
+    for arm, start in (("qc-auroc-hierarchical-trusted", "trusted"), ("qc-auroc-hierarchical-scratch", "scratch")):
+        summary = json.loads((run / arm / "qc_summary.json").read_text())
+        assert summary["start"] == start and summary["oracle_start"] is False and summary["skill_cycle"] is not None
+        assert (run / arm / "scan_issues.csv").is_file() and (run / arm / "detection.csv").is_file()
+    issues = pd.read_csv(run / "qc-auroc-hierarchical-trusted" / "scan_issues.csv")
+    assert not set(issues["subject"]) & beta  # the trusted site's scans trained the start model: not judged
+    # killed mid-arm, the scratch arm resumes to the same weights and decisions
+    cut = tmp_path / "cut"
+    RunDir(cut).prepare(cfg, resume=False, overwrite=False)
+    arm = arms_for(cfg)[2]
+
+    def on_hop(cycle, hop, site, outcome):
+        if cycle == 2 and hop == 1:
+            raise Interrupt
+
+    from fedqc.experiment.runner import run_arm
+    from fedqc.qc.arm import QCArm
+
+    with pytest.raises(Interrupt):
+        run_arm(arm, transport, cfg, RunDir(cut), visitor=QCArm(transport, cfg, arm.name, cut / arm.name),
+                on_hop=on_hop)
+    resumed = run_arm(arm, transport, cfg, RunDir(cut), visitor=QCArm(transport, cfg, arm.name, cut / arm.name),
+                      resume=True)
+    assert same(resumed, load_checkpoint(checkpoint_path(run / arm.name, 3))["state"])
+    pd.testing.assert_frame_equal(pd.read_csv(run / arm.name / "scan_issues.csv"),
+                                  pd.read_csv(cut / arm.name / "scan_issues.csv"))
+
+
+class Interrupt(Exception):
+    pass
