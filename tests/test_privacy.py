@@ -87,8 +87,8 @@ def test_sites_send_only_model_arrays_counts_scores_and_ids(tiny_cohort, tmp_pat
                 assert length == (1 if key == "feat_n" else n_taps), (key, length)
             else:
                 assert length is None or length <= largest_site
-    assert any(MOMENTS <= set(r["metrics"]) for r in records) and any("ood" in r["metrics"] for r in records)
         for key, types in r["configs"].items():  # ids and reasons only: strings
             assert types in (["str"], []), (key, types)
+    assert any(MOMENTS <= set(r["metrics"]) for r in records) and any("ood" in r["metrics"] for r in records)
     trains = [r for r in records if r["type"] == "train"]
     assert trains and all(r["arrays"] for r in trains)
