@@ -180,17 +180,22 @@ def test_cost_counters_count_verification_rounds_site_scorings_and_scans(tmp_pat
     arm, fed = scan_arm(tmp_path)
     state = {"encoder.w": np.zeros(1)}
     arm.begin(state, 1, None)
-    cost = summary(arm, tmp_path)["cost"]
-    # start: the baseline (not a gate round), then the gate's refresh: scores+moments, distances
-    assert cost["verification_rounds"] == 2 and cost["site_scorings"] == 2
-    assert cost["scans_scored"] == 40 + 40 + 20 + 4
+
+    def cost():
+        return summary(arm, tmp_path)["cost"]
+
+    # start: the baseline (not a gate round), then the gate's refresh: scores + moments, then distances
+    assert cost()["verification_rounds"] == 2 and cost()["site_scorings"] == 2
+    assert cost()["scans_scored"] == 40 + 40 + 20 + 4
     arm.visit("t", state, 1, 1e-3)
-    assert summary(arm, tmp_path)["cost"]["verification_rounds"] == 2  # the same cycle: no further round
-    arm.visit("u", state, 1, 1e-3)  # u's scans are still untrained, and t's update changed the model: the
-    assert summary(arm, tmp_path)["cost"]["verification_rounds"] == 4  # reference is scored again (two rounds)
-    arm.visit("t", state, 2, 1e-3)  # a new cycle: the baseline only (t has nothing left to judge)
-    cost = summary(arm, tmp_path)["cost"]
-    assert cost["verification_rounds"] == 5 and cost["site_scorings"] == 5
+    arm.visit("u", state, 1, 1e-3)
+    assert cost()["verification_rounds"] == 2  # the same cycle: the site checks use the cycle's baseline
+    arm.visit("t", state, 2, 1e-3)
+    assert cost()["verification_rounds"] == 3  # a new cycle with nothing to judge scan by scan: one round
+    arm.visit("t", state, 3, 1e-3)  # t03 and t07 are due: the feature reference is scored again (two rounds)
+    assert cost() == {"verification_rounds": 5, "site_scorings": 7,
+                      "scans_scored": 104 + 18 + 4 + 40 + 18 + 80 + 2 + 18}
+    assert fed.evaluated[-2:] == [("train", 2), ("train", 18)]  # the two revisits alone, then the visit
 
 
 def test_a_site_is_judged_without_its_scans_with_issues_and_fails_when_they_are_most_of_it():

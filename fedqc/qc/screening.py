@@ -1,26 +1,26 @@
 """Site screening: check a site's data *before* it trains, and adopt the updates of sites that pass.
 
-Once per cycle the verification scans are scored (:meth:`SiteScreening.refresh`): their
-scores are the baseline of the site check; when scans are to be judged one by one, their
-encoder-feature moments give the reference of the feature-distance check. Decisions wait until the model shows skill on them
-(:func:`~fedqc.qc.stats.skill` ≥ ``qc.skill``); from then on, at every visit:
+At the start of every cycle the verification scans are scored (:meth:`SiteScreening.refresh`):
+their scores are the baseline of the site check and the skill gate. Decisions wait until
+the model shows skill on them (:func:`~fedqc.qc.stats.skill` ≥ ``qc.skill``). Then:
 
-1. the site scores the scans it would train (due revisits included) with the current
-   model, and the **site check** (:class:`~fedqc.qc.criteria.SiteAUROCCheck`) compares
-   how well that model separates the site's labels with the verification scans'. A
-   failure against a baseline the model has moved away from is re-decided on freshly
-   rescored verification scans: they are rescored only when a decision needs them;
-2. **per-scan checks** (:mod:`fedqc.qc.scans`) judge the scans the model has not
-   trained on yet (the others it has fitted: there is nothing left to judge): a label
-   issue or out-of-distribution features flag a scan, and a flagged scan due for its
-   revisit that still has an issue is eliminated. The site check leaves such scans out
-   (a site mostly made of them fails). Features of one model only compare with the
-   reference of the same model, so when there are scans to judge and the model has
-   changed since the cycle began, the verification scans are scored again first.
+- **when skill is first reached**, every site is screened before the model trains
+  anything more: site checks repeated until no further site fails (flagging a site
+  takes its val scans out, which can expose another), then the **per-scan checks**
+  (:mod:`fedqc.qc.scans`) on every scan the model has not trained on, all at once — so
+  whether the model ever learns a site or a scan does not depend on the order sites come in;
+- **at the start of each later cycle**, the scans that wait for a judgement — revisits
+  that are due, and never-judged scans of sites that train this cycle (e.g. a site back
+  from a flag) — are judged at once, with the model the cycle starts with and a feature
+  reference scored from it (only in such cycles: the reference costs a second round);
+- **at every visit** the site scores the scans it would train with the current model,
+  and the **site check** (:class:`~fedqc.qc.criteria.SiteAUROCCheck`) compares how well
+  that model separates the site's labels with the verification scans'. A failure
+  against a baseline the model has moved away from is re-decided on freshly rescored
+  verification scans: they are rescored only when a decision needs them.
 
-When skill is first reached every site is screened — site checks repeated until no
-further site fails, then the per-scan checks on all sites at once — so whether the model
-ever learns a site does not depend on the order sites come in.
+A flagged scan sits out until its revisit; one that still has an issue then is
+eliminated, one without returns to the pool.
 """
 
 from __future__ import annotations
@@ -110,25 +110,49 @@ class SiteScreening:
     def check(self, site: str, state: State, cycle: int) -> HopStatus | None:
         """None when ``site`` may train now; else why it sits this visit out."""
         if cycle != self.cycle:
-            skilled_before = self.policy.skill_cycle is not None
-            self.refresh(state, cycle, features=False)
-            if self._skilled(cycle) and not skilled_before:
-                self._screen_all(state, cycle)
+            self._begin_cycle(state, cycle)
         if self.policy.skill_cycle is None:
             return None  # no decision before the model shows skill
         if site in self.policy.eliminated_sites:
             return HopStatus.SITE_ELIMINATED
         if not self.policy.site_due(site, cycle):
             return HopStatus.SITE_FLAGGED
-        if self.checks and (self.stale or not self.reference_current) and \
-                self.policy.fresh & set(self._to_score(site, cycle)):
-            self.refresh(state, cycle, features=True)  # features compare only with the same model's reference
         reply = self._score_site(site, state, cycle)
-        scans = self._scan_issues({site: reply}, state)
-        if not self._site_passes(site, reply, scans, state, cycle):
-            return HopStatus.SITE_CHECK_FAILED
-        self._decide_scans(scans, cycle, stage="visit")
-        return None
+        no_issues = self._scan_issues({}, state)
+        return None if self._site_passes(site, reply, no_issues, state, cycle) else HopStatus.SITE_CHECK_FAILED
+
+    def _begin_cycle(self, state: State, cycle: int) -> None:
+        """Before the cycle's first visit: rescore the verification scans; when the model first shows skill,
+        screen every site; later, judge the scans that wait for it (due revisits, and scans never judged of
+        sites that train this cycle) all at once, with the model the cycle starts with."""
+        skilled_before = self.policy.skill_cycle is not None
+        waiting = self._waiting(cycle) if skilled_before and self.checks else {}
+        self.refresh(state, cycle, features=bool(waiting))
+        if not self._skilled(cycle):
+            return
+        if not skilled_before:
+            self._screen_all(state, cycle)
+        elif waiting:
+            replies = {}
+            for site, subjects in waiting.items():
+                try:
+                    replies[site] = self._score_site(site, state, cycle, only=subjects)
+                except SiteError as exc:  # judged at a later cycle
+                    self.scans.note(site, [], f"per-scan check failed: {exc}")
+            self._decide_scans(self._scan_issues(replies, state), cycle, stage="screening")
+
+    def _waiting(self, cycle: int) -> dict[str, list[str]]:
+        """Per site that trains at ``cycle``: its scans due for a revisit, and its never-judged untrained scans."""
+        out = {}
+        for site in sorted(self.train_ids):
+            if site in self.policy.eliminated_sites or not self.policy.site_due(site, cycle):
+                continue
+            due = set(self.policy.due(site, cycle))
+            subjects = [s for s in self._to_score(site, cycle)
+                        if s in due or (s in self.policy.fresh and s not in self.policy.scan_issues)]
+            if subjects:
+                out[site] = subjects
+        return out
 
     def judge(self, reply: TrainReply, *, cycle: int, site: str, scope: str, subjects: list[str],
               started: float) -> bool:
@@ -167,11 +191,14 @@ class SiteScreening:
         exclude = self.policy.excluded(site) - set(self.policy.due(site, cycle))
         return [s for s in self.train_ids.get(site, []) if s not in exclude]
 
-    def _score_site(self, site: str, state: State, cycle: int) -> EvalReply:
-        """The site's scores (and feature distances) on the scans this visit could train, due revisits included."""
+    def _score_site(self, site: str, state: State, cycle: int, only: list[str] | None = None) -> EvalReply:
+        """The site's scores (and feature distances) on the scans this visit could train, due revisits included
+        (or ``only`` these)."""
         t = time.perf_counter()
-        exclude = sorted(self.policy.excluded(site) - set(self.policy.due(site, cycle)))
-        fields = self.reference.request() if self.reference is not None and "ood" in self.checks else {}
+        exclude = sorted(set(self.train_ids.get(site, [])) - set(only) if only is not None
+                         else self.policy.excluded(site) - set(self.policy.due(site, cycle)))
+        fields = self.reference.request() if self.reference is not None and self.reference_current and \
+            "ood" in self.checks else {}
         reply = self.transport.evaluate([site], state, EvalRequest("train", exclude=tuple(exclude), **fields))[site]
         if reply.error:
             raise SiteError(reply.error)
@@ -230,7 +257,7 @@ class SiteScreening:
 
     def _decide_scans(self, scans: pd.DataFrame, cycle: int, *, stage: str) -> None:
         """Flag scans with new issues; a due revisit with an issue is eliminated, without one it returns to the pool."""
-        scans = scans[~scans["site"].isin(self.policy.flagged_sites)]
+        scans = scans[np.array([self.policy.site_due(site, cycle) for site in scans["site"]], dtype=bool)]
         due = {s for site in set(scans["site"]) for s in self.policy.due(site, cycle)}
         for r in scans.itertuples(index=False):
             if r.subject in due:
