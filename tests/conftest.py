@@ -70,3 +70,23 @@ def checkpoint_path(arm_dir: Path, cycle: int) -> Path:
 def with_absolute_paths(table, root: Path):
     """A manifest table whose image paths point into ``root``, so it can be written anywhere."""
     return table.assign(path=[str(root / p) for p in table["path"]])
+
+
+class Interrupt(Exception):
+    """Raised from a hop callback: a run killed mid-cycle."""
+
+
+def kill_and_resume_qc_arm(arm, transport, cfg, out: Path, *, cycle: int = 2, hop: int = 1):
+    """Run QC ``arm`` into ``out`` until hop ``hop`` of ``cycle``, as if killed there, then resume it: the final state."""
+    from fedqc.experiment.run_dir import RunDir
+    from fedqc.experiment.runner import run_arm
+    from fedqc.qc.arm import QCArm
+
+    def on_hop(c, h, site, outcome):
+        if (c, h) == (cycle, hop):
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        run_arm(arm, transport, cfg, RunDir(out), visitor=QCArm(transport, cfg, arm.name, out / arm.name), on_hop=on_hop)
+    return run_arm(arm, transport, cfg, RunDir(out), visitor=QCArm(transport, cfg, arm.name, out / arm.name),
+                   resume=True)

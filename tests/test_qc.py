@@ -27,7 +27,7 @@ from fedqc.qc.policy import QCPolicy
 from fedqc.qc.search import SEARCHES
 from fedqc.qc.stats import auroc_se, confusion, recalibrate, site_auroc_test, within_site_auroc_se
 from fedqc.strategies.travelling import HopStatus
-from tests.conftest import tiny_config
+from tests.conftest import kill_and_resume_qc_arm, tiny_config
 
 # 20 verification scans at one site "v": 10 patients, 10 controls
 LABELS = np.array([1] * 10 + [0] * 10)
@@ -475,17 +475,13 @@ def test_qc_start_and_scan_check_validation(tiny_cohort, monkeypatch):
 
 
 # ----------------------------------------------------------------------------- end to end
-class Interrupt(Exception):
-    pass
-
-
 @pytest.mark.slow
 def test_qc_arms_end_to_end_and_resume(tiny_cohort, tmp_path):
     from fedqc.analysis.infer import infer_run
     from fedqc.data.manifest import load_manifest
     from fedqc.experiment.arms import arms_for
-    from fedqc.experiment.run_dir import RunDir, load_checkpoint
-    from fedqc.experiment.runner import run_arm, simulate
+    from fedqc.experiment.run_dir import load_checkpoint
+    from fedqc.experiment.runner import simulate
     from fedqc.protocol import same
     from fedqc.transport.inprocess import InProcessTransport
     from tests.conftest import checkpoint_path
@@ -529,16 +525,8 @@ def test_qc_arms_end_to_end_and_resume(tiny_cohort, tmp_path):
     cut = tmp_path / "cut"
     shutil.copytree(run / "clean", cut / "clean")
 
-    def on_hop(cycle, hop, site, outcome):
-        if cycle == 2 and hop == 1:
-            raise Interrupt
-
     for arm in [a for a in arms_for(cfg) if a.qc]:
-        with pytest.raises(Interrupt):
-            run_arm(arm, transport, cfg, RunDir(cut), visitor=QCArm(transport, cfg, arm.name, cut / arm.name),
-                    on_hop=on_hop)
-        resumed = run_arm(arm, transport, cfg, RunDir(cut), visitor=QCArm(transport, cfg, arm.name, cut / arm.name),
-                          resume=True)
+        resumed = kill_and_resume_qc_arm(arm, transport, cfg, cut)
         assert same(resumed, load_checkpoint(checkpoint_path(run / arm.name, 3))["state"])
         for name in ("qc_log.csv", "flagged.csv", "eliminated.csv"):
             a = pd.read_csv(run / arm.name / name).drop(columns=["seconds", "hop_seconds"], errors="ignore")

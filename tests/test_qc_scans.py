@@ -13,7 +13,7 @@ from fedqc.qc.arm import QCArm
 from fedqc.qc.scans import FeatureReference, OODLimit, label_issues
 from fedqc.qc.stats import skill
 from fedqc.scoring import feature_distance
-from tests.conftest import tiny_config
+from tests.conftest import kill_and_resume_qc_arm, tiny_config
 
 cleanlab = pytest.importorskip("cleanlab")  # the optional extra; installed with .[dev]
 
@@ -278,22 +278,7 @@ def test_trusted_and_scratch_starts_end_to_end_and_resume(tiny_cohort, tmp_path)
     RunDir(cut).prepare(cfg, resume=False, overwrite=False)
     arm = arms_for(cfg)[2]
 
-    def on_hop(cycle, hop, site, outcome):
-        if cycle == 2 and hop == 1:
-            raise Interrupt
-
-    from fedqc.experiment.runner import run_arm
-    from fedqc.qc.arm import QCArm
-
-    with pytest.raises(Interrupt):
-        run_arm(arm, transport, cfg, RunDir(cut), visitor=QCArm(transport, cfg, arm.name, cut / arm.name),
-                on_hop=on_hop)
-    resumed = run_arm(arm, transport, cfg, RunDir(cut), visitor=QCArm(transport, cfg, arm.name, cut / arm.name),
-                      resume=True)
+    resumed = kill_and_resume_qc_arm(arm, transport, cfg, cut)
     assert same(resumed, load_checkpoint(checkpoint_path(run / arm.name, 3))["state"])
     pd.testing.assert_frame_equal(pd.read_csv(run / arm.name / "scan_issues.csv"),
                                   pd.read_csv(cut / arm.name / "scan_issues.csv"))
-
-
-class Interrupt(Exception):
-    pass

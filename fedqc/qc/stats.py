@@ -52,13 +52,8 @@ def auroc_se(labels: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
     return auc, math.sqrt(max(var, 0.0))
 
 
-def within_site_auroc_se(labels: np.ndarray, scores: np.ndarray, sites: np.ndarray) -> tuple[float, float]:
-    """AUROC over patient-control pairs of the same site, and its standard error; NaN without such pairs.
-
-    The pair-weighted mean of the per-site AUROCs, ``Σ w_k A_k`` with ``w_k ∝ n1_k · n0_k``,
-    and ``se² = Σ w_k² se_k²`` (sites are independent). Shifts of whole sites' scores,
-    which lower a pooled AUROC, do not enter it.
-    """
+def site_aurocs(labels: np.ndarray, scores: np.ndarray, sites: np.ndarray) -> list[tuple[int, float, float]]:
+    """Per site with both classes: (patient-control pairs, AUROC, its standard error)."""
     labels, scores, sites = np.asarray(labels, dtype=int), np.asarray(scores, dtype=float), np.asarray(sites)
     parts = []
     for site in np.unique(sites):
@@ -66,6 +61,17 @@ def within_site_auroc_se(labels: np.ndarray, scores: np.ndarray, sites: np.ndarr
         pairs = int(labels[mine].sum()) * int((labels[mine] == 0).sum())
         if pairs:
             parts.append((pairs, *auroc_se(labels[mine], scores[mine])))
+    return parts
+
+
+def within_site_auroc_se(labels: np.ndarray, scores: np.ndarray, sites: np.ndarray) -> tuple[float, float]:
+    """AUROC over patient-control pairs of the same site, and its standard error; NaN without such pairs.
+
+    The pair-weighted mean of the per-site AUROCs, ``Σ w_k A_k`` with ``w_k ∝ n1_k · n0_k``,
+    and ``se² = Σ w_k² se_k²`` (sites are independent). Shifts of whole sites' scores,
+    which lower a pooled AUROC, do not enter it.
+    """
+    parts = site_aurocs(labels, scores, sites)
     if not parts:
         return math.nan, math.nan
     w = np.array([p for p, _, _ in parts], dtype=float) / sum(p for p, _, _ in parts)
@@ -133,15 +139,8 @@ def skill(labels: np.ndarray, scores: np.ndarray, sites: np.ndarray) -> float:
     labels the model cannot or must not reproduce) does not keep a skilled model from
     counting as one, nor makes an unskilled one look skilled.
     """
-    labels, scores, sites = np.asarray(labels, dtype=int), np.asarray(scores, dtype=float), np.asarray(sites)
-    parts = []
-    for site in np.unique(sites):
-        mine = sites == site
-        pairs = int(labels[mine].sum()) * int((labels[mine] == 0).sum())
-        if pairs:
-            parts.append((auroc_se(labels[mine], scores[mine])[0], pairs))
+    parts = sorted((auroc, pairs) for pairs, auroc, _ in site_aurocs(labels, scores, sites))
     if not parts:
         return math.nan
-    parts.sort()
     weights = np.cumsum([w for _, w in parts])
     return float(parts[int(np.searchsorted(weights, weights[-1] / 2))][0])
