@@ -282,3 +282,27 @@ def test_trusted_and_scratch_starts_end_to_end_and_resume(tiny_cohort, tmp_path)
     assert same(resumed, load_checkpoint(checkpoint_path(run / arm.name, 3))["state"])
     pd.testing.assert_frame_equal(pd.read_csv(run / arm.name / "scan_issues.csv"),
                                   pd.read_csv(cut / arm.name / "scan_issues.csv"))
+
+
+def test_a_site_made_of_odd_scans_fails_and_its_scans_are_eliminated_at_their_revisit(tmp_path):
+    class WithOddSite(ScanFederation):
+        def __init__(self):
+            super().__init__()
+            for i in range(4):  # a small center of out-of-distribution scans
+                self.truth[f"w{i}"] = self.labels[f"w{i}"] = i % 2
+                self.features[f"w{i}"] = np.full(4, 12.0) + i
+                self.noise[f"w{i}"] = 0.0
+
+        def site_info(self):
+            return super().site_info() | {"w": SiteInfo("w", tuple(f"w{i}" for i in range(4)), 0, 0)}
+
+    cfg = tiny_config("unused.csv", check_files=False, **{"arms": ["clean", "qc"],
+                                                         "qc": {"criterion": "auroc", "start": "clean"}})
+    arm = QCArm(WithOddSite(), cfg, "qc", tmp_path)
+    state = {"encoder.w": np.zeros(1)}
+    arm.begin(state, 1, None)
+    assert "w" in arm.policy.flagged_sites and {f"w{i}" for i in range(4)} <= set(arm.policy.flagged)
+    arm.visit("w", state, 3, 1e-3)  # the revisit: the scans are judged first, still out of distribution
+    eliminated = arm.eliminated_table().set_index("subject")
+    assert {f"w{i}" for i in range(4)} <= set(eliminated.index)
+    assert set(eliminated.loc[[f"w{i}" for i in range(4)], "stage"]) == {"scan: ood"}

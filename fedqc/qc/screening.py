@@ -184,7 +184,7 @@ class SiteScreening:
             passed = [self._site_passes(s, r, scans, state, cycle) for s, r in live.items()]  # every site, each round
             if all(passed):
                 break
-        self._decide_scans(scans, cycle, stage="screening")
+        self._decide_scans(self._scan_issues(replies, state), cycle, stage="screening")  # flagged sites' scans too
 
     def _to_score(self, site: str, cycle: int) -> list[str]:
         """The scans this visit could train, due revisits included."""
@@ -257,8 +257,8 @@ class SiteScreening:
 
     def _decide_scans(self, scans: pd.DataFrame, cycle: int, *, stage: str) -> None:
         """Flag scans with new issues; a due revisit with an issue is eliminated, without one it returns to the pool."""
-        scans = scans[np.array([self.policy.site_due(site, cycle) for site in scans["site"]], dtype=bool)]
-        due = {s for site in set(scans["site"]) for s in self.policy.due(site, cycle)}
+        scans = scans[~scans["site"].isin(self.policy.eliminated_sites)]  # a flagged site's scans are judged too:
+        due = {s for site in set(scans["site"]) for s in self.policy.due(site, cycle)}  # their flags end with it
         for r in scans.itertuples(index=False):
             if r.subject in due:
                 decision = "eliminated" if r.issue else "returned"
