@@ -73,7 +73,8 @@ def main() -> None:
         manifest = subset(DATA, args.sites, tmp / "subset") if args.sites else DATA
         cfg = reference_config(2, "inprocess", manifest)  # W = 0: QC arms run cycle 1 from clean cycle 0
         cfg["arms"] = ["clean", *ARMS.values()]
-        cfg["qc"] = {"criterion": "auroc", "granularity": "hierarchical", "audit": True}
+        # the reference protocol's start (the clean checkpoint), deciding at once: the cost of a deciding cycle
+        cfg["qc"] = {"criterion": "auroc", "granularity": "hierarchical", "audit": True, "start": "clean", "skill": 0.0}
         wall, peak = simulate(cfg, tmp / "qc_cost.yaml", tmp / "run")
         run = tmp / "run"
         table = pd.read_csv(manifest)
