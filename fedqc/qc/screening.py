@@ -70,9 +70,8 @@ class SiteScreening:
         """Score the verification scans with ``state``: the baseline, and with ``features`` the feature reference
         and its limit (two rounds: the pooled statistics first, then the verification scans' own distances)."""
         features = features and "ood" in self.checks
-        replies = self._score_verification(state, moments=features)
-        self.policy.rebase(pd.concat([r.scores for r in replies.values()], ignore_index=True))
-        self.cycle, self.stale = cycle, False
+        replies = self._rebase_now(state, moments=features)
+        self.cycle = cycle
         self.reference_current = features or "ood" not in self.checks
         if features:
             judges = set(self.policy.baseline.loc[self.policy.verification_set(""), "site"])
@@ -82,11 +81,13 @@ class SiteScreening:
             ood = pd.concat([r.scores for s, r in null.items() if s in judges], ignore_index=True)["ood"]
             self.limit = OODLimit.from_null(ood.to_numpy(), self.ood_limit)
 
-    def _rebase_now(self, state: State) -> None:
-        """Rescore the verification scans for a decision that needs the current model's (feature reference kept)."""
-        replies = self._score_verification(state)
+    def _rebase_now(self, state: State, **fields) -> dict[str, EvalReply]:
+        """Rescore the verification scans with ``state`` and make their scores the baseline (the feature reference
+        is kept); the replies."""
+        replies = self._score_verification(state, **fields)
         self.policy.rebase(pd.concat([r.scores for r in replies.values()], ignore_index=True))
         self.stale = False
+        return replies
 
     def _skilled(self, cycle: int) -> bool:
         if self.policy.skill_cycle is None and self.skill > 0:
@@ -117,9 +118,8 @@ class SiteScreening:
             return HopStatus.SITE_ELIMINATED
         if not self.policy.site_due(site, cycle):
             return HopStatus.SITE_FLAGGED
-        reply = self._score_site(site, state, cycle)
-        no_issues = self._scan_issues({}, state)
-        return None if self._site_passes(site, reply, no_issues, state, cycle) else HopStatus.SITE_CHECK_FAILED
+        reply = self._score_site(site, state, cycle, features=False)
+        return None if self._site_passes(site, reply, set(), state, cycle) else HopStatus.SITE_CHECK_FAILED
 
     def _begin_cycle(self, state: State, cycle: int) -> None:
         """Before the cycle's first visit: rescore the verification scans; when the model first shows skill,
@@ -136,7 +136,7 @@ class SiteScreening:
             replies = {}
             for site, subjects in waiting.items():
                 try:
-                    replies[site] = self._score_site(site, state, cycle, only=subjects)
+                    replies[site] = self._score_site(site, state, cycle, features=True, only=subjects)
                 except SiteError as exc:  # judged at a later cycle
                     self.scans.note(site, [], f"per-scan check failed: {exc}")
             self._decide_scans(self._scan_issues(replies, state), cycle, stage="screening")
@@ -175,13 +175,14 @@ class SiteScreening:
             if site in self.policy.flagged_sites:
                 continue
             try:
-                replies[site] = self._score_site(site, state, cycle)
+                replies[site] = self._score_site(site, state, cycle, features=True)
             except SiteError as exc:  # checked at its visit instead
                 self.scans.note(site, [], f"site check at screening failed: {exc}")
         while True:
             live = {s: r for s, r in replies.items() if s not in self.policy.flagged_sites}
             scans = self._scan_issues(live, state)
-            passed = [self._site_passes(s, r, scans, state, cycle) for s, r in live.items()]  # every site, each round
+            flagged = set(scans.loc[scans["issue"] != "", "subject"])
+            passed = [self._site_passes(s, r, flagged, state, cycle) for s, r in live.items()]  # every site, each round
             if all(passed):
                 break
         self._decide_scans(self._scan_issues(replies, state), cycle, stage="screening")  # flagged sites' scans too
@@ -191,14 +192,14 @@ class SiteScreening:
         exclude = self.policy.excluded(site) - set(self.policy.due(site, cycle))
         return [s for s in self.train_ids.get(site, []) if s not in exclude]
 
-    def _score_site(self, site: str, state: State, cycle: int, only: list[str] | None = None) -> EvalReply:
-        """The site's scores (and feature distances) on the scans this visit could train, due revisits included
-        (or ``only`` these)."""
+    def _score_site(self, site: str, state: State, cycle: int, *, features: bool,
+                    only: list[str] | None = None) -> EvalReply:
+        """The site's scores on the scans this visit could train, due revisits included (or ``only`` these); with
+        ``features``, also their feature distances to the current reference (for the per-scan checks)."""
         t = time.perf_counter()
         exclude = sorted(set(self.train_ids.get(site, [])) - set(only) if only is not None
                          else self.policy.excluded(site) - set(self.policy.due(site, cycle)))
-        fields = self.reference.request() if self.reference is not None and self.reference_current and \
-            "ood" in self.checks else {}
+        fields = self.reference.request() if features and self.reference is not None and "ood" in self.checks else {}
         reply = self.transport.evaluate([site], state, EvalRequest("train", exclude=tuple(exclude), **fields))[site]
         if reply.error:
             raise SiteError(reply.error)
@@ -208,11 +209,10 @@ class SiteScreening:
         self.seconds += time.perf_counter() - t
         return reply
 
-    def _site_passes(self, site: str, reply: EvalReply, scans: pd.DataFrame, state: State, cycle: int) -> bool:
-        """The site check on the site's scans without per-scan issues (:meth:`QCPolicy.check_site`)."""
+    def _site_passes(self, site: str, reply: EvalReply, flagged: set[str], state: State, cycle: int) -> bool:
+        """The site check on the site's scans except ``flagged`` (per-scan issues; :meth:`QCPolicy.check_site`)."""
         t = time.perf_counter()
         s = reply.scores
-        flagged = set(scans.loc[scans["issue"] != "", "subject"])
         issues = s["subject"].isin(flagged)
         if self.stale:  # a failure against an outdated baseline is re-decided on the current model's
             b = self.policy.baseline[self.policy.verification_set(site)]
