@@ -74,9 +74,10 @@ def validate(manifest: Path = typer.Argument(..., help="Manifest CSV."),
 
 @app.command()
 @friendly
-def cohort(preset: str = typer.Option("demo", help="demo, reference or smoke."),
+def cohort(preset: str = typer.Option("demo", help="demo, demo2d (2D slices), reference or smoke."),
            out_dir: Path = typer.Option(..., "--out", help="Output folder."),
-           size: str = typer.Option("32", help="Image side, or three sides as 160x192x160."),
+           size: str = typer.Option(None, help="Image side (default 32, 64 for demo2d), or every side as "
+                                                "160x192x160 (64x64 for 2D)."),
            seed: int = typer.Option(0, help="Random seed."),
            no_harm: bool = typer.Option(False, "--no-harm", help="Inject no harmful data."),
            debug: bool = DEBUG):
@@ -86,11 +87,11 @@ def cohort(preset: str = typer.Option("demo", help="demo, reference or smoke."),
     from fedqc.data.synth.cohort import generate_cohort
 
     try:
-        sides = tuple(int(s) for s in size.lower().split("x"))
+        sides = None if size is None else tuple(int(s) for s in size.lower().split("x"))
     except ValueError:
-        raise UserError(f"--size must be an integer or AxBxC, got {size!r}") from None
+        raise UserError(f"--size must be an integer, AxB or AxBxC, got {size!r}") from None
     t0 = time.perf_counter()
-    m = generate_cohort(out_dir, preset=preset, size=sides[0] if len(sides) == 1 else sides, seed=seed,
+    m = generate_cohort(out_dir, preset=preset, size=sides[0] if sides and len(sides) == 1 else sides, seed=seed,
                         harm={} if no_harm else None)
     harmful = int((m["harm"] != "none").sum())
     out.print(f"{out_dir / 'manifest.csv'}: {len(m)} scans, {m['site'].nunique()} sites, "

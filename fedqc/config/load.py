@@ -20,6 +20,8 @@ from fedqc.config.schema import (
     CRITERIA,
     ENGINES,
     GRANULARITIES,
+    MODEL_MIN_SIDE,
+    MODELS,
     ORDERS,
     SCAN_CHECKS,
     STARTS,
@@ -27,8 +29,6 @@ from fedqc.config.schema import (
     qc_variant,
 )
 from fedqc.errors import ConfigError
-
-MIN_SIDE = 8
 
 
 def _check_type(value, tp, key: str, problems: list[str]):
@@ -97,8 +97,10 @@ def _check_ranges(cfg: ExperimentConfig, problems: list[str]) -> None:
         (t.lr_decay >= 0, f"train.lr_decay: must be >= 0, got {t.lr_decay}"),
         (isinstance(t.order, tuple) or t.order in ORDERS, f"train.order: {t.order!r} is not one of {ORDERS} or a list of sites"),
         (m.width > 0, f"model.width: must be > 0, got {m.width}"),
-        (len(m.input_shape) == 3 and min(m.input_shape) >= MIN_SIDE,
-         f"model.input_shape: three sides >= {MIN_SIDE}, got {m.input_shape}"),
+        (m.name in MODELS, f"model.name: {m.name!r} is not one of {MODELS}"),
+        (len(m.input_shape) in (2, 3) and min(m.input_shape) >= MODEL_MIN_SIDE.get(m.name, 8),
+         f"model.input_shape: two sides (2D) or three (3D), each >= {MODEL_MIN_SIDE.get(m.name, 8)} for "
+         f"{m.name}, got {list(m.input_shape)}"),
         (cfg.engine in ENGINES, f"engine: {cfg.engine!r} is not one of {ENGINES}"),
         (cfg.threads >= 1, f"threads: must be >= 1, got {cfg.threads}"),
         (cfg.site_timeout_s > 0, f"site_timeout_s: must be > 0, got {cfg.site_timeout_s}"),

@@ -19,15 +19,19 @@ ORDERS = ("random", "fixed")
 # ``trusted`` a warm-up on ``qc.trusted_sites`` only, ``scratch`` a fresh model with QC from cycle 0.
 STARTS = ("clean", "trusted", "scratch")
 SCAN_CHECKS = ("labels", "ood")  # per-scan checks by the model: cleanlab label issues, feature distance
+MODELS = ("sfcn", "densenet121", "resnet18")  # fedqc.models builds each name, in 2D or 3D
+# The smallest input side at which a batch of one still trains: the last BatchNorm must see more than one
+# voxel (DenseNet121 halves the input five times, ResNet18 with MONAI's stride-1 stem four times, SFCN adapts).
+MODEL_MIN_SIDE = {"sfcn": 8, "densenet121": 64, "resnet18": 32}
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """Which network and at which input shape."""
+    """Which network and at which input shape: two sides for 2D images, three for volumes."""
 
     name: str = "sfcn"
     width: float = 0.5
-    input_shape: tuple[int, int, int] = (32, 32, 32)
+    input_shape: tuple[int, ...] = (32, 32, 32)
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,12 @@
 """Cheap image-level checks a site runs on its own scans: no model, no template, no other site's data.
 
-Each check looks at the model's input array (a scan min-max scaled to [0, 1]):
+Each check looks at the model's input array (a scan min-max scaled to [0, 1], with a leading
+channel axis: (1, X, Y, Z), or (1, X, Y) for a 2D image):
 
 - **blank**: no intensity range at all (a failed export, an empty series);
-- **bright background**: the outermost voxel layer is brighter than the middle of the
-  range — an MR scan's corners are air, an intensity-inverted scan's are bright;
+- **bright background**: the outermost voxel layer (a 2D image's outermost pixels) is
+  brighter than the middle of the range — an MR scan's corners are air, an
+  intensity-inverted scan's are bright;
 - **no anatomy**: neighbouring voxels inside the head are uncorrelated — anatomy is
   smooth at any resolution a CNN sees, pure noise is not.
 """
@@ -18,17 +20,19 @@ SMOOTHNESS_MIN = 0.1  # good synthetic scans: 0.46-0.59 at 32³, 0.23-0.34 at 16
 
 
 def border_mean(arr: np.ndarray) -> float:
-    """Mean intensity of the outermost voxel layer of a (1, X, Y, Z) or (X, Y, Z) array."""
-    a = arr.reshape(arr.shape[-3:])
-    faces = [a[0], a[-1], a[:, 0], a[:, -1], a[:, :, 0], a[:, :, -1]]
+    """Mean intensity of the outermost voxel layer of a (1, X, Y, Z) or (1, X, Y) array: the mean of its faces
+    (a 2D image's edges)."""
+    a = arr[0]
+    faces = [f for axis in range(a.ndim) for f in (np.take(a, 0, axis), np.take(a, -1, axis))]
     return float(np.mean([f.mean() for f in faces]))
 
 
 def smoothness(arr: np.ndarray, threshold: float = 0.05) -> float:
-    """Correlation of neighbouring voxels (along each axis) where both are in the head."""
-    a = arr.reshape(arr.shape[-3:])
+    """Correlation of neighbouring voxels (along each axis) where both are in the head; ``arr`` as
+    :func:`border_mean`'s."""
+    a = arr[0]
     pairs = []
-    for axis in range(3):
+    for axis in range(a.ndim):
         x, y = np.moveaxis(a, axis, 0)[:-1].ravel(), np.moveaxis(a, axis, 0)[1:].ravel()
         inside = (x > threshold) & (y > threshold)
         if inside.sum() > 10:

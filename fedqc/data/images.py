@@ -1,8 +1,10 @@
-"""Image I/O with SimpleITK: one scan → a normalised (1, X, Y, Z) float32 array.
+"""Image I/O with SimpleITK: one scan → a normalised (1, X, Y, Z) or, for 2D models, (1, X, Y) float32 array.
 
-Images are resized to the model's input shape with MONAI when they differ and min-max
-scaled to [0, 1] per scan (a blank scan stays all zero). Arrays are cached per process,
-keyed by path and shape, so a site reads each of its scans once.
+Any format SimpleITK reads: NIfTI volumes and slices, PNG, JPEG. A colour image becomes
+grey as the mean of its channels; a 2D model also takes a volume with one slice. Images
+are resized to the model's input shape with MONAI when they differ and min-max scaled
+to [0, 1] per scan (a blank scan stays all zero). Arrays are cached per process, keyed
+by path and shape, so a site reads each of its scans once.
 """
 
 from __future__ import annotations
@@ -30,23 +32,33 @@ def _check_complete(path: str) -> None:
         raise ImageError(f"truncated or corrupt image {path}: {str(exc).strip().splitlines()[-1]}") from None
 
 
-@functools.lru_cache(maxsize=4096)
-def load_image(path: str, shape: tuple[int, int, int]) -> np.ndarray:
-    """Read ``path`` and return a read-only (1, *shape) float32 array scaled to [0, 1]."""
+def _read(path: str) -> np.ndarray:
+    """The image as a float32 array in SimpleITK's axis order ((z,) y, x); colour channels averaged."""
     try:
-        img = sitk.ReadImage(path, sitk.sitkFloat32)
+        img = sitk.ReadImage(path)
     except RuntimeError as exc:
         raise ImageError(f"unreadable image {path}: {str(exc).strip().splitlines()[-1]}") from None
     if path.endswith((".nii", ".nii.gz")):
         _check_complete(path)
-    arr = sitk.GetArrayFromImage(img)
-    if arr.ndim != 3:
-        raise ImageError(f"{path}: expected a 3-D image, got {arr.ndim}-D")
+    arr = sitk.GetArrayFromImage(img).astype(np.float32)
+    return arr.mean(-1) if img.GetNumberOfComponentsPerPixel() > 1 else arr
+
+
+@functools.lru_cache(maxsize=4096)
+def load_image(path: str, shape: tuple[int, ...]) -> np.ndarray:
+    """Read ``path`` and return a read-only (1, *shape) float32 array scaled to [0, 1]; ``shape`` has two sides
+    for a 2D model, three for a 3D one."""
+    arr = _read(path)
+    if len(shape) == 2 and arr.ndim == 3 and 1 in arr.shape:  # a slice stored as a one-slice volume
+        arr = arr.reshape([n for n in arr.shape if n != 1] or [1, 1])
+    if arr.ndim != len(shape):
+        raise ImageError(f"{path}: expected a {len(shape)}-D image for model.input_shape {list(shape)}, "
+                         f"got {arr.ndim}-D")
     if not np.isfinite(arr).all():
         raise ImageError(f"{path}: image has NaN or infinite voxels")
-    arr = arr.transpose(2, 1, 0)[None]  # SimpleITK (z, y, x) -> (1, x, y, z)
+    arr = arr.T[None]  # SimpleITK ((z,) y, x) -> (1, x, y(, z))
     if arr.shape[1:] != tuple(shape):
-        arr = np.asarray(Resize(spatial_size=shape, mode="trilinear")(arr))
+        arr = np.asarray(Resize(spatial_size=shape, mode="trilinear" if len(shape) == 3 else "bilinear")(arr))
     out = np.asarray(_scale(arr), dtype=np.float32)
     out.setflags(write=False)
     return out

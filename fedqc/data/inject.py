@@ -81,6 +81,8 @@ def inject(manifest: str | Path, scenario: Scenario, out: str | Path, *, seed: i
         if CORRUPTIONS[action.kind].changes_image:
             original = sitk.ReadImage(row["path"])
             image = sitk.GetArrayFromImage(original)
+            if original.GetNumberOfComponentsPerPixel() > 1:  # a colour image is corrupted, and written, as grey
+                image = image.mean(-1)
         image, row["label"], row["harm_detail"] = corrupt(image, row["label"], action)
         row["harm"] = action.kind
         if image is not None:

@@ -1,7 +1,8 @@
-"""Networks by name: ``sfcn`` (default, the reference) or MONAI's ``densenet121``.
+"""Networks by name: ``sfcn`` (default, the reference), MONAI's ``densenet121`` and ``resnet18``.
 
 Every network is an (encoder, classifier) pair, saved separately as the reference does;
-the classifier maps encoder features to a single logit.
+the classifier maps encoder features to a single logit. The input shape's length (2 or 3)
+chooses 2D or 3D layers (MONAI's ``spatial_dims``).
 """
 
 from __future__ import annotations
@@ -9,28 +10,31 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from fedqc.config.schema import MODEL_MIN_SIDE, MODELS
 from fedqc.errors import UserError
 from fedqc.models.sfcn import SFCNEncoder
 
-MODELS = ("sfcn", "densenet121")
-DENSENET_MIN_SIDE = 64
 
-
-def build_model(name: str = "sfcn", *, input_shape: tuple[int, int, int], width: float = 1.0) -> tuple[nn.Module, nn.Module]:
-    """Return ``(encoder, classifier)`` for ``name``."""
+def build_model(name: str = "sfcn", *, input_shape: tuple[int, ...], width: float = 1.0) -> tuple[nn.Module, nn.Module]:
+    """Return ``(encoder, classifier)`` for ``name`` on (1, *input_shape) inputs (2D or 3D)."""
+    dims = len(input_shape)
+    if name not in MODELS:
+        raise UserError(f"unknown model {name!r}; expected one of {', '.join(MODELS)}")
+    if min(input_shape) < MODEL_MIN_SIDE[name]:
+        raise UserError(f"{name} needs inputs of at least {MODEL_MIN_SIDE[name]} voxels a side "
+                        f"(its last BatchNorm sees 1 voxel below that); got {tuple(input_shape)}")
     if name == "sfcn":
         encoder = SFCNEncoder(tuple(input_shape), width=width)
-        n_features = encoder.out_features
-    elif name == "densenet121":
-        if min(input_shape) < DENSENET_MIN_SIDE:
-            raise UserError(f"densenet121 needs inputs of at least {DENSENET_MIN_SIDE} voxels a side "
-                             f"(its last BatchNorm sees 1 voxel below that); got {tuple(input_shape)}")
+        return encoder, nn.Linear(encoder.out_features, 1)
+    n_features = max(8, round(64 * width))
+    if name == "densenet121":
         from monai.networks.nets import DenseNet121
 
-        n_features = max(8, round(64 * width))
-        encoder = DenseNet121(spatial_dims=3, in_channels=1, out_channels=n_features)
+        encoder = DenseNet121(spatial_dims=dims, in_channels=1, out_channels=n_features)
     else:
-        raise UserError(f"unknown model {name!r}; expected one of {', '.join(MODELS)}")
+        from monai.networks.nets import resnet18
+
+        encoder = resnet18(spatial_dims=dims, n_input_channels=1, num_classes=n_features)
     return encoder, nn.Linear(n_features, 1)
 
 

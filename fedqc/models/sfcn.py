@@ -1,11 +1,13 @@
-"""SFCN encoder (Peng et al. 2021, as used by the reference method) and its classifier.
+"""SFCN encoder (Peng et al. 2021, as used by the reference method) and its classifier, in 3D or 2D.
 
-Encoder: blocks of conv3×3×3 + BatchNorm + max-pool + ReLU with 32-64-128-256-256
-channels (× ``width``), then a 1×1×1 conv to 64 (× ``width``) + BatchNorm + ReLU,
-average pool, dropout 0.2, flatten. The number of pooling blocks adapts to the input:
-at most five, and never so many that the last map is smaller than 2 voxels on a side —
-at 32³ a fifth pool leaves 1³, where BatchNorm cannot train a batch of one scan (and QC
-trains single scans). Classifier: one linear layer to a single logit.
+Encoder: blocks of conv3×3(×3) + BatchNorm + max-pool + ReLU with 32-64-128-256-256
+channels (× ``width``), then a 1×1(×1) conv to 64 (× ``width``) + BatchNorm + ReLU,
+average pool, dropout 0.2, flatten. The input shape's length (2 or 3) chooses the
+spatial dimensions: the 2D variant is the same network with 2D layers, for slices and
+photographs. The number of pooling blocks adapts to the input: at most five, and never
+so many that the last map is smaller than 2 voxels on a side — at 32³ a fifth pool
+leaves 1³, where BatchNorm cannot train a batch of one scan (and QC trains single
+scans). Classifier: one linear layer to a single logit.
 """
 
 from __future__ import annotations
@@ -15,6 +17,10 @@ import math
 from torch import nn
 
 CHANNELS = (32, 64, 128, 256, 256)
+LAYERS = {  # spatial dimensions → (convolution, batch norm, max pool, average pool)
+    2: (nn.Conv2d, nn.BatchNorm2d, nn.MaxPool2d, nn.AdaptiveAvgPool2d),
+    3: (nn.Conv3d, nn.BatchNorm3d, nn.MaxPool3d, nn.AdaptiveAvgPool3d),
+}
 
 
 def n_pool_blocks(input_shape: tuple[int, ...]) -> int:
@@ -23,16 +29,17 @@ def n_pool_blocks(input_shape: tuple[int, ...]) -> int:
 
 
 class SFCNEncoder(nn.Sequential):
-    """SFCN feature extractor; ``out_features`` is the size of its flat output."""
+    """SFCN feature extractor for a (1, *input_shape) input; ``out_features`` is the size of its flat output."""
 
-    def __init__(self, input_shape: tuple[int, int, int], width: float = 1.0, dropout: float = 0.2):
+    def __init__(self, input_shape: tuple[int, ...], width: float = 1.0, dropout: float = 0.2):
+        conv, norm, pool, avg = LAYERS[len(input_shape)]
         chans = [max(1, round(c * width)) for c in CHANNELS[: n_pool_blocks(input_shape)]]
         layers: list[nn.Module] = []
         c_in = 1
         for c in chans:
-            layers += [nn.Conv3d(c_in, c, 3, padding=1), nn.BatchNorm3d(c), nn.MaxPool3d(2), nn.ReLU(inplace=True)]
+            layers += [conv(c_in, c, 3, padding=1), norm(c), pool(2), nn.ReLU(inplace=True)]
             c_in = c
         self.out_features = max(1, round(64 * width))
-        layers += [nn.Conv3d(c_in, self.out_features, 1), nn.BatchNorm3d(self.out_features), nn.ReLU(inplace=True),
-                   nn.AdaptiveAvgPool3d(1), nn.Dropout(dropout), nn.Flatten()]
+        layers += [conv(c_in, self.out_features, 1), norm(self.out_features), nn.ReLU(inplace=True),
+                   avg(1), nn.Dropout(dropout), nn.Flatten()]
         super().__init__(*layers)

@@ -48,7 +48,9 @@ class Site:
         self.table = table[list(REQUIRED)].set_index("subject", drop=False)
         self.model = model
         self.encoder, self.classifier = build_model(model.name, input_shape=model.input_shape, width=model.width)
-        self.encoder.to(memory_format=torch.channels_last_3d)  # ~1.5× faster 3D convolutions on CPU
+        # ~1.5× faster 3D convolutions on CPU; 2D layers keep the default layout
+        self.memory_format = torch.channels_last_3d if len(model.input_shape) == 3 else torch.contiguous_format
+        self.encoder.to(memory_format=self.memory_format)
         self.loss_fn = nn.BCEWithLogitsLoss()
 
     @functools.cached_property
@@ -70,7 +72,7 @@ class Site:
                 ok.append(s)
             except ImageError as exc:
                 skipped.append(ScanProblem(s, str(exc)))
-        x = torch.from_numpy(np.stack(arrays)).contiguous(memory_format=torch.channels_last_3d) if arrays \
+        x = torch.from_numpy(np.stack(arrays)).contiguous(memory_format=self.memory_format) if arrays \
             else torch.empty(0)
         return x, ok, skipped
 

@@ -12,10 +12,11 @@ downloaded) resampled through a subject-specific sampling grid, in one batched
 * age: ventricle enlargement (``age_atrophy`` per decade over 40);
 * scanner: per-scanner bias field, contrast (gamma), gain and noise.
 
-Presets: ``demo`` (10 good sites of varied size + the default harm scenario) and
-``reference`` (83 sites whose train/test sizes, PD and female counts follow the real
-study, ``reference_sites.csv``; each site also gets a ``val`` split). Same seed →
-byte-identical manifest and images.
+Presets: ``demo`` (10 good sites of varied size + the default harm scenario),
+``demo2d`` (the same sites, labels and harm as 2D slices: the axial plane through the
+deep grey matter, where the disease effect is), and ``reference`` (83 sites whose
+train/test sizes, PD and female counts follow the real study, ``reference_sites.csv``;
+each site also gets a ``val`` split). Same seed → byte-identical manifest and images.
 """
 
 from __future__ import annotations
@@ -122,19 +123,29 @@ def _smooth_field(rng: np.random.Generator, shape, control: int = 5, channels: i
     return F.interpolate(coarse.float(), size=tuple(shape), mode="trilinear", align_corners=True)[0]
 
 
+def _sampling_axes(tpl: Template, shape: tuple[int, ...]) -> tuple[list[torch.Tensor], tuple[int, int, int]]:
+    """Template voxel coordinates along each output axis, and the 3D shape sampled: a 2D ``shape`` samples one
+    axial slice at the height of the deep grey matter."""
+    axes = [torch.linspace(float(a), float(b), n) for a, b, n in zip(tpl.lo, tpl.hi, shape)]
+    if len(shape) == 2:
+        z = float(np.mean([_mm_to_vox(tpl, c)[2] for c in DGM_CENTRES_MM]))
+        return axes + [torch.tensor([z])], (*shape, 1)
+    return axes, tuple(shape)
+
+
 def synth_subject(
     rng: np.random.Generator,
     *,
-    shape: tuple[int, int, int],
+    shape: tuple[int, ...],
     label: int,
     sex: str,
     age: float,
     scanner: dict,
     effects: Effects,
 ) -> np.ndarray:
-    """One synthetic T1 scan on a 0-255 scale, array axes (x, y, z)."""
+    """One synthetic T1 scan on a 0-255 scale, array axes (x, y, z) — or (x, y) for a 2D ``shape``."""
     tpl = load_template()
-    axes = [torch.linspace(float(a), float(b), n) for a, b, n in zip(tpl.lo, tpl.hi, shape)]
+    axes, shape3 = _sampling_axes(tpl, shape)
     vox = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1)  # output -> template voxel
     centre = torch.tensor((tpl.lo + tpl.hi) / 2, dtype=torch.float32)
     scale = (effects.female_head_scale if sex == "F" else 1.0) + effects.head_scale_sd * rng.standard_normal()
@@ -148,7 +159,7 @@ def synth_subject(
     vent = torch.tensor(_mm_to_vox(tpl, VENTRICLE_CENTRE_MM), dtype=torch.float32)
     w = torch.exp(-(((vox - vent) * mm_per_vox) ** 2).sum(-1, keepdim=True) / (2 * VENTRICLE_RADIUS_MM**2))
     vox = vox - effects.age_atrophy * max(age - 40.0, 0.0) / 10.0 * w * (vox - vent)
-    vox = vox + _smooth_field(rng, shape).permute(1, 2, 3, 0) * (effects.deform_mm / mm_per_vox)
+    vox = vox + _smooth_field(rng, shape3).permute(1, 2, 3, 0) * (effects.deform_mm / mm_per_vox)
 
     size = torch.tensor(tpl.channels.shape[2:], dtype=torch.float32)
     norm = 2.0 * vox / (size - 1) - 1.0
@@ -157,12 +168,12 @@ def synth_subject(
 
     img = t1 * (1.0 - effects.pd_intensity * dgm * label)
     img = img * (1.0 + effects.intensity_sd * rng.standard_normal())
-    field = _smooth_field(np.random.default_rng(scanner["seed"]), shape, control=3, channels=1)[0]
+    field = _smooth_field(np.random.default_rng(scanner["seed"]), shape3, control=3, channels=1)[0]
     bias = torch.exp(effects.bias_strength * scanner["bias"] * field)
     img = torch.clamp(img * bias, min=0.0) ** scanner["gamma"]
     img = img * MAX_INTENSITY * scanner["gain"]
-    img = img + torch.from_numpy(rng.normal(0.0, scanner["noise"], size=shape)).float().abs()
-    return torch.clamp(img, 0.0, MAX_INTENSITY).numpy().astype(np.float32)
+    img = img + torch.from_numpy(rng.normal(0.0, scanner["noise"], size=shape3)).float().abs()
+    return torch.clamp(img, 0.0, MAX_INTENSITY).numpy().astype(np.float32).reshape(shape)
 
 
 def scanner_params(name: str, seed: int, effects: Effects) -> dict:
@@ -178,12 +189,13 @@ def scanner_params(name: str, seed: int, effects: Effects) -> dict:
 
 
 def write_nifti(path: Path, image: np.ndarray, shape) -> None:
-    """Write an (x, y, z) array as NIfTI with spacing covering the cropped template box."""
+    """Write an (x, y, z) or (x, y) array as NIfTI with spacing covering the cropped template box."""
     tpl = load_template()
     spacing = [float((hi - lo) * 2.0 / max(n - 1, 1)) for lo, hi, n in zip(tpl.lo, tpl.hi, shape)]
-    img = sitk.GetImageFromArray(image.transpose(2, 1, 0))
+    img = sitk.GetImageFromArray(image.T)
     img.SetSpacing(spacing)
-    img.SetDirection((-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0))  # RAS array in LPS terms
+    flip = np.diag([-1.0, -1.0, 1.0][: len(shape)])  # RAS array in LPS terms
+    img.SetDirection(tuple(flip.ravel()))
     path.parent.mkdir(parents=True, exist_ok=True)
     sitk.WriteImage(img, str(path), useCompression=True)
 
@@ -258,9 +270,21 @@ SMOKE_SITES = [
 ]
 PRESETS = {
     "demo": (demo_sites, DEMO_HARM, Effects()),
+    "demo2d": (demo_sites, DEMO_HARM, Effects()),
     "smoke": (lambda seed: list(SMOKE_SITES), {}, Effects()),  # 3 small good sites: deployment smoke runs
     "reference": (lambda seed: reference_sites(), REFERENCE_HARM, Effects()),
 }
+PRESET_2D = {"demo2d"}  # presets of 2D slices; their default side is 64 (DenseNet121's smallest)
+
+
+def preset_shape(preset: str, size: int | tuple[int, ...] | None) -> tuple[int, ...]:
+    """The image shape of ``preset`` at ``size`` (one side, or every side; None: the preset's default)."""
+    dims = 2 if preset in PRESET_2D else 3
+    size = (64 if dims == 2 else 32) if size is None else size
+    shape = (size,) * dims if isinstance(size, int) else tuple(size)
+    if len(shape) != dims or min(shape) < 8:
+        raise UserError(f"size of preset {preset}: one int or {dims} ints, each >= 8; got {size}")
+    return shape
 
 
 # --------------------------------------------------------------------------- generation
@@ -323,7 +347,7 @@ def generate_cohort(
     out: str | Path,
     *,
     preset: str = "demo",
-    size: int | tuple[int, int, int] = 32,
+    size: int | tuple[int, ...] | None = None,
     seed: int = 0,
     harm: dict | None = None,
     effects: Effects | None = None,
@@ -336,9 +360,10 @@ def generate_cohort(
     out
         Output folder (created).
     preset
-        ``demo``, ``reference`` or ``smoke`` (3 small sites, no harm).
+        ``demo``, ``demo2d`` (its 2D slices), ``reference`` or ``smoke`` (3 small sites, no harm).
     size
-        Image shape: an int for a cube or three ints (the reference is 160, 192, 160).
+        Image shape: an int for a cube (a square for a 2D preset) or every side (the reference is 160, 192,
+        160); None: 32 for a 3D preset, 64 for a 2D one.
     seed
         Seeds every random choice; the same seed gives byte-identical files.
     harm
@@ -353,9 +378,7 @@ def generate_cohort(
         raise UserError(f"unknown preset {preset!r}; expected one of {', '.join(PRESETS)}")
     site_fn, default_harm, default_effects = PRESETS[preset]
     effects = effects or default_effects
-    shape = (size,) * 3 if isinstance(size, int) else tuple(size)
-    if len(shape) != 3 or min(shape) < 8:
-        raise UserError(f"size must be one int or three ints, each >= 8; got {size}")
+    shape = preset_shape(preset, size)
     harm_spec = default_harm if harm is None else harm
     specs = sites if sites is not None else site_fn(seed)
     extra, scenario = _synthesized_harm(harm_spec, specs, seed)
