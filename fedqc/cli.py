@@ -152,12 +152,15 @@ def study(ctx: typer.Context,
           config: Path = typer.Option(..., "--config", help="Experiment YAML."),
           seeds: list[int] = typer.Option([0, 1, 2], "--seeds", help="Training seeds: --seeds 0 1 2."),
           out_dir: Optional[Path] = typer.Option(None, "--out", help="Study folder (default runs/<name>-study)."),
+          sweep: Optional[str] = typer.Option(None, "--sweep", help="A study per value of a config or scenario "
+                                              "key: --sweep scenario.label_noise.0.rate=0,0.1,0.2"),
           quiet: bool = typer.Option(False, "--quiet", help="No progress output."),
           debug: bool = DEBUG):
-    """Run the experiment once per seed; study.csv, summary.csv (mean, sd, 95 % t-interval), a plot, study.md."""
-    from fedqc.analysis.study import write_study
+    """Run the experiment once per seed; study.csv, summary.csv (mean, sd, 95 % t-interval), a plot, study.md.
+    With --sweep, one such study per value and sweep.csv, sweep_summary.csv, curves and sweep.md."""
+    from fedqc.analysis.study import write_study, write_sweep
     from fedqc.config import load_config
-    from fedqc.experiment.study import run_study
+    from fedqc.experiment.study import Sweep, run_study, run_sweep
 
     extra = list(ctx.args)  # `--seeds 0 1 2`: the values after the first
     if not all(x.lstrip("-").isdigit() for x in extra):
@@ -165,12 +168,22 @@ def study(ctx: typer.Context,
     seeds = list(seeds) + [int(x) for x in extra]
     cfg = load_config(config)
     out_dir = out_dir or Path("runs") / f"{cfg.name}-study"
-
-    def report(seed: int, state: str) -> None:
-        err.print(f"seed {seed}: " + {"done": "finished earlier, kept", "resumed": "resuming", "started": "running"}[state])
-
-    runs = run_study(cfg, seeds, out_dir, quiet=quiet, on_seed=report)
+    states = {"done": "finished earlier, kept", "resumed": "resuming", "started": "running"}
     command = f"fedqc study --config {config} --seeds {' '.join(map(str, seeds))} --out {out_dir}"
+    if sweep is not None:
+        swept = Sweep.parse(sweep)
+        studies = run_sweep(cfg, swept, seeds, out_dir, quiet=quiet,
+                            on_seed=lambda v, s, state: err.print(f"{swept.key}={v}, seed {s}: {states[state]}"))
+        for value, runs in studies.items():
+            write_study(swept.folder(out_dir, value), dict(zip(seeds, runs)), command + f" --sweep {sweep}")
+        summary = write_sweep(out_dir, swept.key, {v: dict(zip(seeds, r)) for v, r in studies.items()},
+                              command + f" --sweep {sweep}")
+        for r in summary[summary["figure"] == "auroc_last3"].itertuples():
+            out.print(f"{swept.key}={r.value!s:8s} {r.arm:28s} AUROC (last 3 cycles) {r.mean:.3f} "
+                      f"[{r.ci_lo:.3f}, {r.ci_hi:.3f}] over {r.n} seed(s)")
+        out.print(f"wrote {out_dir / 'sweep.csv'}, {out_dir / 'sweep_summary.csv'}, {out_dir / 'sweep.md'} and curves")
+        return
+    runs = run_study(cfg, seeds, out_dir, quiet=quiet, on_seed=lambda s, state: err.print(f"seed {s}: {states[state]}"))
     summary = write_study(out_dir, dict(zip(seeds, runs)), command)
     for r in summary[summary["figure"] == "auroc_last3"].itertuples():
         out.print(f"{r.arm:28s} AUROC (last 3 cycles) {r.mean:.3f} [{r.ci_lo:.3f}, {r.ci_hi:.3f}] over {r.n} seed(s)")

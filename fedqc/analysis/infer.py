@@ -42,7 +42,8 @@ def predict_checkpoint(checkpoint: Path, manifest: pd.DataFrame, *, split: str =
 def run_config(run: RunDir) -> ExperimentConfig:
     if not run.config.is_file():
         raise UserError(f"{run.root} is not a run folder (no config.yaml)")
-    return parse_config(yaml.safe_load(run.config.read_text()), source=run.config, check_files=False)
+    cfg = parse_config(yaml.safe_load(run.config.read_text()), source=run.config, check_files=False)
+    return run.trained_config(cfg)
 
 
 def run_metrics(run: Path, *, recompute: bool = False, age_edges=DEFAULT_AGE_EDGES, n_boot: int = 1000,

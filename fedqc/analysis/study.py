@@ -164,3 +164,69 @@ def write_study(out: Path, runs: dict[int, Path], command: str) -> pd.DataFrame:
              markdown_table(qc_table), "", "![AUROC across seeds](study_auroc.png)", ""]
     atomic_write_text("\n".join(lines), out / "study.md")
     return summary
+
+
+SWEEP_FIGURES = ("auroc_last3", "accuracy", "recall_single-scan", "recall_whole-site", "good_lost")
+
+
+def write_sweep(out: Path, key: str, studies: dict, command: str) -> pd.DataFrame:
+    """A sweep's tables and curves in ``out`` from ``studies`` (``{value: {seed: run folder}}``): ``sweep.csv`` (one
+    row per value × seed × arm, the figures of ``study.csv``), ``sweep_summary.csv`` (per value, arm and figure:
+    n, mean, sd, 95 % t-interval), ``sweep_<figure>.png`` (the figure against the swept value, one line per arm,
+    a band for the t-interval across seeds) and ``sweep.md``. Returns the summary."""
+    from fedqc.analysis.infer import run_config
+
+    frames, summaries, arms = [], [], []
+    for value, runs in studies.items():
+        cfg = run_config(RunDir(next(iter(runs.values()))))
+        arms += [a.name for a in arms_for(cfg) if a.name not in arms]
+        rows = study_rows(runs, [a.name for a in arms_for(cfg)])
+        frames.append(rows.assign(value=value))
+        summaries.append(summarize(rows).assign(value=value))
+    rows, summary = pd.concat(frames, ignore_index=True), pd.concat(summaries, ignore_index=True)
+    rows, summary = (df[["value"] + [c for c in df.columns if c != "value"]] for df in (rows, summary))
+    atomic_write_csv(rows, out / "sweep.csv")
+    atomic_write_csv(summary, out / "sweep_summary.csv")
+    figures = [f for f in SWEEP_FIGURES if f in set(summary["figure"])]
+    for figure in figures:
+        plot_sweep(summary, key, figure, arms, out / f"sweep_{figure}.png")
+    table = pd.DataFrame([{"arm": arm, **{f"{key}={v}": _cell(summary[summary["value"] == v], arm, figure)
+                                          for v in studies}} for figure in figures[:2] for arm in arms])
+    table.insert(0, "figure", [f for f in figures[:2] for _ in arms])
+    lines = [f"# Sweep of `{key}`", "", f"Made by `{command}`. Seeds: {', '.join(map(str, next(iter(studies.values()))))}"
+             " per value. Cells: mean [95 % t-interval] across seeds, clipped to what the figure can be; each "
+             f"value's own study (QC detection included) is in `{key}=<value>/study.md`.", "",
+             markdown_table(table), ""] + [f"![{f}](sweep_{f}.png)" for f in figures] + [""]
+    atomic_write_text("\n".join(lines), out / "sweep.md")
+    return summary
+
+
+def plot_sweep(summary: pd.DataFrame, key: str, figure: str, arms: list[str], path: Path) -> None:
+    """``figure`` against the swept value: per arm the mean across seeds and its 95 % t-interval as a band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    values = list(dict.fromkeys(summary["value"]))
+    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+    x = {v: (float(v) if numeric else i) for i, v in enumerate(values)}
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for arm in arms:
+        s = summary[(summary["arm"] == arm) & (summary["figure"] == figure) & (summary["n"] > 0)]
+        if s.empty:
+            continue
+        xs = [x[v] for v in s["value"]]
+        line, = ax.plot(xs, s["mean"], marker="o", label=arm)
+        ax.fill_between(xs, s["ci_lo"].fillna(s["mean"]), s["ci_hi"].fillna(s["mean"]), color=line.get_color(),
+                        alpha=0.2)
+    if not numeric:
+        ax.set_xticks(range(len(values)), [str(v) for v in values])
+    ax.set_xlabel(key)
+    ax.set_ylabel(figure)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(f"{figure} against {key} (band: 95 % t-interval across seeds)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

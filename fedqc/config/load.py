@@ -52,8 +52,10 @@ def _check_type(value, tp, key: str, problems: list[str]):
         return float(value)
     if tp is int and isinstance(value, int) and not isinstance(value, bool):
         return value
-    if tp in (str, bool) and isinstance(value, tp):
+    if tp in (str, bool, dict) and isinstance(value, tp):
         return value
+    if tp is type(None) and value is None:
+        return None
     if tp is Path and isinstance(value, str):
         return Path(value)
     problems.append(f"{key}: expected {getattr(tp, '__name__', tp)}, got {value!r}")
@@ -124,6 +126,8 @@ def _check_ranges(cfg: ExperimentConfig, problems: list[str]) -> None:
         (set(q.scans) <= set(SCAN_CHECKS), f"qc.scans: each of {SCAN_CHECKS}, got {list(q.scans)}"),
         (cfg.manifest is not None or cfg.engine == "deployment",
          "manifest: required key missing (only engine deployment runs without one)"),
+        (cfg.scenario is None or cfg.engine != "deployment",
+         "scenario: a deployment's sites hold their own data; inject harm beforehand with `fedqc harm`"),
     ]
     problems += [msg for ok, msg in rules if not ok]
     _check_qc_arms(cfg, problems)
@@ -142,6 +146,22 @@ def _check_qc_arms(cfg: ExperimentConfig, problems: list[str]) -> None:
                         "or leave 'labels' out of qc.scans")
 
 
+def _read_scenario(path: Path, problems: list[str]) -> dict | None:
+    """A scenario given as a path: its YAML mapping, kept in the config (a run folder's snapshot stands alone)."""
+    try:
+        spec = yaml.safe_load(path.read_text())
+    except OSError:
+        problems.append(f"scenario: file not found: {path}")
+        return None
+    except yaml.YAMLError as exc:
+        problems.append(f"scenario: {path} is not valid YAML: {str(exc).splitlines()[0]}")
+        return None
+    if not isinstance(spec, dict):
+        problems.append(f"scenario: {path} must hold a mapping (sites, scans, label_noise)")
+        return None
+    return spec
+
+
 def parse_config(data: dict, *, base: Path = Path("."), source: str | Path = "config",
                  check_files: bool = True) -> ExperimentConfig:
     """Validate a config mapping; relative paths are taken from ``base``.
@@ -152,6 +172,8 @@ def parse_config(data: dict, *, base: Path = Path("."), source: str | Path = "co
     problems: list[str] = []
     if isinstance(data, dict) and isinstance(data.get("manifest"), str):
         data = {**data, "manifest": str((base / data["manifest"]).resolve())}
+    if isinstance(data, dict) and isinstance(data.get("scenario"), str):
+        data = {**data, "scenario": _read_scenario(base / data["scenario"], problems)}
     cfg = _build(ExperimentConfig, data, "", problems)
     if cfg is not None:
         _check_ranges(cfg, problems)

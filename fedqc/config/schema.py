@@ -104,6 +104,9 @@ class ExperimentConfig:
     strict: bool = False  # an unusable scan stops the run instead of being skipped and recorded
     site_timeout_s: float = 600.0  # a site that does not answer within this costs its hop (Flower engines)
     failing_cycles: int = 2  # report a site that failed in this many consecutive cycles
+    # a harm scenario (the format of `fedqc harm`) injected into the manifest at the start of each run, seeded by
+    # the training seed, into <run>/data/: what a study sweeps (e.g. scenario.label_noise.0.rate)
+    scenario: dict | None = None
     source: Path | None = field(default=None, compare=False)
 
     def qc_for(self, arm: str) -> QCConfig:

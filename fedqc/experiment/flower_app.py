@@ -12,6 +12,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedqc.config import load_config
+from fedqc.errors import UserError
 from fedqc.experiment.run_dir import RunDir
 from fedqc.experiment.runner import run_experiment
 from fedqc.transport.flower.grid import GridTransport
@@ -23,6 +24,9 @@ app = ServerApp()
 def main(grid: Grid, context: Context) -> None:
     rc = context.run_config
     cfg = load_config(str(rc["config"]))
+    if cfg.scenario is not None:  # the ClientApps read the config's manifest, not a harmed copy of it
+        raise UserError("scenario: `flwr run` trains the manifest as it is; inject harm beforehand with "
+                        "`fedqc harm`, or run with `fedqc simulate`")
     out = Path(str(rc.get("out", f"runs/{cfg.name}")))
     resume = bool(rc.get("resume", False))
     RunDir(out).prepare(cfg, resume=resume, overwrite=False, ignore=(".flwr", "logs"))

@@ -100,6 +100,17 @@ class RunDir:
     def config(self) -> Path:
         return self.root / "config.yaml"
 
+    @property
+    def data(self) -> Path:
+        """Where a config's ``scenario`` is injected: ``manifest.csv``, corrupted images, ``scenario.yaml``."""
+        return self.root / "data"
+
+    def trained_config(self, cfg: ExperimentConfig) -> ExperimentConfig:
+        """``cfg`` as the run trains it: with a ``scenario``, on the harmed manifest under :attr:`data`."""
+        if cfg.scenario is None:
+            return cfg
+        return dataclasses.replace(cfg, manifest=self.data / "manifest.csv", scenario=None)
+
     def prepare(self, cfg: ExperimentConfig, *, resume: bool, overwrite: bool, ignore: tuple[str, ...] = ()) -> None:
         """Create the folder with a snapshot of the resolved config; never clobber silently.
 

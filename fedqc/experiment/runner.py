@@ -25,6 +25,8 @@ from rich.progress import (
 )
 
 from fedqc.config import ExperimentConfig
+from fedqc.data.corruptions.scenario import Scenario
+from fedqc.data.inject import inject
 from fedqc.data.manifest import load_manifest
 from fedqc.errors import BrokenScanError, UserError
 from fedqc.experiment.arms import TRUSTED, Arm, arms_for, harmful_training_scans
@@ -204,6 +206,15 @@ def run_experiment(cfg: ExperimentConfig, transport: Transport, out: Path, *, re
     return seconds
 
 
+def inject_scenario(cfg: ExperimentConfig, run: RunDir, *, resume: bool) -> ExperimentConfig:
+    """The config the run trains with: a ``scenario`` is injected into the manifest once, seeded by the training
+    seed, into ``run.data`` (a resumed run keeps what was injected)."""
+    trained = run.trained_config(cfg)
+    if cfg.scenario is not None and not (resume and trained.manifest.is_file()):
+        inject(cfg.manifest, Scenario.from_dict(cfg.scenario), run.data, seed=cfg.train.seed, overwrite=True)
+    return trained
+
+
 def simulate(cfg: ExperimentConfig, out: Path, *, resume: bool = False, overwrite: bool = False,
              quiet: bool = False) -> None:
     """Prepare the run folder ``out`` and run ``cfg`` on its engine, on this machine."""
@@ -212,7 +223,9 @@ def simulate(cfg: ExperimentConfig, out: Path, *, resume: bool = False, overwrit
     if cfg.engine == "deployment":
         raise UserError("engine deployment runs on SuperNodes: use scripts/run_local_deployment.sh or "
                         "docker compose (docs/deployment.md), not simulate")
-    RunDir(out).prepare(cfg, resume=resume, overwrite=overwrite)
+    run = RunDir(out)
+    run.prepare(cfg, resume=resume, overwrite=overwrite)
+    cfg = inject_scenario(cfg, run, resume=resume)
     torch.set_num_threads(cfg.threads)
     if cfg.engine == "flower":
         from fedqc.transport.flower.simulation import run_on_simulation

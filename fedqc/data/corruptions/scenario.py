@@ -14,6 +14,7 @@ A scenario (YAML or a dict)::
     label_noise:                 # a share of sites' training labels flipped (ground truth: mislabeled)
       - {sites: [hospitalC], rate: 0.2}                    # symmetric
       - {sites: all, rates: {0: 0.1, 1: 0.3}}              # class-conditional: share flipped per label
+      - {sites: {random: 3}, rate: 0.4}                    # concentrated at 3 randomly chosen good sites
 
 Any entry may carry the corruption's parameters under ``params`` (e.g. ``{sigma: 25}``).
 Every random choice derives from the injection seed; every problem is reported with the entry it is in.
@@ -120,9 +121,12 @@ class Scenario:
         for i, e in enumerate(parts["label_noise"]):
             if ("rate" in e) == ("rates" in e):
                 problems.append(f"label_noise[{i}]: give either rate (symmetric) or rates (per label)")
-            if e.get("sites") != "all" and not (isinstance(e.get("sites"), list) and e["sites"]
-                                                and all(isinstance(x, str) for x in e["sites"])):
-                problems.append(f"label_noise[{i}]: sites must be 'all' or a list of site names, got {e.get('sites')!r}")
+            chosen = e.get("sites")
+            if chosen != "all" and not (isinstance(chosen, list) and chosen and all(isinstance(x, str) for x in chosen)) \
+                    and not (isinstance(chosen, dict) and set(chosen) == {"random"} and isinstance(chosen["random"], int)
+                             and not isinstance(chosen["random"], bool) and chosen["random"] >= 1):
+                problems.append(f"label_noise[{i}]: sites must be 'all', a list of site names or {{random: k}} "
+                                f"(k >= 1), got {chosen!r}")
             rates = e.get("rates", {})
             if not isinstance(rates, dict) or not set(map(str, rates)) <= {"0", "1"}:
                 problems.append(f"label_noise[{i}]: rates must map labels 0 and/or 1 to a share, got {rates!r}")
@@ -137,12 +141,14 @@ class Scenario:
         """The corrupted scans of ``table`` (a loaded manifest) under this scenario, seeded by ``seed``.
 
         Raises :class:`UserError` listing every problem: an unknown site or subject, a test scan
-        targeted, a scan targeted twice, more scans asked than there are.
+        targeted, a scan targeted twice, more scans asked than there are. Scans the manifest already
+        records as harmful (its ``harm`` column) are never targeted again: their ground truth stays.
         """
         problems: list[str] = []
         train = table[table["split"] == "train"]
         sites = set(table["site"])
-        taken: dict[str, str] = {}  # subject → the entry that targets it
+        harm = table["harm"].fillna("none").replace("", "none") if "harm" in table else pd.Series("none", table.index)
+        taken: dict[str, str] = dict.fromkeys(table.loc[harm != "none", "subject"], "the manifest (harm column)")
         actions: list[Action] = []
 
         def target(subject: str, kind: str, entry: dict, where: str, **extra) -> None:
@@ -225,7 +231,16 @@ class Scenario:
                 target(str(s), e["kind"], e, where)
         for i, e in enumerate(self.label_noise):
             where = f"label_noise[{i}]"
-            names = sorted(sites - harmful_sites) if e["sites"] == "all" else list(e["sites"])
+            if isinstance(e["sites"], dict):  # k of the sites with good training scans, seeded
+                good = sorted(set(train.loc[~train["subject"].isin(taken), "site"]) - harmful_sites)
+                n_sites = e["sites"]["random"]
+                if n_sites > len(good):
+                    problems.append(f"{where}: {n_sites} random sites asked, {len(good)} good site(s) to choose from")
+                    continue
+                rng = np.random.default_rng(scan_seed(seed, f"label-noise-{i}"))
+                names = sorted(str(x) for x in rng.choice(good, n_sites, replace=False))
+            else:
+                names = sorted(sites - harmful_sites) if e["sites"] == "all" else list(e["sites"])
             unknown = sorted(set(names) - sites)
             if unknown:
                 problems.append(f"{where}: unknown site(s) {unknown}")
