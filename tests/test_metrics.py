@@ -7,7 +7,15 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score, roc_auc_score
+from sklearn.metrics import (
+    accuracy_score,
+    average_precision_score,
+    f1_score,
+    precision_score,
+    recall_score,
+    roc_auc_score,
+    roc_curve,
+)
 
 from fedqc.analysis.metrics import age_group, binary_metrics, bootstrap_ci, group_metrics
 
@@ -25,6 +33,39 @@ def test_matches_sklearn():
     assert math.isclose(m["f1"], f1_score(y, pred))
     assert math.isclose(m["auroc"], roc_auc_score(y, s))
     assert m["n"] == 60 and m["n_pos"] == y.sum() and m["note"] == ""
+
+
+def _sens_at_spec90(y, s) -> float:
+    fpr, tpr, _ = roc_curve(y, s)
+    return float(tpr[fpr <= 0.1 + 1e-12].max())
+
+
+@pytest.mark.parametrize("decimals", [None, 1])  # continuous scores, and many ties
+def test_imbalance_metrics_match_sklearn(decimals):
+    rng = np.random.default_rng(5)
+    y = (rng.uniform(size=90) < 0.18).astype(int)  # 18 % positives
+    s = np.clip(y * 0.35 + rng.uniform(0, 0.65, 90), 0, 1)
+    s = s if decimals is None else np.round(s, decimals)
+    m = binary_metrics(y, s)
+    assert math.isclose(m["average_precision"], average_precision_score(y, s))
+    assert math.isclose(m["macro_f1"], f1_score(y, s >= 0.5, average="macro"))
+    assert math.isclose(m["sens_at_spec90"], _sens_at_spec90(y, s))
+    # the bootstrap's vectorised forms equal scikit-learn on a resample (duplicated scans are ties)
+    idx = np.random.default_rng(0).integers(0, 90, (1, 90))[0]
+    for metric, reference in [("average_precision", average_precision_score(y[idx], s[idx])),
+                              ("sens_at_spec90", _sens_at_spec90(y[idx], s[idx])),
+                              ("macro_f1", f1_score(y[idx], s[idx] >= 0.5, average="macro"))]:
+        lo, hi = bootstrap_ci(y, s, metric, n_boot=1, seed=0, level=0.0)
+        assert math.isclose(lo, reference) and lo == hi, metric
+    lo, hi = bootstrap_ci(y, s, "average_precision", seed=2)
+    assert lo < m["average_precision"] < hi
+    # a majority-class predictor: accuracy 0.82, but nothing for the imbalance metrics to reward
+    majority = binary_metrics(y, np.zeros(90))
+    assert majority["accuracy"] > 0.8 and majority["average_precision"] == pytest.approx(y.mean())
+    assert majority["sens_at_spec90"] == 0 and majority["macro_f1"] < 0.5
+    one = binary_metrics([0, 0, 0], [0.1, 0.6, 0.2])
+    assert math.isnan(one["average_precision"]) and math.isnan(one["sens_at_spec90"])
+    assert all(math.isnan(v) for v in bootstrap_ci([0, 0], [0.1, 0.2], "sens_at_spec90"))
 
 
 def test_edge_cases():

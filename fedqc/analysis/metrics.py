@@ -3,6 +3,12 @@
 A metric that is undefined for a group (AUROC with one class, sensitivity without
 positives, anything on an empty group) is NaN — written as an empty cell — and the
 reason goes in ``note``; never a crash and never a fake 0.5.
+
+For imbalanced data, beside AUROC and the threshold metrics: ``average_precision``
+(the area under the precision-recall curve, scikit-learn's step form), ``macro_f1``
+(the mean of both classes' F1 at the threshold) and ``sens_at_spec90`` (the highest
+sensitivity of any threshold whose specificity is at least 0.90) — none of which a
+majority-class predictor gets for free.
 """
 
 from __future__ import annotations
@@ -12,8 +18,11 @@ import pandas as pd
 
 from fedqc.scoring import ratio
 
-METRICS = ("accuracy", "sensitivity", "specificity", "precision", "f1", "auroc", "balanced_accuracy")
+METRICS = ("accuracy", "sensitivity", "specificity", "precision", "f1", "auroc", "balanced_accuracy",
+           "average_precision", "macro_f1", "sens_at_spec90")
+CI_METRICS = ("auroc", "accuracy", "average_precision", "macro_f1", "sens_at_spec90")  # with bootstrap intervals
 DEFAULT_AGE_EDGES = (60.0, 70.0)
+SPECIFICITY = 0.90  # the specificity sens_at_spec90 holds
 
 
 def binary_metrics(labels, scores, threshold: float = 0.5) -> dict:
@@ -33,31 +42,67 @@ def binary_metrics(labels, scores, threshold: float = 0.5) -> dict:
     sens, spec = ratio(tp, tp + fn), ratio(tn, tn + fp)
     prec = ratio(tp, tp + fp)
     out |= {"accuracy": (tp + tn) / len(y), "sensitivity": sens, "specificity": spec, "precision": prec,
-            "f1": ratio(2 * tp, 2 * tp + fp + fn), "balanced_accuracy": (sens + spec) / 2}
+            "f1": ratio(2 * tp, 2 * tp + fp + fn), "balanced_accuracy": (sens + spec) / 2,
+            "macro_f1": float(np.nanmean([ratio(2 * tp, 2 * tp + fp + fn), ratio(2 * tn, 2 * tn + fn + fp)]))}
     if len(set(y)) < 2:
-        notes.append(f"one class only (label {y[0]}): auroc, {'sensitivity' if y[0] == 0 else 'specificity'}"
-                     " and balanced_accuracy undefined")
-        out["auroc"] = float("nan")
+        notes.append(f"one class only (label {y[0]}): auroc, average_precision, sens_at_spec90, "
+                     f"{'sensitivity' if y[0] == 0 else 'specificity'} and balanced_accuracy undefined")
+        out |= {"auroc": float("nan"), "average_precision": float("nan"), "sens_at_spec90": float("nan")}
     else:
-        out["auroc"] = roc_auc_score(y, s)
+        ap, sens90 = ranking_metrics(y[None], s[None])
+        out |= {"auroc": roc_auc_score(y, s), "average_precision": float(ap[0]), "sens_at_spec90": float(sens90[0])}
     if tp + fp == 0:
         notes.append("no positive predictions: precision undefined")
     out["note"] = "; ".join(notes)
     return out
 
 
+def ranking_metrics(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Average precision and sensitivity at specificity >= :data:`SPECIFICITY` of each row of (rows, n) arrays,
+    every row holding both classes.
+
+    Thresholds are the distinct scores (tied scans enter together), as in scikit-learn's
+    ``average_precision_score`` and ``roc_curve``: ``AP = Σ (R_k − R_{k−1}) P_k`` over
+    thresholds. Vectorised over rows, so a bootstrap costs one sort.
+    """
+    order = np.argsort(-scores, axis=1, kind="stable")
+    s, y = np.take_along_axis(scores, order, 1), np.take_along_axis(labels, order, 1).astype(float)
+    n = s.shape[1]
+    tp, fp = np.cumsum(y, 1), np.cumsum(1 - y, 1)
+    pos, neg = tp[:, -1:], fp[:, -1:]
+    last = np.ones_like(s, dtype=bool)  # the last scan of each group of tied scores: a threshold
+    last[:, :-1] = s[:, :-1] != s[:, 1:]
+    end = np.minimum.accumulate(np.where(last, np.arange(n), n)[:, ::-1], axis=1)[:, ::-1]  # its group's end
+    precision_at_end = np.take_along_axis(tp / (tp + fp), end, 1)
+    ap = (y * precision_at_end).sum(1) / pos[:, 0]
+    allowed = last & (fp <= (1 - SPECIFICITY) * neg + 1e-9)
+    sens = np.where(allowed, tp / pos, 0.0).max(1)
+    return ap, sens
+
+
 def bootstrap_ci(labels, scores, metric: str, *, n_boot: int = 1000, seed: int = 0,
                  threshold: float = 0.5, level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap CI of ``accuracy`` or ``auroc``; resamples with one class are
-    skipped for AUROC. NaN when undefined."""
+    """Percentile bootstrap CI of a metric of :data:`CI_METRICS`; for ranking metrics, resamples with one class
+    are skipped. NaN when undefined."""
     y = np.asarray(labels, dtype=int)
     s = np.asarray(scores, dtype=float)
-    if len(y) == 0 or (metric == "auroc" and len(set(y)) < 2):
+    ranking = metric in ("auroc", "average_precision", "sens_at_spec90")
+    if len(y) == 0 or (ranking and len(set(y)) < 2):
         return float("nan"), float("nan")
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, len(y), (n_boot, len(y)))
     yb, sb = y[idx], s[idx]
-    if metric == "auroc":  # Mann-Whitney form of AUROC, identical to roc_auc_score (ties averaged)
+    if metric in ("average_precision", "sens_at_spec90"):
+        n_pos = yb.sum(1)
+        keep = (n_pos > 0) & (n_pos < len(y))
+        values = ranking_metrics(yb[keep], sb[keep])[0 if metric == "average_precision" else 1]
+    elif metric == "macro_f1":
+        pred = sb >= threshold
+        tp, tn = (pred & (yb == 1)).sum(1), (~pred & (yb == 0)).sum(1)
+        fp, fn = (pred & (yb == 0)).sum(1), (~pred & (yb == 1)).sum(1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            values = np.nanmean([2 * tp / (2 * tp + fp + fn), 2 * tn / (2 * tn + fn + fp)], axis=0)
+    elif metric == "auroc":  # Mann-Whitney form of AUROC, identical to roc_auc_score (ties averaged)
         from scipy.stats import rankdata
 
         n_pos = yb.sum(1)
@@ -96,7 +141,7 @@ def group_metrics(preds: pd.DataFrame, *, age_edges=DEFAULT_AGE_EDGES, n_boot: i
     for name, mask in groups:
         y, s = preds["label"].to_numpy()[mask], preds["score"].to_numpy()[mask]
         row = {"group": name, **binary_metrics(y, s)}
-        for metric in ("auroc", "accuracy"):
+        for metric in CI_METRICS:
             row[f"{metric}_lo"], row[f"{metric}_hi"] = bootstrap_ci(y, s, metric, n_boot=n_boot, seed=seed)
         rows.append(row)
     return pd.DataFrame(rows)

@@ -67,6 +67,7 @@ def _build(cls, data, prefix: str, problems: list[str]):
         problems.append(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
         return None
     hints = typing.get_type_hints(cls)
+    known = len(problems)
     names = {f.name for f in dataclasses.fields(cls) if f.init and f.name != "source"}
     for key in sorted(set(data) - names):
         problems.append(f"{prefix}{key}: unknown key (allowed: {', '.join(sorted(names))})")
@@ -80,7 +81,7 @@ def _build(cls, data, prefix: str, problems: list[str]):
     missing = [f.name for f in dataclasses.fields(cls) if f.name in names and f.name not in data
                and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
     problems += [f"{prefix}{m}: required key missing" for m in missing]
-    if any(v is None for v in kwargs.values()) or missing:
+    if len(problems) > known:  # None is a valid value of an optional key
         return None
     return cls(**kwargs)
 
