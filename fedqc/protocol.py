@@ -46,6 +46,13 @@ class SiteInfo:
     train: tuple[str, ...]
     n_val: int
     n_test: int
+    train_positives: int = 0  # a count: the federation's class counts are summed from it
+
+
+def class_counts(info: dict[str, SiteInfo]) -> tuple[int, int]:
+    """The federation's training scans per class (controls, patients), from the sites' counts."""
+    n, pos = sum(len(i.train) for i in info.values()), sum(i.train_positives for i in info.values())
+    return n - pos, pos
 
 
 @dataclass(frozen=True)
@@ -54,7 +61,9 @@ class TrainRequest:
 
     ``subjects`` set: exactly these scans in this order (QC retrains exact subsets).
     Otherwise every training scan except ``exclude``, in an order drawn from ``seed``.
-    ``seed`` also seeds dropout; the server derives it per hop.
+    ``seed`` also seeds dropout; the server derives it per hop. ``rebalance`` and
+    ``class_counts`` (the federation's, for weights; empty: the site's own) say how the
+    site rebalances the classes of its scans (:mod:`fedqc.site.rebalance`).
     """
 
     lr: float
@@ -62,6 +71,8 @@ class TrainRequest:
     batch_size: int
     subjects: tuple[str, ...] | None = None
     exclude: tuple[str, ...] = ()
+    rebalance: str = "none"
+    class_counts: tuple[int, ...] = ()
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -71,7 +82,8 @@ class TrainRequest:
         subjects = d.get("subjects")
         return cls(lr=float(d["lr"]), seed=int(d["seed"]), batch_size=int(d["batch_size"]),
                    subjects=None if subjects is None else tuple(str(s) for s in subjects),
-                   exclude=tuple(str(s) for s in d.get("exclude", ())))
+                   exclude=tuple(str(s) for s in d.get("exclude", ())), rebalance=str(d.get("rebalance", "none")),
+                   class_counts=tuple(int(x) for x in d.get("class_counts", ())))
 
 
 @dataclass(frozen=True)

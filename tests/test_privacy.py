@@ -15,7 +15,7 @@ from fedqc.models.state import initial_state
 from tests.conftest import tiny_config
 
 ALLOWED_METRICS = {"n_scans", "loss", "seconds", "n", "tp", "fp", "tn", "fn", "loss_sum", "brier_sum",
-                   "score", "label", "age", "val", "test", "ood", "feat_n", "feat_sum", "feat_sq"}
+                   "score", "label", "age", "val", "test", "train_positives", "ood", "feat_n", "feat_sum", "feat_sq"}
 MOMENTS = {"feat_n", "feat_sum", "feat_sq"}  # sums over a site's scans, one value per activation: never per scan
 
 

@@ -110,3 +110,28 @@ def test_sweep_of_label_noise_runs_trains_on_the_flipped_labels_and_writes_curve
     assert set(summary.loc[summary["figure"] == "auroc_last3", "n"]) == {2}
     assert (out / "sweep_auroc_last3.png").is_file() and (out / "sweep.md").is_file()
     assert (out / "scenario.label_noise.0.rate=0.5" / "study.md").is_file()
+
+
+def test_prevalence_drops_train_and_val_scans_to_the_share_asked(tiny_cohort, tmp_path):
+    from fedqc.data.inject import inject
+
+    table = load_manifest(tiny_cohort / "manifest.csv", check_images=False)
+    spec = {"prevalence": [{"sites": "all", "share": 0.2}, {"sites": ["beta"], "share": 0}]}
+    m = inject(tiny_cohort / "manifest.csv", Scenario.from_dict(spec), tmp_path / "out", seed=1)
+    dropped = pd.read_csv(tmp_path / "out" / "dropped.csv")
+    assert len(m) + len(dropped) == len(table) and not set(m["subject"]) & set(dropped["subject"])
+    assert (dropped["split"] != "test").all()  # the test split is never touched
+    pd.testing.assert_frame_equal(m[m["split"] == "test"].reset_index(drop=True),
+                                  table[table["split"] == "test"].reset_index(drop=True), check_dtype=False)
+    before = table[(table["site"] == "alpha") & (table["split"] == "train")]["label"]
+    alpha = m[(m["site"] == "alpha") & (m["split"] == "train")]["label"]
+    n_neg = int((before == 0).sum())
+    assert before.mean() > 0.2 and (alpha == 0).sum() == n_neg  # too many patients: only patients dropped
+    assert (alpha == 1).sum() == int(0.2 * n_neg / 0.8 + 0.5)
+    beta = m[(m["site"] == "beta") & (m["split"] != "test")]
+    assert (beta["label"] == 0).all() and len(beta) > 0  # one class: controls only
+    for bad, message in [({"prevalence": [{"sites": "all"}]}, "share (of patients, 0..1) required"),
+                         ({"prevalence": [{"sites": "all", "share": 1.5}]}, "share must be in [0, 1]")]:
+        with pytest.raises(UserError) as info:
+            Scenario.from_dict(bad)
+        assert any(message in p for p in info.value.problems)

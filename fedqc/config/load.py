@@ -17,12 +17,14 @@ import yaml
 
 from fedqc.config.schema import (
     ARMS,
+    CLASS_WEIGHTS,
     CRITERIA,
     ENGINES,
     GRANULARITIES,
     MODEL_MIN_SIDE,
     MODELS,
     ORDERS,
+    REBALANCE,
     SCAN_CHECKS,
     STARTS,
     ExperimentConfig,
@@ -100,6 +102,8 @@ def _check_ranges(cfg: ExperimentConfig, problems: list[str]) -> None:
         (t.lr_decay >= 0, f"train.lr_decay: must be >= 0, got {t.lr_decay}"),
         (isinstance(t.order, tuple) or t.order in ORDERS, f"train.order: {t.order!r} is not one of {ORDERS} or a list of sites"),
         (m.width > 0, f"model.width: must be > 0, got {m.width}"),
+        (t.rebalance in REBALANCE, f"train.rebalance: {t.rebalance!r} is not one of {REBALANCE}"),
+        (t.class_weights in CLASS_WEIGHTS, f"train.class_weights: {t.class_weights!r} is not one of {CLASS_WEIGHTS}"),
         (m.name in MODELS, f"model.name: {m.name!r} is not one of {MODELS}"),
         (len(m.input_shape) in (2, 3) and min(m.input_shape) >= MODEL_MIN_SIDE.get(m.name, 8),
          f"model.input_shape: two sides (2D) or three (3D), each >= {MODEL_MIN_SIDE.get(m.name, 8)} for "

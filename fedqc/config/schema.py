@@ -19,6 +19,8 @@ ORDERS = ("random", "fixed")
 # ``trusted`` a warm-up on ``qc.trusted_sites`` only, ``scratch`` a fresh model with QC from cycle 0.
 STARTS = ("clean", "trusted", "scratch")
 SCAN_CHECKS = ("labels", "ood")  # per-scan checks by the model: cleanlab label issues, feature distance
+REBALANCE = ("none", "weights", "oversample", "undersample")  # fedqc.site.rebalance implements each
+CLASS_WEIGHTS = ("site", "federation")
 MODELS = ("sfcn", "densenet121", "resnet18")  # fedqc.models builds each name, in 2D or 3D
 # The smallest input side at which a batch of one still trains: the last BatchNorm must see more than one
 # voxel (DenseNet121 halves the input five times, ResNet18 with MONAI's stride-1 stem four times, SFCN adapts).
@@ -45,6 +47,8 @@ class TrainConfig:
     lr_decay: float = 0.1  # lr × exp(-lr_decay · cycle)
     order: str | tuple[str, ...] = "random"
     seed: int = 0
+    rebalance: str = "none"  # REBALANCE: class rebalancing of each visit's training scans, at the site
+    class_weights: str = "site"  # rebalance weights: counts of the site's scans, or the federation's (as counts)
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ import SimpleITK as sitk
 import yaml
 
 from fedqc.data.corruptions import CORRUPTIONS, make_corruption
-from fedqc.data.corruptions.scenario import Action, Scenario
+from fedqc.data.corruptions.scenario import DROPPED, Action, Scenario
 from fedqc.data.manifest import load_manifest
 from fedqc.errors import UserError
 from fedqc.io import atomic_write_csv, atomic_write_text
@@ -71,7 +71,10 @@ def inject(manifest: str | Path, scenario: Scenario, out: str | Path, *, seed: i
     table["harm_detail"] = table["harm_detail"].fillna("") if "harm_detail" in table else ""
     index = {s: i for i, s in enumerate(table["subject"])}
     rows = table.to_dict("records")
+    dropped = {a.subject: a.record for a in actions if a.kind == DROPPED}
     for action in actions:
+        if action.kind == DROPPED:
+            continue
         if action.source is not None:
             row = {**rows[index[action.source]], "subject": action.subject, "site": action.site, "split": action.split}
             rows.append(row)
@@ -93,8 +96,13 @@ def inject(manifest: str | Path, scenario: Scenario, out: str | Path, *, seed: i
             sitk.WriteImage(written, str(out / rel), useCompression=True)
             row["path"] = rel.as_posix()
     result = pd.DataFrame(rows)
+    result = result[~result["subject"].isin(dropped)].reset_index(drop=True)
     atomic_write_csv(result, out / "manifest.csv")
+    if dropped:  # what a prevalence entry removed, so that nothing leaves the manifest unrecorded
+        gone = table[table["subject"].isin(dropped)][["subject", "site", "split", "label"]]
+        atomic_write_csv(gone.assign(entry=gone["subject"].map(dropped)), out / "dropped.csv")
     atomic_write_text(yaml.safe_dump({"seed": seed, "source": str(manifest.resolve()), "sites": list(scenario.sites),
-                                      "scans": list(scenario.scans), "label_noise": list(scenario.label_noise)},
+                                      "scans": list(scenario.scans), "label_noise": list(scenario.label_noise),
+                                      "prevalence": list(scenario.prevalence)},
                                      sort_keys=False), out / "scenario.yaml")
     return result

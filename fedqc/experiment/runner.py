@@ -33,7 +33,7 @@ from fedqc.experiment.arms import TRUSTED, Arm, arms_for, harmful_training_scans
 from fedqc.experiment.run_dir import ArmDir, RunDir, load_checkpoint, model_dict
 from fedqc.io import append_csv, atomic_write_csv
 from fedqc.models.state import initial_state
-from fedqc.protocol import State
+from fedqc.protocol import State, class_counts
 from fedqc.qc.arm import QCArm
 from fedqc.qc.detection import score_detection
 from fedqc.strategies.travelling import (
@@ -174,6 +174,7 @@ def run_experiment(cfg: ExperimentConfig, transport: Transport, out: Path, *, re
         console.print("[yellow]warning:[/] the server has no manifest, so no ground truth: the clean arm trains "
                       "every scan the sites hold")
     check_trusted_sites(cfg, transport, console)
+    counts = class_counts(transport.site_info()) if cfg.train.class_weights == "federation" else ()
     seconds: dict[str, float] = {}
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("ETA"), TimeRemainingColumn()]
@@ -188,7 +189,7 @@ def run_experiment(cfg: ExperimentConfig, transport: Transport, out: Path, *, re
 
             t0 = time.perf_counter()
             qc = QCArm(transport, cfg, arm.name, run.arm(arm.name).path) if arm.qc else None
-            visitor = qc or PlainVisitor(transport, cfg.train, leave_out, epochs=arm.epochs)
+            visitor = qc or PlainVisitor(transport, cfg.train, leave_out, epochs=arm.epochs, class_counts=counts)
             run_arm(arm, transport, cfg, run, visitor=visitor, leave_out=leave_out, resume=resume, on_hop=on_hop)
             seconds[arm.name] = time.perf_counter() - t0
             if qc:

@@ -18,7 +18,7 @@ import pandas as pd
 
 from fedqc.config import ExperimentConfig
 from fedqc.io import atomic_write_csv, atomic_write_text
-from fedqc.protocol import ScanProblem, State, TrainRequest, check_update
+from fedqc.protocol import ScanProblem, State, TrainRequest, check_update, class_counts
 from fedqc.qc.audit import run_audit
 from fedqc.qc.criteria import SITE_CHECKS, UPDATE_CRITERIA
 from fedqc.qc.logs import SCAN_ISSUE_COLUMNS, QCLogs, eliminated_table, pending_table
@@ -38,6 +38,7 @@ class QCArm:
         self.qc = cfg.qc_for(arm)
         info = transport.site_info()
         self.train_ids = {s: list(i.train) for s, i in info.items() if i.train}
+        self.class_counts = class_counts(info) if cfg.train.class_weights == "federation" else ()
         self.policy = QCPolicy(train_counts={s: len(i.train) for s, i in info.items()},
                                revisit_after=self.qc.revisit_after, leave_site_out=self.qc.leave_site_out,
                                untrusted_fraction=self.qc.untrusted_fraction)
@@ -146,7 +147,8 @@ class _Visit:
     def attempt(self, subjects: list[str], scope: str) -> bool:
         arm, t = self.arm, time.perf_counter()
         seed = int(self.seeds.spawn(1)[0].generate_state(1)[0])
-        request = TrainRequest(lr=self.lr, seed=seed, batch_size=arm.cfg.train.batch_size, subjects=tuple(subjects))
+        request = TrainRequest(lr=self.lr, seed=seed, batch_size=arm.cfg.train.batch_size, subjects=tuple(subjects),
+                               rebalance=arm.cfg.train.rebalance, class_counts=arm.class_counts)
         reply = arm.transport.train(self.site, self.state, request)
         self.skipped.update({p.subject: p for p in reply.skipped})
         if reason := check_update(self.state, reply.state):  # never evaluated, never adopted

@@ -36,6 +36,7 @@ from fedqc.protocol import (
     batches,
 )
 from fedqc.scoring import counts_from_scores, feature_distance
+from fedqc.site import rebalance
 
 EVAL_BATCH = 16
 
@@ -51,7 +52,6 @@ class Site:
         # ~1.5× faster 3D convolutions on CPU; 2D layers keep the default layout
         self.memory_format = torch.channels_last_3d if len(model.input_shape) == 3 else torch.contiguous_format
         self.encoder.to(memory_format=self.memory_format)
-        self.loss_fn = nn.BCEWithLogitsLoss()
 
     @functools.cached_property
     def optimizer(self) -> torch.optim.Optimizer:
@@ -62,16 +62,23 @@ class Site:
         return list(self.table.loc[self.table["split"] == split, "subject"])
 
     def info(self) -> SiteInfo:
-        return SiteInfo(self.name, tuple(self.subjects("train")), len(self.subjects("val")), len(self.subjects("test")))
+        train = self.subjects("train")
+        return SiteInfo(self.name, tuple(train), len(self.subjects("val")), len(self.subjects("test")),
+                        int(self.table.loc[train, "label"].sum()))
 
-    def _images(self, subjects: list[str]) -> tuple[torch.Tensor, list[str], list[ScanProblem]]:
+    def _images(self, subjects: list[str], *, augment: list[bool] | None = None,
+                transform=None) -> tuple[torch.Tensor, list[str], list[ScanProblem]]:
+        """The batch of ``subjects`` (those marked in ``augment`` passed through ``transform``), the ids loaded, and
+        the scans that could not be."""
         arrays, ok, skipped = [], [], []
-        for s in subjects:
+        for i, s in enumerate(subjects):
             try:
-                arrays.append(load_image(self.table.at[s, "path"], tuple(self.model.input_shape)))
-                ok.append(s)
+                image = load_image(self.table.at[s, "path"], tuple(self.model.input_shape))
             except ImageError as exc:
                 skipped.append(ScanProblem(s, str(exc)))
+                continue
+            arrays.append(np.asarray(transform(image.copy()), dtype=np.float32) if augment and augment[i] else image)
+            ok.append(s)
         x = torch.from_numpy(np.stack(arrays)).contiguous(memory_format=self.memory_format) if arrays \
             else torch.empty(0)
         return x, ok, skipped
@@ -94,21 +101,28 @@ class Site:
         torch.manual_seed(request.seed)
         self.encoder.train()
         self.classifier.train()
-        total, done, skipped = 0.0, [], []
-        for chunk in batches(list(subjects), request.batch_size):
-            x, ok, bad = self._images(chunk)
+        labels = self.table.loc[list(subjects), "label"].to_numpy(dtype=int)
+        epoch = rebalance.plan(request.rebalance, list(subjects), labels, request.seed)
+        augment = rebalance.augmenter(len(self.model.input_shape), request.seed) if any(a for _, a in epoch) else None
+        counts = request.class_counts or tuple(np.bincount(labels, minlength=2))  # for weights
+        total, n, done, skipped = 0.0, 0, {}, []
+        for chunk in batches(epoch, request.batch_size):
+            x, ok, bad = self._images([s for s, _ in chunk], augment=[a for _, a in chunk], transform=augment)
             skipped += bad
             if not ok:
                 continue
-            y = torch.tensor(self.table.loc[ok, "label"].to_numpy(dtype=np.float32))
+            y = self.table.loc[ok, "label"].to_numpy(dtype=int)
+            weight = torch.from_numpy(rebalance.weights(y, counts)) if request.rebalance == "weights" else None
             optimizer.zero_grad(set_to_none=True)
-            loss = self.loss_fn(self.classifier(self.encoder(x)).squeeze(1), y)
+            loss = nn.functional.binary_cross_entropy_with_logits(
+                self.classifier(self.encoder(x)).squeeze(1), torch.from_numpy(y.astype(np.float32)), weight=weight)
             loss.backward()
             optimizer.step()
             total += loss.item() * len(ok)
-            done += ok
+            n += len(ok)
+            done.update(dict.fromkeys(ok))
         return TrainReply(pack(self.encoder, self.classifier, optimizer), len(done),
-                          total / len(done) if done else float("nan"), time.perf_counter() - t0, done, skipped)
+                          total / n if n else float("nan"), time.perf_counter() - t0, list(done), skipped)
 
     def audit(self) -> list[AuditFinding]:
         """Image-level checks (:mod:`fedqc.data.image_checks`) on the train and val scans."""

@@ -100,6 +100,7 @@ class PlainVisitor:
     train: TrainConfig
     leave_out: dict[str, tuple[str, ...]] = field(default_factory=dict)
     epochs: int = 1
+    class_counts: tuple[int, ...] = ()  # the federation's, when train.class_weights is federation
 
     def begin(self, state: State, first_cycle: int, checkpoint: dict | None) -> None:
         pass
@@ -110,7 +111,8 @@ class PlainVisitor:
         for epoch in range(self.epochs):  # epoch 0 keeps the hop's seed: one epoch is the plain travelling model
             request = TrainRequest(lr=lr, seed=seed if epoch == 0 else int(np.random.SeedSequence([seed, epoch])
                                                                            .generate_state(1)[0]),
-                                   batch_size=self.train.batch_size, exclude=self.leave_out.get(site, ()))
+                                   batch_size=self.train.batch_size, exclude=self.leave_out.get(site, ()),
+                                   rebalance=self.train.rebalance, class_counts=self.class_counts)
             reply = self.transport.train(site, state, request)
             seconds += reply.seconds
             problems += reply.skipped

@@ -15,6 +15,13 @@ A scenario (YAML or a dict)::
       - {sites: [hospitalC], rate: 0.2}                    # symmetric
       - {sites: all, rates: {0: 0.1, 1: 0.3}}              # class-conditional: share flipped per label
       - {sites: {random: 3}, rate: 0.4}                    # concentrated at 3 randomly chosen good sites
+    prevalence:                  # drop train/val scans (never test) to set sites' share of patients
+      - {sites: all, share: 0.18}                          # every site at 18 % patients
+      - {sites: {random: 5}, share: 0}                     # then 5 sites with controls only (one class)
+
+Prevalence entries apply first, in order, and remove scans from the output manifest
+(``dropped`` actions; ``fedqc harm`` lists them in ``dropped.csv``); the harm entries then
+work on the scans that remain.
 
 Any entry may carry the corruption's parameters under ``params`` (e.g. ``{sigma: 25}``).
 Every random choice derives from the injection seed; every problem is reported with the entry it is in.
@@ -34,7 +41,9 @@ from fedqc.errors import UserError
 
 _KEYS = {"sites": {"kind", "site", "new", "train", "val", "params"},
          "scans": {"kind", "site", "subject", "count", "rate", "params"},
-         "label_noise": {"sites", "rate", "rates"}}
+         "label_noise": {"sites", "rate", "rates"},
+         "prevalence": {"sites", "share"}}
+DROPPED = "dropped"  # the kind of an action that removes a scan (prevalence)
 
 
 @dataclass(frozen=True)
@@ -76,11 +85,49 @@ def _number(entry: dict, key: str, where: str, problems: list[str], *, rate: boo
     return value
 
 
+def _check_sites(chosen, where: str, problems: list[str]) -> None:
+    """``sites`` of a label-noise or prevalence entry: ``all``, a list of names, or ``{random: k}``."""
+    if chosen == "all" or (isinstance(chosen, list) and chosen and all(isinstance(x, str) for x in chosen)):
+        return
+    if isinstance(chosen, dict) and set(chosen) == {"random"} and isinstance(chosen["random"], int) \
+            and not isinstance(chosen["random"], bool) and chosen["random"] >= 1:
+        return
+    problems.append(f"{where}: sites must be 'all', a list of site names or {{random: k}} (k >= 1), got {chosen!r}")
+
+
+def _choose_sites(chosen, good: list[str], known: set[str], rng: np.random.Generator, where: str,
+                  problems: list[str]) -> list[str] | None:
+    """The sites an entry names: ``all`` the ``good`` ones, a list (each must be ``known``), or k random good ones."""
+    if chosen == "all":
+        return list(good)
+    if isinstance(chosen, dict):
+        if chosen["random"] > len(good):
+            problems.append(f"{where}: {chosen['random']} random sites asked, {len(good)} good site(s) to choose from")
+            return None
+        return sorted(str(x) for x in rng.choice(good, chosen["random"], replace=False))
+    unknown = sorted(set(chosen) - known)
+    if unknown:
+        problems.append(f"{where}: unknown site(s) {unknown}")
+        return None
+    return list(chosen)
+
+
+def _drops(table: pd.DataFrame, share: float, rng: np.random.Generator) -> list[str]:
+    """Scans of one site's split to drop so that its share of patients is ``share`` (as near as counts allow)."""
+    pos, neg = table.loc[table["label"] == 1, "subject"], table.loc[table["label"] == 0, "subject"]
+    if len(pos) > share * len(table):  # too many patients: keep round(share · n_neg / (1 − share))
+        keep = len(pos) if share >= 1 else int(share * len(neg) / (1 - share) + 0.5)
+        return sorted(rng.choice(pos.to_numpy(), len(pos) - keep, replace=False))
+    keep = len(neg) if share <= 0 else int((1 - share) * len(pos) / share + 0.5)
+    return sorted(rng.choice(neg.to_numpy(), max(len(neg) - keep, 0), replace=False))
+
+
 @dataclass(frozen=True)
 class Scenario:
     sites: tuple[dict, ...] = ()
     scans: tuple[dict, ...] = ()
     label_noise: tuple[dict, ...] = ()
+    prevalence: tuple[dict, ...] = ()
 
     @classmethod
     def from_dict(cls, spec: dict | None) -> Scenario:
@@ -102,7 +149,7 @@ class Scenario:
                     continue
                 allowed = ", ".join(sorted(keys))
                 problems += [f"{where}: unknown key {k!r} (allowed: {allowed})" for k in sorted(set(entry) - keys)]
-                if part != "label_noise" and entry.get("kind") not in CORRUPTIONS:
+                if part in ("sites", "scans") and entry.get("kind") not in CORRUPTIONS:
                     problems.append(f"{where}: unknown harm kind {entry.get('kind')!r}; expected one of {', '.join(CORRUPTIONS)}")
                 if not isinstance(entry.get("params", {}), dict):
                     problems.append(f"{where}: params must be a mapping")
@@ -121,21 +168,21 @@ class Scenario:
         for i, e in enumerate(parts["label_noise"]):
             if ("rate" in e) == ("rates" in e):
                 problems.append(f"label_noise[{i}]: give either rate (symmetric) or rates (per label)")
-            chosen = e.get("sites")
-            if chosen != "all" and not (isinstance(chosen, list) and chosen and all(isinstance(x, str) for x in chosen)) \
-                    and not (isinstance(chosen, dict) and set(chosen) == {"random"} and isinstance(chosen["random"], int)
-                             and not isinstance(chosen["random"], bool) and chosen["random"] >= 1):
-                problems.append(f"label_noise[{i}]: sites must be 'all', a list of site names or {{random: k}} "
-                                f"(k >= 1), got {chosen!r}")
+            _check_sites(e.get("sites"), f"label_noise[{i}]", problems)
             rates = e.get("rates", {})
             if not isinstance(rates, dict) or not set(map(str, rates)) <= {"0", "1"}:
                 problems.append(f"label_noise[{i}]: rates must map labels 0 and/or 1 to a share, got {rates!r}")
             else:
                 for label in rates:
                     _number(rates, label, f"label_noise[{i}].rates", problems, rate=True)
+        for i, e in enumerate(parts["prevalence"]):
+            _check_sites(e.get("sites"), f"prevalence[{i}]", problems)
+            if "share" not in e:
+                problems.append(f"prevalence[{i}]: share (of patients, 0..1) required")
+            _number(e, "share", f"prevalence[{i}]", problems, rate=True)
         if problems:
             raise UserError(f"harm scenario: {len(problems)} problem(s)", problems)
-        return cls(parts["sites"], parts["scans"], parts["label_noise"])
+        return cls(parts["sites"], parts["scans"], parts["label_noise"], parts["prevalence"])
 
     def plan(self, table: pd.DataFrame, seed: int) -> list[Action]:
         """The corrupted scans of ``table`` (a loaded manifest) under this scenario, seeded by ``seed``.
@@ -145,11 +192,20 @@ class Scenario:
         records as harmful (its ``harm`` column) are never targeted again: their ground truth stays.
         """
         problems: list[str] = []
+        actions: list[Action] = []
+        for i, e in enumerate(self.prevalence):
+            where, rng = f"prevalence[{i}]", np.random.default_rng(scan_seed(seed, f"prevalence-{i}"))
+            kept = table[table["split"] != "test"]
+            names = _choose_sites(e["sites"], sorted(set(kept["site"])), set(table["site"]), rng, where, problems)
+            for site in names or []:
+                for split in ("train", "val"):
+                    rows = kept[(kept["site"] == site) & (kept["split"] == split)]
+                    actions += [Action(str(s), DROPPED, 0, record=where) for s in _drops(rows, e["share"], rng)]
+            table = table[~table["subject"].isin({a.subject for a in actions})]
         train = table[table["split"] == "train"]
         sites = set(table["site"])
         harm = table["harm"].fillna("none").replace("", "none") if "harm" in table else pd.Series("none", table.index)
         taken: dict[str, str] = dict.fromkeys(table.loc[harm != "none", "subject"], "the manifest (harm column)")
-        actions: list[Action] = []
 
         def target(subject: str, kind: str, entry: dict, where: str, **extra) -> None:
             if subject in taken:
@@ -231,21 +287,9 @@ class Scenario:
                 target(str(s), e["kind"], e, where)
         for i, e in enumerate(self.label_noise):
             where = f"label_noise[{i}]"
-            if isinstance(e["sites"], dict):  # k of the sites with good training scans, seeded
-                good = sorted(set(train.loc[~train["subject"].isin(taken), "site"]) - harmful_sites)
-                n_sites = e["sites"]["random"]
-                if n_sites > len(good):
-                    problems.append(f"{where}: {n_sites} random sites asked, {len(good)} good site(s) to choose from")
-                    continue
-                rng = np.random.default_rng(scan_seed(seed, f"label-noise-{i}"))
-                names = sorted(str(x) for x in rng.choice(good, n_sites, replace=False))
-            else:
-                names = sorted(sites - harmful_sites) if e["sites"] == "all" else list(e["sites"])
-            unknown = sorted(set(names) - sites)
-            if unknown:
-                problems.append(f"{where}: unknown site(s) {unknown}")
-                continue
-            for site in names:
+            good = sorted(set(train.loc[~train["subject"].isin(taken), "site"]) - harmful_sites)
+            rng = np.random.default_rng(scan_seed(seed, f"label-noise-{i}"))
+            for site in _choose_sites(e["sites"], good, sites, rng, where, problems) or []:
                 rows = train[(train["site"] == site) & ~train["subject"].isin(taken)]
                 flips = LabelFlips(rate=e.get("rate"), rates={int(k): v for k, v in e.get("rates", {}).items()} or None,
                                    seed=scan_seed(seed, f"label-noise-{i}-{site}"))

@@ -32,7 +32,7 @@ import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
-from fedqc.data.corruptions.scenario import Scenario
+from fedqc.data.corruptions.scenario import DROPPED, Scenario
 from fedqc.data.corruptions.transforms import MAX_INTENSITY
 from fedqc.data.inject import corrupt
 from fedqc.errors import UserError
@@ -340,7 +340,8 @@ def _synthesized_harm(spec: dict, specs: list[SiteSpec], seed: int) -> tuple[lis
                          "scanner": scanners[site], "harm": "none", "harm_detail": ""})
             scans.append({k: v for k, v in entry.items() if k not in ("site", "count")} | {"subject": subject})
             j += 1
-    return rows, Scenario.from_dict({"sites": sites, "scans": scans, "label_noise": spec.get("label_noise", [])})
+    return rows, Scenario.from_dict({"sites": sites, "scans": scans, "label_noise": spec.get("label_noise", []),
+                                     "prevalence": spec.get("prevalence", [])})
 
 
 def generate_cohort(
@@ -386,6 +387,7 @@ def generate_cohort(
     actions = {a.subject: a for a in scenario.plan(pd.DataFrame(rows), seed)}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    rows = [r for r in rows if getattr(actions.get(r["subject"]), "kind", None) != DROPPED]  # prevalence
     for row in rows:
         rng = np.random.default_rng([seed, *row["subject"].encode()])
         scanner = scanner_params(row["scanner"], seed, effects)

@@ -51,13 +51,15 @@ def _problems(items: list[str]) -> list[ScanProblem]:
 
 
 def encode_site_info(info: SiteInfo) -> RecordDict:
-    return RecordDict({"metrics": MetricRecord({"val": info.n_val, "test": info.n_test}),
+    return RecordDict({"metrics": MetricRecord({"val": info.n_val, "test": info.n_test,
+                                                "train_positives": info.train_positives}),
                        "ids": to_config({"site": info.name, "train": list(info.train)})})
 
 
 def decode_site_info(content: RecordDict) -> SiteInfo:
     m, ids = content["metrics"], content["ids"]
-    return SiteInfo(str(ids["site"]), tuple(str(s) for s in ids.get("train", [])), int(m["val"]), int(m["test"]))
+    return SiteInfo(str(ids["site"]), tuple(str(s) for s in ids.get("train", [])), int(m["val"]), int(m["test"]),
+                    int(m["train_positives"]))
 
 
 def encode_train_reply(res: TrainReply) -> RecordDict:
