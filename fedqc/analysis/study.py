@@ -1,7 +1,8 @@
 """A study's tables, plot and report: one row per seed × arm, and per arm the mean, sd and a 95 % t-interval.
 
 ``study.csv``: test AUROC of the last cycle and the mean of the last three, accuracy,
-sensitivity and specificity of the last cycle; for QC arms also the recall of whole harmful
+sensitivity, specificity, ``ppv`` (the test predictions' precision), F1, average precision, macro-F1 and
+sensitivity at 90 % specificity of the last cycle; for QC arms also the recall of whole harmful
 sites and of single scans, of every harm kind in each, and of every whole harmful site, the good scans
 lost, precision, verifications and seconds. ``summary.csv``: per arm and figure, ``n`` (seeds with a
 value), mean, sd and the t-interval (NaN with fewer than two seeds), clipped to the figure's range:
@@ -24,7 +25,8 @@ from fedqc.experiment.run_dir import RunDir
 from fedqc.io import atomic_write_csv, atomic_write_text
 
 LAST = 3  # cycles averaged for the "last-3" AUROC
-SHARES = ("auroc", "auroc_last3", "accuracy", "sensitivity", "specificity", "precision", "good_lost_rate")  # and recall_*
+SHARES = ("auroc", "auroc_last3", "accuracy", "sensitivity", "specificity", "precision", "good_lost_rate", "ppv", "f1",
+          "average_precision", "macro_f1", "sens_at_spec90")  # and recall_*
 
 
 def figure_range(figure: str) -> tuple[float, float]:
@@ -46,6 +48,8 @@ def arm_row(run: RunDir, arm: str) -> dict | None:
     m = binary_metrics(preds[-1]["label"], preds[-1]["score"])
     row = {"arm": arm, "cycle": cycles[-1], "auroc": m["auroc"], "auroc_last3": float(np.mean([_auroc(p) for p in preds])),
            "accuracy": m["accuracy"], "sensitivity": m["sensitivity"], "specificity": m["specificity"],
+           "ppv": m["precision"], "f1": m["f1"], "average_precision": m["average_precision"],
+           "macro_f1": m["macro_f1"], "sens_at_spec90": m["sens_at_spec90"],
            "seconds": float(pd.read_csv(arm_dir.path / "cycles.csv")["seconds"].sum()),
            "cycle_seconds": float(pd.read_csv(arm_dir.path / "cycles.csv")["seconds"].median())}
     detection = arm_dir.path / "detection.csv"
@@ -148,7 +152,8 @@ def write_study(out: Path, runs: dict[int, Path], command: str) -> pd.DataFrame:
     atomic_write_csv(rows, out / "study.csv")
     atomic_write_csv(summary, out / "summary.csv")
     plot_study(runs, arms, out / "study_auroc.png")
-    figures = [f for f in ("auroc", "auroc_last3", "accuracy", "sensitivity", "specificity", "seconds") if f in rows]
+    figures = [f for f in ("auroc", "auroc_last3", "accuracy", "sensitivity", "specificity", "f1", "average_precision",
+                           "seconds") if f in rows]
     main = pd.DataFrame([{"arm": arm, **{f: _cell(summary, arm, f) for f in figures}} for arm in arms])
     qc = [c for c in rows.columns if c.startswith("recall_")]
     qc += [c for c in ("good_lost", "good_lost_rate", "good_pending", "precision", "verifications", "cost_vs_dirty")
@@ -166,7 +171,8 @@ def write_study(out: Path, runs: dict[int, Path], command: str) -> pd.DataFrame:
     return summary
 
 
-SWEEP_FIGURES = ("auroc_last3", "accuracy", "recall_single-scan", "recall_whole-site", "good_lost")
+QC_FIGURES = ("recall_single-scan", "recall_whole-site", "good_lost")
+SWEEP_FIGURES = ("auroc_last3", "accuracy", "sensitivity", "ppv", "f1", "average_precision") + QC_FIGURES
 
 
 def write_sweep(out: Path, key: str, studies: dict, command: str) -> pd.DataFrame:
@@ -190,12 +196,14 @@ def write_sweep(out: Path, key: str, studies: dict, command: str) -> pd.DataFram
     figures = [f for f in SWEEP_FIGURES if f in set(summary["figure"])]
     for figure in figures:
         plot_sweep(summary, key, figure, arms, out / f"sweep_{figure}.png")
+    test = [f for f in figures if f not in QC_FIGURES]
     table = pd.DataFrame([{"arm": arm, **{f"{key}={v}": _cell(summary[summary["value"] == v], arm, figure)
-                                          for v in studies}} for figure in figures[:2] for arm in arms])
-    table.insert(0, "figure", [f for f in figures[:2] for _ in arms])
+                                          for v in studies}} for figure in test for arm in arms])
+    table.insert(0, "figure", [f for f in test for _ in arms])
     lines = [f"# Sweep of `{key}`", "", f"Made by `{command}`. Seeds: {', '.join(map(str, next(iter(studies.values()))))}"
              " per value. Cells: mean [95 % t-interval] across seeds, clipped to what the figure can be; each "
-             f"value's own study (QC detection included) is in `{key}=<value>/study.md`.", "",
+             f"value's own study (QC detection included) is in `{key}=<value>/study.md`. Test metrics of the last "
+             "cycle (AUROC: mean of the last three), threshold 0.5; `ppv` is the test predictions' precision.", "",
              markdown_table(table), ""] + [f"![{f}](sweep_{f}.png)" for f in figures] + [""]
     atomic_write_text("\n".join(lines), out / "sweep.md")
     return summary
