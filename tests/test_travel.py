@@ -158,6 +158,25 @@ def test_existing_run_dir_is_not_overwritten(tiny_cfg, tmp_path):
     assert (tmp_path / "run" / "x").read_text() == "keep"
 
 
+def test_resume_refuses_another_config_but_not_an_older_snapshot_of_the_same(tiny_cfg, tmp_path):
+    import dataclasses
+
+    import yaml
+
+    from fedqc.experiment.run_dir import RunDir
+
+    run = RunDir(tmp_path / "run")
+    run.prepare(tiny_cfg, resume=False, overwrite=False)
+    (run.root / "clean").mkdir()
+    with pytest.raises(RunDirError, match="different config"):
+        run.prepare(dataclasses.replace(tiny_cfg, train=dataclasses.replace(tiny_cfg.train, lr=0.5)), resume=True,
+                    overwrite=False)
+    older = yaml.safe_load(run.config.read_text())  # written before `scenario` and `train.rebalance` existed
+    del older["scenario"], older["train"]["rebalance"]
+    run.config.write_text(yaml.safe_dump(older))
+    run.prepare(tiny_cfg, resume=True, overwrite=False)  # the same settings: resumes
+
+
 @pytest.mark.flower
 @pytest.mark.slow
 def test_flower_simulation_matches_inprocess(tiny_cohort, tmp_path):

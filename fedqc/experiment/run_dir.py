@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from fedqc.config import ExperimentConfig
-from fedqc.errors import RunDirError
+from fedqc.config import ExperimentConfig, parse_config
+from fedqc.errors import RunDirError, UserError
 from fedqc.io import atomic_write, atomic_write_text, truncate_csv
 from fedqc.protocol import State
 
@@ -87,6 +87,16 @@ def load_checkpoint(path: Path) -> dict:
     return ckpt
 
 
+def _same_config(snapshot: str, cfg: ExperimentConfig) -> bool:
+    """Whether a run folder's ``config.yaml`` resolves to ``cfg``: keys a later fedqc added are compared at their
+    defaults, so a run can be resumed by a newer version that leaves its settings unchanged."""
+    try:
+        old = parse_config(yaml.safe_load(snapshot), check_files=False)
+    except (UserError, yaml.YAMLError):
+        return False
+    return old.to_dict() == cfg.to_dict()
+
+
 class RunDir:
     """A run folder ``root``."""
 
@@ -120,7 +130,7 @@ class RunDir:
         if self.root.exists() and any(p.name not in ignore for p in self.root.iterdir()):
             if resume:
                 old = self.config.read_text() if self.config.is_file() else None
-                if old is not None and yaml.safe_load(old) != yaml.safe_load(snapshot):
+                if old is not None and not _same_config(old, cfg):
                     raise RunDirError(f"{self.root} was run with a different config; resume needs the same one")
             elif overwrite:
                 shutil.rmtree(self.root)
