@@ -131,7 +131,8 @@ def test_prevalence_drops_train_and_val_scans_to_the_share_asked(tiny_cohort, tm
     beta = m[(m["site"] == "beta") & (m["split"] != "test")]
     assert (beta["label"] == 0).all() and len(beta) > 0  # one class: controls only
     for bad, message in [({"prevalence": [{"sites": "all"}]}, "share (of patients, 0..1) required"),
-                         ({"prevalence": [{"sites": "all", "share": 1.5}]}, "share must be in [0, 1]")]:
+                         ({"prevalence": [{"sites": "all", "share": 1.5}]}, "share must be in [0, 1]"),
+                         ({"prevalence": [{"sites": "all", "share": 0.2, "splits": ["all"]}]}, "splits must list")]:
         with pytest.raises(UserError) as info:
             Scenario.from_dict(bad)
         assert any(message in p for p in info.value.problems)

@@ -15,8 +15,8 @@ A scenario (YAML or a dict)::
       - {sites: [hospitalC], rate: 0.2}                    # symmetric
       - {sites: all, rates: {0: 0.1, 1: 0.3}}              # class-conditional: share flipped per label
       - {sites: {random: 3}, rate: 0.4}                    # concentrated at 3 randomly chosen good sites
-    prevalence:                  # drop train/val scans (never test) to set sites' share of patients
-      - {sites: all, share: 0.18}                          # every site at 18 % patients
+    prevalence:                  # drop scans to set sites' share of patients (train and val unless splits says)
+      - {sites: all, share: 0.18, splits: [train, val, test]}  # every site at 18 % patients, test included
       - {sites: {random: 5}, share: 0}                     # then 5 sites with controls only (one class)
 
 Prevalence entries apply first, in order, and remove scans from the output manifest
@@ -42,7 +42,7 @@ from fedqc.errors import UserError
 _KEYS = {"sites": {"kind", "site", "new", "train", "val", "params"},
          "scans": {"kind", "site", "subject", "count", "rate", "params"},
          "label_noise": {"sites", "rate", "rates"},
-         "prevalence": {"sites", "share"}}
+         "prevalence": {"sites", "share", "splits"}}
 DROPPED = "dropped"  # the kind of an action that removes a scan (prevalence)
 
 
@@ -179,6 +179,9 @@ class Scenario:
             _check_sites(e.get("sites"), f"prevalence[{i}]", problems)
             if "share" not in e:
                 problems.append(f"prevalence[{i}]: share (of patients, 0..1) required")
+            splits = e.get("splits", ["train", "val"])
+            if not isinstance(splits, list) or not splits or not set(splits) <= {"train", "val", "test"}:
+                problems.append(f"prevalence[{i}]: splits must list train, val and/or test, got {splits!r}")
             _number(e, "share", f"prevalence[{i}]", problems, rate=True)
         if problems:
             raise UserError(f"harm scenario: {len(problems)} problem(s)", problems)
@@ -195,10 +198,11 @@ class Scenario:
         actions: list[Action] = []
         for i, e in enumerate(self.prevalence):
             where, rng = f"prevalence[{i}]", np.random.default_rng(scan_seed(seed, f"prevalence-{i}"))
-            kept = table[table["split"] != "test"]
+            splits = e.get("splits", ["train", "val"])
+            kept = table[table["split"].isin(splits)]
             names = _choose_sites(e["sites"], sorted(set(kept["site"])), set(table["site"]), rng, where, problems)
             for site in names or []:
-                for split in ("train", "val"):
+                for split in splits:
                     rows = kept[(kept["site"] == site) & (kept["split"] == split)]
                     actions += [Action(str(s), DROPPED, 0, record=where) for s in _drops(rows, e["share"], rng)]
             table = table[~table["subject"].isin({a.subject for a in actions})]
