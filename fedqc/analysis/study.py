@@ -64,6 +64,13 @@ def arm_row(run: RunDir, arm: str) -> dict | None:
         overall = d[d["level"] == "overall"].iloc[0]
         row |= {"good_lost": overall["good_eliminated"], "good_lost_rate": overall["good_eliminated_rate"],
                 "good_pending": overall["good_pending"], "good": overall["good"], "precision": overall["precision"]}
+        log = arm_dir.path / "qc_log.csv"
+        if log.is_file():  # sites that failed a site check at least once: with no harmful scan, and with some
+            q = pd.read_csv(log)
+            failed = set(q.loc[(q["scope"] == "site") & ~q["accepted"].astype(bool), "site"])
+            sites = d[d["level"] == "site"]
+            row |= {"good_sites_flagged": len(failed & set(sites.loc[sites["harmful"] == 0, "name"])),
+                    "harm_sites_flagged": len(failed & set(sites.loc[sites["harmful"] > 0, "name"]))}
     summary = arm_dir.path / "qc_summary.json"
     if summary.is_file():
         s = json.loads(summary.read_text())
@@ -156,8 +163,8 @@ def write_study(out: Path, runs: dict[int, Path], command: str) -> pd.DataFrame:
                            "seconds") if f in rows]
     main = pd.DataFrame([{"arm": arm, **{f: _cell(summary, arm, f) for f in figures}} for arm in arms])
     qc = [c for c in rows.columns if c.startswith("recall_")]
-    qc += [c for c in ("good_lost", "good_lost_rate", "good_pending", "precision", "verifications", "cost_vs_dirty")
-           if c in rows]
+    qc += [c for c in ("good_lost", "good_lost_rate", "good_pending", "good_sites_flagged", "harm_sites_flagged",
+                       "precision", "verifications", "cost_vs_dirty") if c in rows]
     qc_table = pd.DataFrame([{"figure": f, **{a: _cell(summary, a, f) for a in qc_arms}} for f in qc])
     lines = [f"# Study `{cfg.name}`", "", f"Made by `{command}`. Seeds: {', '.join(map(str, runs))} "
              f"(training seed; the cohort is the same). Cells: mean [95 % t-interval] across seeds, "
@@ -171,7 +178,7 @@ def write_study(out: Path, runs: dict[int, Path], command: str) -> pd.DataFrame:
     return summary
 
 
-QC_FIGURES = ("recall_single-scan", "recall_whole-site", "good_lost")
+QC_FIGURES = ("recall_single-scan", "recall_whole-site", "good_lost", "good_sites_flagged", "harm_sites_flagged")
 SWEEP_FIGURES = ("auroc_last3", "accuracy", "sensitivity", "ppv", "f1", "average_precision") + QC_FIGURES
 
 
