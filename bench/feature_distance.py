@@ -4,8 +4,10 @@ Scores every training scan of a manifest with one checkpoint, measures each scan
 feature distance to the good verification scans (:func:`fedqc.scoring.feature_distance`)
 over (a) the encoder's output only and (b) every block's activations
 (:func:`fedqc.models.encode`, what the ``ood`` check uses), and prints the robust z
-(median/MAD of the verification scans' log distances) per harm kind. The ground truth is
-used only to pick the good verification scans and to group the output: this is an
+(median/MAD of the verification scans' log distances) per harm kind. A second table
+gives, for the distance over the first k blocks (k = 1 .. all), the largest z of a good
+training scan and the smallest of each image harm: where the margin is. The ground truth
+is used only to pick the good verification scans and to group the output: this is an
 analysis of the check, not the check.
 
     python -m bench.feature_distance --run runs/demo-protocols-study/seed_0 --arm clean --cycle 5
@@ -72,6 +74,16 @@ def main() -> None:
     print(f"robust z of the feature distance, {args.run} {args.arm} cycle {args.cycle} "
           f"({len(val)} good val scans as the reference; blocks {blocks})")
     print(markdown_table(table.round(2).reset_index()))
+    edges = np.cumsum([0, *blocks])
+    rows = []
+    for k in range(1, len(blocks) + 1):
+        z = pd.Series(robust_z(v_taps[:, : edges[k]], t_taps[:, : edges[k]], blocks[:k]), index=train.index)
+        good = z[train["harm"] == "none"]
+        rows.append({"first blocks": k, "good max": good.max(), "good > 3.5": int((good > 3.5).sum()),
+                     **{f"{h} min": z[train["harm"] == h].min() for h in ("noise", "inverted", "blank")
+                        if (train["harm"] == h).any()}})
+    print("\nthe distance over the first k blocks: largest good z, smallest z of each image harm")
+    print(markdown_table(pd.DataFrame(rows).round(2)))
 
 
 if __name__ == "__main__":

@@ -9,10 +9,15 @@ from fedqc.models import build_model
 from fedqc.models.sfcn import n_pool_blocks
 
 
-@pytest.mark.parametrize("shape", [(8, 8, 8), (16, 16, 16), (32, 32, 32), (48, 40, 48), (64, 64, 64)])
-def test_batch_of_one_trains(shape):
+@pytest.mark.parametrize("name, shape", [("sfcn", s) for s in [(8, 8, 8), (16, 16, 16), (32, 32, 32), (48, 40, 48),
+                                                                 (64, 64, 64), (16, 16), (64, 48)]]
+                         + [("densenet121", (64, 64)), ("resnet18", (32, 32))])
+def test_batch_of_one_trains(name, shape):
+    """3D and 2D (the input shape's length): a batch of one scan trains, with layers of that dimension."""
     torch.manual_seed(0)
-    encoder, classifier = build_model("sfcn", input_shape=shape, width=0.25)
+    encoder, classifier = build_model(name, input_shape=shape, width=0.25)
+    conv = torch.nn.Conv2d if len(shape) == 2 else torch.nn.Conv3d
+    assert all(isinstance(m, conv) for m in encoder.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d)))
     opt = torch.optim.Adam(list(encoder.parameters()) + list(classifier.parameters()))
     encoder.train(), classifier.train()
     before = [p.clone() for p in encoder.parameters()]
