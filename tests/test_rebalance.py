@@ -23,12 +23,14 @@ def test_undersampling_keeps_every_minority_scan_and_as_many_of_the_majority():
     assert epoch != rebalance.plan("undersample", SUBJECTS, LABELS, seed=4)
 
 
-def test_oversampling_adds_augmented_minority_copies_until_balanced():
+def test_oversampling_adds_minority_copies_until_balanced_and_augments_every_scan():
+    from collections import Counter
+
     epoch = rebalance.plan("oversample", SUBJECTS, LABELS, seed=3)
-    originals = [s for s, a in epoch if not a]
-    copies = [s for s, a in epoch if a]
-    assert sorted(originals) == sorted(SUBJECTS)  # every scan once as it is
-    assert len(copies) == 6 and set(copies) <= {"s0", "s4"}  # 2 + 6 = 8 patients
+    counts = Counter(s for s, _ in epoch)
+    assert set(counts) == set(SUBJECTS) and len(epoch) == 16  # every scan, and 6 copies: 8 patients, 8 controls
+    assert sum(counts[s] for s in ("s0", "s4")) == 8 and all(counts[s] == 1 for s in SUBJECTS if s not in ("s0", "s4"))
+    assert all(a for _, a in epoch)  # augmentation must not mark the minority: every scan of the epoch gets it
     for option in ("none", "weights", "oversample", "undersample"):  # one class: nothing to rebalance
         assert rebalance.plan(option, SUBJECTS[:3], np.zeros(3), seed=0) == [(s, False) for s in SUBJECTS[:3]]
 

@@ -6,9 +6,12 @@
     (``site``) or from the federation's training counts, which the server sums from the
     sites' counts (``federation``). A one-class site keeps weight 1 with its own counts.
 ``oversample``
-    Minority scans drawn again (with replacement, seeded) until both classes are as many;
-    every drawn copy is randomly augmented with MONAI (flip, small affine, intensity), so
-    no image is seen twice unchanged.
+    Minority scans drawn again (with replacement, seeded) until both classes are as many,
+    and every scan of the epoch — originals of both classes and copies — randomly
+    augmented with MONAI (flip, small affine, intensity), so that no image is seen twice
+    unchanged. Augmenting the copies alone made augmentation a marker of the minority
+    class: on the imbalance study the model learned it and called every unaugmented test
+    scan a control (docs/decisions.md).
 ``undersample``
     A seeded subset of the majority class as large as the minority.
 
@@ -24,7 +27,7 @@ import numpy as np
 
 
 def plan(option: str, subjects: list[str], labels: np.ndarray, seed: int) -> list[tuple[str, bool]]:
-    """The epoch's scans in order, each with whether it is an augmented copy."""
+    """The epoch's scans in order, each with whether it is randomly augmented."""
     labels = np.asarray(labels, dtype=int)
     counts = np.bincount(labels, minlength=2)
     if option not in ("oversample", "undersample") or counts.min() == 0:
@@ -38,7 +41,7 @@ def plan(option: str, subjects: list[str], labels: np.ndarray, seed: int) -> lis
         return [(subjects[i], False) for i in keep]
     extra = rng.choice(idx[labels == minority], size=counts.max() - counts.min(), replace=True)
     order = rng.permutation(len(subjects) + len(extra))
-    entries = [(s, False) for s in subjects] + [(subjects[i], True) for i in extra]
+    entries = [(s, True) for s in subjects] + [(subjects[i], True) for i in extra]
     return [entries[i] for i in order]
 
 
