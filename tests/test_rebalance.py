@@ -16,23 +16,23 @@ LABELS = np.array([1, 0, 0, 0, 1, 0, 0, 0, 0, 0])  # 2 patients, 8 controls
 
 
 def test_undersampling_keeps_every_minority_scan_and_as_many_of_the_majority():
-    epoch = rebalance.plan("undersample", SUBJECTS, LABELS, seed=3)
+    epoch = rebalance.epoch("undersample", SUBJECTS, LABELS, seed=3)
     kept = [s for s, _ in epoch]
     assert not any(a for _, a in epoch) and len(kept) == len(set(kept)) == 4
-    assert {"s0", "s4"} <= set(kept) and epoch == rebalance.plan("undersample", SUBJECTS, LABELS, seed=3)
-    assert epoch != rebalance.plan("undersample", SUBJECTS, LABELS, seed=4)
+    assert {"s0", "s4"} <= set(kept) and epoch == rebalance.epoch("undersample", SUBJECTS, LABELS, seed=3)
+    assert epoch != rebalance.epoch("undersample", SUBJECTS, LABELS, seed=4)
 
 
 def test_oversampling_adds_minority_copies_until_balanced_and_augments_every_scan():
     from collections import Counter
 
-    epoch = rebalance.plan("oversample", SUBJECTS, LABELS, seed=3)
+    epoch = rebalance.epoch("oversample", SUBJECTS, LABELS, seed=3)
     counts = Counter(s for s, _ in epoch)
     assert set(counts) == set(SUBJECTS) and len(epoch) == 16  # every scan, and 6 copies: 8 patients, 8 controls
     assert sum(counts[s] for s in ("s0", "s4")) == 8 and all(counts[s] == 1 for s in SUBJECTS if s not in ("s0", "s4"))
     assert all(a for _, a in epoch)  # augmentation must not mark the minority: every scan of the epoch gets it
     for option in ("none", "weights", "oversample", "undersample"):  # one class: nothing to rebalance
-        assert rebalance.plan(option, SUBJECTS[:3], np.zeros(3), seed=0) == [(s, False) for s in SUBJECTS[:3]]
+        assert rebalance.epoch(option, SUBJECTS[:3], np.zeros(3), seed=0) == [(s, False) for s in SUBJECTS[:3]]
 
 
 def test_class_weights_balance_the_classes():

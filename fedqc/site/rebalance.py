@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 
 
-def plan(option: str, subjects: list[str], labels: np.ndarray, seed: int) -> list[tuple[str, bool]]:
+def epoch(option: str, subjects: list[str], labels: np.ndarray, seed: int) -> list[tuple[str, bool]]:
     """The epoch's scans in order, each with whether it is randomly augmented."""
     labels = np.asarray(labels, dtype=int)
     counts = np.bincount(labels, minlength=2)

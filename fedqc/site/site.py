@@ -36,7 +36,7 @@ from fedqc.protocol import (
     batches,
 )
 from fedqc.scoring import counts_from_scores, feature_distance
-from fedqc.site import rebalance
+from fedqc.site.rebalance import augmenter, epoch, weights
 
 EVAL_BATCH = 16
 
@@ -102,17 +102,17 @@ class Site:
         self.encoder.train()
         self.classifier.train()
         labels = self.table.loc[list(subjects), "label"].to_numpy(dtype=int)
-        epoch = rebalance.plan(request.rebalance, list(subjects), labels, request.seed)
-        augment = rebalance.augmenter(len(self.model.input_shape), request.seed) if any(a for _, a in epoch) else None
+        plan = epoch(request.rebalance, list(subjects), labels, request.seed)
+        augment = augmenter(len(self.model.input_shape), request.seed) if any(a for _, a in plan) else None
         counts = request.class_counts or tuple(np.bincount(labels, minlength=2))  # for weights
         total, n, done, skipped = 0.0, 0, {}, []
-        for chunk in batches(epoch, request.batch_size):
+        for chunk in batches(plan, request.batch_size):
             x, ok, bad = self._images([s for s, _ in chunk], augment=[a for _, a in chunk], transform=augment)
             skipped += bad
             if not ok:
                 continue
             y = self.table.loc[ok, "label"].to_numpy(dtype=int)
-            weight = torch.from_numpy(rebalance.weights(y, counts)) if request.rebalance == "weights" else None
+            weight = torch.from_numpy(weights(y, counts)) if request.rebalance == "weights" else None
             optimizer.zero_grad(set_to_none=True)
             loss = nn.functional.binary_cross_entropy_with_logits(
                 self.classifier(self.encoder(x)).squeeze(1), torch.from_numpy(y.astype(np.float32)), weight=weight)
