@@ -171,13 +171,13 @@ def study(ctx: typer.Context,
     states = {"done": "finished earlier, kept", "resumed": "resuming", "started": "running"}
     command = f"fedqc study --config {config} --seeds {' '.join(map(str, seeds))} --out {out_dir}"
     if sweep is not None:
+        command += f" --sweep {sweep}"
         swept = Sweep.parse(sweep)
         studies = run_sweep(cfg, swept, seeds, out_dir, quiet=quiet,
                             on_seed=lambda v, s, state: err.print(f"{swept.key}={v}, seed {s}: {states[state]}"))
         for value, runs in studies.items():
-            write_study(swept.folder(out_dir, value), dict(zip(seeds, runs)), command + f" --sweep {sweep}")
-        summary = write_sweep(out_dir, swept.key, {v: dict(zip(seeds, r)) for v, r in studies.items()},
-                              command + f" --sweep {sweep}")
+            write_study(swept.folder(out_dir, value), dict(zip(seeds, runs)), command)
+        summary = write_sweep(out_dir, swept.key, {v: dict(zip(seeds, r)) for v, r in studies.items()}, command)
         for r in summary[summary["figure"] == "auroc_last3"].itertuples():
             out.print(f"{swept.key}={r.value!s:8s} {r.arm:28s} AUROC (last 3 cycles) {r.mean:.3f} "
                       f"[{r.ci_lo:.3f}, {r.ci_hi:.3f}] over {r.n} seed(s)")

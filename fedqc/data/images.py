@@ -13,9 +13,6 @@ import functools
 
 import numpy as np
 import SimpleITK as sitk
-from monai.transforms import Resize, ScaleIntensity
-
-_scale = ScaleIntensity(minv=0.0, maxv=1.0)
 
 
 class ImageError(ValueError):
@@ -32,22 +29,29 @@ def _check_complete(path: str) -> None:
         raise ImageError(f"truncated or corrupt image {path}: {str(exc).strip().splitlines()[-1]}") from None
 
 
+def pixels(img: sitk.Image) -> np.ndarray:
+    """The image's array in SimpleITK's axis order ((z,) y, x), grey: a colour image's channels averaged."""
+    arr = sitk.GetArrayFromImage(img)
+    return arr.mean(-1) if img.GetNumberOfComponentsPerPixel() > 1 else arr
+
+
 def _read(path: str) -> np.ndarray:
-    """The image as a float32 array in SimpleITK's axis order ((z,) y, x); colour channels averaged."""
+    """The image at ``path`` as a grey float32 array (:func:`pixels`)."""
     try:
         img = sitk.ReadImage(path)
     except RuntimeError as exc:
         raise ImageError(f"unreadable image {path}: {str(exc).strip().splitlines()[-1]}") from None
     if path.endswith((".nii", ".nii.gz")):
         _check_complete(path)
-    arr = sitk.GetArrayFromImage(img).astype(np.float32)
-    return arr.mean(-1) if img.GetNumberOfComponentsPerPixel() > 1 else arr
+    return pixels(img).astype(np.float32)
 
 
 @functools.lru_cache(maxsize=4096)
 def load_image(path: str, shape: tuple[int, ...]) -> np.ndarray:
     """Read ``path`` and return a read-only (1, *shape) float32 array scaled to [0, 1]; ``shape`` has two sides
     for a 2D model, three for a 3D one."""
+    from monai.transforms import Resize, ScaleIntensity  # here: `fedqc harm` reads images without MONAI or torch
+
     arr = _read(path)
     if len(shape) == 2 and arr.ndim == 3 and 1 in arr.shape:  # a slice stored as a one-slice volume
         arr = arr.reshape([n for n in arr.shape if n != 1] or [1, 1])
@@ -59,6 +63,6 @@ def load_image(path: str, shape: tuple[int, ...]) -> np.ndarray:
     arr = arr.T[None]  # SimpleITK ((z,) y, x) -> (1, x, y(, z))
     if arr.shape[1:] != tuple(shape):
         arr = np.asarray(Resize(spatial_size=shape, mode="trilinear" if len(shape) == 3 else "bilinear")(arr))
-    out = np.asarray(_scale(arr), dtype=np.float32)
+    out = np.asarray(ScaleIntensity(minv=0.0, maxv=1.0)(arr), dtype=np.float32)
     out.setflags(write=False)
     return out

@@ -19,6 +19,7 @@ import yaml
 
 from fedqc.data.corruptions import CORRUPTIONS, make_corruption
 from fedqc.data.corruptions.scenario import DROPPED, Action, Scenario
+from fedqc.data.images import pixels
 from fedqc.data.manifest import load_manifest
 from fedqc.errors import UserError
 from fedqc.io import atomic_write_csv, atomic_write_text
@@ -83,9 +84,7 @@ def inject(manifest: str | Path, scenario: Scenario, out: str | Path, *, seed: i
         image = None
         if CORRUPTIONS[action.kind].changes_image:
             original = sitk.ReadImage(row["path"])
-            image = sitk.GetArrayFromImage(original)
-            if original.GetNumberOfComponentsPerPixel() > 1:  # a colour image is corrupted, and written, as grey
-                image = image.mean(-1)
+            image = pixels(original)  # a colour image is corrupted, and written, as grey
         image, row["label"], row["harm_detail"] = corrupt(image, row["label"], action)
         row["harm"] = action.kind
         if image is not None:

@@ -188,7 +188,8 @@ class Scenario:
         return cls(parts["sites"], parts["scans"], parts["label_noise"], parts["prevalence"])
 
     def plan(self, table: pd.DataFrame, seed: int) -> list[Action]:
-        """The corrupted scans of ``table`` (a loaded manifest) under this scenario, seeded by ``seed``.
+        """The corrupted scans of ``table`` (a loaded manifest: ``harm`` filled, ``none`` for a good scan) under
+        this scenario, seeded by ``seed``.
 
         Raises :class:`UserError` listing every problem: an unknown site or subject, a test scan
         targeted, a scan targeted twice, more scans asked than there are. Scans the manifest already
@@ -208,8 +209,7 @@ class Scenario:
             table = table[~table["subject"].isin({a.subject for a in actions})]
         train = table[table["split"] == "train"]
         sites = set(table["site"])
-        harm = table["harm"].fillna("none").replace("", "none") if "harm" in table else pd.Series("none", table.index)
-        taken: dict[str, str] = dict.fromkeys(table.loc[harm != "none", "subject"], "the manifest (harm column)")
+        taken: dict[str, str] = dict.fromkeys(table.loc[table["harm"] != "none", "subject"], "the manifest (harm column)")
 
         def target(subject: str, kind: str, entry: dict, where: str, **extra) -> None:
             if subject in taken:
