@@ -27,7 +27,7 @@ from fedqc.analysis.report import markdown_table
 from fedqc.data.images import load_image
 from fedqc.data.manifest import load_manifest
 from fedqc.experiment.run_dir import RunDir, load_checkpoint
-from fedqc.models import build_model, encode
+from fedqc.models import encode, network
 from fedqc.models.state import unpack
 from fedqc.qc.scans import FeatureReference, OODLimit
 from fedqc.scoring import feature_distance
@@ -60,7 +60,7 @@ def main() -> None:
     torch.set_num_threads(1)
     cfg = run_config(RunDir(args.run))
     manifest = load_manifest(cfg.manifest)
-    encoder, classifier = build_model(cfg.model.name, input_shape=cfg.model.input_shape, width=cfg.model.width)
+    encoder, classifier = network(cfg.model)
     unpack(load_checkpoint(RunDir(args.run).arm(args.arm).checkpoint(args.cycle))["state"], encoder, classifier, None)
     encoder.eval()
     shape = tuple(cfg.model.input_shape)

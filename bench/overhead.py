@@ -42,7 +42,7 @@ from bench.common import (
 )
 from fedqc.config import parse_config
 from fedqc.data.manifest import load_manifest
-from fedqc.experiment.arms import harmful_training_scans
+from fedqc.experiment.arms import harmful_scans
 from fedqc.models.state import initial_state, unpack
 from fedqc.protocol import batches
 from fedqc.site import Site
@@ -59,7 +59,7 @@ def plain_cycles(cfg_dict: dict) -> list[float]:
     cfg = parse_config(cfg_dict)
     torch.set_num_threads(cfg.threads)
     table = load_manifest(cfg.manifest)
-    leave_out = harmful_training_scans(table)
+    leave_out = harmful_scans(table)
     sites = {name: Site(name, rows, model=cfg.model) for name, rows in table.groupby("site", sort=True)}
     pools = {}
     for name, site in sites.items():

@@ -203,7 +203,7 @@ def infer(run: Optional[Path] = typer.Option(None, "--run", help="Run folder fro
           seed: int = typer.Option(0, help="Bootstrap seed."),
           debug: bool = DEBUG):
     """Per-cycle test metrics overall and by sex and age group, fairness gaps, plots, report."""
-    from fedqc.analysis.infer import infer_run, predict_checkpoint
+    from fedqc.analysis.infer import checkpoint_threshold, infer_run, predict_checkpoint
     from fedqc.analysis.metrics import group_metrics
 
     try:
@@ -217,7 +217,8 @@ def infer(run: Optional[Path] = typer.Option(None, "--run", help="Run folder fro
         overall = metrics[metrics["group"] == "all"].groupby("arm", sort=False)
         for (arm, df), r in zip(overall, overall.tail(1).itertuples()):
             out.print(f"{arm:6s} cycle {r.cycle:3d}  AUROC {r.auroc:.3f} [{r.auroc_lo:.3f}, {r.auroc_hi:.3f}]  "
-                      f"accuracy {r.accuracy:.3f}  mean AUROC of last 3 cycles {df['auroc'].tail(3).mean():.3f}")
+                      f"accuracy {r.accuracy:.3f} at threshold {r.threshold:.3f}  "
+                      f"mean AUROC of last 3 cycles {df['auroc'].tail(3).mean():.3f}")
         out.print(f"wrote {run / 'metrics.csv'}, {run / 'fairness.csv'}, {run / 'plots'}/, {run / 'report.md'}")
         return
     from fedqc.data.manifest import load_manifest
@@ -226,11 +227,14 @@ def infer(run: Optional[Path] = typer.Option(None, "--run", help="Run folder fro
         raise UserError("--checkpoint needs --manifest")
     if not checkpoint.is_file():
         raise UserError(f"checkpoint not found: {checkpoint}")
+    threshold, method = checkpoint_threshold(checkpoint)
     metrics = group_metrics(predict_checkpoint(checkpoint, load_manifest(manifest)), age_edges=edges,
-                            n_boot=n_boot, seed=seed)
+                            n_boot=n_boot, seed=seed, threshold=threshold)
     target = out_file or checkpoint.with_suffix(".metrics.csv")
     metrics.to_csv(target, index=False)
     out.print(metrics[["group", "n", "n_pos", "accuracy", "auroc", "sensitivity", "specificity"]].to_string(index=False))
+    out.print(f"threshold metrics at {threshold:.3f} ({method}"
+              + (", fitted on the run's verification scans)" if method != "fixed" else ", the reference)"))
     out.print(f"wrote {target}")
 
 

@@ -19,6 +19,9 @@ State = dict[str, np.ndarray]
 SCORE_COLUMNS = ["subject", "site", "label", "score", "sex", "age"]
 COUNT_KEYS = ("n", "tp", "fp", "tn", "fn", "loss_sum", "brier_sum")
 MOMENT_KEYS = ("feat_n", "feat_sum", "feat_sq")  # scans, per-feature sums, per-feature sums of squares
+# per BatchNorm layer the values its input had over a site's scans (scans × voxels), then per channel of every layer
+# (concatenated in layer order) their sums and sums of squares: what federated BatchNorm statistics pool
+BN_MOMENT_KEYS = ("bn_n", "bn_sum", "bn_sq")
 
 
 class ScanProblem(NamedTuple):
@@ -91,7 +94,8 @@ class EvalRequest:
     """Score the scans of ``split`` (minus ``exclude``); ``fraction`` < 1 scores a share drawn from ``sample_seed``.
 
     ``moments``: also return the encoder features' count, per-feature sums and sums of
-    squares over the scored scans (no per-scan features). ``ood_center``/``ood_scale``
+    squares over the scored scans (no per-scan features). ``batchnorm``: also return the
+    inputs' moments of every BatchNorm layer (:data:`BN_MOMENT_KEYS`). ``ood_center``/``ood_scale``
     (one value per feature): also return each scan's feature distance to them (column ``ood``).
     """
 
@@ -100,6 +104,7 @@ class EvalRequest:
     fraction: float = 1.0
     sample_seed: int = 0
     moments: bool = False
+    batchnorm: bool = False
     ood_center: tuple[float, ...] = ()
     ood_scale: tuple[float, ...] = ()
 
@@ -110,7 +115,7 @@ class EvalRequest:
     def from_dict(cls, d: dict) -> EvalRequest:
         return cls(split=str(d["split"]), exclude=tuple(str(s) for s in d.get("exclude", ())),
                    fraction=float(d.get("fraction", 1.0)), sample_seed=int(d.get("sample_seed", 0)),
-                   moments=bool(d.get("moments", False)),
+                   moments=bool(d.get("moments", False)), batchnorm=bool(d.get("batchnorm", False)),
                    ood_center=tuple(float(x) for x in d.get("ood_center", ())),
                    ood_scale=tuple(float(x) for x in d.get("ood_scale", ())))
 
@@ -131,7 +136,7 @@ class EvalReply:
     scores: pd.DataFrame  # SCORE_COLUMNS
     skipped: list[ScanProblem] = field(default_factory=list)
     error: str | None = None  # the site failed or did not answer: no scores this time
-    moments: dict[str, np.ndarray] | None = None  # MOMENT_KEYS, when the request asked for them
+    moments: dict[str, np.ndarray] | None = None  # MOMENT_KEYS and/or BN_MOMENT_KEYS, as the request asked
 
     @classmethod
     def failed(cls, reason: str) -> EvalReply:

@@ -10,13 +10,16 @@ import pytest
 import torch
 
 from fedqc.data.manifest import load_manifest
-from fedqc.models import build_model, encode
+from fedqc.models import encode, network
 from fedqc.models.state import initial_state
 from tests.conftest import tiny_config
 
 ALLOWED_METRICS = {"n_scans", "loss", "seconds", "n", "tp", "fp", "tn", "fn", "loss_sum", "brier_sum",
-                   "score", "label", "age", "val", "test", "train_positives", "ood", "feat_n", "feat_sum", "feat_sq"}
-MOMENTS = {"feat_n", "feat_sum", "feat_sq"}  # sums over a site's scans, one value per activation: never per scan
+                   "score", "label", "age", "val", "test", "train_positives", "ood", "feat_n", "feat_sum", "feat_sq",
+                   "bn_n", "bn_sum", "bn_sq"}
+# sums over a site's scans, one value per activation (per BatchNorm layer or channel): never per scan
+MOMENTS = {"feat_n", "feat_sum", "feat_sq"}
+BN_MOMENTS = {"bn_n", "bn_sum", "bn_sq"}
 
 
 class Recorder:
@@ -53,7 +56,8 @@ def test_sites_send_only_model_arrays_counts_scores_and_ids(tiny_cohort, tmp_pat
 
     logging.getLogger("flwr").setLevel(logging.WARNING)
     cfg = tiny_config(tiny_cohort / "manifest.csv", **{"train.cycles": 2, "arms": ["clean", "qc"],
-                                                       "qc": {"audit": True}, "engine": "flower"})
+                                                       "qc": {"audit": True}, "engine": "flower",
+                                                       "calibration": {"batchnorm": "federated", "bn_passes": 1}})
     RunDir(tmp_path / "run").prepare(cfg, resume=False, overwrite=False)
     log = tmp_path / "messages.jsonl"
     n_sites = load_manifest(cfg.manifest)["site"].nunique()
@@ -69,9 +73,10 @@ def test_sites_send_only_model_arrays_counts_scores_and_ids(tiny_cohort, tmp_pat
 
     model = {k: list(np.shape(v)) for k, v in initial_state(cfg.model, cfg.train.seed).items()}
     largest_site = load_manifest(cfg.manifest).groupby("site").size().max()
-    encoder, _ = build_model(cfg.model.name, input_shape=cfg.model.input_shape, width=cfg.model.width)
+    encoder, _ = network(cfg.model)
     n_taps = encode(encoder.eval(), torch.zeros(1, 1, *cfg.model.input_shape))[1].shape[1]
-    assert n_taps != largest_site  # so that a list of moments cannot pass for a list of per-scan values
+    norms = [m.num_features for m in encoder.modules() if isinstance(m, torch.nn.BatchNorm3d)]
+    assert largest_site not in (n_taps, len(norms), sum(norms))  # a list of moments cannot pass for per-scan values
     for r in records:
         for key, shape in r["arrays"].items():  # only the model's and the optimizer's arrays
             part, _, rest = key.partition(".")
@@ -85,10 +90,13 @@ def test_sites_send_only_model_arrays_counts_scores_and_ids(tiny_cohort, tmp_pat
         for key, length in r["metrics"].items():  # per-scan lists are at most one value per scan of the site
             if key in MOMENTS:
                 assert length == (1 if key == "feat_n" else n_taps), (key, length)
+            elif key in BN_MOMENTS:
+                assert length == (len(norms) if key == "bn_n" else sum(norms)), (key, length)
             else:
                 assert length is None or length <= largest_site
         for key, types in r["configs"].items():  # ids and reasons only: strings
             assert types in (["str"], []), (key, types)
     assert any(MOMENTS <= set(r["metrics"]) for r in records) and any("ood" in r["metrics"] for r in records)
+    assert any(BN_MOMENTS <= set(r["metrics"]) for r in records)
     trains = [r for r in records if r["type"] == "train"]
     assert trains and all(r["arrays"] for r in trains)

@@ -11,7 +11,7 @@ import pytest
 
 from fedqc.data.manifest import load_manifest
 from fedqc.errors import BrokenScanError, RunDirError, UserError
-from fedqc.experiment.arms import arms_for, harmful_training_scans
+from fedqc.experiment.arms import arms_for, harmful_scans
 from fedqc.experiment.run_dir import RunDir, load_checkpoint
 from fedqc.experiment.runner import failing_sites, run_arm, run_experiment, simulate
 from fedqc.models.state import initial_state
@@ -60,7 +60,7 @@ def test_the_site_never_sees_ground_truth_and_trains_what_it_is_told(tiny_cfg):
     manifest = load_manifest(tiny_cfg.manifest)
     site = Site("alpha", manifest[manifest["site"] == "alpha"], model=tiny_cfg.model)
     assert "harm" not in site.table.columns and "harm_detail" not in site.table.columns
-    leave_out = harmful_training_scans(manifest)["alpha"]  # the runner's oracle, from the manifest
+    leave_out = harmful_scans(manifest)["alpha"]  # the runner's oracle, from the manifest
     assert len(leave_out) == 1
     res = site.train(initial_state(tiny_cfg.model, 0), request(exclude=leave_out))
     assert res.n_scans == 12 and not set(leave_out) & set(res.subjects)
@@ -69,7 +69,7 @@ def test_the_site_never_sees_ground_truth_and_trains_what_it_is_told(tiny_cfg):
 def test_optimizer_state_travels(transport, tiny_cfg):
     state = initial_state(tiny_cfg.model, tiny_cfg.train.seed)
     assert not any(k.startswith("optim.") for k in state)
-    good = harmful_training_scans(load_manifest(tiny_cfg.manifest))
+    good = harmful_scans(load_manifest(tiny_cfg.manifest))
     a = transport.train("alpha", state, request(exclude=good["alpha"]))
     assert float(a.state["optim.0.step"]) == 3  # 12 scans -> 3 batches
     b = transport.train("beta", a.state, request(seed=2, exclude=good["beta"]))
@@ -127,7 +127,7 @@ class CutVisitor(PlainVisitor):
 @pytest.mark.parametrize("where", ["mid_cycle", "before_checkpoint"])
 def test_resume_is_bit_identical(where, transport, tiny_cfg, tmp_path):
     arm = arms_for(tiny_cfg)[0]
-    leave_out = harmful_training_scans(load_manifest(tiny_cfg.manifest))
+    leave_out = harmful_scans(load_manifest(tiny_cfg.manifest))
 
     def run(out, visitor_cls=PlainVisitor, **kw):
         return run_arm(arm, transport, tiny_cfg, RunDir(out), visitor=visitor_cls(transport, tiny_cfg.train, leave_out),

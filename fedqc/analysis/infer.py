@@ -1,5 +1,9 @@
 """``fedqc infer``: per-cycle test metrics of every configured arm, fairness gaps, plots and a report.
 
+Threshold metrics use each cycle's decision threshold: the one the run's calibration
+fitted on verification scans (``calibration.csv``, also in the checkpoint), else 0.5;
+``metrics.csv`` states it in its ``threshold`` column.
+
 Saved test predictions (``<arm>/predictions/cycle_NNN.csv``) are reused; a cycle whose
 predictions are missing (or every cycle with ``recompute``) is scored again from its
 checkpoint through the same site logic. The test split is only ever read here and in
@@ -20,9 +24,16 @@ from fedqc.config import ExperimentConfig, ModelSpec, parse_config
 from fedqc.data.manifest import load_manifest
 from fedqc.errors import UserError
 from fedqc.experiment.arms import arms_for
-from fedqc.experiment.run_dir import RunDir, load_checkpoint
+from fedqc.experiment.run_dir import FIXED_THRESHOLD, RunDir, load_checkpoint
 from fedqc.io import atomic_write_csv
 from fedqc.protocol import EvalRequest
+
+
+def checkpoint_threshold(checkpoint: Path) -> tuple[float, str]:
+    """The decision threshold a checkpoint was calibrated with, and how it was chosen (0.5, ``fixed``, when the
+    run did not calibrate)."""
+    calibration = load_checkpoint(checkpoint).get("calibration") or {}
+    return float(calibration.get("threshold", FIXED_THRESHOLD)), str(calibration.get("method", "fixed"))
 
 
 def predict_checkpoint(checkpoint: Path, manifest: pd.DataFrame, *, split: str = "test") -> pd.DataFrame:
@@ -55,6 +66,7 @@ def run_metrics(run: Path, *, recompute: bool = False, age_edges=DEFAULT_AGE_EDG
     frames = []
     for arm in arms_for(cfg):
         arm_dir = run_dir.arm(arm.name)
+        thresholds = arm_dir.thresholds()
         for cycle in sorted(set(arm_dir.cycles("predictions")) | set(arm_dir.cycles("checkpoints"))):
             pred_file = arm_dir.predictions(cycle)
             if pred_file.is_file() and not recompute:
@@ -67,7 +79,8 @@ def run_metrics(run: Path, *, recompute: bool = False, age_edges=DEFAULT_AGE_EDG
                     manifest = load_manifest(cfg.manifest)
                 preds = predict_checkpoint(arm_dir.checkpoint(cycle), manifest)
                 atomic_write_csv(preds, pred_file)
-            m = group_metrics(preds, age_edges=age_edges, n_boot=n_boot, seed=seed)
+            m = group_metrics(preds, age_edges=age_edges, n_boot=n_boot, seed=seed,
+                              threshold=thresholds.get(cycle, FIXED_THRESHOLD))
             m.insert(0, "cycle", cycle)
             m.insert(0, "arm", arm.name)
             frames.append(m)

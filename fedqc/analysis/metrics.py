@@ -9,6 +9,11 @@ For imbalanced data, beside AUROC and the threshold metrics: ``average_precision
 (the mean of both classes' F1 at the threshold) and ``sens_at_spec90`` (the highest
 sensitivity of any threshold whose specificity is at least 0.90) — none of which a
 majority-class predictor gets for free.
+
+The threshold metrics are taken at the run's decision threshold (0.5, or the one its
+calibration fitted on verification scans); ``best_balanced_accuracy`` is the balanced
+accuracy of the best threshold *on the scored scans themselves* — an oracle bound that
+says how much the chosen threshold leaves on the table, never a threshold to use.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import pandas as pd
 from fedqc.scoring import ratio
 
 METRICS = ("accuracy", "sensitivity", "specificity", "precision", "f1", "auroc", "balanced_accuracy",
-           "average_precision", "macro_f1", "sens_at_spec90")
+           "average_precision", "macro_f1", "sens_at_spec90", "best_balanced_accuracy")
 CI_METRICS = ("auroc", "accuracy", "average_precision", "macro_f1", "sens_at_spec90")  # with bootstrap intervals
 DEFAULT_AGE_EDGES = (60.0, 70.0)
 SPECIFICITY = 0.90  # the specificity sens_at_spec90 holds
@@ -30,6 +35,7 @@ def binary_metrics(labels, scores, threshold: float = 0.5) -> dict:
     from sklearn.metrics import (  # here: keeps sklearn out of every ClientApp start
         confusion_matrix,
         roc_auc_score,
+        roc_curve,
     )
 
     y = np.asarray(labels, dtype=int)
@@ -47,10 +53,13 @@ def binary_metrics(labels, scores, threshold: float = 0.5) -> dict:
     if len(set(y)) < 2:
         notes.append(f"one class only (label {y[0]}): auroc, average_precision, sens_at_spec90, "
                      f"{'sensitivity' if y[0] == 0 else 'specificity'} and balanced_accuracy undefined")
-        out |= {"auroc": float("nan"), "average_precision": float("nan"), "sens_at_spec90": float("nan")}
+        out |= {"auroc": float("nan"), "average_precision": float("nan"), "sens_at_spec90": float("nan"),
+                "best_balanced_accuracy": float("nan")}
     else:
         ap, sens90 = ranking_metrics(y[None], s[None])
-        out |= {"auroc": roc_auc_score(y, s), "average_precision": float(ap[0]), "sens_at_spec90": float(sens90[0])}
+        fpr, tpr, _ = roc_curve(y, s)
+        out |= {"auroc": roc_auc_score(y, s), "average_precision": float(ap[0]), "sens_at_spec90": float(sens90[0]),
+                "best_balanced_accuracy": float(0.5 + (tpr - fpr).max() / 2)}
     if tp + fp == 0:
         notes.append("no positive predictions: precision undefined")
     out["note"] = "; ".join(notes)
@@ -130,9 +139,10 @@ def age_group(ages, edges=DEFAULT_AGE_EDGES) -> pd.Series:
     return pd.Series(np.asarray(age_labels(edges))[bins], index=getattr(ages, "index", None))
 
 
-def group_metrics(preds: pd.DataFrame, *, age_edges=DEFAULT_AGE_EDGES, n_boot: int = 1000,
-                  seed: int = 0) -> pd.DataFrame:
-    """One row per group (``all``, ``sex=F``, ``sex=M``, ``age=<bin>``) with CIs."""
+def group_metrics(preds: pd.DataFrame, *, age_edges=DEFAULT_AGE_EDGES, n_boot: int = 1000, seed: int = 0,
+                  threshold: float = 0.5) -> pd.DataFrame:
+    """One row per group (``all``, ``sex=F``, ``sex=M``, ``age=<bin>``) with CIs, threshold metrics at
+    ``threshold``."""
     ages = age_group(preds["age"], age_edges)
     groups = [("all", np.ones(len(preds), bool))]
     groups += [(f"sex={s}", (preds["sex"] == s).to_numpy()) for s in ("F", "M")]
@@ -140,9 +150,10 @@ def group_metrics(preds: pd.DataFrame, *, age_edges=DEFAULT_AGE_EDGES, n_boot: i
     rows = []
     for name, mask in groups:
         y, s = preds["label"].to_numpy()[mask], preds["score"].to_numpy()[mask]
-        row = {"group": name, **binary_metrics(y, s)}
+        row = {"group": name, "threshold": threshold, **binary_metrics(y, s, threshold)}
         for metric in CI_METRICS:
-            row[f"{metric}_lo"], row[f"{metric}_hi"] = bootstrap_ci(y, s, metric, n_boot=n_boot, seed=seed)
+            row[f"{metric}_lo"], row[f"{metric}_hi"] = bootstrap_ci(y, s, metric, n_boot=n_boot, seed=seed,
+                                                                    threshold=threshold)
         rows.append(row)
     return pd.DataFrame(rows)
 

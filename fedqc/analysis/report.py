@@ -33,8 +33,9 @@ def write_report(run: Path, metrics: pd.DataFrame, detections: dict[str, pd.Data
     last = metrics.loc[metrics.groupby("arm", sort=False)["cycle"].transform("max") == metrics["cycle"]]
     for _, r in last[last["group"] == "all"].iterrows():
         lines.append(f"| {r.arm} | {r.cycle} | {r.n} | {_fmt(r.auroc)} [{_fmt(r.auroc_lo)}, {_fmt(r.auroc_hi)}] | "
-                     f"{_fmt(r.accuracy)} [{_fmt(r.accuracy_lo)}, {_fmt(r.accuracy_hi)}] | {_fmt(r.sensitivity)} | "
-                     f"{_fmt(r.specificity)} | {_fmt(r.f1)} |")
+                     f"{_fmt(r.threshold)} | {_fmt(r.accuracy)} [{_fmt(r.accuracy_lo)}, {_fmt(r.accuracy_hi)}] | "
+                     f"{_fmt(r.sensitivity)} | {_fmt(r.specificity)} | {_fmt(r.balanced_accuracy)} "
+                     f"({_fmt(r.best_balanced_accuracy)}) | {_fmt(r.f1)} |")
     lines += ["", "## Subgroups (last cycle)", "", "| arm | group | n | n_pos | AUROC | sensitivity | specificity | note |",
               "|---|---|---|---|---|---|---|---|"]
     for _, r in last[last["group"] != "all"].iterrows():

@@ -2,7 +2,10 @@
 
 ``study.csv``: test AUROC of the last cycle and the mean of the last three, accuracy,
 sensitivity, specificity, ``ppv`` (the test predictions' precision), F1, average precision, macro-F1 and
-sensitivity at 90 % specificity of the last cycle; for QC arms also the recall of whole harmful
+sensitivity at 90 % specificity of the last cycle, at the arm's decision threshold of that cycle; the
+balanced accuracy of the last three cycles beside the oracle's (the best threshold on test: ``bacc_gap_last3``
+is what the chosen threshold leaves), and ``max_swing``, the largest change of sensitivity or specificity
+between consecutive cycles both at AUROC >= 0.8 (does the threshold hold from cycle to cycle?); for QC arms also the recall of whole harmful
 sites and of single scans, of every harm kind in each, and of every whole harmful site, the good scans
 lost, precision, verifications and seconds. ``summary.csv``: per arm and figure, ``n`` (seeds with a
 value), mean, sd and the t-interval (NaN with fewer than two seeds), clipped to the figure's range:
@@ -21,12 +24,14 @@ import pandas as pd
 from fedqc.analysis.metrics import binary_metrics
 from fedqc.analysis.report import markdown_table
 from fedqc.experiment.arms import arms_for
-from fedqc.experiment.run_dir import RunDir
+from fedqc.experiment.run_dir import FIXED_THRESHOLD, ArmDir, RunDir
 from fedqc.io import atomic_write_csv, atomic_write_text
 
 LAST = 3  # cycles averaged for the "last-3" AUROC
+SKILLED = 0.8  # max_swing compares consecutive cycles at this test AUROC or more
 SHARES = ("auroc", "auroc_last3", "accuracy", "sensitivity", "specificity", "precision", "good_lost_rate", "ppv", "f1",
-          "average_precision", "macro_f1", "sens_at_spec90")  # and recall_*
+          "average_precision", "macro_f1", "sens_at_spec90", "bacc_last3", "best_bacc_last3", "bacc_gap_last3",
+          "max_swing")  # and recall_*
 
 
 def figure_range(figure: str) -> tuple[float, float]:
@@ -38,15 +43,38 @@ def _auroc(preds: pd.DataFrame) -> float:
     return binary_metrics(preds["label"], preds["score"])["auroc"]
 
 
+def cycle_metrics(arm_dir: ArmDir) -> pd.DataFrame:
+    """Per cycle of an arm: the test metrics of all its scans at the cycle's decision threshold."""
+    thresholds = arm_dir.thresholds()
+    rows = []
+    for c in arm_dir.cycles("predictions"):
+        preds, threshold = pd.read_csv(arm_dir.predictions(c)), thresholds.get(c, FIXED_THRESHOLD)
+        rows.append({"cycle": c, "threshold": threshold, **binary_metrics(preds["label"], preds["score"], threshold)})
+    return pd.DataFrame(rows)
+
+
+def max_swing(cycles: pd.DataFrame, skilled: float = SKILLED) -> float:
+    """The largest change of sensitivity or specificity between consecutive cycles that both reach AUROC
+    ``skilled`` (NaN when no two do)."""
+    c = cycles.sort_values("cycle")
+    both = (c["auroc"] >= skilled) & (c["auroc"].shift() >= skilled)
+    steps = c[["sensitivity", "specificity"]].diff().abs()[both]
+    return float(steps.max().max()) if len(steps) else float("nan")
+
+
 def arm_row(run: RunDir, arm: str) -> dict | None:
     """The study figures of one arm of one run; None when the arm has no predictions."""
     arm_dir = run.arm(arm)
     cycles = arm_dir.cycles("predictions")
     if not cycles:
         return None
-    preds = [pd.read_csv(arm_dir.predictions(c)) for c in cycles[-LAST:]]
-    m = binary_metrics(preds[-1]["label"], preds[-1]["score"])
-    row = {"arm": arm, "cycle": cycles[-1], "auroc": m["auroc"], "auroc_last3": float(np.mean([_auroc(p) for p in preds])),
+    per_cycle = cycle_metrics(arm_dir)
+    m, last = per_cycle.iloc[-1], per_cycle.tail(LAST)
+    row = {"arm": arm, "cycle": cycles[-1], "threshold": m["threshold"], "auroc": m["auroc"],
+           "auroc_last3": float(last["auroc"].mean()), "bacc_last3": float(last["balanced_accuracy"].mean()),
+           "best_bacc_last3": float(last["best_balanced_accuracy"].mean()),
+           "bacc_gap_last3": float((last["best_balanced_accuracy"] - last["balanced_accuracy"]).mean()),
+           "max_swing": max_swing(per_cycle),
            "accuracy": m["accuracy"], "sensitivity": m["sensitivity"], "specificity": m["specificity"],
            "ppv": m["precision"], "f1": m["f1"], "average_precision": m["average_precision"],
            "macro_f1": m["macro_f1"], "sens_at_spec90": m["sens_at_spec90"],
@@ -159,8 +187,8 @@ def write_study(out: Path, runs: dict[int, Path], command: str) -> pd.DataFrame:
     atomic_write_csv(rows, out / "study.csv")
     atomic_write_csv(summary, out / "summary.csv")
     plot_study(runs, arms, out / "study_auroc.png")
-    figures = [f for f in ("auroc", "auroc_last3", "accuracy", "sensitivity", "specificity", "f1", "average_precision",
-                           "seconds") if f in rows]
+    figures = [f for f in ("auroc", "auroc_last3", "accuracy", "sensitivity", "specificity", "bacc_last3",
+                           "bacc_gap_last3", "max_swing", "f1", "average_precision", "seconds") if f in rows]
     main = pd.DataFrame([{"arm": arm, **{f: _cell(summary, arm, f) for f in figures}} for arm in arms])
     qc = [c for c in rows.columns if c.startswith("recall_")]
     qc += [c for c in ("good_lost", "good_lost_rate", "good_pending", "good_sites_flagged", "harm_sites_flagged",
@@ -210,7 +238,8 @@ def write_sweep(out: Path, key: str, studies: dict, command: str) -> pd.DataFram
     lines = [f"# Sweep of `{key}`", "", f"Made by `{command}`. Seeds: {', '.join(map(str, next(iter(studies.values()))))}"
              " per value. Cells: mean [95 % t-interval] across seeds, clipped to what the figure can be; each "
              f"value's own study (QC detection included) is in `{key}=<value>/study.md`. Test metrics of the last "
-             "cycle (AUROC: mean of the last three), threshold 0.5; `ppv` is the test predictions' precision.", "",
+             "cycle (AUROC: mean of the last three) at each arm's decision threshold (0.5 unless `calibration:` fits "
+             "one on verification scans); `ppv` is the test predictions' precision.", "",
              markdown_table(table), ""] + [f"![{f}](sweep_{f}.png)" for f in figures] + [""]
     atomic_write_text("\n".join(lines), out / "sweep.md")
     return summary

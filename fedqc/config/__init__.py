@@ -3,6 +3,7 @@
 from fedqc.config.load import load_config, parse_config
 from fedqc.config.schema import (
                                  ARMS,
+                                 CalibrationConfig,
                                  CRITERIA,
                                  ENGINES,
                                  GRANULARITIES,
@@ -14,5 +15,5 @@ from fedqc.config.schema import (
 )
 from fedqc.errors import ConfigError
 
-__all__ = ["ARMS", "CRITERIA", "ENGINES", "GRANULARITIES", "ConfigError", "ExperimentConfig", "ModelSpec", "QCConfig",
+__all__ = ["ARMS", "CalibrationConfig", "CRITERIA", "ENGINES", "GRANULARITIES", "ConfigError", "ExperimentConfig", "ModelSpec", "QCConfig",
            "TrainConfig", "load_config", "parse_config", "qc_variant"]

@@ -17,16 +17,19 @@ import yaml
 
 from fedqc.config.schema import (
     ARMS,
+    BN_STATS,
     CLASS_WEIGHTS,
     CRITERIA,
     ENGINES,
     GRANULARITIES,
     MODEL_MIN_SIDE,
     MODELS,
+    NORMS,
     ORDERS,
     REBALANCE,
     SCAN_CHECKS,
     STARTS,
+    THRESHOLDS,
     ExperimentConfig,
     qc_variant,
 )
@@ -105,6 +108,15 @@ def _check_ranges(cfg: ExperimentConfig, problems: list[str]) -> None:
         (t.rebalance in REBALANCE, f"train.rebalance: {t.rebalance!r} is not one of {REBALANCE}"),
         (t.class_weights in CLASS_WEIGHTS, f"train.class_weights: {t.class_weights!r} is not one of {CLASS_WEIGHTS}"),
         (m.name in MODELS, f"model.name: {m.name!r} is not one of {MODELS}"),
+        (m.norm in NORMS, f"model.norm: {m.norm!r} is not one of {NORMS}"),
+        (m.norm == "batch" or m.name != "resnet18",
+         f"model.norm: MONAI's resnet18 applies {m.norm} to its first layer only (its blocks keep BatchNorm); "
+         "use sfcn or densenet121"),
+        (cfg.calibration.batchnorm in BN_STATS,
+         f"calibration.batchnorm: {cfg.calibration.batchnorm!r} is not one of {BN_STATS}"),
+        (cfg.calibration.threshold in THRESHOLDS,
+         f"calibration.threshold: {cfg.calibration.threshold!r} is not one of {THRESHOLDS}"),
+        (cfg.calibration.bn_passes >= 0, f"calibration.bn_passes: must be >= 0, got {cfg.calibration.bn_passes}"),
         (len(m.input_shape) in (2, 3) and min(m.input_shape) >= MODEL_MIN_SIDE.get(m.name, 8),
          f"model.input_shape: two sides (2D) or three (3D), each >= {MODEL_MIN_SIDE.get(m.name, 8)} for "
          f"{m.name}, got {list(m.input_shape)}"),

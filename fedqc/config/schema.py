@@ -25,6 +25,15 @@ MODELS = ("sfcn", "densenet121", "resnet18")  # fedqc.models builds each name, i
 # The smallest input side at which a batch of one still trains: the last BatchNorm must see more than one
 # voxel (DenseNet121 halves the input five times, ResNet18 with MONAI's stride-1 stem four times, SFCN adapts).
 MODEL_MIN_SIDE = {"sfcn": 8, "densenet121": 64, "resnet18": 32}
+# The encoder's normalisation: BatchNorm keeps running statistics that follow the last site trained; GroupNorm
+# and InstanceNorm normalise each scan by itself and keep none.
+NORMS = ("batch", "group", "instance")
+# Where BatchNorm's running statistics come from when a cycle ends: as the last site visited left them (``site``,
+# the reference), or pooled from every calibration site's verification scans (``federated``: counts and moments).
+BN_STATS = ("site", "federated")
+# The decision threshold of the threshold metrics: 0.5 (``fixed``, the reference), or fitted each cycle on the
+# verification scans (never test): Youden's J, the prevalence-matched threshold, or Platt's 0.5 point.
+THRESHOLDS = ("fixed", "youden", "prevalence", "platt")
 
 
 @dataclass(frozen=True)
@@ -34,6 +43,17 @@ class ModelSpec:
     name: str = "sfcn"
     width: float = 0.5
     input_shape: tuple[int, ...] = (32, 32, 32)
+    norm: str = "batch"  # NORMS
+
+
+@dataclass(frozen=True)
+class CalibrationConfig:
+    """What happens to the model at the end of every cycle, before it is scored and checkpointed
+    (:mod:`fedqc.strategies.calibration`): BatchNorm statistics and the decision threshold."""
+
+    batchnorm: str = "site"  # BN_STATS
+    threshold: str = "fixed"  # THRESHOLDS
+    bn_passes: int = 0  # federated batchnorm: evaluation passes (0: one per BatchNorm layer, exact)
 
 
 @dataclass(frozen=True)
@@ -102,6 +122,7 @@ class ExperimentConfig:
     model: ModelSpec = ModelSpec()
     train: TrainConfig = TrainConfig()
     qc: QCConfig = QCConfig()
+    calibration: CalibrationConfig = CalibrationConfig()
     arms: tuple[str, ...] = ARMS
     engine: str = "flower"
     threads: int = 2

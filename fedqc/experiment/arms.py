@@ -55,9 +55,10 @@ def arms_for(cfg: ExperimentConfig) -> list[Arm]:
     return arms
 
 
-def harmful_training_scans(manifest: pd.DataFrame | None) -> dict[str, tuple[str, ...]]:
-    """Per site, its training scans the ground truth (``harm``) marks harmful: what an oracle arm leaves out."""
+def harmful_scans(manifest: pd.DataFrame | None, split: str = "train") -> dict[str, tuple[str, ...]]:
+    """Per site, its scans of ``split`` the ground truth (``harm``) marks harmful: what an oracle arm leaves out of
+    training (and of calibration)."""
     if manifest is None or "harm" not in manifest:
         return {}
-    bad = manifest[(manifest["split"] == "train") & (manifest["harm"] != "none")]
+    bad = manifest[(manifest["split"] == split) & (manifest["harm"] != "none")]
     return {site: tuple(rows["subject"]) for site, rows in bad.groupby("site", sort=True)}

@@ -4,7 +4,8 @@
 ``checkpoints/cycle_NNN.pt`` (encoder, classifier and optimizer saved separately, the
 cycle, the arm, the model spec, and the visitor's state under ``qc``),
 ``predictions/cycle_NNN.csv`` (test scores), ``train_log.csv``, ``errors.csv``,
-``cycles.csv``, and a QC arm's logs. A cycle is committed by its checkpoint, written
+``cycles.csv``, ``calibration.csv`` (when the config calibrates: each cycle's threshold
+and BatchNorm pooling), and a QC arm's logs. A cycle is committed by its checkpoint, written
 last; resuming discards whatever a killed run wrote after the last checkpoint.
 """
 
@@ -15,6 +16,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import yaml
 
 from fedqc.config import ExperimentConfig, parse_config
@@ -23,7 +25,8 @@ from fedqc.io import atomic_write, atomic_write_text, truncate_csv
 from fedqc.protocol import State
 
 PARTS = ("encoder", "classifier", "optim")
-CYCLE_LOGS = ("train_log.csv", "errors.csv", "cycles.csv")
+CYCLE_LOGS = ("train_log.csv", "errors.csv", "cycles.csv", "calibration.csv")
+FIXED_THRESHOLD = 0.5  # the reference's decision threshold: an arm that does not calibrate uses it
 
 
 def cycle_name(cycle: int) -> str:
@@ -55,6 +58,18 @@ class ArmDir:
         """Cycles with a file of ``kind`` (``checkpoints`` or ``predictions``)."""
         return sorted(cycle_of(p) for p in (self.path / kind).glob("cycle_*.*") if p.suffix in (".pt", ".csv"))
 
+    def thresholds(self) -> dict[int, float]:
+        """Per cycle, the decision threshold fitted on the verification scans (``calibration.csv``); cycles not
+        listed use :data:`FIXED_THRESHOLD`."""
+        path = self.path / "calibration.csv"
+        if not path.is_file():
+            return {}
+        table = pd.read_csv(path)
+        return dict(zip(table["cycle"].astype(int), table["threshold"].astype(float)))
+
+    def threshold(self, cycle: int) -> float:
+        return self.thresholds().get(cycle, FIXED_THRESHOLD)
+
     def last_checkpoint(self) -> int | None:
         cycles = self.cycles("checkpoints")
         return cycles[-1] if cycles else None
@@ -67,14 +82,16 @@ class ArmDir:
             if cycle >= first_cycle:
                 self.predictions(cycle).unlink()
 
-    def save_checkpoint(self, cycle: int, state: State, *, model: dict, visitor: dict) -> None:
+    def save_checkpoint(self, cycle: int, state: State, *, model: dict, visitor: dict,
+                        calibration: dict | None = None) -> None:
         import torch
 
         parts: dict[str, dict] = {p: {} for p in PARTS}
         for key, value in state.items():
             part, rest = key.split(".", 1)
             parts[part][rest] = torch.from_numpy(np.array(value))
-        ckpt = {**parts, "cycle": cycle, "arm": self.name, "model": model, **({"qc": visitor} if visitor else {})}
+        ckpt = {**parts, "cycle": cycle, "arm": self.name, "model": model, **({"qc": visitor} if visitor else {}),
+                **({"calibration": calibration} if calibration else {})}
         atomic_write(self.checkpoint(cycle), lambda tmp: torch.save(ckpt, tmp))
 
 

@@ -24,18 +24,19 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from fedqc.config import ExperimentConfig
+from fedqc.config import CalibrationConfig, ExperimentConfig
 from fedqc.data.corruptions.scenario import Scenario
 from fedqc.data.inject import inject
 from fedqc.data.manifest import load_manifest
 from fedqc.errors import BrokenScanError, UserError
-from fedqc.experiment.arms import TRUSTED, Arm, arms_for, harmful_training_scans
+from fedqc.experiment.arms import TRUSTED, Arm, arms_for, harmful_scans
 from fedqc.experiment.run_dir import ArmDir, RunDir, load_checkpoint, model_dict
 from fedqc.io import append_csv, atomic_write_csv
 from fedqc.models.state import initial_state
 from fedqc.protocol import State, class_counts
 from fedqc.qc.arm import QCArm
 from fedqc.qc.detection import score_detection
+from fedqc.strategies.calibration import Calibrator
 from fedqc.strategies.travelling import (
     Cycle,
     Hop,
@@ -91,8 +92,11 @@ class CycleRecorder:
         append_csv(pd.DataFrame(errors, columns=ERROR_COLUMNS), self.arm_dir.path / "errors.csv")
         append_csv(pd.DataFrame([{"cycle": c, "hops": len(rows), "seconds": time.perf_counter() - cycle.started,
                                   "test_seconds": cycle.test_seconds}]), self.arm_dir.path / "cycles.csv")
+        if cycle.calibration is not None:
+            append_csv(pd.DataFrame([{"cycle": c, **cycle.calibration}]), self.arm_dir.path / "calibration.csv")
         self.visitor.end_cycle(c)
-        self.arm_dir.save_checkpoint(c, state, model=model_dict(self.cfg), visitor=self.visitor.snapshot())
+        self.arm_dir.save_checkpoint(c, state, model=model_dict(self.cfg), visitor=self.visitor.snapshot(),
+                                     calibration=cycle.calibration)
 
 
 def arm_sites(transport: Transport, arm: Arm, leave_out: dict[str, tuple[str, ...]]) -> list[str]:
@@ -126,9 +130,11 @@ def run_arm(arm: Arm, transport: Transport, cfg: ExperimentConfig, run: RunDir, 
     visitor.begin(state, first, snapshot)
     info = transport.site_info()
     train = dataclasses.replace(cfg.train, cycles=arm.end(cfg.train.cycles) + 1)
+    calibrate = None if cfg.calibration == CalibrationConfig() else Calibrator(transport, cfg.calibration)
     return travel(transport, visitor, state, sites=arm_sites(transport, arm, leave_out or {}),
                   test_sites=sorted(s for s, i in info.items() if i.n_test), train=train, first_cycle=first,
-                  on_hop=on_hop or (lambda *_: None), on_cycle=CycleRecorder(arm_dir, cfg, visitor))
+                  on_hop=on_hop or (lambda *_: None), on_cycle=CycleRecorder(arm_dir, cfg, visitor),
+                  calibrate=calibrate, val_sites=sorted(s for s, i in info.items() if i.n_val))
 
 
 def ground_truth(cfg: ExperimentConfig) -> pd.DataFrame | None:
@@ -169,7 +175,7 @@ def run_experiment(cfg: ExperimentConfig, transport: Transport, out: Path, *, re
     run = RunDir(out)
     console = Console(quiet=quiet, stderr=True)
     manifest = ground_truth(cfg)
-    oracle = harmful_training_scans(manifest)
+    oracle, oracle_val = harmful_scans(manifest, "train"), harmful_scans(manifest, "val")
     if manifest is None and "clean" in cfg.arms:
         console.print("[yellow]warning:[/] the server has no manifest, so no ground truth: the clean arm trains "
                       "every scan the sites hold")
@@ -189,7 +195,8 @@ def run_experiment(cfg: ExperimentConfig, transport: Transport, out: Path, *, re
 
             t0 = time.perf_counter()
             qc = QCArm(transport, cfg, arm.name, run.arm(arm.name).path) if arm.qc else None
-            visitor = qc or PlainVisitor(transport, cfg.train, leave_out, epochs=arm.epochs, class_counts=counts)
+            visitor = qc or PlainVisitor(transport, cfg.train, leave_out, epochs=arm.epochs, class_counts=counts,
+                                         val_sites=arm.sites, val_leave_out=oracle_val if arm.oracle else {})
             run_arm(arm, transport, cfg, run, visitor=visitor, leave_out=leave_out, resume=resume, on_hop=on_hop)
             seconds[arm.name] = time.perf_counter() - t0
             if qc:

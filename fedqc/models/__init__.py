@@ -2,7 +2,10 @@
 
 Every network is an (encoder, classifier) pair, saved separately as the reference does;
 the classifier maps encoder features to a single logit. The input shape's length (2 or 3)
-chooses 2D or 3D layers (MONAI's ``spatial_dims``).
+chooses 2D or 3D layers (MONAI's ``spatial_dims``); ``norm`` the normalisation layers
+(MONAI's ``norm`` argument for DenseNet121: GroupNorm with 8 groups, InstanceNorm with a
+learned scale and shift; MONAI 1.6's ResNet passes it to its first layer only, so the
+config allows resnet18 with BatchNorm alone).
 """
 
 from __future__ import annotations
@@ -10,12 +13,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fedqc.config.schema import MODEL_MIN_SIDE, MODELS
+from fedqc.config.schema import MODEL_MIN_SIDE, MODELS, ModelSpec
 from fedqc.errors import UserError
 from fedqc.models.sfcn import SFCNEncoder
 
 
-def build_model(name: str = "sfcn", *, input_shape: tuple[int, ...], width: float = 1.0) -> tuple[nn.Module, nn.Module]:
+MONAI_NORMS = {"batch": "batch", "group": ("group", {"num_groups": 8}), "instance": ("instance", {"affine": True})}
+
+
+def build_model(name: str = "sfcn", *, input_shape: tuple[int, ...], width: float = 1.0,
+                norm: str = "batch") -> tuple[nn.Module, nn.Module]:
     """Return ``(encoder, classifier)`` for ``name`` on (1, *input_shape) inputs (2D or 3D)."""
     dims = len(input_shape)
     if name not in MODELS:
@@ -24,18 +31,23 @@ def build_model(name: str = "sfcn", *, input_shape: tuple[int, ...], width: floa
         raise UserError(f"{name} needs inputs of at least {MODEL_MIN_SIDE[name]} voxels a side "
                         f"(its last BatchNorm sees 1 voxel below that); got {tuple(input_shape)}")
     if name == "sfcn":
-        encoder = SFCNEncoder(tuple(input_shape), width=width)
+        encoder = SFCNEncoder(tuple(input_shape), width=width, norm=norm)
         return encoder, nn.Linear(encoder.out_features, 1)
     n_features = max(8, round(64 * width))
     if name == "densenet121":
         from monai.networks.nets import DenseNet121
 
-        encoder = DenseNet121(spatial_dims=dims, in_channels=1, out_channels=n_features)
+        encoder = DenseNet121(spatial_dims=dims, in_channels=1, out_channels=n_features, norm=MONAI_NORMS[norm])
     else:
         from monai.networks.nets import resnet18
 
-        encoder = resnet18(spatial_dims=dims, n_input_channels=1, num_classes=n_features)
+        encoder = resnet18(spatial_dims=dims, n_input_channels=1, num_classes=n_features, norm=MONAI_NORMS[norm])
     return encoder, nn.Linear(n_features, 1)
+
+
+def network(spec: ModelSpec) -> tuple[nn.Module, nn.Module]:
+    """``(encoder, classifier)`` as a config's ``model:`` describes them."""
+    return build_model(spec.name, input_shape=tuple(spec.input_shape), width=spec.width, norm=spec.norm)
 
 
 def encode(encoder: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[int]]:

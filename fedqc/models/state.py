@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from fedqc.config import ModelSpec
-from fedqc.models import build_model
+from fedqc.models import network
 from fedqc.protocol import State
 
 
@@ -41,5 +41,5 @@ def unpack(state: State, encoder: nn.Module, classifier: nn.Module, optimizer: t
 def initial_state(model: ModelSpec, seed: int) -> State:
     """Freshly initialised weights (seeded), no optimizer state yet."""
     torch.manual_seed(seed)
-    encoder, classifier = build_model(model.name, input_shape=model.input_shape, width=model.width)
+    encoder, classifier = network(model)
     return pack(encoder, classifier, None)

@@ -102,6 +102,10 @@ class QCArm:
     def snapshot(self) -> dict:
         return {**self.policy.snapshot(), "setup_seconds": self.setup_seconds}
 
+    def calibration_scans(self, sites: list[str]) -> dict[str, tuple[str, ...]]:
+        """The verification scans QC trusts: no untrusted or flagged site's, none the audit took out."""
+        return {s: out for s, out in self.policy.trusted_verification().items() if s in sites}
+
     # ------------------------------------------------------------------ outputs
     def summary(self) -> dict:
         """``qc_summary.json``: the arm's settings, cost and outcome, from its logs (whole even after a resume).

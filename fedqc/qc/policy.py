@@ -50,6 +50,7 @@ class QCPolicy:
     flagged_sites: dict[str, dict] = field(default_factory=dict)
     eliminated_sites: dict[str, int] = field(default_factory=dict)  # site → cycle eliminated
     untrusted: set[str] = field(default_factory=set)
+    dropped: dict[str, str] = field(default_factory=dict)  # val scans taken out of the verification set → site
     fresh: set[str] = field(default_factory=set)  # training scans the model has never trained on (out-of-sample)
     skill_cycle: int | None = None  # the cycle the model first showed skill: decisions start there
     scan_issues: dict[str, dict] = field(default_factory=dict)  # subject → its last per-scan check (scans.py)
@@ -80,7 +81,9 @@ class QCPolicy:
 
     def drop_verification(self, subjects: list[str]) -> None:
         """Remove scans from the verification set (e.g. val scans that failed the audit)."""
-        self.baseline = self.baseline.drop(index=[s for s in subjects if s in self.baseline.index])
+        gone = [s for s in subjects if s in self.baseline.index]
+        self.dropped.update(self.baseline.loc[gone, "site"].to_dict())
+        self.baseline = self.baseline.drop(index=gone)
 
     # ------------------------------------------------------------------ decisions
     def verify(self, criterion: UpdateCriterion, scores: pd.DataFrame, *, cycle: int, site: str, scope: str,
@@ -181,6 +184,12 @@ class QCPolicy:
                 flag = self.flagged.pop(s, None)
                 self.eliminate(s, site, cycle, "site", cycle_flagged=flag["cycle_flagged"] if flag else cycle_flagged)
 
+    def trusted_verification(self) -> dict[str, tuple[str, ...]]:
+        """The sites whose verification scans judge updates (none untrusted or flagged), each with its scans taken
+        out of the verification set."""
+        sites = set(self.baseline["site"]) - self.untrusted - set(self.flagged_sites)
+        return {s: tuple(sorted(d for d, site in self.dropped.items() if site == s)) for s in sorted(sites)}
+
     def excluded(self, site: str) -> set[str]:
         """Scans of ``site`` kept out of training: flagged (until revisit) or eliminated."""
         return {s for table in (self.flagged, self.eliminated) for s, r in table.items() if r["site"] == site}
@@ -191,12 +200,12 @@ class QCPolicy:
         return {"baseline": self.baseline.reset_index().to_dict("list"), "flagged": dict(self.flagged),
                 "eliminated": dict(self.eliminated), "flagged_sites": dict(self.flagged_sites),
                 "eliminated_sites": dict(self.eliminated_sites), "untrusted": sorted(self.untrusted),
-                "fresh": sorted(self.fresh), "skill_cycle": self.skill_cycle, "scan_issues": dict(self.scan_issues)}
+                "dropped": dict(self.dropped), "fresh": sorted(self.fresh), "skill_cycle": self.skill_cycle, "scan_issues": dict(self.scan_issues)}
 
     def restore(self, snap: dict) -> None:
         self.baseline = pd.DataFrame(snap["baseline"]).set_index("subject")
         self.flagged, self.eliminated = dict(snap["flagged"]), dict(snap["eliminated"])
         self.flagged_sites, self.eliminated_sites = dict(snap["flagged_sites"]), dict(snap["eliminated_sites"])
-        self.untrusted = set(snap["untrusted"])
+        self.untrusted, self.dropped = set(snap["untrusted"]), dict(snap.get("dropped", {}))
         self.fresh, self.skill_cycle = set(snap.get("fresh", ())), snap.get("skill_cycle")
         self.scan_issues = dict(snap.get("scan_issues", {}))

@@ -22,7 +22,7 @@ from fedqc.config import ModelSpec
 from fedqc.data.image_checks import check_image
 from fedqc.data.images import ImageError, load_image
 from fedqc.data.manifest import REQUIRED
-from fedqc.models import build_model, encode
+from fedqc.models import encode, network
 from fedqc.models.state import pack, unpack
 from fedqc.protocol import (
     AuditFinding,
@@ -39,6 +39,37 @@ from fedqc.scoring import counts_from_scores, feature_distance
 from fedqc.site.rebalance import augmenter, epoch, weights
 
 EVAL_BATCH = 16
+BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+class BatchNormMoments:
+    """While active, sums what every BatchNorm layer of ``modules`` receives: per layer the count of values per
+    channel, per channel the sums and sums of squares (float64), in the layers' order — what federated BatchNorm
+    statistics pool (:data:`fedqc.protocol.BN_MOMENT_KEYS`)."""
+
+    def __init__(self, *modules: nn.Module):
+        self.layers = [m for module in modules for m in module.modules() if isinstance(m, BATCHNORMS)]
+        self.n = np.zeros(len(self.layers))
+        self.sums = [np.zeros(m.num_features) for m in self.layers]
+        self.squares = [np.zeros(m.num_features) for m in self.layers]
+
+    def __enter__(self) -> BatchNormMoments:
+        self.hooks = [m.register_forward_pre_hook(functools.partial(self._add, i)) for i, m in enumerate(self.layers)]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for hook in self.hooks:
+            hook.remove()
+
+    def _add(self, i: int, module: nn.Module, args: tuple) -> None:
+        x = args[0].double().transpose(0, 1).flatten(1)  # channels × (scans · voxels)
+        self.n[i] += x.shape[1]
+        self.sums[i] += x.sum(1).numpy()
+        self.squares[i] += (x**2).sum(1).numpy()
+
+    def moments(self) -> dict[str, np.ndarray]:
+        cat = lambda parts: np.concatenate(parts) if parts else np.zeros(0)  # noqa: E731
+        return {"bn_n": self.n.copy(), "bn_sum": cat(self.sums), "bn_sq": cat(self.squares)}
 
 
 class Site:
@@ -48,7 +79,7 @@ class Site:
         self.name = name
         self.table = table[list(REQUIRED)].set_index("subject", drop=False)
         self.model = model
-        self.encoder, self.classifier = build_model(model.name, input_shape=model.input_shape, width=model.width)
+        self.encoder, self.classifier = network(model)
         # ~1.5× faster 3D convolutions on CPU; 2D layers keep the default layout
         self.memory_format = torch.channels_last_3d if len(model.input_shape) == 3 else torch.contiguous_format
         self.encoder.to(memory_format=self.memory_format)
@@ -154,21 +185,24 @@ class Site:
         exclude = set(request.exclude)
         subjects = [s for s in self.sample(request.split, request.fraction, request.sample_seed) if s not in exclude]
         scores, taps, done, skipped, blocks = [], [], [], [], []
-        for chunk in batches(subjects, EVAL_BATCH):
-            x, ok, bad = self._images(chunk)
-            skipped += bad
-            if ok:
-                f, t, blocks = encode(self.encoder, x)
-                scores.append(torch.sigmoid(self.classifier(f).squeeze(1)).double().numpy())
-                taps.append(t.double().numpy())
-                done += ok
+        bn = BatchNormMoments(*(self.encoder, self.classifier) if request.batchnorm else ())
+        with bn:
+            for chunk in batches(subjects, EVAL_BATCH):
+                x, ok, bad = self._images(chunk)
+                skipped += bad
+                if ok:
+                    f, t, blocks = encode(self.encoder, x)
+                    scores.append(torch.sigmoid(self.classifier(f).squeeze(1)).double().numpy())
+                    taps.append(t.double().numpy())
+                    done += ok
         rows = self.table.loc[done, ["subject", "site", "label", "sex", "age"]].reset_index(drop=True)
         rows.insert(3, "score", np.concatenate(scores) if scores else np.zeros(0))
         f = np.concatenate(taps) if taps else np.zeros((0, len(request.ood_center)))
         if request.ood_center and len(rows):
             rows["ood"] = feature_distance(f, np.asarray(request.ood_center), np.asarray(request.ood_scale), blocks)
         moments = {"feat_n": np.array([len(f)], dtype=float), "feat_sum": f.sum(0), "feat_sq": (f**2).sum(0)} \
-            if request.moments else None
+            if request.moments else {}
+        moments |= bn.moments() if request.batchnorm else {}
         return EvalReply(counts_from_scores(rows["label"].to_numpy(), rows["score"].to_numpy()), rows, skipped,
-                         moments=moments)
+                         moments=moments or None)
 

@@ -68,6 +68,10 @@ class Visitor(Protocol):
     def snapshot(self) -> dict:
         """Plain data saved in the checkpoint."""
 
+    def calibration_scans(self, sites: list[str]) -> dict[str, tuple[str, ...]]:
+        """Of ``sites`` (those with verification scans), the ones whose val scans the arm trusts to calibrate the
+        model (:mod:`fedqc.strategies.calibration`), each with the scans to leave out."""
+
 
 def hop_seed(seed: int, cycle: int, site: str) -> int:
     """The seed of one visit, derived from the run seed, cycle and site name."""
@@ -101,6 +105,8 @@ class PlainVisitor:
     leave_out: dict[str, tuple[str, ...]] = field(default_factory=dict)
     epochs: int = 1
     class_counts: tuple[int, ...] = ()  # the federation's, when train.class_weights is federation
+    val_sites: tuple[str, ...] | None = None  # whose val scans calibrate the model (None: all)
+    val_leave_out: dict[str, tuple[str, ...]] = field(default_factory=dict)  # per site, val scans that may not
 
     def begin(self, state: State, first_cycle: int, checkpoint: dict | None) -> None:
         pass
@@ -127,22 +133,32 @@ class PlainVisitor:
     def snapshot(self) -> dict:
         return {}
 
+    def calibration_scans(self, sites: list[str]) -> dict[str, tuple[str, ...]]:
+        return {s: self.val_leave_out.get(s, ()) for s in sites if self.val_sites is None or s in self.val_sites}
+
 
 @dataclass
 class Cycle:
-    """One finished cycle: its hops (with the server's wall time of each) and the test split's scores."""
+    """One finished cycle: its hops (with the server's wall time of each), its calibration (None: none done) and
+    the test split's scores."""
 
     cycle: int
     hops: list[tuple[str, Hop, float]]  # site, outcome, hop wall seconds
     test: dict[str, EvalReply]
     test_seconds: float
     started: float
+    calibration: dict | None = None
+
+
+Calibrate = Callable[[State, dict[str, tuple[str, ...]]], tuple[State, dict]]
 
 
 def travel(transport: Transport, visitor: Visitor, state: State, *, sites: list[str], test_sites: list[str],
            train: TrainConfig, first_cycle: int, on_hop: Callable[[int, int, str, Hop], None],
-           on_cycle: Callable[[Cycle, State], None]) -> State:
-    """Cycles ``first_cycle .. train.cycles - 1``: visit every site in the cycle's order, then score the test split."""
+           on_cycle: Callable[[Cycle, State], None], calibrate: Calibrate | None = None,
+           val_sites: list[str] = ()) -> State:
+    """Cycles ``first_cycle .. train.cycles - 1``: visit every site in the cycle's order, calibrate the model on the
+    verification scans of ``val_sites`` the visitor trusts (when ``calibrate`` is given), then score the test split."""
     for cycle in range(first_cycle, train.cycles):
         started = time.perf_counter()
         lr = learning_rate(train.lr, train.lr_decay, cycle)
@@ -156,7 +172,10 @@ def travel(transport: Transport, visitor: Visitor, state: State, *, sites: list[
             state = hop.state
             hops.append((site, hop, time.perf_counter() - t0))
             on_hop(cycle, i, site, hop)
+        calibration = None
+        if calibrate is not None:
+            state, calibration = calibrate(state, visitor.calibration_scans(list(val_sites)))
         t_test = time.perf_counter()
         test = transport.evaluate(test_sites, state, EvalRequest("test"))
-        on_cycle(Cycle(cycle, hops, test, time.perf_counter() - t_test, started), state)
+        on_cycle(Cycle(cycle, hops, test, time.perf_counter() - t_test, started, calibration), state)
     return state

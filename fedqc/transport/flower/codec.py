@@ -10,6 +10,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from fedqc.config import ModelSpec
 from fedqc.protocol import (
     COUNT_KEYS,
+    BN_MOMENT_KEYS,
     MOMENT_KEYS,
     EvalReply,
     ScanProblem,
@@ -17,9 +18,6 @@ from fedqc.protocol import (
     State,
     TrainReply,
 )
-
-MODEL_KEYS = ("model.name", "model.width", "model.input_shape")
-
 
 def state_to_record(state: State) -> ArrayRecord:
     return ArrayRecord({k: Array(np.require(v, requirements="C")) for k, v in state.items()})
@@ -38,12 +36,12 @@ def to_config(d: dict) -> ConfigRecord:
 def model_config(model: ModelSpec, threads: int) -> dict:
     """The request fields every message carries: which network to build, how many threads to use."""
     return {"model.name": model.name, "model.width": model.width, "model.input_shape": list(model.input_shape),
-            "threads": threads}
+            "model.norm": model.norm, "threads": threads}
 
 
 def model_from_config(config: dict) -> ModelSpec:
     return ModelSpec(str(config["model.name"]), float(config["model.width"]),
-                     tuple(int(x) for x in config["model.input_shape"]))
+                     tuple(int(x) for x in config["model.input_shape"]), str(config.get("model.norm", "batch")))
 
 
 def _problems(items: list[str]) -> list[ScanProblem]:
@@ -85,7 +83,7 @@ def encode_eval_reply(res: EvalReply) -> RecordDict:
         if "ood" in s:
             metrics["ood"] = [float(x) for x in s["ood"]]
     if res.moments is not None:
-        metrics |= {k: [float(x) for x in res.moments[k]] for k in MOMENT_KEYS}
+        metrics |= {k: [float(x) for x in v] for k, v in res.moments.items()}
     ids = {"subject": list(s["subject"]), "sex": list(s["sex"]), "site": list(s["site"]),
            "skipped": [f"{p.subject}\t{p.reason}" for p in res.skipped]}
     return RecordDict({"metrics": MetricRecord(metrics), "ids": to_config(ids)})
@@ -98,5 +96,5 @@ def decode_eval_reply(content: RecordDict) -> EvalReply:
                            "sex": list(ids.get("sex", [])), "age": list(m.get("age", []))})
     if "ood" in m:
         scores["ood"] = list(m["ood"])
-    moments = {k: np.asarray(m[k], dtype=float) for k in MOMENT_KEYS} if MOMENT_KEYS[0] in m else None
+    moments = {k: np.asarray(m[k], dtype=float) for k in MOMENT_KEYS + BN_MOMENT_KEYS if k in m} or None
     return EvalReply({k: float(m[k]) for k in COUNT_KEYS}, scores, _problems(ids.get("skipped", [])), moments=moments)

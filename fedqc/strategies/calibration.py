@@ -1,0 +1,129 @@
+"""The end of a cycle: make the travelling model's scores mean the same at every site, and choose its threshold.
+
+A travelling model's BatchNorm running statistics follow the last site it trained at
+(each site has its own scanner), so its scores at every other site shift as a whole:
+the AUROC holds, any fixed threshold does not. Two remedies, both fitted on the
+verification (``val``) scans — never on test:
+
+- **federated BatchNorm statistics** (``batchnorm: federated``): every calibration site
+  runs the model over its verification scans and returns, per BatchNorm layer, the count
+  of its inputs' values and their per-channel sums and sums of squares — counts and
+  moments, no images, nothing per scan. The server pools them into each layer's running
+  mean and variance. A layer's inputs depend on the layers before it, so a pass fixes one
+  more layer: as many passes as layers give exactly the statistics of one training-mode
+  BatchNorm pass over all those scans together (PyTorch's ``update_bn`` with one batch:
+  layers normalised by the pooled variance, the unbiased one stored at the end);
+  ``bn_passes`` caps the passes for deep networks;
+- **a decision threshold** fitted on the verification scans' scores of the final model:
+  ``youden`` (the score maximising sensitivity + specificity), ``prevalence`` (as many
+  scans called positive as are positive), ``platt`` (where a logistic fit of the label on
+  the score's logit crosses 0.5), or ``fixed`` 0.5, the reference. Every method's value is
+  recorded; the configured one is used by the metrics and stored in the checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from fedqc.config import CalibrationConfig
+from fedqc.config.schema import THRESHOLDS
+from fedqc.protocol import BN_MOMENT_KEYS, EvalReply, EvalRequest, State
+from fedqc.transport import Transport
+
+FIXED = 0.5
+
+
+def batchnorm_layers(state: State) -> list[str]:
+    """The state's BatchNorm layers (their key prefixes), in the order the network runs them."""
+    return [k[: -len("running_mean")] for k in state if k.endswith(".running_mean") and not k.startswith("optim.")]
+
+
+def pool_batchnorm(state: State, moments: list[dict[str, np.ndarray]], *, unbiased: bool = True) -> State:
+    """``state`` with every BatchNorm layer's running mean and variance set from the sites' pooled moments
+    (:data:`~fedqc.protocol.BN_MOMENT_KEYS`): the unbiased variance, as BatchNorm keeps it, or the pooled one
+    (what a training-mode pass normalises with); a layer no scan reached keeps its statistics."""
+    layers = batchnorm_layers(state)
+    widths = [state[p + "running_mean"].shape[0] for p in layers]
+    moments = [m for m in moments if len(m["bn_n"]) == len(layers) and len(m["bn_sum"]) == sum(widths)]
+    if not moments:
+        return state
+    n = np.sum([m["bn_n"] for m in moments], axis=0)
+    total, sq = (np.sum([m[k] for m in moments], axis=0) for k in BN_MOMENT_KEYS[1:])
+    out = dict(state)
+    for i, (prefix, start) in enumerate(zip(layers, np.cumsum([0, *widths[:-1]]))):
+        if n[i] < 2:
+            continue
+        s, q = total[start: start + widths[i]], sq[start: start + widths[i]]
+        mean = s / n[i]
+        var = np.maximum(q / n[i] - mean**2, 0.0) * (n[i] / (n[i] - 1) if unbiased else 1.0)
+        out[prefix + "running_mean"] = mean.astype(state[prefix + "running_mean"].dtype)
+        out[prefix + "running_var"] = var.astype(state[prefix + "running_var"].dtype)
+    return out
+
+
+def fit_thresholds(labels: np.ndarray, scores: np.ndarray) -> tuple[dict[str, float], str]:
+    """Every method's threshold on (labels, scores) of verification scans, and a note when some fall back to
+    0.5 (one class only; a Platt fit without a positive slope)."""
+    y, s = np.asarray(labels, dtype=int), np.asarray(scores, dtype=float)
+    out = {m: FIXED for m in THRESHOLDS}
+    if len(set(y)) < 2:
+        return out, f"verification scans hold {'no scans' if len(y) == 0 else 'one class'}: every threshold is 0.5"
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_curve
+
+    fpr, tpr, thr = roc_curve(y, s)
+    out["youden"] = float(min(thr[int(np.argmax(tpr - fpr))], 1.0))
+    out["prevalence"] = float(np.sort(s)[::-1][max(1, round(y.mean() * len(y))) - 1])
+    logit = np.log(np.clip(s, 1e-7, 1 - 1e-7) / np.clip(1 - s, 1e-7, 1 - 1e-7))
+    fit = LogisticRegression(C=np.inf).fit(logit[:, None], y)
+    a, b = float(fit.coef_[0, 0]), float(fit.intercept_[0])
+    if a <= 0:
+        return out, "Platt fit without a positive slope (no skill on verification scans): platt is 0.5"
+    out["platt"] = float(1 / (1 + math.exp(b / a)))
+    return out, ""
+
+
+@dataclass
+class Calibrator:
+    """The cycle's last step: BatchNorm statistics and the threshold, on the verification scans of ``scans``
+    (site → its val scans to leave out; the arm decides which it trusts)."""
+
+    transport: Transport
+    config: CalibrationConfig
+
+    def _evaluate(self, state: State, scans: dict[str, tuple[str, ...]], **fields) -> dict[str, EvalReply]:
+        replies: dict[str, EvalReply] = {}
+        groups: dict[tuple[str, ...], list[str]] = {}
+        for site, exclude in sorted(scans.items()):
+            groups.setdefault(tuple(exclude), []).append(site)
+        for exclude, sites in groups.items():
+            replies |= self.transport.evaluate(sites, state, EvalRequest("val", exclude=exclude, **fields))
+        return replies
+
+    def __call__(self, state: State, scans: dict[str, tuple[str, ...]]) -> tuple[State, dict]:
+        """The state to checkpoint and score, and the record of what was done (one row of ``calibration.csv``)."""
+        t0 = time.perf_counter()
+        passes = 0
+        if self.config.batchnorm == "federated" and (layers := batchnorm_layers(state)):
+            passes = min(len(layers), self.config.bn_passes or len(layers))
+            for p in range(passes):
+                replies = self._evaluate(state, scans, batchnorm=True)
+                state = pool_batchnorm(state, [r.moments for r in replies.values() if r.moments and not r.error],
+                                       unbiased=p == passes - 1)
+        replies = self._evaluate(state, scans)
+        frames = [r.scores for r in replies.values() if not r.error and len(r.scores)]
+        scores = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["label", "score"])
+        thresholds, note = fit_thresholds(scores["label"].to_numpy(), scores["score"].to_numpy())
+        failed = sorted(s for s, r in replies.items() if r.error)
+        if failed:
+            note = "; ".join(filter(None, [note, f"no answer from {', '.join(failed)}"]))
+        record = {"threshold": thresholds[self.config.threshold], "method": self.config.threshold,
+                  "batchnorm": self.config.batchnorm, "bn_passes": passes, "n_val": len(scores),
+                  "n_val_pos": int(scores["label"].sum()), **{f"threshold_{m}": v for m, v in thresholds.items()},
+                  "seconds": time.perf_counter() - t0, "note": note}
+        return state, record

@@ -1,0 +1,172 @@
+"""End-of-cycle calibration: federated BatchNorm statistics, thresholds fitted on verification scans only,
+and the normalisation options."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from sklearn.metrics import roc_curve
+from torch import nn
+
+from fedqc.config import CalibrationConfig, ModelSpec
+from fedqc.data.images import load_image
+from fedqc.data.manifest import load_manifest
+from fedqc.experiment.run_dir import ArmDir, RunDir, load_checkpoint
+from fedqc.experiment.runner import simulate
+from fedqc.models import network
+from fedqc.models.state import initial_state, pack, unpack
+from fedqc.strategies.calibration import Calibrator, batchnorm_layers, fit_thresholds
+from fedqc.transport.inprocess import InProcessTransport
+from tests.conftest import tiny_config
+
+SPEC = ModelSpec("sfcn", 0.25, (16, 16, 16))
+
+
+def _shifted_state(seed: int = 0):
+    """A random model whose BatchNorm statistics are far from any site's (as after training elsewhere)."""
+    state = initial_state(SPEC, seed)
+    rng = np.random.default_rng(seed)
+    for prefix in batchnorm_layers(state):
+        c = state[prefix + "running_mean"].shape
+        state[prefix + "running_mean"] = rng.normal(3, 1, c).astype(np.float32)
+        state[prefix + "running_var"] = rng.uniform(5, 9, c).astype(np.float32)
+    return state
+
+
+def test_federated_batchnorm_equals_one_centralised_batchnorm_pass(tiny_cohort):
+    """Sites return moments; the pooled statistics are those of PyTorch's update_bn over all the scans at once."""
+    manifest = load_manifest(tiny_cohort / "manifest.csv")
+    transport = InProcessTransport(manifest, SPEC)
+    state = _shifted_state()
+    scans = {"alpha": (), "beta": (), "harm01-inverted": ()}
+    fed, record = Calibrator(transport, CalibrationConfig(batchnorm="federated"))(state, scans)
+    layers = batchnorm_layers(state)
+    assert record["bn_passes"] == len(layers) >= 4
+
+    val = manifest[(manifest["split"] == "val") & manifest["site"].isin(scans)]
+    x = torch.from_numpy(np.stack([load_image(p, SPEC.input_shape) for p in val["path"]]))
+    encoder, classifier = network(SPEC)
+    unpack(state, encoder, classifier, None)
+    model = nn.Sequential(encoder, classifier)
+    torch.optim.swa_utils.update_bn([x], model)  # one batch of every verification scan, in training mode
+    central = pack(encoder, classifier, None)
+    for prefix in layers:
+        for stat in ("running_mean", "running_var"):
+            np.testing.assert_allclose(fed[prefix + stat], central[prefix + stat], rtol=2e-4, atol=1e-5)
+            assert not np.allclose(state[prefix + stat], central[prefix + stat])  # it did change something
+    assert all(np.array_equal(fed[k], state[k]) for k in state if not k.endswith(("running_mean", "running_var")))
+
+
+def test_one_pass_fixes_the_first_layer_only(tiny_cohort):
+    transport = InProcessTransport(load_manifest(tiny_cohort / "manifest.csv"), SPEC)
+    state = _shifted_state(1)
+    scans = {"alpha": (), "beta": ()}
+    exact, _ = Calibrator(transport, CalibrationConfig(batchnorm="federated"))(state, scans)
+    one, record = Calibrator(transport, CalibrationConfig(batchnorm="federated", bn_passes=1))(state, scans)
+    first, last = batchnorm_layers(state)[0], batchnorm_layers(state)[-1]
+    assert record["bn_passes"] == 1
+    np.testing.assert_allclose(one[first + "running_mean"], exact[first + "running_mean"], rtol=1e-5)
+    assert not np.allclose(one[last + "running_mean"], exact[last + "running_mean"], rtol=1e-3)
+
+
+def test_thresholds_against_scikit_learn():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 200)
+    s = 1 / (1 + np.exp(-(2 * y - 1 + rng.normal(0, 1.5, 200) - 1.2)))  # skilled, but shifted low
+    t, note = fit_thresholds(y, s)
+    fpr, tpr, thr = roc_curve(y, s)
+    assert t["fixed"] == 0.5 and note == ""
+    assert t["youden"] == pytest.approx(thr[np.argmax(tpr - fpr)])
+    pred = s >= t["youden"]
+    best = max(((s >= c) & (y == 1)).sum() / y.sum() - ((s >= c) & (y == 0)).sum() / (1 - y).sum() for c in s)
+    assert pred[y == 1].mean() - pred[y == 0].mean() == pytest.approx(best)
+    assert (s >= t["prevalence"]).sum() == y.sum()  # as many called positive as are
+    assert t["platt"] < 0.5  # scores shifted low: the calibrated 0.5 point is lower
+    from sklearn.linear_model import LogisticRegression
+
+    logit = np.log(s / (1 - s))[:, None]
+    fit = LogisticRegression(C=np.inf).fit(logit, y)
+    assert fit.predict_proba(np.log([[t["platt"] / (1 - t["platt"])]]))[0, 1] == pytest.approx(0.5, abs=1e-6)
+
+
+def test_thresholds_fall_back_to_one_half_with_one_class():
+    t, note = fit_thresholds(np.zeros(5, int), np.linspace(0.1, 0.9, 5))
+    assert set(t.values()) == {0.5} and "one class" in note
+
+
+def test_threshold_is_fitted_on_verification_scans_only(tiny_cohort, tmp_path):
+    """The threshold comes from val scans, and changing every test label and image leaves it unchanged."""
+    manifest = load_manifest(tiny_cohort / "manifest.csv")
+    kw = {"train.cycles": 2, "arms": ["clean"], "calibration": {"threshold": "youden"}}
+    cfg = tiny_config(tiny_cohort / "manifest.csv", **kw)
+    simulate(cfg, tmp_path / "a", quiet=True)
+    flipped = manifest.copy()
+    test = flipped["split"] == "test"
+    flipped.loc[test, "label"] = 1 - flipped.loc[test, "label"]
+    flipped.loc[test, "path"] = flipped.loc[test, "path"].iloc[::-1].to_numpy()
+    flipped.to_csv(tmp_path / "flipped.csv", index=False)
+    simulate(tiny_config(tmp_path / "flipped.csv", **kw), tmp_path / "b", quiet=True)
+    a, b = (pd.read_csv(tmp_path / r / "clean" / "calibration.csv") for r in "ab")
+    pd.testing.assert_series_equal(a["threshold"], b["threshold"])
+    assert (a["method"] == "youden").all() and (a["n_val"] == (manifest["split"] == "val").sum() - 1).all()  # oracle
+    # ...the harmful site's val scan is not trusted by the clean arm; the checkpoint stores what the metrics use
+    arm = ArmDir(tmp_path / "a" / "clean")
+    assert load_checkpoint(arm.checkpoint(1))["calibration"]["threshold"] == arm.threshold(1) == a["threshold"].iloc[1]
+    # resuming rewrites nothing and keeps the rows of finished cycles
+    simulate(cfg, tmp_path / "a", resume=True, quiet=True)
+    assert len(pd.read_csv(tmp_path / "a" / "clean" / "calibration.csv")) == 2
+
+
+def test_reference_calibration_writes_nothing(tiny_cfg, tmp_path):
+    simulate(tiny_config(tiny_cfg.manifest, **{"train.cycles": 1, "arms": ["clean"]}), tmp_path / "r", quiet=True)
+    arm = RunDir(tmp_path / "r").arm("clean")
+    assert not (arm.path / "calibration.csv").exists() and arm.threshold(0) == 0.5
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+@pytest.mark.parametrize("norm", ["batch", "group", "instance"])
+def test_each_normalisation_trains_a_batch_of_one(norm, dims):
+    spec = ModelSpec("sfcn", 0.25, (16,) * dims, norm)
+    encoder, classifier = network(spec)
+    norms = {type(m).__name__ for m in encoder.modules() if "Norm" in type(m).__name__}
+    assert norms == {{"batch": f"BatchNorm{dims}d", "group": "GroupNorm", "instance": f"InstanceNorm{dims}d"}[norm]}
+    opt = torch.optim.Adam([*encoder.parameters(), *classifier.parameters()])
+    before = [p.detach().clone() for p in encoder.parameters()]
+    loss = nn.functional.binary_cross_entropy_with_logits(classifier(encoder(torch.randn(1, 1, *spec.input_shape))),
+                                                          torch.ones(1, 1))
+    loss.backward()
+    opt.step()
+    assert torch.isfinite(loss) and any(not torch.equal(a, b) for a, b in zip(before, encoder.parameters()))
+    if norm != "batch":
+        assert not batchnorm_layers(pack(encoder, classifier, None))  # nothing that follows a site
+
+
+def test_densenet_takes_the_normalisation():
+    encoder, _ = network(ModelSpec("densenet121", 0.25, (64, 64), "group"))
+    assert any(isinstance(m, nn.GroupNorm) for m in encoder.modules())
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in encoder.modules())
+
+
+def test_config_rejects_what_cannot_be_calibrated(tiny_cohort):
+    from fedqc.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="first layer only"):  # MONAI's ResNet would keep BatchNorm in its blocks
+        tiny_config(tiny_cohort / "manifest.csv", model={"name": "resnet18", "input_shape": [32, 32], "norm": "group"})
+    with pytest.raises(ConfigError, match="calibration.threshold"):
+        tiny_config(tiny_cohort / "manifest.csv", calibration={"threshold": "best"})
+    with pytest.raises(ConfigError, match="model.norm"):
+        tiny_config(tiny_cohort / "manifest.csv", model={"norm": "layer"})
+
+
+def test_federated_batchnorm_without_batchnorm_layers_only_fits_the_threshold(tiny_cohort):
+    spec = ModelSpec("sfcn", 0.25, (16, 16, 16), "group")
+    manifest = load_manifest(tiny_cohort / "manifest.csv")
+    transport = InProcessTransport(manifest, spec)
+    state = initial_state(spec, 0)
+    out, record = Calibrator(transport, CalibrationConfig(batchnorm="federated", threshold="youden"))(
+        state, {"alpha": (), "beta": ()})
+    assert record["bn_passes"] == 0 and all(np.array_equal(out[k], state[k]) for k in state)
+    val = manifest[(manifest["split"] == "val") & manifest["site"].isin(["alpha", "beta"])]
+    assert record["n_val"] == len(val) == 6 and 0 <= record["threshold"] <= 1
