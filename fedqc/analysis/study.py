@@ -1,13 +1,13 @@
 """A study's tables, plot and report: one row per seed × arm, and per arm the mean, sd and a 95 % t-interval.
 
-``study.csv``: test AUROC of the last cycle and the mean of the last three, accuracy,
-sensitivity, specificity, ``ppv`` (the test predictions' precision), F1, average precision, macro-F1 and
-sensitivity at 90 % specificity of the last cycle, at the arm's decision threshold of that cycle; the
-balanced accuracy of the last three cycles beside the oracle's (the best threshold on test: ``bacc_gap_last3``
-is what the chosen threshold leaves), and ``max_swing``, the largest change of sensitivity or specificity
-between consecutive cycles both at AUROC >= 0.8 (does the threshold hold from cycle to cycle?); for QC arms also the recall of whole harmful
-sites and of single scans, of every harm kind in each, and of every whole harmful site, the good scans
-lost, precision, verifications and seconds. ``summary.csv``: per arm and figure, ``n`` (seeds with a
+``study.csv``: test AUROC of the last cycle and the mean of the last three, accuracy, sensitivity,
+specificity, ``ppv`` (the test predictions' precision), F1, average precision, macro-F1 and sensitivity at 90
+% specificity of the last cycle, at the arm's decision threshold of that cycle; the balanced accuracy of the
+last three cycles beside the oracle's (the best threshold on test: ``bacc_gap_last3`` is what the chosen
+threshold leaves), and ``max_swing``, the largest change of sensitivity or specificity between consecutive
+cycles both at AUROC >= 0.8 (does the threshold hold from cycle to cycle?); for QC arms also the recall of
+whole harmful sites and of single scans, of every harm kind in each, and of every whole harmful site, the good
+scans lost, precision, verifications and seconds. ``summary.csv``: per arm and figure, ``n`` (seeds with a
 value), mean, sd and the t-interval (NaN with fewer than two seeds), clipped to the figure's range:
 a share (AUROC, accuracy, sensitivity, specificity, recall, precision) to [0, 1], a count or a time to
 [0, ∞). With three seeds the interval is wide; unclipped it would run past what the figure can be.

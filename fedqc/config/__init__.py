@@ -3,10 +3,10 @@
 from fedqc.config.load import load_config, parse_config
 from fedqc.config.schema import (
                                  ARMS,
-                                 CalibrationConfig,
                                  CRITERIA,
                                  ENGINES,
                                  GRANULARITIES,
+                                 CalibrationConfig,
                                  ExperimentConfig,
                                  ModelSpec,
                                  QCConfig,
@@ -15,5 +15,6 @@ from fedqc.config.schema import (
 )
 from fedqc.errors import ConfigError
 
-__all__ = ["ARMS", "CalibrationConfig", "CRITERIA", "ENGINES", "GRANULARITIES", "ConfigError", "ExperimentConfig", "ModelSpec", "QCConfig",
+__all__ = ["ARMS", "CalibrationConfig", "CRITERIA", "ENGINES", "GRANULARITIES", "ConfigError", "ExperimentConfig",
+           "ModelSpec", "QCConfig",
            "TrainConfig", "load_config", "parse_config", "qc_variant"]

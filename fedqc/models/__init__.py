@@ -17,7 +17,6 @@ from fedqc.config.schema import MODEL_MIN_SIDE, MODELS, ModelSpec
 from fedqc.errors import UserError
 from fedqc.models.sfcn import SFCNEncoder
 
-
 MONAI_NORMS = {"batch": "batch", "group": ("group", {"num_groups": 8}), "instance": ("instance", {"affine": True})}
 
 

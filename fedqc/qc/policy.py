@@ -200,7 +200,8 @@ class QCPolicy:
         return {"baseline": self.baseline.reset_index().to_dict("list"), "flagged": dict(self.flagged),
                 "eliminated": dict(self.eliminated), "flagged_sites": dict(self.flagged_sites),
                 "eliminated_sites": dict(self.eliminated_sites), "untrusted": sorted(self.untrusted),
-                "dropped": dict(self.dropped), "fresh": sorted(self.fresh), "skill_cycle": self.skill_cycle, "scan_issues": dict(self.scan_issues)}
+                "dropped": dict(self.dropped), "fresh": sorted(self.fresh), "skill_cycle": self.skill_cycle,
+                "scan_issues": dict(self.scan_issues)}
 
     def restore(self, snap: dict) -> None:
         self.baseline = pd.DataFrame(snap["baseline"]).set_index("subject")

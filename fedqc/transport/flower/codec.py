@@ -9,8 +9,8 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from fedqc.config import ModelSpec
 from fedqc.protocol import (
-    COUNT_KEYS,
     BN_MOMENT_KEYS,
+    COUNT_KEYS,
     MOMENT_KEYS,
     EvalReply,
     ScanProblem,
@@ -18,6 +18,7 @@ from fedqc.protocol import (
     State,
     TrainReply,
 )
+
 
 def state_to_record(state: State) -> ArrayRecord:
     return ArrayRecord({k: Array(np.require(v, requirements="C")) for k, v in state.items()})
