@@ -114,13 +114,23 @@ def test_threshold_is_fitted_on_verification_scans_only(tiny_cohort, tmp_path):
     # ...the harmful site's val scan is not trusted by the clean arm; the checkpoint stores what the metrics use
     arm = ArmDir(tmp_path / "a" / "clean")
     assert load_checkpoint(arm.checkpoint(1))["calibration"]["threshold"] == arm.threshold(1) == a["threshold"].iloc[1]
+    # infer's threshold metrics use it, and say so
+    from fedqc.analysis.infer import run_metrics
+
+    metrics = run_metrics(tmp_path / "a", n_boot=10)
+    overall = metrics[metrics["group"] == "all"].set_index("cycle")
+    np.testing.assert_allclose(overall["threshold"], a["threshold"])
+    preds = pd.read_csv(arm.predictions(1))
+    assert overall.loc[1, "sensitivity"] == (preds.loc[preds["label"] == 1, "score"] >= a["threshold"].iloc[1]).mean()
     # resuming rewrites nothing and keeps the rows of finished cycles
     simulate(cfg, tmp_path / "a", resume=True, quiet=True)
     assert len(pd.read_csv(tmp_path / "a" / "clean" / "calibration.csv")) == 2
 
 
 def test_reference_calibration_writes_nothing(tiny_cfg, tmp_path):
-    simulate(tiny_config(tiny_cfg.manifest, **{"train.cycles": 1, "arms": ["clean"]}), tmp_path / "r", quiet=True)
+    reference = {"batchnorm": "site", "threshold": "fixed"}
+    simulate(tiny_config(tiny_cfg.manifest, **{"train.cycles": 1, "arms": ["clean"], "calibration": reference}),
+             tmp_path / "r", quiet=True)
     arm = RunDir(tmp_path / "r").arm("clean")
     assert not (arm.path / "calibration.csv").exists() and arm.threshold(0) == 0.5
 
@@ -170,3 +180,22 @@ def test_federated_batchnorm_without_batchnorm_layers_only_fits_the_threshold(ti
     assert record["bn_passes"] == 0 and all(np.array_equal(out[k], state[k]) for k in state)
     val = manifest[(manifest["split"] == "val") & manifest["site"].isin(["alpha", "beta"])]
     assert record["n_val"] == len(val) == 6 and 0 <= record["threshold"] <= 1
+
+
+def test_a_run_from_before_calibration_resumes_only_with_the_reference_behaviour(tiny_cfg, tmp_path):
+    """A snapshot without ``calibration`` was run without it: resuming it with the new defaults would change it."""
+    import dataclasses
+
+    import yaml
+
+    from fedqc.config.schema import REFERENCE_CALIBRATION
+    from fedqc.errors import RunDirError
+
+    old = tiny_cfg.to_dict()
+    del old["calibration"]
+    run = RunDir(tmp_path / "old")
+    run.root.mkdir()
+    run.config.write_text(yaml.safe_dump(old))
+    with pytest.raises(RunDirError, match="different config"):
+        run.prepare(tiny_cfg, resume=True, overwrite=False)
+    run.prepare(dataclasses.replace(tiny_cfg, calibration=REFERENCE_CALIBRATION), resume=True, overwrite=False)

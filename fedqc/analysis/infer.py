@@ -15,16 +15,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
 from fedqc.analysis.metrics import DEFAULT_AGE_EDGES, fairness_gaps, group_metrics
 from fedqc.analysis.plots import plot_by_arm, plot_qc, plot_subgroups
 from fedqc.analysis.report import write_report
-from fedqc.config import ExperimentConfig, ModelSpec, parse_config
+from fedqc.config import ExperimentConfig, ModelSpec
 from fedqc.data.manifest import load_manifest
 from fedqc.errors import UserError
 from fedqc.experiment.arms import arms_for
-from fedqc.experiment.run_dir import FIXED_THRESHOLD, RunDir, load_checkpoint
+from fedqc.experiment.run_dir import FIXED_THRESHOLD, RunDir, load_checkpoint, parse_snapshot
 from fedqc.io import atomic_write_csv
 from fedqc.protocol import EvalRequest
 
@@ -53,7 +52,7 @@ def predict_checkpoint(checkpoint: Path, manifest: pd.DataFrame, *, split: str =
 def run_config(run: RunDir) -> ExperimentConfig:
     if not run.config.is_file():
         raise UserError(f"{run.root} is not a run folder (no config.yaml)")
-    cfg = parse_config(yaml.safe_load(run.config.read_text()), source=run.config, check_files=False)
+    cfg = parse_snapshot(run.config.read_text(), source=run.config)
     return run.trained_config(cfg)
 
 

@@ -20,6 +20,7 @@ import pandas as pd
 import yaml
 
 from fedqc.config import ExperimentConfig, parse_config
+from fedqc.config.schema import REFERENCE_CALIBRATION
 from fedqc.errors import RunDirError, UserError
 from fedqc.io import atomic_write, atomic_write_text, truncate_csv
 from fedqc.protocol import State
@@ -104,11 +105,20 @@ def load_checkpoint(path: Path) -> dict:
     return ckpt
 
 
+def parse_snapshot(snapshot: str, *, source: str | Path = "config") -> ExperimentConfig:
+    """A run folder's ``config.yaml``. Keys a later fedqc added take their defaults, except ``calibration``: a
+    snapshot without it was run before calibration existed, i.e. with the reference behaviour."""
+    data = yaml.safe_load(snapshot)
+    if isinstance(data, dict) and "calibration" not in data:
+        data = {**data, "calibration": dataclasses.asdict(REFERENCE_CALIBRATION)}
+    return parse_config(data, source=source, check_files=False)
+
+
 def _same_config(snapshot: str, cfg: ExperimentConfig) -> bool:
-    """Whether a run folder's ``config.yaml`` resolves to ``cfg``: keys a later fedqc added are compared at their
-    defaults, so a run can be resumed by a newer version that leaves its settings unchanged."""
+    """Whether a run folder's ``config.yaml`` resolves to ``cfg`` (:func:`parse_snapshot`), so a run can be resumed
+    by a newer version that leaves its settings unchanged."""
     try:
-        old = parse_config(yaml.safe_load(snapshot), check_files=False)
+        old = parse_snapshot(snapshot)
     except (UserError, yaml.YAMLError):
         return False
     return old.to_dict() == cfg.to_dict()

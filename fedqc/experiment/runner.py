@@ -24,7 +24,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from fedqc.config import CalibrationConfig, ExperimentConfig
+from fedqc.config import ExperimentConfig
+from fedqc.config.schema import REFERENCE_CALIBRATION
 from fedqc.data.corruptions.scenario import Scenario
 from fedqc.data.inject import inject
 from fedqc.data.manifest import load_manifest
@@ -130,7 +131,7 @@ def run_arm(arm: Arm, transport: Transport, cfg: ExperimentConfig, run: RunDir, 
     visitor.begin(state, first, snapshot)
     info = transport.site_info()
     train = dataclasses.replace(cfg.train, cycles=arm.end(cfg.train.cycles) + 1)
-    calibrate = None if cfg.calibration == CalibrationConfig() else Calibrator(transport, cfg.calibration)
+    calibrate = None if cfg.calibration == REFERENCE_CALIBRATION else Calibrator(transport, cfg.calibration)
     return travel(transport, visitor, state, sites=arm_sites(transport, arm, leave_out or {}),
                   test_sites=sorted(s for s, i in info.items() if i.n_test), train=train, first_cycle=first,
                   on_hop=on_hop or (lambda *_: None), on_cycle=CycleRecorder(arm_dir, cfg, visitor),
