@@ -199,3 +199,22 @@ def test_a_run_from_before_calibration_resumes_only_with_the_reference_behaviour
     with pytest.raises(RunDirError, match="different config"):
         run.prepare(tiny_cfg, resume=True, overwrite=False)
     run.prepare(dataclasses.replace(tiny_cfg, calibration=REFERENCE_CALIBRATION), resume=True, overwrite=False)
+
+
+def test_a_site_that_fails_during_calibration_is_left_out_and_recorded(tiny_cohort):
+    from fedqc.protocol import EvalReply
+
+    manifest = load_manifest(tiny_cohort / "manifest.csv")
+    inner = InProcessTransport(manifest, SPEC)
+
+    class OneFails:
+        def evaluate(self, sites, state, request):
+            replies = inner.evaluate([s for s in sites if s != "beta"], state, request)
+            return replies | ({"beta": EvalReply.failed("site beta failed: timeout")} if "beta" in sites else {})
+
+    state = _shifted_state(2)
+    both, _ = Calibrator(OneFails(), CalibrationConfig())(state, {"alpha": (), "beta": ()})
+    alone, record = Calibrator(inner, CalibrationConfig())(state, {"alpha": ()})
+    assert all(np.array_equal(both[k], alone[k]) for k in state)  # beta's (absent) moments changed nothing
+    assert "no answer from beta" in Calibrator(OneFails(), CalibrationConfig())(state, {"alpha": (), "beta": ()})[1]["note"]
+    assert record["n_val"] == (manifest[(manifest["split"] == "val") & (manifest["site"] == "alpha")]).shape[0]
