@@ -25,22 +25,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from fedqc.analysis.metrics import binary_metrics
 from fedqc.analysis.report import markdown_table
-from fedqc.analysis.study import LAST, max_swing, summarize
+from fedqc.analysis.study import LAST, cycle_metrics, max_swing, summarize
 from fedqc.config.schema import THRESHOLDS
 from fedqc.experiment.run_dir import RunDir
 
 
 def per_cycle(arm_dir, method: str) -> pd.DataFrame:
     """Test metrics of every cycle of an arm at ``method``'s threshold of that cycle."""
-    thresholds = pd.read_csv(arm_dir.path / "calibration.csv").set_index("cycle")[f"threshold_{method}"]
-    rows = []
-    for c in arm_dir.cycles("predictions"):
-        preds = pd.read_csv(arm_dir.predictions(c))
-        rows.append({"cycle": c, "threshold": float(thresholds[c]),
-                     **binary_metrics(preds["label"], preds["score"], float(thresholds[c]))})
-    return pd.DataFrame(rows)
+    table = pd.read_csv(arm_dir.path / "calibration.csv")
+    return cycle_metrics(arm_dir, dict(zip(table["cycle"].astype(int), table[f"threshold_{method}"].astype(float))))
 
 
 def variants(folders: list[Path]) -> dict[str, list[Path]]:

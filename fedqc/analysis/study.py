@@ -43,9 +43,10 @@ def _auroc(preds: pd.DataFrame) -> float:
     return binary_metrics(preds["label"], preds["score"])["auroc"]
 
 
-def cycle_metrics(arm_dir: ArmDir) -> pd.DataFrame:
-    """Per cycle of an arm: the test metrics of all its scans at the cycle's decision threshold."""
-    thresholds = arm_dir.thresholds()
+def cycle_metrics(arm_dir: ArmDir, thresholds: dict[int, float] | None = None) -> pd.DataFrame:
+    """Per cycle of an arm: the test metrics of all its scans at the cycle's decision threshold (the arm's own, or
+    the one ``thresholds`` gives, e.g. another method's from ``calibration.csv``)."""
+    thresholds = arm_dir.thresholds() if thresholds is None else thresholds
     rows = []
     for c in arm_dir.cycles("predictions"):
         preds, threshold = pd.read_csv(arm_dir.predictions(c)), thresholds.get(c, FIXED_THRESHOLD)
