@@ -463,6 +463,8 @@ def test_qc_start_and_scan_check_validation(tiny_cohort, monkeypatch):
            ({"qc": {"scans": ["labels", "vibes"]}}, "qc.scans: each of"),
            ({"qc": {"skill": 1.0}}, "qc.skill: must be in [0, 1)"),
            ({"qc": {"trusted_epochs": 0}}, "qc.trusted_epochs: must be >= 1"),
+           ({"qc": {"holdout": 1.0}}, "qc.holdout: must be in [0, 1)"),
+           ({"qc": {"holdout": 0.5, "criterion": "loss"}}, "qc.holdout: scans are held out until the site-check"),
            ({"arms": ["qc-auroc-batch-somewhere"]}, "arms:")]
     for overrides, message in bad:
         with pytest.raises(ConfigError, match=re.escape(message)):

@@ -10,7 +10,7 @@ import pytest
 
 from fedqc.protocol import EvalReply, EvalRequest, SiteInfo, TrainReply
 from fedqc.qc.arm import QCArm
-from fedqc.qc.scans import FeatureReference, OODLimit, label_issues
+from fedqc.qc.scans import FeatureReference, OODLimit, label_issues, shift_scores, site_offsets
 from fedqc.qc.stats import skill
 from fedqc.scoring import feature_distance
 from tests.conftest import kill_and_resume_qc_arm, tiny_config
@@ -34,6 +34,68 @@ def test_cleanlab_finds_a_flipped_label_among_out_of_sample_probabilities():
     assert issues.shape == (40,) and set(np.flatnonzero(issues)) == set(wrong)
     assert not label_issues(labels, probs, judged).any()  # the true labels: no issue
     assert not label_issues(np.ones(100, int), probs, judged).any()  # one class: nothing to learn thresholds from
+
+
+def test_a_site_shifted_as_a_whole_has_no_label_issues_once_its_shift_is_removed_and_a_flip_there_is_found():
+    rng = np.random.default_rng(4)
+    labels = np.tile([1, 0], 60)
+    sites = np.repeat(["v", "w", "t"], 40)  # v and w: verification; t: the site judged
+    logits = np.where(labels == 1, 2.5, -2.5) + rng.normal(0, 0.7, 120)
+    logits[sites == "t"] += 6.0  # the model sees site t's scanner as a whole as more patient-like
+    probs = 1 / (1 + np.exp(-logits))
+    judged = sites == "t"
+    assert label_issues(labels, probs, judged).sum() >= 10  # unshifted: cleanlab calls its controls issues
+    offsets = site_offsets(labels, probs, sites)
+    assert set(offsets) == {"v", "w", "t"} and offsets["t"] < -4 and abs(offsets["v"]) < 1
+    shifted = shift_scores(probs, sites, offsets)
+    assert np.allclose([shifted[sites == s].mean() for s in ("v", "w", "t")], 0.5)  # each site's share of patients
+    assert not label_issues(labels, shifted, judged).any()
+    flipped = labels.copy()
+    wrong = int(np.flatnonzero(judged & (labels == 1))[np.argmax(logits[judged & (labels == 1)])])  # a sure patient
+    flipped[wrong] = 0
+    shifted = shift_scores(probs, sites, site_offsets(flipped, probs, sites))
+    assert np.flatnonzero(label_issues(flipped, shifted, judged)).tolist() == [wrong - 80]
+    one_class = np.where(sites == "t", 0, labels)  # a site with one class: its shift cannot be told from its labels
+    assert "t" not in site_offsets(one_class, probs, sites)
+    assert np.isnan(shift_scores(probs, sites, site_offsets(one_class, probs, sites))[judged]).all()
+
+
+def test_a_site_whose_labels_disagree_more_often_than_the_verification_scans_fails():
+    from fedqc.qc.criteria import SiteAUROCCheck
+    from fedqc.qc.policy import QCPolicy
+
+    labels = np.tile([1, 0], 20)
+    verify = pd.DataFrame({"subject": [f"v{i}" for i in range(40)], "site": np.repeat(["v", "w"], 20),
+                           "label": labels, "score": np.where(labels == 1, 0.8, 0.2)})
+    site = pd.DataFrame({"subject": [f"t{i}" for i in range(40)], "site": "t", "label": labels,
+                         "score": np.where(labels == 1, 0.8, 0.2)})  # the scans it has fitted rank perfectly
+
+    def verdict(label_issues):
+        policy = QCPolicy(revisit_after=2)
+        policy.start(verify)
+        ok = policy.check_site(SiteAUROCCheck(0.01), site, cycle=1, site="t", subjects=list(site["subject"]),
+                               label_issues=label_issues)
+        return ok, policy.log[-1]
+
+    ok, row = verdict((8, 20, 2, 100))  # 8 of 20 fresh scans against 2 of 100 verification scans
+    assert not ok and row["label_issues_p"] < 0.01 and "Fisher" in row["note"]
+    ok, row = verdict((2, 20, 8, 100))  # a share like the verification scans': clean labels the model misjudges
+    assert ok and row["label_issues_p"] > 0.5
+    assert verdict((0, 0, 2, 100))[0]  # nothing judged: no evidence
+
+
+def test_held_out_scans_wait_untrained_for_the_first_screening(tmp_path):
+    arm, fed = scan_arm(tmp_path, start="scratch", skilled_after=12, skill=0.7, holdout=0.5)
+    assert len(arm.held_out) == 10 + 2 and arm.held_out == scan_arm(tmp_path, start="scratch", holdout=0.5)[0].held_out
+    state = {"encoder.w": np.zeros(1)}
+    arm.begin(state, 0, None)
+    for site in ("t", "u"):  # cycle 0, no skill yet: only the scans not held out train
+        state = arm.visit(site, state, 0, 1e-3).state
+    assert len(fed.trained) == 12 and not arm.held_out & set(fed.trained)
+    arm.visit("t", state, 1, 1e-3)  # skilled at cycle 1: the screening judges the held-out scans out of sample
+    assert arm.policy.skill_cycle == 1 and set(arm.policy.scan_issues) == arm.held_out
+    assert {"t03", "t07"} <= arm.held_out and {"t03", "t07"} <= set(arm.policy.flagged)  # the odd and flipped scans
+    assert {s for s in arm.held_out if s[0] == "t"} - {"t03", "t07"} <= set(fed.trained)  # the rest train from now on
 
 
 def test_feature_distance_limit_is_robust_to_a_few_outliers_in_the_reference():
@@ -194,8 +256,9 @@ def test_cost_counters_count_verification_rounds_site_scorings_and_scans(tmp_pat
     assert cost()["verification_rounds"] == 3  # a new cycle with nothing to judge scan by scan: one round
     arm.visit("t", state, 3, 1e-3)  # t03 and t07 are due: the feature reference is scored again (two rounds)
     assert cost() == {"verification_rounds": 5, "site_scorings": 7,
-                      "scans_scored": 104 + 18 + 4 + 40 + 18 + 80 + 2 + 18}
-    assert fed.evaluated[-2:] == [("train", 2), ("train", 18)]  # the two revisits alone, then the visit
+                      "scans_scored": 104 + 18 + 4 + 40 + 18 + 80 + 20 + 18}
+    # the site's scans for its score shift (only the two revisits are judged), then the visit
+    assert fed.evaluated[-2:] == [("train", 20), ("train", 18)]
 
 
 def test_a_site_is_judged_without_its_scans_with_issues_and_fails_when_they_are_most_of_it():

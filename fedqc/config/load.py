@@ -138,6 +138,7 @@ def _check_ranges(cfg: ExperimentConfig, problems: list[str]) -> None:
         (0 < q.untrusted_fraction <= 1, f"qc.untrusted_fraction: must be in (0, 1], got {q.untrusted_fraction}"),
         (q.start in STARTS, f"qc.start: {q.start!r} is not one of {STARTS}"),
         (0 <= q.skill < 1, f"qc.skill: must be in [0, 1) (0: decide from the start), got {q.skill}"),
+        (0 <= q.holdout < 1, f"qc.holdout: must be in [0, 1), got {q.holdout}"),
         (q.trusted_epochs >= 1, f"qc.trusted_epochs: must be >= 1, got {q.trusted_epochs}"),
         (q.ood_limit > 0, f"qc.ood_limit: must be > 0, got {q.ood_limit}"),
         (set(q.scans) <= set(SCAN_CHECKS), f"qc.scans: each of {SCAN_CHECKS}, got {list(q.scans)}"),
@@ -158,6 +159,9 @@ def _check_qc_arms(cfg: ExperimentConfig, problems: list[str]) -> None:
                         "center's curated scans); or set qc.start to scratch, or clean (an oracle, simulation only)")
     if any(q.start == "scratch" and q.criterion != "auroc" for q in qcs):
         problems.append("qc.start: scratch waits for skill in the site-check gate, so it needs criterion auroc")
+    if any(q.holdout > 0 and q.criterion != "auroc" for q in qcs):
+        problems.append("qc.holdout: scans are held out until the site-check gate sees skill, so it needs criterion "
+                        "auroc")
     if any(q.criterion == "auroc" and "labels" in q.scans for q in qcs) and importlib.util.find_spec("cleanlab") is None:
         problems.append("qc.scans: 'labels' needs cleanlab (AGPL-3.0, an optional extra): pip install 'fedqc[cleanlab]', "
                         "or leave 'labels' out of qc.scans")

@@ -95,6 +95,8 @@ class QCConfig:
     trusted_sites: tuple[str, ...] = ()  # start trusted: the sites the model is warmed up on, and only those
     trusted_epochs: int = 10  # start trusted: local epochs per visit of the warm-up (a few curated scans)
     skill: float = 0.7  # decisions wait until the verification scans' median site AUROC reaches this
+    holdout: float = 0.0  # until then, this share of each untrusted site's training scans (seeded) stays untrained,
+    #                       so the first screening judges them out of sample
     scans: tuple[str, ...] = SCAN_CHECKS  # per-scan checks of the site-check gate (labels needs cleanlab)
     ood_limit: float = 3.5  # a scan is out of distribution beyond this many robust SDs of the verification scans
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,9 @@ from fedqc.qc.search import SEARCHES
 from fedqc.qc.verification import UpdateVerification, VerificationScans
 from fedqc.strategies.travelling import Hop, HopStatus, hop_seed
 from fedqc.transport import Transport
+
+
+HOLDOUT_STREAM = 1  # keeps the held-out draw apart from the visits' seeds (fedqc.strategies.travelling.hop_seed)
 
 
 class QCArm:
@@ -52,6 +56,9 @@ class QCArm:
             self.gate = UpdateVerification(UPDATE_CRITERIA[self.qc.criterion].from_config(self.qc), self.policy,
                                            self.scans)
         self.search = SEARCHES[self.qc.granularity]
+        self.trusted = set(self.qc.trusted_sites) if self.qc.start == "trusted" else set()  # trained: not fresh
+        self.held_out = held_out({s: ids for s, ids in self.train_ids.items() if s not in self.trusted},
+                                 self.qc.holdout, cfg.train.seed)
         self.logs = QCLogs(folder)
         self.setup_seconds = 0.0  # the audit and the screening, before the first cycle
 
@@ -70,8 +77,7 @@ class QCArm:
             return
         t0 = time.perf_counter()
         self.policy.start(self.scans.score(state))
-        trusted = set(self.qc.trusted_sites) if self.qc.start == "trusted" else set()
-        self.policy.fresh = {s for site, ids in self.train_ids.items() if site not in trusted for s in ids}
+        self.policy.fresh = {s for site, ids in self.train_ids.items() if site not in self.trusted for s in ids}
         if self.qc.audit:
             sites = sorted(set(self.train_ids) | set(self.scans.sites))
             atomic_write_csv(run_audit(self.transport, self.policy, sites, first_cycle), self.folder / "audit.csv")
@@ -90,6 +96,8 @@ class QCArm:
         for subject in revisits:
             self.policy.revisit(subject, cycle, visit.attempt([subject], "revisit"))
         excluded = self.policy.excluded(site) | set(revisits)
+        if self.policy.skill_cycle is None:  # the held-out scans wait, untrained, for the first screening
+            excluded |= self.held_out
         pool = [s for s in self.train_ids.get(site, []) if s not in excluded]
         pool = [pool[i] for i in np.random.default_rng(hop_seed(self.cfg.train.seed, cycle, site)).permutation(len(pool))]
         if pool:
@@ -170,3 +178,13 @@ class _Visit:
         loss = sum(k * v for k, v in self.trained) / n if n else float("nan")
         problems = sorted(self.skipped.values()) + self.arm.scans.take_problems()
         return Hop(self.state, n, loss, seconds, problems=problems)
+
+
+def held_out(train_ids: dict[str, list[str]], share: float, seed: int) -> set[str]:
+    """Per site, ``share`` of its training scans (rounded down), drawn with a seed of the run seed and the site: the
+    scans ``qc.holdout`` keeps untrained until the model shows skill."""
+    out: set[str] = set()
+    for site, ids in train_ids.items():
+        rng = np.random.default_rng([seed, zlib.crc32(site.encode()), HOLDOUT_STREAM])
+        out.update(ids[i] for i in rng.permutation(len(ids))[:int(share * len(ids))])
+    return out

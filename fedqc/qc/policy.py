@@ -27,7 +27,7 @@ import pandas as pd
 
 from fedqc.errors import UserError
 from fedqc.qc.criteria import SiteAUROCCheck, UpdateCriterion
-from fedqc.qc.stats import confusion
+from fedqc.qc.stats import confusion, excess_rate_p
 from fedqc.scoring import per_scan_loss
 
 
@@ -106,14 +106,20 @@ class QCPolicy:
         return accepted
 
     def check_site(self, check: SiteAUROCCheck, scores: pd.DataFrame, *, cycle: int, site: str,
-                   subjects: list[str], seconds: float = 0.0, issues: pd.Series | None = None) -> bool:
+                   subjects: list[str], seconds: float = 0.0, issues: pd.Series | None = None,
+                   label_issues: tuple[int, int, int, int] | None = None) -> bool:
         """The site check on ``scores`` (subject, label, score) of the site's training scans under the baseline model.
 
         The baseline must hold the same model's verification scores (:meth:`rebase`).
         ``issues`` (a mask over ``scores``) marks scans with per-scan issues: they are left
         out of the check, which judges the rest — and a site where they are more than half
-        fails. A first failure flags the site until ``c + R``; a failure at that revisit
-        eliminates it with all of ``subjects`` (its training scans).
+        fails. ``label_issues`` = (the site's label issues, its scans judged for them, the
+        verification scans' label issues, verification scans judged): a site whose share
+        is significantly higher (one-sided Fisher exact test at the check's ``alpha``)
+        fails — its labels disagree with the model more often than clean labels do, even
+        where the scans the model has fitted still rank well. A first failure flags the
+        site until ``c + R``; a failure at that revisit eliminates it with all of
+        ``subjects`` (its training scans).
         """
         mask = self.verification_set(site)
         b = self.baseline[mask]
@@ -123,6 +129,13 @@ class QCPolicy:
                                        rest["label"].to_numpy(), rest["score"].to_numpy())
         if issues.sum() > len(scores) / 2:
             accepted, stats = False, stats | {"note": f"{int(issues.sum())} of {len(scores)} scans with per-scan issues"}
+        if label_issues is not None:
+            p = excess_rate_p(*label_issues)
+            stats = stats | {"label_issues_p": p}
+            if p < check.alpha:
+                k, n, k_ref, n_ref = label_issues
+                accepted, stats = False, stats | {"note": f"label issues at {k} of {n} scans, verification {k_ref} of "
+                                                          f"{n_ref} (Fisher p = {p:.2g})"}
         self.log.append({"cycle": cycle, "site": site, "scope": "site", "subject": "", "n_trained": len(rest),
                          "criterion": check.name, **stats, "accepted": accepted,
                          **confusion(rest["label"].to_numpy(), rest["score"].to_numpy()),

@@ -5,8 +5,14 @@
 with the verification scans (which no model ever trains on), so cleanlab's per-class
 thresholds come from scans with trustworthy probabilities even when one small site is
 checked. A scan the model has already fitted would look clean whatever its label, so
-only scans not yet trained are judged. cleanlab is AGPL-3.0 and an optional extra: it is
-imported only here, only when the check runs.
+only scans not yet trained are judged. Before cleanlab, each site's scores are shifted in
+logit so that their mean equals the site's share of patients (:func:`site_offsets`): a
+model is often shifted as a whole at one scanner, or a site holds 5 % patients, and
+unshifted, cleanlab's per-class thresholds (from the pooled scans) then call a whole
+class of such a site label issues although its scans rank perfectly. A shift is only
+identifiable from both classes, so scans of a site with fewer than two of either class
+are left out of this check (the site check judges one-class sites). cleanlab is AGPL-3.0
+and an optional extra: it is imported only here, only when the check runs.
 
 **Feature distance** (``ood``): each scan's root-mean-square standardised distance to the
 verification scans' mean of the encoder's activations — the spatial mean of every ReLU
@@ -30,6 +36,7 @@ import numpy as np
 from fedqc.protocol import MOMENT_KEYS
 
 MAD_SD = 1.4826  # MAD → SD of a normal distribution
+MIN_PER_CLASS = 2  # scans of each class a site needs for its score shift to be estimated
 
 
 @dataclass(frozen=True)
@@ -83,6 +90,40 @@ def label_quality(labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
     """The probability the model gives each scan's own label (cleanlab's self-confidence)."""
     labels, scores = np.asarray(labels, dtype=int), np.asarray(scores, dtype=float)
     return np.where(labels == 1, scores, 1 - scores)
+
+
+def site_offsets(labels: np.ndarray, scores: np.ndarray, sites: np.ndarray) -> dict[str, float]:
+    """Per site with at least :data:`MIN_PER_CLASS` scans of each class: the logit shift ``b`` that makes the mean
+    of ``sigmoid(logit(score) + b)`` over the site's scans equal its share of patients.
+
+    This is the maximum-likelihood intercept of a logistic fit with the model's logit as a
+    fixed offset: it removes a site-wide shift of the scores (a scanner the model sees as
+    a whole differently, a prevalence far from the federation's) and keeps the ranking
+    within the site, which is what wrong labels break. Labels flipped symmetrically leave
+    the share, and so the shift, almost unchanged; labels flipped one way move the share
+    and hide part of that harm (a limit, stated in the docs).
+    """
+    from scipy.optimize import brentq
+
+    labels, sites = np.asarray(labels, dtype=int), np.asarray(sites)
+    p = np.clip(np.asarray(scores, dtype=float), 1e-6, 1 - 1e-6)
+    logit = np.log(p / (1 - p))
+    out = {}
+    for site in np.unique(sites):
+        mine = sites == site
+        n1 = int(labels[mine].sum())
+        if min(n1, int(mine.sum()) - n1) < MIN_PER_CLASS:
+            continue
+        share, z = n1 / int(mine.sum()), logit[mine]
+        out[str(site)] = float(brentq(lambda b: float(np.mean(1 / (1 + np.exp(-(z + b))))) - share, -40.0, 40.0))
+    return out
+
+
+def shift_scores(scores: np.ndarray, sites: np.ndarray, offsets: dict[str, float]) -> np.ndarray:
+    """Scores shifted in logit by their site's offset; NaN for a site without one."""
+    p = np.clip(np.asarray(scores, dtype=float), 1e-6, 1 - 1e-6)
+    b = np.array([offsets.get(str(s), np.nan) for s in np.asarray(sites)], dtype=float)
+    return 1 / (1 + np.exp(-(np.log(p / (1 - p)) + b)))
 
 
 def label_issues(labels: np.ndarray, scores: np.ndarray, judged: np.ndarray) -> np.ndarray:

@@ -35,7 +35,7 @@ from fedqc.errors import SiteError
 from fedqc.protocol import EvalReply, EvalRequest, State, TrainReply
 from fedqc.qc.criteria import SiteAUROCCheck
 from fedqc.qc.policy import QCPolicy
-from fedqc.qc.scans import FeatureReference, OODLimit, label_issues, label_quality
+from fedqc.qc.scans import FeatureReference, OODLimit, label_issues, label_quality, shift_scores, site_offsets
 from fedqc.qc.stats import skill
 from fedqc.qc.verification import VerificationScans
 from fedqc.strategies.travelling import HopStatus
@@ -56,6 +56,7 @@ class SiteScreening:
         self.cycle: int | None = None  # the cycle whose verification scores the baseline holds
         self.stale = False  # the model changed since the verification scans were scored
         self.reference_current = False  # the feature reference is the current model's
+        self.reference_issues: tuple[int, int] | None = None  # verification scans' label issues, judged (last check)
         self.verifications, self.seconds = 0, 0.0
         self.counts: Counter[str] = Counter()  # cost counters: verification rounds, site scorings, scans scored
 
@@ -119,7 +120,7 @@ class SiteScreening:
         if not self.policy.site_due(site, cycle):
             return HopStatus.SITE_FLAGGED
         reply = self._score_site(site, state, cycle, features=False)
-        return None if self._site_passes(site, reply, set(), state, cycle) else HopStatus.SITE_CHECK_FAILED
+        return None if self._site_passes(site, reply, None, state, cycle) else HopStatus.SITE_CHECK_FAILED
 
     def _begin_cycle(self, state: State, cycle: int) -> None:
         """Before the cycle's first visit: rescore the verification scans; when the model first shows skill,
@@ -134,12 +135,13 @@ class SiteScreening:
             self._screen_all(state, cycle)
         elif waiting:
             replies = {}
-            for site, subjects in waiting.items():
+            for site in waiting:  # all the site's scans, for its score shift; only the waiting ones are judged
                 try:
-                    replies[site] = self._score_site(site, state, cycle, features=True, only=subjects)
+                    replies[site] = self._score_site(site, state, cycle, features=True)
                 except SiteError as exc:  # judged at a later cycle
                     self.scans.note(site, [], f"per-scan check failed: {exc}")
-            self._decide_scans(self._scan_issues(replies, state), cycle, stage="screening")
+            judged = {s for subjects in waiting.values() for s in subjects}
+            self._decide_scans(self._scan_issues(replies, state, only=judged), cycle, stage="screening")
 
     def _waiting(self, cycle: int) -> dict[str, list[str]]:
         """Per site that trains at ``cycle``: its scans due for a revisit, and its never-judged untrained scans."""
@@ -181,8 +183,7 @@ class SiteScreening:
         while True:
             live = {s: r for s, r in replies.items() if s not in self.policy.flagged_sites}
             scans = self._scan_issues(live, state)
-            flagged = set(scans.loc[scans["issue"] != "", "subject"])
-            passed = [self._site_passes(s, r, flagged, state, cycle) for s, r in live.items()]  # every site, each round
+            passed = [self._site_passes(s, r, scans, state, cycle) for s, r in live.items()]  # every site, each round
             if all(passed):
                 break
         self._decide_scans(self._scan_issues(replies, state), cycle, stage="screening")  # flagged sites' scans too
@@ -192,13 +193,11 @@ class SiteScreening:
         exclude = self.policy.excluded(site) - set(self.policy.due(site, cycle))
         return [s for s in self.train_ids.get(site, []) if s not in exclude]
 
-    def _score_site(self, site: str, state: State, cycle: int, *, features: bool,
-                    only: list[str] | None = None) -> EvalReply:
-        """The site's scores on the scans this visit could train, due revisits included (or ``only`` these); with
-        ``features``, also their feature distances to the current reference (for the per-scan checks)."""
+    def _score_site(self, site: str, state: State, cycle: int, *, features: bool) -> EvalReply:
+        """The site's scores on the scans this visit could train, due revisits included; with ``features``, also
+        their feature distances to the current reference (for the per-scan checks)."""
         t = time.perf_counter()
-        exclude = sorted(set(self.train_ids.get(site, [])) - set(only) if only is not None
-                         else self.policy.excluded(site) - set(self.policy.due(site, cycle)))
+        exclude = sorted(self.policy.excluded(site) - set(self.policy.due(site, cycle)))
         fields = self.reference.request() if features and self.reference is not None and "ood" in self.checks else {}
         reply = self.transport.evaluate([site], state, EvalRequest("train", exclude=tuple(exclude), **fields))[site]
         if reply.error:
@@ -209,11 +208,16 @@ class SiteScreening:
         self.seconds += time.perf_counter() - t
         return reply
 
-    def _site_passes(self, site: str, reply: EvalReply, flagged: set[str], state: State, cycle: int) -> bool:
-        """The site check on the site's scans except ``flagged`` (per-scan issues; :meth:`QCPolicy.check_site`)."""
+    def _site_passes(self, site: str, reply: EvalReply, scans: pd.DataFrame | None, state: State, cycle: int) -> bool:
+        """The site check on the site's scans except those with per-scan issues in ``scans`` (:meth:`_scan_issues`),
+        and on its share of label issues against the verification scans' (:meth:`QCPolicy.check_site`)."""
         t = time.perf_counter()
         s = reply.scores
-        issues = s["subject"].isin(flagged)
+        issues = s["subject"].isin(set(scans.loc[scans["issue"] != "", "subject"]) if scans is not None else ())
+        label_test = None
+        if scans is not None and self.reference_issues is not None:
+            mine = scans[(scans["site"] == site) & scans["label_judged"]]
+            label_test = (int(mine["label_issue"].sum()), len(mine), *self.reference_issues)
         if self.stale:  # a failure against an outdated baseline is re-decided on the current model's
             b = self.policy.baseline[self.policy.verification_set(site)]
             rest = s[~issues.to_numpy()]
@@ -222,30 +226,43 @@ class SiteScreening:
             if not ok:
                 self._rebase_now(state)
         ok = self.policy.check_site(self.site_check, s, cycle=cycle, site=site, subjects=self.train_ids.get(site, []),
-                                    seconds=time.perf_counter() - t, issues=issues)
+                                    seconds=time.perf_counter() - t, issues=issues, label_issues=label_test)
         self.verifications += 1
         return ok
 
-    def _scan_issues(self, replies: dict[str, EvalReply], state: State) -> pd.DataFrame:
-        """Per scored scan the model has not trained on (the others it has fitted: nothing to judge): its label
-        and feature-distance scores, whether each is an issue, and ``issue`` (the issue types joined by ``+``,
-        empty for none)."""
-        scored = pd.concat([r.scores for r in replies.values()], ignore_index=True) if replies else pd.DataFrame()
-        if not scored.empty:
-            scored = scored[scored["subject"].isin(self.policy.fresh)].reset_index(drop=True)
+    def _scan_issues(self, replies: dict[str, EvalReply], state: State, only: set[str] | None = None) -> pd.DataFrame:
+        """Per scored scan the model has not trained on (the others it has fitted: nothing to judge), or only
+        those of them in ``only``: its label
+        and feature-distance scores, whether each is an issue, ``label_judged`` (its site's score shift could be
+        estimated, :func:`~fedqc.qc.scans.site_offsets`) and ``issue`` (the issue types joined by ``+``, empty for
+        none). Sets :attr:`reference_issues`: the verification scans' label issues and how many were judged.
+
+        Each site's shift is estimated from all its scored scans and its verification scans,
+        the ones the model has fitted included: they show the scanner as well.
+        """
+        every = pd.concat([r.scores for r in replies.values()], ignore_index=True) if replies else pd.DataFrame()
+        judge = self.policy.fresh if only is None else self.policy.fresh & only
+        scored = every[every["subject"].isin(judge)].reset_index(drop=True) if not every.empty else every
+        self.reference_issues = None
         if scored.empty:
-            return pd.DataFrame(columns=["subject", "site", "label_score", "label_issue", "ood_score", "ood_issue",
-                                         "issue"])
+            return pd.DataFrame(columns=["subject", "site", "label_score", "label_issue", "label_judged", "ood_score",
+                                         "ood_issue", "issue"])
         scored["label_score"] = label_quality(scored["label"], scored["score"])
-        scored["label_issue"] = False
+        scored["label_issue"], scored["label_judged"] = False, False
         if "labels" in self.checks:
             if self.stale:
                 self._rebase_now(state)
             b = self.policy.baseline[self.policy.verification_set("")]
-            labels = np.concatenate([b["label"].to_numpy(), scored["label"].to_numpy()])
-            probs = np.concatenate([b["score"].to_numpy(), scored["score"].to_numpy()])
-            judged = np.r_[np.zeros(len(b), bool), np.ones(len(scored), bool)]
-            scored["label_issue"] = label_issues(labels, probs, judged)
+            both = pd.concat([b[["site", "label", "score"]], every[["site", "label", "score"]]], ignore_index=True)
+            offsets = site_offsets(both["label"].to_numpy(), both["score"].to_numpy(), both["site"].to_numpy())
+            ref, mine = b[b["site"].isin(offsets)], scored["site"].isin(offsets).to_numpy()
+            rows = pd.concat([ref[["site", "label", "score"]], scored.loc[mine, ["site", "label", "score"]]])
+            probs = shift_scores(rows["score"].to_numpy(), rows["site"].to_numpy(), offsets)
+            issues = label_issues(rows["label"].to_numpy(), probs, np.ones(len(rows), bool))
+            scored.loc[mine, "label_issue"] = issues[len(ref):]
+            scored.loc[mine, "label_score"] = label_quality(rows["label"].to_numpy()[len(ref):], probs[len(ref):])
+            scored["label_judged"] = mine
+            self.reference_issues = (int(issues[:len(ref)].sum()), len(ref))
         if "ood" in self.checks and self.limit is not None and "ood" in scored:
             scored["ood_score"] = self.limit.score(scored["ood"])
             scored["ood_issue"] = self.limit.issues(scored["ood"])

@@ -140,6 +140,16 @@ def one_class_site_test(verify_labels: np.ndarray, verify_scores: np.ndarray, si
                         "auroc_verify": a_verify}
 
 
+def excess_rate_p(k: int, n: int, k_ref: int, n_ref: int) -> float:
+    """One-sided p-value of Fisher's exact test that ``k`` of ``n`` is a higher rate than ``k_ref`` of ``n_ref``;
+    1 when either side has no scans (no evidence)."""
+    from scipy.stats import fisher_exact
+
+    if n == 0 or n_ref == 0:
+        return 1.0
+    return float(fisher_exact([[k, n - k], [k_ref, n_ref - k_ref]], alternative="greater")[1])
+
+
 def skill(labels: np.ndarray, scores: np.ndarray, sites: np.ndarray) -> float:
     """The pair-weighted median of the per-site AUROCs (sites with both classes); NaN without such a site.
 
