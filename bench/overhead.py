@@ -47,7 +47,8 @@ from fedqc.models.state import initial_state, unpack
 from fedqc.protocol import batches
 from fedqc.site import Site
 from fedqc.site.site import EVAL_BATCH
-from fedqc.strategies.travelling import hop_seed, learning_rate, site_order
+from fedqc.strategies.cycles import hop_seed, learning_rate
+from fedqc.strategies.travelling import site_order
 
 
 def plain_cycles(cfg_dict: dict) -> list[float]:

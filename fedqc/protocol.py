@@ -76,6 +76,7 @@ class TrainRequest:
     exclude: tuple[str, ...] = ()
     rebalance: str = "none"
     class_counts: tuple[int, ...] = ()
+    prox_mu: float = 0.0  # FedProx: the site adds prox_mu/2 · ||w - w_sent||² to its loss
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -86,7 +87,8 @@ class TrainRequest:
         return cls(lr=float(d["lr"]), seed=int(d["seed"]), batch_size=int(d["batch_size"]),
                    subjects=None if subjects is None else tuple(str(s) for s in subjects),
                    exclude=tuple(str(s) for s in d.get("exclude", ())), rebalance=str(d.get("rebalance", "none")),
-                   class_counts=tuple(int(x) for x in d.get("class_counts", ())))
+                   class_counts=tuple(int(x) for x in d.get("class_counts", ())),
+                   prox_mu=float(d.get("prox_mu", 0.0)))
 
 
 @dataclass(frozen=True)

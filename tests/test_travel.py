@@ -17,7 +17,8 @@ from fedqc.experiment.runner import failing_sites, run_arm, run_experiment, simu
 from fedqc.models.state import initial_state
 from fedqc.protocol import TrainRequest, batches, check_update, same
 from fedqc.site import Site
-from fedqc.strategies.travelling import PlainVisitor, hop_seed, learning_rate, site_order
+from fedqc.strategies.cycles import PlainVisitor, hop_seed, learning_rate
+from fedqc.strategies.travelling import site_order
 from fedqc.transport.inprocess import InProcessTransport
 from tests.conftest import checkpoint_path, tiny_config
 

@@ -10,11 +10,12 @@ from fedqc.config.schema import (
                                  ExperimentConfig,
                                  ModelSpec,
                                  QCConfig,
+                                 StrategyConfig,
                                  TrainConfig,
                                  qc_variant,
 )
 from fedqc.errors import ConfigError
 
 __all__ = ["ARMS", "CalibrationConfig", "CRITERIA", "ENGINES", "GRANULARITIES", "ConfigError", "ExperimentConfig",
-           "ModelSpec", "QCConfig",
+           "ModelSpec", "QCConfig", "StrategyConfig",
            "TrainConfig", "load_config", "parse_config", "qc_variant"]

@@ -34,6 +34,9 @@ BN_STATS = ("site", "federated")
 # The decision threshold of the threshold metrics: 0.5 (``fixed``, the reference), or fitted each cycle on the
 # verification scans (never test): Youden's J, the prevalence-matched threshold, or Platt's 0.5 point.
 THRESHOLDS = ("fixed", "youden", "prevalence", "platt")
+STRATEGIES = ("travelling", "fedavg", "fedprox", "fedtm")  # fedqc.strategies runs each
+WARMUPS = ("fedavg", "fedprox")  # fedtm's warm-up strategy
+WEIGHTINGS = ("scans", "equal")  # how an averaging round weighs a site's update
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,28 @@ class CalibrationConfig:
 # The reference method's behaviour (BatchNorm statistics of the last site, threshold 0.5): nothing is done at the end
 # of a cycle. The defaults above were chosen by measurement (docs/results/calibration.md).
 REFERENCE_CALIBRATION = CalibrationConfig(batchnorm="site", threshold="fixed")
+
+
+@dataclass(frozen=True)
+class StrategyConfig:
+    """How the model trains across sites each cycle (a *round* of the averaging strategies).
+
+    ``travelling`` visits the sites one after another; ``fedavg`` and ``fedprox`` send the
+    same model to every site and average what comes back (Flower's FedAvg / FedProx);
+    ``fedtm`` averages for ``rounds`` rounds (``warmup``) over the sites with at least
+    ``min_scans`` training scans (and, unless ``single_class``, both classes), then
+    travels over every site for the remaining cycles.
+    """
+
+    name: str = "travelling"
+    local_epochs: int = 1  # averaging rounds: local epochs per site and round (QC arms train one)
+    fraction: float = 1.0  # averaging rounds: share of the sites drawn each round (seeded; at least one)
+    mu: float = 0.001  # fedprox (and a fedprox warm-up): weight of the proximal term mu/2 ||w - w_round||^2
+    weighting: str = "scans"  # WEIGHTINGS: a site's update weighs its scans trained, or every site the same
+    warmup: str = "fedavg"  # fedtm: WARMUPS
+    rounds: int = 5  # fedtm: averaging rounds before travelling
+    min_scans: int = 20  # fedtm: sites with fewer training scans sit the warm-up out
+    single_class: bool = False  # fedtm: whether sites whose training scans are one class join the warm-up
 
 
 @dataclass(frozen=True)
@@ -130,6 +155,7 @@ class ExperimentConfig:
     train: TrainConfig = TrainConfig()
     qc: QCConfig = QCConfig()
     calibration: CalibrationConfig = CalibrationConfig()
+    strategy: StrategyConfig = StrategyConfig()
     arms: tuple[str, ...] = ARMS
     engine: str = "flower"
     threads: int = 2

@@ -38,18 +38,19 @@ from fedqc.protocol import State, class_counts
 from fedqc.qc.arm import QCArm
 from fedqc.qc.detection import score_detection
 from fedqc.strategies.calibration import Calibrator
-from fedqc.strategies.travelling import (
+from fedqc.strategies.cycles import (
     Cycle,
     Hop,
+    HopCallback,
     HopStatus,
     PlainVisitor,
     Visitor,
-    travel,
+    train_cycles,
 )
+from fedqc.strategies.schedule import rounds_for
 from fedqc.transport import Transport
 
 ERROR_COLUMNS = ["subject", "site", "cycle", "stage", "reason"]
-HopCallback = Callable[[int, int, str, Hop], None]
 
 
 def failing_sites(log: pd.DataFrame, cycles: int) -> dict[str, int]:
@@ -132,10 +133,12 @@ def run_arm(arm: Arm, transport: Transport, cfg: ExperimentConfig, run: RunDir, 
     info = transport.site_info()
     train = dataclasses.replace(cfg.train, cycles=arm.end(cfg.train.cycles) + 1)
     calibrate = None if cfg.calibration == REFERENCE_CALIBRATION else Calibrator(transport, cfg.calibration)
-    return travel(transport, visitor, state, sites=arm_sites(transport, arm, leave_out or {}),
-                  test_sites=sorted(s for s, i in info.items() if i.n_test), train=train, first_cycle=first,
-                  on_hop=on_hop or (lambda *_: None), on_cycle=CycleRecorder(arm_dir, cfg, visitor),
-                  calibrate=calibrate, val_sites=sorted(s for s, i in info.items() if i.n_val))
+    rounds = rounds_for(cfg.strategy, train, arm_sites(transport, arm, leave_out or {}), info)
+    return train_cycles(transport, visitor, state, rounds=rounds, test_sites=sorted(s for s, i in info.items()
+                                                                                    if i.n_test),
+                        train=train, first_cycle=first, on_hop=on_hop or (lambda *_: None),
+                        on_cycle=CycleRecorder(arm_dir, cfg, visitor), calibrate=calibrate,
+                        val_sites=sorted(s for s, i in info.items() if i.n_val))
 
 
 def ground_truth(cfg: ExperimentConfig) -> pd.DataFrame | None:

@@ -27,7 +27,7 @@ from fedqc.qc.policy import QCPolicy
 from fedqc.qc.screening import SiteScreening
 from fedqc.qc.search import SEARCHES
 from fedqc.qc.verification import UpdateVerification, VerificationScans
-from fedqc.strategies.travelling import Hop, HopStatus, hop_seed
+from fedqc.strategies.cycles import ONE_EPOCH, Hop, HopStatus, Local, hop_seed
 from fedqc.transport import Transport
 
 
@@ -84,14 +84,17 @@ class QCArm:
         self.gate.screen(state, first_cycle)
         self.setup_seconds = time.perf_counter() - t0
 
-    def visit(self, site: str, state: State, cycle: int, lr: float) -> Hop:
+    def visit(self, site: str, state: State, cycle: int, lr: float, local: Local = ONE_EPOCH) -> Hop:
+        """Check the site, retrain its due revisits alone, then train the rest of its pool with the configured
+        granularity — one local epoch whatever ``local.epochs`` asks (the search retrains subsets), with
+        ``local.prox_mu``."""
         t0 = time.perf_counter()
         status = self.gate.check(site, state, cycle)
         if status in (HopStatus.SITE_ELIMINATED, HopStatus.SITE_FLAGGED):
             return Hop(state, seconds=0.0, status=status)
         if status:
             return Hop(state, seconds=time.perf_counter() - t0, status=status, problems=self.scans.take_problems())
-        visit = _Visit(self, site, state, cycle, lr)
+        visit = _Visit(self, site, state, cycle, lr, local.prox_mu)
         revisits = self.policy.due(site, cycle)
         for subject in revisits:
             self.policy.revisit(subject, cycle, visit.attempt([subject], "revisit"))
@@ -150,8 +153,8 @@ class QCArm:
 class _Visit:
     """One visit's attempts: each trains a subset on the current state and keeps it only when the gate accepts."""
 
-    def __init__(self, arm: QCArm, site: str, state: State, cycle: int, lr: float):
-        self.arm, self.site, self.state, self.cycle, self.lr = arm, site, state, cycle, lr
+    def __init__(self, arm: QCArm, site: str, state: State, cycle: int, lr: float, prox_mu: float = 0.0):
+        self.arm, self.site, self.state, self.cycle, self.lr, self.prox_mu = arm, site, state, cycle, lr, prox_mu
         self.seeds = np.random.SeedSequence(hop_seed(arm.cfg.train.seed, cycle, site))
         self.trained: list[tuple[int, float]] = []  # (scans, mean loss) of adopted updates
         self.skipped: dict[str, ScanProblem] = {}
@@ -160,7 +163,8 @@ class _Visit:
         arm, t = self.arm, time.perf_counter()
         seed = int(self.seeds.spawn(1)[0].generate_state(1)[0])
         request = TrainRequest(lr=self.lr, seed=seed, batch_size=arm.cfg.train.batch_size, subjects=tuple(subjects),
-                               rebalance=arm.cfg.train.rebalance, class_counts=arm.class_counts)
+                               rebalance=arm.cfg.train.rebalance, class_counts=arm.class_counts,
+                               prox_mu=self.prox_mu)
         reply = arm.transport.train(self.site, self.state, request)
         self.skipped.update({p.subject: p for p in reply.skipped})
         if reason := check_update(self.state, reply.state):  # never evaluated, never adopted

@@ -38,7 +38,7 @@ from fedqc.qc.policy import QCPolicy
 from fedqc.qc.scans import FeatureReference, OODLimit, label_issues, label_quality, shift_scores, site_offsets
 from fedqc.qc.stats import skill
 from fedqc.qc.verification import VerificationScans
-from fedqc.strategies.travelling import HopStatus
+from fedqc.strategies.cycles import HopStatus
 from fedqc.transport import Transport
 
 

@@ -16,7 +16,7 @@ import pandas as pd
 from fedqc.protocol import EvalReply, EvalRequest, ScanProblem, State, TrainReply
 from fedqc.qc.criteria import UpdateCriterion
 from fedqc.qc.policy import QCPolicy
-from fedqc.strategies.travelling import HopStatus
+from fedqc.strategies.cycles import HopStatus
 from fedqc.transport import Transport
 
 
@@ -54,19 +54,30 @@ class VerificationScans:
 
 
 class UpdateVerification:
-    """The gate of update criteria: every site trains; every update is verified before it is adopted."""
+    """The gate of update criteria: every site trains; every update is verified before it is adopted.
+
+    The baseline must hold the scores of the model a visit starts from. Along the
+    travelling model that is the last adopted update; when a visit starts from another
+    model — the round's model of an averaging strategy, the model calibration changed at
+    the end of a cycle, a resumed run — the verification scans are rescored with it first.
+    """
 
     def __init__(self, criterion: UpdateCriterion, policy: QCPolicy, scans: VerificationScans):
         self.criterion, self.policy, self.scans = criterion, policy, scans
         self.verifications, self.seconds = 0, 0.0
+        self.base: State | None = None  # the model whose scores the baseline holds (None: unknown)
 
     def screen(self, state: State, cycle: int) -> None:
-        """Nothing is checked before training."""
+        """Nothing is checked before training; the baseline is ``state``'s."""
+        self.base = state
 
     def resumed(self) -> None:
-        """The baseline restored from a checkpoint is exact: nothing to redo."""
+        self.base = None
 
     def check(self, site: str, state: State, cycle: int) -> HopStatus | None:
+        if state is not self.base:
+            self.policy.rebase(self.scans.score(state))
+            self.base = state
         return None
 
     def judge(self, reply: TrainReply, *, cycle: int, site: str, scope: str, subjects: list[str],
@@ -77,4 +88,6 @@ class UpdateVerification:
                                 n_trained=reply.n_scans, seconds=seconds)
         self.verifications += 1
         self.seconds += seconds
+        if ok:
+            self.base = reply.state
         return ok

@@ -1,0 +1,189 @@
+"""What every strategy shares: a visit's outcome, the visitors that train it, and the loop over cycles.
+
+A *cycle* (a *round* of the averaging strategies) is one :data:`Round`: the strategy
+decides which sites train from which model and how their results become the next model
+(:mod:`fedqc.strategies.travelling`, :mod:`fedqc.strategies.averaging`); *how* a site
+trains is the visitor's: plain training, or a QC arm's verified training
+(:mod:`fedqc.qc.arm`). Then the loop calibrates the model, scores the test split and
+hands the cycle to the caller, who commits it (logs, then the checkpoint). The
+learning rate is ``lr × exp(-lr_decay · cycle)``; every random choice inside a cycle
+derives from ``(seed, cycle, site)``, so a run resumed from any cycle ends bit-identical.
+A site that fails costs its visit; training goes on without it.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import zlib
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Callable, Protocol
+
+import numpy as np
+
+from fedqc.config import TrainConfig
+from fedqc.errors import SiteError
+from fedqc.protocol import (
+    EvalReply,
+    EvalRequest,
+    ScanProblem,
+    State,
+    TrainRequest,
+    check_update,
+)
+from fedqc.transport import Transport
+
+
+class HopStatus(str, Enum):
+    OK = "ok"
+    REJECTED = "rejected"  # the site's reply was invalid: not adopted
+    FAILED = "failed"  # the site raised or did not answer
+    SITE_FLAGGED = "qc: site flagged"
+    SITE_CHECK_FAILED = "qc: site check failed"
+    SITE_ELIMINATED = "qc: site eliminated"
+
+
+@dataclass
+class Hop:
+    """The outcome of one visit: the state the model travels on with, and what happened."""
+
+    state: State
+    n_scans: int = 0
+    loss: float = math.nan
+    seconds: float = 0.0  # the site's own training time
+    status: HopStatus = HopStatus.OK
+    note: str = ""
+    problems: list[ScanProblem] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Local:
+    """What a round asks of a site's training: local epochs, and FedProx's proximal weight (0: none)."""
+
+    epochs: int = 1
+    prox_mu: float = 0.0
+
+
+ONE_EPOCH = Local()
+
+
+class Visitor(Protocol):
+    """How an arm trains a visit, and what it keeps between cycles."""
+
+    def begin(self, state: State, first_cycle: int, checkpoint: dict | None) -> None:
+        """Called once before the first cycle; ``checkpoint`` is the resumed one, if any."""
+
+    def visit(self, site: str, state: State, cycle: int, lr: float, local: Local = ONE_EPOCH) -> Hop:
+        """Train ``state`` at ``site`` as ``local`` asks; the hop carries the state to go on with."""
+
+    def end_cycle(self, cycle: int) -> None:
+        """Write the cycle's logs (before its checkpoint is committed)."""
+
+    def snapshot(self) -> dict:
+        """Plain data saved in the checkpoint."""
+
+    def calibration_scans(self, sites: list[str]) -> dict[str, tuple[str, ...]]:
+        """Of ``sites`` (those with verification scans), the ones whose val scans the arm trusts to calibrate the
+        model (:mod:`fedqc.strategies.calibration`), each with the scans to leave out."""
+
+
+def hop_seed(seed: int, cycle: int, site: str) -> int:
+    """The seed of one visit, derived from the run seed, cycle and site name."""
+    return int(np.random.SeedSequence([seed, cycle, zlib.crc32(site.encode())]).generate_state(1)[0])
+
+
+def learning_rate(lr: float, decay: float, cycle: int) -> float:
+    return lr * math.exp(-decay * cycle)
+
+
+@dataclass
+class PlainVisitor:
+    """``epochs`` × the round's local epochs per visit (one request each), adopted unless a reply is invalid;
+    ``leave_out`` per site is not trained."""
+
+    transport: Transport
+    train: TrainConfig
+    leave_out: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    epochs: int = 1
+    class_counts: tuple[int, ...] = ()  # the federation's, when train.class_weights is federation
+    val_sites: tuple[str, ...] | None = None  # whose val scans calibrate the model (None: all)
+    val_leave_out: dict[str, tuple[str, ...]] = field(default_factory=dict)  # per site, val scans that may not
+
+    def begin(self, state: State, first_cycle: int, checkpoint: dict | None) -> None:
+        pass
+
+    def visit(self, site: str, state: State, cycle: int, lr: float, local: Local = ONE_EPOCH) -> Hop:
+        seed, start = hop_seed(self.train.seed, cycle, site), state
+        n, loss, seconds, problems = 0, 0.0, 0.0, []
+        for epoch in range(self.epochs * local.epochs):  # epoch 0 keeps the hop's seed: one epoch is the plain travelling model
+            request = TrainRequest(lr=lr, seed=seed if epoch == 0 else int(np.random.SeedSequence([seed, epoch])
+                                                                           .generate_state(1)[0]),
+                                   batch_size=self.train.batch_size, exclude=self.leave_out.get(site, ()),
+                                   rebalance=self.train.rebalance, class_counts=self.class_counts,
+                                   prox_mu=local.prox_mu)
+            reply = self.transport.train(site, state, request)
+            seconds += reply.seconds
+            problems += reply.skipped
+            if reason := check_update(state, reply.state):
+                return Hop(start, seconds=seconds, status=HopStatus.REJECTED, note=reason, problems=problems)
+            state, n, loss = reply.state, n + reply.n_scans, reply.loss
+        return Hop(state, n, loss, seconds, problems=problems)
+
+    def end_cycle(self, cycle: int) -> None:
+        pass
+
+    def snapshot(self) -> dict:
+        return {}
+
+    def calibration_scans(self, sites: list[str]) -> dict[str, tuple[str, ...]]:
+        return {s: self.val_leave_out.get(s, ()) for s in sites if self.val_sites is None or s in self.val_sites}
+
+
+@dataclass
+class Cycle:
+    """One finished cycle: its hops (with the server's wall time of each), its calibration (None: none done) and
+    the test split's scores."""
+
+    cycle: int
+    hops: list[tuple[str, Hop, float]]  # site, outcome, hop wall seconds
+    test: dict[str, EvalReply]
+    test_seconds: float
+    started: float
+    calibration: dict | None = None
+
+
+HopCallback = Callable[[int, int, str, Hop], None]  # cycle, index of the visit, site, outcome
+Round = Callable[[Visitor, State, int, float, HopCallback], tuple[State, list[tuple[str, Hop, float]]]]
+"""One cycle of a strategy: ``(visitor, state, cycle, lr, on_hop) -> (next state, [(site, hop, wall seconds)])``."""
+Calibrate = Callable[[State, dict[str, tuple[str, ...]]], tuple[State, dict]]
+
+
+def visit(visitor: Visitor, site: str, state: State, cycle: int, lr: float,
+          local: Local = ONE_EPOCH) -> tuple[Hop, float]:
+    """The visitor's visit of ``site`` (a site that fails: a failed hop, ``state`` unchanged) and its wall time."""
+    t0 = time.perf_counter()
+    try:
+        hop = visitor.visit(site, state, cycle, lr, local)
+    except SiteError as exc:
+        hop = Hop(state, seconds=math.nan, status=HopStatus.FAILED, note=str(exc))
+    return hop, time.perf_counter() - t0
+
+
+def train_cycles(transport: Transport, visitor: Visitor, state: State, *, rounds: Callable[[int], Round],
+                 test_sites: list[str], train: TrainConfig, first_cycle: int, on_hop: HopCallback,
+                 on_cycle: Callable[[Cycle, State], None], calibrate: Calibrate | None = None,
+                 val_sites: list[str] = ()) -> State:
+    """Cycles ``first_cycle .. train.cycles - 1``: run the cycle's round (``rounds(cycle)``), calibrate the model on
+    the verification scans of ``val_sites`` the visitor trusts (when ``calibrate`` is given), then score the test
+    split."""
+    for cycle in range(first_cycle, train.cycles):
+        started = time.perf_counter()
+        state, hops = rounds(cycle)(visitor, state, cycle, learning_rate(train.lr, train.lr_decay, cycle), on_hop)
+        calibration = None
+        if calibrate is not None:
+            state, calibration = calibrate(state, visitor.calibration_scans(list(val_sites)))
+        t_test = time.perf_counter()
+        test = transport.evaluate(test_sites, state, EvalRequest("test"))
+        on_cycle(Cycle(cycle, hops, test, time.perf_counter() - t_test, started, calibration), state)
+    return state
