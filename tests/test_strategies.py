@@ -19,6 +19,7 @@ from fedqc.strategies.averaging import AveragingRound, average, flower_strategy
 from fedqc.strategies.cycles import Hop, HopStatus, Local, PlainVisitor
 from fedqc.strategies.schedule import rounds_for, warmup_sites
 from fedqc.strategies.travelling import TravellingRound
+from fedqc.transport.inprocess import InProcessTransport
 from tests.conftest import checkpoint_path, tiny_config
 
 
@@ -205,7 +206,7 @@ def _final(out, arm, cycle):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy", [{"name": "fedavg", "local_epochs": 2}, {"name": "fedprox", "mu": 0.01},
-                                      {"name": "fedtm", "rounds": 2, "min_scans": 5}])
+                                      {"name": "fedtm", "rounds": 2, "min_scans": 5}], ids=lambda s: s["name"])
 def test_each_strategy_runs_every_arm_and_resumes_bit_identically(strategy, tiny_cohort, tmp_path):
     cfg = tiny_config(tiny_cohort / "manifest.csv", **{"train.cycles": 4, "train.warmup": 1,
                                                        "arms": ["clean", "dirty", "qc"], "strategy": strategy})
@@ -213,6 +214,12 @@ def test_each_strategy_runs_every_arm_and_resumes_bit_identically(strategy, tiny
     log = pd.read_csv(tmp_path / "full" / "clean" / "train_log.csv")
     assert list(log["cycle"].unique()) == [0, 1, 2, 3] and not any(k.startswith("optim.") for k in
                                                                   _final(tmp_path / "full", "clean", 1))
+    if strategy["name"] == "fedavg":  # per cycle: 2 epochs per training site, the threshold's fan-out, the test's
+        info = InProcessTransport(load_manifest(cfg.manifest), cfg.model).site_info()
+        cycles = pd.read_csv(tmp_path / "full" / "clean" / "cycles.csv")
+        expected = 2 * cycles["hops"] + sum(bool(i.n_val) for i in info.values()) + \
+            sum(bool(i.n_test) for i in info.values())
+        assert (cycles["messages"] == expected).all() and (cycles["hops"] >= 2).all()
     simulate(cfg, tmp_path / "cut", quiet=True)
     for arm in ("dirty", "qc"):  # kill after cycle 2: drop the last checkpoint and everything after it
         checkpoint_path(tmp_path / "cut" / arm, 3).unlink()

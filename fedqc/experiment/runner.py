@@ -49,6 +49,7 @@ from fedqc.strategies.cycles import (
 )
 from fedqc.strategies.schedule import rounds_for
 from fedqc.transport import Transport
+from fedqc.transport.counting import CountingTransport
 
 ERROR_COLUMNS = ["subject", "site", "cycle", "stage", "reason"]
 
@@ -69,8 +70,10 @@ def failing_sites(log: pd.DataFrame, cycles: int) -> dict[str, int]:
 class CycleRecorder:
     """Commits a finished cycle: predictions, log rows, the visitor's logs, and last the checkpoint."""
 
-    def __init__(self, arm_dir: ArmDir, cfg: ExperimentConfig, visitor: Visitor):
-        self.arm_dir, self.cfg, self.visitor = arm_dir, cfg, visitor
+    def __init__(self, arm_dir: ArmDir, cfg: ExperimentConfig, visitor: Visitor,
+                 counter: CountingTransport | None = None):
+        self.arm_dir, self.cfg, self.visitor, self.counter = arm_dir, cfg, visitor, counter
+        self.sent = counter.messages if counter else 0
 
     def __call__(self, cycle: Cycle, state: State) -> None:
         c = cycle.cycle
@@ -92,8 +95,10 @@ class CycleRecorder:
         atomic_write_csv(preds, self.arm_dir.predictions(c))
         append_csv(pd.DataFrame(rows), self.arm_dir.path / "train_log.csv")
         append_csv(pd.DataFrame(errors, columns=ERROR_COLUMNS), self.arm_dir.path / "errors.csv")
+        messages, self.sent = (self.counter.messages - self.sent, self.counter.messages) if self.counter else (0, 0)
         append_csv(pd.DataFrame([{"cycle": c, "hops": len(rows), "seconds": time.perf_counter() - cycle.started,
-                                  "test_seconds": cycle.test_seconds}]), self.arm_dir.path / "cycles.csv")
+                                  "test_seconds": cycle.test_seconds, "messages": messages}]),
+                   self.arm_dir.path / "cycles.csv")
         if cycle.calibration is not None:
             append_csv(pd.DataFrame([{"cycle": c, **cycle.calibration}]), self.arm_dir.path / "calibration.csv")
         self.visitor.end_cycle(c)
@@ -137,7 +142,9 @@ def run_arm(arm: Arm, transport: Transport, cfg: ExperimentConfig, run: RunDir, 
     return train_cycles(transport, visitor, state, rounds=rounds, test_sites=sorted(s for s, i in info.items()
                                                                                     if i.n_test),
                         train=train, first_cycle=first, on_hop=on_hop or (lambda *_: None),
-                        on_cycle=CycleRecorder(arm_dir, cfg, visitor), calibrate=calibrate,
+                        on_cycle=CycleRecorder(arm_dir, cfg, visitor, transport
+                                               if isinstance(transport, CountingTransport) else None),
+                        calibrate=calibrate,
                         val_sites=sorted(s for s, i in info.items() if i.n_val))
 
 
@@ -177,6 +184,7 @@ def run_experiment(cfg: ExperimentConfig, transport: Transport, out: Path, *, re
                    quiet: bool = False) -> dict[str, float]:
     """Run every arm of ``cfg`` in order (clean first: the others start from it); return seconds per arm."""
     run = RunDir(out)
+    transport = CountingTransport(transport)  # messages per cycle, in cycles.csv
     console = Console(quiet=quiet, stderr=True)
     manifest = ground_truth(cfg)
     oracle, oracle_val = harmful_scans(manifest, "train"), harmful_scans(manifest, "val")
