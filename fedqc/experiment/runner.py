@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
-from typing import Callable
 
 import pandas as pd
 from rich.console import Console

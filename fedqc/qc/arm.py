@@ -30,8 +30,7 @@ from fedqc.qc.verification import UpdateVerification, VerificationScans
 from fedqc.strategies.cycles import ONE_EPOCH, Hop, HopStatus, Local, hop_seed
 from fedqc.transport import Transport
 
-
-HOLDOUT_STREAM = 1  # keeps the held-out draw apart from the visits' seeds (fedqc.strategies.travelling.hop_seed)
+HOLDOUT_STREAM = 1  # keeps the held-out draw apart from the visits' seeds (fedqc.strategies.cycles.hop_seed)
 
 
 class QCArm:
