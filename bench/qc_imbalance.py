@@ -2,14 +2,16 @@
 
 Reads study folders made by ``fedqc study --sweep scenario.label_noise.0.rate=...`` on a
 scenario where one site's training labels are flipped (``--noisy``, default site02) and
-the other sites are good (some imbalanced or one-class). Per swept rate and seed:
+the other sites are good (some imbalanced or one-class) or carry other, planted harm.
+Per swept rate and seed:
 
-- ``good sites flagged``: good sites the QC arm flagged at least once (the noisy site
-  counts as good at rate 0, where it has no flipped label), and which;
+- ``good sites flagged``: sites without any harmful training scan that the QC arm
+  flagged at least once (the noisy site counts as good at rate 0), and which;
 - ``noisy flagged``: whether the noisy site was flagged;
 - ``flips eliminated``: the share of its flipped labels the QC arm eliminated;
 - ``good scans eliminated``: good training scans eliminated;
-- ``auroc``: test AUROC (mean of the last three cycles) of the clean, dirty and QC arms.
+- ``auroc``: test AUROC (mean of the last three cycles) of the clean, dirty and QC arms
+  the study ran.
 
     python -m bench.qc_imbalance runs/demo-qc-imbalance-calibrated-study runs/demo-qc-imbalance-holdout-study
 """
@@ -36,15 +38,17 @@ def row(run: Path, noisy: str) -> dict:
     """One run's figures (``run`` holds the arms of one rate and seed)."""
     manifest = pd.read_csv(run / "data" / "manifest.csv")
     train = manifest[manifest["split"] == "train"]
-    flips = set(train.loc[train["harm"] != "none", "subject"])
+    harmful = train["harm"] != "none"
+    flips = set(train.loc[harmful & (train["site"] == noisy) & (train["harm"] == "mislabeled"), "subject"])
     eliminated = set(pd.read_csv(run / "qc" / "eliminated.csv")["subject"])
-    flagged = flagged_sites(run / "qc")
+    flagged = flagged_sites(run / "qc") - set(train.loc[harmful & (train["site"] != noisy), "site"])
     good = flagged - {noisy} if flips else flagged
-    auroc = {arm: cycle_metrics(RunDir(run).arm(arm)).tail(LAST)["auroc"].mean() for arm in ("clean", "dirty", "qc")}
+    arms = [a for a in ("clean", "dirty", "qc") if (run / a / "cycles.csv").is_file()]
+    auroc = [f"{cycle_metrics(RunDir(run).arm(a)).tail(LAST)['auroc'].mean():.3f}" for a in arms]
     return {"good sites flagged": ", ".join(sorted(good)) or "0", "noisy flagged": (noisy in flagged) if flips else "",
             "flips eliminated": round(len(flips & eliminated) / len(flips), 2) if flips else "",
-            "good scans eliminated": len(eliminated - flips),
-            "auroc clean / dirty / qc": " / ".join(f"{auroc[a]:.3f}" for a in ("clean", "dirty", "qc"))}
+            "good scans eliminated": len(eliminated - set(train.loc[harmful, "subject"])),
+            f"auroc {' / '.join(arms)}": " / ".join(auroc)}
 
 
 def table(study: Path, noisy: str) -> pd.DataFrame:

@@ -58,6 +58,13 @@ def test_a_site_shifted_as_a_whole_has_no_label_issues_once_its_shift_is_removed
     one_class = np.where(sites == "t", 0, labels)  # a site with one class: its shift cannot be told from its labels
     assert "t" not in site_offsets(one_class, probs, sites)
     assert np.isnan(shift_scores(probs, sites, site_offsets(one_class, probs, sites))[judged]).all()
+    controls = np.where(sites == "t", 0, labels)  # site t of controls only, shifted, one of them called a patient
+    t_logits = logits.copy()
+    t_logits[judged] = -2.5 + 6.0 + rng.normal(0, 0.7, 40)
+    t_probs = 1 / (1 + np.exp(-t_logits))
+    controls[80] = 1
+    shifted = shift_scores(t_probs, sites, site_offsets(controls, t_probs, sites))
+    assert np.flatnonzero(label_issues(controls, shifted, judged)).tolist() == [0]
 
 
 def test_a_site_whose_labels_disagree_more_often_than_the_verification_scans_fails():

@@ -10,8 +10,8 @@ logit so that their mean equals the site's share of patients (:func:`site_offset
 model is often shifted as a whole at one scanner, or a site holds 5 % patients, and
 unshifted, cleanlab's per-class thresholds (from the pooled scans) then call a whole
 class of such a site label issues although its scans rank perfectly. A shift is only
-identifiable from both classes, so scans of a site with fewer than two of either class
-are left out of this check (the site check judges one-class sites). cleanlab is AGPL-3.0
+identifiable from both classes, so the scans of a site with one class are left out of
+this check (a single flipped label gives it a second class, and is judged). cleanlab is AGPL-3.0
 and an optional extra: it is imported only here, only when the check runs.
 
 **Feature distance** (``ood``): each scan's root-mean-square standardised distance to the
@@ -36,7 +36,6 @@ import numpy as np
 from fedqc.protocol import MOMENT_KEYS
 
 MAD_SD = 1.4826  # MAD → SD of a normal distribution
-MIN_PER_CLASS = 2  # scans of each class a site needs for its score shift to be estimated
 
 
 @dataclass(frozen=True)
@@ -93,15 +92,17 @@ def label_quality(labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
 
 
 def site_offsets(labels: np.ndarray, scores: np.ndarray, sites: np.ndarray) -> dict[str, float]:
-    """Per site with at least :data:`MIN_PER_CLASS` scans of each class: the logit shift ``b`` that makes the mean
-    of ``sigmoid(logit(score) + b)`` over the site's scans equal its share of patients.
+    """Per site with both classes: the logit shift ``b`` that makes the mean of ``sigmoid(logit(score) + b)`` over
+    the site's scans equal its share of patients.
 
     This is the maximum-likelihood intercept of a logistic fit with the model's logit as a
     fixed offset: it removes a site-wide shift of the scores (a scanner the model sees as
     a whole differently, a prevalence far from the federation's) and keeps the ranking
     within the site, which is what wrong labels break. Labels flipped symmetrically leave
     the share, and so the shift, almost unchanged; labels flipped one way move the share
-    and hide part of that harm (a limit, stated in the docs).
+    and hide part of that harm (a limit, stated in the docs). One scan of a class is
+    enough: a one-class site with one flipped label gets a shift that keeps its other
+    scans where they are and the flipped one on the wrong side.
     """
     from scipy.optimize import brentq
 
@@ -112,7 +113,7 @@ def site_offsets(labels: np.ndarray, scores: np.ndarray, sites: np.ndarray) -> d
     for site in np.unique(sites):
         mine = sites == site
         n1 = int(labels[mine].sum())
-        if min(n1, int(mine.sum()) - n1) < MIN_PER_CLASS:
+        if not 0 < n1 < int(mine.sum()):
             continue
         share, z = n1 / int(mine.sum()), logit[mine]
         out[str(site)] = float(brentq(lambda b: float(np.mean(1 / (1 + np.exp(-(z + b))))) - share, -40.0, 40.0))
