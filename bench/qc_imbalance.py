@@ -55,6 +55,9 @@ def table(study: Path, noisy: str) -> pd.DataFrame:
     rows = []
     for value in sorted(study.glob("*=*"), key=lambda p: float(p.name.split("=")[1])):
         for run in sorted(value.glob("seed_*")):
+            if not (run / "qc" / "eliminated.csv").is_file():
+                print(f"{run}: no finished QC arm, left out")
+                continue
             rows.append({"rate": value.name.split("=")[1], "seed": run.name.split("_")[1], **row(run, noisy)})
     return pd.DataFrame(rows)
 
