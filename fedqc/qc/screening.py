@@ -232,10 +232,10 @@ class SiteScreening:
 
     def _scan_issues(self, replies: dict[str, EvalReply], state: State, only: set[str] | None = None) -> pd.DataFrame:
         """Per scored scan the model has not trained on (the others it has fitted: nothing to judge), or only
-        those of them in ``only``: its label
-        and feature-distance scores, whether each is an issue, ``label_judged`` (its site's score shift could be
-        estimated, :func:`~fedqc.qc.scans.site_offsets`) and ``issue`` (the issue types joined by ``+``, empty for
-        none). Sets :attr:`reference_issues`: the verification scans' label issues and how many were judged.
+        those of them in ``only``: its label and feature-distance scores, whether each is an issue,
+        ``label_judged`` (its site's score shift could be estimated, :func:`~fedqc.qc.scans.site_offsets`) and
+        ``issue`` (the issue types joined by ``+``, empty for none). Sets :attr:`reference_issues`: the
+        verification scans' label issues and how many were judged.
 
         Each site's shift is estimated from all its scored scans and its verification scans,
         the ones the model has fitted included: they show the scanner as well.

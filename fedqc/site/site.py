@@ -136,8 +136,8 @@ class Site:
         plan = epoch(request.rebalance, list(subjects), labels, request.seed)
         augment = augmenter(len(self.model.input_shape), request.seed) if any(a for _, a in plan) else None
         counts = request.class_counts or tuple(np.bincount(labels, minlength=2))  # for weights
-        params = [p for m in (self.encoder, self.classifier) for p in m.parameters()]
-        anchor = [p.detach().clone() for p in params] if request.prox_mu > 0 else []
+        anchor = [(p, p.detach().clone()) for m in (self.encoder, self.classifier) for p in m.parameters()] \
+            if request.prox_mu > 0 else []  # FedProx: the weights the round sent
         total, n, done, skipped = 0.0, 0, {}, []
         for chunk in batches(plan, request.batch_size):
             x, ok, bad = self._images([s for s, _ in chunk], augment=[a for _, a in chunk], transform=augment)
@@ -150,7 +150,7 @@ class Site:
             loss = nn.functional.binary_cross_entropy_with_logits(
                 self.classifier(self.encoder(x)).squeeze(1), torch.from_numpy(y.astype(np.float32)), weight=weight)
             if anchor:  # FedProx's proximal term: stay near the model the round sent (not part of the reported loss)
-                prox = request.prox_mu / 2 * sum(((p - a) ** 2).sum() for p, a in zip(params, anchor))
+                prox = request.prox_mu / 2 * sum(((p - a) ** 2).sum() for p, a in anchor)
                 (loss + prox).backward()
             else:
                 loss.backward()
