@@ -130,6 +130,7 @@ class TrainReply:
     seconds: float
     subjects: list[str]
     skipped: list[ScanProblem] = field(default_factory=list)
+    data_wait_s: float = 0.0  # of ``seconds``, the time training waited for its next batch of scans
 
 
 @dataclass

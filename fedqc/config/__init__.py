@@ -7,6 +7,7 @@ from fedqc.config.schema import (
                                  ENGINES,
                                  GRANULARITIES,
                                  CalibrationConfig,
+                                 DataConfig,
                                  ExperimentConfig,
                                  ModelSpec,
                                  QCConfig,
@@ -16,6 +17,6 @@ from fedqc.config.schema import (
 )
 from fedqc.errors import ConfigError
 
-__all__ = ["ARMS", "CalibrationConfig", "CRITERIA", "ENGINES", "GRANULARITIES", "ConfigError", "ExperimentConfig",
+__all__ = ["ARMS", "CalibrationConfig", "CRITERIA", "ENGINES", "GRANULARITIES", "ConfigError", "DataConfig", "ExperimentConfig",
            "ModelSpec", "QCConfig", "StrategyConfig",
            "TrainConfig", "load_config", "parse_config", "qc_variant"]

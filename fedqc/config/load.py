@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import re
 import types
 import typing
 from pathlib import Path
@@ -20,6 +21,7 @@ from fedqc.config.schema import (
     BN_STATS,
     CLASS_WEIGHTS,
     CRITERIA,
+    DEVICES,
     ENGINES,
     GRANULARITIES,
     MODEL_MIN_SIDE,
@@ -134,6 +136,14 @@ def _check_ranges(cfg: ExperimentConfig, problems: list[str]) -> None:
          f"{m.name}, got {list(m.input_shape)}"),
         (cfg.engine in ENGINES, f"engine: {cfg.engine!r} is not one of {ENGINES}"),
         (cfg.threads >= 1, f"threads: must be >= 1, got {cfg.threads}"),
+        (cfg.device in DEVICES or re.fullmatch(r"cuda:\d+", cfg.device) is not None,
+         f"device: {cfg.device!r} is not one of {DEVICES} or cuda:N"),
+        (cfg.gpus_per_site is None or cfg.gpus_per_site >= 0,
+         f"gpus_per_site: must be >= 0, got {cfg.gpus_per_site}"),
+        (cfg.data.cache_gb is None or cfg.data.cache_gb >= 0, f"data.cache_gb: must be >= 0, got {cfg.data.cache_gb}"),
+        (cfg.data.device_cache_gb is None or cfg.data.device_cache_gb >= 0,
+         f"data.device_cache_gb: must be >= 0, got {cfg.data.device_cache_gb}"),
+        (cfg.data.prefetch >= 0, f"data.prefetch: must be >= 0, got {cfg.data.prefetch}"),
         (cfg.site_timeout_s > 0, f"site_timeout_s: must be > 0, got {cfg.site_timeout_s}"),
         (cfg.failing_cycles >= 1, f"failing_cycles: must be >= 1, got {cfg.failing_cycles}"),
         (bool(cfg.arms) and all(a in ARMS or qc_variant(a) for a in cfg.arms),

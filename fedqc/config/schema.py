@@ -148,6 +148,23 @@ def qc_variant(arm: str) -> dict | None:
 
 
 @dataclass(frozen=True)
+class DataConfig:
+    """How a site holds its decoded scans (:mod:`fedqc.data.cache`, :mod:`fedqc.site.loading`).
+
+    ``None`` chooses from the machine: a quarter of its memory for ``cache_gb``, 40 % of the GPU's for
+    ``device_cache_gb``; 0 turns a cache off.
+    """
+
+    cache_gb: float | None = None  # decoded scans kept in memory per process (least recently used leave first)
+    cache_dir: str | None = None  # a folder on the site's machine keeping decoded scans across processes and runs
+    prefetch: int = 2  # batches read ahead in a background thread while the model trains (0: read in line)
+    device_cache_gb: float | None = None  # on a GPU: scans kept there as tensors, so a cycle copies nothing
+
+
+DEVICES = ("auto", "cpu", "cuda")  # or cuda:N
+
+
+@dataclass(frozen=True)
 class ExperimentConfig:
     name: str
     manifest: Path | None = None  # required except for engine deployment, where the server holds no site data
@@ -159,6 +176,10 @@ class ExperimentConfig:
     arms: tuple[str, ...] = ARMS
     engine: str = "flower"
     threads: int = 2
+    device: str = "auto"  # DEVICES or cuda:N; auto: the first GPU when torch sees one, else the CPU
+    deterministic: bool = False  # a GPU run repeatable: deterministic kernels where torch has them, fixed cuBLAS
+    gpus_per_site: float | None = None  # Flower simulation: GPUs a ClientApp holds (None: 1 on a GPU device, else 0)
+    data: DataConfig = DataConfig()
     strict: bool = False  # an unusable scan stops the run instead of being skipped and recorded
     site_timeout_s: float = 600.0  # a site that does not answer within this costs its hop (Flower engines)
     failing_cycles: int = 2  # report a site that failed in this many consecutive cycles

@@ -3,16 +3,19 @@
 Any format SimpleITK reads: NIfTI volumes and slices, PNG, JPEG. A colour image becomes
 grey as the mean of its channels; a 2D model also takes a volume with one slice. Images
 are resized to the model's input shape with MONAI when they differ and min-max scaled
-to [0, 1] per scan (a blank scan stays all zero). Arrays are cached per process, keyed
-by path and shape, so a site reads each of its scans once.
+to [0, 1] per scan (a blank scan stays all zero). Decoded arrays are cached per process
+(:mod:`fedqc.data.cache`; :func:`configure_cache` sets the bounds), so a site decodes
+each of its scans once.
 """
 
 from __future__ import annotations
 
-import functools
+from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+
+from fedqc.data.cache import ScanCache, memory_bound
 
 
 class ImageError(ValueError):
@@ -46,10 +49,9 @@ def _read(path: str) -> np.ndarray:
     return pixels(img).astype(np.float32)
 
 
-@functools.lru_cache(maxsize=4096)
-def load_image(path: str, shape: tuple[int, ...]) -> np.ndarray:
-    """Read ``path`` and return a read-only (1, *shape) float32 array scaled to [0, 1]; ``shape`` has two sides
-    for a 2D model, three for a 3D one."""
+def decode(path: str, shape: tuple[int, ...], stamp: tuple | None = None) -> np.ndarray:
+    """Read ``path`` and return a (1, *shape) float32 array scaled to [0, 1]; ``shape`` has two sides for a 2D
+    model, three for a 3D one. ``stamp`` (the file's size and mtime) only keys the cache."""
     from monai.transforms import Resize, ScaleIntensity  # here: `fedqc harm` reads images without MONAI or torch
 
     arr = _read(path)
@@ -63,6 +65,22 @@ def load_image(path: str, shape: tuple[int, ...]) -> np.ndarray:
     arr = arr.T[None]  # SimpleITK ((z,) y, x) -> (1, x, y(, z))
     if arr.shape[1:] != tuple(shape):
         arr = np.asarray(Resize(spatial_size=shape, mode="trilinear" if len(shape) == 3 else "bilinear")(arr))
-    out = np.asarray(ScaleIntensity(minv=0.0, maxv=1.0)(arr), dtype=np.float32)
-    out.setflags(write=False)
-    return out
+    return np.asarray(ScaleIntensity(minv=0.0, maxv=1.0)(arr), dtype=np.float32)
+
+
+_cache = ScanCache(decode, memory_bound(None))
+
+
+def configure_cache(cache_gb: float | None = None, folder: str | Path | None = None) -> ScanCache:
+    """Set this process's cache bounds (``cache_gb`` None: a quarter of the machine's memory; ``folder``: keep
+    decoded scans there too). The cache is kept when they are unchanged, else started empty."""
+    global _cache
+    bound, folder = memory_bound(cache_gb), None if folder is None else str(folder)
+    if (bound, folder) != (_cache.max_bytes, _cache.folder):
+        _cache = ScanCache(decode, bound, folder)
+    return _cache
+
+
+def load_image(path: str, shape: tuple[int, ...]) -> np.ndarray:
+    """The read-only (1, *shape) float32 array of ``path`` (:func:`decode`), decoded once while it stays cached."""
+    return _cache.get(path, tuple(shape))

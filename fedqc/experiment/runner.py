@@ -239,6 +239,8 @@ def simulate(cfg: ExperimentConfig, out: Path, *, resume: bool = False, overwrit
     """Prepare the run folder ``out`` and run ``cfg`` on its engine, on this machine."""
     import torch
 
+    from fedqc.site.device import resolve as resolve_device
+
     if cfg.engine == "deployment":
         raise UserError("engine deployment runs on SuperNodes: use scripts/run_local_deployment.sh or "
                         "docker compose (docs/deployment.md), not simulate")
@@ -246,6 +248,7 @@ def simulate(cfg: ExperimentConfig, out: Path, *, resume: bool = False, overwrit
     run.prepare(cfg, resume=resume, overwrite=overwrite)
     cfg = inject_scenario(cfg, run, resume=resume)
     torch.set_num_threads(cfg.threads)
+    resolve_device(cfg.device)  # a GPU asked for and absent stops here, not in every site
     if cfg.engine == "flower":
         from fedqc.transport.flower.simulation import run_on_simulation
 
@@ -255,4 +258,6 @@ def simulate(cfg: ExperimentConfig, out: Path, *, resume: bool = False, overwrit
     else:
         from fedqc.transport.inprocess import InProcessTransport
 
-        run_experiment(cfg, InProcessTransport(load_manifest(cfg.manifest), cfg.model), out, resume=resume, quiet=quiet)
+        transport = InProcessTransport(load_manifest(cfg.manifest), cfg.model, device=cfg.device, data=cfg.data,
+                                       deterministic=cfg.deterministic)
+        run_experiment(cfg, transport, out, resume=resume, quiet=quiet)

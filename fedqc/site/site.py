@@ -2,7 +2,9 @@
 
 The travelling state comes in and goes out as arrays (:mod:`fedqc.models.state`).
 Training is one local epoch over the chosen scans in a seeded order, in batches of
-``batch_size`` (or all scans if fewer), the last partial batch included. Evaluation
+``batch_size`` (or all scans if fewer), the last partial batch included, read ahead
+while the model trains (:mod:`fedqc.site.loading`), on the site's device
+(:mod:`fedqc.site.device`: bf16 autocast on a GPU). Evaluation
 returns confusion counts at threshold 0.5, loss and Brier sums with fixed keys, and
 per-scan scores. A site reads only the columns the data contract requires — never
 the ground truth of injected harm: what an arm may not train arrives as a list of ids.
@@ -18,9 +20,9 @@ import pandas as pd
 import torch
 from torch import nn
 
-from fedqc.config import ModelSpec
+from fedqc.config import DataConfig, ModelSpec
 from fedqc.data.image_checks import check_image
-from fedqc.data.images import ImageError, load_image
+from fedqc.data.images import ImageError, configure_cache, load_image
 from fedqc.data.manifest import REQUIRED
 from fedqc.models import encode, network
 from fedqc.models.state import pack, unpack
@@ -36,6 +38,8 @@ from fedqc.protocol import (
     batches,
 )
 from fedqc.scoring import counts_from_scores, feature_distance
+from fedqc.site import device as devices
+from fedqc.site.loading import DeviceScans, prefetch
 from fedqc.site.rebalance import augmenter, epoch, weights
 
 EVAL_BATCH = 16
@@ -64,8 +68,8 @@ class BatchNormMoments:
     def _add(self, i: int, module: nn.Module, args: tuple) -> None:
         x = args[0].double().transpose(0, 1).flatten(1)  # channels × (scans · voxels)
         self.n[i] += x.shape[1]
-        self.sums[i] += x.sum(1).numpy()
-        self.squares[i] += (x**2).sum(1).numpy()
+        self.sums[i] += x.sum(1).cpu().numpy()
+        self.squares[i] += (x**2).sum(1).cpu().numpy()
 
     def moments(self) -> dict[str, np.ndarray]:
         cat = lambda parts: np.concatenate(parts) if parts else np.zeros(0)  # noqa: E731
@@ -73,16 +77,29 @@ class BatchNormMoments:
 
 
 class Site:
-    """One center: ``table`` holds its manifest rows (only the contract's columns are kept)."""
+    """One center: ``table`` holds its manifest rows (only the contract's columns are kept).
 
-    def __init__(self, name: str, table: pd.DataFrame, *, model: ModelSpec = ModelSpec()):
+    ``device`` (``cpu``, ``cuda``, ``cuda:N`` or ``auto``) is where its network trains;
+    ``data`` how its scans are cached and read ahead; ``deterministic`` asks torch for
+    repeatable GPU kernels. The last two configure the process the site runs in.
+    """
+
+    def __init__(self, name: str, table: pd.DataFrame, *, model: ModelSpec = ModelSpec(), device: str = "cpu",
+                 data: DataConfig = DataConfig(), deterministic: bool = False):
         self.name = name
         self.table = table[list(REQUIRED)].set_index("subject", drop=False)
         self.model = model
-        self.encoder, self.classifier = network(model)
+        self.shape = tuple(model.input_shape)
+        self.device = devices.resolve(device)
+        devices.set_deterministic(deterministic, self.device)
+        configure_cache(data.cache_gb, data.cache_dir)
+        self.prefetch = data.prefetch
+        self.encoder, self.classifier = (m.to(self.device) for m in network(model))
         # ~1.5× faster 3D convolutions on CPU; 2D layers keep the default layout
         self.memory_format = torch.channels_last_3d if len(model.input_shape) == 3 else torch.contiguous_format
         self.encoder.to(memory_format=self.memory_format)
+        self.scans = DeviceScans(self.device, devices.memory_bound(self.device, data.device_cache_gb),
+                                 self.memory_format)
 
     @functools.cached_property
     def optimizer(self) -> torch.optim.Optimizer:
@@ -99,20 +116,20 @@ class Site:
 
     def _images(self, subjects: list[str], *, augment: list[bool] | None = None,
                 transform=None) -> tuple[torch.Tensor, list[str], list[ScanProblem]]:
-        """The batch of ``subjects`` (those marked in ``augment`` passed through ``transform``), the ids loaded, and
-        the scans that could not be."""
-        arrays, ok, skipped = [], [], []
+        """The batch of ``subjects`` on the device (those marked in ``augment`` passed through ``transform``), the
+        ids loaded, and the scans that could not be."""
+        scans, ok, skipped = [], [], []
         for i, s in enumerate(subjects):
+            path = self.table.at[s, "path"]
             try:
-                image = load_image(self.table.at[s, "path"], tuple(self.model.input_shape))
+                augmented = np.asarray(transform(load_image(path, self.shape).copy()), dtype=np.float32) \
+                    if augment and augment[i] else None
+                scans.append(self.scans.scan(path, self.shape, augmented))
             except ImageError as exc:
                 skipped.append(ScanProblem(s, str(exc)))
                 continue
-            arrays.append(np.asarray(transform(image.copy()), dtype=np.float32) if augment and augment[i] else image)
             ok.append(s)
-        x = torch.from_numpy(np.stack(arrays)).contiguous(memory_format=self.memory_format) if arrays \
-            else torch.empty(0)
-        return x, ok, skipped
+        return (self.scans.stack(scans) if scans else torch.empty(0)), ok, skipped
 
     def train(self, state: State, request: TrainRequest) -> TrainReply:
         """One local epoch of ``request`` on ``state`` (weights and optimizer)."""
@@ -138,17 +155,21 @@ class Site:
         counts = request.class_counts or tuple(np.bincount(labels, minlength=2))  # for weights
         anchor = [(p, p.detach().clone()) for m in (self.encoder, self.classifier) for p in m.parameters()] \
             if request.prox_mu > 0 else []  # FedProx: the weights the round sent
-        total, n, done, skipped = 0.0, 0, {}, []
-        for chunk in batches(plan, request.batch_size):
-            x, ok, bad = self._images([s for s, _ in chunk], augment=[a for _, a in chunk], transform=augment)
+        total, n, done, skipped, wait = 0.0, 0, {}, [], 0.0
+        loads = (functools.partial(self._images, [s for s, _ in chunk], augment=[a for _, a in chunk],
+                                   transform=augment) for chunk in batches(plan, request.batch_size))
+        for (x, ok, bad), waited in prefetch(loads, self.prefetch):
+            wait += waited
             skipped += bad
             if not ok:
                 continue
             y = self.table.loc[ok, "label"].to_numpy(dtype=int)
-            weight = torch.from_numpy(weights(y, counts)) if request.rebalance == "weights" else None
+            weight = torch.from_numpy(weights(y, counts)).to(self.device) if request.rebalance == "weights" else None
             optimizer.zero_grad(set_to_none=True)
+            with devices.autocast(self.device):
+                logits = self.classifier(self.encoder(x)).squeeze(1).float()
             loss = nn.functional.binary_cross_entropy_with_logits(
-                self.classifier(self.encoder(x)).squeeze(1), torch.from_numpy(y.astype(np.float32)), weight=weight)
+                logits, torch.from_numpy(y.astype(np.float32)).to(self.device), weight=weight)
             if anchor:  # FedProx's proximal term: stay near the model the round sent (not part of the reported loss)
                 prox = request.prox_mu / 2 * sum(((p - a) ** 2).sum() for p, a in anchor)
                 (loss + prox).backward()
@@ -158,8 +179,9 @@ class Site:
             total += loss.item() * len(ok)
             n += len(ok)
             done.update(dict.fromkeys(ok))
-        return TrainReply(pack(self.encoder, self.classifier, optimizer), len(done),
-                          total / n if n else float("nan"), time.perf_counter() - t0, list(done), skipped)
+        state = pack(self.encoder, self.classifier, optimizer)  # on a GPU: waits for its last step
+        return TrainReply(state, len(done), total / n if n else float("nan"), time.perf_counter() - t0, list(done),
+                          skipped, wait)
 
     def audit(self) -> list[AuditFinding]:
         """Image-level checks (:mod:`fedqc.data.image_checks`) on the train and val scans."""
@@ -167,7 +189,7 @@ class Site:
         for split in ("train", "val"):
             for s in self.subjects(split):
                 try:
-                    reason = check_image(load_image(self.table.at[s, "path"], tuple(self.model.input_shape)))
+                    reason = check_image(load_image(self.table.at[s, "path"], self.shape))
                 except ImageError as exc:
                     reason = str(exc)
                 if reason:
@@ -192,14 +214,14 @@ class Site:
         subjects = [s for s in self.sample(request.split, request.fraction, request.sample_seed) if s not in exclude]
         scores, taps, done, skipped, blocks = [], [], [], [], []
         bn = BatchNormMoments(*(self.encoder, self.classifier) if request.batchnorm else ())
-        with bn:
-            for chunk in batches(subjects, EVAL_BATCH):
-                x, ok, bad = self._images(chunk)
+        loads = (functools.partial(self._images, chunk) for chunk in batches(subjects, EVAL_BATCH))
+        with bn, devices.autocast(self.device):
+            for (x, ok, bad), _ in prefetch(loads, self.prefetch):
                 skipped += bad
                 if ok:
                     f, t, blocks = encode(self.encoder, x)
-                    scores.append(torch.sigmoid(self.classifier(f).squeeze(1)).double().numpy())
-                    taps.append(t.double().numpy())
+                    scores.append(torch.sigmoid(self.classifier(f).squeeze(1).float()).double().cpu().numpy())
+                    taps.append(t.double().cpu().numpy())
                     done += ok
         rows = self.table.loc[done, ["subject", "site", "label", "sex", "age"]].reset_index(drop=True)
         rows.insert(3, "score", np.concatenate(scores) if scores else np.zeros(0))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from fedqc.config import ModelSpec
+from fedqc.config import DataConfig, ModelSpec
 from fedqc.errors import SiteError
 from fedqc.protocol import (
     AuditFinding,
@@ -19,10 +19,13 @@ from fedqc.site import Site
 
 
 class InProcessTransport:
-    """All sites of one manifest table; a site that raises fails as it would over Flower."""
+    """All sites of one manifest table; a site that raises fails as it would over Flower. ``device``, ``data`` and
+    ``deterministic`` are :class:`fedqc.site.Site`'s."""
 
-    def __init__(self, manifest: pd.DataFrame, model: ModelSpec):
-        self.sites = {name: Site(name, rows, model=model) for name, rows in manifest.groupby("site", sort=True)}
+    def __init__(self, manifest: pd.DataFrame, model: ModelSpec, *, device: str = "cpu",
+                 data: DataConfig = DataConfig(), deterministic: bool = False):
+        self.sites = {name: Site(name, rows, model=model, device=device, data=data, deterministic=deterministic)
+                      for name, rows in manifest.groupby("site", sort=True)}
 
     def site_info(self) -> dict[str, SiteInfo]:
         return {name: site.info() for name, site in self.sites.items()}

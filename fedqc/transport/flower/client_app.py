@@ -4,6 +4,8 @@ A node finds its data from ``node_config``: in deployment ``site`` (and optional
 own ``manifest``), in simulation ``partition-id`` indexing the sorted site names of the
 experiment's manifest. The manifest comes from the factory argument (simulation), the
 node config, or the run config's ``config`` (an experiment YAML, for ``flwr run``).
+A node's ``device`` in its node config overrides the experiment's (a hospital knows
+its own hardware).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from fedqc.transport.flower.codec import (
     encode_train_reply,
     model_from_config,
     record_to_state,
+    site_options_from_config,
 )
 
 
@@ -35,13 +38,13 @@ def _manifest(path: str):
 
 
 @functools.lru_cache(maxsize=None)  # one per site a process serves: a bounded cache thrashed on 83 sites
-def _site(manifest: str, site: str | None, partition: int | None, model: ModelSpec) -> Site:
+def _site(manifest: str, site: str | None, partition: int | None, model: ModelSpec, options: tuple) -> Site:
     table = _manifest(manifest)
     names = sorted(table["site"].unique())
     name = site if site is not None else names[partition]
     if name not in names:
         raise UserError(f"site {name!r} is not in manifest {manifest}")
-    return Site(name, table[table["site"] == name], model=model)
+    return Site(name, table[table["site"] == name], model=model, **dict(options))
 
 
 def _resolve(context: Context, manifest: str | None, request: dict) -> Site:
@@ -55,8 +58,10 @@ def _resolve(context: Context, manifest: str | None, request: dict) -> Site:
         raise UserError("no manifest: set node_config 'manifest' or run_config 'config'")
     torch.set_num_threads(int(request.get("threads", 1)))
     site = nc.get("site")
+    options = site_options_from_config({**request, **({"device": nc["device"]} if "device" in nc else {})})
     return _site(str(path), None if site is None else str(site),
-                 None if site is not None else int(nc["partition-id"]), model_from_config(request))
+                 None if site is not None else int(nc["partition-id"]), model_from_config(request),
+                 tuple(options.items()))
 
 
 def make_client_app(manifest: str | None = None, mods: list | None = None) -> ClientApp:

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
-from fedqc.config import ModelSpec
+from fedqc.config import DataConfig, ExperimentConfig, ModelSpec
 from fedqc.protocol import (
     BN_MOMENT_KEYS,
     COUNT_KEYS,
@@ -34,15 +34,29 @@ def to_config(d: dict) -> ConfigRecord:
                          if v is not None and not (isinstance(v, (list, tuple)) and len(v) == 0)})
 
 
-def model_config(model: ModelSpec, threads: int) -> dict:
-    """The request fields every message carries: which network to build, how many threads to use."""
+def site_config(cfg: ExperimentConfig) -> dict:
+    """The request fields every message carries: which network to build, and how the site runs it (threads,
+    device, repeatable kernels, scan caches; a missing cache bound means the machine's default)."""
+    model, data = cfg.model, cfg.data
     return {"model.name": model.name, "model.width": model.width, "model.input_shape": list(model.input_shape),
-            "model.norm": model.norm, "threads": threads}
+            "model.norm": model.norm, "threads": cfg.threads, "device": cfg.device,
+            "deterministic": cfg.deterministic, "data.cache_gb": data.cache_gb, "data.cache_dir": data.cache_dir,
+            "data.prefetch": data.prefetch, "data.device_cache_gb": data.device_cache_gb}
 
 
 def model_from_config(config: dict) -> ModelSpec:
     return ModelSpec(str(config["model.name"]), float(config["model.width"]),
                      tuple(int(x) for x in config["model.input_shape"]), str(config.get("model.norm", "batch")))
+
+
+def site_options_from_config(config: dict) -> dict:
+    """:class:`fedqc.site.Site`'s keywords (device, data, deterministic) from a request's fields."""
+    gb = lambda key: None if config.get(key) is None else float(config[key])  # noqa: E731
+    data = DataConfig(cache_gb=gb("data.cache_gb"), cache_dir=config.get("data.cache_dir"),
+                      prefetch=int(config.get("data.prefetch", DataConfig.prefetch)),
+                      device_cache_gb=gb("data.device_cache_gb"))
+    return {"device": str(config.get("device", "cpu")), "data": data,
+            "deterministic": bool(config.get("deterministic", False))}
 
 
 def _problems(items: list[str]) -> list[ScanProblem]:
@@ -64,7 +78,8 @@ def decode_site_info(content: RecordDict) -> SiteInfo:
 def encode_train_reply(res: TrainReply) -> RecordDict:
     return RecordDict({
         "arrays": state_to_record(res.state),
-        "metrics": MetricRecord({"n_scans": res.n_scans, "loss": float(res.loss), "seconds": float(res.seconds)}),
+        "metrics": MetricRecord({"n_scans": res.n_scans, "loss": float(res.loss), "seconds": float(res.seconds),
+                                 "data_wait_s": float(res.data_wait_s)}),
         "ids": to_config({"subjects": res.subjects, "skipped": [f"{p.subject}\t{p.reason}" for p in res.skipped]}),
     })
 
@@ -72,7 +87,8 @@ def encode_train_reply(res: TrainReply) -> RecordDict:
 def decode_train_reply(content: RecordDict) -> TrainReply:
     m, ids = content["metrics"], content["ids"]
     return TrainReply(record_to_state(content["arrays"]), int(m["n_scans"]), float(m["loss"]), float(m["seconds"]),
-                      list(ids.get("subjects", [])), _problems(ids.get("skipped", [])))
+                      list(ids.get("subjects", [])), _problems(ids.get("skipped", [])),
+                      float(m.get("data_wait_s", 0.0)))
 
 
 def encode_eval_reply(res: EvalReply) -> RecordDict:

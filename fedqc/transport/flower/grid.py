@@ -35,7 +35,7 @@ from fedqc.transport.flower.codec import (
     decode_eval_reply,
     decode_site_info,
     decode_train_reply,
-    model_config,
+    site_config,
     state_to_record,
     to_config,
 )
@@ -53,7 +53,7 @@ class GridTransport:
         self.timeout_s = timeout_s if timeout_s is not None else cfg.site_timeout_s
         # the in-memory grid (it has a pull_interval) answers pulls in-process: poll it at the fastest rate
         self.max_wait = POLL_S[0] if hasattr(grid, "pull_interval") else POLL_S[1]
-        self.base = model_config(cfg.model, cfg.threads)
+        self.base = site_config(cfg)
         deadline = time.monotonic() + wait_s
         nodes = list(grid.get_node_ids())
         while expected_nodes and len(nodes) < expected_nodes and time.monotonic() < deadline:
