@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.fedqc-installed
 DEMO_DATA := data/demo
 DEMO_RUN  := runs/demo
 
-.PHONY: install demo test cohort clean bench
+.PHONY: install demo test cohort clean bench bench-gpu
 
 SMOKE_SITES := sites/deploy-smoke
 
@@ -49,6 +49,10 @@ bench: install
 	$(PY) -m bench.qc_cost
 	$(PY) -m bench.deployment
 	$(PY) -m bench.report
+
+# Seconds per scan on CPU and GPU (cuda skipped without one) from 32³ to 160×192×160; bench/results/gpu.json.
+bench-gpu: install
+	$(PY) -m bench.gpu
 
 clean:
 	rm -rf $(VENV) runs data $(SMOKE_SITES)

@@ -33,7 +33,8 @@ def machine() -> dict:
     if os.path.exists("/proc/cpuinfo"):
         with open("/proc/cpuinfo") as info:
             cpu = next((ln.split(":", 1)[1].strip() for ln in info if ln.startswith("model name")), cpu)
-    return {"cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": "cpu", "cpu": cpu,
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    return {"cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": device, "cpu": cpu,
             "python": platform.python_version(), "torch": torch.__version__, "flwr": flwr.__version__}
 
 

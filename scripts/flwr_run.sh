@@ -6,7 +6,8 @@
 # FLWR_HOME lives inside OUT; telemetry, update checks and runtime dependency
 # installation are off. Fails when the run's status is not finished:completed
 # (`flwr run --stream` exits 0 even when the ServerApp fails), and always stops the
-# SuperLink it started, by PID.
+# SuperLink it started, by PID. Each ClientApp holds the GPUs the config's
+# `gpus_per_site` says (by default a whole GPU when `device` is one, else none).
 set -euo pipefail
 if [[ $# -ne 3 ]]; then echo "usage: $0 CONFIG OUT NODES" >&2; exit 2; fi
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -30,7 +31,18 @@ stop() {
 trap stop EXIT INT TERM
 
 cd "$here"
-flwr run . --stream --federation-config "num-supernodes=$nodes" \
+gpus=$(python - "$config" <<'PY'
+import sys
+from fedqc.config import load_config
+from fedqc.errors import UserError
+from fedqc.transport.flower.simulation import gpus_per_site
+try:
+    print(gpus_per_site(load_config(sys.argv[1])))
+except UserError as exc:
+    sys.exit(f"error: {exc}")
+PY
+)
+flwr run . --stream --federation-config "num-supernodes=$nodes client-resources-num-gpus=$gpus" \
   --run-config "config='$config' out='$out' nodes=$nodes"
 status=$(flwr ls --format json | python3 -c 'import json,sys; print(json.load(sys.stdin)["runs"][0]["status"])')
 echo "flwr run status: $status"

@@ -172,3 +172,12 @@ def test_gpu_scan_cache_is_bounded(tiny_cohort):
                 data=DataConfig(device_cache_gb=3 * one / 1024**3))
     site.evaluate(initial_state(SPEC, 0), EvalRequest("train"))
     assert site.scans.kept.currsize <= 3 * one and len(site.scans.kept) == 3
+
+
+def test_site_settings_cross_the_wire(tiny_cohort):
+    from fedqc.transport.flower.codec import site_config, site_options_from_config, to_config
+
+    for data in ({}, {"cache_gb": 1.5, "cache_dir": "/tmp/x", "prefetch": 0, "device_cache_gb": 0}):
+        cfg = tiny_config(tiny_cohort / "manifest.csv", device="cpu", deterministic=True, data=data)
+        options = site_options_from_config(dict(to_config(site_config(cfg))))
+        assert options == {"device": "cpu", "data": cfg.data, "deterministic": True}
