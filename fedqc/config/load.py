@@ -143,7 +143,7 @@ def _check_ranges(cfg: ExperimentConfig, problems: list[str]) -> None:
         (cfg.data.cache_gb is None or cfg.data.cache_gb >= 0, f"data.cache_gb: must be >= 0, got {cfg.data.cache_gb}"),
         (cfg.data.device_cache_gb is None or cfg.data.device_cache_gb >= 0,
          f"data.device_cache_gb: must be >= 0, got {cfg.data.device_cache_gb}"),
-        (cfg.data.prefetch >= 0, f"data.prefetch: must be >= 0, got {cfg.data.prefetch}"),
+        (cfg.data.prefetch is None or cfg.data.prefetch >= 0, f"data.prefetch: must be >= 0, got {cfg.data.prefetch}"),
         (cfg.site_timeout_s > 0, f"site_timeout_s: must be > 0, got {cfg.site_timeout_s}"),
         (cfg.failing_cycles >= 1, f"failing_cycles: must be >= 1, got {cfg.failing_cycles}"),
         (bool(cfg.arms) and all(a in ARMS or qc_variant(a) for a in cfg.arms),

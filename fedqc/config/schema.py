@@ -152,12 +152,13 @@ class DataConfig:
     """How a site holds its decoded scans (:mod:`fedqc.data.cache`, :mod:`fedqc.site.loading`).
 
     ``None`` chooses from the machine: a quarter of its memory for ``cache_gb``, 40 % of the GPU's for
-    ``device_cache_gb``; 0 turns a cache off.
+    ``device_cache_gb``, reading ahead on a GPU only; 0 turns a cache (or reading ahead) off.
     """
 
     cache_gb: float | None = None  # decoded scans kept in memory per process (least recently used leave first)
     cache_dir: str | None = None  # a folder on the site's machine keeping decoded scans across processes and runs
-    prefetch: int = 2  # batches read ahead in a background thread while the model trains (0: read in line)
+    prefetch: int | None = None  # batches read ahead in a background thread while the model trains (0: read in
+    #                              line; None: 2 on a GPU, 0 on CPU, where a reading thread competes with training's)
     device_cache_gb: float | None = None  # on a GPU: scans kept there as tensors, so a cycle copies nothing
 
 

@@ -91,6 +91,11 @@ class DeviceScans:
         return tensor
 
     def stack(self, scans: list) -> torch.Tensor:
-        """The (N, 1, *shape) batch of :meth:`scan` results, on the device in the network's memory format."""
-        x = torch.from_numpy(np.stack(scans)) if self.device.type == "cpu" else torch.stack(scans)
+        """The (N, 1, *shape) batch of :meth:`scan` results, on the device. On CPU no torch kernel runs here: a
+        torch op called from the reading thread would start a second OpenMP team beside training's (4 busy
+        threads on 2 cores); :meth:`ready` puts the batch in the network's memory format on the training thread."""
+        return torch.from_numpy(np.stack(scans)) if self.device.type == "cpu" else torch.stack(scans)
+
+    def ready(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` in the network's memory format (on the calling thread)."""
         return x.contiguous(memory_format=self.memory_format)

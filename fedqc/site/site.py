@@ -93,7 +93,7 @@ class Site:
         self.device = devices.resolve(device)
         devices.set_deterministic(deterministic, self.device)
         configure_cache(data.cache_gb, data.cache_dir)
-        self.prefetch = data.prefetch
+        self.prefetch = data.prefetch if data.prefetch is not None else 2 if self.device.type == "cuda" else 0
         self.encoder, self.classifier = (m.to(self.device) for m in network(model))
         # ~1.5× faster 3D convolutions on CPU; 2D layers keep the default layout
         self.memory_format = torch.channels_last_3d if len(model.input_shape) == 3 else torch.contiguous_format
@@ -163,6 +163,7 @@ class Site:
             skipped += bad
             if not ok:
                 continue
+            x = self.scans.ready(x)
             y = self.table.loc[ok, "label"].to_numpy(dtype=int)
             weight = torch.from_numpy(weights(y, counts)).to(self.device) if request.rebalance == "weights" else None
             optimizer.zero_grad(set_to_none=True)
@@ -184,12 +185,28 @@ class Site:
                           skipped, wait)
 
     def audit(self) -> list[AuditFinding]:
-        """Image-level checks (:mod:`fedqc.data.image_checks`) on the train and val scans."""
-        findings = []
+        """Image-level checks (:mod:`fedqc.data.image_checks`) on the train and val scans, in this order: unusable,
+        blank or near-constant as stored, :func:`check_image` on the model input, and an exact copy (same voxels)
+        of an earlier scan of this site, train before val. One finding per scan. Copies at other sites stay
+        unseen: finding them would take the scans' hashes off the site (``fedqc audit`` finds them on a manifest).
+        """
+        import SimpleITK as sitk
+
+        from fedqc.data.image_checks import check_raw, voxel_hash
+        from fedqc.data.images import pixels
+
+        findings, first = [], {}
         for split in ("train", "val"):
             for s in self.subjects(split):
+                path = self.table.at[s, "path"]
                 try:
-                    reason = check_image(load_image(self.table.at[s, "path"], self.shape))
+                    arr = load_image(path, self.shape)  # unreadable, truncated, non-finite, wrong dimensions
+                    stored = sitk.ReadImage(path)
+                    reason = check_raw(pixels(stored)) or check_image(arr)
+                    if reason is None:
+                        digest = voxel_hash(sitk.GetArrayViewFromImage(stored))
+                        reason = f"exact duplicate of {first[digest]}" if digest in first else None
+                        first.setdefault(digest, s)
                 except ImageError as exc:
                     reason = str(exc)
                 if reason:
@@ -219,7 +236,7 @@ class Site:
             for (x, ok, bad), _ in prefetch(loads, self.prefetch):
                 skipped += bad
                 if ok:
-                    f, t, blocks = encode(self.encoder, x)
+                    f, t, blocks = encode(self.encoder, self.scans.ready(x))
                     scores.append(torch.sigmoid(self.classifier(f).squeeze(1).float()).double().cpu().numpy())
                     taps.append(t.double().cpu().numpy())
                     done += ok

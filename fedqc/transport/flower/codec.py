@@ -53,7 +53,7 @@ def site_options_from_config(config: dict) -> dict:
     """:class:`fedqc.site.Site`'s keywords (device, data, deterministic) from a request's fields."""
     gb = lambda key: None if config.get(key) is None else float(config[key])  # noqa: E731
     data = DataConfig(cache_gb=gb("data.cache_gb"), cache_dir=config.get("data.cache_dir"),
-                      prefetch=int(config.get("data.prefetch", DataConfig.prefetch)),
+                      prefetch=None if config.get("data.prefetch") is None else int(config["data.prefetch"]),
                       device_cache_gb=gb("data.device_cache_gb"))
     return {"device": str(config.get("device", "cpu")), "data": data,
             "deterministic": bool(config.get("deterministic", False))}
