@@ -6,12 +6,14 @@ import hashlib
 
 import numpy as np
 import pandas as pd
+import pytest
 import SimpleITK as sitk
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
 from fedqc.data.images import load_image
 from fedqc.data.manifest import load_manifest
+from fedqc.data.synth import cohort
 from fedqc.data.synth.cohort import SiteSpec, _subject_rows, generate_cohort, reference_sites
 from tests.conftest import TINY_HARM, TINY_SITES
 
@@ -28,6 +30,29 @@ def test_same_seed_byte_identical(tmp_path):
     assert a == b and len(a) > 20
     generate_cohort(tmp_path / "c", size=12, seed=6, sites=TINY_SITES[:2], harm=TINY_HARM)
     assert _digest(tmp_path / "c") != a
+
+
+def test_workers_give_byte_identical_files(tmp_path):
+    manifests = {n: generate_cohort(tmp_path / f"w{n}", size=12, seed=5, sites=TINY_SITES, harm=TINY_HARM, workers=n)
+                 for n in (1, 2)}
+    pd.testing.assert_frame_equal(manifests[1], manifests[2])
+    one, two = _digest(tmp_path / "w1"), _digest(tmp_path / "w2")
+    assert one == two and len(one) > 40  # manifest.csv, cohort.json and every image
+    assert (manifests[2]["harm_detail"] != "").sum() > 5  # the workers' corruption records came back
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_worker_error_surfaces(workers, tmp_path, monkeypatch):
+    def failing_write(path, image, shape):  # a fork-started worker inherits the patch
+        if path.name == "beta-train002.nii.gz":
+            raise OSError(f"disk full: {path.name}")
+        write(path, image, shape)
+
+    write = cohort.write_nifti
+    monkeypatch.setattr(cohort, "write_nifti", failing_write)
+    with pytest.raises(OSError, match="disk full: beta-train002"):
+        generate_cohort(tmp_path, size=12, seed=5, sites=TINY_SITES, harm={}, workers=workers)
+    assert not (tmp_path / "manifest.csv").exists()
 
 
 def test_reference_preset_matches_csv():
