@@ -1,4 +1,4 @@
-"""The ``fedqc`` command line: validate, cohort, harm, simulate, study, infer, sites.
+"""The ``fedqc`` command line: validate, audit, cohort, harm, simulate, study, infer, sites.
 
 A user's mistake (:class:`~fedqc.errors.UserError`), a site that cannot be reached
 (:class:`~fedqc.errors.SiteError`) or a file the system refuses (``OSError``) ends in
@@ -80,6 +80,8 @@ def cohort(preset: str = typer.Option("demo", help="demo, demo2d (2D slices), re
                                                 "160x192x160 (64x64 for 2D)."),
            seed: int = typer.Option(0, help="Random seed."),
            no_harm: bool = typer.Option(False, "--no-harm", help="Inject no harmful data."),
+           workers: int = typer.Option(0, help="Processes making scans (0: every usable core); the files are the "
+                                               "same for any number."),
            debug: bool = DEBUG):
     """Generate a synthetic multi-center brain-MRI cohort (manifest + NIfTI images)."""
     import time
@@ -90,9 +92,11 @@ def cohort(preset: str = typer.Option("demo", help="demo, demo2d (2D slices), re
         sides = None if size is None else tuple(int(s) for s in size.lower().split("x"))
     except ValueError:
         raise UserError(f"--size must be an integer, AxB or AxBxC, got {size!r}") from None
+    if workers < 0:
+        raise UserError(f"--workers must be >= 0 (0: every usable core), got {workers}")
     t0 = time.perf_counter()
     m = generate_cohort(out_dir, preset=preset, size=sides[0] if sides and len(sides) == 1 else sides, seed=seed,
-                        harm={} if no_harm else None)
+                        harm={} if no_harm else None, workers=workers or None)
     harmful = int((m["harm"] != "none").sum())
     out.print(f"{out_dir / 'manifest.csv'}: {len(m)} scans, {m['site'].nunique()} sites, "
               f"{harmful} harmful, in {time.perf_counter() - t0:.1f} s")
@@ -236,6 +240,48 @@ def infer(run: Optional[Path] = typer.Option(None, "--run", help="Run folder fro
     out.print(f"threshold metrics at {threshold:.3f} ({method}"
               + (", fitted on the run's verification scans)" if method != "fixed" else ", the reference)"))
     out.print(f"wrote {target}")
+
+
+@app.command()
+@friendly
+def audit(manifest: Path = typer.Argument(..., help="Manifest CSV; every split is audited."),
+          out_dir: Optional[Path] = typer.Option(None, "--out", help="Folder for audit.csv and audit_summary.csv "
+                                                 "(default runs/audit-<manifest folder or stem>)."),
+          shape: str = typer.Option("32x32x32", "--shape", help="The model input shape the model-input checks and "
+                                    "the near-duplicate hash see: AxBxC, AxB for 2D, or one side for a cube."),
+          near_threshold: Optional[float] = typer.Option(None, "--near-threshold", help="Near duplicates: at most "
+                                                         "this share of perceptual-hash bits differ (default 0.08)."),
+          outlier_z: Optional[float] = typer.Option(None, "--outlier-z", help="Intensity and shape outliers: robust "
+                                                    "z-score (median/MAD over the manifest) above this (default 5)."),
+          overwrite: bool = typer.Option(False, "--overwrite", help="Write into a non-empty --out (only the two "
+                                         "audit files are replaced)."),
+          debug: bool = DEBUG):
+    """Image audit without training: unreadable, blank or near-constant scans, exact and near duplicates (within
+    and across sites), intensity and shape outliers, inverted-looking and noise-like scans; per scan and per site."""
+    import time
+
+    from rich.table import Table
+
+    from fedqc.data.audit import NEAR_THRESHOLD, OUTLIER_Z, audit_manifest, default_out, parse_shape
+
+    sides = parse_shape(shape)
+    out_dir = out_dir or default_out(manifest)
+    t0 = time.perf_counter()
+    table, summary = audit_manifest(manifest, shape=sides, out=out_dir, overwrite=overwrite,
+                                    near_threshold=NEAR_THRESHOLD if near_threshold is None else near_threshold,
+                                    outlier_z=OUTLIER_Z if outlier_z is None else outlier_z)
+    per_site = summary[summary["site"] != "all"].set_index("site")
+    view = Table(title=f"{len(table)} scans at {len(per_site)} sites, {time.perf_counter() - t0:.1f} s")
+    for col in ("issue", "scans", "sites (most first)"):
+        view.add_column(col, justify="right" if col == "scans" else "left")
+    for col in [*summary.columns[3:], "any_issue"]:
+        counts = per_site[col][per_site[col] > 0].sort_values(ascending=False, kind="stable")
+        where = ", ".join(f"{site} {n}" for site, n in counts.head(4).items())
+        view.add_row(col.replace("_", " "), f"{counts.sum()}" + (f" of {len(table)}" if col == "any_issue" else ""),
+                     where + (f" (+{len(counts) - 4} more)" if len(counts) > 4 else ""), end_section=col == "no_anatomy")
+    out.print(view)
+    out.print(f"wrote {out_dir / 'audit.csv'} (one row per scan, a reason for each flagged one) and "
+              f"{out_dir / 'audit_summary.csv'}")
 
 
 sites_app = typer.Typer(no_args_is_help=True, help="Per-site folders and the docker-compose topology for real SuperNodes.")

@@ -117,6 +117,8 @@ OPTIONS = [
     (["infer", "--checkpoint", "nope.pt"], "--checkpoint needs --manifest"),
     (["cohort", "--out", "x", "--size", "big"], "--size must be an integer"),
     (["cohort", "--out", "x", "--preset", "huge"], "huge"),
+    (["cohort", "--out", "x", "--workers", "-1"], "--workers must be >= 0"),
+    (["audit", "nowhere.csv"], "file not found: nowhere.csv"),
     (["sites", "split", "--manifest", "nowhere.csv", "--out", "s"], "nowhere.csv"),
     (["sites", "compose", "--sites", "nowhere", "--config", "nowhere.yaml"], "config not found: nowhere.yaml"),
 ]
