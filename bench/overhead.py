@@ -69,7 +69,8 @@ def plain_cycles(cfg_dict: dict) -> list[float]:
     model = sites[next(iter(sites))]  # one network and one optimizer for the whole loop
     state = initial_state(cfg.model, cfg.train.seed)
     unpack(state, model.encoder, model.classifier, None)
-    enc, clf, opt, loss_fn = model.encoder, model.classifier, model.optimizer, model.loss_fn
+    enc, clf, opt = model.encoder, model.classifier, model.optimizer
+    loss_fn = torch.nn.functional.binary_cross_entropy_with_logits
     train_sites = sorted(name for name, pool in pools.items() if pool)
     seconds = []
     for cycle in range(cfg.train.cycles):
@@ -84,6 +85,7 @@ def plain_cycles(cfg_dict: dict) -> list[float]:
             clf.train()
             for chunk in batches(order, cfg.train.batch_size):
                 x, ok, _ = site._images(chunk)
+                x = site.scans.ready(x)
                 y = torch.tensor(site.table.loc[ok, "label"].to_numpy(dtype=np.float32))
                 opt.zero_grad(set_to_none=True)
                 loss_fn(clf(enc(x)).squeeze(1), y).backward()

@@ -181,3 +181,28 @@ def test_site_settings_cross_the_wire(tiny_cohort):
         cfg = tiny_config(tiny_cohort / "manifest.csv", device="cpu", deterministic=True, data=data)
         options = site_options_from_config(dict(to_config(site_config(cfg))))
         assert options == {"device": "cpu", "data": cfg.data, "deterministic": True}
+
+
+def test_state_crosses_as_raw_bytes_exactly():
+    from fedqc.transport.flower.codec import RAW, record_to_state, state_to_record
+
+    state = {"w": np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32),
+             "steps": np.array(7, dtype=np.int64), "mask": np.array([True, False]),
+             "t": np.arange(6, dtype=np.float64).reshape(2, 3).T}  # not C-contiguous
+    record = state_to_record(state)
+    assert all(a.stype == RAW for a in record.values())
+    back = record_to_state(record)
+    for key, value in state.items():
+        assert back[key].dtype == value.dtype and back[key].shape == value.shape
+        np.testing.assert_array_equal(back[key], value)
+        assert back[key].flags.writeable
+
+
+def test_flower_engine_sweep_replaced_on_the_pinned_version():
+    import flwr
+    from flwr.server.superlink.fleet.vce import vce_api
+
+    from fedqc.transport.flower import vce
+
+    assert vce.install() is (flwr.__version__ == "1.41.0")
+    assert (vce_api.add_messages_to_queue is vce.add_messages_to_queue) is (flwr.__version__ == "1.41.0")

@@ -14,7 +14,7 @@ from fedqc.models import encode, network
 from fedqc.models.state import initial_state
 from tests.conftest import tiny_config
 
-ALLOWED_METRICS = {"n_scans", "loss", "seconds", "n", "tp", "fp", "tn", "fn", "loss_sum", "brier_sum",
+ALLOWED_METRICS = {"n_scans", "loss", "seconds", "data_wait_s", "n", "tp", "fp", "tn", "fn", "loss_sum", "brier_sum",
                    "score", "label", "age", "val", "test", "train_positives", "ood", "feat_n", "feat_sum", "feat_sq",
                    "bn_n", "bn_sum", "bn_sq"}
 # sums over a site's scans, one value per activation (per BatchNorm layer or channel): never per scan

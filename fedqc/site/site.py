@@ -20,6 +20,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+import fedqc.site.device as devices
 from fedqc.config import DataConfig, ModelSpec
 from fedqc.data.image_checks import check_image
 from fedqc.data.images import ImageError, configure_cache, load_image
@@ -38,7 +39,6 @@ from fedqc.protocol import (
     batches,
 )
 from fedqc.scoring import counts_from_scores, feature_distance
-from fedqc.site import device as devices
 from fedqc.site.loading import DeviceScans, prefetch
 from fedqc.site.rebalance import augmenter, epoch, weights
 

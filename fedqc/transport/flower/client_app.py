@@ -37,17 +37,21 @@ def _manifest(path: str):
     return load_manifest(path, check_images=False)
 
 
+@functools.lru_cache(maxsize=4)
+def _names(manifest: str) -> list[str]:
+    return sorted(_manifest(manifest)["site"].unique())
+
+
 @functools.lru_cache(maxsize=None)  # one per site a process serves: a bounded cache thrashed on 83 sites
-def _site(manifest: str, site: str | None, partition: int | None, model: ModelSpec, options: tuple) -> Site:
-    table = _manifest(manifest)
-    names = sorted(table["site"].unique())
-    name = site if site is not None else names[partition]
-    if name not in names:
+def _site(manifest: str, name: str, model: ModelSpec, options: tuple) -> Site:
+    if name not in _names(manifest):
         raise UserError(f"site {name!r} is not in manifest {manifest}")
+    table = _manifest(manifest)
     return Site(name, table[table["site"] == name], model=model, **dict(options))
 
 
-def _resolve(context: Context, manifest: str | None, request: dict) -> Site:
+def _resolve(context: Context, manifest: str | None, request: dict, name: str | None = None) -> Site:
+    """The node's site, or (``name``, simulation only: every virtual node reads the one manifest) the site ``name``."""
     nc = context.node_config
     path = nc.get("manifest") or manifest
     if path is None and "config" in context.run_config:
@@ -59,9 +63,11 @@ def _resolve(context: Context, manifest: str | None, request: dict) -> Site:
     torch.set_num_threads(int(request.get("threads", 1)))
     site = nc.get("site")
     options = site_options_from_config({**request, **({"device": nc["device"]} if "device" in nc else {})})
-    return _site(str(path), None if site is None else str(site),
-                 None if site is not None else int(nc["partition-id"]), model_from_config(request),
-                 tuple(options.items()))
+    if name is not None and (site is not None or "partition-id" not in nc):
+        raise UserError("a request naming several sites is answered by a simulation node only")
+    if name is None:
+        name = str(site) if site is not None else _names(str(path))[int(nc["partition-id"])]
+    return _site(str(path), name, model_from_config(request), tuple(options.items()))
 
 
 def make_client_app(manifest: str | None = None, mods: list | None = None) -> ClientApp:
@@ -89,8 +95,21 @@ def make_client_app(manifest: str | None = None, mods: list | None = None) -> Cl
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
-        return answer(msg, context, lambda site, request: encode_eval_reply(
-            site.evaluate(record_to_state(msg.content["arrays"]), EvalRequest.from_dict(request))))
+        request = dict(msg.content["config"])
+        if "sites" not in request:
+            return answer(msg, context, lambda site, request: encode_eval_reply(
+                site.evaluate(record_to_state(msg.content["arrays"]), EvalRequest.from_dict(request))))
+        # a simulation fan-out in one message (GridTransport.evaluate): reply i of request["sites"] as
+        # "metrics.i"/"ids.i", or "error.i" for a site that raised
+        state, req, content = record_to_state(msg.content["arrays"]), EvalRequest.from_dict(request), RecordDict()
+        for i, name in enumerate(request["sites"]):
+            try:
+                for key, record in encode_eval_reply(_resolve(context, manifest, request, str(name))
+                                                     .evaluate(state, req)).items():
+                    content[f"{key}.{i}"] = record
+            except Exception as exc:  # noqa: BLE001 - a failing site loses its scores, not the fan-out
+                content[f"error.{i}"] = ConfigRecord({"reason": f"{type(exc).__name__}: {exc}"})
+        return Message(content, reply_to=msg)
 
     return app
 

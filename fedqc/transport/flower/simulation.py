@@ -30,10 +30,12 @@ def run_on_simulation(cfg: ExperimentConfig, main: Callable[[GridTransport], Non
     run ``main(transport)``."""
     from flwr.simulation import run_simulation
 
+    from fedqc.transport.flower import vce
     from fedqc.transport.flower.client_app import make_client_app
     from fedqc.transport.flower.server_app import make_server_app
 
     logging.getLogger("flwr").setLevel(logging.WARNING if quiet else logging.INFO)
+    vce.install()  # a pushed message reaches its ClientApp at once, not on the engine's next 100 ms sweep
     backend = {"client_resources": {"num_cpus": cfg.threads, "num_gpus": gpus_per_site(cfg)},
                "init_args": {"num_cpus": cfg.threads, "include_dashboard": False, "logging_level": "ERROR",
                              "log_to_driver": not quiet}}
