@@ -19,7 +19,8 @@ import pandas as pd
 from fedqc.analysis.metrics import DEFAULT_AGE_EDGES, fairness_gaps, group_metrics
 from fedqc.analysis.plots import plot_by_arm, plot_qc, plot_subgroups
 from fedqc.analysis.report import write_report
-from fedqc.config import ExperimentConfig, ModelSpec
+from fedqc.config import ExperimentConfig
+from fedqc.config.schema import model_spec
 from fedqc.data.manifest import load_manifest
 from fedqc.errors import UserError
 from fedqc.experiment.arms import arms_for
@@ -40,7 +41,7 @@ def predict_checkpoint(checkpoint: Path, manifest: pd.DataFrame, *, split: str =
     from fedqc.transport.inprocess import InProcessTransport
 
     ckpt = load_checkpoint(checkpoint)
-    spec = ModelSpec(**{**ckpt["model"], "input_shape": tuple(ckpt["model"]["input_shape"])})
+    spec = model_spec(ckpt["model"])
     rows = manifest[manifest["split"] == split]
     if rows.empty:
         raise UserError(f"manifest has no {split!r} rows to score")

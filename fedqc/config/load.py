@@ -18,6 +18,7 @@ import yaml
 
 from fedqc.config.schema import (
     ARMS,
+    BIAS_TARGETS,
     BN_STATS,
     CLASS_WEIGHTS,
     CRITERIA,
@@ -33,6 +34,7 @@ from fedqc.config.schema import (
     STARTS,
     STRATEGIES,
     THRESHOLDS,
+    UNLEARN,
     WARMUPS,
     WEIGHTINGS,
     ExperimentConfig,
@@ -114,6 +116,15 @@ def _check_ranges(cfg: ExperimentConfig, problems: list[str]) -> None:
         (t.class_weights in CLASS_WEIGHTS, f"train.class_weights: {t.class_weights!r} is not one of {CLASS_WEIGHTS}"),
         (m.name in MODELS, f"model.name: {m.name!r} is not one of {MODELS}"),
         (m.norm in NORMS, f"model.norm: {m.norm!r} is not one of {NORMS}"),
+        (m.unlearn in UNLEARN, f"model.unlearn: {m.unlearn!r} is not one of {UNLEARN}"),
+        (m.bias_target in BIAS_TARGETS, f"model.bias_target: {m.bias_target!r} is not one of {BIAS_TARGETS}"),
+        (m.bias_weight >= 0, f"model.bias_weight: must be >= 0, got {m.bias_weight}"),
+        (m.unlearn_weight >= 0, f"model.unlearn_weight: must be >= 0, got {m.unlearn_weight}"),
+        (not m.bias_classes or len(set(m.bias_classes)) == len(m.bias_classes) >= 2,
+         f"model.bias_classes: at least two distinct classes, got {list(m.bias_classes)}"),
+        (m.unlearn == "none" or cfg.engine != "deployment" or m.bias_classes or m.bias_target == "marker",
+         f"model.bias_classes: engine deployment has no manifest to read the {m.bias_target} classes from; "
+         "list them"),
         (m.norm == "batch" or m.name != "resnet18",
          f"model.norm: MONAI's resnet18 applies {m.norm} to its first layer only (its blocks keep BatchNorm); "
          "use sfcn or densenet121"),

@@ -37,6 +37,12 @@ THRESHOLDS = ("fixed", "youden", "prevalence", "platt")
 STRATEGIES = ("travelling", "fedavg", "fedprox", "fedtm")  # fedqc.strategies runs each
 WARMUPS = ("fedavg", "fedprox")  # fedtm's warm-up strategy
 WEIGHTINGS = ("scans", "equal")  # how an averaging round weighs a site's update
+# A bias head on the encoder's features and how it unlearns (fedqc.site.unlearning): Kim et al.'s Learning Not to
+# Learn (gradient reversal + negative entropy), or HarmonyTM's three updates per batch (task, head, confusion).
+UNLEARN = ("none", "lntl", "confusion")
+# What the bias head predicts: a planted marker (the manifest's ``marker`` column), the scanner (``scanner``), or the
+# site itself. Each is known to the site; only the trained weights leave it.
+BIAS_TARGETS = ("marker", "scanner", "site")
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,23 @@ class ModelSpec:
     width: float = 0.5
     input_shape: tuple[int, ...] = (32, 32, 32)
     norm: str = "batch"  # NORMS
+    unlearn: str = "none"  # UNLEARN
+    bias_target: str = "marker"  # BIAS_TARGETS
+    bias_classes: tuple[str, ...] = ()  # the bias head's classes (empty: from the manifest; marker: 0 and 1)
+    bias_weight: float = 1.0  # lntl: scale of the reversed gradient into the encoder; confusion: the head's loss
+    unlearn_weight: float = 1.0  # lntl: weight of the negative entropy; confusion: weight of the confusion loss
+
+
+def model_dict(model: ModelSpec) -> dict:
+    """``model:`` as plain values (lists for tuples): what a checkpoint stores and a request carries."""
+    return _plain(dataclasses.asdict(model))
+
+
+def model_spec(d: dict) -> ModelSpec:
+    """A :class:`ModelSpec` back from :func:`model_dict` (keys it lacks keep their defaults: older checkpoints)."""
+    tuples = {"input_shape": int, "bias_classes": str}
+    return ModelSpec(**{k: tuple(tuples[k](x) for x in d[k]) if k in tuples else d[k]
+                        for k in (f.name for f in dataclasses.fields(ModelSpec)) if k in d})
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from fedqc.errors import RunDirError, UserError
 from fedqc.io import atomic_write, atomic_write_text, truncate_csv
 from fedqc.protocol import State
 
-PARTS = ("encoder", "classifier", "optim")
+PARTS = ("encoder", "classifier", "bias", "optim")
 CYCLE_LOGS = ("train_log.csv", "errors.csv", "cycles.csv", "calibration.csv")
 FIXED_THRESHOLD = 0.5  # the reference's decision threshold: an arm that does not calibrate uses it
 
@@ -91,7 +91,7 @@ class ArmDir:
         for key, value in state.items():
             part, rest = key.split(".", 1)
             parts[part][rest] = torch.from_numpy(np.array(value))
-        ckpt = {**parts, "cycle": cycle, "arm": self.name, "model": model, **({"qc": visitor} if visitor else {}),
+        ckpt = {**{p: v for p, v in parts.items() if v or p != "bias"}, "cycle": cycle, "arm": self.name, "model": model, **({"qc": visitor} if visitor else {}),
                 **({"calibration": calibration} if calibration else {})}
         atomic_write(self.checkpoint(cycle), lambda tmp: torch.save(ckpt, tmp))
 
@@ -167,6 +167,3 @@ class RunDir:
         self.root.mkdir(parents=True, exist_ok=True)
         atomic_write_text(snapshot, self.config)
 
-
-def model_dict(cfg: ExperimentConfig) -> dict:
-    return dataclasses.asdict(cfg.model)

@@ -24,13 +24,13 @@ from rich.progress import (
 )
 
 from fedqc.config import ExperimentConfig
-from fedqc.config.schema import REFERENCE_CALIBRATION
+from fedqc.config.schema import REFERENCE_CALIBRATION, model_dict
 from fedqc.data.corruptions.scenario import Scenario
 from fedqc.data.inject import inject
 from fedqc.data.manifest import load_manifest
 from fedqc.errors import BrokenScanError, UserError
 from fedqc.experiment.arms import TRUSTED, Arm, arms_for, harmful_scans
-from fedqc.experiment.run_dir import ArmDir, RunDir, load_checkpoint, model_dict
+from fedqc.experiment.run_dir import ArmDir, RunDir, load_checkpoint
 from fedqc.io import append_csv, atomic_write_csv
 from fedqc.models.state import initial_state
 from fedqc.protocol import State, class_counts
@@ -101,7 +101,7 @@ class CycleRecorder:
         if cycle.calibration is not None:
             append_csv(pd.DataFrame([{"cycle": c, **cycle.calibration}]), self.arm_dir.path / "calibration.csv")
         self.visitor.end_cycle(c)
-        self.arm_dir.save_checkpoint(c, state, model=model_dict(self.cfg), visitor=self.visitor.snapshot(),
+        self.arm_dir.save_checkpoint(c, state, model=model_dict(self.cfg.model), visitor=self.visitor.snapshot(),
                                      calibration=cycle.calibration)
 
 
@@ -234,6 +234,20 @@ def inject_scenario(cfg: ExperimentConfig, run: RunDir, *, resume: bool) -> Expe
     return trained
 
 
+def resolve_bias_classes(cfg: ExperimentConfig, manifest: pd.DataFrame) -> ExperimentConfig:
+    """``cfg`` with ``model.bias_classes`` filled from the manifest (the scanners or sites it names, sorted) when an
+    unlearning head predicts them and the config does not list them."""
+    m = cfg.model
+    if m.unlearn == "none" or m.bias_classes or m.bias_target == "marker":
+        return cfg
+    if m.bias_target not in manifest:
+        raise UserError(f"model.bias_target {m.bias_target}: the manifest has no {m.bias_target!r} column")
+    classes = tuple(sorted(manifest[m.bias_target].astype(str).unique()))
+    if len(classes) < 2:
+        raise UserError(f"model.bias_target {m.bias_target}: the manifest names one ({classes[0]}); nothing to unlearn")
+    return dataclasses.replace(cfg, model=dataclasses.replace(m, bias_classes=classes))
+
+
 def simulate(cfg: ExperimentConfig, out: Path, *, resume: bool = False, overwrite: bool = False,
              quiet: bool = False) -> None:
     """Prepare the run folder ``out`` and run ``cfg`` on its engine, on this machine."""
@@ -247,6 +261,7 @@ def simulate(cfg: ExperimentConfig, out: Path, *, resume: bool = False, overwrit
     run = RunDir(out)
     run.prepare(cfg, resume=resume, overwrite=overwrite)
     cfg = inject_scenario(cfg, run, resume=resume)
+    cfg = resolve_bias_classes(cfg, load_manifest(cfg.manifest, check_images=False))
     torch.set_num_threads(cfg.threads)
     resolve_device(cfg.device)  # a GPU asked for and absent stops here, not in every site
     if cfg.engine == "flower":

@@ -49,6 +49,26 @@ def network(spec: ModelSpec) -> tuple[nn.Module, nn.Module]:
     return build_model(spec.name, input_shape=tuple(spec.input_shape), width=spec.width, norm=spec.norm)
 
 
+MARKER_CLASSES = ("0", "1")
+
+
+def bias_classes(spec: ModelSpec) -> tuple[str, ...]:
+    """The bias head's classes in output order: the config's, or absent and present for a planted marker."""
+    if spec.bias_classes:
+        return tuple(spec.bias_classes)
+    if spec.bias_target == "marker":
+        return MARKER_CLASSES
+    raise UserError(f"model.bias_classes: the {spec.bias_target} classes were not resolved (list them in the config)")
+
+
+def bias_head(spec: ModelSpec, classifier: nn.Module) -> nn.Module | None:
+    """The bias head of ``model.unlearn`` (None without one): a linear layer from the classifier's input features
+    to one logit per bias class, so that it sees exactly what the classifier sees."""
+    if spec.unlearn == "none":
+        return None
+    return nn.Linear(classifier.in_features, len(bias_classes(spec)))
+
+
 def encode(encoder: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
     """``(features, taps, blocks)``: the encoder's output, and the spatial means of every ReLU's output along the
     way, concatenated (``blocks`` holds each one's width; the output alone for encoders that are not a sequence).

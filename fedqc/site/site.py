@@ -25,7 +25,8 @@ from fedqc.config import DataConfig, ModelSpec
 from fedqc.data.image_checks import check_image
 from fedqc.data.images import ImageError, configure_cache, load_image
 from fedqc.data.manifest import REQUIRED
-from fedqc.models import encode, network
+from fedqc.errors import UserError
+from fedqc.models import bias_classes, bias_head, encode, network
 from fedqc.models.state import pack, unpack
 from fedqc.protocol import (
     AuditFinding,
@@ -41,6 +42,7 @@ from fedqc.protocol import (
 from fedqc.scoring import counts_from_scores, feature_distance
 from fedqc.site.loading import DeviceScans, prefetch
 from fedqc.site.rebalance import augmenter, epoch, weights
+from fedqc.site.unlearning import unlearning_step
 
 EVAL_BATCH = 16
 BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -79,6 +81,8 @@ class BatchNormMoments:
 class Site:
     """One center: ``table`` holds its manifest rows (only the contract's columns are kept).
 
+    With ``model.unlearn`` the network has a bias head, trained on the bias column the
+    site knows (``marker`` or ``scanner``, or its own name): the column stays at the site.
     ``device`` (``cpu``, ``cuda``, ``cuda:N`` or ``auto``) is where its network trains;
     ``data`` how its scans are cached and read ahead; ``deterministic`` asks torch for
     repeatable GPU kernels. The last two configure the process the site runs in.
@@ -87,14 +91,18 @@ class Site:
     def __init__(self, name: str, table: pd.DataFrame, *, model: ModelSpec = ModelSpec(), device: str = "cpu",
                  data: DataConfig = DataConfig(), deterministic: bool = False):
         self.name = name
-        self.table = table[list(REQUIRED)].set_index("subject", drop=False)
         self.model = model
+        self.table = table[list(REQUIRED)].set_index("subject", drop=False)
+        self.bias = self._bias_classes(table) if model.unlearn != "none" else None
         self.shape = tuple(model.input_shape)
         self.device = devices.resolve(device)
         devices.set_deterministic(deterministic, self.device)
         configure_cache(data.cache_gb, data.cache_dir)
         self.prefetch = data.prefetch if data.prefetch is not None else 2 if self.device.type == "cuda" else 0
         self.encoder, self.classifier = (m.to(self.device) for m in network(model))
+        self.head = bias_head(model, self.classifier)
+        if self.head is not None:
+            self.head.to(self.device)
         # ~1.5× faster 3D convolutions on CPU; 2D layers keep the default layout
         self.memory_format = torch.channels_last_3d if len(model.input_shape) == 3 else torch.contiguous_format
         self.encoder.to(memory_format=self.memory_format)
@@ -104,7 +112,30 @@ class Site:
     @functools.cached_property
     def optimizer(self) -> torch.optim.Optimizer:
         """Built on first training only: creating it imports torch._dynamo (~2 s of a fresh ClientApp)."""
-        return torch.optim.Adam(list(self.encoder.parameters()) + list(self.classifier.parameters()))
+        return torch.optim.Adam([p for m in self.modules for p in m.parameters()])
+
+    @property
+    def modules(self) -> list[nn.Module]:
+        """Encoder, classifier and (with unlearning) the bias head: the order of the optimizer's parameters."""
+        return [self.encoder, self.classifier] + ([self.head] if self.head is not None else [])
+
+    def _bias_classes(self, table: pd.DataFrame) -> pd.Series:
+        """Each scan's bias class (an index into the model's bias classes), from the column the target names."""
+        target, classes = self.model.bias_target, bias_classes(self.model)
+        if target == "site":
+            values = pd.Series(self.name, index=table["subject"])
+        elif target not in table:
+            raise UserError(f"site {self.name}: model.bias_target {target} needs a {target!r} column in the manifest")
+        else:
+            values = table.set_index("subject")[target]
+            if target == "marker":
+                values = pd.to_numeric(values, errors="coerce").fillna(-1).astype(int)
+            values = values.astype(str)
+        unknown = sorted(set(values) - set(classes))
+        if unknown:
+            raise UserError(f"site {self.name}: {target} value(s) {unknown[:5]} are not among model.bias_classes "
+                            f"{list(classes)}")
+        return values.map({c: i for i, c in enumerate(classes)})
 
     def subjects(self, split: str) -> list[str]:
         return list(self.table.loc[self.table["split"] == split, "subject"])
@@ -143,17 +174,17 @@ class Site:
         unknown = [s for s in subjects if s not in self.table.index]
         if unknown:
             raise KeyError(f"site {self.name}: unknown subject(s) {list(unknown)[:5]}")
-        unpack(state, self.encoder, self.classifier, optimizer)
+        unpack(state, self.encoder, self.classifier, optimizer, self.head)
         for group in optimizer.param_groups:
             group["lr"] = request.lr
         torch.manual_seed(request.seed)
-        self.encoder.train()
-        self.classifier.train()
+        for m in self.modules:
+            m.train()
         labels = self.table.loc[list(subjects), "label"].to_numpy(dtype=int)
         plan = epoch(request.rebalance, list(subjects), labels, request.seed)
         augment = augmenter(len(self.model.input_shape), request.seed) if any(a for _, a in plan) else None
         counts = request.class_counts or tuple(np.bincount(labels, minlength=2))  # for weights
-        anchor = [(p, p.detach().clone()) for m in (self.encoder, self.classifier) for p in m.parameters()] \
+        anchor = [(p, p.detach().clone()) for m in self.modules for p in m.parameters()] \
             if request.prox_mu > 0 else []  # FedProx: the weights the round sent
         total, n, done, skipped, wait = 0.0, 0, {}, [], 0.0
         loads = (functools.partial(self._images, [s for s, _ in chunk], augment=[a for _, a in chunk],
@@ -166,21 +197,33 @@ class Site:
             x = self.scans.ready(x)
             y = self.table.loc[ok, "label"].to_numpy(dtype=int)
             weight = torch.from_numpy(weights(y, counts)).to(self.device) if request.rebalance == "weights" else None
-            optimizer.zero_grad(set_to_none=True)
-            with devices.autocast(self.device):
-                logits = self.classifier(self.encoder(x)).squeeze(1).float()
-            loss = nn.functional.binary_cross_entropy_with_logits(
-                logits, torch.from_numpy(y.astype(np.float32)).to(self.device), weight=weight)
-            if anchor:  # FedProx's proximal term: stay near the model the round sent (not part of the reported loss)
-                prox = request.prox_mu / 2 * sum(((p - a) ** 2).sum() for p, a in anchor)
-                (loss + prox).backward()
+            target = torch.from_numpy(y.astype(np.float32)).to(self.device)
+
+            def task(features: torch.Tensor, target=target, weight=weight) -> tuple[torch.Tensor, torch.Tensor]:
+                with devices.autocast(self.device):
+                    logits = self.classifier(features).squeeze(1).float()
+                loss = nn.functional.binary_cross_entropy_with_logits(logits, target, weight=weight)
+                # FedProx's proximal term: stay near the model the round sent (not part of the reported loss)
+                prox = request.prox_mu / 2 * sum(((p - a) ** 2).sum() for p, a in anchor) if anchor else 0.0
+                return loss, loss + prox
+
+            if self.head is None:
+                optimizer.zero_grad(set_to_none=True)
+                with devices.autocast(self.device):
+                    features = self.encoder(x)
+                loss, total_loss = task(features)
+                total_loss.backward()
+                optimizer.step()
             else:
-                loss.backward()
-            optimizer.step()
+                loss = unlearning_step(
+                    self.model.unlearn, encoder=self.encoder, classifier=self.classifier, head=self.head,
+                    optimizer=optimizer, x=x, task=task, bias_weight=self.model.bias_weight,
+                    unlearn_weight=self.model.unlearn_weight, autocast=functools.partial(devices.autocast, self.device),
+                    bias=torch.tensor(self.bias.loc[ok].to_numpy(), device=self.device))
             total += loss.item() * len(ok)
             n += len(ok)
             done.update(dict.fromkeys(ok))
-        state = pack(self.encoder, self.classifier, optimizer)  # on a GPU: waits for its last step
+        state = pack(self.encoder, self.classifier, optimizer, self.head)  # on a GPU: waits for its last step
         return TrainReply(state, len(done), total / n if n else float("nan"), time.perf_counter() - t0, list(done),
                           skipped, wait)
 
@@ -224,9 +267,9 @@ class Site:
     @torch.no_grad()
     def evaluate(self, state: State, request: EvalRequest) -> EvalReply:
         """Scores, counts and loss sums of ``state`` on the scans ``request`` names."""
-        unpack(state, self.encoder, self.classifier, None)
-        self.encoder.eval()
-        self.classifier.eval()
+        unpack(state, self.encoder, self.classifier, None, self.head)
+        for m in self.modules:
+            m.eval()
         exclude = set(request.exclude)
         subjects = [s for s in self.sample(request.split, request.fraction, request.sample_seed) if s not in exclude]
         scores, taps, done, skipped, blocks = [], [], [], [], []

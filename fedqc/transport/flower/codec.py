@@ -8,6 +8,7 @@ import pandas as pd
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from fedqc.config import DataConfig, ExperimentConfig, ModelSpec
+from fedqc.config.schema import model_dict, model_spec
 from fedqc.protocol import (
     BN_MOMENT_KEYS,
     COUNT_KEYS,
@@ -47,15 +48,13 @@ def site_config(cfg: ExperimentConfig) -> dict:
     """The request fields every message carries: which network to build, and how the site runs it (threads,
     device, repeatable kernels, scan caches; a missing cache bound means the machine's default)."""
     model, data = cfg.model, cfg.data
-    return {"model.name": model.name, "model.width": model.width, "model.input_shape": list(model.input_shape),
-            "model.norm": model.norm, "threads": cfg.threads, "device": cfg.device,
+    return {**{f"model.{k}": v for k, v in model_dict(model).items()}, "threads": cfg.threads, "device": cfg.device,
             "deterministic": cfg.deterministic, "data.cache_gb": data.cache_gb, "data.cache_dir": data.cache_dir,
             "data.prefetch": data.prefetch, "data.device_cache_gb": data.device_cache_gb}
 
 
 def model_from_config(config: dict) -> ModelSpec:
-    return ModelSpec(str(config["model.name"]), float(config["model.width"]),
-                     tuple(int(x) for x in config["model.input_shape"]), str(config.get("model.norm", "batch")))
+    return model_spec({k[len("model."):]: v for k, v in config.items() if k.startswith("model.")})
 
 
 def site_options_from_config(config: dict) -> dict:
