@@ -5,7 +5,8 @@ specificity, ``ppv`` (the test predictions' precision), F1, average precision, m
 % specificity of the last cycle, at the arm's decision threshold of that cycle; the balanced accuracy of the
 last three cycles beside the oracle's (the best threshold on test: ``bacc_gap_last3`` is what the chosen
 threshold leaves), and ``max_swing``, the largest change of sensitivity or specificity between consecutive
-cycles both at AUROC >= 0.8 (does the threshold hold from cycle to cycle?); for QC arms also the recall of
+cycles both at AUROC >= 0.8 (does the threshold hold from cycle to cycle?); for a bias study the AUROC on the
+bias-flipped test split and the bias probe's balanced accuracy (:mod:`fedqc.analysis.bias`); for QC arms also the recall of
 whole harmful sites and of single scans, of every harm kind in each, and of every whole harmful site, the good
 scans lost, precision, verifications and seconds. ``summary.csv``: per arm and figure, ``n`` (seeds with a
 value), mean, sd and the t-interval (NaN with fewer than two seeds), clipped to the figure's range:
@@ -21,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from fedqc.analysis.bias import bias_row
 from fedqc.analysis.metrics import binary_metrics
 from fedqc.analysis.report import markdown_table
 from fedqc.experiment.arms import arms_for
@@ -31,7 +33,7 @@ LAST = 3  # cycles averaged for the "last-3" AUROC
 SKILLED = 0.8  # max_swing compares consecutive cycles at this test AUROC or more
 SHARES = ("auroc", "auroc_last3", "accuracy", "sensitivity", "specificity", "precision", "good_lost_rate", "ppv", "f1",
           "average_precision", "macro_f1", "sens_at_spec90", "bacc_last3", "best_bacc_last3", "bacc_gap_last3",
-          "max_swing")  # and recall_*
+          "max_swing", "auroc_flipped_last3", "probe_bacc", "probe_chance")  # and recall_*
 
 
 def figure_range(figure: str) -> tuple[float, float]:
@@ -100,6 +102,7 @@ def arm_row(run: RunDir, arm: str) -> dict | None:
             sites = d[d["level"] == "site"]
             row |= {"good_sites_flagged": len(failed & set(sites.loc[sites["harmful"] == 0, "name"])),
                     "harm_sites_flagged": len(failed & set(sites.loc[sites["harmful"] > 0, "name"]))}
+    row |= bias_row(run, arm)
     summary = arm_dir.path / "qc_summary.json"
     if summary.is_file():
         s = json.loads(summary.read_text())

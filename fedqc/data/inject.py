@@ -2,7 +2,10 @@
 
 The output folder gets a new manifest and the corrupted images only: good scans keep
 their original (absolute) paths and are never copied, a label flip changes the manifest
-and not the image, and the ground truth goes to ``harm`` / ``harm_detail``. Nothing is
+and not the image, and the ground truth goes to ``harm`` / ``harm_detail``. A bias
+scenario's markers go to ``marker`` / ``marker_detail``, and ``bias_flipped.csv`` lists
+the test split with every covered scan's marker reversed (marked copies under
+``flipped/``): the bias-flipped evaluation. Nothing is
 written into or next to the input files: the output folder may neither lie inside the
 manifest's or an image's folder nor contain an input file.
 """
@@ -32,6 +35,43 @@ def corrupt(image: np.ndarray | None, label: int, action: Action) -> tuple[np.nd
     transform = make_corruption(action.kind, seed=action.seed, **action.params)
     image, label = transform(image, label)
     return image, int(label), action.record or transform.record()
+
+
+def _write(image: np.ndarray, like: sitk.Image, out: Path, rel: Path) -> str:
+    """Write ``image`` with ``like``'s geometry to ``out/rel``; return ``rel`` as the manifest's path."""
+    written = sitk.GetImageFromArray(image)
+    written.CopyInformation(like)
+    (out / rel).parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(written, str(out / rel), useCompression=True)
+    return rel.as_posix()
+
+
+def _marked(path: str, out: Path, marker: pd.Series, rel: Path) -> str:
+    """Write the scan at ``path`` (relative paths are in ``out``) with ``marker``'s marker to ``out/rel``."""
+    original = sitk.ReadImage(str(out / path) if not Path(path).is_absolute() else path)
+    image, _, _ = corrupt(pixels(original), 0, Action(marker["subject"], marker["kind"], 0, marker["params"]))
+    return _write(image, original, out, rel)
+
+
+def _plant_markers(result: pd.DataFrame, markers: pd.DataFrame, out: Path) -> pd.DataFrame:
+    """Mark ``result``'s scans as ``markers`` says (``marker``, ``marker_detail``), and write ``bias_flipped.csv``:
+    the test rows with each covered scan's marker reversed (the unmarked original, or a marked copy)."""
+    result = result.assign(marker=0, marker_detail="")
+    flipped = result[result["split"] == "test"].copy()
+    at, flip_at = ({s: i for i, s in zip(t.index, t["subject"])} for t in (result, flipped))
+    for m in markers.to_dict("records"):
+        i, path = at[m["subject"]], result.at[at[m["subject"]], "path"]
+        name = Path(result.at[i, "site"]) / f"{m['subject']}.nii.gz"
+        if m["marker"]:
+            result.loc[i, ["path", "marker", "marker_detail"]] = [_marked(path, out, m, "images" / name), 1, m["record"]]
+        else:
+            result.at[i, "marker_detail"] = m["record"]
+        if m["subject"] in flip_at:
+            j = flip_at[m["subject"]]
+            flipped.loc[j, ["path", "marker", "marker_detail"]] = \
+                [path, 0, m["record"]] if m["marker"] else [_marked(path, out, m, "flipped" / name), 1, m["record"]]
+    atomic_write_csv(flipped, out / "bias_flipped.csv")
+    return result
 
 
 def load_scenario(path: str | Path) -> Scenario:
@@ -88,20 +128,17 @@ def inject(manifest: str | Path, scenario: Scenario, out: str | Path, *, seed: i
         image, row["label"], row["harm_detail"] = corrupt(image, row["label"], action)
         row["harm"] = action.kind
         if image is not None:
-            written = sitk.GetImageFromArray(image)
-            written.CopyInformation(original)
-            rel = Path("images") / row["site"] / f"{action.subject}.nii.gz"
-            (out / rel).parent.mkdir(parents=True, exist_ok=True)
-            sitk.WriteImage(written, str(out / rel), useCompression=True)
-            row["path"] = rel.as_posix()
+            row["path"] = _write(image, original, out, Path("images") / row["site"] / f"{action.subject}.nii.gz")
     result = pd.DataFrame(rows)
     result = result[~result["subject"].isin(dropped)].reset_index(drop=True)
+    if scenario.bias:
+        result = _plant_markers(result, scenario.markers(table[~table["subject"].isin(dropped)], seed), out)
     atomic_write_csv(result, out / "manifest.csv")
     if dropped:  # what a prevalence entry removed, so that nothing leaves the manifest unrecorded
         gone = table[table["subject"].isin(dropped)][["subject", "site", "split", "label"]]
         atomic_write_csv(gone.assign(entry=gone["subject"].map(dropped)), out / "dropped.csv")
     atomic_write_text(yaml.safe_dump({"seed": seed, "source": str(manifest.resolve()), "sites": list(scenario.sites),
                                       "scans": list(scenario.scans), "label_noise": list(scenario.label_noise),
-                                      "prevalence": list(scenario.prevalence)},
+                                      "prevalence": list(scenario.prevalence), "bias": list(scenario.bias)},
                                      sort_keys=False), out / "scenario.yaml")
     return result

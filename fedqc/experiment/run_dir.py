@@ -91,7 +91,8 @@ class ArmDir:
         for key, value in state.items():
             part, rest = key.split(".", 1)
             parts[part][rest] = torch.from_numpy(np.array(value))
-        ckpt = {**{p: v for p, v in parts.items() if v or p != "bias"}, "cycle": cycle, "arm": self.name, "model": model, **({"qc": visitor} if visitor else {}),
+        parts = {p: v for p, v in parts.items() if v or p != "bias"}  # a model without a bias head stores none
+        ckpt = {**parts, "cycle": cycle, "arm": self.name, "model": model, **({"qc": visitor} if visitor else {}),
                 **({"calibration": calibration} if calibration else {})}
         atomic_write(self.checkpoint(cycle), lambda tmp: torch.save(ckpt, tmp))
 

@@ -32,6 +32,7 @@ from fedqc.errors import BrokenScanError, UserError
 from fedqc.experiment.arms import TRUSTED, Arm, arms_for, harmful_scans
 from fedqc.experiment.run_dir import ArmDir, RunDir, load_checkpoint
 from fedqc.io import append_csv, atomic_write_csv
+from fedqc.models import MARKER_CLASSES
 from fedqc.models.state import initial_state
 from fedqc.protocol import State, class_counts
 from fedqc.qc.arm import QCArm
@@ -235,11 +236,13 @@ def inject_scenario(cfg: ExperimentConfig, run: RunDir, *, resume: bool) -> Expe
 
 
 def resolve_bias_classes(cfg: ExperimentConfig, manifest: pd.DataFrame) -> ExperimentConfig:
-    """``cfg`` with ``model.bias_classes`` filled from the manifest (the scanners or sites it names, sorted) when an
-    unlearning head predicts them and the config does not list them."""
+    """``cfg`` with ``model.bias_classes`` filled when an unlearning head needs them and the config does not list
+    them: a marker's absent and present, or the scanners or sites the manifest names (sorted)."""
     m = cfg.model
-    if m.unlearn == "none" or m.bias_classes or m.bias_target == "marker":
+    if m.unlearn == "none" or m.bias_classes:
         return cfg
+    if m.bias_target == "marker":
+        return dataclasses.replace(cfg, model=dataclasses.replace(m, bias_classes=MARKER_CLASSES))
     if m.bias_target not in manifest:
         raise UserError(f"model.bias_target {m.bias_target}: the manifest has no {m.bias_target!r} column")
     classes = tuple(sorted(manifest[m.bias_target].astype(str).unique()))

@@ -18,10 +18,20 @@ A scenario (YAML or a dict)::
     prevalence:                  # drop scans to set sites' share of patients (train and val unless splits says)
       - {sites: all, share: 0.18, splits: [train, val, test]}  # every site at 18 % patients, test included
       - {sites: {random: 5}, share: 0}                     # then 5 sites with controls only (one class)
+    bias:                        # a spurious marker correlated with the label (train, val, test unless splits says)
+      - {sites: all, marker: patch, correlation: 0.9}      # 90 % of patients carry it, 10 % of controls
+      - {sites: [hospitalA], marker: gain, correlation: 1.0, params: {factor: 1.2}}
 
 Prevalence entries apply first, in order, and remove scans from the output manifest
 (``dropped`` actions; ``fedqc harm`` lists them in ``dropped.csv``); the harm entries then
 work on the scans that remain.
+
+A bias entry plants a marker (:data:`~fedqc.data.corruptions.MARKERS`) in each scan of its
+sites and splits with probability ``correlation`` for a patient and ``1 - correlation``
+for a control; :meth:`Scenario.markers` draws which. A marked scan is not harmful: its
+ground truth is the manifest's ``marker`` column, and ``fedqc harm`` also writes the
+*bias-flipped* test split (every test scan with its marker reversed) to score what a
+model learned from the marker.
 
 Any entry may carry the corruption's parameters under ``params`` (e.g. ``{sigma: 25}``).
 Every random choice derives from the injection seed; every problem is reported with the entry it is in.
@@ -29,21 +39,24 @@ Every random choice derives from the injection seed; every problem is reported w
 
 from __future__ import annotations
 
+import json
 import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
-from fedqc.data.corruptions import CORRUPTIONS
+from fedqc.data.corruptions import CORRUPTIONS, MARKERS
 from fedqc.data.corruptions.transforms import LabelFlips, share
 from fedqc.errors import UserError
 
 _KEYS = {"sites": {"kind", "site", "new", "train", "val", "params"},
          "scans": {"kind", "site", "subject", "count", "rate", "params"},
          "label_noise": {"sites", "rate", "rates"},
-         "prevalence": {"sites", "share", "splits"}}
+         "prevalence": {"sites", "share", "splits"},
+         "bias": {"sites", "marker", "correlation", "splits", "params"}}
 DROPPED = "dropped"  # the kind of an action that removes a scan (prevalence)
+SPLITS = ("train", "val", "test")
 
 
 @dataclass(frozen=True)
@@ -128,6 +141,7 @@ class Scenario:
     scans: tuple[dict, ...] = ()
     label_noise: tuple[dict, ...] = ()
     prevalence: tuple[dict, ...] = ()
+    bias: tuple[dict, ...] = ()
 
     @classmethod
     def from_dict(cls, spec: dict | None) -> Scenario:
@@ -183,9 +197,20 @@ class Scenario:
             if not isinstance(splits, list) or not splits or not set(splits) <= {"train", "val", "test"}:
                 problems.append(f"prevalence[{i}]: splits must list train, val and/or test, got {splits!r}")
             _number(e, "share", f"prevalence[{i}]", problems, rate=True)
+        for i, e in enumerate(parts["bias"]):
+            where = f"bias[{i}]"
+            _check_sites(e.get("sites"), where, problems)
+            if e.get("marker") not in MARKERS:
+                problems.append(f"{where}: unknown marker {e.get('marker')!r}; expected one of {', '.join(MARKERS)}")
+            if "correlation" not in e:
+                problems.append(f"{where}: correlation (P(marker | patient) = P(no marker | control), 0..1) required")
+            _number(e, "correlation", where, problems, rate=True)
+            splits = e.get("splits", list(SPLITS))
+            if not isinstance(splits, list) or not splits or not set(splits) <= set(SPLITS):
+                problems.append(f"{where}: splits must list train, val and/or test, got {splits!r}")
         if problems:
             raise UserError(f"harm scenario: {len(problems)} problem(s)", problems)
-        return cls(parts["sites"], parts["scans"], parts["label_noise"], parts["prevalence"])
+        return cls(parts["sites"], parts["scans"], parts["label_noise"], parts["prevalence"], parts["bias"])
 
     def plan(self, table: pd.DataFrame, seed: int) -> list[Action]:
         """The corrupted scans of ``table`` (a loaded manifest: ``harm`` filled, ``none`` for a good scan) under
@@ -303,3 +328,28 @@ class Scenario:
         if problems:
             raise UserError(f"harm scenario: {len(problems)} problem(s)", problems)
         return actions
+
+    def markers(self, table: pd.DataFrame, seed: int) -> pd.DataFrame:
+        """Which scans of ``table`` (the manifest after prevalence drops) carry a bias entry's marker: one row per
+        scan an entry covers (``subject, marker`` 0/1, ``kind``, ``params``, ``record``), drawn from ``seed``."""
+        problems: list[str] = []
+        rows: list[dict] = []
+        covered: dict[str, str] = {}
+        for i, e in enumerate(self.bias):
+            where, rng = f"bias[{i}]", np.random.default_rng(scan_seed(seed, f"bias-{i}"))
+            splits = e.get("splits", list(SPLITS))
+            names = _choose_sites(e["sites"], sorted(set(table["site"])), set(table["site"]), rng, where, problems)
+            scans = table[table["site"].isin(names or []) & table["split"].isin(splits)]
+            record = json.dumps({"kind": e["marker"], **e.get("params", {}), "correlation": e["correlation"],
+                                 "entry": where}, sort_keys=True)
+            for subject, label in zip(scans["subject"], scans["label"].astype(int)):
+                if subject in covered:
+                    problems.append(f"{where}: scan {subject} already carries the marker of {covered[subject]}")
+                    continue
+                covered[subject] = where
+                p = e["correlation"] if label == 1 else 1 - e["correlation"]
+                rows.append({"subject": subject, "marker": int(rng.random() < p), "kind": e["marker"],
+                             "params": dict(e.get("params", {})), "record": record})
+        if problems:
+            raise UserError(f"harm scenario: {len(problems)} problem(s)", problems)
+        return pd.DataFrame(rows, columns=["subject", "marker", "kind", "params", "record"])

@@ -164,3 +164,41 @@ class LabelFlips:
         rule = {"rule": "symmetric", "rate": self.rate} if self.rates is None else \
             {"rule": "class-conditional", "rates": {str(k): v for k, v in sorted(self.rates.items())}}
         return json.dumps({"kind": self.kind, **rule, "seed": self.seed}, sort_keys=True)
+
+
+class Patch(Corruption):
+    """A spurious marker: a bright square (cube in 3D) of ``size`` of each side, its corner at ``at`` of each
+    side, set to ``value`` — a ruler, a burnt-in label, a site's stamp. Ground truth in the manifest's ``marker``
+    column, not ``harm``: the scan is not harmful by itself, only its correlation with the label is."""
+
+    kind = "patch"
+
+    def __init__(self, size: float = 0.15, at: float = 0.1, value: float = MAX_INTENSITY, seed: int | None = None):
+        super().__init__(seed)
+        self.size, self.at, self.value = float(size), float(at), float(value)
+
+    def apply(self, image, label):
+        out = image.copy()
+        out[tuple(slice(int(self.at * n), int(self.at * n) + max(1, round(self.size * n))) for n in image.shape)] = \
+            self.value
+        return out, label
+
+    def params(self):
+        return {"size": self.size, "at": self.at, "value": self.value}
+
+
+class Gain(Corruption):
+    """A scanner-like intensity signature as a spurious marker: every voxel × ``factor``, clipped to the 0-255
+    scale."""
+
+    kind = "gain"
+
+    def __init__(self, factor: float = 1.3, seed: int | None = None):
+        super().__init__(seed)
+        self.factor = float(factor)
+
+    def apply(self, image, label):
+        return np.clip(image * self.factor, 0.0, MAX_INTENSITY).astype(image.dtype), label
+
+    def params(self):
+        return {"factor": self.factor}
