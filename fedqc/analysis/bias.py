@@ -6,8 +6,9 @@ test split with every covered scan's marker reversed: a model that learned the m
 instead of the disease loses AUROC there. The probe is scikit-learn's logistic
 regression on standardised features of the arm's last checkpoint, fitted on the train
 and val scans and scored on the test scans (balanced accuracy; chance is one over the
-number of bias classes). Both are analyses of a simulation, run where its manifest and
-scans are — never part of a site's reply. Results are kept in ``<arm>/bias.json``.
+number of bias classes), good scans only when the manifest records harm. Both are
+analyses of a simulation, run where its manifest and scans are — never part of a
+site's reply. Results are kept in ``<arm>/bias.json``.
 """
 
 from __future__ import annotations
@@ -96,6 +97,8 @@ def bias_row(run: RunDir, arm: str) -> dict:
         row["auroc_flipped_last3"] = float(np.mean([_auroc(predict_checkpoint(arm_dir.checkpoint(c), table))
                                                     for c in cycles[-LAST:]]))
     manifest = load_manifest(cfg.manifest)
+    if "harm" in manifest:  # the probe reads good scans: a corrupted one would tell it about its corruption
+        manifest = manifest[manifest["harm"] == "none"]
     target = cfg.model.bias_target
     if target in manifest:
         features, subjects = encoder_features(arm_dir.checkpoint(cycles[-1]), manifest)

@@ -211,7 +211,8 @@ def write_study(out: Path, runs: dict[int, Path], command: str) -> pd.DataFrame:
 
 
 QC_FIGURES = ("recall_single-scan", "recall_whole-site", "good_lost", "good_sites_flagged", "harm_sites_flagged")
-SWEEP_FIGURES = ("auroc_last3", "accuracy", "sensitivity", "ppv", "f1", "average_precision") + QC_FIGURES
+SWEEP_FIGURES = ("auroc_last3", "auroc_flipped_last3", "probe_bacc", "accuracy", "sensitivity", "ppv", "f1",
+                 "average_precision") + QC_FIGURES
 
 
 def write_sweep(out: Path, key: str, studies: dict, command: str) -> pd.DataFrame:
