@@ -208,7 +208,7 @@ def infer(run: Optional[Path] = typer.Option(None, "--run", help="Run folder fro
           debug: bool = DEBUG):
     """Per-cycle test metrics overall and by sex and age group, fairness gaps, plots, report."""
     from fedqc.analysis.infer import checkpoint_threshold, infer_run, predict_checkpoint
-    from fedqc.analysis.metrics import group_metrics
+    from fedqc.analysis.metrics import group_metrics, prediction_targets, target_metrics
 
     try:
         edges = tuple(sorted(float(x) for x in age_bins.split(",")))
@@ -223,6 +223,14 @@ def infer(run: Optional[Path] = typer.Option(None, "--run", help="Run folder fro
             out.print(f"{arm:6s} cycle {r.cycle:3d}  AUROC {r.auroc:.3f} [{r.auroc_lo:.3f}, {r.auroc_hi:.3f}]  "
                       f"accuracy {r.accuracy:.3f} at threshold {r.threshold:.3f}  "
                       f"mean AUROC of last 3 cycles {df['auroc'].tail(3).mean():.3f}")
+        if (run / "metrics_targets.csv").is_file():
+            import pandas as pd
+
+            targets = pd.read_csv(run / "metrics_targets.csv")
+            last = targets[targets["cycle"] == targets.groupby("arm")["cycle"].transform("max")]
+            out.print(last[["arm", "cycle", "target", "n_pos", "f1", "auroc", "average_precision"]]
+                      .to_string(index=False))
+            out.print(f"wrote {run / 'metrics_targets.csv'} (every target, and their macro average)")
         out.print(f"wrote {run / 'metrics.csv'}, {run / 'fairness.csv'}, {run / 'plots'}/, {run / 'report.md'}")
         return
     from fedqc.data.manifest import load_manifest
@@ -232,11 +240,16 @@ def infer(run: Optional[Path] = typer.Option(None, "--run", help="Run folder fro
     if not checkpoint.is_file():
         raise UserError(f"checkpoint not found: {checkpoint}")
     threshold, method = checkpoint_threshold(checkpoint)
-    metrics = group_metrics(predict_checkpoint(checkpoint, load_manifest(manifest)), age_edges=edges,
-                            n_boot=n_boot, seed=seed, threshold=threshold)
+    preds = predict_checkpoint(checkpoint, load_manifest(manifest))
+    metrics = group_metrics(preds, age_edges=edges, n_boot=n_boot, seed=seed, threshold=threshold)
     target = out_file or checkpoint.with_suffix(".metrics.csv")
     metrics.to_csv(target, index=False)
     out.print(metrics[["group", "n", "n_pos", "accuracy", "auroc", "sensitivity", "specificity"]].to_string(index=False))
+    if len(prediction_targets(preds)) > 1:
+        targets = target_metrics(preds, threshold)
+        targets.to_csv(target.with_name(target.stem + "_targets.csv"), index=False)
+        out.print(targets[["target", "n_pos", "f1", "auroc", "average_precision"]].to_string(index=False))
+        out.print(f"wrote {target.with_name(target.stem + '_targets.csv')}")
     out.print(f"threshold metrics at {threshold:.3f} ({method}"
               + (", fitted on the run's verification scans)" if method != "fixed" else ", the reference)"))
     out.print(f"wrote {target}")

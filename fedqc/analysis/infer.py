@@ -1,4 +1,5 @@
-"""``fedqc infer``: per-cycle test metrics of every configured arm, fairness gaps, plots and a report.
+"""``fedqc infer``: per-cycle test metrics of every configured arm, fairness gaps, plots and a report; for a
+multi-label model also every target's metrics and their macro average (``metrics_targets.csv``).
 
 Threshold metrics use each cycle's decision threshold: the one the run's calibration
 fitted on verification scans (``calibration.csv``, also in the checkpoint), else 0.5;
@@ -16,7 +17,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from fedqc.analysis.metrics import DEFAULT_AGE_EDGES, fairness_gaps, group_metrics
+from fedqc.analysis.metrics import (
+    DEFAULT_AGE_EDGES,
+    fairness_gaps,
+    group_metrics,
+    prediction_targets,
+    target_metrics,
+)
 from fedqc.analysis.plots import plot_by_arm, plot_qc, plot_subgroups
 from fedqc.analysis.report import write_report
 from fedqc.config import ExperimentConfig
@@ -89,12 +96,31 @@ def run_metrics(run: Path, *, recompute: bool = False, age_edges=DEFAULT_AGE_EDG
     return pd.concat(frames, ignore_index=True)
 
 
+def run_target_metrics(run: Path) -> pd.DataFrame:
+    """``metrics_targets.csv`` rows of a multi-label run: per arm, cycle and target (then ``macro``) the metrics
+    of its saved test predictions; empty for a single-target run."""
+    run_dir = RunDir(run)
+    frames = []
+    for arm in arms_for(run_config(run_dir)):
+        arm_dir = run_dir.arm(arm.name)
+        thresholds = arm_dir.thresholds()
+        for cycle in arm_dir.cycles("predictions"):
+            preds = pd.read_csv(arm_dir.predictions(cycle))
+            if len(prediction_targets(preds)) > 1:
+                table = target_metrics(preds, thresholds.get(cycle, FIXED_THRESHOLD))
+                frames.append(table.assign(arm=arm.name, cycle=cycle)[["arm", "cycle", *table.columns]])
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
 def infer_run(run: Path, *, recompute: bool = False, age_edges=DEFAULT_AGE_EDGES, n_boot: int = 1000,
               seed: int = 0) -> pd.DataFrame:
     """Write metrics.csv, fairness.csv, plots/ and report.md into ``run``; return the metrics."""
     metrics = run_metrics(run, recompute=recompute, age_edges=age_edges, n_boot=n_boot, seed=seed)
     atomic_write_csv(metrics, run / "metrics.csv")
     atomic_write_csv(fairness_gaps(metrics), run / "fairness.csv")
+    targets = run_target_metrics(run)
+    if not targets.empty:
+        atomic_write_csv(targets, run / "metrics_targets.csv")
     plot_dir = run / "plots"
     plot_dir.mkdir(exist_ok=True)
     plots = [plot_dir / "metrics_by_arm.png"]

@@ -14,6 +14,9 @@ The threshold metrics are taken at the run's decision threshold (0.5, or the one
 calibration fitted on verification scans); ``best_balanced_accuracy`` is the balanced
 accuracy of the best threshold *on the scored scans themselves* — an oracle bound that
 says how much the chosen threshold leaves on the table, never a threshold to use.
+
+A multi-label model's predictions (``label_<name>``/``score_<name>`` beside ``label``/``score``) get
+:func:`target_metrics`: every metric per target and their macro average.
 """
 
 from __future__ import annotations
@@ -170,3 +173,25 @@ def fairness_gaps(metrics: pd.DataFrame) -> pd.DataFrame:
                 row[f"{kind}_{metric}_gap"] = float(vals.max() - vals.min()) if len(vals) >= 2 else float("nan")
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def prediction_targets(preds: pd.DataFrame) -> list[str]:
+    """The targets a prediction table scores: ``label``, then each ``<name>`` with ``label_<name>`` and
+    ``score_<name>`` columns (a multi-label model's further targets)."""
+    return ["label"] + [c[len("score_"):] for c in preds.columns
+                        if c.startswith("score_") and f"label_{c[len('score_'):]}" in preds]
+
+
+def target_metrics(preds: pd.DataFrame, threshold: float = 0.5) -> pd.DataFrame:
+    """One row per target (:func:`prediction_targets`; the main ``label`` at ``threshold``, the further ones at
+    0.5: calibration fits the main target's threshold only) with :func:`binary_metrics`, then a ``macro`` row: the
+    unweighted mean over targets of every metric (a target where one is undefined left out of that mean)."""
+    rows = []
+    for name in prediction_targets(preds):
+        label, score = ("label", "score") if name == "label" else (f"label_{name}", f"score_{name}")
+        rows.append({"target": name, "threshold": threshold if name == "label" else 0.5,
+                     **binary_metrics(preds[label], preds[score], threshold if name == "label" else 0.5)})
+    table = pd.DataFrame(rows)
+    macro = {"target": "macro", "n": int(table["n"].iloc[0]), "n_pos": int(table["n_pos"].sum()),
+             **{m: float(table[m].mean()) for m in METRICS}, "note": ""}
+    return pd.concat([table, pd.DataFrame([macro])], ignore_index=True)

@@ -6,7 +6,9 @@ specificity, ``ppv`` (the test predictions' precision), F1, average precision, m
 last three cycles beside the oracle's (the best threshold on test: ``bacc_gap_last3`` is what the chosen
 threshold leaves), and ``max_swing``, the largest change of sensitivity or specificity between consecutive
 cycles both at AUROC >= 0.8 (does the threshold hold from cycle to cycle?); for a bias study the AUROC on the
-bias-flipped test split and the bias probe's balanced accuracy (:mod:`fedqc.analysis.bias`); for QC arms also the recall of
+bias-flipped test split and the bias probe's balanced accuracy (:mod:`fedqc.analysis.bias`); for a multi-label
+model ``f1_<target>``, ``auroc_<target>``, ``ap_<target>`` of the last cycle for every target (``label`` the main
+one) and ``f1_targets_macro``, ``auroc_targets_macro``, ``ap_targets_macro``, their macro averages; for QC arms also the recall of
 whole harmful sites and of single scans, of every harm kind in each, and of every whole harmful site, the good
 scans lost, precision, verifications and seconds. ``summary.csv``: per arm and figure, ``n`` (seeds with a
 value), mean, sd and the t-interval (NaN with fewer than two seeds), clipped to the figure's range:
@@ -23,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from fedqc.analysis.bias import bias_row
-from fedqc.analysis.metrics import binary_metrics
+from fedqc.analysis.metrics import binary_metrics, prediction_targets, target_metrics
 from fedqc.analysis.report import markdown_table
 from fedqc.experiment.arms import arms_for
 from fedqc.experiment.run_dir import FIXED_THRESHOLD, ArmDir, RunDir
@@ -38,7 +40,8 @@ SHARES = ("auroc", "auroc_last3", "accuracy", "sensitivity", "specificity", "pre
 
 def figure_range(figure: str) -> tuple[float, float]:
     """The values ``figure`` can take: [0, 1] for a share, [0, ∞) for a count or a time."""
-    return (0.0, 1.0) if figure in SHARES or figure.startswith("recall_") else (0.0, float("inf"))
+    shares = figure in SHARES or figure.startswith(("recall_", "targets_", "auroc_", "f1_", "ap_"))
+    return (0.0, 1.0) if shares else (0.0, float("inf"))
 
 
 def _auroc(preds: pd.DataFrame) -> float:
@@ -103,6 +106,11 @@ def arm_row(run: RunDir, arm: str) -> dict | None:
             row |= {"good_sites_flagged": len(failed & set(sites.loc[sites["harmful"] == 0, "name"])),
                     "harm_sites_flagged": len(failed & set(sites.loc[sites["harmful"] > 0, "name"]))}
     row |= bias_row(run, arm)
+    preds = pd.read_csv(arm_dir.predictions(cycles[-1]))
+    if len(prediction_targets(preds)) > 1:  # a multi-label model: every target, and their macro average
+        for r in target_metrics(preds, m["threshold"]).itertuples():
+            name = "targets_macro" if r.target == "macro" else r.target
+            row |= {f"f1_{name}": r.f1, f"auroc_{name}": r.auroc, f"ap_{name}": r.average_precision}
     summary = arm_dir.path / "qc_summary.json"
     if summary.is_file():
         s = json.loads(summary.read_text())

@@ -116,6 +116,8 @@ def _check_ranges(cfg: ExperimentConfig, problems: list[str]) -> None:
         (t.class_weights in CLASS_WEIGHTS, f"train.class_weights: {t.class_weights!r} is not one of {CLASS_WEIGHTS}"),
         (m.name in MODELS, f"model.name: {m.name!r} is not one of {MODELS}"),
         (m.norm in NORMS, f"model.norm: {m.norm!r} is not one of {NORMS}"),
+        (all(t.startswith("label_") and len(t) > 6 for t in m.targets) and len(set(m.targets)) == len(m.targets),
+         f"model.targets: distinct label_<name> columns, got {list(m.targets)}"),
         (m.unlearn in UNLEARN, f"model.unlearn: {m.unlearn!r} is not one of {UNLEARN}"),
         (m.bias_target in BIAS_TARGETS, f"model.bias_target: {m.bias_target!r} is not one of {BIAS_TARGETS}"),
         (m.bias_weight >= 0, f"model.bias_weight: must be >= 0, got {m.bias_weight}"),

@@ -47,12 +47,14 @@ BIAS_TARGETS = ("marker", "scanner", "site")
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """Which network and at which input shape: two sides for 2D images, three for volumes."""
+    """Which network and at which input shape (two sides for 2D images, three for volumes), its targets (one output
+    per target: ``label``, then ``targets``) and its unlearning head."""
 
     name: str = "sfcn"
     width: float = 0.5
     input_shape: tuple[int, ...] = (32, 32, 32)
     norm: str = "batch"  # NORMS
+    targets: tuple[str, ...] = ()  # further binary targets (label_<name> columns) after label; empty: the manifest's
     unlearn: str = "none"  # UNLEARN
     bias_target: str = "marker"  # BIAS_TARGETS
     bias_classes: tuple[str, ...] = ()  # the bias head's classes (empty: from the manifest; marker: 0 and 1)
@@ -67,7 +69,7 @@ def model_dict(model: ModelSpec) -> dict:
 
 def model_spec(d: dict) -> ModelSpec:
     """A :class:`ModelSpec` back from :func:`model_dict` (keys it lacks keep their defaults: older checkpoints)."""
-    tuples = {"input_shape": int, "bias_classes": str}
+    tuples = {"input_shape": int, "bias_classes": str, "targets": str}
     return ModelSpec(**{k: tuple(tuples[k](x) for x in d[k]) if k in tuples else d[k]
                         for k in (f.name for f in dataclasses.fields(ModelSpec)) if k in d})
 

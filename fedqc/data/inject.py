@@ -5,7 +5,8 @@ their original (absolute) paths and are never copied, a label flip changes the m
 and not the image, and the ground truth goes to ``harm`` / ``harm_detail``. A bias
 scenario's markers go to ``marker`` / ``marker_detail``, and ``bias_flipped.csv`` lists
 the test split with every covered scan's marker reversed (marked copies under
-``flipped/``): the bias-flipped evaluation. Nothing is
+``flipped/``): the bias-flipped evaluation. Findings become further targets,
+``label_<name>`` columns. Nothing is
 written into or next to the input files: the output folder may neither lie inside the
 manifest's or an image's folder nor contain an input file.
 """
@@ -51,6 +52,18 @@ def _marked(path: str, out: Path, marker: pd.Series, rel: Path) -> str:
     original = sitk.ReadImage(str(out / path) if not Path(path).is_absolute() else path)
     image, _, _ = corrupt(pixels(original), 0, Action(marker["subject"], marker["kind"], 0, marker["params"]))
     return _write(image, original, out, rel)
+
+
+def _plant_findings(result: pd.DataFrame, draws: pd.DataFrame, out: Path) -> pd.DataFrame:
+    """Plant each drawn finding into its scan, recorded as the target ``label_<name>`` (0 where not planted)."""
+    result = result.assign(**{f"label_{name}": 0 for name in dict.fromkeys(draws["name"])})
+    at = {s: i for i, s in zip(result.index, result["subject"])}
+    for m in draws[draws["marker"] == 1].to_dict("records"):
+        i = at[m["subject"]]
+        result.at[i, "path"] = _marked(result.at[i, "path"], out, m,
+                                       Path("images") / result.at[i, "site"] / f"{m['subject']}.nii.gz")
+        result.at[i, f"label_{m['name']}"] = 1
+    return result
 
 
 def _plant_markers(result: pd.DataFrame, markers: pd.DataFrame, out: Path) -> pd.DataFrame:
@@ -131,14 +144,18 @@ def inject(manifest: str | Path, scenario: Scenario, out: str | Path, *, seed: i
             row["path"] = _write(image, original, out, Path("images") / row["site"] / f"{action.subject}.nii.gz")
     result = pd.DataFrame(rows)
     result = result[~result["subject"].isin(dropped)].reset_index(drop=True)
+    kept = table[~table["subject"].isin(dropped)]
+    if scenario.findings:
+        result = _plant_findings(result, scenario.finding_draws(kept, seed), out)
     if scenario.bias:
-        result = _plant_markers(result, scenario.markers(table[~table["subject"].isin(dropped)], seed), out)
+        result = _plant_markers(result, scenario.markers(kept, seed), out)
     atomic_write_csv(result, out / "manifest.csv")
     if dropped:  # what a prevalence entry removed, so that nothing leaves the manifest unrecorded
         gone = table[table["subject"].isin(dropped)][["subject", "site", "split", "label"]]
         atomic_write_csv(gone.assign(entry=gone["subject"].map(dropped)), out / "dropped.csv")
     atomic_write_text(yaml.safe_dump({"seed": seed, "source": str(manifest.resolve()), "sites": list(scenario.sites),
                                       "scans": list(scenario.scans), "label_noise": list(scenario.label_noise),
-                                      "prevalence": list(scenario.prevalence), "bias": list(scenario.bias)},
+                                      "prevalence": list(scenario.prevalence), "bias": list(scenario.bias),
+                                      "findings": list(scenario.findings)},
                                      sort_keys=False), out / "scenario.yaml")
     return result

@@ -1,6 +1,7 @@
 """The manifest contract: one row per scan, canonical columns, every problem reported.
 
-Canonical columns are ``subject, site, path, label, sex, age, split``; ``harm`` is
+Canonical columns are ``subject, site, path, label, sex, age, split``; a multi-label
+manifest adds further binary targets as ``label_<name>`` columns; ``harm`` is
 optional ground truth of an injected corruption, read only to score QC. The reference
 code's column names (``Subject, Study, Path, Group_bin, Sex, Age``) are accepted as
 aliases. :func:`validate_manifest` lists *every* problem with the offending rows instead
@@ -31,6 +32,7 @@ ALIASES = {
     "Harm": "harm",
 }
 SPLITS = ("train", "val", "test")
+TARGET_PREFIX = "label_"
 SEXES = ("M", "F")
 HARM_KINDS = ("none", *CORRUPTIONS)
 _MAX_LISTED = 8
@@ -59,6 +61,12 @@ def _rows(mask: pd.Series, df: pd.DataFrame) -> str:
     bad = df[mask]
     subj = bad["subject"] if "subject" in bad else pd.Series("?", index=bad.index)
     return _listed(f"line {i + 2} ({s})" for i, s in zip(bad.index, subj))
+
+
+def target_columns(df: pd.DataFrame) -> list[str]:
+    """A multi-label manifest's further binary targets, ``label_<name>`` columns (0/1), in the table's order;
+    ``label`` is always the first target."""
+    return [c for c in df.columns if c.startswith(TARGET_PREFIX) and len(c) > len(TARGET_PREFIX)]
 
 
 def read_table(path: str | Path) -> pd.DataFrame:
@@ -115,8 +123,9 @@ def validate_manifest(
             err(f"duplicate subject: {_listed(sorted(set(df.loc[dup, 'subject'])))}")
     if "site" in df and (bad := df["site"] == "").any():
         err(f"empty site: {_rows(bad, df)}")
-    if "label" in df and (bad := ~df["label"].isin(["0", "1"])).any():
-        err(f"label not 0/1: {_rows(bad, df)}")
+    for column in ("label", *target_columns(df)):
+        if column in df and (bad := ~df[column].isin(["0", "1"])).any():
+            err(f"{column} not 0/1: {_rows(bad, df)}")
     if "sex" in df and (bad := ~df["sex"].isin(SEXES)).any():
         err(f"sex not M/F: {_rows(bad, df)}")
     if "age" in df:
@@ -168,7 +177,7 @@ def resolve_path(p: str, root: Path) -> Path:
 def load_manifest(path: str | Path, *, check_images: bool = True) -> pd.DataFrame:
     """Read, validate and type a manifest; raise :class:`ManifestError` on any problem.
 
-    Returns a table with ``label`` as int, ``age`` as float, ``harm`` filled with
+    Returns a table with ``label`` (and every further target ``label_<name>``) as int, ``age`` as float, ``harm`` filled with
     ``"none"`` when absent, and ``path`` resolved to absolute file paths.
     """
     path = Path(path)
@@ -177,7 +186,8 @@ def load_manifest(path: str | Path, *, check_images: bool = True) -> pd.DataFram
     if not report.ok:
         raise ManifestError(path, report.errors)
     df = df.copy()
-    df["label"] = df["label"].astype(int)
+    for column in ("label", *target_columns(df)):
+        df[column] = df[column].astype(int)
     df["age"] = df["age"].astype(float)
     df["harm"] = df["harm"].replace("", "none") if "harm" in df else "none"
     df["path"] = [str(resolve_path(p, path.parent).resolve()) for p in df["path"]]

@@ -27,7 +27,7 @@ from fedqc.config import ExperimentConfig
 from fedqc.config.schema import REFERENCE_CALIBRATION, model_dict
 from fedqc.data.corruptions.scenario import Scenario
 from fedqc.data.inject import inject
-from fedqc.data.manifest import load_manifest
+from fedqc.data.manifest import load_manifest, target_columns
 from fedqc.errors import BrokenScanError, UserError
 from fedqc.experiment.arms import TRUSTED, Arm, arms_for, harmful_scans
 from fedqc.experiment.run_dir import ArmDir, RunDir, load_checkpoint
@@ -235,20 +235,25 @@ def inject_scenario(cfg: ExperimentConfig, run: RunDir, *, resume: bool) -> Expe
     return trained
 
 
-def resolve_bias_classes(cfg: ExperimentConfig, manifest: pd.DataFrame) -> ExperimentConfig:
-    """``cfg`` with ``model.bias_classes`` filled when an unlearning head needs them and the config does not list
-    them: a marker's absent and present, or the scanners or sites the manifest names (sorted)."""
+def resolve_model(cfg: ExperimentConfig, manifest: pd.DataFrame) -> ExperimentConfig:
+    """``cfg`` with what ``model:`` leaves to the manifest filled in: ``targets``, the manifest's ``label_<name>``
+    columns when the config lists none; ``bias_classes``, when an unlearning head needs them and the config lists
+    none: a marker's absent and present, or the scanners or sites the manifest names (sorted)."""
     m = cfg.model
-    if m.unlearn == "none" or m.bias_classes:
-        return cfg
-    if m.bias_target == "marker":
-        return dataclasses.replace(cfg, model=dataclasses.replace(m, bias_classes=MARKER_CLASSES))
-    if m.bias_target not in manifest:
-        raise UserError(f"model.bias_target {m.bias_target}: the manifest has no {m.bias_target!r} column")
-    classes = tuple(sorted(manifest[m.bias_target].astype(str).unique()))
-    if len(classes) < 2:
-        raise UserError(f"model.bias_target {m.bias_target}: the manifest names one ({classes[0]}); nothing to unlearn")
-    return dataclasses.replace(cfg, model=dataclasses.replace(m, bias_classes=classes))
+    if not m.targets:
+        m = dataclasses.replace(m, targets=tuple(target_columns(manifest)))
+    if m.unlearn != "none" and not m.bias_classes:
+        if m.bias_target == "marker":
+            classes = MARKER_CLASSES
+        elif m.bias_target not in manifest:
+            raise UserError(f"model.bias_target {m.bias_target}: the manifest has no {m.bias_target!r} column")
+        else:
+            classes = tuple(sorted(manifest[m.bias_target].astype(str).unique()))
+        if len(classes) < 2:
+            raise UserError(f"model.bias_target {m.bias_target}: the manifest names one ({classes[0]}); nothing to "
+                            "unlearn")
+        m = dataclasses.replace(m, bias_classes=classes)
+    return dataclasses.replace(cfg, model=m)
 
 
 def simulate(cfg: ExperimentConfig, out: Path, *, resume: bool = False, overwrite: bool = False,
@@ -264,7 +269,7 @@ def simulate(cfg: ExperimentConfig, out: Path, *, resume: bool = False, overwrit
     run = RunDir(out)
     run.prepare(cfg, resume=resume, overwrite=overwrite)
     cfg = inject_scenario(cfg, run, resume=resume)
-    cfg = resolve_bias_classes(cfg, load_manifest(cfg.manifest, check_images=False))
+    cfg = resolve_model(cfg, load_manifest(cfg.manifest, check_images=False))
     torch.set_num_threads(cfg.threads)
     resolve_device(cfg.device)  # a GPU asked for and absent stops here, not in every site
     if cfg.engine == "flower":

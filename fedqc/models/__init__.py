@@ -1,7 +1,8 @@
 """Networks by name: ``sfcn`` (default, the reference), MONAI's ``densenet121`` and ``resnet18``.
 
 Every network is an (encoder, classifier) pair, saved separately as the reference does;
-the classifier maps encoder features to a single logit. The input shape's length (2 or 3)
+the classifier maps encoder features to one logit per target (``label``, then
+``model.targets``). The input shape's length (2 or 3)
 chooses 2D or 3D layers (MONAI's ``spatial_dims``); ``norm`` the normalisation layers
 (MONAI's ``norm`` argument for DenseNet121: GroupNorm with 8 groups, InstanceNorm with a
 learned scale and shift; MONAI 1.6's ResNet passes it to its first layer only, so the
@@ -21,8 +22,8 @@ MONAI_NORMS = {"batch": "batch", "group": ("group", {"num_groups": 8}), "instanc
 
 
 def build_model(name: str = "sfcn", *, input_shape: tuple[int, ...], width: float = 1.0,
-                norm: str = "batch") -> tuple[nn.Module, nn.Module]:
-    """Return ``(encoder, classifier)`` for ``name`` on (1, *input_shape) inputs (2D or 3D)."""
+                norm: str = "batch", outputs: int = 1) -> tuple[nn.Module, nn.Module]:
+    """Return ``(encoder, classifier)`` for ``name`` on (1, *input_shape) inputs (2D or 3D), ``outputs`` logits."""
     dims = len(input_shape)
     if name not in MODELS:
         raise UserError(f"unknown model {name!r}; expected one of {', '.join(MODELS)}")
@@ -31,7 +32,7 @@ def build_model(name: str = "sfcn", *, input_shape: tuple[int, ...], width: floa
                         f"(its last BatchNorm sees 1 voxel below that); got {tuple(input_shape)}")
     if name == "sfcn":
         encoder = SFCNEncoder(tuple(input_shape), width=width, norm=norm)
-        return encoder, nn.Linear(encoder.out_features, 1)
+        return encoder, nn.Linear(encoder.out_features, outputs)
     n_features = max(8, round(64 * width))
     if name == "densenet121":
         from monai.networks.nets import DenseNet121
@@ -41,12 +42,13 @@ def build_model(name: str = "sfcn", *, input_shape: tuple[int, ...], width: floa
         from monai.networks.nets import resnet18
 
         encoder = resnet18(spatial_dims=dims, n_input_channels=1, num_classes=n_features, norm=MONAI_NORMS[norm])
-    return encoder, nn.Linear(n_features, 1)
+    return encoder, nn.Linear(n_features, outputs)
 
 
 def network(spec: ModelSpec) -> tuple[nn.Module, nn.Module]:
     """``(encoder, classifier)`` as a config's ``model:`` describes them."""
-    return build_model(spec.name, input_shape=tuple(spec.input_shape), width=spec.width, norm=spec.norm)
+    return build_model(spec.name, input_shape=tuple(spec.input_shape), width=spec.width, norm=spec.norm,
+                       outputs=1 + len(spec.targets))
 
 
 MARKER_CLASSES = ("0", "1")

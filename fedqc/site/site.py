@@ -4,10 +4,13 @@ The travelling state comes in and goes out as arrays (:mod:`fedqc.models.state`)
 Training is one local epoch over the chosen scans in a seeded order, in batches of
 ``batch_size`` (or all scans if fewer), the last partial batch included, read ahead
 while the model trains (:mod:`fedqc.site.loading`), on the site's device
-(:mod:`fedqc.site.device`: bf16 autocast on a GPU). Evaluation
-returns confusion counts at threshold 0.5, loss and Brier sums with fixed keys, and
-per-scan scores. A site reads only the columns the data contract requires — never
-the ground truth of injected harm: what an arm may not train arrives as a list of ids.
+(:mod:`fedqc.site.device`: bf16 autocast on a GPU). Evaluation returns confusion counts
+at threshold 0.5, loss and Brier sums with fixed keys, and per-scan scores of the main
+``label``; a multi-label model (``model.targets``) trains on the mean loss over its
+targets and adds ``label_<name>`` and ``score_<name>`` per further target. A site reads
+only the columns the data contract and its model require (targets, a bias column) —
+never the ground truth of injected harm: what an arm may not train arrives as a list of
+ids.
 """
 
 from __future__ import annotations
@@ -92,7 +95,11 @@ class Site:
                  data: DataConfig = DataConfig(), deterministic: bool = False):
         self.name = name
         self.model = model
-        self.table = table[list(REQUIRED)].set_index("subject", drop=False)
+        self.targets = ["label", *model.targets]
+        missing = [t for t in model.targets if t not in table]
+        if missing:
+            raise UserError(f"site {name}: model.targets {missing} are not columns of its manifest")
+        self.table = table[list(REQUIRED) + list(model.targets)].set_index("subject", drop=False)
         self.bias = self._bias_classes(table) if model.unlearn != "none" else None
         self.shape = tuple(model.input_shape)
         self.device = devices.resolve(device)
@@ -197,11 +204,16 @@ class Site:
             x = self.scans.ready(x)
             y = self.table.loc[ok, "label"].to_numpy(dtype=int)
             weight = torch.from_numpy(weights(y, counts)).to(self.device) if request.rebalance == "weights" else None
-            target = torch.from_numpy(y.astype(np.float32)).to(self.device)
+            several = len(self.targets) > 1  # one column per target; a single target keeps its 1-D shape
+            target = torch.from_numpy(self.table.loc[ok, self.targets].to_numpy(dtype=np.float32) if several
+                                      else y.astype(np.float32)).to(self.device)
+            if several and weight is not None:
+                weight = weight[:, None]  # a scan's weight (from its main label) on each of its targets
 
             def task(features: torch.Tensor, target=target, weight=weight) -> tuple[torch.Tensor, torch.Tensor]:
                 with devices.autocast(self.device):
-                    logits = self.classifier(features).squeeze(1).float()
+                    logits = self.classifier(features).float()
+                logits = logits if several else logits.squeeze(1)
                 loss = nn.functional.binary_cross_entropy_with_logits(logits, target, weight=weight)
                 # FedProx's proximal term: stay near the model the round sent (not part of the reported loss)
                 prox = request.prox_mu / 2 * sum(((p - a) ** 2).sum() for p, a in anchor) if anchor else 0.0
@@ -280,11 +292,15 @@ class Site:
                 skipped += bad
                 if ok:
                     f, t, blocks = encode(self.encoder, self.scans.ready(x))
-                    scores.append(torch.sigmoid(self.classifier(f).squeeze(1).float()).double().cpu().numpy())
+                    scores.append(torch.sigmoid(self.classifier(f).float()).double().cpu().numpy())
                     taps.append(t.double().cpu().numpy())
                     done += ok
         rows = self.table.loc[done, ["subject", "site", "label", "sex", "age"]].reset_index(drop=True)
-        rows.insert(3, "score", np.concatenate(scores) if scores else np.zeros(0))
+        scores = np.concatenate(scores) if scores else np.zeros((0, len(self.targets)))
+        rows.insert(3, "score", scores[:, 0])
+        for k, column in enumerate(self.model.targets, start=1):  # further targets: label_<name>, score_<name>
+            rows[column] = self.table.loc[done, column].to_numpy(dtype=int)
+            rows[f"score_{column.removeprefix('label_')}"] = scores[:, k]
         f = np.concatenate(taps) if taps else np.zeros((0, len(request.ood_center)))
         if request.ood_center and len(rows):
             rows["ood"] = feature_distance(f, np.asarray(request.ood_center), np.asarray(request.ood_scale), blocks)

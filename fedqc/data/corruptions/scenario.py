@@ -21,6 +21,8 @@ A scenario (YAML or a dict)::
     bias:                        # a spurious marker correlated with the label (train, val, test unless splits says)
       - {sites: all, marker: patch, correlation: 0.9}      # 90 % of patients carry it, 10 % of controls
       - {sites: [hospitalA], marker: gain, correlation: 1.0, params: {factor: 1.2}}
+    findings:                    # further binary targets: a visible finding at a prevalence, label_<name> columns
+      - {name: lesion, marker: patch, prevalence: 0.3, params: {size: 0.12, at: 0.55, value: 200}}
 
 Prevalence entries apply first, in order, and remove scans from the output manifest
 (``dropped`` actions; ``fedqc harm`` lists them in ``dropped.csv``); the harm entries then
@@ -28,7 +30,10 @@ work on the scans that remain.
 
 A bias entry plants a marker (:data:`~fedqc.data.corruptions.MARKERS`) in each scan of its
 sites and splits with probability ``correlation`` for a patient and ``1 - correlation``
-for a control; :meth:`Scenario.markers` draws which. A marked scan is not harmful: its
+for a control; :meth:`Scenario.markers` draws which. A **finding** entry makes a multi-label
+manifest: a marker planted in a ``prevalence`` share of the scans of its sites and
+splits (every one by default), independently of the label, recorded as the target
+column ``label_<name>``. A marked scan is not harmful: its
 ground truth is the manifest's ``marker`` column, and ``fedqc harm`` also writes the
 *bias-flipped* test split (every test scan with its marker reversed) to score what a
 model learned from the marker.
@@ -40,6 +45,7 @@ Every random choice derives from the injection seed; every problem is reported w
 from __future__ import annotations
 
 import json
+import re
 import zlib
 from dataclasses import dataclass, field
 
@@ -54,7 +60,8 @@ _KEYS = {"sites": {"kind", "site", "new", "train", "val", "params"},
          "scans": {"kind", "site", "subject", "count", "rate", "params"},
          "label_noise": {"sites", "rate", "rates"},
          "prevalence": {"sites", "share", "splits"},
-         "bias": {"sites", "marker", "correlation", "splits", "params"}}
+         "bias": {"sites", "marker", "correlation", "splits", "params"},
+         "findings": {"name", "sites", "marker", "prevalence", "splits", "params"}}
 DROPPED = "dropped"  # the kind of an action that removes a scan (prevalence)
 SPLITS = ("train", "val", "test")
 
@@ -142,6 +149,7 @@ class Scenario:
     label_noise: tuple[dict, ...] = ()
     prevalence: tuple[dict, ...] = ()
     bias: tuple[dict, ...] = ()
+    findings: tuple[dict, ...] = ()
 
     @classmethod
     def from_dict(cls, spec: dict | None) -> Scenario:
@@ -197,20 +205,26 @@ class Scenario:
             if not isinstance(splits, list) or not splits or not set(splits) <= {"train", "val", "test"}:
                 problems.append(f"prevalence[{i}]: splits must list train, val and/or test, got {splits!r}")
             _number(e, "share", f"prevalence[{i}]", problems, rate=True)
-        for i, e in enumerate(parts["bias"]):
-            where = f"bias[{i}]"
-            _check_sites(e.get("sites"), where, problems)
-            if e.get("marker") not in MARKERS:
-                problems.append(f"{where}: unknown marker {e.get('marker')!r}; expected one of {', '.join(MARKERS)}")
-            if "correlation" not in e:
-                problems.append(f"{where}: correlation (P(marker | patient) = P(no marker | control), 0..1) required")
-            _number(e, "correlation", where, problems, rate=True)
-            splits = e.get("splits", list(SPLITS))
-            if not isinstance(splits, list) or not splits or not set(splits) <= set(SPLITS):
-                problems.append(f"{where}: splits must list train, val and/or test, got {splits!r}")
+        for part, key in (("bias", "correlation"), ("findings", "prevalence")):
+            for i, e in enumerate(parts[part]):
+                where = f"{part}[{i}]"
+                _check_sites(e.get("sites", "all"), where, problems)
+                if e.get("marker") not in MARKERS:
+                    problems.append(f"{where}: unknown marker {e.get('marker')!r}; expected one of {', '.join(MARKERS)}")
+                if key not in e:
+                    problems.append(f"{where}: {key} (0..1) required")
+                _number(e, key, where, problems, rate=True)
+                splits = e.get("splits", list(SPLITS))
+                if not isinstance(splits, list) or not splits or not set(splits) <= set(SPLITS):
+                    problems.append(f"{where}: splits must list train, val and/or test, got {splits!r}")
+        names = [e.get("name") for e in parts["findings"]]
+        for i, name in enumerate(names):
+            if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", name) or name in names[:i]:
+                problems.append(f"findings[{i}]: name must be a distinct word (letters, digits, _ or -), got {name!r}")
         if problems:
             raise UserError(f"harm scenario: {len(problems)} problem(s)", problems)
-        return cls(parts["sites"], parts["scans"], parts["label_noise"], parts["prevalence"], parts["bias"])
+        return cls(parts["sites"], parts["scans"], parts["label_noise"], parts["prevalence"], parts["bias"],
+                   parts["findings"])
 
     def plan(self, table: pd.DataFrame, seed: int) -> list[Action]:
         """The corrupted scans of ``table`` (a loaded manifest: ``harm`` filled, ``none`` for a good scan) under
@@ -331,25 +345,36 @@ class Scenario:
 
     def markers(self, table: pd.DataFrame, seed: int) -> pd.DataFrame:
         """Which scans of ``table`` (the manifest after prevalence drops) carry a bias entry's marker: one row per
-        scan an entry covers (``subject, marker`` 0/1, ``kind``, ``params``, ``record``), drawn from ``seed``."""
+        scan an entry covers (``subject, marker`` 0/1, ``kind``, ``params``, ``record``), drawn from ``seed``;
+        a patient carries it with probability ``correlation``, a control with ``1 - correlation``."""
+        return self._draw("bias", table, seed)
+
+    def finding_draws(self, table: pd.DataFrame, seed: int) -> pd.DataFrame:
+        """Which scans of ``table`` carry each finding (``name`` beside the columns of :meth:`markers`): a
+        ``prevalence`` share of the scans an entry covers, whatever their label."""
+        return self._draw("findings", table, seed)
+
+    def _draw(self, part: str, table: pd.DataFrame, seed: int) -> pd.DataFrame:
         problems: list[str] = []
         rows: list[dict] = []
-        covered: dict[str, str] = {}
-        for i, e in enumerate(self.bias):
-            where, rng = f"bias[{i}]", np.random.default_rng(scan_seed(seed, f"bias-{i}"))
-            splits = e.get("splits", list(SPLITS))
-            names = _choose_sites(e["sites"], sorted(set(table["site"])), set(table["site"]), rng, where, problems)
-            scans = table[table["site"].isin(names or []) & table["split"].isin(splits)]
-            record = json.dumps({"kind": e["marker"], **e.get("params", {}), "correlation": e["correlation"],
-                                 "entry": where}, sort_keys=True)
+        covered: dict[tuple[str, str], str] = {}
+        for i, e in enumerate(getattr(self, part)):
+            where, rng = f"{part}[{i}]", np.random.default_rng(scan_seed(seed, f"{part}-{i}"))
+            name = e.get("name", "marker")
+            names = _choose_sites(e.get("sites", "all"), sorted(set(table["site"])), set(table["site"]), rng, where,
+                                  problems)
+            scans = table[table["site"].isin(names or []) & table["split"].isin(e.get("splits", list(SPLITS)))]
+            key = "correlation" if part == "bias" else "prevalence"
+            record = json.dumps({"kind": e["marker"], **e.get("params", {}), key: e[key], "entry": where},
+                                sort_keys=True)
             for subject, label in zip(scans["subject"], scans["label"].astype(int)):
-                if subject in covered:
-                    problems.append(f"{where}: scan {subject} already carries the marker of {covered[subject]}")
+                if (subject, name) in covered:
+                    problems.append(f"{where}: scan {subject} already carries the marker of {covered[subject, name]}")
                     continue
-                covered[subject] = where
-                p = e["correlation"] if label == 1 else 1 - e["correlation"]
-                rows.append({"subject": subject, "marker": int(rng.random() < p), "kind": e["marker"],
+                covered[subject, name] = where
+                p = e[key] if part == "findings" or label == 1 else 1 - e[key]
+                rows.append({"subject": subject, "name": name, "marker": int(rng.random() < p), "kind": e["marker"],
                              "params": dict(e.get("params", {})), "record": record})
         if problems:
             raise UserError(f"harm scenario: {len(problems)} problem(s)", problems)
-        return pd.DataFrame(rows, columns=["subject", "marker", "kind", "params", "record"])
+        return pd.DataFrame(rows, columns=["subject", "name", "marker", "kind", "params", "record"])

@@ -99,6 +99,9 @@ def decode_train_reply(content: RecordDict) -> TrainReply:
                       float(m.get("data_wait_s", 0.0)))
 
 
+TARGET_COLUMNS = ("label_", "score_")  # a multi-label model's further targets and scores
+
+
 def encode_eval_reply(res: EvalReply) -> RecordDict:
     s = res.scores
     metrics = {k: float(res.counts[k]) for k in COUNT_KEYS}
@@ -107,6 +110,7 @@ def encode_eval_reply(res: EvalReply) -> RecordDict:
                     "age": [float(x) for x in s["age"]]}
         if "ood" in s:
             metrics["ood"] = [float(x) for x in s["ood"]]
+        metrics |= {c: [float(x) for x in s[c]] for c in s.columns if c.startswith(TARGET_COLUMNS)}
     if res.moments is not None:
         metrics |= {k: [float(x) for x in v] for k, v in res.moments.items()}
     ids = {"subject": list(s["subject"]), "sex": list(s["sex"]), "site": list(s["site"]),
@@ -121,5 +125,7 @@ def decode_eval_reply(content: RecordDict) -> EvalReply:
                            "sex": list(ids.get("sex", [])), "age": list(m.get("age", []))})
     if "ood" in m:
         scores["ood"] = list(m["ood"])
+    for c in (c for c in m.keys() if c.startswith(TARGET_COLUMNS)):
+        scores[c] = [int(x) for x in m[c]] if c.startswith("label_") else list(m[c])
     moments = {k: np.asarray(m[k], dtype=float) for k in MOMENT_KEYS + BN_MOMENT_KEYS if k in m} or None
     return EvalReply({k: float(m[k]) for k in COUNT_KEYS}, scores, _problems(ids.get("skipped", [])), moments=moments)
