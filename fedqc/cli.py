@@ -208,7 +208,8 @@ def infer(run: Optional[Path] = typer.Option(None, "--run", help="Run folder fro
           debug: bool = DEBUG):
     """Per-cycle test metrics overall and by sex and age group, fairness gaps, plots, report."""
     from fedqc.analysis.infer import checkpoint_threshold, infer_run, predict_checkpoint
-    from fedqc.analysis.metrics import group_metrics, prediction_targets, target_metrics
+    from fedqc.analysis.metrics import group_metrics, target_metrics
+    from fedqc.scoring import score_targets
 
     try:
         edges = tuple(sorted(float(x) for x in age_bins.split(",")))
@@ -245,7 +246,7 @@ def infer(run: Optional[Path] = typer.Option(None, "--run", help="Run folder fro
     target = out_file or checkpoint.with_suffix(".metrics.csv")
     metrics.to_csv(target, index=False)
     out.print(metrics[["group", "n", "n_pos", "accuracy", "auroc", "sensitivity", "specificity"]].to_string(index=False))
-    if len(prediction_targets(preds)) > 1:
+    if len(score_targets(preds.columns)) > 1:
         targets = target_metrics(preds, threshold)
         targets.to_csv(target.with_name(target.stem + "_targets.csv"), index=False)
         out.print(targets[["target", "n_pos", "f1", "auroc", "average_precision"]].to_string(index=False))

@@ -37,3 +37,18 @@ def feature_distance(features: np.ndarray, center: np.ndarray, scale: np.ndarray
     z2 = ((np.asarray(features) - center) / scale) ** 2
     edges = np.cumsum([0, *(blocks or [z2.shape[1]])])
     return np.sqrt(np.mean([z2[:, a:b].mean(axis=1) for a, b in zip(edges[:-1], edges[1:])], axis=0))
+
+
+def score_targets(columns) -> list[str]:
+    """The targets a table of per-scan scores holds: ``label`` (columns ``label``, ``score``), then every ``<name>``
+    of a multi-label model with columns ``label_<name>`` and ``score_<name>``."""
+    columns = list(columns)
+    return ["label"] + [c[len("score_"):] for c in columns if c.startswith("score_") and f"label_{c[6:]}" in columns]
+
+
+def target_view(table, target: str):
+    """``table`` (a DataFrame of per-scan scores) with ``label`` and ``score`` taken from ``target``'s columns, so
+    that a check written for one target judges any of them."""
+    if target == "label":
+        return table
+    return table.assign(label=table[f"label_{target}"], score=table[f"score_{target}"])

@@ -21,7 +21,6 @@ from fedqc.analysis.metrics import (
     DEFAULT_AGE_EDGES,
     fairness_gaps,
     group_metrics,
-    prediction_targets,
     target_metrics,
 )
 from fedqc.analysis.plots import plot_by_arm, plot_qc, plot_subgroups
@@ -34,6 +33,7 @@ from fedqc.experiment.arms import arms_for
 from fedqc.experiment.run_dir import FIXED_THRESHOLD, RunDir, load_checkpoint, parse_snapshot
 from fedqc.io import atomic_write_csv
 from fedqc.protocol import EvalRequest
+from fedqc.scoring import score_targets
 
 
 def checkpoint_threshold(checkpoint: Path) -> tuple[float, str]:
@@ -106,7 +106,7 @@ def run_target_metrics(run: Path) -> pd.DataFrame:
         thresholds = arm_dir.thresholds()
         for cycle in arm_dir.cycles("predictions"):
             preds = pd.read_csv(arm_dir.predictions(cycle))
-            if len(prediction_targets(preds)) > 1:
+            if len(score_targets(preds.columns)) > 1:
                 table = target_metrics(preds, thresholds.get(cycle, FIXED_THRESHOLD))
                 frames.append(table.assign(arm=arm.name, cycle=cycle)[["arm", "cycle", *table.columns]])
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from fedqc.scoring import ratio
+from fedqc.scoring import ratio, score_targets, target_view
 
 METRICS = ("accuracy", "sensitivity", "specificity", "precision", "f1", "auroc", "balanced_accuracy",
            "average_precision", "macro_f1", "sens_at_spec90", "best_balanced_accuracy")
@@ -175,22 +175,14 @@ def fairness_gaps(metrics: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def prediction_targets(preds: pd.DataFrame) -> list[str]:
-    """The targets a prediction table scores: ``label``, then each ``<name>`` with ``label_<name>`` and
-    ``score_<name>`` columns (a multi-label model's further targets)."""
-    return ["label"] + [c[len("score_"):] for c in preds.columns
-                        if c.startswith("score_") and f"label_{c[len('score_'):]}" in preds]
-
-
 def target_metrics(preds: pd.DataFrame, threshold: float = 0.5) -> pd.DataFrame:
-    """One row per target (:func:`prediction_targets`; the main ``label`` at ``threshold``, the further ones at
+    """One row per target (:func:`~fedqc.scoring.score_targets`; the main ``label`` at ``threshold``, the further ones at
     0.5: calibration fits the main target's threshold only) with :func:`binary_metrics`, then a ``macro`` row: the
     unweighted mean over targets of every metric (a target where one is undefined left out of that mean)."""
     rows = []
-    for name in prediction_targets(preds):
-        label, score = ("label", "score") if name == "label" else (f"label_{name}", f"score_{name}")
-        rows.append({"target": name, "threshold": threshold if name == "label" else 0.5,
-                     **binary_metrics(preds[label], preds[score], threshold if name == "label" else 0.5)})
+    for name in score_targets(preds.columns):
+        view, cut = target_view(preds, name), threshold if name == "label" else 0.5
+        rows.append({"target": name, "threshold": cut, **binary_metrics(view["label"], view["score"], cut)})
     table = pd.DataFrame(rows)
     macro = {"target": "macro", "n": int(table["n"].iloc[0]), "n_pos": int(table["n_pos"].sum()),
              **{m: float(table[m].mean()) for m in METRICS}, "note": ""}

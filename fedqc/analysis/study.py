@@ -25,11 +25,12 @@ import numpy as np
 import pandas as pd
 
 from fedqc.analysis.bias import bias_row
-from fedqc.analysis.metrics import binary_metrics, prediction_targets, target_metrics
+from fedqc.analysis.metrics import binary_metrics, target_metrics
 from fedqc.analysis.report import markdown_table
 from fedqc.experiment.arms import arms_for
 from fedqc.experiment.run_dir import FIXED_THRESHOLD, ArmDir, RunDir
 from fedqc.io import atomic_write_csv, atomic_write_text
+from fedqc.scoring import score_targets
 
 LAST = 3  # cycles averaged for the "last-3" AUROC
 SKILLED = 0.8  # max_swing compares consecutive cycles at this test AUROC or more
@@ -107,7 +108,7 @@ def arm_row(run: RunDir, arm: str) -> dict | None:
                     "harm_sites_flagged": len(failed & set(sites.loc[sites["harmful"] > 0, "name"]))}
     row |= bias_row(run, arm)
     preds = pd.read_csv(arm_dir.predictions(cycles[-1]))
-    if len(prediction_targets(preds)) > 1:  # a multi-label model: every target, and their macro average
+    if len(score_targets(preds.columns)) > 1:  # a multi-label model: every target, and their macro average
         for r in target_metrics(preds, m["threshold"]).itertuples():
             name = "targets_macro" if r.target == "macro" else r.target
             row |= {f"f1_{name}": r.f1, f"auroc_{name}": r.auroc, f"ap_{name}": r.average_precision}

@@ -28,11 +28,25 @@ import pandas as pd
 from fedqc.errors import UserError
 from fedqc.qc.criteria import SiteAUROCCheck, UpdateCriterion
 from fedqc.qc.stats import confusion, excess_rate_p
-from fedqc.scoring import per_scan_loss
+from fedqc.scoring import per_scan_loss, score_targets, target_view
 
 
 def _one(subjects: list[str]) -> str:
     return subjects[0] if len(subjects) == 1 else ""
+
+
+def site_decision(check: SiteAUROCCheck, verification: pd.DataFrame, site: pd.DataFrame) -> tuple[bool, dict]:
+    """The site check on every target both tables score (a single-target model: ``label`` alone): the site passes
+    when every target passes; the statistics are the main target's, or the first failing target's (named in
+    ``note``)."""
+    outcome = None
+    for target in (t for t in score_targets(site.columns) if t in score_targets(verification.columns)):
+        b, rest = target_view(verification, target), target_view(site, target)
+        ok, stats = check.decide(b["label"].to_numpy(), b["score"].to_numpy(), b["site"].to_numpy(),
+                                 rest["label"].to_numpy(), rest["score"].to_numpy())
+        if outcome is None or (outcome[0] and not ok):
+            outcome = ok, stats | ({"note": f"target {target}"} if target != "label" else {})
+    return outcome
 
 
 @dataclass
@@ -63,7 +77,8 @@ class QCPolicy:
         """Set the baseline: the current model's scores on the verification scans."""
         if scores.empty:
             raise UserError("QC needs verification scans: no site has a usable non-empty val split")
-        self.baseline = scores.set_index("subject")[["site", "label", "score"]].copy()
+        targets = [c for c in scores.columns if c.startswith(("label_", "score_"))]  # a multi-label model's
+        self.baseline = scores.set_index("subject")[["site", "label", "score", *targets]].copy()
 
     def verification_set(self, site: str) -> np.ndarray:
         """Mask over the baseline rows that judge an update trained at (or a check of) ``site``."""
@@ -75,9 +90,10 @@ class QCPolicy:
 
     def rebase(self, scores: pd.DataFrame) -> None:
         """Make ``scores`` (subject, score), the adopted model's, the baseline of the scans they cover."""
-        cand = scores.set_index("subject")["score"].reindex(self.baseline.index)
-        seen = cand.notna()
-        self.baseline.loc[seen, "score"] = cand[seen]
+        for column in ("score", *(c for c in self.baseline.columns if c.startswith("score_") and c in scores)):
+            cand = scores.set_index("subject")[column].reindex(self.baseline.index)
+            seen = cand.notna()
+            self.baseline.loc[seen, column] = cand[seen]
 
     def drop_verification(self, subjects: list[str]) -> None:
         """Remove scans from the verification set (e.g. val scans that failed the audit)."""
@@ -110,7 +126,8 @@ class QCPolicy:
                    label_issues: tuple[int, int, int, int] | None = None) -> bool:
         """The site check on ``scores`` (subject, label, score) of the site's training scans under the baseline model.
 
-        The baseline must hold the same model's verification scores (:meth:`rebase`).
+        The baseline must hold the same model's verification scores (:meth:`rebase`). A
+        multi-label model is checked on every target (:func:`site_decision`).
         ``issues`` (a mask over ``scores``) marks scans with per-scan issues: they are left
         out of the check, which judges the rest — and a site where they are more than half
         fails. ``label_issues`` = (the site's label issues, its scans judged for them, the
@@ -125,8 +142,7 @@ class QCPolicy:
         b = self.baseline[mask]
         issues = pd.Series(False, index=scores.index) if issues is None else issues
         rest = scores[~issues.to_numpy()]
-        accepted, stats = check.decide(b["label"].to_numpy(), b["score"].to_numpy(), b["site"].to_numpy(),
-                                       rest["label"].to_numpy(), rest["score"].to_numpy())
+        accepted, stats = site_decision(check, b, rest)
         if issues.sum() > len(scores) / 2:
             accepted, stats = False, stats | {"note": f"{int(issues.sum())} of {len(scores)} scans with per-scan issues"}
         if label_issues is not None:

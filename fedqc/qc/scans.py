@@ -32,6 +32,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 
 from fedqc.protocol import MOMENT_KEYS
 
@@ -142,3 +143,22 @@ def label_issues(labels: np.ndarray, scores: np.ndarray, judged: np.ndarray) -> 
         return np.zeros(int(judged.sum()), dtype=bool)
     issues = find_label_issues(labels, np.column_stack([1 - scores, scores]), n_jobs=1)
     return issues[judged]
+
+
+def label_issues_of(verification: pd.DataFrame, every: pd.DataFrame, scored: pd.DataFrame
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, pd.Series]:
+    """Label issues of one target (``label``/``score`` columns): each site's score shift is estimated from the
+    verification scans and all of ``every`` scored scan, then cleanlab judges the verification scans and ``scored``
+    together. Returns over ``scored``: judged (its site's shift could be estimated), issue, label quality (of the
+    shifted score where judged); and the verification scans' issues by subject."""
+    columns = ["site", "label", "score"]
+    both = pd.concat([verification[columns], every[columns]], ignore_index=True)
+    offsets = site_offsets(both["label"].to_numpy(), both["score"].to_numpy(), both["site"].to_numpy())
+    ref, judged = verification[verification["site"].isin(offsets)], scored["site"].isin(offsets).to_numpy()
+    rows = pd.concat([ref[columns], scored.loc[judged, columns]])
+    probs = shift_scores(rows["score"].to_numpy(), rows["site"].to_numpy(), offsets)
+    found = label_issues(rows["label"].to_numpy(), probs, np.ones(len(rows), bool))
+    issues, quality = np.zeros(len(scored), bool), label_quality(scored["label"].to_numpy(), scored["score"].to_numpy())
+    issues[judged] = found[len(ref):]
+    quality[judged] = label_quality(rows["label"].to_numpy()[len(ref):], probs[len(ref):])
+    return judged, issues, quality, pd.Series(found[:len(ref)], index=ref.index)

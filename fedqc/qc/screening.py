@@ -34,10 +34,11 @@ import pandas as pd
 from fedqc.errors import SiteError
 from fedqc.protocol import EvalReply, EvalRequest, State, TrainReply
 from fedqc.qc.criteria import SiteAUROCCheck
-from fedqc.qc.policy import QCPolicy
-from fedqc.qc.scans import FeatureReference, OODLimit, label_issues, label_quality, shift_scores, site_offsets
+from fedqc.qc.policy import QCPolicy, site_decision
+from fedqc.qc.scans import FeatureReference, OODLimit, label_issues_of, label_quality
 from fedqc.qc.stats import skill
 from fedqc.qc.verification import VerificationScans
+from fedqc.scoring import score_targets, target_view
 from fedqc.strategies.cycles import HopStatus
 from fedqc.transport import Transport
 
@@ -77,6 +78,9 @@ class SiteScreening:
         if features:
             judges = set(self.policy.baseline.loc[self.policy.verification_set(""), "site"])
             moments = [r.moments for s, r in replies.items() if s in judges and r.moments is not None]
+            if sum(float(np.atleast_1d(m["feat_n"])[0]) for m in moments) < 2:  # every judge flagged: no reference,
+                self.reference, self.limit = None, None                           # no feature-distance check
+                return
             self.reference = FeatureReference.from_moments(moments)
             null = self._score_verification(state, **self.reference.request())
             ood = pd.concat([r.scores for s, r in null.items() if s in judges], ignore_index=True)["ood"]
@@ -219,10 +223,8 @@ class SiteScreening:
             mine = scans[(scans["site"] == site) & scans["label_judged"]]
             label_test = (int(mine["label_issue"].sum()), len(mine), *self.reference_issues)
         if self.stale:  # a failure against an outdated baseline is re-decided on the current model's
-            b = self.policy.baseline[self.policy.verification_set(site)]
-            rest = s[~issues.to_numpy()]
-            ok, _ = self.site_check.decide(b["label"].to_numpy(), b["score"].to_numpy(), b["site"].to_numpy(),
-                                           rest["label"].to_numpy(), rest["score"].to_numpy())
+            ok, _ = site_decision(self.site_check, self.policy.baseline[self.policy.verification_set(site)],
+                                  s[~issues.to_numpy()])
             if not ok:
                 self._rebase_now(state)
         ok = self.policy.check_site(self.site_check, s, cycle=cycle, site=site, subjects=self.train_ids.get(site, []),
@@ -247,22 +249,25 @@ class SiteScreening:
         if scored.empty:
             return pd.DataFrame(columns=["subject", "site", "label_score", "label_issue", "label_judged", "ood_score",
                                          "ood_issue", "issue"])
-        scored["label_score"] = label_quality(scored["label"], scored["score"])
+        targets = score_targets(scored.columns)
+        scored["label_score"] = np.min([label_quality(v["label"], v["score"]) for v in
+                                        (target_view(scored, t) for t in targets)], axis=0)
         scored["label_issue"], scored["label_judged"] = False, False
         if "labels" in self.checks:
             if self.stale:
                 self._rebase_now(state)
             b = self.policy.baseline[self.policy.verification_set("")]
-            both = pd.concat([b[["site", "label", "score"]], every[["site", "label", "score"]]], ignore_index=True)
-            offsets = site_offsets(both["label"].to_numpy(), both["score"].to_numpy(), both["site"].to_numpy())
-            ref, mine = b[b["site"].isin(offsets)], scored["site"].isin(offsets).to_numpy()
-            rows = pd.concat([ref[["site", "label", "score"]], scored.loc[mine, ["site", "label", "score"]]])
-            probs = shift_scores(rows["score"].to_numpy(), rows["site"].to_numpy(), offsets)
-            issues = label_issues(rows["label"].to_numpy(), probs, np.ones(len(rows), bool))
-            scored.loc[mine, "label_issue"] = issues[len(ref):]
-            scored.loc[mine, "label_score"] = label_quality(rows["label"].to_numpy()[len(ref):], probs[len(ref):])
+            mine, qualities, reference = np.ones(len(scored), bool), [], pd.Series(dtype=bool)
+            for target in (t for t in targets if t in score_targets(b.columns)):  # each target judged, issues joined
+                judged, issues, quality, ref = label_issues_of(target_view(b, target), target_view(every, target),
+                                                               target_view(scored, target))
+                mine &= judged
+                scored["label_issue"] = scored["label_issue"].to_numpy() | issues
+                qualities.append(quality)
+                reference = ref.combine(reference, lambda x, y: bool(x) or bool(y), fill_value=False)
+            scored["label_score"] = np.min(qualities, axis=0)
             scored["label_judged"] = mine
-            self.reference_issues = (int(issues[:len(ref)].sum()), len(ref))
+            self.reference_issues = (int(reference.sum()), len(reference))
         if "ood" in self.checks and self.limit is not None and "ood" in scored:
             scored["ood_score"] = self.limit.score(scored["ood"])
             scored["ood_issue"] = self.limit.issues(scored["ood"])
