@@ -81,12 +81,14 @@ def _auroc(scores: pd.DataFrame) -> float:
 def bias_row(run: RunDir, arm: str) -> dict:
     """``auroc_flipped_last3`` (the bias-flipped test split, last three cycles) when the run has one, and the probe's
     ``probe_bacc`` / ``probe_chance`` for the model's bias target when the manifest has its column; {} for a run
-    with neither. Cached in ``<arm>/bias.json`` for the arm's last cycle."""
+    that asks for neither (no unlearning head, no bias target other than the default marker, no bias-flipped
+    split). Cached in ``<arm>/bias.json`` for the arm's last cycle."""
     arm_dir = run.arm(arm)
     cycles = arm_dir.cycles("checkpoints")
     cfg = run_config(run)
     flipped = cfg.manifest.parent / FLIPPED if cfg.manifest is not None else None
-    if not cycles or cfg.manifest is None or (cfg.model.unlearn == "none" and not flipped.is_file()):
+    asked = cfg.model.unlearn != "none" or cfg.model.bias_target != "marker" or flipped.is_file()
+    if not cycles or cfg.manifest is None or not asked:
         return {}
     cache = arm_dir.path / "bias.json"
     if cache.is_file() and (kept := json.loads(cache.read_text())).get("cycle") == cycles[-1]:
