@@ -201,43 +201,47 @@ class Site:
             skipped += bad
             if not ok:
                 continue
-            x = self.scans.ready(x)
             y = self.table.loc[ok, "label"].to_numpy(dtype=int)
             weight = torch.from_numpy(weights(y, counts)).to(self.device) if request.rebalance == "weights" else None
-            several = len(self.targets) > 1  # one column per target; a single target keeps its 1-D shape
-            target = torch.from_numpy(self.table.loc[ok, self.targets].to_numpy(dtype=np.float32) if several
-                                      else y.astype(np.float32)).to(self.device)
-            if several and weight is not None:
-                weight = weight[:, None]  # a scan's weight (from its main label) on each of its targets
-
-            def task(features: torch.Tensor, target=target, weight=weight) -> tuple[torch.Tensor, torch.Tensor]:
-                with devices.autocast(self.device):
-                    logits = self.classifier(features).float()
-                logits = logits if several else logits.squeeze(1)
-                loss = nn.functional.binary_cross_entropy_with_logits(logits, target, weight=weight)
-                # FedProx's proximal term: stay near the model the round sent (not part of the reported loss)
-                prox = request.prox_mu / 2 * sum(((p - a) ** 2).sum() for p, a in anchor) if anchor else 0.0
-                return loss, loss + prox
-
-            if self.head is None:
-                optimizer.zero_grad(set_to_none=True)
-                with devices.autocast(self.device):
-                    features = self.encoder(x)
-                loss, total_loss = task(features)
-                total_loss.backward()
-                optimizer.step()
-            else:
-                loss = unlearning_step(
-                    self.model.unlearn, encoder=self.encoder, classifier=self.classifier, head=self.head,
-                    optimizer=optimizer, x=x, task=task, bias_weight=self.model.bias_weight,
-                    unlearn_weight=self.model.unlearn_weight, autocast=functools.partial(devices.autocast, self.device),
-                    bias=torch.tensor(self.bias.loc[ok].to_numpy(), device=self.device))
+            loss = self._step(optimizer, self.scans.ready(x), ok, weight, anchor, request.prox_mu)
             total += loss.item() * len(ok)
             n += len(ok)
             done.update(dict.fromkeys(ok))
         state = pack(self.encoder, self.classifier, optimizer, self.head)  # on a GPU: waits for its last step
         return TrainReply(state, len(done), total / n if n else float("nan"), time.perf_counter() - t0, list(done),
                           skipped, wait)
+
+    def _step(self, optimizer: torch.optim.Optimizer, x: torch.Tensor, ok: list[str], weight: torch.Tensor | None,
+              anchor: list[tuple[torch.Tensor, torch.Tensor]], prox_mu: float) -> torch.Tensor:
+        """One batch: the task loss over every target (``weight`` per scan), FedProx's proximal term to ``anchor``
+        (minimised, not reported), and with a bias head its unlearning updates; returns the task loss."""
+        several = len(self.targets) > 1  # one column per target; a single target keeps its 1-D shape
+        target = torch.from_numpy(self.table.loc[ok, self.targets if several else "label"].to_numpy(dtype=np.float32)
+                                  ).to(self.device)
+        if several and weight is not None:
+            weight = weight[:, None]  # a scan's weight (from its main label) on each of its targets
+
+        def task(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            with devices.autocast(self.device):
+                logits = self.classifier(features).float()
+            loss = nn.functional.binary_cross_entropy_with_logits(logits if several else logits.squeeze(1), target,
+                                                                  weight=weight)
+            prox = prox_mu / 2 * sum(((p - a) ** 2).sum() for p, a in anchor) if anchor else 0.0
+            return loss, loss + prox
+
+        if self.head is not None:
+            return unlearning_step(self.model.unlearn, encoder=self.encoder, classifier=self.classifier,
+                                   head=self.head, optimizer=optimizer, x=x, task=task,
+                                   bias_weight=self.model.bias_weight, unlearn_weight=self.model.unlearn_weight,
+                                   autocast=functools.partial(devices.autocast, self.device),
+                                   bias=torch.tensor(self.bias.loc[ok].to_numpy(), device=self.device))
+        optimizer.zero_grad(set_to_none=True)
+        with devices.autocast(self.device):
+            features = self.encoder(x)
+        loss, total = task(features)
+        total.backward()
+        optimizer.step()
+        return loss
 
     def audit(self) -> list[AuditFinding]:
         """Image-level checks (:mod:`fedqc.data.image_checks`) on the train and val scans, in this order: unusable,
