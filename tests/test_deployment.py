@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import shutil
+import signal
+import socket
 import subprocess
+import time
+import tomllib
 from pathlib import Path
 
 import pandas as pd
@@ -17,6 +24,7 @@ from fedqc.errors import UserError
 from fedqc.experiment.run_dir import load_checkpoint
 from fedqc.experiment.runner import simulate
 from fedqc.protocol import same
+from fedqc.transport.flower.certificates import write_key_pair
 from fedqc.transport.flower.deployment import SITE_MOUNT, compose_file, split_sites
 from tests.conftest import checkpoint_path
 
@@ -109,9 +117,30 @@ def _no_process_mentions(*paths: Path) -> None:
         assert running == "", f"left running:\n{running}"
 
 
+@pytest.fixture(scope="module")
+def inprocess_smoke(smoke_cohort, tmp_path_factory) -> Path:
+    """The smoke experiment in process: every loopback deployment must match it bit for bit."""
+    out = tmp_path_factory.mktemp("inproc") / "run"
+    cfg = load_config(SMOKE)
+    simulate(parse_config({**cfg.to_dict(), "engine": "inprocess", "manifest": str(smoke_cohort / "manifest.csv")}),
+             out, quiet=True)
+    return out
+
+
+def _assert_matches_inprocess(out: Path, reference: Path, cycles: int) -> None:
+    """Same weights after every cycle and same predictions after the last as the in-process run."""
+    for cycle in range(cycles):
+        assert same(load_checkpoint(checkpoint_path(out / "clean", cycle))["state"],
+                    load_checkpoint(checkpoint_path(reference / "clean", cycle))["state"])
+    last = f"cycle_{cycles - 1:03d}.csv"
+    a = pd.read_csv(out / "clean" / "predictions" / last).sort_values("subject", ignore_index=True)
+    b = pd.read_csv(reference / "clean" / "predictions" / last).sort_values("subject", ignore_index=True)
+    pd.testing.assert_frame_equal(a, b)
+
+
 @pytest.mark.slow
 @pytest.mark.deployment
-def test_loopback_deployment_matches_inprocess_and_stops_everything(smoke_cohort, smoke_sites, tmp_path):
+def test_loopback_deployment_matches_inprocess_and_stops_everything(smoke_sites, inprocess_smoke, tmp_path):
     out = tmp_path / "dep"
     proc = subprocess.run([str(ROOT / "scripts" / "run_local_deployment.sh"), str(SMOKE), str(smoke_sites), str(out)],
                           capture_output=True, text=True, timeout=900, cwd=ROOT)
@@ -123,17 +152,7 @@ def test_loopback_deployment_matches_inprocess_and_stops_everything(smoke_cohort
     assert len(log) == 6 and set(log["status"]) == {"ok"} and (log["hop_seconds"] > log["seconds"]).all()
     assert sorted(p.name for p in (out / "clean" / "predictions").iterdir()) == ["cycle_000.csv", "cycle_001.csv"]
     assert load_config(out / "config.yaml").engine == "deployment"
-
-    cfg = load_config(SMOKE)
-    inproc = tmp_path / "inproc"
-    simulate(parse_config({**cfg.to_dict(), "engine": "inprocess", "manifest": str(smoke_cohort / "manifest.csv")}),
-             inproc, quiet=True)
-    for cycle in (0, 1):
-        assert same(load_checkpoint(checkpoint_path(out / "clean", cycle))["state"],
-                    load_checkpoint(checkpoint_path(inproc / "clean", cycle))["state"])
-    a = pd.read_csv(out / "clean" / "predictions" / "cycle_001.csv").sort_values("subject", ignore_index=True)
-    b = pd.read_csv(inproc / "clean" / "predictions" / "cycle_001.csv").sort_values("subject", ignore_index=True)
-    pd.testing.assert_frame_equal(a, b)
+    _assert_matches_inprocess(out, inprocess_smoke, cycles=2)
 
 
 @pytest.mark.slow
@@ -149,3 +168,92 @@ def test_loopback_deployment_fails_when_the_serverapp_fails(smoke_sites, tmp_pat
     assert proc.returncode != 0
     assert "flwr run status: finished:failed" in proc.stdout
     _no_process_mentions(out, smoke_sites)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _probe(cmd: list[str], env: dict[str, str], log: Path) -> tuple[int, str]:
+    """Run a short-lived Flower client in its own process group; the group is killed afterwards, whatever happens.
+
+    Output goes to ``log``, not a pipe: a SuperNode's SuperExec child would hold a pipe open after the SuperNode ends.
+    """
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        proc.wait(timeout=60)
+        return proc.returncode, log.read_text()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def _wait_for(path: Path, script: subprocess.Popen, log: Path) -> None:
+    """Until ``path`` exists; fails with the script's output if the script ends first."""
+    deadline = time.monotonic() + 300
+    while not path.exists():
+        assert script.poll() is None, log.read_text()[-3000:]
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.5)
+
+
+@pytest.mark.slow
+@pytest.mark.deployment
+def test_tls_deployment_with_supernode_auth_matches_inprocess_and_refuses_strangers(smoke_sites, inprocess_smoke,
+                                                                                    tmp_path):
+    # one cycle: three hops and an evaluation round cross TLS, and cycle 0 is the in-process run's cycle 0
+    config = tmp_path / "deploy-smoke.yaml"
+    data = yaml.safe_load(SMOKE.read_text())
+    data["train"]["cycles"] = 1
+    config.write_text(yaml.safe_dump(data))
+    out, log = tmp_path / "dep", tmp_path / "script.log"
+    rogue = write_key_pair(tmp_path / "rogue.key", tmp_path / "rogue.pub", comment="rogue")  # never registered
+    bin_dir = ROOT / ".venv" / "bin"  # SuperNodes start flower-superexec from PATH
+    env = {**os.environ, "TLS": "1", "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    with open(log, "w") as fh:
+        script = subprocess.Popen([str(ROOT / "scripts" / "run_local_deployment.sh"), str(config), str(smoke_sites),
+                                   str(out)], stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT, env=env,
+                                  start_new_session=True)
+    try:
+        _wait_for(out / "logs" / "run.log", script, log)  # the SuperNodes are started and `flwr run` has begun
+        link = tomllib.loads((out / ".flwr" / "config.toml").read_text())["superlink"]["loopback"]["address"]
+        ca = out / "tls" / "ca.crt"
+        supernode = [str(bin_dir / "flower-supernode"), "--superlink", link, "--host", "127.0.0.1", "--max-retries", "0"]
+
+        # a SuperNode whose key the coordinator never registered: refused at activation
+        code, text = _probe([*supernode, "--port", str(_free_port()), "--root-certificates", str(ca),
+                             "--auth-supernode-private-key", str(rogue.private)], env, tmp_path / "rogue.log")
+        assert code != 0 and "Failed to activate SuperNode" in text and "SuperNode ID" not in text, text
+        assert "No SuperNode found with the given public key" in (out / "logs" / "superlink.log").read_text()
+        # plaintext clients: a SuperNode and the flwr CLI get no answer from the TLS SuperLink
+        code, text = _probe([*supernode, "--port", str(_free_port()), "--insecure"], env, tmp_path / "plain.log")
+        assert code != 0 and "Failed to initialize the connection to the SuperLink" in text, text
+        plain_home = tmp_path / "plain-cli"
+        plain_home.mkdir()
+        (plain_home / "config.toml").write_text(f'[superlink.plain]\naddress = "{link}"\ninsecure = true\n')
+        code, text = _probe([str(bin_dir / "flwr"), "ls", "plain", "--format", "json"],
+                            {**env, "FLWR_HOME": str(plain_home)}, tmp_path / "plain-cli.log")
+        assert json.loads(text[text.index("{"):])["success"] is False, text
+        # over TLS the CLI gets through, and the SuperLink knows exactly the three registered SuperNodes
+        code, text = _probe([str(bin_dir / "flwr"), "supernode", "list", "loopback", "--format", "json"],
+                            {**env, "FLWR_HOME": str(out / ".flwr")}, tmp_path / "list.log")
+        assert code == 0 and len(json.loads(text[text.index("{"):])["nodes"]) == 3, text
+
+        script.wait(timeout=900)
+    finally:
+        if script.poll() is None:
+            os.killpg(script.pid, signal.SIGTERM)  # the script's trap stops everything it started
+            script.wait(timeout=60)
+    output = log.read_text()
+    assert script.returncode == 0, output[-3000:]
+    assert "(TLS, SuperNode authentication)" in output and "flwr run status: finished:completed" in output
+    _no_process_mentions(out, smoke_sites, tmp_path)
+    assert (out / "logs" / "register.log").read_text().count("registered successfully") == 3
+    assert "SuperNode authentication is disabled" not in (out / "logs" / "superlink.log").read_text()
+    log_table = pd.read_csv(out / "clean" / "train_log.csv")
+    assert len(log_table) == 3 and set(log_table["status"]) == {"ok"}
+    _assert_matches_inprocess(out, inprocess_smoke, cycles=1)
