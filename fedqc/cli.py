@@ -307,14 +307,21 @@ def sites_split(manifest: Path = typer.Option(..., "--manifest", help="The exper
 @friendly
 def sites_compose(sites: Path = typer.Option(..., "--sites", help="Folder from `fedqc sites split`."),
                   config: str = typer.Option(..., "--config", help="Experiment YAML, relative to the repository."),
-                  out_file: Path = typer.Option(Path("docker-compose.yml"), "--out", help="Compose file to write."),
+                  out_file: Optional[Path] = typer.Option(None, "--out", help="Compose file to write (default "
+                                                          "docker-compose.yml, with --tls docker-compose.tls.yml)."),
+                  tls: bool = typer.Option(False, "--tls", help="TLS and SuperNode authentication: certificates "
+                                           "from ./certificates, each SuperNode's key from <site>/keys/."),
                   debug: bool = DEBUG):
     """Write the docker-compose topology: SuperLink, ServerApp SuperExec, a SuperNode + SuperExec per site."""
-    from fedqc.transport.flower.deployment import write_compose
+    from fedqc.transport.flower.deployment import missing_site_keys, write_compose
 
     if not Path(config).is_file():
         raise UserError(f"config not found: {config}")
-    out.print(f"wrote {write_compose(sites, out_file, config=config)}")
+    out_file = out_file or Path("docker-compose.tls.yml" if tls else "docker-compose.yml")
+    out.print(f"wrote {write_compose(sites, out_file, config=config, tls=tls)}")
+    if tls and (missing := missing_site_keys(sites)):
+        out.print(f"note: no keys/supernode.key yet for {', '.join(missing)}: make them with "
+                  f"`fedqc sites keys --sites {sites}` (or each hospital on its machine) before starting")
 
 
 @sites_app.command("certificates")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -16,6 +17,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from flwr.supercore.cli.flower_superexec import _parse_args as _parse_args_run_superexec
+from flwr.superlink.cli.flower_superlink import _parse_args_run_superlink
+from flwr.supernode.cli.flower_supernode import _parse_args_run_supernode
 
 from fedqc.config import load_config, parse_config
 from fedqc.data.manifest import load_manifest
@@ -24,9 +28,10 @@ from fedqc.errors import UserError
 from fedqc.experiment.run_dir import load_checkpoint
 from fedqc.experiment.runner import simulate
 from fedqc.protocol import same
-from fedqc.transport.flower.certificates import write_key_pair
+from fedqc.transport.flower.certificates import write_key_pair, write_site_key
 from fedqc.transport.flower.deployment import SITE_MOUNT, compose_file, split_sites
 from tests.conftest import checkpoint_path
+from tests.test_bad_inputs import run as run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "deploy-smoke.yaml"
@@ -74,41 +79,91 @@ def test_split_refuses_to_clobber_and_rejects_unsafe_site_names(tiny_cohort, tmp
         split_sites(tmp_path / "bad.csv", tmp_path / "bad")
 
 
-def _check_topology(compose: dict, sites: list[str], sites_dir: str) -> None:
+def _flower_args(command: list[str]) -> argparse.Namespace:
+    """A service's command parsed by Flower's own parser: a misspelt or removed flag fails here."""
+    parsers = {"flower-superlink": _parse_args_run_superlink, "flower-supernode": _parse_args_run_supernode,
+               "flower-superexec": _parse_args_run_superexec}
+    return parsers[command[0]]().parse_args(command[1:])
+
+
+def _check_topology(compose: dict, sites: list[str], sites_dir: str, *, tls: bool = False) -> None:
     services = compose["services"]
     nodes = {k: v for k, v in services.items() if k.startswith("supernode-")}
     assert len(nodes) == len(sites)
+    ca = "./certificates/ca.crt:/certificates/ca.crt:ro"
+    link = _flower_args(services["superlink"]["command"])
+    assert link.isolation == "process"
+    if tls:
+        assert not link.insecure and link.enable_supernode_auth
+        assert (link.ssl_ca_certfile, link.ssl_certfile, link.ssl_keyfile) == (
+            "/certificates/ca.crt", "/certificates/server.crt", "/certificates/server.key")
+        assert sorted(services["superlink"]["volumes"]) == [
+            ca, "./certificates/server.crt:/certificates/server.crt:ro",
+            "./certificates/server.key:/certificates/server.key:ro"], "never the CA's key"
+    else:
+        assert link.insecure and not link.enable_supernode_auth
+    serverapp = services["superexec-serverapp"]
+    assert serverapp["volumes"] == (["./runs:/runs", ca] if tls else ["./runs:/runs"])
+    assert _flower_args(serverapp["command"]).root_certificates == ("/certificates/ca.crt" if tls else None)
     for site in sites:
         name = site.lower()
         node, execu = services[f"supernode-{name}"], services[f"superexec-{name}"]
-        assert f'site="{site}"' in " ".join(node["command"])
-        assert not node.get("volumes"), "a SuperNode needs no data"
-        assert execu["volumes"] == [f"{sites_dir}/{site}:{SITE_MOUNT}:ro"], "only its own folder, read-only"
-        assert f"supernode-{name}:9094" in execu["command"]
-    assert services["superexec-serverapp"]["volumes"] == ["./runs:/runs"]
-    assert "--isolation" in services["superlink"]["command"]
+        node_args = _flower_args(node["command"])
+        assert f'site="{site}"' in node_args.node_config
+        assert _flower_args(execu["command"]).runtime_api_address == f"supernode-{name}:9094"
+        folder = f"{sites_dir}/{site}"
+        if tls:
+            assert not node_args.insecure and node_args.root_certificates == "/certificates/ca.crt"
+            assert node_args.auth_supernode_private_key == "/keys/supernode.key"
+            assert node["volumes"] == [ca, f"{folder}/keys/supernode.key:/keys/supernode.key:ro"], \
+                "its own key and the CA, no data"
+            assert execu["volumes"] == [f"{folder}/manifest.csv:{SITE_MOUNT}/manifest.csv:ro",
+                                        f"{folder}/images:{SITE_MOUNT}/images:ro"], "its data, never its key"
+        else:
+            assert node_args.insecure
+            assert not node.get("volumes"), "a SuperNode needs no data"
+            assert execu["volumes"] == [f"{folder}:{SITE_MOUNT}:ro"], "only its own folder, read-only"
 
 
-def test_compose_has_one_supernode_per_site_each_mounting_only_its_folder(tiny_cohort, tmp_path):
-    sites = split_sites(tiny_cohort / "manifest.csv", tmp_path / "s")["site"].tolist()
-    assert len(sites) == 4  # alpha, beta, gamma and the harmful site
-    text = compose_file(tmp_path / "s", config="configs/demo.yaml")
-    _check_topology(yaml.safe_load(text), sites, str(tmp_path / "s"))
-    if shutil.which("docker-compose"):  # Debian's docker-compose validates without an engine
-        (tmp_path / "docker-compose.yml").write_text(text)
-        proc = subprocess.run(["docker-compose", "-f", str(tmp_path / "docker-compose.yml"), "config", "-q"],
-                              capture_output=True, text=True, cwd=tmp_path)
+def _docker_compose_accepts(text: str, folder: Path) -> None:
+    """``docker-compose config`` validates the file without an engine, where Debian's docker-compose is installed."""
+    if shutil.which("docker-compose"):
+        (folder / "compose.yml").write_text(text)
+        proc = subprocess.run(["docker-compose", "-f", str(folder / "compose.yml"), "config", "-q"],
+                              capture_output=True, text=True, cwd=folder)
         assert proc.returncode == 0, proc.stderr
 
 
-def test_shipped_compose_file_is_the_generated_one(smoke_sites, tmp_path, monkeypatch):
-    shipped = (ROOT / "docker-compose.yml").read_text()
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+def test_compose_has_one_supernode_per_site_each_mounting_only_its_folder(tiny_cohort, tmp_path, tls):
+    sites = split_sites(tiny_cohort / "manifest.csv", tmp_path / "s")["site"].tolist()
+    assert len(sites) == 4  # alpha, beta, gamma and the harmful site
+    text = compose_file(tmp_path / "s", config="configs/demo.yaml", tls=tls)
+    _check_topology(yaml.safe_load(text), sites, str(tmp_path / "s"), tls=tls)
+    _docker_compose_accepts(text, tmp_path)
+
+
+@pytest.mark.parametrize("name,tls", [("docker-compose.yml", False), ("docker-compose.tls.yml", True)])
+def test_shipped_compose_files_are_the_generated_ones(smoke_sites, tmp_path, monkeypatch, name, tls):
+    shipped = (ROOT / name).read_text()
     shutil.copytree(smoke_sites, tmp_path / "sites" / "deploy-smoke")
     monkeypatch.chdir(tmp_path)
-    # the shipped file names ./sites/deploy-smoke, relative to the repository
-    generated = compose_file(Path("sites/deploy-smoke"), config="configs/deploy-smoke.yaml")
+    # the shipped files name ./sites/deploy-smoke, relative to the repository
+    generated = compose_file(Path("sites/deploy-smoke"), config="configs/deploy-smoke.yaml", tls=tls)
     assert shipped == generated
-    _check_topology(yaml.safe_load(shipped), ["hospitalA", "hospitalB", "hospitalC"], "./sites/deploy-smoke")
+    _check_topology(yaml.safe_load(shipped), ["hospitalA", "hospitalB", "hospitalC"], "./sites/deploy-smoke", tls=tls)
+    _docker_compose_accepts(shipped, tmp_path)
+
+
+def test_compose_command_notes_sites_without_keys(smoke_sites, tmp_path):
+    sites = tmp_path / "sites"
+    shutil.copytree(smoke_sites, sites)
+    write_site_key(sites / "hospitalB")
+    args = ["sites", "compose", "--sites", str(sites), "--config", str(SMOKE), "--tls", "--out", str(tmp_path / "c.yml")]
+    code, text, _ = run_cli(args)
+    assert code == 0, text
+    assert "no keys/supernode.key yet for hospitalA, hospitalC" in " ".join(text.split())
+    assert "--enable-supernode-auth" in (tmp_path / "c.yml").read_text()
 
 
 def _no_process_mentions(*paths: Path) -> None:

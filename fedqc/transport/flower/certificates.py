@@ -31,12 +31,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fedqc.errors import UserError
-from fedqc.transport.flower.deployment import read_sites
+from fedqc.transport.flower.deployment import SITE_PRIVATE_KEY, SITE_PUBLIC_KEY, read_sites
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost")
-KEYS_DIR = "keys"  # a site's key pair, inside its folder
-PRIVATE_KEY = "supernode.key"
-PUBLIC_KEY = "supernode.pub"
 CURVE = ec.SECP384R1  # P-384, the curve Flower's guide uses for SuperNode keys
 
 
@@ -149,8 +146,7 @@ def write_server_certificates(out: str | Path, *, hosts: list[str] | tuple[str, 
 
 def site_key_paths(folder: str | Path) -> SiteKey:
     """Where a site folder keeps its SuperNode key pair."""
-    keys = Path(folder) / KEYS_DIR
-    return SiteKey(keys / PRIVATE_KEY, keys / PUBLIC_KEY)
+    return SiteKey(Path(folder) / SITE_PRIVATE_KEY, Path(folder) / SITE_PUBLIC_KEY)
 
 
 def write_key_pair(private: Path, public: Path, *, comment: str, overwrite: bool = False) -> SiteKey:
