@@ -22,6 +22,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -193,11 +194,9 @@ def write_loopback_tls(out: str | Path, sites: list[str]) -> tuple[ServerCertifi
     return server, keys
 
 
-def main(argv: list[str] | None = None) -> None:
+def main() -> None:
     """``python -m fedqc.transport.flower.certificates OUT SITE...``: the loopback set, for shell scripts."""
-    import sys
-
-    args = sys.argv[1:] if argv is None else argv
+    args = sys.argv[1:]
     if not args:
         raise SystemExit("usage: python -m fedqc.transport.flower.certificates OUT [SITE...]")
     try:
