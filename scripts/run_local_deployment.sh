@@ -19,7 +19,8 @@
 # Telemetry, update checks and runtime dependency installation are off. The script fails
 # unless `flwr ls` reports the run finished:completed (`flwr run --stream` exits 0 even when
 # the ServerApp fails), and stops every process it started, by process group, on success,
-# failure or Ctrl-C.
+# failure or Ctrl-C. Each component's log is OUT/logs/<component>.log, its PID (= its process
+# group) OUT/logs/<component>.pid: stopping one SuperNode's group stops its site.
 set -euo pipefail
 if [[ $# -lt 1 || $# -gt 3 ]]; then echo "usage: $0 CONFIG [SITES_DIR] [OUT]" >&2; exit 2; fi
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -63,10 +64,11 @@ stop() {
 }
 trap stop EXIT
 trap 'exit 130' INT TERM
-start() {  # start LOG CMD...: in its own process group, so that stop() also ends its children
+start() {  # start LOG CMD...: in its own process group, so that stop() also ends its children; PID in LOG's .pid
   local log=$1; shift
   setsid "$@" >"$log" 2>&1 &
   pids+=($!)
+  echo $! >"${log%.log}.pid"
 }
 wait_port() {  # wait_port PORT PID: until something listens on PORT, or PID's group is gone
   for _ in $(seq 150); do

@@ -312,3 +312,53 @@ def test_tls_deployment_with_supernode_auth_matches_inprocess_and_refuses_strang
     log_table = pd.read_csv(out / "clean" / "train_log.csv")
     assert len(log_table) == 3 and set(log_table["status"]) == {"ok"}
     _assert_matches_inprocess(out, inprocess_smoke, cycles=1)
+
+
+@pytest.mark.slow
+@pytest.mark.deployment
+def test_a_supernode_killed_mid_run_costs_its_hop_and_trains_again_once_restarted(smoke_sites, tmp_path):
+    config = tmp_path / "deploy-smoke.yaml"
+    data = yaml.safe_load(SMOKE.read_text())
+    data["calibration"]["threshold"] = "fixed"  # no calibration round: a shorter test, the same hops
+    config.write_text(yaml.safe_dump(data))
+    out, log, victim = tmp_path / "dep", tmp_path / "script.log", "hospitalA"  # cycle 0 visits C, A, B
+    node_log = out / "logs" / f"supernode-{victim}.log"
+    bin_dir = ROOT / ".venv" / "bin"
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    with open(log, "w") as fh:
+        script = subprocess.Popen([str(ROOT / "scripts" / "run_local_deployment.sh"), str(config), str(smoke_sites),
+                                   str(out)], stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT, env=env,
+                                  start_new_session=True)
+    restarted = None
+    try:
+        deadline = time.monotonic() + 300
+        while not (node_log.is_file() and "Receiving: train message" in node_log.read_text()):
+            assert script.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.2)
+        # the site's machine crashes while it trains: its SuperNode, SuperExec and ClientApp, at once
+        pid = int((out / "logs" / f"supernode-{victim}.pid").read_text())
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")[:-1]
+        os.killpg(pid, signal.SIGKILL)
+        # and comes back at once, as it was: without a key it registers anew, under a new node id
+        with open(out / "logs" / f"supernode-{victim}-restarted.log", "w") as fh:
+            restarted = subprocess.Popen(command, stdout=fh, stderr=subprocess.STDOUT, env=env,
+                                         start_new_session=True)
+        script.wait(timeout=900)
+    finally:
+        for proc in (script, restarted):
+            if proc is not None and proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)  # the script's trap stops everything it started
+                proc.wait(timeout=60)
+    output = log.read_text()
+    assert script.returncode == 0 and "flwr run status: finished:completed" in output, output[-3000:]
+    _no_process_mentions(out, smoke_sites)
+
+    hops = pd.read_csv(out / "clean" / "train_log.csv").set_index(["cycle", "site"])
+    failed = hops.loc[(0, victim)]
+    assert failed["status"] == "failed" and "Node Unavailable" in failed["note"], failed["note"]
+    assert hops.drop(index=(0, victim))["status"].eq("ok").all(), hops
+    assert hops.loc[(1, victim), "n_scans"] == 8  # trains in the next cycle, on its restarted SuperNode
+    test_scans = set(load_manifest(smoke_sites / victim / "manifest.csv").query("split == 'test'")["subject"])
+    for cycle in (0, 1):  # from the hop after the crash on, the restarted SuperNode also scores its site
+        scored = set(pd.read_csv(out / "clean" / "predictions" / f"cycle_{cycle:03d}.csv")["subject"])
+        assert test_scans <= scored
