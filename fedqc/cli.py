@@ -321,14 +321,60 @@ def sites_split(manifest: Path = typer.Option(..., "--manifest", help="The exper
 @friendly
 def sites_compose(sites: Path = typer.Option(..., "--sites", help="Folder from `fedqc sites split`."),
                   config: str = typer.Option(..., "--config", help="Experiment YAML, relative to the repository."),
-                  out_file: Path = typer.Option(Path("docker-compose.yml"), "--out", help="Compose file to write."),
+                  out_file: Optional[Path] = typer.Option(None, "--out", help="Compose file to write (default "
+                                                          "docker-compose.yml, with --tls docker-compose.tls.yml)."),
+                  tls: bool = typer.Option(False, "--tls", help="TLS and SuperNode authentication: certificates "
+                                           "from ./certificates, each SuperNode's key from <site>/keys/."),
                   debug: bool = DEBUG):
     """Write the docker-compose topology: SuperLink, ServerApp SuperExec, a SuperNode + SuperExec per site."""
-    from fedqc.transport.flower.deployment import write_compose
+    from fedqc.transport.flower.deployment import missing_site_keys, write_compose
 
     if not Path(config).is_file():
         raise UserError(f"config not found: {config}")
-    out.print(f"wrote {write_compose(sites, out_file, config=config)}")
+    out_file = out_file or Path("docker-compose.tls.yml" if tls else "docker-compose.yml")
+    out.print(f"wrote {write_compose(sites, out_file, config=config, tls=tls)}")
+    if tls and (missing := missing_site_keys(sites)):
+        out.print(f"note: no keys/supernode.key yet for {', '.join(missing)}: make them with "
+                  f"`fedqc sites keys --sites {sites}` (or each hospital on its machine) before starting")
+
+
+@sites_app.command("certificates")
+@friendly
+def sites_certificates(out_dir: Path = typer.Option(Path("certificates"), "--out", help="Folder for the files."),
+                       hosts: list[str] = typer.Option([], "--host", help="A name or IP address SuperNodes and "
+                                                       "the flwr CLI dial, besides 127.0.0.1 and localhost "
+                                                       "(repeatable; `superlink` for docker compose)."),
+                       days: int = typer.Option(365, "--days", help="Validity of the certificates."),
+                       overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing files."),
+                       debug: bool = DEBUG):
+    """Write a CA and the SuperLink's TLS certificate (the coordinator's side of TLS)."""
+    from fedqc.transport.flower.certificates import write_server_certificates
+
+    files = write_server_certificates(out_dir, hosts=hosts, days=days, overwrite=overwrite)
+    out.print(f"wrote {files.ca_cert} (give it to every site and to the flwr CLI), {files.server_cert} and "
+              f"{files.server_key} (the SuperLink's), {files.ca_key} (keep it private)")
+
+
+@sites_app.command("keys")
+@friendly
+def sites_keys(sites: Optional[Path] = typer.Option(None, "--sites", help="Folder from `fedqc sites split`: "
+                                                    "a key pair for each of its sites."),
+               site: Optional[Path] = typer.Option(None, "--site", help="One site's folder (a hospital's own)."),
+               overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing keys."),
+               debug: bool = DEBUG):
+    """Write a SuperNode's authentication key pair into <site>/keys/ (supernode.key, supernode.pub)."""
+    from fedqc.transport.flower.certificates import write_site_key, write_site_keys
+
+    if (sites is None) == (site is None):
+        raise UserError("give either --sites or --site")
+    if site is not None:
+        if not site.is_dir():
+            raise UserError(f"site folder not found: {site}")
+        keys = {site.resolve().name: write_site_key(site, overwrite=overwrite)}
+    else:
+        keys = write_site_keys(sites, overwrite=overwrite)
+    for name, files in keys.items():
+        out.print(f"{name}: {files.private} (stays with the SuperNode), {files.public} (send to the coordinator)")
 
 
 def simulate_main() -> None:

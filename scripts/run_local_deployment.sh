@@ -10,16 +10,23 @@
 #   with `make SITES_DIR` when the Makefile knows how, as for configs/deploy-smoke.yaml).
 # OUT: the run folder (default runs/<config name>-deployment); logs and FLWR_HOME inside it.
 # Ports: LINK_PORT (default: a free one) for the SuperLink, and the next free ones per node.
+# TLS=1: TLS and SuperNode authentication. A CA, the SuperLink's certificate (127.0.0.1,
+#   localhost) and a key pair per site go to OUT/tls (the sites' folders are not touched);
+#   the SuperLink runs with TLS and --enable-supernode-auth, each site's public key is
+#   registered with `flwr supernode register`, each SuperNode checks the SuperLink against
+#   the CA and signs with its own private key, and the flwr CLI connects over TLS too.
 #
 # Telemetry, update checks and runtime dependency installation are off. The script fails
 # unless `flwr ls` reports the run finished:completed (`flwr run --stream` exits 0 even when
 # the ServerApp fails), and stops every process it started, by process group, on success,
-# failure or Ctrl-C.
+# failure or Ctrl-C. Each component's log is OUT/logs/<component>.log, its PID (= its process
+# group) OUT/logs/<component>.pid: stopping one SuperNode's group stops its site.
 set -euo pipefail
 if [[ $# -lt 1 || $# -gt 3 ]]; then echo "usage: $0 CONFIG [SITES_DIR] [OUT]" >&2; exit 2; fi
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
 [[ -f $1 ]] || { echo "error: config not found: $1" >&2; exit 2; }
+case ${TLS:-0} in 0|1) secure=${TLS:-0} ;; *) echo "error: TLS must be 0 or 1, got ${TLS}" >&2; exit 2 ;; esac
 [[ -x .venv/bin/fedqc ]] || make -s install
 export PATH="$here/.venv/bin:$PATH" OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
 eval "$(python -m fedqc.transport.flower.env)"
@@ -57,10 +64,11 @@ stop() {
 }
 trap stop EXIT
 trap 'exit 130' INT TERM
-start() {  # start LOG CMD...: in its own process group, so that stop() also ends its children
+start() {  # start LOG CMD...: in its own process group, so that stop() also ends its children; PID in LOG's .pid
   local log=$1; shift
   setsid "$@" >"$log" 2>&1 &
   pids+=($!)
+  echo $! >"${log%.log}.pid"
 }
 wait_port() {  # wait_port PORT PID: until something listens on PORT, or PID's group is gone
   for _ in $(seq 150); do
@@ -72,24 +80,41 @@ wait_port() {  # wait_port PORT PID: until something listens on PORT, or PID's g
 }
 
 link=${LINK_PORT:-$(free_port)}
-start "$out/logs/superlink.log" flower-superlink --insecure --host 127.0.0.1 --port "$link" \
-  --database "$out/.flwr/superlink.db" \
-  --disable-runtime-dependency-installation
-wait_port "$link" "${pids[-1]}" || { echo "error: the SuperLink did not start (see $out/logs/superlink.log)" >&2; exit 1; }
-for line in "${nodes[@]}"; do
-  site=${line%%$'\t'*}
-  start "$out/logs/supernode-$site.log" flower-supernode --insecure --superlink "127.0.0.1:$link" \
-    --host 127.0.0.1 --port "$(free_port)" --node-config "${line#*$'\t'}"
-done
+tls=$out/tls
+if [[ $secure == 1 ]]; then
+  python -m fedqc.transport.flower.certificates "$tls" "${names[@]}"
+  link_security=(--ssl-ca-certfile "$tls/ca.crt" --ssl-certfile "$tls/server.crt" --ssl-keyfile "$tls/server.key"
+                 --enable-supernode-auth)
+  cli_security="root-certificates = \"$tls/ca.crt\""
+else
+  link_security=(--insecure)
+  cli_security="insecure = true"
+fi
 cat >"$FLWR_HOME/config.toml" <<EOF
 [superlink]
 default = "loopback"
 
 [superlink.loopback]
 address = "127.0.0.1:$link"
-insecure = true
+$cli_security
 EOF
-echo "SuperLink 127.0.0.1:$link, ${#names[@]} SuperNodes (${names[*]}); logs in $out/logs"
+start "$out/logs/superlink.log" flower-superlink "${link_security[@]}" --host 127.0.0.1 --port "$link" \
+  --database "$out/.flwr/superlink.db" \
+  --disable-runtime-dependency-installation
+wait_port "$link" "${pids[-1]}" || { echo "error: the SuperLink did not start (see $out/logs/superlink.log)" >&2; exit 1; }
+for line in "${nodes[@]}"; do
+  site=${line%%$'\t'*}
+  node_security=(--insecure)
+  if [[ $secure == 1 ]]; then
+    flwr supernode register "$tls/$site.pub" loopback --name "$site" >>"$out/logs/register.log" 2>&1 ||
+      { echo "error: registering $site's public key failed (see $out/logs/register.log)" >&2; exit 1; }
+    node_security=(--root-certificates "$tls/ca.crt" --auth-supernode-private-key "$tls/$site.key")
+  fi
+  start "$out/logs/supernode-$site.log" flower-supernode "${node_security[@]}" --superlink "127.0.0.1:$link" \
+    --host 127.0.0.1 --port "$(free_port)" --node-config "${line#*$'\t'}"
+done
+mode=$([[ $secure == 1 ]] && echo "TLS, SuperNode authentication" || echo "plaintext")
+echo "SuperLink 127.0.0.1:$link ($mode), ${#names[@]} SuperNodes (${names[*]}); logs in $out/logs"
 flwr run . loopback --stream \
   --run-config "config='$config' out='$out' nodes=${#names[@]}" 2>&1 | tee "$out/logs/run.log" || true
 status=$(flwr ls loopback --format json | python -c 'import json,sys; print(json.load(sys.stdin)["runs"][0]["status"])')

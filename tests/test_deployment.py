@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import json
+import os
 import shutil
+import signal
+import socket
 import subprocess
+import time
+import tomllib
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
+from flwr.supercore.cli.flower_superexec import _parse_args as _parse_args_run_superexec
+from flwr.superlink.cli.flower_superlink import _parse_args_run_superlink
+from flwr.supernode.cli.flower_supernode import _parse_args_run_supernode
 
 from fedqc.config import load_config, parse_config
 from fedqc.data.manifest import load_manifest
@@ -17,8 +28,10 @@ from fedqc.errors import UserError
 from fedqc.experiment.run_dir import load_checkpoint
 from fedqc.experiment.runner import simulate
 from fedqc.protocol import same
+from fedqc.transport.flower.certificates import write_key_pair, write_site_key
 from fedqc.transport.flower.deployment import SITE_MOUNT, compose_file, split_sites
 from tests.conftest import checkpoint_path
+from tests.test_bad_inputs import run as run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "deploy-smoke.yaml"
@@ -66,41 +79,91 @@ def test_split_refuses_to_clobber_and_rejects_unsafe_site_names(tiny_cohort, tmp
         split_sites(tmp_path / "bad.csv", tmp_path / "bad")
 
 
-def _check_topology(compose: dict, sites: list[str], sites_dir: str) -> None:
+def _flower_args(command: list[str]) -> argparse.Namespace:
+    """A service's command parsed by Flower's own parser: a misspelt or removed flag fails here."""
+    parsers = {"flower-superlink": _parse_args_run_superlink, "flower-supernode": _parse_args_run_supernode,
+               "flower-superexec": _parse_args_run_superexec}
+    return parsers[command[0]]().parse_args(command[1:])
+
+
+def _check_topology(compose: dict, sites: list[str], sites_dir: str, *, tls: bool = False) -> None:
     services = compose["services"]
     nodes = {k: v for k, v in services.items() if k.startswith("supernode-")}
     assert len(nodes) == len(sites)
+    ca = "./certificates/ca.crt:/certificates/ca.crt:ro"
+    link = _flower_args(services["superlink"]["command"])
+    assert link.isolation == "process"
+    if tls:
+        assert not link.insecure and link.enable_supernode_auth
+        assert (link.ssl_ca_certfile, link.ssl_certfile, link.ssl_keyfile) == (
+            "/certificates/ca.crt", "/certificates/server.crt", "/certificates/server.key")
+        assert sorted(services["superlink"]["volumes"]) == [
+            ca, "./certificates/server.crt:/certificates/server.crt:ro",
+            "./certificates/server.key:/certificates/server.key:ro"], "never the CA's key"
+    else:
+        assert link.insecure and not link.enable_supernode_auth
+    serverapp = services["superexec-serverapp"]
+    assert serverapp["volumes"] == (["./runs:/runs", ca] if tls else ["./runs:/runs"])
+    assert _flower_args(serverapp["command"]).root_certificates == ("/certificates/ca.crt" if tls else None)
     for site in sites:
         name = site.lower()
         node, execu = services[f"supernode-{name}"], services[f"superexec-{name}"]
-        assert f'site="{site}"' in " ".join(node["command"])
-        assert not node.get("volumes"), "a SuperNode needs no data"
-        assert execu["volumes"] == [f"{sites_dir}/{site}:{SITE_MOUNT}:ro"], "only its own folder, read-only"
-        assert f"supernode-{name}:9094" in execu["command"]
-    assert services["superexec-serverapp"]["volumes"] == ["./runs:/runs"]
-    assert "--isolation" in services["superlink"]["command"]
+        node_args = _flower_args(node["command"])
+        assert f'site="{site}"' in node_args.node_config
+        assert _flower_args(execu["command"]).runtime_api_address == f"supernode-{name}:9094"
+        folder = f"{sites_dir}/{site}"
+        if tls:
+            assert not node_args.insecure and node_args.root_certificates == "/certificates/ca.crt"
+            assert node_args.auth_supernode_private_key == "/keys/supernode.key"
+            assert node["volumes"] == [ca, f"{folder}/keys/supernode.key:/keys/supernode.key:ro"], \
+                "its own key and the CA, no data"
+            assert execu["volumes"] == [f"{folder}/manifest.csv:{SITE_MOUNT}/manifest.csv:ro",
+                                        f"{folder}/images:{SITE_MOUNT}/images:ro"], "its data, never its key"
+        else:
+            assert node_args.insecure
+            assert not node.get("volumes"), "a SuperNode needs no data"
+            assert execu["volumes"] == [f"{folder}:{SITE_MOUNT}:ro"], "only its own folder, read-only"
 
 
-def test_compose_has_one_supernode_per_site_each_mounting_only_its_folder(tiny_cohort, tmp_path):
-    sites = split_sites(tiny_cohort / "manifest.csv", tmp_path / "s")["site"].tolist()
-    assert len(sites) == 4  # alpha, beta, gamma and the harmful site
-    text = compose_file(tmp_path / "s", config="configs/demo.yaml")
-    _check_topology(yaml.safe_load(text), sites, str(tmp_path / "s"))
-    if shutil.which("docker-compose"):  # Debian's docker-compose validates without an engine
-        (tmp_path / "docker-compose.yml").write_text(text)
-        proc = subprocess.run(["docker-compose", "-f", str(tmp_path / "docker-compose.yml"), "config", "-q"],
-                              capture_output=True, text=True, cwd=tmp_path)
+def _docker_compose_accepts(text: str, folder: Path) -> None:
+    """``docker-compose config`` validates the file without an engine, where Debian's docker-compose is installed."""
+    if shutil.which("docker-compose"):
+        (folder / "compose.yml").write_text(text)
+        proc = subprocess.run(["docker-compose", "-f", str(folder / "compose.yml"), "config", "-q"],
+                              capture_output=True, text=True, cwd=folder)
         assert proc.returncode == 0, proc.stderr
 
 
-def test_shipped_compose_file_is_the_generated_one(smoke_sites, tmp_path, monkeypatch):
-    shipped = (ROOT / "docker-compose.yml").read_text()
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+def test_compose_has_one_supernode_per_site_each_mounting_only_its_folder(tiny_cohort, tmp_path, tls):
+    sites = split_sites(tiny_cohort / "manifest.csv", tmp_path / "s")["site"].tolist()
+    assert len(sites) == 4  # alpha, beta, gamma and the harmful site
+    text = compose_file(tmp_path / "s", config="configs/demo.yaml", tls=tls)
+    _check_topology(yaml.safe_load(text), sites, str(tmp_path / "s"), tls=tls)
+    _docker_compose_accepts(text, tmp_path)
+
+
+@pytest.mark.parametrize("name,tls", [("docker-compose.yml", False), ("docker-compose.tls.yml", True)])
+def test_shipped_compose_files_are_the_generated_ones(smoke_sites, tmp_path, monkeypatch, name, tls):
+    shipped = (ROOT / name).read_text()
     shutil.copytree(smoke_sites, tmp_path / "sites" / "deploy-smoke")
     monkeypatch.chdir(tmp_path)
-    # the shipped file names ./sites/deploy-smoke, relative to the repository
-    generated = compose_file(Path("sites/deploy-smoke"), config="configs/deploy-smoke.yaml")
+    # the shipped files name ./sites/deploy-smoke, relative to the repository
+    generated = compose_file(Path("sites/deploy-smoke"), config="configs/deploy-smoke.yaml", tls=tls)
     assert shipped == generated
-    _check_topology(yaml.safe_load(shipped), ["hospitalA", "hospitalB", "hospitalC"], "./sites/deploy-smoke")
+    _check_topology(yaml.safe_load(shipped), ["hospitalA", "hospitalB", "hospitalC"], "./sites/deploy-smoke", tls=tls)
+    _docker_compose_accepts(shipped, tmp_path)
+
+
+def test_compose_command_notes_sites_without_keys(smoke_sites, tmp_path):
+    sites = tmp_path / "sites"
+    shutil.copytree(smoke_sites, sites)
+    write_site_key(sites / "hospitalB")
+    args = ["sites", "compose", "--sites", str(sites), "--config", str(SMOKE), "--tls", "--out", str(tmp_path / "c.yml")]
+    code, text, _ = run_cli(args)
+    assert code == 0, text
+    assert "no keys/supernode.key yet for hospitalA, hospitalC" in " ".join(text.split())
+    assert "--enable-supernode-auth" in (tmp_path / "c.yml").read_text()
 
 
 def _no_process_mentions(*paths: Path) -> None:
@@ -109,9 +172,30 @@ def _no_process_mentions(*paths: Path) -> None:
         assert running == "", f"left running:\n{running}"
 
 
+@pytest.fixture(scope="module")
+def inprocess_smoke(smoke_cohort, tmp_path_factory) -> Path:
+    """The smoke experiment in process: every loopback deployment must match it bit for bit."""
+    out = tmp_path_factory.mktemp("inproc") / "run"
+    cfg = load_config(SMOKE)
+    simulate(parse_config({**cfg.to_dict(), "engine": "inprocess", "manifest": str(smoke_cohort / "manifest.csv")}),
+             out, quiet=True)
+    return out
+
+
+def _assert_matches_inprocess(out: Path, reference: Path, cycles: int) -> None:
+    """Same weights after every cycle and same predictions after the last as the in-process run."""
+    for cycle in range(cycles):
+        assert same(load_checkpoint(checkpoint_path(out / "clean", cycle))["state"],
+                    load_checkpoint(checkpoint_path(reference / "clean", cycle))["state"])
+    last = f"cycle_{cycles - 1:03d}.csv"
+    a = pd.read_csv(out / "clean" / "predictions" / last).sort_values("subject", ignore_index=True)
+    b = pd.read_csv(reference / "clean" / "predictions" / last).sort_values("subject", ignore_index=True)
+    pd.testing.assert_frame_equal(a, b)
+
+
 @pytest.mark.slow
 @pytest.mark.deployment
-def test_loopback_deployment_matches_inprocess_and_stops_everything(smoke_cohort, smoke_sites, tmp_path):
+def test_loopback_deployment_matches_inprocess_and_stops_everything(smoke_sites, inprocess_smoke, tmp_path):
     out = tmp_path / "dep"
     proc = subprocess.run([str(ROOT / "scripts" / "run_local_deployment.sh"), str(SMOKE), str(smoke_sites), str(out)],
                           capture_output=True, text=True, timeout=900, cwd=ROOT)
@@ -123,17 +207,7 @@ def test_loopback_deployment_matches_inprocess_and_stops_everything(smoke_cohort
     assert len(log) == 6 and set(log["status"]) == {"ok"} and (log["hop_seconds"] > log["seconds"]).all()
     assert sorted(p.name for p in (out / "clean" / "predictions").iterdir()) == ["cycle_000.csv", "cycle_001.csv"]
     assert load_config(out / "config.yaml").engine == "deployment"
-
-    cfg = load_config(SMOKE)
-    inproc = tmp_path / "inproc"
-    simulate(parse_config({**cfg.to_dict(), "engine": "inprocess", "manifest": str(smoke_cohort / "manifest.csv")}),
-             inproc, quiet=True)
-    for cycle in (0, 1):
-        assert same(load_checkpoint(checkpoint_path(out / "clean", cycle))["state"],
-                    load_checkpoint(checkpoint_path(inproc / "clean", cycle))["state"])
-    a = pd.read_csv(out / "clean" / "predictions" / "cycle_001.csv").sort_values("subject", ignore_index=True)
-    b = pd.read_csv(inproc / "clean" / "predictions" / "cycle_001.csv").sort_values("subject", ignore_index=True)
-    pd.testing.assert_frame_equal(a, b)
+    _assert_matches_inprocess(out, inprocess_smoke, cycles=2)
 
 
 @pytest.mark.slow
@@ -149,3 +223,142 @@ def test_loopback_deployment_fails_when_the_serverapp_fails(smoke_sites, tmp_pat
     assert proc.returncode != 0
     assert "flwr run status: finished:failed" in proc.stdout
     _no_process_mentions(out, smoke_sites)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _probe(cmd: list[str], env: dict[str, str], log: Path) -> tuple[int, str]:
+    """Run a short-lived Flower client in its own process group; the group is killed afterwards, whatever happens.
+
+    Output goes to ``log``, not a pipe: a SuperNode's SuperExec child would hold a pipe open after the SuperNode ends.
+    """
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        proc.wait(timeout=60)
+        return proc.returncode, log.read_text()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def _wait_for(path: Path, script: subprocess.Popen, log: Path) -> None:
+    """Until ``path`` exists; fails with the script's output if the script ends first."""
+    deadline = time.monotonic() + 300
+    while not path.exists():
+        assert script.poll() is None, log.read_text()[-3000:]
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.5)
+
+
+@pytest.mark.slow
+@pytest.mark.deployment
+def test_tls_deployment_with_supernode_auth_matches_inprocess_and_refuses_strangers(smoke_sites, inprocess_smoke,
+                                                                                    tmp_path):
+    # one cycle: three hops and an evaluation round cross TLS, and cycle 0 is the in-process run's cycle 0
+    config = tmp_path / "deploy-smoke.yaml"
+    data = yaml.safe_load(SMOKE.read_text())
+    data["train"]["cycles"] = 1
+    config.write_text(yaml.safe_dump(data))
+    out, log = tmp_path / "dep", tmp_path / "script.log"
+    rogue = write_key_pair(tmp_path / "rogue.key", tmp_path / "rogue.pub", comment="rogue")  # never registered
+    bin_dir = ROOT / ".venv" / "bin"  # SuperNodes start flower-superexec from PATH
+    env = {**os.environ, "TLS": "1", "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    with open(log, "w") as fh:
+        script = subprocess.Popen([str(ROOT / "scripts" / "run_local_deployment.sh"), str(config), str(smoke_sites),
+                                   str(out)], stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT, env=env,
+                                  start_new_session=True)
+    try:
+        _wait_for(out / "logs" / "run.log", script, log)  # the SuperNodes are started and `flwr run` has begun
+        link = tomllib.loads((out / ".flwr" / "config.toml").read_text())["superlink"]["loopback"]["address"]
+        ca = out / "tls" / "ca.crt"
+        supernode = [str(bin_dir / "flower-supernode"), "--superlink", link, "--host", "127.0.0.1", "--max-retries", "0"]
+
+        # a SuperNode whose key the coordinator never registered: refused at activation
+        code, text = _probe([*supernode, "--port", str(_free_port()), "--root-certificates", str(ca),
+                             "--auth-supernode-private-key", str(rogue.private)], env, tmp_path / "rogue.log")
+        assert code != 0 and "Failed to activate SuperNode" in text and "SuperNode ID" not in text, text
+        assert "No SuperNode found with the given public key" in (out / "logs" / "superlink.log").read_text()
+        # plaintext clients: a SuperNode and the flwr CLI get no answer from the TLS SuperLink
+        code, text = _probe([*supernode, "--port", str(_free_port()), "--insecure"], env, tmp_path / "plain.log")
+        assert code != 0 and "Failed to initialize the connection to the SuperLink" in text, text
+        plain_home = tmp_path / "plain-cli"
+        plain_home.mkdir()
+        (plain_home / "config.toml").write_text(f'[superlink.plain]\naddress = "{link}"\ninsecure = true\n')
+        code, text = _probe([str(bin_dir / "flwr"), "ls", "plain", "--format", "json"],
+                            {**env, "FLWR_HOME": str(plain_home)}, tmp_path / "plain-cli.log")
+        assert json.loads(text[text.index("{"):])["success"] is False, text
+        # over TLS the CLI gets through, and the SuperLink knows exactly the three registered SuperNodes
+        code, text = _probe([str(bin_dir / "flwr"), "supernode", "list", "loopback", "--format", "json"],
+                            {**env, "FLWR_HOME": str(out / ".flwr")}, tmp_path / "list.log")
+        assert code == 0 and len(json.loads(text[text.index("{"):])["nodes"]) == 3, text
+
+        script.wait(timeout=900)
+    finally:
+        if script.poll() is None:
+            os.killpg(script.pid, signal.SIGTERM)  # the script's trap stops everything it started
+            script.wait(timeout=60)
+    output = log.read_text()
+    assert script.returncode == 0, output[-3000:]
+    assert "(TLS, SuperNode authentication)" in output and "flwr run status: finished:completed" in output
+    _no_process_mentions(out, smoke_sites, tmp_path)
+    assert (out / "logs" / "register.log").read_text().count("registered successfully") == 3
+    assert "SuperNode authentication is disabled" not in (out / "logs" / "superlink.log").read_text()
+    log_table = pd.read_csv(out / "clean" / "train_log.csv")
+    assert len(log_table) == 3 and set(log_table["status"]) == {"ok"}
+    _assert_matches_inprocess(out, inprocess_smoke, cycles=1)
+
+
+@pytest.mark.slow
+@pytest.mark.deployment
+def test_a_supernode_killed_mid_run_costs_its_hop_and_trains_again_once_restarted(smoke_sites, tmp_path):
+    config = tmp_path / "deploy-smoke.yaml"
+    data = yaml.safe_load(SMOKE.read_text())
+    data["calibration"]["threshold"] = "fixed"  # no calibration round: a shorter test, the same hops
+    config.write_text(yaml.safe_dump(data))
+    out, log, victim = tmp_path / "dep", tmp_path / "script.log", "hospitalA"  # cycle 0 visits C, A, B
+    node_log = out / "logs" / f"supernode-{victim}.log"
+    bin_dir = ROOT / ".venv" / "bin"
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    with open(log, "w") as fh:
+        script = subprocess.Popen([str(ROOT / "scripts" / "run_local_deployment.sh"), str(config), str(smoke_sites),
+                                   str(out)], stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT, env=env,
+                                  start_new_session=True)
+    restarted = None
+    try:
+        deadline = time.monotonic() + 300
+        while not (node_log.is_file() and "Receiving: train message" in node_log.read_text()):
+            assert script.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.2)
+        # the site's machine crashes while it trains: its SuperNode, SuperExec and ClientApp, at once
+        pid = int((out / "logs" / f"supernode-{victim}.pid").read_text())
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")[:-1]
+        os.killpg(pid, signal.SIGKILL)
+        # and comes back at once, as it was: without a key it registers anew, under a new node id
+        with open(out / "logs" / f"supernode-{victim}-restarted.log", "w") as fh:
+            restarted = subprocess.Popen(command, stdout=fh, stderr=subprocess.STDOUT, env=env,
+                                         start_new_session=True)
+        script.wait(timeout=900)
+    finally:
+        for proc in (script, restarted):
+            if proc is not None and proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)  # the script's trap stops everything it started
+                proc.wait(timeout=60)
+    output = log.read_text()
+    assert script.returncode == 0 and "flwr run status: finished:completed" in output, output[-3000:]
+    _no_process_mentions(out, smoke_sites)
+
+    hops = pd.read_csv(out / "clean" / "train_log.csv").set_index(["cycle", "site"])
+    failed = hops.loc[(0, victim)]
+    assert failed["status"] == "failed" and "Node Unavailable" in failed["note"], failed["note"]
+    assert hops.drop(index=(0, victim))["status"].eq("ok").all(), hops
+    assert hops.loc[(1, victim), "n_scans"] == 8  # trains in the next cycle, on its restarted SuperNode
+    test_scans = set(load_manifest(smoke_sites / victim / "manifest.csv").query("split == 'test'")["subject"])
+    for cycle in (0, 1):  # from the hop after the crash on, the restarted SuperNode also scores its site
+        scored = set(pd.read_csv(out / "clean" / "predictions" / f"cycle_{cycle:03d}.csv")["subject"])
+        assert test_scans <= scored

@@ -29,6 +29,6 @@ def main(grid: Grid, context: Context) -> None:
                         "`fedqc harm`, or run with `fedqc simulate`")
     out = Path(str(rc.get("out", f"runs/{cfg.name}")))
     resume = bool(rc.get("resume", False))
-    RunDir(out).prepare(cfg, resume=resume, overwrite=False, ignore=(".flwr", "logs"))
+    RunDir(out).prepare(cfg, resume=resume, overwrite=False, ignore=(".flwr", "logs", "tls"))
     transport = GridTransport(grid, cfg, expected_nodes=int(rc.get("nodes", 0)))
     run_experiment(cfg, transport, out, resume=resume, quiet=True)

@@ -152,7 +152,7 @@ class RunDir:
     def prepare(self, cfg: ExperimentConfig, *, resume: bool, overwrite: bool, ignore: tuple[str, ...] = ()) -> None:
         """Create the folder with a snapshot of the resolved config; never clobber silently.
 
-        Entries named in ``ignore`` (a launcher's ``.flwr`` and ``logs``) do not make it a used run folder.
+        Entries named in ``ignore`` (a launcher's ``.flwr``, ``logs`` and ``tls``) do not make it a used run folder.
         """
         snapshot = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
         if self.root.exists() and any(p.name not in ignore for p in self.root.iterdir()):

@@ -6,7 +6,8 @@ sites and their scan counts per split. A SuperNode then names its site and manif
 its node config, ``site="<site>" manifest="<folder>/manifest.csv"`` (:func:`node_config`),
 and mounts nothing else. ``compose_file`` writes the docker-compose topology for such a
 folder: a SuperLink, a SuperExec for the ServerApp and, per site, a SuperNode and the
-SuperExec that runs its ClientApp with that site's folder mounted read-only.
+SuperExec that runs its ClientApp with that site's folder mounted read-only; its TLS
+variant also admits only SuperNodes whose key (``<site>/keys/``) was registered.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from fedqc.transport.flower.env import FLOWER_ENV
 
 SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 SITE_MOUNT = "/site"  # where a site's folder is mounted in its containers
+SITE_PRIVATE_KEY = "keys/supernode.key"  # a site's SuperNode authentication key, relative to its folder
+SITE_PUBLIC_KEY = "keys/supernode.pub"  # its public half, which the coordinator registers
 
 
 class _NoAliases(yaml.SafeDumper):
@@ -93,46 +96,101 @@ def node_config(site: str, folder: str | Path) -> str:
     return f'site="{site}" manifest="{Path(folder) / "manifest.csv"}"'
 
 
-def compose_file(sites_dir: str | Path, *, config: str, image: str = "fedqc:latest", port: int = 8000) -> str:
+CERTS_MOUNT = "/certificates"  # where the TLS variant mounts the CA and server files
+KEY_MOUNT = "/keys/supernode.key"  # where a SuperNode finds its private key in the TLS variant
+
+
+def compose_file(sites_dir: str | Path, *, config: str, image: str = "fedqc:latest", port: int = 8000,
+                 tls: bool = False, certificates: str = "./certificates") -> str:
     """A docker-compose file for the sites under ``sites_dir`` (paths as given, relative to the compose file).
 
     ``config`` is the experiment YAML inside the image's ``/app`` (the repository is copied
     there); results go to ``./runs`` on the host through the ServerApp's SuperExec.
+
+    ``tls``: the SuperLink serves TLS with ``certificates``' ``server.crt``/``server.key``
+    (from ``fedqc sites certificates --host superlink``) and admits only registered
+    SuperNodes (``--enable-supernode-auth``). Every client checks it against ``ca.crt``;
+    each SuperNode signs with its ``<site>/keys/supernode.key``. A site's SuperExec then
+    mounts only the site's ``manifest.csv`` and ``images/``, never its key: the ClientApp
+    code comes from the federation, the key must not reach it.
     """
     sites_dir = str(sites_dir).rstrip("/")
     if not sites_dir.startswith(("/", "./", "../")):
         sites_dir = f"./{sites_dir}"  # compose reads a bare name as a named volume, not a folder
+    certificates = certificates.rstrip("/")
+    if not certificates.startswith(("/", "./", "../")):
+        certificates = f"./{certificates}"
+    ca = f"{CERTS_MOUNT}/ca.crt"
+    ca_volume = f"{certificates}/ca.crt:{ca}:ro"
     env = {**FLOWER_ENV, "OMP_NUM_THREADS": "1"}
     base = {"image": image, "environment": env}
+    if tls:
+        link_security = ["--ssl-ca-certfile", ca, "--ssl-certfile", f"{CERTS_MOUNT}/server.crt",
+                         "--ssl-keyfile", f"{CERTS_MOUNT}/server.key", "--enable-supernode-auth"]
+        client_security = ["--root-certificates", ca]
+    else:
+        link_security = client_security = ["--insecure"]
     services: dict = {
         "superlink": {**base, "build": ".", "command": [
-            "flower-superlink", "--insecure", "--isolation", "process", "--host", "0.0.0.0",
+            "flower-superlink", *link_security, "--isolation", "process", "--host", "0.0.0.0",
             "--port", str(port), "--disable-runtime-dependency-installation"],
             "ports": [f"{port}:{port}"]},
         "superexec-serverapp": {**base, "command": [
-            "flower-superexec", "--insecure", "--runtime-api-address", f"superlink:{port}"],
+            "flower-superexec", *client_security, "--runtime-api-address", f"superlink:{port}"],
             "volumes": ["./runs:/runs"], "depends_on": ["superlink"]},
     }
+    if tls:
+        services["superlink"]["volumes"] = [ca_volume] + [f"{certificates}/{f}:{CERTS_MOUNT}/{f}:ro"
+                                                          for f in ("server.crt", "server.key")]
+        services["superexec-serverapp"]["volumes"].append(ca_volume)
     sites = read_sites(sites_dir)
     for site in sites:
         name = _service(site)
+        node_security = [*client_security, "--auth-supernode-private-key", KEY_MOUNT] if tls else client_security
         services[f"supernode-{name}"] = {**base, "command": [
-            "flower-supernode", "--insecure", "--superlink", f"superlink:{port}", "--isolation", "process",
+            "flower-supernode", *node_security, "--superlink", f"superlink:{port}", "--isolation", "process",
             "--host", "0.0.0.0", "--port", "9094", "--node-config", node_config(site, SITE_MOUNT)],
             "depends_on": ["superlink"]}
+        if tls:
+            services[f"supernode-{name}"]["volumes"] = [ca_volume,
+                                                        f"{sites_dir}/{site}/{SITE_PRIVATE_KEY}:{KEY_MOUNT}:ro"]
+            data = [f"{sites_dir}/{site}/{p}:{SITE_MOUNT}/{p}:ro" for p in ("manifest.csv", "images")]
+        else:
+            data = [f"{sites_dir}/{site}:{SITE_MOUNT}:ro"]
+        # the SuperNode's Runtime API (port 9094) stays on the site's own machine: plaintext there
         services[f"superexec-{name}"] = {**base, "command": [
             "flower-superexec", "--insecure", "--runtime-api-address", f"supernode-{name}:9094"],
-            "volumes": [f"{sites_dir}/{site}:{SITE_MOUNT}:ro"], "depends_on": [f"supernode-{name}"]}
-    header = (f"# Generated by `fedqc sites compose --sites {sites_dir} --config {config}`.\n"
+            "volumes": data, "depends_on": [f"supernode-{name}"]}
+    command = f"fedqc sites compose --sites {sites_dir} --config {config}" + (" --tls" if tls else "")
+    header = (f"# Generated by `{command}`.\n"
               "# Build: docker compose build; start: docker compose up -d; then, from the host:\n"
               f"#   flwr run . compose --run-config \"config='/app/{config}' out='/runs/<name>' "
               f"nodes={len(sites)}\"\n"
               "# with a [superlink.compose] connection (address = \"127.0.0.1:"
               f"{port}\", insecure = true) in $FLWR_HOME/config.toml. TLS: see docs/deployment.md.\n")
+    if tls:
+        header = (f"# Generated by `{command}`.\n"
+                  "# TLS and SuperNode authentication; see docs/deployment.md. Before the first start:\n"
+                  f"#   fedqc sites certificates --out {certificates} --host superlink [--host <server name>]\n"
+                  f"#   fedqc sites keys --sites {sites_dir}    (each hospital makes its own on its machine)\n"
+                  "# Start: docker compose -f docker-compose.tls.yml build && docker compose -f "
+                  "docker-compose.tls.yml up -d superlink;\n"
+                  "# register each site's public key, then start the rest (up -d) and run, from the host:\n"
+                  f"#   flwr supernode register {sites_dir}/<site>/{SITE_PUBLIC_KEY} compose --name <site>\n"
+                  f"#   flwr run . compose --run-config \"config='/app/{config}' out='/runs/<name>' "
+                  f"nodes={len(sites)}\"\n"
+                  "# with a [superlink.compose] connection (address = \"127.0.0.1:"
+                  f"{port}\", root-certificates = \"<absolute path of {certificates}/ca.crt>\") in "
+                  "$FLWR_HOME/config.toml.\n")
     return header + yaml.dump({"services": services}, Dumper=_NoAliases, sort_keys=False, width=200)
 
 
-def write_compose(sites_dir: str | Path, out: str | Path, *, config: str) -> Path:
+def missing_site_keys(sites_dir: str | Path) -> list[str]:
+    """Sites of ``sites_dir`` without a private key: their SuperNodes could not authenticate."""
+    return [s for s in read_sites(sites_dir) if not (Path(sites_dir) / s / SITE_PRIVATE_KEY).is_file()]
+
+
+def write_compose(sites_dir: str | Path, out: str | Path, *, config: str, tls: bool = False) -> Path:
     out = Path(out)
-    atomic_write_text(compose_file(sites_dir, config=config), out)
+    atomic_write_text(compose_file(sites_dir, config=config, tls=tls), out)
     return out

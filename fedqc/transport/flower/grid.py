@@ -1,7 +1,9 @@
 """The server's :class:`~fedqc.transport.Transport` over a Flower grid, one message per request.
 
 Node ids are random per run, so the transport first fans out a ``query`` to every node
-and maps the site names they report to node ids.
+and maps the site names they report to node ids. Before every hop and evaluation it
+looks for nodes that connected since: a SuperNode restarted without an authentication
+key comes back under a new id, and its site is served from it again.
 
 Replies are collected with ``grid.push_messages`` / ``grid.pull_messages``. Flower's
 ``send_and_receive`` waits a fixed 3 s between pulls on a deployment grid (0.1 s in
@@ -15,6 +17,7 @@ per fan-out.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 
@@ -42,6 +45,8 @@ from fedqc.transport.flower.codec import (
     to_config,
 )
 
+log = logging.getLogger(__name__)
+
 POLL_S = (0.005, 1.0)  # first and longest wait between two pulls for replies
 POLL_GROWTH = 1.2
 
@@ -67,6 +72,28 @@ class GridTransport:
             info = decode_site_info(reply.content)
             self.node_of[info.name] = reply.metadata.src_node_id
             self.info[info.name] = info
+        self.seen = set(nodes)  # nodes already asked which site they serve; never asked again
+
+    def _rejoin(self) -> None:
+        """Map SuperNodes that connected since the last look to their sites.
+
+        A SuperNode that restarts without an authentication key registers anew and gets a
+        new node id; from its next message on, its site is served by the new node. One
+        ``get_node_ids`` call when no node is new; a new node costs one ``query``. Only
+        the run's own sites are mapped: a site that was not there at the start stays out.
+        """
+        new = [n for n in self.grid.get_node_ids() if n not in self.seen]
+        if not new:
+            return
+        self.seen.update(new)
+        for node, reply in self._exchange([self._message("query", n, {}) for n in new]).items():
+            site = None if isinstance(reply, str) else decode_site_info(reply.content).name
+            if site in self.node_of:
+                log.info("site %s rejoined as node %d (was node %d)", site, node, self.node_of[site])
+                self.node_of[site] = node
+            else:
+                log.warning("node %d %s; it is left out of this run", node,
+                            reply if isinstance(reply, str) else f"serves {site}, not a site of this run")
 
     @staticmethod
     def _hook_replies(grid: Grid) -> threading.Condition | None:
@@ -96,16 +123,19 @@ class GridTransport:
             content["arrays"] = arrays if arrays is not None else state_to_record(state)
         return Message(content=content, dst_node_id=node, message_type=kind)
 
-    def _send_and_receive(self, messages: list[Message], timeout_s: float | None = None) -> list[Message]:
+    def _send_and_receive(self, messages: list[Message],
+                          timeout_s: float | None = None) -> tuple[set[str], dict[str, Message]]:
         """Push ``messages`` and pull replies until all are in or ``timeout_s`` (default ``self.timeout_s``) has
-        passed."""
+        passed. Returns the ids of the messages the SuperLink accepted (it refuses one whose node is gone) and the
+        replies by the id of the message they answer."""
         stored, timeout_s = self.stored, self.timeout_s if timeout_s is None else timeout_s
-        pending = set(self.grid.push_messages(messages))
-        deadline, wait, replies = time.monotonic() + timeout_s, POLL_S[0], []
+        pushed = {i for i in self.grid.push_messages(messages) if i}
+        pending = set(pushed)
+        deadline, wait, replies = time.monotonic() + timeout_s, POLL_S[0], {}
         while pending:
             seen = stored.count if stored is not None else 0
             for reply in self.grid.pull_messages(pending):
-                replies.append(reply)
+                replies[reply.metadata.reply_to_message_id] = reply
                 pending.discard(reply.metadata.reply_to_message_id)
             remaining = deadline - time.monotonic()
             if not pending or remaining <= 0:
@@ -116,18 +146,25 @@ class GridTransport:
             else:
                 time.sleep(min(wait, remaining))
                 wait = min(wait * POLL_GROWTH, POLL_S[1])
-        return replies
+        return pushed, replies
 
     def _exchange(self, messages: list[Message], timeout_s: float | None = None) -> dict[int, Message | str]:
-        """Send ``messages``; per destination node its reply, or why there is none."""
+        """Send ``messages``; per destination node its reply, or why there is none.
+
+        Replies are matched to messages by id, not by sender: when a node goes away (its
+        heartbeats stop), the SuperLink itself answers for it with a ``NODE_UNAVAILABLE`` error.
+        """
         timeout_s = self.timeout_s if timeout_s is None else timeout_s
-        replies = {r.metadata.src_node_id: r for r in self._send_and_receive(messages, timeout_s)}
+        pushed, replies = self._send_and_receive(messages, timeout_s)  # pushing gives each message its id
         out: dict[int, Message | str] = {}
         for m in messages:
-            node = m.metadata.dst_node_id
-            reply = replies.get(node)
-            out[node] = (f"did not answer within {timeout_s} s" if reply is None
-                         else f"failed: {reply.error.reason}" if reply.has_error() else reply)
+            reply = replies.get(m.metadata.message_id)
+            if m.metadata.message_id not in pushed:
+                out[m.metadata.dst_node_id] = "is not connected (the SuperLink refused the message)"
+            elif reply is None:
+                out[m.metadata.dst_node_id] = f"did not answer within {timeout_s} s"
+            else:
+                out[m.metadata.dst_node_id] = f"failed: {reply.error.reason}" if reply.has_error() else reply
         return out
 
     def _send(self, messages: list[Message]) -> list[Message]:
@@ -146,11 +183,13 @@ class GridTransport:
         return [AuditFinding(*f.split("\t", 2)) for f in reply.content["ids"].get("findings", [])]
 
     def train(self, site: str, state: State, request: TrainRequest) -> TrainReply:
+        self._rejoin()
         (reply,) = self._send([self._message("train", self.node_of[site], request.to_dict(), state)])
         return decode_train_reply(reply.content)
 
     def evaluate(self, sites: list[str], state: State, request: EvalRequest) -> dict[str, EvalReply]:
         """Scores from every site that answers; a failed or silent site gets :meth:`EvalReply.failed`."""
+        self._rejoin()
         arrays = state_to_record(weights(state))  # one encoding for the whole fan-out
         if self.stored is not None and self.evaluate_at_once and len(sites) > 1:
             return self._evaluate_at_once(sites, arrays, request)
