@@ -32,7 +32,10 @@ export PATH="$here/.venv/bin:$PATH" OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
 eval "$(python -m fedqc.transport.flower.env)"
 
 config=$(realpath "$1")
-name=$(python -c 'import sys; from fedqc.config import load_config; print(load_config(sys.argv[1]).name)' "$config")
+# the config is checked here, before anything starts: a mistake in it is one error line per problem, no traceback
+name=$(python -c 'import sys; from fedqc.config import load_config; from fedqc.errors import UserError
+try: print(load_config(sys.argv[1]).name)
+except UserError as exc: sys.exit(f"error: {exc}")' "$config")
 sites=${2:-sites/$name}
 out=$(realpath -m "${3:-runs/$name-deployment}")
 if [[ ! -f $sites/sites.csv ]] && make -n "$sites" >/dev/null 2>&1; then make -s "$sites"; fi
