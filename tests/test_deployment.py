@@ -32,9 +32,25 @@ from fedqc.transport.flower.certificates import write_key_pair, write_site_key
 from fedqc.transport.flower.deployment import SITE_MOUNT, compose_file, split_sites
 from tests.conftest import checkpoint_path
 from tests.test_bad_inputs import run as run_cli
+from tests.test_privacy import check_replies
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "deploy-smoke.yaml"
+SMOKE_QC = ROOT / "configs" / "deploy-smoke-qc.yaml"
+# Written as sitecustomize.py on PYTHONPATH: every process of a loopback run appends "<program>\t<path>" to
+# $FEDQC_TEST_OPENED for each file it opens under a path of $FEDQC_TEST_WATCH (os.pathsep-separated), through
+# Python's audit hook on `open`.
+OPEN_HOOK = """import os, sys
+def _hook(event, args):
+    if event == "open" and not isinstance(args[0], int):
+        path = os.path.abspath(os.fsdecode(args[0]))
+        if path.startswith(_watch):
+            with open(_log, "a") as fh:
+                fh.write(os.path.basename(sys.argv[0]) + "\\t" + path + "\\n")
+if "FEDQC_TEST_OPENED" in os.environ:
+    _log, _watch = os.environ["FEDQC_TEST_OPENED"], tuple(os.environ["FEDQC_TEST_WATCH"].split(os.pathsep))
+    sys.addaudithook(_hook)
+"""
 
 
 @pytest.fixture(scope="module")
@@ -362,3 +378,49 @@ def test_a_supernode_killed_mid_run_costs_its_hop_and_trains_again_once_restarte
     for cycle in (0, 1):  # from the hop after the crash on, the restarted SuperNode also scores its site
         scored = set(pd.read_csv(out / "clean" / "predictions" / f"cycle_{cycle:03d}.csv")["subject"])
         assert test_scans <= scored
+
+
+@pytest.mark.slow
+@pytest.mark.deployment
+def test_loopback_qc_without_ground_truth_never_reads_a_manifest_and_sends_only_allowed_replies(smoke_sites, tmp_path):
+    cfg = load_config(SMOKE_QC)
+    assert cfg.manifest is None and cfg.arms == ("qc",) and cfg.qc.start == "scratch"
+    out, messages, opened, hook = tmp_path / "dep", tmp_path / "messages.jsonl", tmp_path / "opened.tsv", tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(OPEN_HOOK)
+    env = {**os.environ, "FEDQC_MESSAGE_LOG": str(messages), "FEDQC_TEST_OPENED": str(opened),
+           "FEDQC_TEST_WATCH": os.pathsep.join([os.path.join(smoke_sites, ""), str(SMOKE_QC)]),
+           "PYTHONPATH": os.pathsep.join(
+               [str(hook), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    proc = subprocess.run([str(ROOT / "scripts" / "run_local_deployment.sh"), str(SMOKE_QC), str(smoke_sites),
+                           str(out)], capture_output=True, text=True, timeout=900, cwd=ROOT, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "flwr run status: finished:completed" in proc.stdout
+    _no_process_mentions(out, smoke_sites)
+
+    # the ServerApp opened its config (so the hook watched it) and no site file; the ClientApps read their manifests
+    readers = pd.read_csv(opened, sep="\t", names=["program", "path"])
+    server = set(readers.loc[readers["program"] == "flwr-serverapp", "path"])
+    assert server == {str(SMOKE_QC)}, readers
+    own = readers[readers["program"] == "flwr-clientapp"]["path"]
+    assert {Path(p).name for p in own} >= {"manifest.csv"}, readers
+    # the QC arm alone (no clean arm, no trusted warm-up), its outputs, and no detection.csv: no ground truth
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["config.yaml", "logs", "qc"]
+    qc = out / "qc"
+    for name in ("qc_log.csv", "qc_summary.json", "audit.csv", "eliminated.csv", "train_log.csv", "cycles.csv"):
+        assert (qc / name).is_file(), name
+    assert not (qc / "detection.csv").exists()
+    summary = json.loads((qc / "qc_summary.json").read_text())
+    assert summary["start"] == "scratch" and summary["oracle_start"] is False and summary["verifications"] > 0
+    hops = pd.read_csv(qc / "train_log.csv")
+    assert len(hops) == 6 and set(hops["site"]) == {"hospitalA", "hospitalB", "hospitalC"}
+    assert sorted(p.name for p in (qc / "checkpoints").iterdir()) == ["cycle_000.pt", "cycle_001.pt"]
+
+    # every reply that reached the server: model arrays, counts, scores, labels and ids only
+    records = [json.loads(line) for line in messages.read_text().splitlines()]
+    assert {r["type"] for r in records} == {"query", "train", "evaluate"}
+    largest_site = max(len(load_manifest(smoke_sites / s / "manifest.csv")) for s in ("hospitalA", "hospitalB",
+                                                                                       "hospitalC"))
+    check_replies(records, cfg, largest_site)
+    assert any("ood" in r["metrics"] for r in records)
+
