@@ -457,7 +457,6 @@ def test_qc_start_and_scan_check_validation(tiny_cohort, monkeypatch):
            ({"qc": {"holdout": 1.0}}, "qc.holdout: must be in [0, 1)"),
            ({"qc": {"holdout": 0.5, "criterion": "loss"}}, "qc.holdout: scans are held out until the site-check"),
            ({"arms": ["qc-auroc-batch-somewhere"]}, "arms:"),
-           ({"arms": ["dirty", "qc-clean"]}, "arms: dirty, qc-clean start(s) from the clean arm's checkpoint"),
            ({"engine": "deployment", "qc": {"start": "clean"}}, "qc.start: clean starts QC from the clean arm, an "
                                                                  "oracle")]
     for overrides, message in bad:

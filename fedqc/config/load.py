@@ -192,15 +192,9 @@ def _check_qc_arms(cfg: ExperimentConfig, problems: list[str]) -> None:
     if any(q.start == "trusted" for q in qcs) and not cfg.qc.trusted_sites:
         problems.append("qc.trusted_sites: start trusted needs the sites whose data you trust (e.g. a coordinating "
                         "center's curated scans); or set qc.start to scratch, or clean (an oracle, simulation only)")
-    clean_start = [a for a in cfg.arms if a not in ("clean", "dirty") and qc_variant(a) is not None
-                   and cfg.qc_for(a).start == "clean"]
-    from_clean = ["dirty"] * ("dirty" in cfg.arms) + clean_start  # the arms that start from the clean arm's checkpoint
-    if cfg.engine == "deployment" and clean_start:
+    if cfg.engine == "deployment" and any(q.start == "clean" for q in qcs):
         problems.append("qc.start: clean starts QC from the clean arm, an oracle that needs the ground truth only a "
                         "simulation has; on engine deployment use trusted (with qc.trusted_sites) or scratch")
-    elif from_clean and "clean" not in cfg.arms:
-        problems.append(f"arms: {', '.join(from_clean)} start(s) from the clean arm's checkpoint of cycle warmup; add "
-                        "clean to arms")
     if any(q.start == "scratch" and q.criterion != "auroc" for q in qcs):
         problems.append("qc.start: scratch waits for skill in the site-check gate, so it needs criterion auroc")
     if any(q.holdout > 0 and q.criterion != "auroc" for q in qcs):
