@@ -424,3 +424,54 @@ def test_loopback_qc_without_ground_truth_never_reads_a_manifest_and_sends_only_
     check_replies(records, cfg, largest_site)
     assert any("ood" in r["metrics"] for r in records)
 
+
+def _serverapp_pids(link: str) -> list[int]:
+    """The ServerApp processes (``flwr-serverapp``) that talk to the SuperLink at ``link``."""
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            args = cmdline.read_bytes().decode().split("\0")
+            if any(a.endswith("flwr-serverapp") for a in args) and link in args:
+                pids.append(int(cmdline.parent.name))
+    return pids
+
+
+@pytest.mark.slow
+@pytest.mark.deployment
+def test_a_serverapp_killed_after_a_checkpoint_resumes_there_and_ends_as_an_uninterrupted_run(smoke_sites,
+                                                                                             inprocess_smoke, tmp_path):
+    config = tmp_path / "deploy-smoke.yaml"
+    data = yaml.safe_load(SMOKE.read_text())
+    data["calibration"]["threshold"] = "fixed"  # no calibration round: a shorter test, the same weights
+    config.write_text(yaml.safe_dump(data))
+    out, log = tmp_path / "dep", tmp_path / "script.log"
+    command = [str(ROOT / "scripts" / "run_local_deployment.sh"), str(config), str(smoke_sites), str(out)]
+    first = checkpoint_path(out / "clean", 0)
+    with open(log, "w") as fh:
+        script = subprocess.Popen(command, stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
+    try:
+        _wait_for(first, script, log)
+        # the ServerApp dies once cycle 0 is committed, while cycle 1 trains; the operator then stops the deployment
+        link = tomllib.loads((out / ".flwr" / "config.toml").read_text())["superlink"]["loopback"]["address"]
+        (pid,) = _serverapp_pids(link)
+        os.kill(pid, signal.SIGKILL)
+        committed = first.stat().st_mtime_ns
+        assert not checkpoint_path(out / "clean", 1).exists()
+    finally:
+        if script.poll() is None:
+            os.killpg(script.pid, signal.SIGTERM)  # the script's trap stops everything it started
+        script.wait(timeout=60)
+    _no_process_mentions(out, smoke_sites)
+
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=ROOT,
+                          env={**os.environ, "RESUME": "1"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "flwr run status: finished:completed" in proc.stdout
+    _no_process_mentions(out, smoke_sites)
+    assert (out / "logs" / "previous" / "run.log").is_file()  # the killed attempt's logs are kept
+    assert first.stat().st_mtime_ns == committed  # cycle 0 was not trained again
+    hops = pd.read_csv(out / "clean" / "train_log.csv")
+    assert hops.groupby("cycle").size().to_dict() == {0: 3, 1: 3} and set(hops["status"]) == {"ok"}
+    for cycle in (0, 1):  # bit-identical to the uninterrupted in-process run
+        assert same(load_checkpoint(checkpoint_path(out / "clean", cycle))["state"],
+                    load_checkpoint(checkpoint_path(inprocess_smoke / "clean", cycle))["state"])
