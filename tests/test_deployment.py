@@ -380,19 +380,35 @@ def test_a_supernode_killed_mid_run_costs_its_hop_and_trains_again_once_restarte
         assert test_scans <= scored
 
 
+def test_loopback_script_refuses_an_oracle_qc_start_in_one_line_before_starting_anything(smoke_sites, tmp_path):
+    config = tmp_path / "oracle.yaml"
+    config.write_text(yaml.safe_dump({**yaml.safe_load(SMOKE_QC.read_text()), "qc": {"start": "clean"}}))
+    out = tmp_path / "dep"
+    proc = subprocess.run([str(ROOT / "scripts" / "run_local_deployment.sh"), str(config), str(smoke_sites), str(out)],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert "qc.start: clean starts QC from the clean arm, an oracle" in proc.stderr
+    assert not out.exists()
+
+
 @pytest.mark.slow
 @pytest.mark.deployment
 def test_loopback_qc_without_ground_truth_never_reads_a_manifest_and_sends_only_allowed_replies(smoke_sites, tmp_path):
-    cfg = load_config(SMOKE_QC)
+    # the shipped config for one cycle (a QC arm from scratch needs no warm-up): three QC hops with their verification
+    config = tmp_path / "deploy-smoke-qc.yaml"
+    data = yaml.safe_load(SMOKE_QC.read_text())
+    data["train"]["cycles"] = 1
+    config.write_text(yaml.safe_dump(data))
+    cfg = load_config(config)
     assert cfg.manifest is None and cfg.arms == ("qc",) and cfg.qc.start == "scratch"
     out, messages, opened, hook = tmp_path / "dep", tmp_path / "messages.jsonl", tmp_path / "opened.tsv", tmp_path / "hook"
     hook.mkdir()
     (hook / "sitecustomize.py").write_text(OPEN_HOOK)
     env = {**os.environ, "FEDQC_MESSAGE_LOG": str(messages), "FEDQC_TEST_OPENED": str(opened),
-           "FEDQC_TEST_WATCH": os.pathsep.join([os.path.join(smoke_sites, ""), str(SMOKE_QC)]),
+           "FEDQC_TEST_WATCH": os.pathsep.join([os.path.join(smoke_sites, ""), str(config)]),
            "PYTHONPATH": os.pathsep.join(
                [str(hook), *filter(None, [os.environ.get("PYTHONPATH")])])}
-    proc = subprocess.run([str(ROOT / "scripts" / "run_local_deployment.sh"), str(SMOKE_QC), str(smoke_sites),
+    proc = subprocess.run([str(ROOT / "scripts" / "run_local_deployment.sh"), str(config), str(smoke_sites),
                            str(out)], capture_output=True, text=True, timeout=900, cwd=ROOT, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "flwr run status: finished:completed" in proc.stdout
@@ -401,20 +417,20 @@ def test_loopback_qc_without_ground_truth_never_reads_a_manifest_and_sends_only_
     # the ServerApp opened its config (so the hook watched it) and no site file; the ClientApps read their manifests
     readers = pd.read_csv(opened, sep="\t", names=["program", "path"])
     server = set(readers.loc[readers["program"] == "flwr-serverapp", "path"])
-    assert server == {str(SMOKE_QC)}, readers
+    assert server == {str(config)}, readers
     own = readers[readers["program"] == "flwr-clientapp"]["path"]
     assert {Path(p).name for p in own} >= {"manifest.csv"}, readers
     # the QC arm alone (no clean arm, no trusted warm-up), its outputs, and no detection.csv: no ground truth
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["config.yaml", "logs", "qc"]
     qc = out / "qc"
-    for name in ("qc_log.csv", "qc_summary.json", "audit.csv", "eliminated.csv", "train_log.csv", "cycles.csv"):
+    for name in ("qc_log.csv", "qc_summary.json", "eliminated.csv", "scan_issues.csv", "train_log.csv", "cycles.csv"):
         assert (qc / name).is_file(), name
     assert not (qc / "detection.csv").exists()
     summary = json.loads((qc / "qc_summary.json").read_text())
     assert summary["start"] == "scratch" and summary["oracle_start"] is False and summary["verifications"] > 0
     hops = pd.read_csv(qc / "train_log.csv")
-    assert len(hops) == 6 and set(hops["site"]) == {"hospitalA", "hospitalB", "hospitalC"}
-    assert sorted(p.name for p in (qc / "checkpoints").iterdir()) == ["cycle_000.pt", "cycle_001.pt"]
+    assert len(hops) == 3 and set(hops["site"]) == {"hospitalA", "hospitalB", "hospitalC"}
+    assert sorted(p.name for p in (qc / "checkpoints").iterdir()) == ["cycle_000.pt"]
 
     # every reply that reached the server: model arrays, counts, scores, labels and ids only
     records = [json.loads(line) for line in messages.read_text().splitlines()]
