@@ -15,6 +15,9 @@
 #   the SuperLink runs with TLS and --enable-supernode-auth, each site's public key is
 #   registered with `flwr supernode register`, each SuperNode checks the SuperLink against
 #   the CA and signs with its own private key, and the flwr CLI connects over TLS too.
+# RESUME=1: continue the run in OUT after its last complete checkpoint (`resume=true` in the run config), e.g.
+#   after the ServerApp or the server died. The ended attempt's launcher state goes (OUT/.flwr: its SuperLink
+#   database; OUT/tls); its logs move to OUT/logs/previous.
 #
 # Telemetry, update checks and runtime dependency installation are off. The script fails
 # unless `flwr ls` reports the run finished:completed (`flwr run --stream` exits 0 even when
@@ -27,12 +30,16 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
 [[ -f $1 ]] || { echo "error: config not found: $1" >&2; exit 2; }
 case ${TLS:-0} in 0|1) secure=${TLS:-0} ;; *) echo "error: TLS must be 0 or 1, got ${TLS}" >&2; exit 2 ;; esac
+case ${RESUME:-0} in 0) resume=false ;; 1) resume=true ;; *) echo "error: RESUME must be 0 or 1, got ${RESUME}" >&2; exit 2 ;; esac
 [[ -x .venv/bin/fedqc ]] || make -s install
 export PATH="$here/.venv/bin:$PATH" OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
 eval "$(python -m fedqc.transport.flower.env)"
 
 config=$(realpath "$1")
-name=$(python -c 'import sys; from fedqc.config import load_config; print(load_config(sys.argv[1]).name)' "$config")
+# the config is checked here, before anything starts: a mistake in it is one error line per problem, no traceback
+name=$(python -c 'import sys; from fedqc.config import load_config; from fedqc.errors import UserError
+try: print(load_config(sys.argv[1]).name)
+except UserError as exc: sys.exit(f"error: {exc}")' "$config")
 sites=${2:-sites/$name}
 out=$(realpath -m "${3:-runs/$name-deployment}")
 if [[ ! -f $sites/sites.csv ]] && make -n "$sites" >/dev/null 2>&1; then make -s "$sites"; fi
@@ -42,7 +49,13 @@ sites=$(realpath "$sites")
 mapfile -t nodes < <(python -c 'import sys; from fedqc.transport.flower.deployment import read_sites, node_config
 for s in read_sites(sys.argv[1]): print(s, node_config(s, f"{sys.argv[1]}/{s}"), sep="\t")' "$sites")
 names=("${nodes[@]%%$'\t'*}")
-[[ ! -e $out ]] || { echo "error: $out exists; remove it or pass another OUT" >&2; exit 2; }
+if [[ $resume == true ]]; then
+  [[ -f $out/config.yaml ]] || { echo "error: RESUME=1: $out holds no run to continue (no config.yaml)" >&2; exit 2; }
+  rm -rf "$out/.flwr" "$out/tls"
+  if [[ -d $out/logs ]]; then mv "$out/logs" "$out/logs.previous" && mkdir "$out/logs" && mv "$out/logs.previous" "$out/logs/previous"; fi
+else
+  [[ ! -e $out ]] || { echo "error: $out exists; remove it, pass another OUT, or continue it with RESUME=1" >&2; exit 2; }
+fi
 mkdir -p "$out/logs"
 export FLWR_HOME="$out/.flwr"
 mkdir -p "$FLWR_HOME"
@@ -116,7 +129,7 @@ done
 mode=$([[ $secure == 1 ]] && echo "TLS, SuperNode authentication" || echo "plaintext")
 echo "SuperLink 127.0.0.1:$link ($mode), ${#names[@]} SuperNodes (${names[*]}); logs in $out/logs"
 flwr run . loopback --stream \
-  --run-config "config='$config' out='$out' nodes=${#names[@]}" 2>&1 | tee "$out/logs/run.log" || true
+  --run-config "config='$config' out='$out' nodes=${#names[@]} resume=$resume" 2>&1 | tee "$out/logs/run.log" || true
 status=$(flwr ls loopback --format json | python -c 'import json,sys; print(json.load(sys.stdin)["runs"][0]["status"])')
 echo "flwr run status: $status"
 [[ $status == finished:completed ]]

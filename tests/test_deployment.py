@@ -32,9 +32,25 @@ from fedqc.transport.flower.certificates import write_key_pair, write_site_key
 from fedqc.transport.flower.deployment import SITE_MOUNT, compose_file, split_sites
 from tests.conftest import checkpoint_path
 from tests.test_bad_inputs import run as run_cli
+from tests.test_privacy import check_replies
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "deploy-smoke.yaml"
+SMOKE_QC = ROOT / "configs" / "deploy-smoke-qc.yaml"
+# Written as sitecustomize.py on PYTHONPATH: every process of a loopback run appends "<program>\t<path>" to
+# $FEDQC_TEST_OPENED for each file it opens under a path of $FEDQC_TEST_WATCH (os.pathsep-separated), through
+# Python's audit hook on `open`.
+OPEN_HOOK = """import os, sys
+def _hook(event, args):
+    if event == "open" and not isinstance(args[0], int):
+        path = os.path.abspath(os.fsdecode(args[0]))
+        if path.startswith(_watch):
+            with open(_log, "a") as fh:
+                fh.write(os.path.basename(sys.argv[0]) + "\\t" + path + "\\n")
+if "FEDQC_TEST_OPENED" in os.environ:
+    _log, _watch = os.environ["FEDQC_TEST_OPENED"], tuple(os.environ["FEDQC_TEST_WATCH"].split(os.pathsep))
+    sys.addaudithook(_hook)
+"""
 
 
 @pytest.fixture(scope="module")
@@ -362,3 +378,116 @@ def test_a_supernode_killed_mid_run_costs_its_hop_and_trains_again_once_restarte
     for cycle in (0, 1):  # from the hop after the crash on, the restarted SuperNode also scores its site
         scored = set(pd.read_csv(out / "clean" / "predictions" / f"cycle_{cycle:03d}.csv")["subject"])
         assert test_scans <= scored
+
+
+def test_loopback_script_refuses_an_oracle_qc_start_in_one_line_before_starting_anything(smoke_sites, tmp_path):
+    config = tmp_path / "oracle.yaml"
+    config.write_text(yaml.safe_dump({**yaml.safe_load(SMOKE_QC.read_text()), "qc": {"start": "clean"}}))
+    out = tmp_path / "dep"
+    proc = subprocess.run([str(ROOT / "scripts" / "run_local_deployment.sh"), str(config), str(smoke_sites), str(out)],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert "qc.start: clean starts QC from the clean arm, an oracle" in proc.stderr
+    assert not out.exists()
+
+
+@pytest.mark.slow
+@pytest.mark.deployment
+def test_loopback_qc_without_ground_truth_never_reads_a_manifest_and_sends_only_allowed_replies(smoke_sites, tmp_path):
+    # the shipped config for one cycle (a QC arm from scratch needs no warm-up): three QC hops with their verification
+    config = tmp_path / "deploy-smoke-qc.yaml"
+    data = yaml.safe_load(SMOKE_QC.read_text())
+    data["train"]["cycles"] = 1
+    config.write_text(yaml.safe_dump(data))
+    cfg = load_config(config)
+    assert cfg.manifest is None and cfg.arms == ("qc",) and cfg.qc.start == "scratch"
+    out, messages, opened, hook = tmp_path / "dep", tmp_path / "messages.jsonl", tmp_path / "opened.tsv", tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(OPEN_HOOK)
+    env = {**os.environ, "FEDQC_MESSAGE_LOG": str(messages), "FEDQC_TEST_OPENED": str(opened),
+           "FEDQC_TEST_WATCH": os.pathsep.join([os.path.join(smoke_sites, ""), str(config)]),
+           "PYTHONPATH": os.pathsep.join(
+               [str(hook), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    proc = subprocess.run([str(ROOT / "scripts" / "run_local_deployment.sh"), str(config), str(smoke_sites),
+                           str(out)], capture_output=True, text=True, timeout=900, cwd=ROOT, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "flwr run status: finished:completed" in proc.stdout
+    _no_process_mentions(out, smoke_sites)
+
+    # the ServerApp opened its config (so the hook watched it) and no site file; the ClientApps read their manifests
+    readers = pd.read_csv(opened, sep="\t", names=["program", "path"])
+    server = set(readers.loc[readers["program"] == "flwr-serverapp", "path"])
+    assert server == {str(config)}, readers
+    own = readers[readers["program"] == "flwr-clientapp"]["path"]
+    assert {Path(p).name for p in own} >= {"manifest.csv"}, readers
+    # the QC arm alone (no clean arm, no trusted warm-up), its outputs, and no detection.csv: no ground truth
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["config.yaml", "logs", "qc"]
+    qc = out / "qc"
+    for name in ("qc_log.csv", "qc_summary.json", "eliminated.csv", "scan_issues.csv", "train_log.csv", "cycles.csv"):
+        assert (qc / name).is_file(), name
+    assert not (qc / "detection.csv").exists()
+    summary = json.loads((qc / "qc_summary.json").read_text())
+    assert summary["start"] == "scratch" and summary["oracle_start"] is False and summary["verifications"] > 0
+    hops = pd.read_csv(qc / "train_log.csv")
+    assert len(hops) == 3 and set(hops["site"]) == {"hospitalA", "hospitalB", "hospitalC"}
+    assert sorted(p.name for p in (qc / "checkpoints").iterdir()) == ["cycle_000.pt"]
+
+    # every reply that reached the server: model arrays, counts, scores, labels and ids only
+    records = [json.loads(line) for line in messages.read_text().splitlines()]
+    assert {r["type"] for r in records} == {"query", "train", "evaluate"}
+    largest_site = max(len(load_manifest(smoke_sites / s / "manifest.csv")) for s in ("hospitalA", "hospitalB",
+                                                                                       "hospitalC"))
+    check_replies(records, cfg, largest_site)
+    assert any("ood" in r["metrics"] for r in records)
+
+
+def _serverapp_pids(link: str) -> list[int]:
+    """The ServerApp processes (``flwr-serverapp``) that talk to the SuperLink at ``link``."""
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            args = cmdline.read_bytes().decode().split("\0")
+            if any(a.endswith("flwr-serverapp") for a in args) and link in args:
+                pids.append(int(cmdline.parent.name))
+    return pids
+
+
+@pytest.mark.slow
+@pytest.mark.deployment
+def test_a_serverapp_killed_after_a_checkpoint_resumes_there_and_ends_as_an_uninterrupted_run(smoke_sites,
+                                                                                             inprocess_smoke, tmp_path):
+    config = tmp_path / "deploy-smoke.yaml"
+    data = yaml.safe_load(SMOKE.read_text())
+    data["calibration"]["threshold"] = "fixed"  # no calibration round: a shorter test, the same weights
+    config.write_text(yaml.safe_dump(data))
+    out, log = tmp_path / "dep", tmp_path / "script.log"
+    command = [str(ROOT / "scripts" / "run_local_deployment.sh"), str(config), str(smoke_sites), str(out)]
+    first = checkpoint_path(out / "clean", 0)
+    with open(log, "w") as fh:
+        script = subprocess.Popen(command, stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
+    try:
+        _wait_for(first, script, log)
+        # the ServerApp dies once cycle 0 is committed, while cycle 1 trains; the operator then stops the deployment
+        link = tomllib.loads((out / ".flwr" / "config.toml").read_text())["superlink"]["loopback"]["address"]
+        (pid,) = _serverapp_pids(link)
+        os.kill(pid, signal.SIGKILL)
+        committed = first.stat().st_mtime_ns
+        assert not checkpoint_path(out / "clean", 1).exists()
+    finally:
+        if script.poll() is None:
+            os.killpg(script.pid, signal.SIGTERM)  # the script's trap stops everything it started
+        script.wait(timeout=60)
+    _no_process_mentions(out, smoke_sites)
+
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=ROOT,
+                          env={**os.environ, "RESUME": "1"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "flwr run status: finished:completed" in proc.stdout
+    _no_process_mentions(out, smoke_sites)
+    assert (out / "logs" / "previous" / "run.log").is_file()  # the killed attempt's logs are kept
+    assert first.stat().st_mtime_ns == committed  # cycle 0 was not trained again
+    hops = pd.read_csv(out / "clean" / "train_log.csv")
+    assert hops.groupby("cycle").size().to_dict() == {0: 3, 1: 3} and set(hops["status"]) == {"ok"}
+    for cycle in (0, 1):  # bit-identical to the uninterrupted in-process run
+        assert same(load_checkpoint(checkpoint_path(out / "clean", cycle))["state"],
+                    load_checkpoint(checkpoint_path(inprocess_smoke / "clean", cycle))["state"])

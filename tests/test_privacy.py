@@ -1,4 +1,5 @@
-"""No image data leaves a site: every message a site sends in a Flower simulation is checked."""
+"""No image data leaves a site: every message a site sends in a Flower simulation is checked; a loopback
+deployment's replies are checked with :func:`check_replies` in tests/test_deployment.py."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ import numpy as np
 import pytest
 import torch
 
+from fedqc.config import ExperimentConfig
 from fedqc.data.manifest import load_manifest
 from fedqc.models import encode, network
 from fedqc.models.state import initial_state
+from fedqc.transport.flower.grid import describe_reply
 from tests.conftest import tiny_config
 
 ALLOWED_METRICS = {"n_scans", "loss", "seconds", "data_wait_s", "n", "tp", "fp", "tn", "fn", "loss_sum", "brier_sum",
@@ -30,18 +33,41 @@ class Recorder:
 
     def __call__(self, msg, context, call_next):
         reply = call_next(msg, context)
-        record = {"type": msg.metadata.message_type, "arrays": {}, "metrics": {}, "configs": {}}
-        if not reply.has_error():
-            for name, rec in reply.content.array_records.items():
-                record["arrays"] |= {k: list(a.shape) for k, a in rec.items()}
-            for rec in reply.content.metric_records.values():
-                record["metrics"] |= {k: (len(v) if isinstance(v, list) else None) for k, v in rec.items()}
-            for rec in reply.content.config_records.values():
-                record["configs"] |= {k: sorted({type(x).__name__ for x in (v if isinstance(v, list) else [v])})
-                                      for k, v in rec.items()}
         with open(self.path, "a") as fh:
-            fh.write(json.dumps(record) + "\n")
+            fh.write(json.dumps(describe_reply(reply)) + "\n")
         return reply
+
+
+def check_replies(records: list[dict], cfg: ExperimentConfig, largest_site: int) -> None:
+    """Fails unless each reply (:func:`describe_reply`) carries only the model's and the optimizer's arrays, counts,
+    per-scan scores and labels (at most one value per scan of the largest site), per-site moments and string ids,
+    and every train reply carries the model."""
+    model = {k: list(np.shape(v)) for k, v in initial_state(cfg.model, cfg.train.seed).items()}
+    encoder, _ = network(cfg.model)
+    n_taps = encode(encoder.eval(), torch.zeros(1, 1, *cfg.model.input_shape))[1].shape[1]
+    norms = [m.num_features for m in encoder.modules() if isinstance(m, torch.nn.BatchNorm3d)]
+    assert largest_site not in (n_taps, len(norms), sum(norms))  # a list of moments cannot pass for per-scan values
+    for r in records:
+        for key, shape in r["arrays"].items():  # only the model's and the optimizer's arrays
+            part, _, rest = key.partition(".")
+            if part == "optim":
+                i, _, field = rest.partition(".")
+                assert field in {"step", "exp_avg", "exp_avg_sq"} and int(i) < len(model)
+            else:
+                assert model[key] == shape, key
+            assert int(np.prod(shape)) != int(np.prod(cfg.model.input_shape))  # never an image
+        assert set(r["metrics"]) <= ALLOWED_METRICS, r["metrics"]
+        for key, length in r["metrics"].items():  # per-scan lists are at most one value per scan of the site
+            if key in MOMENTS:
+                assert length == (1 if key == "feat_n" else n_taps), (key, length)
+            elif key in BN_MOMENTS:
+                assert length == (len(norms) if key == "bn_n" else sum(norms)), (key, length)
+            else:
+                assert length is None or length <= largest_site
+        for key, types in r["configs"].items():  # ids and reasons only: strings
+            assert types in (["str"], []), (key, types)
+    trains = [r for r in records if r["type"] == "train"]
+    assert trains and all(r["arrays"] for r in trains)
 
 
 @pytest.mark.slow
@@ -71,32 +97,6 @@ def test_sites_send_only_model_arrays_counts_scores_and_ids(tiny_cohort, tmp_pat
     records = [json.loads(line) for line in log.read_text().splitlines()]
     assert {r["type"] for r in records} == {"query", "train", "evaluate"}
 
-    model = {k: list(np.shape(v)) for k, v in initial_state(cfg.model, cfg.train.seed).items()}
-    largest_site = load_manifest(cfg.manifest).groupby("site").size().max()
-    encoder, _ = network(cfg.model)
-    n_taps = encode(encoder.eval(), torch.zeros(1, 1, *cfg.model.input_shape))[1].shape[1]
-    norms = [m.num_features for m in encoder.modules() if isinstance(m, torch.nn.BatchNorm3d)]
-    assert largest_site not in (n_taps, len(norms), sum(norms))  # a list of moments cannot pass for per-scan values
-    for r in records:
-        for key, shape in r["arrays"].items():  # only the model's and the optimizer's arrays
-            part, _, rest = key.partition(".")
-            if part == "optim":
-                i, _, field = rest.partition(".")
-                assert field in {"step", "exp_avg", "exp_avg_sq"} and int(i) < len(model)
-            else:
-                assert model[key] == shape, key
-            assert int(np.prod(shape)) != 16 ** 3  # never a 16³ image
-        assert set(r["metrics"]) <= ALLOWED_METRICS, r["metrics"]
-        for key, length in r["metrics"].items():  # per-scan lists are at most one value per scan of the site
-            if key in MOMENTS:
-                assert length == (1 if key == "feat_n" else n_taps), (key, length)
-            elif key in BN_MOMENTS:
-                assert length == (len(norms) if key == "bn_n" else sum(norms)), (key, length)
-            else:
-                assert length is None or length <= largest_site
-        for key, types in r["configs"].items():  # ids and reasons only: strings
-            assert types in (["str"], []), (key, types)
+    check_replies(records, cfg, load_manifest(cfg.manifest).groupby("site").size().max())
     assert any(MOMENTS <= set(r["metrics"]) for r in records) and any("ood" in r["metrics"] for r in records)
     assert any(BN_MOMENTS <= set(r["metrics"]) for r in records)
-    trains = [r for r in records if r["type"] == "train"]
-    assert trains and all(r["arrays"] for r in trains)

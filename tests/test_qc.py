@@ -456,7 +456,9 @@ def test_qc_start_and_scan_check_validation(tiny_cohort, monkeypatch):
            ({"qc": {"trusted_epochs": 0}}, "qc.trusted_epochs: must be >= 1"),
            ({"qc": {"holdout": 1.0}}, "qc.holdout: must be in [0, 1)"),
            ({"qc": {"holdout": 0.5, "criterion": "loss"}}, "qc.holdout: scans are held out until the site-check"),
-           ({"arms": ["qc-auroc-batch-somewhere"]}, "arms:")]
+           ({"arms": ["qc-auroc-batch-somewhere"]}, "arms:"),
+           ({"engine": "deployment", "qc": {"start": "clean"}}, "qc.start: clean starts QC from the clean arm, an "
+                                                                 "oracle")]
     for overrides, message in bad:
         with pytest.raises(ConfigError, match=re.escape(message)):
             tiny_config(manifest, **{"arms": ["clean", "qc"], **overrides})
@@ -465,6 +467,11 @@ def test_qc_start_and_scan_check_validation(tiny_cohort, monkeypatch):
     with pytest.raises(ConfigError, match=re.escape("qc.scans: 'labels' needs cleanlab (AGPL-3.0, an optional extra)")):
         tiny_config(manifest, **{"arms": ["clean", "qc"]})
     assert tiny_config(manifest, **{"arms": ["clean", "qc"], "qc": {"scans": ["ood"]}}).qc.scans == ("ood",)
+    # a QC arm from scratch starts at cycle 0, so it needs no cycle after the warm-up; one from the clean arm does
+    scratch = {"arms": ["clean", "qc"], "train.cycles": 1, "train.warmup": 0, "qc": {"start": "scratch", "scans": ["ood"]}}
+    assert tiny_config(manifest, **scratch).train.cycles == 1
+    with pytest.raises(ConfigError, match=re.escape("train.warmup: the dirty and QC arms start at cycle warmup+1")):
+        tiny_config(manifest, **{**scratch, "arms": ["clean", "qc-clean"]})
 
 
 # ----------------------------------------------------------------------------- end to end

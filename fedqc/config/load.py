@@ -104,9 +104,10 @@ def _check_ranges(cfg: ExperimentConfig, problems: list[str]) -> None:
     rules = [
         (t.cycles >= 1, f"train.cycles: must be >= 1, got {t.cycles}"),
         (0 <= t.warmup < t.cycles, f"train.warmup: must be in 0..cycles-1 ({t.cycles - 1}), got {t.warmup}"),
-        (t.warmup != t.cycles - 1 or set(cfg.arms) <= {"clean"},
-         f"train.warmup: the dirty and QC arms start at cycle warmup+1, so warmup must be <= cycles-2 "
-         f"({t.cycles - 2}), got {t.warmup}"),
+        (t.warmup != t.cycles - 1 or all(a == "clean" or (a != "dirty" and qc_variant(a) is not None
+                                                          and cfg.qc_for(a).start == "scratch") for a in cfg.arms),
+         f"train.warmup: the dirty and QC arms start at cycle warmup+1 (QC from scratch at 0), so warmup must be <= "
+         f"cycles-2 ({t.cycles - 2}), got {t.warmup}"),
         (t.batch_size >= 1, f"train.batch_size: must be >= 1, got {t.batch_size}"),
         (t.lr > 0, f"train.lr: must be > 0, got {t.lr}"),
         (t.lr_decay >= 0, f"train.lr_decay: must be >= 0, got {t.lr_decay}"),
@@ -192,6 +193,9 @@ def _check_qc_arms(cfg: ExperimentConfig, problems: list[str]) -> None:
     if any(q.start == "trusted" for q in qcs) and not cfg.qc.trusted_sites:
         problems.append("qc.trusted_sites: start trusted needs the sites whose data you trust (e.g. a coordinating "
                         "center's curated scans); or set qc.start to scratch, or clean (an oracle, simulation only)")
+    if cfg.engine == "deployment" and any(q.start == "clean" for q in qcs):
+        problems.append("qc.start: clean starts QC from the clean arm, an oracle that needs the ground truth only a "
+                        "simulation has; on engine deployment use trusted (with qc.trusted_sites) or scratch")
     if any(q.start == "scratch" and q.criterion != "auroc" for q in qcs):
         problems.append("qc.start: scratch waits for skill in the site-check gate, so it needs criterion auroc")
     if any(q.holdout > 0 and q.criterion != "auroc" for q in qcs):

@@ -1,11 +1,14 @@
 """The ServerApp of ``flwr run .`` (and of a deployment): the run config names the experiment YAML and output.
 
 Run config keys: ``config`` (experiment YAML), ``out`` (run folder, default
-``runs/<name>``), ``nodes`` (SuperNodes to wait for), ``resume``.
+``runs/<name>``), ``nodes`` (SuperNodes to wait for), ``resume``. The environment variable
+``FEDQC_MESSAGE_LOG`` names a file where every reply from a site is described, without its values
+(:func:`fedqc.transport.flower.grid.describe_reply`): what left the sites, for a privacy review.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from flwr.app import Context
@@ -30,5 +33,7 @@ def main(grid: Grid, context: Context) -> None:
     out = Path(str(rc.get("out", f"runs/{cfg.name}")))
     resume = bool(rc.get("resume", False))
     RunDir(out).prepare(cfg, resume=resume, overwrite=False, ignore=(".flwr", "logs", "tls"))
-    transport = GridTransport(grid, cfg, expected_nodes=int(rc.get("nodes", 0)))
+    message_log = os.environ.get("FEDQC_MESSAGE_LOG")
+    transport = GridTransport(grid, cfg, expected_nodes=int(rc.get("nodes", 0)),
+                              message_log=Path(message_log) if message_log else None)
     run_experiment(cfg, transport, out, resume=resume, quiet=True)

@@ -17,9 +17,11 @@ per fan-out.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
+from pathlib import Path
 
 from flwr.app import ArrayRecord, Message, RecordDict
 from flwr.serverapp import Grid
@@ -51,14 +53,33 @@ POLL_S = (0.005, 1.0)  # first and longest wait between two pulls for replies
 POLL_GROWTH = 1.2
 
 
+def describe_reply(reply: Message) -> dict:
+    """What a site's reply carries, never its values: its type, the shape of each array, the length of each metric
+    (None for a single number) and the value types of each config entry (ids and reasons: strings)."""
+    record: dict = {"type": reply.metadata.message_type, "arrays": {}, "metrics": {}, "configs": {}}
+    if not reply.has_error():
+        for rec in reply.content.array_records.values():
+            record["arrays"] |= {k: list(a.shape) for k, a in rec.items()}
+        for rec in reply.content.metric_records.values():
+            record["metrics"] |= {k: (len(v) if isinstance(v, list) else None) for k, v in rec.items()}
+        for rec in reply.content.config_records.values():
+            record["configs"] |= {k: sorted({type(x).__name__ for x in (v if isinstance(v, list) else [v])})
+                                  for k, v in rec.items()}
+    return record
+
+
 class GridTransport:
-    """Sites behind a Flower grid; waits up to ``wait_s`` for ``expected_nodes`` to connect."""
+    """Sites behind a Flower grid; waits up to ``wait_s`` for ``expected_nodes`` to connect.
+
+    With ``message_log`` every reply the server receives is described there, one JSON line each
+    (:func:`describe_reply`): what the sites sent, for a privacy review, without the values.
+    """
 
     evaluate_at_once = True  # in simulation, a fan-out is one message (:meth:`_evaluate_at_once`)
 
     def __init__(self, grid: Grid, cfg: ExperimentConfig, *, expected_nodes: int | None = None,
-                 wait_s: float = 120.0, timeout_s: float | None = None):
-        self.grid = grid
+                 wait_s: float = 120.0, timeout_s: float | None = None, message_log: Path | None = None):
+        self.grid, self.message_log = grid, message_log
         self.timeout_s = timeout_s if timeout_s is not None else cfg.site_timeout_s
         self.stored = self._hook_replies(grid)  # None: a deployment grid, polled
         self.base = site_config(cfg)
@@ -134,9 +155,13 @@ class GridTransport:
         deadline, wait, replies = time.monotonic() + timeout_s, POLL_S[0], {}
         while pending:
             seen = stored.count if stored is not None else 0
-            for reply in self.grid.pull_messages(pending):
+            pulled = list(self.grid.pull_messages(pending))
+            for reply in pulled:
                 replies[reply.metadata.reply_to_message_id] = reply
                 pending.discard(reply.metadata.reply_to_message_id)
+            if self.message_log is not None and pulled:
+                with open(self.message_log, "a") as fh:
+                    fh.writelines(json.dumps(describe_reply(r)) + "\n" for r in pulled)
             remaining = deadline - time.monotonic()
             if not pending or remaining <= 0:
                 break
