@@ -20,6 +20,7 @@ from fedqc.qc.criteria import SiteAUROCCheck
 from fedqc.qc.policy import site_decision
 from fedqc.qc.scans import label_issues_of
 from fedqc.scoring import score_targets, target_view
+from fedqc.site.site import Site, target_loss
 from fedqc.transport.flower.codec import decode_eval_reply, encode_eval_reply
 from fedqc.transport.inprocess import InProcessTransport
 from tests.conftest import checkpoint_path, tiny_config
@@ -95,6 +96,31 @@ def test_bad_findings_and_targets_are_one_line_errors(tiny_cohort):
     assert any("distinct word" in p for p in err.value.problems) and any("prevalence" in p for p in err.value.problems)
     with pytest.raises(ConfigError, match="model.targets"):
         tiny_config(tiny_cohort / "manifest.csv", model={"targets": ["lesion"]})
+
+
+def test_target_weights_make_the_loss_a_weighted_mean_over_targets():
+    torch = pytest.importorskip("torch")
+    gen = torch.Generator().manual_seed(0)
+    logits, target = torch.randn(6, 3, generator=gen), (torch.rand(6, 3, generator=gen) > 0.5).float()
+    per = torch.nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none")  # (scan, target)
+    scan = torch.tensor([1.0, 2.0, 1.0, 0.5, 1.0, 3.0])
+    assert torch.allclose(target_loss(logits, target), per.mean())
+    assert torch.allclose(target_loss(logits, target, shares=(8, 1, 1)), (per @ torch.tensor([0.8, 0.1, 0.1])).mean())
+    assert torch.allclose(target_loss(logits, target, scan, (2, 1, 1)),
+                          (scan * (per @ torch.tensor([0.5, 0.25, 0.25]))).mean())
+    assert torch.allclose(target_loss(logits, target, shares=(1, 1, 1)), per.mean())  # equal shares: the plain mean
+
+
+def test_bad_target_weights_are_one_line_errors(tiny_cohort):
+    manifest = tiny_cohort / "manifest.csv"
+    for weights, match in (([1, -1], "weights >= 0"), ([0, 0], "not all 0"), ([1, 1, 1], "one per target")):
+        with pytest.raises(ConfigError, match=match):
+            tiny_config(manifest, model={"targets": ["label_lesion"], "target_weights": weights})
+    table = load_manifest(manifest).assign(label_lesion=0)  # targets from the manifest: the site counts them
+    spec = model_spec({"input_shape": [16, 16, 16], "width": 0.25, "targets": ["label_lesion"],
+                       "target_weights": [1, 1, 1]})
+    with pytest.raises(UserError, match="3 weights for 2 targets"):
+        Site("alpha", table[table["site"] == "alpha"], model=spec)
 
 
 @pytest.mark.slow

@@ -119,6 +119,11 @@ def _check_ranges(cfg: ExperimentConfig, problems: list[str]) -> None:
         (m.norm in NORMS, f"model.norm: {m.norm!r} is not one of {NORMS}"),
         (all(t.startswith("label_") and len(t) > 6 for t in m.targets) and len(set(m.targets)) == len(m.targets),
          f"model.targets: distinct label_<name> columns, got {list(m.targets)}"),
+        (all(w >= 0 for w in m.target_weights) and (not m.target_weights or sum(m.target_weights) > 0),
+         f"model.target_weights: weights >= 0, not all 0, got {list(m.target_weights)}"),
+        (not m.target_weights or not m.targets or len(m.target_weights) == 1 + len(m.targets),
+         f"model.target_weights: one per target (label, then {len(m.targets)} in model.targets), "
+         f"got {len(m.target_weights)}"),
         (m.unlearn in UNLEARN, f"model.unlearn: {m.unlearn!r} is not one of {UNLEARN}"),
         (m.bias_target in BIAS_TARGETS, f"model.bias_target: {m.bias_target!r} is not one of {BIAS_TARGETS}"),
         (m.bias_weight >= 0, f"model.bias_weight: must be >= 0, got {m.bias_weight}"),

@@ -55,6 +55,7 @@ class ModelSpec:
     input_shape: tuple[int, ...] = (32, 32, 32)
     norm: str = "batch"  # NORMS
     targets: tuple[str, ...] = ()  # further binary targets (label_<name> columns) after label; empty: the manifest's
+    target_weights: tuple[float, ...] = ()  # each target's share of the loss, label first (empty: all alike)
     unlearn: str = "none"  # UNLEARN
     bias_target: str = "marker"  # BIAS_TARGETS
     bias_classes: tuple[str, ...] = ()  # the bias head's classes (empty: from the manifest; marker: 0 and 1)
@@ -69,7 +70,7 @@ def model_dict(model: ModelSpec) -> dict:
 
 def model_spec(d: dict) -> ModelSpec:
     """A :class:`ModelSpec` back from :func:`model_dict` (keys it lacks keep their defaults: older checkpoints)."""
-    tuples = {"input_shape": int, "bias_classes": str, "targets": str}
+    tuples = {"input_shape": int, "bias_classes": str, "targets": str, "target_weights": float}
     return ModelSpec(**{k: tuple(tuples[k](x) for x in d[k]) if k in tuples else d[k]
                         for k in (f.name for f in dataclasses.fields(ModelSpec)) if k in d})
 

@@ -81,6 +81,20 @@ class BatchNormMoments:
         return {"bn_n": self.n.copy(), "bn_sum": cat(self.sums), "bn_sq": cat(self.squares)}
 
 
+
+def target_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None,
+                shares: tuple[float, ...] = ()) -> torch.Tensor:
+    """Binary cross-entropy averaged over scans and targets (``logits`` and ``target``: one column per target, or 1-D
+    for one): ``weight`` per scan, ``shares`` each target's relative weight (the mean over targets becomes their
+    weighted mean; empty: all alike)."""
+    if logits.ndim == 2 and weight is not None:
+        weight = weight[:, None]  # a scan's weight (from its main label) on each of its targets
+    if logits.ndim == 2 and shares:
+        relative = torch.tensor(shares, dtype=logits.dtype, device=logits.device)
+        relative = relative * len(shares) / relative.sum()
+        weight = relative if weight is None else weight * relative
+    return nn.functional.binary_cross_entropy_with_logits(logits, target, weight=weight)
+
 class Site:
     """One center: ``table`` holds its manifest rows (only the contract's columns are kept).
 
@@ -99,6 +113,9 @@ class Site:
         missing = [t for t in model.targets if t not in table]
         if missing:
             raise UserError(f"site {name}: model.targets {missing} are not columns of its manifest")
+        if model.target_weights and len(model.target_weights) != len(self.targets):
+            raise UserError(f"site {name}: model.target_weights has {len(model.target_weights)} weights for "
+                            f"{len(self.targets)} targets ({', '.join(self.targets)})")
         self.table = table[list(REQUIRED) + list(model.targets)].set_index("subject", drop=False)
         self.bias = self._bias_classes(table) if model.unlearn != "none" else None
         self.shape = tuple(model.input_shape)
@@ -218,14 +235,11 @@ class Site:
         several = len(self.targets) > 1  # one column per target; a single target keeps its 1-D shape
         target = torch.from_numpy(self.table.loc[ok, self.targets if several else "label"].to_numpy(dtype=np.float32)
                                   ).to(self.device)
-        if several and weight is not None:
-            weight = weight[:, None]  # a scan's weight (from its main label) on each of its targets
 
         def task(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             with devices.autocast(self.device):
                 logits = self.classifier(features).float()
-            loss = nn.functional.binary_cross_entropy_with_logits(logits if several else logits.squeeze(1), target,
-                                                                  weight=weight)
+            loss = target_loss(logits if several else logits.squeeze(1), target, weight, self.model.target_weights)
             prox = prox_mu / 2 * sum(((p - a) ** 2).sum() for p, a in anchor) if anchor else 0.0
             return loss, loss + prox
 
