@@ -79,7 +79,7 @@ def simulation(out: Path) -> dict:
 def clientapp_start(repeats: int = 3) -> float:
     """Median seconds for a fresh interpreter to import the ClientApp and set up a site (no training)."""
     probe = ("from fedqc.transport.flower.client_app import _site; from fedqc.config import ModelSpec; "
-             f"_site({str(SITES / 'hospitalA' / 'manifest.csv')!r}, 'hospitalA', None, ModelSpec('sfcn', 0.25, (16, 16, 16)))")
+             f"_site({str(SITES / 'hospitalA' / 'manifest.csv')!r}, 'hospitalA', ModelSpec('sfcn', 0.25, (16, 16, 16)), ())")
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
