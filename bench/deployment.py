@@ -1,12 +1,14 @@
-"""Per-hop overhead of Flower's deployment engine against its simulation engine.
+"""Per-hop overhead of Flower's deployment engine, stock and fedqc's fast path, against its simulation engine.
 
-Runs configs/deploy-smoke.yaml (3 sites, 2 cycles, 16³) on Flower simulation, then
-``--repeats`` times as a loopback deployment (``scripts/run_local_deployment.sh``, with
-fedqc's reply polling: push, then pull with a wait growing from 5 ms to 1 s). A hop's
-overhead is the server's wall time for it minus the site's own training time
-(``hop_seconds - seconds`` in train_log.csv); the figures pool every repeat's hops. Also
-times a fresh ClientApp's start (imports and site set-up), which every deployment
-message pays.
+Runs configs/deploy-smoke.yaml (3 sites, 2 cycles, 16³) on Flower simulation, then as a
+loopback deployment (``scripts/run_local_deployment.sh``) ``--repeats`` times on each
+path, back to back: Flower's stock SuperNodes (``FAST=0``) and fedqc's fast path
+(``FAST=1``: shorter SuperNode waits, a SuperExec that forks warm ClientApps; see
+docs/deployment.md). Then, once per path, a 20-site deployment (8 scans a site, 16³,
+one cycle, fixed threshold: the hops and the final evaluation round). A hop's overhead
+is the server's wall time for it minus the site's own training time (``hop_seconds -
+seconds`` in train_log.csv); the figures pool every repeat's hops. Also times a fresh
+ClientApp's start (imports and site set-up), which every stock deployment message pays.
 
     python -m bench.deployment [--repeats 2] [--out bench/results/deployment.json]
 """
@@ -31,7 +33,8 @@ from bench.common import RESULTS, ROOT, flower_env, hop_overhead_s, machine, sim
 CONFIG = ROOT / "configs" / "deploy-smoke.yaml"
 SITES = ROOT / "sites" / "deploy-smoke"
 MANIFEST = ROOT / "data" / "smoke" / "manifest.csv"
-DEPLOYMENT = "deployment_fedqc_polling"
+PATHS = {"stock": "0", "fast": "1"}  # FAST= of scripts/run_local_deployment.sh
+WIDE_SITES = 20  # the wide deployment: 20 sites of 8 scans (4 train, 2 val, 2 test)
 
 
 def hop_overhead(*runs: Path) -> dict:
@@ -41,14 +44,30 @@ def hop_overhead(*runs: Path) -> dict:
             "hop_overhead_s_p95": float(np.percentile(over, 95)), "hop_s_median": float(log["hop_seconds"].median())}
 
 
-def deployment(out: Path) -> float:
-    """Run the loopback deployment into ``out``; its wall seconds."""
+def deployment(config: Path, sites: Path, out: Path, fast: str) -> float:
+    """Run the loopback deployment into ``out`` (``FAST=fast``); its wall seconds."""
     t0 = time.perf_counter()
-    proc = subprocess.run([str(ROOT / "scripts" / "run_local_deployment.sh"), str(CONFIG), str(SITES), str(out)],
-                          capture_output=True, text=True, env=flower_env(), cwd=ROOT, check=False)
+    proc = subprocess.run([str(ROOT / "scripts" / "run_local_deployment.sh"), str(config), str(sites), str(out)],
+                          capture_output=True, text=True, env={**flower_env(), "FAST": fast}, cwd=ROOT, check=False)
     if proc.returncode != 0:
         raise SystemExit(f"deployment run failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
     return time.perf_counter() - t0
+
+
+def wide_deployment(tmp: Path) -> tuple[Path, Path]:
+    """The 20-site cohort split per site, and its config: deploy-smoke's, one cycle, no calibration round."""
+    from fedqc.data.synth.cohort import SiteSpec, generate_cohort
+    from fedqc.transport.flower.deployment import split_sites
+
+    specs = [SiteSpec(f"site{i:02d}", f"scanner{i % 5 + 1:02d}", 4, 2, 2, 2, 1, 1, 2, 1, 1) for i in range(WIDE_SITES)]
+    generate_cohort(tmp / "wide-cohort", preset="smoke", size=16, seed=0, sites=specs)
+    split_sites(tmp / "wide-cohort" / "manifest.csv", tmp / "wide-sites")
+    cfg = yaml.safe_load(CONFIG.read_text())
+    cfg["name"] = "deploy-wide"
+    cfg["train"]["cycles"] = 1
+    cfg["calibration"]["threshold"] = "fixed"
+    (tmp / "deploy-wide.yaml").write_text(yaml.safe_dump(cfg))
+    return tmp / "deploy-wide.yaml", tmp / "wide-sites"
 
 
 def simulation(out: Path) -> dict:
@@ -60,7 +79,7 @@ def simulation(out: Path) -> dict:
 def clientapp_start(repeats: int = 3) -> float:
     """Median seconds for a fresh interpreter to import the ClientApp and set up a site (no training)."""
     probe = ("from fedqc.transport.flower.client_app import _site; from fedqc.config import ModelSpec; "
-             f"_site({str(SITES / 'hospitalA' / 'manifest.csv')!r}, 'hospitalA', None, ModelSpec('sfcn', 0.25, (16, 16, 16)))")
+             f"_site({str(SITES / 'hospitalA' / 'manifest.csv')!r}, 'hospitalA', ModelSpec('sfcn', 0.25, (16, 16, 16)), ())")
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -69,9 +88,21 @@ def clientapp_start(repeats: int = 3) -> float:
     return statistics.median(times)
 
 
+def compare(config: Path, sites: Path, tmp: Path, name: str, repeats: int) -> dict:
+    """Each path ``repeats`` times, alternating (stock, fast, stock, ...): whole-run seconds and hop overheads."""
+    runs: dict[str, list[Path]] = {path: [] for path in PATHS}
+    walls: dict[str, list[float]] = {path: [] for path in PATHS}
+    for i in range(repeats):
+        for path, fast in PATHS.items():
+            out = tmp / f"{name}-{path}-{i}"
+            walls[path].append(round(deployment(config, sites, out, fast), 1))
+            runs[path].append(out)
+    return {path: {"run_s": walls[path], **hop_overhead(*runs[path])} for path in PATHS}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(prog="python -m bench.deployment", description=__doc__.splitlines()[0])
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=2, help="loopback runs of the smoke config per path")
     ap.add_argument("--out", type=Path, default=RESULTS / "deployment.json")
     args = ap.parse_args()
     subprocess.run(["make", "-s", "sites/deploy-smoke"], check=True, cwd=ROOT)
@@ -79,15 +110,18 @@ def main() -> None:
         tmp = Path(tmp)
         result = {"machine": machine(), "repeats": args.repeats, "clientapp_start_s": clientapp_start(),
                   "simulation": simulation(tmp / "sim")}
-        runs = [tmp / f"{DEPLOYMENT}-{i}" for i in range(args.repeats)]
-        walls = [deployment(run) for run in runs]
-        result[DEPLOYMENT] = {"run_s": [round(w, 1) for w in walls], **hop_overhead(*runs)}
+        result["smoke"] = compare(CONFIG, SITES, tmp, "smoke", args.repeats)
+        result["wide"] = {"sites": WIDE_SITES, "scans_per_site": 8,
+                          **compare(*wide_deployment(tmp), tmp, "wide", 1)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
-    for key in ("simulation", DEPLOYMENT):
-        r = result[key]
-        print(f"{key:27s} hop overhead median {r['hop_overhead_s_median']:.2f} s, p95 {r['hop_overhead_s_p95']:.2f} s; "
-              f"run {r['run_s']} s")
+    sim = result["simulation"]
+    print(f"simulation: hop overhead median {sim['hop_overhead_s_median']:.2f} s; run {sim['run_s']:.1f} s")
+    for run in ("smoke", "wide"):
+        for path in PATHS:
+            r = result[run][path]
+            print(f"{run:5s} {path:5s} hop overhead median {r['hop_overhead_s_median']:.2f} s, "
+                  f"p95 {r['hop_overhead_s_p95']:.2f} s; run {r['run_s']} s")
     print(f"ClientApp start (imports + site set-up): {result['clientapp_start_s']:.2f} s; wrote {args.out}")
 
 

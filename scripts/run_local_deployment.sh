@@ -15,6 +15,10 @@
 #   the SuperLink runs with TLS and --enable-supernode-auth, each site's public key is
 #   registered with `flwr supernode register`, each SuperNode checks the SuperLink against
 #   the CA and signs with its own private key, and the flwr CLI connects over TLS too.
+# FAST=1 (default): fedqc's fast path. Each SuperNode runs as `python -m fedqc.transport.flower.fast_supernode`:
+#   Flower's SuperNode with its idle wait for work 0.2 s instead of 3 s (FEDQC_SUPERNODE_POLL_S) and a SuperExec
+#   that forks each ClientApp from a warm process instead of starting a fresh interpreter (docs/deployment.md,
+#   "Per-hop overhead"). FAST=0: Flower's stock `flower-supernode`, for comparison.
 # RESUME=1: continue the run in OUT after its last complete checkpoint (`resume=true` in the run config), e.g.
 #   after the ServerApp or the server died. The ended attempt's launcher state goes (OUT/.flwr: its SuperLink
 #   database; OUT/tls); its logs move to OUT/logs/previous.
@@ -30,6 +34,7 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
 [[ -f $1 ]] || { echo "error: config not found: $1" >&2; exit 2; }
 case ${TLS:-0} in 0|1) secure=${TLS:-0} ;; *) echo "error: TLS must be 0 or 1, got ${TLS}" >&2; exit 2 ;; esac
+case ${FAST:-1} in 0|1) fast=${FAST:-1} ;; *) echo "error: FAST must be 0 or 1, got ${FAST}" >&2; exit 2 ;; esac
 case ${RESUME:-0} in 0) resume=false ;; 1) resume=true ;; *) echo "error: RESUME must be 0 or 1, got ${RESUME}" >&2; exit 2 ;; esac
 [[ -x .venv/bin/fedqc ]] || make -s install
 export PATH="$here/.venv/bin:$PATH" OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
@@ -93,6 +98,7 @@ wait_port() {  # wait_port PORT PID: until something listens on PORT, or PID's g
 }
 
 link=${LINK_PORT:-$(free_port)}
+if [[ $fast == 1 ]]; then supernode=(python -m fedqc.transport.flower.fast_supernode); else supernode=(flower-supernode); fi
 tls=$out/tls
 if [[ $secure == 1 ]]; then
   python -m fedqc.transport.flower.certificates "$tls" "${names[@]}"
@@ -123,11 +129,11 @@ for line in "${nodes[@]}"; do
       { echo "error: registering $site's public key failed (see $out/logs/register.log)" >&2; exit 1; }
     node_security=(--root-certificates "$tls/ca.crt" --auth-supernode-private-key "$tls/$site.key")
   fi
-  start "$out/logs/supernode-$site.log" flower-supernode "${node_security[@]}" --superlink "127.0.0.1:$link" \
+  start "$out/logs/supernode-$site.log" "${supernode[@]}" "${node_security[@]}" --superlink "127.0.0.1:$link" \
     --host 127.0.0.1 --port "$(free_port)" --node-config "${line#*$'\t'}"
 done
 mode=$([[ $secure == 1 ]] && echo "TLS, SuperNode authentication" || echo "plaintext")
-echo "SuperLink 127.0.0.1:$link ($mode), ${#names[@]} SuperNodes (${names[*]}); logs in $out/logs"
+echo "SuperLink 127.0.0.1:$link ($mode), ${#names[@]} $([[ $fast == 1 ]] && echo "fast " || echo "stock ")SuperNodes (${names[*]}); logs in $out/logs"
 flwr run . loopback --stream \
   --run-config "config='$config' out='$out' nodes=${#names[@]} resume=$resume" 2>&1 | tee "$out/logs/run.log" || true
 status=$(flwr ls loopback --format json | python -c 'import json,sys; print(json.load(sys.stdin)["runs"][0]["status"])')

@@ -216,7 +216,7 @@ def test_loopback_deployment_matches_inprocess_and_stops_everything(smoke_sites,
     proc = subprocess.run([str(ROOT / "scripts" / "run_local_deployment.sh"), str(SMOKE), str(smoke_sites), str(out)],
                           capture_output=True, text=True, timeout=900, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "flwr run status: finished:completed" in proc.stdout
+    assert "3 fast SuperNodes" in proc.stdout and "flwr run status: finished:completed" in proc.stdout
     _no_process_mentions(out, smoke_sites)
 
     log = pd.read_csv(out / "clean" / "train_log.csv")
@@ -234,10 +234,11 @@ def test_loopback_deployment_fails_when_the_serverapp_fails(smoke_sites, tmp_pat
     data["train"]["order"] = ["nowhere"]  # valid config, but the ServerApp raises on the first cycle
     config.write_text(yaml.safe_dump(data))
     out = tmp_path / "dep"
+    # on Flower's stock SuperNodes (FAST=0): that path, kept for comparison, still starts, runs and stops
     proc = subprocess.run([str(ROOT / "scripts" / "run_local_deployment.sh"), str(config), str(smoke_sites), str(out)],
-                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+                          capture_output=True, text=True, timeout=600, cwd=ROOT, env={**os.environ, "FAST": "0"})
     assert proc.returncode != 0
-    assert "flwr run status: finished:failed" in proc.stdout
+    assert "3 stock SuperNodes" in proc.stdout and "flwr run status: finished:failed" in proc.stdout
     _no_process_mentions(out, smoke_sites)
 
 
@@ -378,6 +379,14 @@ def test_a_supernode_killed_mid_run_costs_its_hop_and_trains_again_once_restarte
     for cycle in (0, 1):  # from the hop after the crash on, the restarted SuperNode also scores its site
         scored = set(pd.read_csv(out / "clean" / "predictions" / f"cycle_{cycle:03d}.csv")["subject"])
         assert test_scans <= scored
+
+
+def test_loopback_script_refuses_a_bad_fast_switch_in_one_line_before_starting_anything(smoke_sites, tmp_path):
+    out = tmp_path / "dep"
+    proc = subprocess.run([str(ROOT / "scripts" / "run_local_deployment.sh"), str(SMOKE), str(smoke_sites), str(out)],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT, env={**os.environ, "FAST": "yes"})
+    assert proc.returncode == 2 and proc.stderr.strip() == "error: FAST must be 0 or 1, got yes"
+    assert not out.exists()
 
 
 def test_loopback_script_refuses_an_oracle_qc_start_in_one_line_before_starting_anything(smoke_sites, tmp_path):

@@ -183,14 +183,15 @@ def test_site_settings_cross_the_wire(tiny_cohort):
         assert options == {"device": "cpu", "data": cfg.data, "deterministic": True}
 
 
-def test_state_crosses_as_raw_bytes_exactly():
-    from fedqc.transport.flower.codec import RAW, record_to_state, state_to_record
+def test_state_crosses_packed_in_one_array_exactly():
+    from fedqc.transport.flower.codec import PACKED, packed_layout, record_to_state, state_to_record
 
     state = {"w": np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32),
              "steps": np.array(7, dtype=np.int64), "mask": np.array([True, False]),
              "t": np.arange(6, dtype=np.float64).reshape(2, 3).T}  # not C-contiguous
     record = state_to_record(state)
-    assert all(a.stype == RAW for a in record.values())
+    assert list(record) == ["state"] and record["state"].stype == PACKED
+    assert packed_layout(record["state"].data) == [(k, v.dtype.str, v.shape) for k, v in state.items()]
     back = record_to_state(record)
     for key, value in state.items():
         assert back[key].dtype == value.dtype and back[key].shape == value.shape

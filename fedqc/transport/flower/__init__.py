@@ -3,8 +3,10 @@
 ``codec`` (what crosses the wire), ``grid`` (the server's :class:`~fedqc.transport.Transport`
 over a Flower grid), ``client_app`` (a site's ClientApp), ``server_app`` (a ServerApp that
 hands the grid transport to a caller's function), ``simulation`` (Flower's simulation engine),
-``deployment`` (per-site folders and the docker-compose topology) and ``env`` (settings,
-applied here, before any module of this package imports Flower).
+``deployment`` (per-site folders and the docker-compose topology), ``fast_supernode`` and
+``warm_superexec`` (the loopback deployment's fast path: Flower's SuperNode with shorter
+waits, and a SuperExec that forks warm ClientApps) and ``env`` (settings, applied here,
+before any module of this package imports Flower).
 """
 
 from fedqc.transport.flower.env import apply_flower_env

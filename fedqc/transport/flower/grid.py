@@ -39,9 +39,11 @@ from fedqc.protocol import (
     weights,
 )
 from fedqc.transport.flower.codec import (
+    PACKED,
     decode_eval_reply,
     decode_site_info,
     decode_train_reply,
+    packed_layout,
     site_config,
     state_to_record,
     to_config,
@@ -58,8 +60,10 @@ def describe_reply(reply: Message) -> dict:
     (None for a single number) and the value types of each config entry (ids and reasons: strings)."""
     record: dict = {"type": reply.metadata.message_type, "arrays": {}, "metrics": {}, "configs": {}}
     if not reply.has_error():
-        for rec in reply.content.array_records.values():
-            record["arrays"] |= {k: list(a.shape) for k, a in rec.items()}
+        for rec in reply.content.array_records.values():  # a packed state: the arrays it holds
+            for k, a in rec.items():
+                record["arrays"] |= ({name: list(shape) for name, _, shape in packed_layout(a.data)}
+                                     if a.stype == PACKED else {k: list(a.shape)})
         for rec in reply.content.metric_records.values():
             record["metrics"] |= {k: (len(v) if isinstance(v, list) else None) for k, v in rec.items()}
         for rec in reply.content.config_records.values():

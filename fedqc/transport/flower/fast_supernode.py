@@ -1,0 +1,95 @@
+"""Flower's SuperNode with shorter waits and a warm SuperExec: fedqc's fast deployment path.
+
+``flower-supernode`` in flwr 1.41.0 waits 3 s between two requests for work when the
+SuperLink had none, and 0.5 s between two looks for a ClientApp's reply; with
+``--isolation subprocess`` it starts ``flower-superexec``, which starts a fresh
+``flwr-clientapp`` per message. This entry point runs Flower's own SuperNode
+(``flower_supernode``, same arguments, same TLS and authentication, same protocol) with
+three changes made before it starts:
+
+- the idle wait is :data:`IDLE_POLL_S` and the reply wait :data:`REPLY_POLL_S` (the
+  ``time`` module Flower's SuperNode loop sleeps through is replaced, for that module
+  only, by one that shortens exactly those two waits);
+- the SuperExec it starts is :mod:`fedqc.transport.flower.warm_superexec` (forked
+  ClientApps) instead of ``flower-superexec``, with the same arguments;
+- that SuperExec looks for tasks every :data:`TASK_POLL_S` (Flower's
+  ``FLWR_SUPEREXEC_TASK_POLL_INTERVAL``, unless already set).
+
+These are flwr 1.41.0 internals: on another version, or where a patched name is gone,
+it says so and runs the stock SuperNode.
+
+    python -m fedqc.transport.flower.fast_supernode <flower-supernode arguments>
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from types import ModuleType, SimpleNamespace
+
+FLWR_VERSION = "1.41.0"
+IDLE_POLL_S = 0.2  # Flower: 3 s; FEDQC_SUPERNODE_POLL_S overrides it
+REPLY_POLL_S = 0.02  # Flower: 0.5 s; a look at the SuperNode's own memory
+TASK_POLL_S = "0.1"  # Flower: 1 s; FLWR_SUPEREXEC_TASK_POLL_INTERVAL overrides it
+
+
+_waits = {3: IDLE_POLL_S, 0.5: REPLY_POLL_S}  # Flower's wait -> this one
+
+
+def _sleep(seconds: float) -> None:
+    time.sleep(_waits.get(seconds, seconds))
+
+
+def _popen(args, *rest, **kwargs) -> subprocess.Popen:
+    """``subprocess.Popen``, starting the warm SuperExec where Flower's SuperNode starts ``flower-superexec``."""
+    if isinstance(args, list) and args[:1] == ["flower-superexec"]:
+        args = [sys.executable, "-m", "fedqc.transport.flower.warm_superexec", *args[1:]]
+    return subprocess.Popen(args, *rest, **kwargs)
+
+
+def patch(module: ModuleType) -> bool:
+    """Shorten the waits of Flower's SuperNode loop in ``module`` and swap its SuperExec; False if it does not fit."""
+    import inspect
+
+    import flwr
+
+    if flwr.__version__ != FLWR_VERSION or getattr(module, "time", None) is not time \
+            or getattr(module, "subprocess", None) is not subprocess:
+        return False
+    source = inspect.getsource(module)
+    if not all(line in source for line in ("time.sleep(3)", "time.sleep(0.5)", 'command = ["flower-superexec"]')):
+        return False
+    module.time = _proxy(time, sleep=_sleep)
+    module.subprocess = _proxy(subprocess, Popen=_popen)
+    return True
+
+
+def _proxy(module: ModuleType, **replaced) -> SimpleNamespace:
+    """``module``'s public names, with ``replaced`` in place of those named."""
+    return SimpleNamespace(**{k: getattr(module, k) for k in dir(module) if not k.startswith("_")} | replaced)
+
+
+def main() -> None:
+    poll = os.environ.get("FEDQC_SUPERNODE_POLL_S", str(IDLE_POLL_S))
+    try:
+        _waits[3] = float(poll)
+    except ValueError:
+        sys.exit(f"error: FEDQC_SUPERNODE_POLL_S must be a number of seconds, got {poll!r}")
+    from flwr.supernode import start_client_internal
+    from flwr.supernode.cli.flower_supernode import flower_supernode
+
+    if patch(start_client_internal):
+        os.environ.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", TASK_POLL_S)
+    else:
+        import flwr
+
+        print(f"fast SuperNode: written for flwr {FLWR_VERSION}, found {flwr.__version__}: "
+              "running Flower's stock SuperNode", file=sys.stderr)
+    sys.argv[0] = "flower-supernode"
+    flower_supernode()
+
+
+if __name__ == "__main__":
+    main()
