@@ -182,6 +182,19 @@ def test_compose_command_notes_sites_without_keys(smoke_sites, tmp_path):
     assert "--enable-supernode-auth" in (tmp_path / "c.yml").read_text()
 
 
+def _variant(source: Path, path: Path, changes: dict) -> Path:
+    """A copy of the shipped config ``source`` at ``path``, with ``changes`` (dotted keys) set in it."""
+    data = yaml.safe_load(source.read_text())
+    for key, value in changes.items():
+        *parents, leaf = key.split(".")
+        node = data
+        for parent in parents:
+            node = node[parent]
+        node[leaf] = value
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
 def _no_process_mentions(*paths: Path) -> None:
     for p in paths:
         running = subprocess.run(["pgrep", "-af", str(p)], capture_output=True, text=True).stdout
@@ -229,10 +242,8 @@ def test_loopback_deployment_matches_inprocess_and_stops_everything(smoke_sites,
 @pytest.mark.slow
 @pytest.mark.deployment
 def test_loopback_deployment_fails_when_the_serverapp_fails(smoke_sites, tmp_path):
-    config = tmp_path / "broken.yaml"
-    data = yaml.safe_load(SMOKE.read_text())
-    data["train"]["order"] = ["nowhere"]  # valid config, but the ServerApp raises on the first cycle
-    config.write_text(yaml.safe_dump(data))
+    # valid config, but the ServerApp raises on the first cycle
+    config = _variant(SMOKE, tmp_path / "broken.yaml", {"train.order": ["nowhere"]})
     out = tmp_path / "dep"
     # on Flower's stock SuperNodes (FAST=0): that path, kept for comparison, still starts, runs and stops
     proc = subprocess.run([str(ROOT / "scripts" / "run_local_deployment.sh"), str(config), str(smoke_sites), str(out)],
@@ -278,10 +289,7 @@ def _wait_for(path: Path, script: subprocess.Popen, log: Path) -> None:
 def test_tls_deployment_with_supernode_auth_matches_inprocess_and_refuses_strangers(smoke_sites, inprocess_smoke,
                                                                                     tmp_path):
     # one cycle: three hops and an evaluation round cross TLS, and cycle 0 is the in-process run's cycle 0
-    config = tmp_path / "deploy-smoke.yaml"
-    data = yaml.safe_load(SMOKE.read_text())
-    data["train"]["cycles"] = 1
-    config.write_text(yaml.safe_dump(data))
+    config = _variant(SMOKE, tmp_path / "deploy-smoke.yaml", {"train.cycles": 1})
     out, log = tmp_path / "dep", tmp_path / "script.log"
     rogue = write_key_pair(tmp_path / "rogue.key", tmp_path / "rogue.pub", comment="rogue")  # never registered
     bin_dir = ROOT / ".venv" / "bin"  # SuperNodes start flower-superexec from PATH
@@ -334,10 +342,8 @@ def test_tls_deployment_with_supernode_auth_matches_inprocess_and_refuses_strang
 @pytest.mark.slow
 @pytest.mark.deployment
 def test_a_supernode_killed_mid_run_costs_its_hop_and_trains_again_once_restarted(smoke_sites, tmp_path):
-    config = tmp_path / "deploy-smoke.yaml"
-    data = yaml.safe_load(SMOKE.read_text())
-    data["calibration"]["threshold"] = "fixed"  # no calibration round: a shorter test, the same hops
-    config.write_text(yaml.safe_dump(data))
+    # no calibration round: a shorter test, the same hops
+    config = _variant(SMOKE, tmp_path / "deploy-smoke.yaml", {"calibration.threshold": "fixed"})
     out, log, victim = tmp_path / "dep", tmp_path / "script.log", "hospitalA"  # cycle 0 visits C, A, B
     node_log = out / "logs" / f"supernode-{victim}.log"
     bin_dir = ROOT / ".venv" / "bin"
@@ -390,8 +396,7 @@ def test_loopback_script_refuses_a_bad_fast_switch_in_one_line_before_starting_a
 
 
 def test_loopback_script_refuses_an_oracle_qc_start_in_one_line_before_starting_anything(smoke_sites, tmp_path):
-    config = tmp_path / "oracle.yaml"
-    config.write_text(yaml.safe_dump({**yaml.safe_load(SMOKE_QC.read_text()), "qc": {"start": "clean"}}))
+    config = _variant(SMOKE_QC, tmp_path / "oracle.yaml", {"qc": {"start": "clean"}})
     out = tmp_path / "dep"
     proc = subprocess.run([str(ROOT / "scripts" / "run_local_deployment.sh"), str(config), str(smoke_sites), str(out)],
                           capture_output=True, text=True, timeout=120, cwd=ROOT)
@@ -404,10 +409,7 @@ def test_loopback_script_refuses_an_oracle_qc_start_in_one_line_before_starting_
 @pytest.mark.deployment
 def test_loopback_qc_without_ground_truth_never_reads_a_manifest_and_sends_only_allowed_replies(smoke_sites, tmp_path):
     # the shipped config for one cycle (a QC arm from scratch needs no warm-up): three QC hops with their verification
-    config = tmp_path / "deploy-smoke-qc.yaml"
-    data = yaml.safe_load(SMOKE_QC.read_text())
-    data["train"]["cycles"] = 1
-    config.write_text(yaml.safe_dump(data))
+    config = _variant(SMOKE_QC, tmp_path / "deploy-smoke-qc.yaml", {"train.cycles": 1})
     cfg = load_config(config)
     assert cfg.manifest is None and cfg.arms == ("qc",) and cfg.qc.start == "scratch"
     out, messages, opened, hook = tmp_path / "dep", tmp_path / "messages.jsonl", tmp_path / "opened.tsv", tmp_path / "hook"
@@ -465,10 +467,8 @@ def _serverapp_pids(link: str) -> list[int]:
 @pytest.mark.deployment
 def test_a_serverapp_killed_after_a_checkpoint_resumes_there_and_ends_as_an_uninterrupted_run(smoke_sites,
                                                                                              inprocess_smoke, tmp_path):
-    config = tmp_path / "deploy-smoke.yaml"
-    data = yaml.safe_load(SMOKE.read_text())
-    data["calibration"]["threshold"] = "fixed"  # no calibration round: a shorter test, the same weights
-    config.write_text(yaml.safe_dump(data))
+    # no calibration round: a shorter test, the same weights
+    config = _variant(SMOKE, tmp_path / "deploy-smoke.yaml", {"calibration.threshold": "fixed"})
     out, log = tmp_path / "dep", tmp_path / "script.log"
     command = [str(ROOT / "scripts" / "run_local_deployment.sh"), str(config), str(smoke_sites), str(out)]
     first = checkpoint_path(out / "clean", 0)
