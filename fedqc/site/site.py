@@ -81,7 +81,6 @@ class BatchNormMoments:
         return {"bn_n": self.n.copy(), "bn_sum": cat(self.sums), "bn_sq": cat(self.squares)}
 
 
-
 def target_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None,
                 shares: tuple[float, ...] = ()) -> torch.Tensor:
     """Binary cross-entropy averaged over scans and targets (``logits`` and ``target``: one column per target, or 1-D
@@ -94,6 +93,7 @@ def target_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor
         relative = relative * len(shares) / relative.sum()
         weight = relative if weight is None else weight * relative
     return nn.functional.binary_cross_entropy_with_logits(logits, target, weight=weight)
+
 
 class Site:
     """One center: ``table`` holds its manifest rows (only the contract's columns are kept).
