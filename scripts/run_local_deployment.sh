@@ -17,8 +17,9 @@
 #   the CA and signs with its own private key, and the flwr CLI connects over TLS too.
 # FAST=1 (default): fedqc's fast path. Each SuperNode runs as `python -m fedqc.transport.flower.fast_supernode`:
 #   Flower's SuperNode with its idle wait for work 0.2 s instead of 3 s (FEDQC_SUPERNODE_POLL_S) and a SuperExec
-#   that forks each ClientApp from a warm process instead of starting a fresh interpreter (docs/deployment.md,
-#   "Per-hop overhead"). FAST=0: Flower's stock `flower-supernode`, for comparison.
+#   that forks each ClientApp from a warm process instead of starting a fresh interpreter; SuperNode, ClientApp
+#   and ServerApp ask again for a message's objects not yet there after 10 ms, not 1 s (docs/deployment.md,
+#   "Per-hop overhead"). FAST=0: Flower's stock `flower-supernode` and pulls, for comparison.
 # RESUME=1: continue the run in OUT after its last complete checkpoint (`resume=true` in the run config), e.g.
 #   after the ServerApp or the server died. The ended attempt's launcher state goes (OUT/.flwr: its SuperLink
 #   database; OUT/tls); its logs move to OUT/logs/previous.
@@ -135,7 +136,7 @@ done
 mode=$([[ $secure == 1 ]] && echo "TLS, SuperNode authentication" || echo "plaintext")
 echo "SuperLink 127.0.0.1:$link ($mode), ${#names[@]} $([[ $fast == 1 ]] && echo "fast " || echo "stock ")SuperNodes (${names[*]}); logs in $out/logs"
 flwr run . loopback --stream \
-  --run-config "config='$config' out='$out' nodes=${#names[@]} resume=$resume" 2>&1 | tee "$out/logs/run.log" || true
+  --run-config "config='$config' out='$out' nodes=${#names[@]} resume=$resume fast=$([[ $fast == 1 ]] && echo true || echo false)" 2>&1 | tee "$out/logs/run.log" || true
 status=$(flwr ls loopback --format json | python -c 'import json,sys; print(json.load(sys.stdin)["runs"][0]["status"])')
 echo "flwr run status: $status"
 [[ $status == finished:completed ]]

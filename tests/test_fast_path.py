@@ -1,4 +1,5 @@
-"""fedqc's fast deployment path: the SuperNode's shortened waits and the SuperExec that forks warm ClientApps.
+"""fedqc's fast deployment path: the SuperNode's shortened waits, the SuperExec that forks warm ClientApps and the
+short first retry of an object pull.
 
 Both patch internals of flwr 1.41.0; these tests check that the patches still fit the installed Flower and
 that another version gets Flower's stock path. The loopback tests in test_deployment.py run the whole path.
@@ -15,18 +16,28 @@ import time
 import flwr
 import pytest
 from flwr.supercore.constant import TaskType
+from flwr.supercore.inflatable import inflatable_utils
 from flwr.supercore.superexec.executor import subprocess_executor
 from flwr.supercore.superexec.executor.types import ExecutionSpec, LaunchResultStatus
+from flwr.superlink.grid import http_grid
 from flwr.supernode import start_client_internal
+from flwr.supernode.runtime import run_clientapp
 
-from fedqc.transport.flower import fast_supernode, warm_superexec
+from fedqc.transport.flower import fast_supernode, pull_backoff, warm_superexec
+
+
+@pytest.fixture(autouse=True)
+def flower_restored(monkeypatch):
+    """Whatever a test patches in Flower's modules is restored afterwards."""
+    for module, name in ((start_client_internal, "time"), (start_client_internal, "subprocess"),
+                         (start_client_internal, "pull_objects"), (http_grid, "pull_objects"),
+                         (run_clientapp, "pull_and_inflate_object_from_tree")):
+        monkeypatch.setattr(module, name, getattr(module, name))
 
 
 @pytest.fixture
-def supernode_module(monkeypatch):
-    """Flower's SuperNode loop module, with whatever a test patches in it restored afterwards."""
-    monkeypatch.setattr(start_client_internal, "time", start_client_internal.time)
-    monkeypatch.setattr(start_client_internal, "subprocess", start_client_internal.subprocess)
+def supernode_module():
+    """Flower's SuperNode loop module."""
     return start_client_internal
 
 
@@ -39,6 +50,7 @@ def test_the_supernode_patch_fits_flwr_1_41_and_shortens_only_flowers_waits(supe
         supernode_module.time.sleep(seconds)
     assert slept == [fast_supernode.IDLE_POLL_S, fast_supernode.REPLY_POLL_S, 0.2]
     assert supernode_module.time.time is time.time and supernode_module.subprocess.DEVNULL is subprocess.DEVNULL
+    assert supernode_module.pull_objects.keywords == {"initial_backoff": pull_backoff.FIRST_RETRY_S}
 
     started = []
     monkeypatch.setattr(subprocess, "Popen", lambda args, *a, **k: started.append(args))
@@ -51,9 +63,11 @@ def test_the_supernode_patch_fits_flwr_1_41_and_shortens_only_flowers_waits(supe
 def test_another_flwr_version_gets_the_stock_supernode_and_superexec(supernode_module, monkeypatch):
     monkeypatch.setattr(flwr, "__version__", "1.42.0")
     original = supernode_module.time
+    pull = supernode_module.pull_objects
     assert not fast_supernode.patch(supernode_module)
-    assert supernode_module.time is original
+    assert supernode_module.time is original and supernode_module.pull_objects is pull
     assert warm_superexec.warm_executor_class() is None
+    assert not pull_backoff.shorten(http_grid, "pull_objects") and http_grid.pull_objects is inflatable_utils.pull_objects
 
 
 def test_a_bad_poll_interval_is_one_line(tmp_path):
@@ -97,3 +111,32 @@ def test_other_task_types_start_as_flower_starts_them(monkeypatch):
     spec = _spec(TaskType.SERVER_APP)
     executor.launch(spec)
     assert launched == [spec]
+
+
+def _pulls_after(unavailable: int) -> tuple[dict, float]:
+    """Flower's ``pull_objects`` as the ServerApp's grid calls it, for an object the sender is still pushing: it is
+    unavailable for the first ``unavailable`` asks. The contents pulled and the seconds it took."""
+    asks = []
+
+    def pull_object(object_id: str) -> bytes:
+        asks.append(object_id)
+        if len(asks) <= unavailable:
+            raise inflatable_utils.ObjectUnavailableError(object_id)
+        return b"state"
+
+    t0 = time.perf_counter()
+    return http_grid.pull_objects(["obj"], pull_object), time.perf_counter() - t0
+
+
+def test_an_object_still_being_pushed_is_asked_for_again_after_10_ms_not_a_second():
+    assert _pulls_after(1)[1] >= 0.75  # Flower's first retry: 1 s ± 20 %
+    assert pull_backoff.shorten(http_grid, "pull_objects")
+    assert pull_backoff.shorten(http_grid, "pull_objects")  # twice: still one binding
+    assert http_grid.pull_objects.func is inflatable_utils.pull_objects
+    contents, seconds = _pulls_after(3)  # 10 + 20 + 40 ms (± 20 %): Flower's doubling from the shorter start
+    assert contents == {"obj": b"state"} and 0.05 < seconds < 0.5
+
+
+def test_the_warm_superexec_shortens_the_forked_clientapps_pulls():
+    assert warm_superexec.warm_executor_class() is not None
+    assert run_clientapp.pull_and_inflate_object_from_tree.keywords == {"initial_backoff": pull_backoff.FIRST_RETRY_S}

@@ -13,7 +13,9 @@ three changes made before it starts:
 - the SuperExec it starts is :mod:`fedqc.transport.flower.warm_superexec` (forked
   ClientApps) instead of ``flower-superexec``, with the same arguments;
 - that SuperExec looks for tasks every :data:`TASK_POLL_S` (Flower's
-  ``FLWR_SUPEREXEC_TASK_POLL_INTERVAL``, unless already set).
+  ``FLWR_SUPEREXEC_TASK_POLL_INTERVAL``, unless already set);
+- an object of a message that is not on the SuperLink yet is asked for again after
+  10 ms instead of 1 s (:mod:`fedqc.transport.flower.pull_backoff`).
 
 These are flwr 1.41.0 internals: on another version, or where a patched name is gone,
 it says so and runs the stock SuperNode.
@@ -28,6 +30,8 @@ import subprocess
 import sys
 import time
 from types import ModuleType, SimpleNamespace
+
+from fedqc.transport.flower import pull_backoff
 
 FLWR_VERSION = "1.41.0"
 IDLE_POLL_S = 0.2  # Flower: 3 s; FEDQC_SUPERNODE_POLL_S overrides it
@@ -59,7 +63,8 @@ def patch(module: ModuleType) -> bool:
             or getattr(module, "subprocess", None) is not subprocess:
         return False
     source = inspect.getsource(module)
-    if not all(line in source for line in ("time.sleep(3)", "time.sleep(0.5)", 'command = ["flower-superexec"]')):
+    if not all(line in source for line in ("time.sleep(3)", "time.sleep(0.5)", 'command = ["flower-superexec"]')) \
+            or not pull_backoff.shorten(module, "pull_objects"):
         return False
     module.time = _proxy(time, sleep=_sleep)
     module.subprocess = _proxy(subprocess, Popen=_popen)

@@ -10,7 +10,8 @@ Replies are collected with ``grid.push_messages`` / ``grid.pull_messages``. Flow
 simulation), which dominates the hop of a tiny site. On the in-memory (simulation) grid
 this transport pulls when a reply is stored (it hooks the grid's link state, so nothing
 polls); on a deployment grid it waits between pulls a time that grows by 20 % from 5 ms
-up to 1 s, so a reply is picked up within a fifth of the time already waited. Evaluation
+up to 0.25 s, so a reply is picked up within a fifth of the time already waited, and
+within a quarter of a second on a long hop (a pull is one local request). Evaluation
 messages carry the model's arrays only (scoring needs no optimizer state), encoded once
 per fan-out.
 """
@@ -51,7 +52,7 @@ from fedqc.transport.flower.codec import (
 
 log = logging.getLogger(__name__)
 
-POLL_S = (0.005, 1.0)  # first and longest wait between two pulls for replies
+POLL_S = (0.005, 0.25)  # first and longest wait between two pulls for replies
 POLL_GROWTH = 1.2
 
 

@@ -11,7 +11,9 @@ runs in its own process, pulls its message, the run and the FAB, installs the FA
 loads the ClientApp from it (fedqc's own modules are not kept warm: the code that runs is
 the FAB's), and pushes its reply through the SuperNode's Runtime API with its own token;
 only the interpreter start and the third-party imports are shared (copy-on-write). Task
-types other than the ClientApp are started as Flower starts them.
+types other than the ClientApp are started as Flower starts them. A forked ClientApp asks
+again for a message object not yet at its SuperNode after 10 ms, not 1 s
+(:mod:`fedqc.transport.flower.pull_backoff`).
 
 It leans on internals of flwr 1.41.0 (the executor factory that ``run_superexec`` calls,
 the ``flwr-clientapp`` entry point): on any other version, or if they moved, it runs
@@ -26,6 +28,8 @@ import importlib
 import os
 import sys
 import traceback
+
+from fedqc.transport.flower import pull_backoff
 
 FLWR_VERSION = "1.41.0"  # the version whose internals this module was written against
 # third-party modules a site's work imports on first use (Adam imports torch._dynamo; images, audits, metrics)
@@ -72,6 +76,9 @@ def warm_executor_class():
 
     # the module (the package exports a function of the same name)
     entry_point = importlib.import_module("flwr.supernode.cli.flwr_clientapp")
+    if not pull_backoff.shorten(importlib.import_module("flwr.supernode.runtime.run_clientapp"),
+                                "pull_and_inflate_object_from_tree"):
+        return None
 
     class WarmExecutor(subprocess_executor.SubprocessExecutor):
         """Fork a warm child per ClientApp task; start other task types as Flower does."""
