@@ -1,9 +1,9 @@
 """The ServerApp of ``flwr run .`` (and of a deployment): the run config names the experiment YAML and output.
 
 Run config keys: ``config`` (experiment YAML), ``out`` (run folder, default
-``runs/<name>``), ``nodes`` (SuperNodes to wait for), ``resume``, ``fast`` (fedqc's fast
-deployment path: a reply's objects not yet on the SuperLink are asked for again after
-10 ms, not Flower's 1 s; :mod:`fedqc.transport.flower.pull_backoff`). The environment variable
+``runs/<name>``), ``nodes`` (SuperNodes to wait for), ``resume``, ``fast`` (default true:
+fedqc's fast deployment path, where a reply's objects not yet on the SuperLink are asked
+for again after 10 ms, not Flower's 1 s; :mod:`fedqc.transport.flower.pull_backoff`). The environment variable
 ``FEDQC_MESSAGE_LOG`` names a file where every reply from a site is described, without its values
 (:func:`fedqc.transport.flower.grid.describe_reply`): what left the sites, for a privacy review.
 """
@@ -39,7 +39,7 @@ def main(grid: Grid, context: Context) -> None:
     out = Path(str(rc.get("out", f"runs/{cfg.name}")))
     resume = bool(rc.get("resume", False))
     RunDir(out).prepare(cfg, resume=resume, overwrite=False, ignore=(".flwr", "logs", "tls"))
-    if rc.get("fast", False):
+    if rc.get("fast", True):
         from flwr.superlink.grid import http_grid
 
         if not pull_backoff.shorten(http_grid, "pull_objects"):
