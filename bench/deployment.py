@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -50,7 +51,8 @@ def deployment(config: Path, sites: Path, out: Path, fast: str) -> float:
     proc = subprocess.run([str(ROOT / "scripts" / "run_local_deployment.sh"), str(config), str(sites), str(out)],
                           capture_output=True, text=True, env={**flower_env(), "FAST": fast}, cwd=ROOT, check=False)
     if proc.returncode != 0:
-        raise SystemExit(f"deployment run failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+        raise SystemExit(f"deployment run failed (its logs: {out / 'logs'}):\n{proc.stdout[-2000:]}\n"
+                         f"{proc.stderr[-2000:]}")
     return time.perf_counter() - t0
 
 
@@ -106,13 +108,12 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=RESULTS / "deployment.json")
     args = ap.parse_args()
     subprocess.run(["make", "-s", "sites/deploy-smoke"], check=True, cwd=ROOT)
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        result = {"machine": machine(), "repeats": args.repeats, "clientapp_start_s": clientapp_start(),
-                  "simulation": simulation(tmp / "sim")}
-        result["smoke"] = compare(CONFIG, SITES, tmp, "smoke", args.repeats)
-        result["wide"] = {"sites": WIDE_SITES, "scans_per_site": 8,
-                          **compare(*wide_deployment(tmp), tmp, "wide", 1)}
+    tmp = Path(tempfile.mkdtemp(prefix="bench-deployment-"))  # kept when a run fails, for its logs
+    result = {"machine": machine(), "repeats": args.repeats, "clientapp_start_s": clientapp_start(),
+              "simulation": simulation(tmp / "sim")}
+    result["smoke"] = compare(CONFIG, SITES, tmp, "smoke", args.repeats)
+    result["wide"] = {"sites": WIDE_SITES, "scans_per_site": 8, **compare(*wide_deployment(tmp), tmp, "wide", 1)}
+    shutil.rmtree(tmp)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     sim = result["simulation"]

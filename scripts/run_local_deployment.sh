@@ -137,6 +137,13 @@ mode=$([[ $secure == 1 ]] && echo "TLS, SuperNode authentication" || echo "plain
 echo "SuperLink 127.0.0.1:$link ($mode), ${#names[@]} $([[ $fast == 1 ]] && echo "fast " || echo "stock ")SuperNodes (${names[*]}); logs in $out/logs"
 flwr run . loopback --stream \
   --run-config "config='$config' out='$out' nodes=${#names[@]} resume=$resume fast=$([[ $fast == 1 ]] && echo true || echo false)" 2>&1 | tee "$out/logs/run.log" || true
-status=$(flwr ls loopback --format json | python -c 'import json,sys; print(json.load(sys.stdin)["runs"][0]["status"])')
+run_status() { flwr ls loopback --format json | python -c 'import json,sys; print(json.load(sys.stdin)["runs"][0]["status"])'; }
+status=$(run_status)
+# the log stream can end before the run does (seen once with 20 stock SuperNodes): wait for the run itself
+while [[ $status != finished:* ]]; do
+  echo "the log stream ended while the run is $status; waiting for it to finish (logs: $out/logs)"
+  sleep 5
+  status=$(run_status)
+done
 echo "flwr run status: $status"
 [[ $status == finished:completed ]]
