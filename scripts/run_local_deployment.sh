@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run an experiment on Flower's deployment engine with every component a plain process on
 # loopback: one SuperLink, one SuperNode per site (its own port, node config naming the
-# site and that site's own manifest), then `flwr run . loopback` against the SuperLink.
+# site and that site's own manifest), then `flwr run APP loopback` against the SuperLink.
 # The same topology as docker-compose.yml, without a Docker engine.
 #
 #   scripts/run_local_deployment.sh CONFIG [SITES_DIR] [OUT]
@@ -18,16 +18,21 @@
 # FAST=1 (default): fedqc's fast path. Each SuperNode runs as `python -m fedqc.transport.flower.fast_supernode`:
 #   Flower's SuperNode with its idle wait for work 0.2 s instead of 3 s (FEDQC_SUPERNODE_POLL_S) and a SuperExec
 #   that forks each ClientApp from a warm process instead of starting a fresh interpreter; SuperNode, ClientApp
-#   and ServerApp ask again for a message's objects not yet there after 10 ms, not 1 s (docs/deployment.md,
-#   "Per-hop overhead"). FAST=0: Flower's stock `flower-supernode` and pulls, for comparison.
+#   and ServerApp ask again for a message's objects not yet there after 10 ms, not 1 s, and the SuperLink's
+#   SuperExec looks for the ServerApp's task every 0.1 s (docs/deployment.md, "Per-hop overhead").
+#   FAST=0: Flower's stock `flower-supernode`, pulls and polls, for comparison.
 # RESUME=1: continue the run in OUT after its last complete checkpoint (`resume=true` in the run config), e.g.
 #   after the ServerApp or the server died. The ended attempt's launcher state goes (OUT/.flwr: its SuperLink
 #   database; OUT/tls); its logs move to OUT/logs/previous.
 #
+# In a git checkout the app's files (tracked, or untracked and not ignored) are staged in OUT/.flwr/app and
+# `flwr run` builds the FAB from there: Flower walks every file under the app's folder, .venv and runs/ too,
+# before it applies .gitignore (14 s of a smoke run, measured). Elsewhere the FAB is built from the repository.
 # Telemetry, update checks and runtime dependency installation are off. The script fails
 # unless `flwr ls` reports the run finished:completed (`flwr run --stream` exits 0 even when
-# the ServerApp fails), and stops every process it started, by process group, on success,
-# failure or Ctrl-C. Each component's log is OUT/logs/<component>.log, its PID (= its process
+# the ServerApp fails; when the log stream ends before the run, it waits for the run), and stops every
+# process it started, by process group, on success, failure or Ctrl-C (TERM, then KILL for what still runs
+# after about 2 s). Each component's log is OUT/logs/<component>.log, its PID (= its process
 # group) OUT/logs/<component>.pid: stopping one SuperNode's group stops its site.
 set -euo pipefail
 if [[ $# -lt 1 || $# -gt 3 ]]; then echo "usage: $0 CONFIG [SITES_DIR] [OUT]" >&2; exit 2; fi
@@ -70,16 +75,17 @@ free_port() { python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 
 pids=()
 # signal SIG PID: PID's process group, or PID alone while setsid has not yet made the group
 signal() { kill "-$1" -- "-$2" 2>/dev/null || kill "-$1" "$2" 2>/dev/null; }
-stop() {
-  local pid
+# running: a process of the started sessions (= process groups, made by setsid) that is not a zombie (a SuperExec
+# whose SuperNode ended first stays a zombie until init reaps it)
+running() { ps -e -o sid=,stat= | awk -v s=" ${pids[*]} " 'index(s, " " $1 " ") && $2 !~ /^Z/ {f=1} END {exit !f}'; }
+stop() {  # TERM every group; what still runs after about 2 s gets KILL
+  local pid i
   for pid in "${pids[@]}"; do signal TERM "$pid" || true; done
-  for _ in $(seq 50); do
-    local alive=0
-    for pid in "${pids[@]}"; do signal 0 "$pid" && alive=1; done
-    [[ $alive == 0 ]] && return 0
-    sleep 0.2
+  for i in $(seq 50); do
+    running || return 0
+    [[ $i == 20 ]] && for pid in "${pids[@]}"; do signal KILL "$pid" || true; done
+    sleep 0.1
   done
-  for pid in "${pids[@]}"; do signal KILL "$pid" || true; done
 }
 trap stop EXIT
 trap 'exit 130' INT TERM
@@ -118,7 +124,10 @@ default = "loopback"
 address = "127.0.0.1:$link"
 $cli_security
 EOF
-start "$out/logs/superlink.log" flower-superlink "${link_security[@]}" --host 127.0.0.1 --port "$link" \
+# fast path: the SuperLink's own SuperExec (it starts the ServerApp) looks for its task every 0.1 s, not 1 s
+link_env=()
+if [[ $fast == 1 ]]; then link_env=(env "FLWR_SUPEREXEC_TASK_POLL_INTERVAL=${FLWR_SUPEREXEC_TASK_POLL_INTERVAL:-0.1}"); fi
+start "$out/logs/superlink.log" "${link_env[@]}" flower-superlink "${link_security[@]}" --host 127.0.0.1 --port "$link" \
   --database "$out/.flwr/superlink.db" \
   --disable-runtime-dependency-installation
 wait_port "$link" "${pids[-1]}" || { echo "error: the SuperLink did not start (see $out/logs/superlink.log)" >&2; exit 1; }
@@ -135,7 +144,15 @@ for line in "${nodes[@]}"; do
 done
 mode=$([[ $secure == 1 ]] && echo "TLS, SuperNode authentication" || echo "plaintext")
 echo "SuperLink 127.0.0.1:$link ($mode), ${#names[@]} $([[ $fast == 1 ]] && echo "fast " || echo "stock ")SuperNodes (${names[*]}); logs in $out/logs"
-flwr run . loopback --stream \
+# Flower builds the FAB by walking every file under the app's folder (.venv and runs/ included: seconds) before it
+# applies .gitignore; in a git checkout the app's own files (tracked, or untracked and not ignored) are staged first
+app=.
+if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+  app=$FLWR_HOME/app
+  mkdir -p "$app"
+  git ls-files -z --cached --others --exclude-standard | tar --null -T - --ignore-failed-read -cf - 2>/dev/null | tar -xf - -C "$app"
+fi
+flwr run "$app" loopback --stream \
   --run-config "config='$config' out='$out' nodes=${#names[@]} resume=$resume fast=$([[ $fast == 1 ]] && echo true || echo false)" 2>&1 | tee "$out/logs/run.log" || true
 run_status() { flwr ls loopback --format json | python -c 'import json,sys; print(json.load(sys.stdin)["runs"][0]["status"])'; }
 status=$(run_status)
