@@ -15,12 +15,14 @@ import time
 
 import flwr
 import pytest
+from flwr.common.constant import HEARTBEAT_MIN_INTERVAL
+from flwr.supercore import heartbeat
 from flwr.supercore.constant import TaskType
 from flwr.supercore.inflatable import inflatable_utils
 from flwr.supercore.superexec.executor import subprocess_executor
 from flwr.supercore.superexec.executor.types import ExecutionSpec, LaunchResultStatus
 from flwr.superlink.grid import http_grid
-from flwr.supernode import start_client_internal
+from flwr.supernode import fleet_http_connection, start_client_internal
 from flwr.supernode.runtime import run_clientapp
 
 from fedqc.transport.flower import fast_supernode, pull_backoff, warm_superexec
@@ -31,7 +33,8 @@ def flower_restored(monkeypatch):
     """Whatever a test patches in Flower's modules is restored afterwards."""
     for module, name in ((start_client_internal, "time"), (start_client_internal, "subprocess"),
                          (start_client_internal, "pull_objects"), (http_grid, "pull_objects"),
-                         (run_clientapp, "pull_and_inflate_object_from_tree")):
+                         (run_clientapp, "pull_and_inflate_object_from_tree"),
+                         (heartbeat, "HEARTBEAT_DEFAULT_INTERVAL"), (fleet_http_connection, "HEARTBEAT_DEFAULT_INTERVAL")):
         monkeypatch.setattr(module, name, getattr(module, name))
 
 
@@ -51,6 +54,9 @@ def test_the_supernode_patch_fits_flwr_1_41_and_shortens_only_flowers_waits(supe
     assert slept == [fast_supernode.IDLE_POLL_S, fast_supernode.REPLY_POLL_S, 0.2]
     assert supernode_module.time.time is time.time and supernode_module.subprocess.DEVNULL is subprocess.DEVNULL
     assert supernode_module.pull_objects.keywords == {"initial_backoff": pull_backoff.FIRST_RETRY_S}
+    # the heartbeat it declares and keeps: Flower's minimum, so a crashed SuperNode is given up after 20 s, not 60 s
+    assert heartbeat.HEARTBEAT_DEFAULT_INTERVAL == fleet_http_connection.HEARTBEAT_DEFAULT_INTERVAL == 10
+    assert fast_supernode.HEARTBEAT_S == HEARTBEAT_MIN_INTERVAL  # the lowest interval the SuperLink accepts
 
     started = []
     monkeypatch.setattr(subprocess, "Popen", lambda args, *a, **k: started.append(args))
@@ -66,6 +72,7 @@ def test_another_flwr_version_gets_the_stock_supernode_and_superexec(supernode_m
     pull = supernode_module.pull_objects
     assert not fast_supernode.patch(supernode_module)
     assert supernode_module.time is original and supernode_module.pull_objects is pull
+    assert heartbeat.HEARTBEAT_DEFAULT_INTERVAL == fleet_http_connection.HEARTBEAT_DEFAULT_INTERVAL == 30
     assert warm_superexec.warm_executor_class() is None
     assert not pull_backoff.shorten(http_grid, "pull_objects") and http_grid.pull_objects is inflatable_utils.pull_objects
 

@@ -15,7 +15,10 @@ three changes made before it starts:
 - that SuperExec looks for tasks every :data:`TASK_POLL_S` (Flower's
   ``FLWR_SUPEREXEC_TASK_POLL_INTERVAL``, unless already set);
 - an object of a message that is not on the SuperLink yet is asked for again after
-  10 ms instead of 1 s (:mod:`fedqc.transport.flower.pull_backoff`).
+  10 ms instead of 1 s (:mod:`fedqc.transport.flower.pull_backoff`);
+- the SuperNode declares a heartbeat interval of :data:`HEARTBEAT_S` (Flower's minimum)
+  instead of 30 s and beats accordingly: the SuperLink gives up a crashed SuperNode,
+  and answers its pending messages with an error, after 20 s instead of 60 s.
 
 These are flwr 1.41.0 internals: on another version, or where a patched name is gone,
 it says so and runs the stock SuperNode.
@@ -37,6 +40,7 @@ FLWR_VERSION = "1.41.0"
 IDLE_POLL_S = 0.2  # Flower: 3 s; FEDQC_SUPERNODE_POLL_S overrides it
 REPLY_POLL_S = 0.02  # Flower: 0.5 s; a look at the SuperNode's own memory
 TASK_POLL_S = "0.1"  # Flower: 1 s; FLWR_SUPEREXEC_TASK_POLL_INTERVAL overrides it
+HEARTBEAT_S = 10  # Flower: 30 s; the SuperLink accepts 10 s to 30 min and waits 2 intervals
 
 
 _waits = {3: IDLE_POLL_S, 0.5: REPLY_POLL_S}  # Flower's wait -> this one
@@ -54,13 +58,18 @@ def _popen(args, *rest, **kwargs) -> subprocess.Popen:
 
 
 def patch(module: ModuleType) -> bool:
-    """Shorten the waits of Flower's SuperNode loop in ``module`` and swap its SuperExec; False if it does not fit."""
+    """Shorten the waits of Flower's SuperNode loop in ``module``, its heartbeat interval, and swap its SuperExec;
+    False if it does not fit (nothing changed then)."""
     import inspect
 
     import flwr
+    from flwr.supercore import heartbeat
+    from flwr.supernode import fleet_http_connection
 
+    beats = (heartbeat, fleet_http_connection)  # the SuperNode's heartbeat sender and what it declares
     if flwr.__version__ != FLWR_VERSION or getattr(module, "time", None) is not time \
-            or getattr(module, "subprocess", None) is not subprocess:
+            or getattr(module, "subprocess", None) is not subprocess \
+            or any(getattr(m, "HEARTBEAT_DEFAULT_INTERVAL", None) != 30 for m in beats):
         return False
     source = inspect.getsource(module)
     if not all(line in source for line in ("time.sleep(3)", "time.sleep(0.5)", 'command = ["flower-superexec"]')) \
@@ -68,6 +77,8 @@ def patch(module: ModuleType) -> bool:
         return False
     module.time = _proxy(time, sleep=_sleep)
     module.subprocess = _proxy(subprocess, Popen=_popen)
+    for m in beats:
+        m.HEARTBEAT_DEFAULT_INTERVAL = HEARTBEAT_S
     return True
 
 
