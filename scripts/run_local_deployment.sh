@@ -93,6 +93,7 @@ start() {  # start LOG CMD...: in its own process group, so that stop() also end
   local log=$1; shift
   setsid "$@" >"$log" 2>&1 &
   pids+=($!)
+  disown  # stop() ends it; bash need not report it as Killed
   echo $! >"${log%.log}.pid"
 }
 wait_port() {  # wait_port PORT PID: until something listens on PORT, or PID's group is gone

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from uuid import uuid4
 
+import httpx
 import pytest
 from flwr.app import Message
 from flwr.server.superlink.linkstate.utils import create_message_error_unavailable_res_message
@@ -86,3 +87,32 @@ def test_a_restarted_supernode_serves_its_site_again_under_its_new_id(tiny_cohor
     asked = len(grid.queried)
     transport._rejoin()
     assert len(grid.queried) == asked, "each new node is asked once"
+
+
+class BusyGrid(LoopbackGrid):
+    """A SuperLink whose next pulls fail with ``status`` (as Flower 1.41's did when its SQLite state was locked);
+    the replies stay there."""
+
+    def __init__(self, sites: dict[int, str], status: int, failures: int):
+        super().__init__(sites)
+        self.status, self.failures = status, failures
+
+    def pull_messages(self, ids) -> list[Message]:
+        if self.failures:
+            self.failures -= 1
+            request = httpx.Request("POST", "http://127.0.0.1/v1/runtime/pull-messages")
+            raise httpx.HTTPStatusError("busy", request=request, response=httpx.Response(self.status, request=request))
+        return super().pull_messages(ids)
+
+
+def test_a_failed_pull_is_tried_again_and_loses_no_reply(tiny_cohort, caplog):
+    grid = BusyGrid({11: "alpha", 12: "beta"}, status=500, failures=3)
+    transport = GridTransport(grid, tiny_config(tiny_cohort / "manifest.csv"), expected_nodes=2, timeout_s=30)
+    assert transport.node_of == {"alpha": 11, "beta": 12} and grid.failures == 0
+    assert caplog.text.count("pulling replies from the SuperLink failed") == 3
+
+
+def test_a_refused_pull_is_raised(tiny_cohort):
+    grid = BusyGrid({11: "alpha"}, status=403, failures=1)
+    with pytest.raises(httpx.HTTPStatusError):
+        GridTransport(grid, tiny_config(tiny_cohort / "manifest.csv"), expected_nodes=1, timeout_s=30)

@@ -24,6 +24,7 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
 from flwr.app import ArrayRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
@@ -160,7 +161,7 @@ class GridTransport:
         deadline, wait, replies = time.monotonic() + timeout_s, POLL_S[0], {}
         while pending:
             seen = stored.count if stored is not None else 0
-            pulled = list(self.grid.pull_messages(pending))
+            pulled = self._pull(pending)
             for reply in pulled:
                 replies[reply.metadata.reply_to_message_id] = reply
                 pending.discard(reply.metadata.reply_to_message_id)
@@ -177,6 +178,22 @@ class GridTransport:
                 time.sleep(min(wait, remaining))
                 wait = min(wait * POLL_GROWTH, POLL_S[1])
         return pushed, replies
+
+    def _pull(self, pending: set[str]) -> list[Message]:
+        """The replies the SuperLink has for ``pending``; none this time when the SuperLink fails the pull.
+
+        A SuperLink under load can fail a request (Flower 1.41's SQLite state answered
+        HTTP 500 "database is locked" with 20 stock SuperNodes replying at once): the
+        replies stay undelivered on the SuperLink, so the next pull gets them. A refusal
+        (4xx, e.g. the run was stopped) is raised.
+        """
+        try:
+            return list(self.grid.pull_messages(pending))
+        except (httpx.HTTPStatusError, httpx.TransportError) as exc:
+            if isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code < 500:
+                raise
+            log.warning("pulling replies from the SuperLink failed (%s); trying again", exc)
+            return []
 
     def _exchange(self, messages: list[Message], timeout_s: float | None = None) -> dict[int, Message | str]:
         """Send ``messages``; per destination node its reply, or why there is none.
