@@ -10,6 +10,7 @@ from flwr.app import Message
 from flwr.server.superlink.linkstate.utils import create_message_error_unavailable_res_message
 from flwr.supercore.task_identity import TaskIdentity
 
+from fedqc.errors import SiteError
 from fedqc.protocol import SiteInfo
 from fedqc.transport.flower.codec import encode_site_info
 from fedqc.transport.flower.grid import GridTransport
@@ -116,3 +117,34 @@ def test_a_refused_pull_is_raised(tiny_cohort):
     grid = BusyGrid({11: "alpha"}, status=403, failures=1)
     with pytest.raises(httpx.HTTPStatusError):
         GridTransport(grid, tiny_config(tiny_cohort / "manifest.csv"), expected_nodes=1, timeout_s=30)
+
+
+class LossyGrid(LoopbackGrid):
+    """A SuperLink that loses the first ``losses`` replies of ``node`` (its upload failed: Flower answers with an
+    error message instead)."""
+
+    def __init__(self, sites: dict[int, str], node: int, losses: int):
+        super().__init__(sites)
+        self.node, self.losses = node, losses
+
+    def pull_messages(self, ids) -> list[Message]:
+        replies = []
+        for i in list(ids):
+            if self.inbox[i].metadata.dst_node_id == self.node and self.losses:
+                self.losses -= 1
+                replies.append(create_message_error_unavailable_res_message(self.inbox.pop(i).metadata, "lost"))
+        return replies + super().pull_messages([i for i in ids if i in self.inbox])
+
+
+def test_a_lost_answer_to_the_first_query_is_asked_for_again(tiny_cohort, caplog):
+    grid = LossyGrid({11: "alpha", 12: "beta"}, node=12, losses=2)
+    transport = GridTransport(grid, tiny_config(tiny_cohort / "manifest.csv"), expected_nodes=2, timeout_s=30)
+    assert transport.node_of == {"alpha": 11, "beta": 12}
+    assert grid.queried == [11, 12, 12, 12], "only the node without an answer is asked again"
+    assert caplog.text.count("asking 1 node(s) again which site they serve: node 12 failed") == 2
+
+
+def test_a_node_that_never_answers_the_first_query_ends_the_run_in_one_line(tiny_cohort):
+    grid = LossyGrid({11: "alpha", 12: "beta"}, node=12, losses=3)
+    with pytest.raises(SiteError, match="^node 12 failed: "):
+        GridTransport(grid, tiny_config(tiny_cohort / "manifest.csv"), expected_nodes=2, timeout_s=30)

@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 
 POLL_S = (0.005, 0.25)  # first and longest wait between two pulls for replies
 POLL_GROWTH = 1.2
+QUERY_TRIES = 3  # asks of a node which site it serves, at the start of a run
 
 
 def describe_reply(reply: Message) -> dict:
@@ -95,11 +96,30 @@ class GridTransport:
             time.sleep(0.2)
             nodes = list(grid.get_node_ids())
         self.node_of, self.info = {}, {}
-        for reply in self._send([self._message("query", n, {}) for n in nodes]):
+        for reply in self._query_all(nodes):
             info = decode_site_info(reply.content)
             self.node_of[info.name] = reply.metadata.src_node_id
             self.info[info.name] = info
         self.seen = set(nodes)  # nodes already asked which site they serve; never asked again
+
+    def _query_all(self, nodes: list[int]) -> list[Message]:
+        """Every node's answer to ``query``, asking a node whose answer failed again (up to :data:`QUERY_TRIES`
+        times, 1 s apart): a query changes nothing at a site, and a SuperLink under load can lose a reply (Flower
+        1.41's SQLite state answered "database is locked" when 20 stock SuperNodes replied at once). A node still
+        without an answer is :class:`SiteError`."""
+        replies, failed = [], {}
+        for attempt in range(QUERY_TRIES):
+            if attempt:
+                log.warning("asking %d node(s) again which site they serve: %s", len(failed), "; ".join(
+                    f"node {n} {why}" for n, why in failed.items()))
+                time.sleep(1.0)
+            answers = self._exchange([self._message("query", n, {}) for n in (failed or nodes)])
+            replies += [r for r in answers.values() if not isinstance(r, str)]
+            failed = {n: r for n, r in answers.items() if isinstance(r, str)}
+            if not failed:
+                return replies
+        node, why = next(iter(failed.items()))
+        raise SiteError(f"node {node} {why}")
 
     def _rejoin(self) -> None:
         """Map SuperNodes that connected since the last look to their sites.
