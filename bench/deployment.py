@@ -10,7 +10,7 @@ is the server's wall time for it minus the site's own training time (``hop_secon
 seconds`` in train_log.csv); the figures pool every repeat's hops. Also times a fresh
 ClientApp's start (imports and site set-up), which every stock deployment message pays.
 
-    python -m bench.deployment [--repeats 2] [--out bench/results/deployment.json]
+    python -m bench.deployment [--repeats 2] [--out bench/results/deployment.json] [--only smoke|wide]
 """
 
 from __future__ import annotations
@@ -106,13 +106,21 @@ def main() -> None:
     ap = argparse.ArgumentParser(prog="python -m bench.deployment", description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=2, help="loopback runs of the smoke config per path")
     ap.add_argument("--out", type=Path, default=RESULTS / "deployment.json")
+    ap.add_argument("--only", choices=("smoke", "wide"),
+                    help="rerun one part (both paths, back to back) and replace it in --out; the rest is kept")
     args = ap.parse_args()
     subprocess.run(["make", "-s", "sites/deploy-smoke"], check=True, cwd=ROOT)
     tmp = Path(tempfile.mkdtemp(prefix="bench-deployment-"))  # kept when a run fails, for its logs
-    result = {"machine": machine(), "repeats": args.repeats, "clientapp_start_s": clientapp_start(),
-              "simulation": simulation(tmp / "sim")}
-    result["smoke"] = compare(CONFIG, SITES, tmp, "smoke", args.repeats)
-    result["wide"] = {"sites": WIDE_SITES, "scans_per_site": 8, **compare(*wide_deployment(tmp), tmp, "wide", 1)}
+    if args.only:
+        result = json.loads(args.out.read_text())
+    else:
+        result = {"machine": machine(), "repeats": args.repeats, "clientapp_start_s": clientapp_start(),
+                  "simulation": simulation(tmp / "sim")}
+    if args.only in (None, "smoke"):
+        result["repeats"] = args.repeats
+        result["smoke"] = compare(CONFIG, SITES, tmp, "smoke", args.repeats)
+    if args.only in (None, "wide"):
+        result["wide"] = {"sites": WIDE_SITES, "scans_per_site": 8, **compare(*wide_deployment(tmp), tmp, "wide", 1)}
     shutil.rmtree(tmp)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))

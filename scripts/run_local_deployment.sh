@@ -16,7 +16,8 @@
 #   registered with `flwr supernode register`, each SuperNode checks the SuperLink against
 #   the CA and signs with its own private key, and the flwr CLI connects over TLS too.
 # FAST=1 (default): fedqc's fast path. Each SuperNode runs as `python -m fedqc.transport.flower.fast_supernode`:
-#   Flower's SuperNode with its idle wait for work 0.2 s instead of 3 s (FEDQC_SUPERNODE_POLL_S) and a SuperExec
+#   Flower's SuperNode with its idle wait for work 0.2 s instead of 3 s (FEDQC_SUPERNODE_POLL_S; with more than 8
+#   sites 0.025 s × sites, as the SuperExecs' task poll FLWR_SUPEREXEC_TASK_POLL_INTERVAL beyond 4) and a SuperExec
 #   that forks each ClientApp from a warm process instead of starting a fresh interpreter; SuperNode, ClientApp
 #   and ServerApp ask again for a message's objects not yet there after 10 ms, not 1 s, and the SuperLink's
 #   SuperExec looks for the ServerApp's task every 0.1 s (docs/deployment.md, "Per-hop overhead").
@@ -106,7 +107,16 @@ wait_port() {  # wait_port PORT PID: until something listens on PORT, or PID's g
 }
 
 link=${LINK_PORT:-$(free_port)}
-if [[ $fast == 1 ]]; then supernode=(python -m fedqc.transport.flower.fast_supernode); else supernode=(flower-supernode); fi
+if [[ $fast == 1 ]]; then
+  supernode=(python -m fedqc.transport.flower.fast_supernode)
+  # every site polls on this one machine: idle polls slow down with the number of sites, so that all of them
+  # together ask about 40 times a second (20 sites on 2 cores: a hop's overhead 4.7 s at 0.2/0.1 s, 2.1 s at 0.5/0.5 s)
+  poll=$(python -c 'import sys; print(round(max(0.2, 0.025 * int(sys.argv[1])), 3))' "${#names[@]}")
+  export FEDQC_SUPERNODE_POLL_S=${FEDQC_SUPERNODE_POLL_S:-$poll}
+  export FLWR_SUPEREXEC_TASK_POLL_INTERVAL=${FLWR_SUPEREXEC_TASK_POLL_INTERVAL:-$(python -c 'import sys; print(round(max(0.1, 0.025 * int(sys.argv[1])), 3))' "${#names[@]}")}
+else
+  supernode=(flower-supernode)
+fi
 tls=$out/tls
 if [[ $secure == 1 ]]; then
   python -m fedqc.transport.flower.certificates "$tls" "${names[@]}"
@@ -127,7 +137,7 @@ $cli_security
 EOF
 # fast path: the SuperLink's own SuperExec (it starts the ServerApp) looks for its task every 0.1 s, not 1 s
 link_env=()
-if [[ $fast == 1 ]]; then link_env=(env "FLWR_SUPEREXEC_TASK_POLL_INTERVAL=${FLWR_SUPEREXEC_TASK_POLL_INTERVAL:-0.1}"); fi
+if [[ $fast == 1 ]]; then link_env=(env "FLWR_SUPEREXEC_TASK_POLL_INTERVAL=0.1"); fi
 start "$out/logs/superlink.log" "${link_env[@]}" flower-superlink "${link_security[@]}" --host 127.0.0.1 --port "$link" \
   --database "$out/.flwr/superlink.db" \
   --disable-runtime-dependency-installation
