@@ -111,9 +111,10 @@ if [[ $fast == 1 ]]; then
   supernode=(python -m fedqc.transport.flower.fast_supernode)
   # every site polls on this one machine: idle polls slow down with the number of sites, so that all of them
   # together ask about 40 times a second (20 sites on 2 cores: a hop's overhead 4.7 s at 0.2/0.1 s, 2.1 s at 0.5/0.5 s)
-  poll=$(python -c 'import sys; print(round(max(0.2, 0.025 * int(sys.argv[1])), 3))' "${#names[@]}")
-  export FEDQC_SUPERNODE_POLL_S=${FEDQC_SUPERNODE_POLL_S:-$poll}
-  export FLWR_SUPEREXEC_TASK_POLL_INTERVAL=${FLWR_SUPEREXEC_TASK_POLL_INTERVAL:-$(python -c 'import sys; print(round(max(0.1, 0.025 * int(sys.argv[1])), 3))' "${#names[@]}")}
+  read -r node_poll task_poll < <(python -c 'import sys; n = 0.025 * int(sys.argv[1])
+print(round(max(0.2, n), 3), round(max(0.1, n), 3))' "${#names[@]}")
+  export FEDQC_SUPERNODE_POLL_S=${FEDQC_SUPERNODE_POLL_S:-$node_poll}
+  export FLWR_SUPEREXEC_TASK_POLL_INTERVAL=${FLWR_SUPEREXEC_TASK_POLL_INTERVAL:-$task_poll}
 else
   supernode=(flower-supernode)
 fi

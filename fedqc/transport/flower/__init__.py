@@ -4,8 +4,9 @@
 over a Flower grid), ``client_app`` (a site's ClientApp), ``server_app`` (a ServerApp that
 hands the grid transport to a caller's function), ``simulation`` (Flower's simulation engine),
 ``deployment`` (per-site folders and the docker-compose topology), ``fast_supernode`` and
-``warm_superexec`` (the loopback deployment's fast path: Flower's SuperNode with shorter
-waits, and a SuperExec that forks warm ClientApps) and ``env`` (settings, applied here,
+``warm_superexec`` (the deployment's fast path: Flower's SuperNode with shorter waits, and
+a SuperExec that forks warm ClientApps), ``pull_backoff`` (the fast path's short first
+retry of Flower's object pulls) and ``env`` (settings, applied here,
 before any module of this package imports Flower).
 """
 

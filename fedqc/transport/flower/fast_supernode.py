@@ -35,8 +35,8 @@ import time
 from types import ModuleType, SimpleNamespace
 
 from fedqc.transport.flower import pull_backoff
+from fedqc.transport.flower.pull_backoff import FLWR_VERSION
 
-FLWR_VERSION = "1.41.0"
 IDLE_POLL_S = 0.2  # Flower: 3 s; FEDQC_SUPERNODE_POLL_S overrides it
 REPLY_POLL_S = 0.02  # Flower: 0.5 s; a look at the SuperNode's own memory
 TASK_POLL_S = "0.1"  # Flower: 1 s; FLWR_SUPEREXEC_TASK_POLL_INTERVAL overrides it

@@ -17,7 +17,7 @@ import functools
 import inspect
 from types import ModuleType
 
-FLWR_VERSION = "1.41.0"
+FLWR_VERSION = "1.41.0"  # the flwr whose internals the fast path (this module, fast_supernode, warm_superexec) fits
 FIRST_RETRY_S = 0.01  # Flower: 1 s
 
 

@@ -30,8 +30,8 @@ import sys
 import traceback
 
 from fedqc.transport.flower import pull_backoff
+from fedqc.transport.flower.pull_backoff import FLWR_VERSION
 
-FLWR_VERSION = "1.41.0"  # the version whose internals this module was written against
 # third-party modules a site's work imports on first use (Adam imports torch._dynamo; images, audits, metrics)
 WARM_MODULES = ("torch._dynamo", "monai.transforms", "monai.networks.nets", "nibabel", "SimpleITK", "scipy.ndimage",
                 "scipy.fft", "scipy.optimize", "scipy.stats", "sklearn.metrics", "sklearn.linear_model")
