@@ -1,4 +1,4 @@
-"""The ``fedqc`` command line: validate, audit, cohort, harm, simulate, study, infer, sites.
+"""The ``fedqc`` command line: validate, audit, cohort, harm, simulate, study, infer, manifest, sites.
 
 A user's mistake (:class:`~fedqc.errors.UserError`), a site that cannot be reached
 (:class:`~fedqc.errors.SiteError`) or a file the system refuses (``OSError``) ends in
@@ -16,6 +16,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from fedqc.errors import SiteError, UserError
 
@@ -39,9 +40,9 @@ def friendly(fn):
             if "--debug" in sys.argv:
                 raise
             problems = getattr(exc, "problems", None)
-            err.print(f"[red]error:[/] {str(exc).splitlines()[0] if problems else exc}")
+            err.print(f"[red]error:[/] {escape(str(exc).splitlines()[0] if problems else str(exc))}")
             for p in problems or []:
-                err.print(f"  - {p}")
+                err.print(f"  - {escape(p)}")
             raise typer.Exit(1)
 
     return wrapper
@@ -54,8 +55,14 @@ DEBUG = typer.Option(False, "--debug", help="Show tracebacks.")
 @friendly
 def validate(manifest: Path = typer.Argument(..., help="Manifest CSV."),
              no_images: bool = typer.Option(False, "--no-images", help="Skip opening image headers."),
+             geometry: bool = typer.Option(False, "--geometry", help="Also report every site's orientation, "
+                                           "spacing, shape and intensity range against the model's input (reads "
+                                           "every scan)."),
+             shape: str = typer.Option("32x32x32", "--shape", help="With --geometry: the model's input_shape, AxBxC "
+                                       "(AxB for 2D) or one side for a cube."),
              debug: bool = DEBUG):
-    """Check a manifest against the data contract; exit 0 when it is valid."""
+    """Check a manifest against the data contract; exit 0 when it is valid. With --geometry, say what the scans
+    need before training."""
     from fedqc.data.manifest import read_table, validate_manifest
 
     table = read_table(manifest)
@@ -70,6 +77,13 @@ def validate(manifest: Path = typer.Argument(..., help="Manifest CSV."),
     counts = table.groupby("split").size().to_dict()
     out.print(f"{manifest}: valid — {len(table)} scans, {table['site'].nunique()} sites, "
               + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    if geometry:
+        from fedqc.data.audit import parse_shape
+        from fedqc.data.geometry import advice, geometry_table
+        from fedqc.data.manifest import load_manifest
+
+        for line in advice(geometry_table(load_manifest(manifest)), parse_shape(shape)):
+            out.print(escape(line), soft_wrap=True)
 
 
 @app.command()
@@ -296,6 +310,67 @@ def audit(manifest: Path = typer.Argument(..., help="Manifest CSV; every split i
     out.print(view)
     out.print(f"wrote {out_dir / 'audit.csv'} (one row per scan, a reason for each flagged one) and "
               f"{out_dir / 'audit_summary.csv'}")
+
+
+manifest_app = typer.Typer(no_args_is_help=True, help="Make a manifest from a BIDS dataset; resample its scans.")
+app.add_typer(manifest_app, name="manifest")
+
+
+@manifest_app.command("from-bids")
+@friendly
+def manifest_from_bids_cmd(
+        dataset: Path = typer.Argument(..., help="BIDS dataset folder (participants.tsv, sub-*/[ses-*/]anat/)."),
+        out_file: Path = typer.Option(..., "--out", help="Manifest CSV to write; skipped scans go to "
+                                      "<name>_skipped.csv beside it."),
+        site_from: str = typer.Option("participants", "--site-from", help="participants (its site column), "
+                                      "participants:COLUMN, session, or sidecar:KEY (e.g. sidecar:InstitutionName)."),
+        label: str = typer.Option("label", "--label", help="participants.tsv column holding the label."),
+        positive: list[str] = typer.Option([], "--positive", help="A label value meaning 1 (repeatable; default "
+                                           "mapping 0/1, false/true, no/yes)."),
+        negative: list[str] = typer.Option([], "--negative", help="A label value meaning 0 (repeatable)."),
+        split: str = typer.Option("0.6,0.2,0.2", "--split", help="Shares of participants for train,val,test "
+                                  "(multiples of 0.05), stratified by site and label."),
+        seed: int = typer.Option(0, help="Seeds the split."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out."),
+        debug: bool = DEBUG):
+    """Write a manifest from a BIDS dataset's T1w scans; every unusable scan is printed and recorded."""
+    from fedqc.data.bids import manifest_from_bids, skipped_path
+    from fedqc.data.manifest import read_table, validate_manifest
+    from fedqc.io import atomic_write_csv
+
+    if out_file.exists() and not overwrite:
+        raise UserError(f"{out_file} exists; pass --overwrite to replace it")
+    table, skipped = manifest_from_bids(dataset, site_from=site_from, label=label, positive=positive,
+                                        negative=negative, split=split, seed=seed)
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_csv(table, out_file)
+    atomic_write_csv(skipped, skipped_path(out_file))
+    for reason in skipped["reason"]:
+        err.print(f"[yellow]skipped:[/] {escape(reason)}")
+    report = validate_manifest(read_table(out_file), root=out_file.parent)
+    if not report.ok:  # a bug if it happens: every row was checked above
+        raise UserError(f"{out_file} does not pass validation", report.errors)
+    counts = table.groupby("split").size().to_dict()
+    out.print(f"{out_file}: {len(table)} scans of {table['participant'].nunique()} participants at "
+              f"{table['site'].nunique()} sites, " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+              + f"; {len(skipped)} skipped ({skipped_path(out_file)})")
+
+
+@manifest_app.command("resample")
+@friendly
+def manifest_resample(manifest: Path = typer.Argument(..., help="Manifest CSV."),
+                      shape: str = typer.Option("32x32x32", "--shape", help="The model's input_shape: AxBxC, AxB "
+                                                "for 2D, or one side for a cube."),
+                      out_dir: Path = typer.Option(..., "--out", help="Folder for manifest.csv and images/."),
+                      overwrite: bool = typer.Option(False, "--overwrite", help="Write into a non-empty --out."),
+                      debug: bool = DEBUG):
+    """Copies of every scan in RAS at the model's shape (SimpleITK, smoothed before downsampling) and a manifest
+    pointing at them; the input is untouched."""
+    from fedqc.data.audit import parse_shape
+    from fedqc.data.geometry import resample_manifest
+
+    table = resample_manifest(manifest, parse_shape(shape), out_dir, overwrite=overwrite)
+    out.print(f"{out_dir / 'manifest.csv'}: {len(table)} scans resampled to {shape} (RAS) under {out_dir / 'images'}")
 
 
 sites_app = typer.Typer(no_args_is_help=True, help="Per-site folders and the docker-compose topology for real SuperNodes.")
