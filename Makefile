@@ -42,7 +42,7 @@ $(SMOKE_SITES): data/smoke/manifest.csv
 test: install
 	$(PY) -m pytest -q
 
-# Benchmarks (bench/): JSON under bench/results/ and the table in docs/results/performance.md. About an hour on 2 cores.
+# Benchmarks (bench/): JSON under bench/results/ and the table in studies/performance/README.md. About an hour on 2 cores.
 bench: install
 	$(PY) -m bench.overhead --cycles 2
 	$(PY) -m bench.scaling

@@ -9,7 +9,7 @@
    included if the config turns it on), then with the audit off at
    ``qc.verify_fraction`` 0.5 and 0.25, for the config's criterion.
 
-Writes ``OUT/qc_grid.csv``, ``OUT/qc_grid.json`` and ``OUT/qc_grid.md`` (the table in docs/results/qc.md).
+Writes ``OUT/qc_grid.csv``, ``OUT/qc_grid.json`` and ``OUT/qc_grid.md`` (the table in studies/qc-criteria/README.md).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ FRACTIONS = (0.5, 0.25)
 
 
 def compact(table: pd.DataFrame) -> pd.DataFrame:
-    """The view of docs/results/qc.md: recall per harm kind folded into one column per scope."""
+    """The view of studies/qc-criteria/README.md: recall per harm kind folded into one column per scope."""
     def kinds(row: pd.Series, scope: str) -> str:
         cols = [c for c in table.columns if c.startswith(f"recall {scope} ")]
         return " · ".join(f"{c.split()[-1]} {row[c]:.2f}" for c in cols if pd.notna(row[c]))

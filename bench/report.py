@@ -1,6 +1,6 @@
-"""Write the Performance table of docs/results/performance.md from bench/results/*.json (the last step of ``make bench``).
+"""Write the Performance table of studies/performance/README.md from bench/results/*.json (the last step of ``make bench``).
 
-    python -m bench.report [--doc docs/results/performance.md]
+    python -m bench.report [--doc studies/performance/README.md]
 
 Replaces the text between ``<!-- bench:start -->`` and ``<!-- bench:end -->``; a
 benchmark whose JSON is missing gets a row saying so.
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from bench.common import RESULTS, ROOT
 
-DOC = ROOT / "docs" / "results" / "performance.md"
+DOC = ROOT / "studies" / "performance" / "README.md"
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 BENCHMARKS = ("overhead", "qc_cost", "scaling", "deployment")
 

@@ -249,15 +249,50 @@ def parse_config(data: dict, *, base: Path = Path("."), source: str | Path = "co
     return dataclasses.replace(cfg, source=Path(source) if source != "config" else None)
 
 
-def load_config(path: str | Path, overrides: dict | None = None) -> ExperimentConfig:
-    """Read and validate a YAML experiment config; ``overrides`` (dotted keys) are merged on top."""
-    path = Path(path)
+def _merged(base: dict, over: dict) -> dict:
+    """``over`` on top of ``base``: mappings merge key by key, every other value (lists included) replaces."""
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def read_config_file(path: Path, _chain: tuple[Path, ...] = ()) -> dict:
+    """A config file's mapping with its ``extends:`` chain applied (the base first, this file on top).
+
+    A relative ``manifest`` or ``scenario`` path resolves from the file that states it, so a
+    base's paths stay right for every file that extends it. A missing base, a base that is not
+    a mapping, and a cycle are each a one-line :class:`ConfigError` naming the file that states them.
+    """
+    where = _chain[-1] if _chain else path
+    if path.resolve() in [p.resolve() for p in _chain]:
+        raise ConfigError(where, ["extends: cycle: " + " -> ".join(str(p) for p in (*_chain, path))])
     if not path.is_file():
-        raise ConfigError(path, [f"config file not found: {path}"])
+        raise ConfigError(where, [f"extends: base config not found: {path}" if _chain else f"config file not found: {path}"])
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise ConfigError(path, [f"not valid YAML: {str(exc).splitlines()[0]}"]) from None
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise ConfigError(path, ["config: expected a mapping of keys (name, manifest, model, train, ...), got "
+                                 + repr(data)[:60]])
+    for key in ("manifest", "scenario"):
+        if isinstance(data.get(key), str):
+            data[key] = str((path.parent / data[key]).resolve())
+    base = data.pop("extends", None)
+    if base is None:
+        return data
+    if not isinstance(base, str) or not base.strip():
+        raise ConfigError(path, [f"extends: expected the path of a base config, got {base!r}"])
+    return _merged(read_config_file((path.parent / base).resolve(), (*_chain, path)), data)
+
+
+def load_config(path: str | Path, overrides: dict | None = None) -> ExperimentConfig:
+    """Read and validate a YAML experiment config (its ``extends:`` chain applied);
+    ``overrides`` (dotted keys) are merged on top."""
+    path = Path(path)
+    data = read_config_file(path)
     for dotted, value in (overrides or {}).items():
         node = data
         *parents, leaf = dotted.split(".")

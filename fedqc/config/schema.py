@@ -86,7 +86,7 @@ class CalibrationConfig:
 
 
 # The reference method's behaviour (BatchNorm statistics of the last site, threshold 0.5): nothing is done at the end
-# of a cycle. The defaults above were chosen by measurement (docs/results/calibration.md).
+# of a cycle. The defaults above were chosen by measurement (studies/calibration/README.md).
 REFERENCE_CALIBRATION = CalibrationConfig(batchnorm="site", threshold="fixed")
 
 
