@@ -353,7 +353,7 @@ def manifest_from_bids_cmd(
     counts = table.groupby("split").size().to_dict()
     out.print(f"{out_file}: {len(table)} scans of {table['participant'].nunique()} participants at "
               f"{table['site'].nunique()} sites, " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
-              + f"; {len(skipped)} skipped ({skipped_path(out_file)})")
+              + f"; {len(skipped)} skipped ({skipped_path(out_file)})", soft_wrap=True)
 
 
 @manifest_app.command("resample")
@@ -369,8 +369,10 @@ def manifest_resample(manifest: Path = typer.Argument(..., help="Manifest CSV.")
     from fedqc.data.audit import parse_shape
     from fedqc.data.geometry import resample_manifest
 
-    table = resample_manifest(manifest, parse_shape(shape), out_dir, overwrite=overwrite)
-    out.print(f"{out_dir / 'manifest.csv'}: {len(table)} scans resampled to {shape} (RAS) under {out_dir / 'images'}")
+    sides = parse_shape(shape)
+    table = resample_manifest(manifest, sides, out_dir, overwrite=overwrite)
+    out.print(f"{out_dir / 'manifest.csv'}: {len(table)} scans resampled to {'x'.join(map(str, sides))} (RAS) under "
+              f"{out_dir / 'images'}", soft_wrap=True)
 
 
 sites_app = typer.Typer(no_args_is_help=True, help="Per-site folders and the docker-compose topology for real SuperNodes.")

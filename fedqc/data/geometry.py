@@ -107,8 +107,10 @@ def advice(table: pd.DataFrame, shape: tuple[int, ...]) -> list[str]:
                      f"sees these scans flipped or transposed against each other; `fedqc manifest resample` writes "
                      f"copies in {ORIENTATION}")
     if ok["fov_mm"].nunique() > 1:
-        lines.append(f"fields of view differ ({ok['fov_mm'].nunique()} kinds): resizing to {target} scales the "
-                     "anatomy differently; registration to a template (e.g. MNI, see docs/data.md) makes them alike")
+        fovs = sorted(ok["fov_mm"].unique())
+        lines.append(f"fields of view differ ({len(fovs)} kinds, in mm: {', '.join(fovs[:4])}): "
+                     f"at {target} voxels the anatomy has a different scale in each; registration to a template "
+                     "(e.g. MNI, see docs/data.md) makes them alike")
     lines.append("fedqc scales each scan to [0, 1] (min-max) at load; it does no skull stripping, bias-field correction "
                  "or registration: run those before (docs/data.md, \"Your own scans\")")
     return lines
