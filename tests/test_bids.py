@@ -225,3 +225,24 @@ def test_resample_writes_ras_copies_at_the_models_shape_and_leaves_the_input(dat
     assert set(geo.loc[geo["site"] == "B", "fov_mm"]) == {"16x16x16"}
     code, text = cli("manifest", "resample", src, "--shape", "12x10x8", "--out", tmp_path / "out")
     assert code == 1 and "pass --overwrite" in text
+
+
+@pytest.mark.slow
+def test_a_bids_dataset_trains_end_to_end(dataset, tmp_path):
+    """BIDS → manifest → geometry check → resample → a run, through the commands and the API."""
+    import fedqc
+
+    out = tmp_path / "manifest.csv"
+    assert cli("manifest", "from-bids", dataset, "--label", "group", "--positive", "PD", "--negative", "HC",
+               "--site-from", "sidecar:InstitutionName", "--out", out)[0] == 0
+    assert cli("validate", out, "--geometry", "--shape", "16")[0] == 0
+    assert cli("manifest", "resample", out, "--shape", "16", "--out", tmp_path / "16")[0] == 0
+    config = {"name": "bids", "manifest": str(tmp_path / "16" / "manifest.csv"), "engine": "inprocess", "threads": 1,
+              "model": {"name": "sfcn", "width": 0.25, "input_shape": [16, 16, 16]},
+              "train": {"cycles": 1, "warmup": 0, "lr": 0.001}, "arms": ["clean"],
+              "calibration": {"batchnorm": "site", "threshold": "fixed"}}
+    run = fedqc.run(config, out=tmp_path / "run", n_boot=50)
+    preds = run.arms["clean"].predictions(0)
+    test = read_table(tmp_path / "16" / "manifest.csv").query("split == 'test'")
+    assert sorted(preds["subject"]) == sorted(test["subject"])
+    assert run.arms["clean"].errors.empty and set(run.summary()["arm"]) == {"clean"}
