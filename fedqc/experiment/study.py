@@ -176,10 +176,3 @@ def plan_sweep(cfg: ExperimentConfig, sweep: Sweep, seeds: list[int], out: Path)
     return [r for value, c in configs.items()
             for r in plan_study(c, seeds, sweep.folder(out, value), value=value, label=f"{sweep.key}={value}, ")]
 
-
-def run_sweep(cfg: ExperimentConfig, sweep: Sweep, seeds: list[int], out: Path, *, quiet: bool = False,
-              on_seed=lambda value, seed, state: None) -> dict:
-    """One study per swept value, one after another (:func:`plan_sweep`). Returns ``{value: [run folders]}``."""
-    runs = plan_sweep(cfg, sweep, seeds, out)
-    run_all(runs, quiet=quiet, on_run=lambda r, state: on_seed(r.value, r.seed, state))
-    return {value: [r.folder for r in runs if r.value == value] for value in sweep.values}
