@@ -1,8 +1,8 @@
 """The Python API for notebooks and scripts: run an experiment or a study and read what it wrote.
 
 Thin on purpose: :func:`run` and :func:`study` call the functions the ``fedqc simulate`` and ``fedqc study``
-commands call (:func:`fedqc.experiment.runner.simulate`, :func:`fedqc.experiment.study.run_study` and
-``run_sweep``, :func:`fedqc.analysis.study.write_study` and ``write_sweep``), and :func:`load_run` reads a run
+commands call (:func:`fedqc.experiment.runner.simulate`, :func:`fedqc.experiment.study.run_study`,
+``plan_sweep`` and ``run_all``, :func:`fedqc.analysis.study.write_study` and ``write_sweep``), and :func:`load_run` reads a run
 folder into typed results, its metrics computed as ``fedqc infer`` computes them
 (:func:`fedqc.analysis.infer.run_metrics`). Heavy libraries load when a function runs, not on ``import fedqc``.
 See docs/api.md.
@@ -233,7 +233,7 @@ def study(config: str | Path | dict | ExperimentConfig, seeds: list[int] = (0, 1
     import pandas as pd
 
     from fedqc.analysis.study import write_study, write_sweep
-    from fedqc.experiment.study import Sweep, run_study, run_sweep
+    from fedqc.experiment.study import Sweep, plan_sweep, run_all, run_study
 
     cfg, seeds = _config(config, overrides), list(seeds)
     out = Path(out) if out is not None else Path("runs") / f"{cfg.name}-study"
@@ -244,7 +244,9 @@ def study(config: str | Path | dict | ExperimentConfig, seeds: list[int] = (0, 1
         summary = write_study(out, runs, command)
         return StudyResult(out, seeds, pd.read_csv(out / "study.csv"), summary, runs)
     swept = Sweep.parse(sweep)
-    studies = {v: dict(zip(seeds, r)) for v, r in run_sweep(cfg, swept, seeds, out, quiet=quiet).items()}
+    runs = plan_sweep(cfg, swept, seeds, out)
+    run_all(runs, quiet=quiet)
+    studies = {v: {r.seed: r.folder for r in runs if r.value == v} for v in swept.values}
     parts = {}
     for value, runs in studies.items():
         folder = swept.folder(out, value)

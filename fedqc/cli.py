@@ -172,41 +172,96 @@ def study(ctx: typer.Context,
           out_dir: Optional[Path] = typer.Option(None, "--out", help="Study folder (default runs/<name>-study)."),
           sweep: Optional[str] = typer.Option(None, "--sweep", help="A study per value of a config or scenario "
                                               "key: --sweep scenario.label_noise.0.rate=0,0.1,0.2"),
+          parallel: Optional[int] = typer.Option(None, "--parallel", help="Run N runs at a time, each a Ray task on "
+                                                 "this machine (N x threads CPUs)."),
+          ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Run every run as a Ray task on the "
+                                                    "cluster at HOST:PORT (`ray start --head`), or auto."),
+          threads_per_run: Optional[int] = typer.Option(None, "--threads-per-run", help="Torch threads (and Ray CPUs) "
+                                                        "of each run; default the config's threads. The weights "
+                                                        "depend on it: a resume must give the same."),
+          gpus_per_run: Optional[float] = typer.Option(None, "--gpus-per-run", help="With --parallel/--ray-address: "
+                                                       "GPUs of each run, e.g. 0.5 (default 1 on a cluster with "
+                                                       "GPUs unless device is cpu, else 0)."),
           quiet: bool = typer.Option(False, "--quiet", help="No progress output."),
           debug: bool = DEBUG):
     """Run the experiment once per seed; study.csv, summary.csv (mean, sd, 95 % t-interval), a plot, study.md.
-    With --sweep, one such study per value and sweep.csv, sweep_summary.csv, curves and sweep.md."""
+    With --sweep, one such study per value and sweep.csv, sweep_summary.csv, curves and sweep.md. With
+    --parallel or --ray-address, every run is a Ray task (docs/studies-at-scale.md)."""
+    import dataclasses
+
     from fedqc.analysis.study import write_study, write_sweep
     from fedqc.config import load_config
-    from fedqc.experiment.study import Sweep, run_study, run_sweep
+    from fedqc.experiment.study import Sweep, plan_study, plan_sweep, run_all
 
     extra = list(ctx.args)  # `--seeds 0 1 2`: the values after the first
     if not all(x.lstrip("-").isdigit() for x in extra):
         raise UserError(f"unexpected argument(s) {extra}; seeds are integers: --seeds 0 1 2")
     seeds = list(seeds) + [int(x) for x in extra]
+    if threads_per_run is not None and threads_per_run < 1:
+        raise UserError(f"--threads-per-run must be >= 1, got {threads_per_run}")
+    tasks = parallel is not None or ray_address is not None
+    if gpus_per_run is not None and not tasks:
+        raise UserError("--gpus-per-run needs --parallel N or --ray-address ADDRESS")
     cfg = load_config(config)
+    if threads_per_run is not None:
+        cfg = dataclasses.replace(cfg, threads=threads_per_run)
+    options = None
+    if tasks:
+        from fedqc.experiment.parallel import RayOptions, for_tasks
+
+        options = RayOptions(parallel, ray_address, cfg.threads, gpus_per_run)
+        cfg = for_tasks(cfg)
     out_dir = out_dir or Path("runs") / f"{cfg.name}-study"
-    states = {"done": "finished earlier, kept", "resumed": "resuming", "started": "running"}
+    states = {"done": "finished earlier, kept", "resumed": "resuming", "started": "running", "finished": "finished",
+              "failed": "failed"}
     command = f"fedqc study --config {config} --seeds {' '.join(map(str, seeds))} --out {out_dir}"
+    swept = None
     if sweep is not None:
         command += f" --sweep {sweep}"
         swept = Sweep.parse(sweep)
-        studies = run_sweep(cfg, swept, seeds, out_dir, quiet=quiet,
-                            on_seed=lambda v, s, state: err.print(f"{swept.key}={v}, seed {s}: {states[state]}"))
-        for value, runs in studies.items():
-            write_study(swept.folder(out_dir, value), dict(zip(seeds, runs)), command)
-        summary = write_sweep(out_dir, swept.key, {v: dict(zip(seeds, r)) for v, r in studies.items()}, command)
+        runs = plan_sweep(cfg, swept, seeds, out_dir.absolute())  # absolute: a task may run in another folder
+    else:
+        runs = plan_study(cfg, seeds, out_dir.absolute())
+
+    def report(run, state, note=""):
+        err.print(f"{run.name}: {states[state]}" + (f" ({note})" if note else ""))
+
+    if options is None:
+        run_all(runs, quiet=quiet, on_run=report)
+        failed = {}
+    else:
+        from fedqc.experiment.parallel import run_on_ray
+
+        failed = run_on_ray(runs, options, on_run=report)
+    missing = {r.name: e for r, e in failed.items()}
+    done = [r for r in runs if r not in failed]
+    if swept is not None:
+        studies = {v: {r.seed: r.folder for r in done if r.value == v} for v in swept.values}
+        studies = {v: s for v, s in studies.items() if s}
+        for value, study_runs in studies.items():
+            write_study(swept.folder(out_dir, value), study_runs, command,
+                        {r.name: e for r, e in failed.items() if r.value == value})
+        if studies:
+            summary = write_sweep(out_dir, swept.key, studies, command, missing)
+            for r in summary[summary["figure"] == "auroc_last3"].itertuples():
+                out.print(f"{swept.key}={r.value!s:8s} {r.arm:28s} AUROC (last 3 cycles) {r.mean:.3f} "
+                          f"[{r.ci_lo:.3f}, {r.ci_hi:.3f}] over {r.n} seed(s)")
+            out.print(f"wrote {out_dir / 'sweep.csv'}, {out_dir / 'sweep_summary.csv'}, {out_dir / 'sweep.md'} and "
+                      "curves")
+    elif done:
+        summary = write_study(out_dir, {r.seed: r.folder for r in done}, command, missing)
         for r in summary[summary["figure"] == "auroc_last3"].itertuples():
-            out.print(f"{swept.key}={r.value!s:8s} {r.arm:28s} AUROC (last 3 cycles) {r.mean:.3f} "
-                      f"[{r.ci_lo:.3f}, {r.ci_hi:.3f}] over {r.n} seed(s)")
-        out.print(f"wrote {out_dir / 'sweep.csv'}, {out_dir / 'sweep_summary.csv'}, {out_dir / 'sweep.md'} and curves")
-        return
-    runs = run_study(cfg, seeds, out_dir, quiet=quiet, on_seed=lambda s, state: err.print(f"seed {s}: {states[state]}"))
-    summary = write_study(out_dir, dict(zip(seeds, runs)), command)
-    for r in summary[summary["figure"] == "auroc_last3"].itertuples():
-        out.print(f"{r.arm:28s} AUROC (last 3 cycles) {r.mean:.3f} [{r.ci_lo:.3f}, {r.ci_hi:.3f}] over {r.n} seed(s)")
-    out.print(f"wrote {out_dir / 'study.csv'}, {out_dir / 'summary.csv'}, {out_dir / 'study_auroc.png'}, "
-              f"{out_dir / 'study.md'}")
+            out.print(f"{r.arm:28s} AUROC (last 3 cycles) {r.mean:.3f} [{r.ci_lo:.3f}, {r.ci_hi:.3f}] over {r.n} "
+                      "seed(s)")
+        out.print(f"wrote {out_dir / 'study.csv'}, {out_dir / 'summary.csv'}, {out_dir / 'study_auroc.png'}, "
+                  f"{out_dir / 'study.md'}")
+    if failed:
+        err.print(f"[red]error:[/] {len(failed)} of {len(runs)} runs failed"
+                  + (f" (listed in {out_dir / 'missing.csv'})" if done else "") + "; run the same command again to "
+                  "retry them, finished runs are kept")
+        for r, e in failed.items():
+            err.print(f"  - {r.name}: {e}")
+        raise typer.Exit(1)
 
 
 @app.command()

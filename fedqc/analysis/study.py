@@ -188,8 +188,21 @@ def _cell(summary: pd.DataFrame, arm: str, figure: str) -> str:
     return f"{r['mean']:.3f} [{r['ci_lo']:.3f}, {r['ci_hi']:.3f}]"
 
 
-def write_study(out: Path, runs: dict[int, Path], command: str) -> pd.DataFrame:
-    """``study.csv``, ``summary.csv``, ``study_auroc.png`` and ``study.md`` in ``out``; return the summary."""
+def missing_runs(out: Path, missing: dict[str, str] | None) -> list[str]:
+    """``missing.csv`` (``run``, ``error``) for runs that failed, a stale one removed when none did; the lines that
+    list them under the tables."""
+    path = out / "missing.csv"
+    if not missing:
+        path.unlink(missing_ok=True)
+        return []
+    atomic_write_csv(pd.DataFrame({"run": list(missing), "error": list(missing.values())}), path)
+    return ["## Missing runs", "", "These runs failed; the tables leave them out. Run the same command again to retry "
+            "them (finished runs are kept).", ""] + [f"- {run}: `{error}`" for run, error in missing.items()] + [""]
+
+
+def write_study(out: Path, runs: dict[int, Path], command: str, missing: dict[str, str] | None = None) -> pd.DataFrame:
+    """``study.csv``, ``summary.csv``, ``study_auroc.png`` and ``study.md`` in ``out`` from the finished ``runs``;
+    ``missing`` (run → error) names the runs that failed. Returns the summary."""
     from fedqc.analysis.infer import run_config
 
     cfg = run_config(RunDir(next(iter(runs.values()))))
@@ -214,7 +227,7 @@ def write_study(out: Path, runs: dict[int, Path], command: str) -> pd.DataFrame:
              markdown_table(main), "", "## QC: recall by scope and harm kind, good scans lost, cost", "",
              "`recall_<scope>` and `recall_<scope>_<kind>`: whole harmful sites (every training scan of the site "
              "harmful) or single scans in sites that keep good ones; `recall_site_<site>`: each whole harmful site.", "",
-             markdown_table(qc_table), "", "![AUROC across seeds](study_auroc.png)", ""]
+             markdown_table(qc_table), "", "![AUROC across seeds](study_auroc.png)", ""] + missing_runs(out, missing)
     atomic_write_text("\n".join(lines), out / "study.md")
     return summary
 
@@ -224,8 +237,9 @@ SWEEP_FIGURES = ("auroc_last3", "auroc_flipped_last3", "probe_bacc", "accuracy",
                  "average_precision") + QC_FIGURES
 
 
-def write_sweep(out: Path, key: str, studies: dict, command: str) -> pd.DataFrame:
-    """A sweep's tables and curves in ``out`` from ``studies`` (``{value: {seed: run folder}}``): ``sweep.csv`` (one
+def write_sweep(out: Path, key: str, studies: dict, command: str, missing: dict[str, str] | None = None) -> pd.DataFrame:
+    """A sweep's tables and curves in ``out`` from ``studies`` (``{value: {seed: finished run folder}}``; ``missing``:
+    run → error for the runs that failed, listed in ``missing.csv`` and ``sweep.md``): ``sweep.csv`` (one
     row per value × seed × arm, the figures of ``study.csv``), ``sweep_summary.csv`` (per value, arm and figure:
     n, mean, sd, 95 % t-interval), ``sweep_<figure>.png`` (the figure against the swept value, one line per arm,
     a band for the t-interval across seeds) and ``sweep.md``. Returns the summary."""
@@ -254,7 +268,7 @@ def write_sweep(out: Path, key: str, studies: dict, command: str) -> pd.DataFram
              f"value's own study (QC detection included) is in `{key}=<value>/study.md`. Test metrics of the last "
              "cycle (AUROC: mean of the last three) at each arm's decision threshold (0.5 unless `calibration:` fits "
              "one on verification scans); `ppv` is the test predictions' precision.", "",
-             markdown_table(table), ""] + [f"![{f}](sweep_{f}.png)" for f in figures] + [""]
+             markdown_table(table), ""] + [f"![{f}](sweep_{f}.png)" for f in figures] + [""] + missing_runs(out, missing)
     atomic_write_text("\n".join(lines), out / "sweep.md")
     return summary
 

@@ -115,14 +115,32 @@ def parse_snapshot(snapshot: str, *, source: str | Path = "config") -> Experimen
     return parse_config(data, source=source, check_files=False)
 
 
-def _same_config(snapshot: str, cfg: ExperimentConfig) -> bool:
-    """Whether a run folder's ``config.yaml`` resolves to ``cfg`` (:func:`parse_snapshot`), so a run can be resumed
-    by a newer version that leaves its settings unchanged."""
+def _flat(d: dict, prefix: str = "") -> dict:
+    """A nested mapping as ``{dotted key: value}``."""
+    out = {}
+    for key, value in d.items():
+        if isinstance(value, dict) and value:
+            out |= _flat(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def config_differences(snapshot: str, cfg: ExperimentConfig) -> list[str]:
+    """The dotted keys whose value in a run folder's ``config.yaml`` (:func:`parse_snapshot`) differs from ``cfg``'s;
+    ``["config.yaml"]`` when the snapshot cannot be read. Empty: a newer version that leaves the settings unchanged
+    may resume the run."""
     try:
-        old = parse_snapshot(snapshot)
+        old = _flat(parse_snapshot(snapshot).to_dict())
     except (UserError, yaml.YAMLError):
-        return False
-    return old.to_dict() == cfg.to_dict()
+        return ["config.yaml"]
+    new = _flat(cfg.to_dict())
+    return sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+
+
+def _same_config(snapshot: str, cfg: ExperimentConfig) -> bool:
+    """Whether a run folder's ``config.yaml`` resolves to ``cfg``."""
+    return not config_differences(snapshot, cfg)
 
 
 class RunDir:

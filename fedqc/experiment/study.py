@@ -3,7 +3,9 @@ a sweep: one study per value of a config or scenario key.
 
 ``OUT/seed_<s>/`` is a complete run folder. An interrupted study resumes seed by seed:
 a finished seed is kept as it is, a partial one continues from its last checkpoint. A
-sweep writes each value's study to ``OUT/<key>=<value>/``.
+sweep writes each value's study to ``OUT/<key>=<value>/``. Every (value, seed) is a
+:class:`StudyRun`: run here one after another (:func:`run_all`), or as Ray tasks
+(:mod:`fedqc.experiment.parallel`).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from fedqc.data.corruptions.scenario import Scenario
 from fedqc.data.manifest import load_manifest
 from fedqc.errors import ConfigError, UserError
 from fedqc.experiment.arms import arms_for
-from fedqc.experiment.run_dir import RunDir
+from fedqc.experiment.run_dir import RunDir, config_differences, parse_snapshot
 from fedqc.experiment.runner import simulate
 
 
@@ -36,26 +38,77 @@ def finished(cfg: ExperimentConfig, run: RunDir) -> bool:
     return all(run.arm(a.name).last_checkpoint() == a.end(cfg.train.cycles) for a in arms_for(cfg))
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class StudyRun:
+    """One run of a study: ``cfg`` (its training seed set) into its own ``folder``; ``value``: the swept value
+    (``None`` outside a sweep), ``name``: how messages name it."""
+
+    seed: int
+    cfg: ExperimentConfig
+    folder: Path
+    value: object = None
+    name: str = ""
+
+    def state(self) -> str:
+        """``done`` (every arm finished: kept), ``resumed`` (a partial folder) or ``started``."""
+        if finished(self.cfg, RunDir(self.folder)):
+            return "done"
+        return "resumed" if self.folder.exists() and any(self.folder.iterdir()) else "started"
+
+    def run(self, quiet: bool = True) -> None:
+        """Run it, or resume it mid-arm from its last checkpoint. Whether to resume is read from the folder here,
+        so a run that is retried (a Ray task on a lost node) resumes what its first try left."""
+        partial = self.folder.exists() and any(self.folder.iterdir())
+        simulate(self.cfg, self.folder, resume=partial, quiet=quiet)
+
+
+def check_recorded(runs: list[StudyRun]) -> None:
+    """Refuse, before anything trains, a run folder made with another config (finished ones included: the study
+    would mix them): a different thread count by name, since it changes the weights."""
+    if len({r.folder.resolve() for r in runs}) != len(runs):
+        raise UserError("two runs of the study would write the same folder")
+    for r in runs:
+        snapshot = RunDir(r.folder).config
+        if not snapshot.is_file():
+            continue
+        differ = config_differences(snapshot.read_text(), r.cfg)
+        if differ == ["threads"]:
+            old = parse_snapshot(snapshot.read_text()).threads
+            raise UserError(f"{r.folder} was run with {old} thread(s), this study asks {r.cfg.threads}: the weights "
+                            f"depend on the thread count, so resume with --threads-per-run {old} (or use a new --out)")
+        if differ:
+            hint = " (--parallel and --ray-address run every run on engine inprocess)" if "engine" in differ else ""
+            raise UserError(f"{r.folder} was run with a different config ({', '.join(differ[:6])}){hint}; resume "
+                            "with the same config or use a new --out")
+
+
+def plan_study(cfg: ExperimentConfig, seeds: list[int], out: Path, *, value=None, label: str = "") -> list[StudyRun]:
+    """A study's runs: ``cfg`` once per training seed (the cohort stays the same), each in ``out/seed_<s>``."""
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise UserError(f"--seeds: give distinct seeds, got {seeds}")
+    return [StudyRun(seed, seeded(cfg, seed), seed_dir(out, seed), value, f"{label}seed {seed}") for seed in seeds]
+
+
+def run_all(runs: list[StudyRun], *, quiet: bool = False, on_run=lambda run, state: None) -> None:
+    """Run ``runs`` one after another in this process (a failing run stops the study);
+    ``on_run(run, state)`` reports :meth:`StudyRun.state` before each."""
+    check_recorded(runs)
+    for r in runs:
+        state = r.state()
+        on_run(r, state)
+        if state != "done":
+            r.run(quiet=quiet)
+
+
 def run_study(cfg: ExperimentConfig, seeds: list[int], out: Path, *, quiet: bool = False,
               on_seed=lambda seed, state: None) -> list[Path]:
     """Run ``cfg`` for every training seed (the cohort stays the same); return the seeds' run folders.
 
     ``on_seed(seed, state)`` reports ``done`` (kept), ``resumed`` or ``started``.
     """
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise UserError(f"--seeds: give distinct seeds, got {seeds}")
-    out.mkdir(parents=True, exist_ok=True)
-    runs = []
-    for seed in seeds:
-        cfg_s, run = seeded(cfg, seed), seed_dir(out, seed)
-        runs.append(run)
-        if finished(cfg_s, RunDir(run)):
-            on_seed(seed, "done")
-            continue
-        partial = run.exists() and any(run.iterdir())
-        on_seed(seed, "resumed" if partial else "started")
-        simulate(cfg_s, run, resume=partial, quiet=quiet)
-    return runs
+    runs = plan_study(cfg, seeds, out)
+    run_all(runs, quiet=quiet, on_run=lambda r, state: on_seed(r.seed, state))
+    return [r.folder for r in runs]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,10 +161,9 @@ def _child(node, part: str, where: str):
                     + (" (set a scenario in the config first)" if where == "scenario" else ""))
 
 
-def run_sweep(cfg: ExperimentConfig, sweep: Sweep, seeds: list[int], out: Path, *, quiet: bool = False,
-              on_seed=lambda value, seed, state: None) -> dict:
-    """One study per swept value (:func:`run_study`); every value's config and scenario is checked against the
-    manifest before anything trains. Returns ``{value: [run folders]}``."""
+def plan_sweep(cfg: ExperimentConfig, sweep: Sweep, seeds: list[int], out: Path) -> list[StudyRun]:
+    """A sweep's runs: one study (:func:`plan_study`) per swept value; every value's config and scenario is checked
+    against the manifest before anything trains."""
     configs = {value: sweep.config(cfg, value) for value in sweep.values}
     for value, c in configs.items():
         if c.scenario is not None:
@@ -121,6 +173,6 @@ def run_sweep(cfg: ExperimentConfig, sweep: Sweep, seeds: list[int], out: Path, 
                     Scenario.from_dict(c.scenario).plan(table, seed)
                 except UserError as exc:
                     raise UserError(f"--sweep {sweep.key}={value} (seed {seed}): {exc}", exc.problems) from None
-    return {value: run_study(c, seeds, sweep.folder(out, value), quiet=quiet,
-                             on_seed=lambda seed, state, value=value: on_seed(value, seed, state))
-            for value, c in configs.items()}
+    return [r for value, c in configs.items()
+            for r in plan_study(c, seeds, sweep.folder(out, value), value=value, label=f"{sweep.key}={value}, ")]
+
