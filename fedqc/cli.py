@@ -158,12 +158,19 @@ def study(ctx: typer.Context,
           out_dir: Optional[Path] = typer.Option(None, "--out", help="Study folder (default runs/<name>-study)."),
           sweep: Optional[str] = typer.Option(None, "--sweep", help="A study per value of a config or scenario "
                                               "key: --sweep scenario.label_noise.0.rate=0,0.1,0.2"),
+          pair: list[str] = typer.Option([], "--pair", help="Also compare arms A and B paired by seed (A-B; "
+                                         "repeat for more). QC − dirty, QC − clean, dirty − clean always are."),
           quiet: bool = typer.Option(False, "--quiet", help="No progress output."),
           debug: bool = DEBUG):
-    """Run the experiment once per seed; study.csv, summary.csv (mean, sd, 95 % t-interval), a plot, study.md.
-    With --sweep, one such study per value and sweep.csv, sweep_summary.csv, curves and sweep.md."""
+    """Run the experiment once per seed; study.csv, summary.csv (mean, sd, 95 % t-interval), paired.csv (arms
+    compared seed by seed: t-interval and exact sign-flip p), a plot, study.md. With --sweep, one such study per
+    value and sweep.csv, sweep_summary.csv, sweep_paired.csv, curves and sweep.md."""
+    import pandas as pd
+
+    from fedqc.analysis.paired import pairs_for
     from fedqc.analysis.study import write_study, write_sweep
     from fedqc.config import load_config
+    from fedqc.experiment.arms import arms_for
     from fedqc.experiment.study import Sweep, run_study, run_sweep
 
     extra = list(ctx.args)  # `--seeds 0 1 2`: the values after the first
@@ -171,28 +178,36 @@ def study(ctx: typer.Context,
         raise UserError(f"unexpected argument(s) {extra}; seeds are integers: --seeds 0 1 2")
     seeds = list(seeds) + [int(x) for x in extra]
     cfg = load_config(config)
+    pairs = tuple(pair)
+    pairs_for([a.name for a in arms_for(cfg)], [], pairs)  # a bad --pair fails before anything trains
     out_dir = out_dir or Path("runs") / f"{cfg.name}-study"
     states = {"done": "finished earlier, kept", "resumed": "resuming", "started": "running"}
     command = f"fedqc study --config {config} --seeds {' '.join(map(str, seeds))} --out {out_dir}"
+    command += "".join(f" --pair {p}" for p in pairs)
     if sweep is not None:
         command += f" --sweep {sweep}"
         swept = Sweep.parse(sweep)
         studies = run_sweep(cfg, swept, seeds, out_dir, quiet=quiet,
                             on_seed=lambda v, s, state: err.print(f"{swept.key}={v}, seed {s}: {states[state]}"))
         for value, runs in studies.items():
-            write_study(swept.folder(out_dir, value), dict(zip(seeds, runs)), command)
-        summary = write_sweep(out_dir, swept.key, {v: dict(zip(seeds, r)) for v, r in studies.items()}, command)
+            write_study(swept.folder(out_dir, value), dict(zip(seeds, runs)), command, pairs)
+        summary = write_sweep(out_dir, swept.key, {v: dict(zip(seeds, r)) for v, r in studies.items()}, command,
+                              pairs)
         for r in summary[summary["figure"] == "auroc_last3"].itertuples():
             out.print(f"{swept.key}={r.value!s:8s} {r.arm:28s} AUROC (last 3 cycles) {r.mean:.3f} "
                       f"[{r.ci_lo:.3f}, {r.ci_hi:.3f}] over {r.n} seed(s)")
         out.print(f"wrote {out_dir / 'sweep.csv'}, {out_dir / 'sweep_summary.csv'}, {out_dir / 'sweep.md'} and curves")
         return
     runs = run_study(cfg, seeds, out_dir, quiet=quiet, on_seed=lambda s, state: err.print(f"seed {s}: {states[state]}"))
-    summary = write_study(out_dir, dict(zip(seeds, runs)), command)
+    summary = write_study(out_dir, dict(zip(seeds, runs)), command, pairs)
     for r in summary[summary["figure"] == "auroc_last3"].itertuples():
         out.print(f"{r.arm:28s} AUROC (last 3 cycles) {r.mean:.3f} [{r.ci_lo:.3f}, {r.ci_hi:.3f}] over {r.n} seed(s)")
-    out.print(f"wrote {out_dir / 'study.csv'}, {out_dir / 'summary.csv'}, {out_dir / 'study_auroc.png'}, "
-              f"{out_dir / 'study.md'}")
+    differences = pd.read_csv(out_dir / "paired.csv")
+    for r in differences[differences["figure"] == "auroc_last3"].itertuples():
+        out.print(f"{r.pair:28s} paired difference {r.mean:+.3f} [{r.ci_lo:+.3f}, {r.ci_hi:+.3f}], sign-flip p "
+                  f"{r.p:.3g} over {r.n} seed(s)")
+    out.print(f"wrote {out_dir / 'study.csv'}, {out_dir / 'summary.csv'}, {out_dir / 'paired.csv'}, "
+              f"{out_dir / 'study_auroc.png'}, {out_dir / 'study.md'}")
 
 
 @app.command()
