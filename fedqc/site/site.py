@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+import fedqc.site.activations as activations
 import fedqc.site.device as devices
 from fedqc.config import DataConfig, ModelSpec
 from fedqc.data.image_checks import check_image
@@ -44,7 +45,6 @@ from fedqc.protocol import (
     batches,
 )
 from fedqc.scoring import counts_from_scores, feature_distance
-from fedqc.site import activations
 from fedqc.site.activations import BATCHNORMS
 from fedqc.site.loading import DeviceScans, prefetch
 from fedqc.site.rebalance import augmenter, epoch, weights
