@@ -182,15 +182,22 @@ def study(ctx: typer.Context,
           gpus_per_run: Optional[float] = typer.Option(None, "--gpus-per-run", help="With --parallel/--ray-address: "
                                                        "GPUs of each run, e.g. 0.5 (default 1 on a cluster with "
                                                        "GPUs unless device is cpu, else 0)."),
+          pair: list[str] = typer.Option([], "--pair", help="Also compare arms A and B paired by seed (A-B; "
+                                         "repeat for more). QC − dirty, QC − clean, dirty − clean always are."),
           quiet: bool = typer.Option(False, "--quiet", help="No progress output."),
           debug: bool = DEBUG):
-    """Run the experiment once per seed; study.csv, summary.csv (mean, sd, 95 % t-interval), a plot, study.md.
-    With --sweep, one such study per value and sweep.csv, sweep_summary.csv, curves and sweep.md. With
-    --parallel or --ray-address, every run is a Ray task (docs/studies-at-scale.md)."""
+    """Run the experiment once per seed; study.csv, summary.csv (mean, sd, 95 % t-interval), paired.csv (arms
+    compared seed by seed: t-interval and exact sign-flip p), a plot, study.md. With --sweep, one such study per
+    value and sweep.csv, sweep_summary.csv, sweep_paired.csv, curves and sweep.md. With --parallel or
+    --ray-address, every run is a Ray task (docs/studies-at-scale.md)."""
     import dataclasses
 
+    import pandas as pd
+
+    from fedqc.analysis.paired import pairs_for
     from fedqc.analysis.study import write_study, write_sweep
     from fedqc.config import load_config
+    from fedqc.experiment.arms import arms_for
     from fedqc.experiment.study import Sweep, plan_study, plan_sweep, run_all
 
     extra = list(ctx.args)  # `--seeds 0 1 2`: the values after the first
@@ -203,6 +210,8 @@ def study(ctx: typer.Context,
     if gpus_per_run is not None and not tasks:
         raise UserError("--gpus-per-run needs --parallel N or --ray-address ADDRESS")
     cfg = load_config(config)
+    pairs = tuple(pair)
+    pairs_for([a.name for a in arms_for(cfg)], [], pairs)  # a bad --pair fails before anything trains
     if threads_per_run is not None:
         cfg = dataclasses.replace(cfg, threads=threads_per_run)
     options = None
@@ -215,6 +224,7 @@ def study(ctx: typer.Context,
     states = {"done": "finished earlier, kept", "resumed": "resuming", "started": "running", "finished": "finished",
               "failed": "failed"}
     command = f"fedqc study --config {config} --seeds {' '.join(map(str, seeds))} --out {out_dir}"
+    command += "".join(f" --pair {p}" for p in pairs)
     swept = None
     if sweep is not None:
         command += f" --sweep {sweep}"
@@ -240,21 +250,25 @@ def study(ctx: typer.Context,
         studies = {v: s for v, s in studies.items() if s}
         for value, study_runs in studies.items():
             write_study(swept.folder(out_dir, value), study_runs, command,
-                        {r.name: e for r, e in failed.items() if r.value == value})
+                        {r.name: e for r, e in failed.items() if r.value == value}, pairs)
         if studies:
-            summary = write_sweep(out_dir, swept.key, studies, command, missing)
+            summary = write_sweep(out_dir, swept.key, studies, command, missing, pairs)
             for r in summary[summary["figure"] == "auroc_last3"].itertuples():
                 out.print(f"{swept.key}={r.value!s:8s} {r.arm:28s} AUROC (last 3 cycles) {r.mean:.3f} "
                           f"[{r.ci_lo:.3f}, {r.ci_hi:.3f}] over {r.n} seed(s)")
             out.print(f"wrote {out_dir / 'sweep.csv'}, {out_dir / 'sweep_summary.csv'}, {out_dir / 'sweep.md'} and "
                       "curves")
     elif done:
-        summary = write_study(out_dir, {r.seed: r.folder for r in done}, command, missing)
+        summary = write_study(out_dir, {r.seed: r.folder for r in done}, command, missing, pairs)
         for r in summary[summary["figure"] == "auroc_last3"].itertuples():
             out.print(f"{r.arm:28s} AUROC (last 3 cycles) {r.mean:.3f} [{r.ci_lo:.3f}, {r.ci_hi:.3f}] over {r.n} "
                       "seed(s)")
-        out.print(f"wrote {out_dir / 'study.csv'}, {out_dir / 'summary.csv'}, {out_dir / 'study_auroc.png'}, "
-                  f"{out_dir / 'study.md'}")
+        differences = pd.read_csv(out_dir / "paired.csv")
+        for r in differences[differences["figure"] == "auroc_last3"].itertuples():
+            out.print(f"{r.pair:28s} paired difference {r.mean:+.3f} [{r.ci_lo:+.3f}, {r.ci_hi:+.3f}], sign-flip p "
+                      f"{r.p:.3g} over {r.n} seed(s)")
+        out.print(f"wrote {out_dir / 'study.csv'}, {out_dir / 'summary.csv'}, {out_dir / 'paired.csv'}, "
+                  f"{out_dir / 'study_auroc.png'}, {out_dir / 'study.md'}")
     if failed:
         err.print(f"[red]error:[/] {len(failed)} of {len(runs)} runs failed"
                   + (f" (listed in {out_dir / 'missing.csv'})" if done else "") + "; run the same command again to "

@@ -97,7 +97,10 @@ class EvalRequest:
 
     ``moments``: also return the encoder features' count, per-feature sums and sums of
     squares over the scored scans (no per-scan features). ``batchnorm``: also return the
-    inputs' moments of every BatchNorm layer (:data:`BN_MOMENT_KEYS`). ``ood_center``/``ood_scale``
+    inputs' moments of every BatchNorm layer (:data:`BN_MOMENT_KEYS`); with ``bn_layers`` (their
+    indices in the network's order) of those layers only (the others' counts 0) and, where the site
+    can forward from the activations it kept from the previous pass, no scores
+    (:mod:`fedqc.site.activations`). ``ood_center``/``ood_scale``
     (one value per feature): also return each scan's feature distance to them (column ``ood``).
     """
 
@@ -107,6 +110,7 @@ class EvalRequest:
     sample_seed: int = 0
     moments: bool = False
     batchnorm: bool = False
+    bn_layers: tuple[int, ...] = ()
     ood_center: tuple[float, ...] = ()
     ood_scale: tuple[float, ...] = ()
 
@@ -118,6 +122,7 @@ class EvalRequest:
         return cls(split=str(d["split"]), exclude=tuple(str(s) for s in d.get("exclude", ())),
                    fraction=float(d.get("fraction", 1.0)), sample_seed=int(d.get("sample_seed", 0)),
                    moments=bool(d.get("moments", False)), batchnorm=bool(d.get("batchnorm", False)),
+                   bn_layers=tuple(int(i) for i in d.get("bn_layers", ())),
                    ood_center=tuple(float(x) for x in d.get("ood_center", ())),
                    ood_scale=tuple(float(x) for x in d.get("ood_scale", ())))
 

@@ -3,6 +3,8 @@ and the normalisation options."""
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -17,7 +19,9 @@ from fedqc.experiment.run_dir import ArmDir, RunDir, load_checkpoint
 from fedqc.experiment.runner import simulate
 from fedqc.models import network
 from fedqc.models.state import initial_state, pack, unpack
-from fedqc.strategies.calibration import Calibrator, batchnorm_layers, fit_thresholds
+from fedqc.protocol import EvalRequest
+from fedqc.site import Site, activations
+from fedqc.strategies.calibration import Calibrator, batchnorm_layers, fit_thresholds, pool_batchnorm
 from fedqc.transport.inprocess import InProcessTransport
 from tests.conftest import tiny_config
 
@@ -57,6 +61,87 @@ def test_federated_batchnorm_equals_one_centralised_batchnorm_pass(tiny_cohort):
             np.testing.assert_allclose(fed[prefix + stat], central[prefix + stat], rtol=2e-4, atol=1e-5)
             assert not np.allclose(state[prefix + stat], central[prefix + stat])  # it did change something
     assert all(np.array_equal(fed[k], state[k]) for k in state if not k.endswith(("running_mean", "running_var")))
+
+
+def _per_layer_passes_from_images(transport, state, scans):
+    """The pooling as sites answered it before they kept activations: every pass forwards every scan from its image
+    and returns the moments of every layer; the server sets them all."""
+    layers = batchnorm_layers(state)
+    for p in range(len(layers)):
+        replies = transport.evaluate(sorted(scans), state, EvalRequest("val", batchnorm=True))
+        state = pool_batchnorm(state, [r.moments for r in replies.values()], unbiased=p == len(layers) - 1)
+    return state
+
+
+def test_kept_activations_give_the_per_layer_passes_from_the_images(tiny_cohort, monkeypatch):
+    """Each verification scan is read (and forwarded) once for all the BatchNorm passes and once for the threshold,
+    and the statistics are those of the per-layer passes from the images; a new model, or no room to keep
+    activations, forwards from the images."""
+    manifest = load_manifest(tiny_cohort / "manifest.csv")
+    transport = InProcessTransport(manifest, SPEC)
+    scans = {"alpha": (), "beta": (), "harm01-inverted": ()}
+    n_val = manifest[manifest["split"] == "val"].groupby("site").size()[sorted(scans)].to_dict()
+    loads, images = Counter(), Site._images
+
+    def counted(self, subjects, **kw):
+        loads[self.name] += len(subjects)
+        return images(self, subjects, **kw)
+
+    monkeypatch.setattr(Site, "_images", counted)
+    calibrate = Calibrator(transport, CalibrationConfig(batchnorm="federated"))
+    n_layers = len(batchnorm_layers(_shifted_state()))
+    for seed, room in [(0, True), (1, True), (1, False)]:  # a second model cannot use what the first left
+        if not room:
+            monkeypatch.setattr(activations, "KEPT_BYTES", 0)
+        state = _shifted_state(seed)
+        loads.clear()
+        fed, record = calibrate(state, scans)
+        assert dict(loads) == {s: (2 if room else n_layers + 1) * n for s, n in n_val.items()}
+        expected = _per_layer_passes_from_images(transport, state, scans)
+        for k in state:
+            np.testing.assert_allclose(fed[k], expected[k], rtol=1e-6, atol=1e-7)
+        assert not np.allclose(fed[batchnorm_layers(state)[-1] + "running_mean"],
+                               state[batchnorm_layers(state)[-1] + "running_mean"])
+
+
+def test_a_site_forwards_from_kept_activations_only_while_the_layers_before_are_unchanged(tiny_cohort, monkeypatch):
+    manifest = load_manifest(tiny_cohort / "manifest.csv")
+    rows = manifest[manifest["site"] == "alpha"]
+    site, fresh = Site("alpha", rows, model=SPEC), Site("alpha", rows, model=SPEC)
+    loads, images = Counter(), Site._images
+
+    def counted(self, subjects, **kw):
+        loads[id(self)] += len(subjects)
+        return images(self, subjects, **kw)
+
+    monkeypatch.setattr(Site, "_images", counted)
+    first, second = batchnorm_layers(_shifted_state())[:2]
+    a = _shifted_state(0)
+    pooled = {**a, first + "running_mean": a[first + "running_mean"] + 1}  # what the server sets after a pass
+    other = {**pooled, "encoder.0.weight": pooled["encoder.0.weight"] * 1.1}  # another model
+    n = int((rows["split"] == "val").sum())
+    for state, layer, reads in [(a, 0, n), (pooled, 1, 0), (other, 1, n), (other, 1, 0)]:
+        loads.clear()
+        request = EvalRequest("val", batchnorm=True, bn_layers=(layer,))
+        got = site.evaluate(state, request)
+        assert loads[id(site)] == reads and got.scores.empty
+        want = fresh.evaluate(state, EvalRequest("val", batchnorm=True)).moments  # every layer, from the images
+        assert got.moments["bn_n"][layer] == want["bn_n"][layer] > 0 and got.moments["bn_n"].sum() == want["bn_n"][layer]
+        lo = 0 if layer == 0 else len(a[first + "running_mean"])
+        hi = lo + len(a[(first, second)[layer] + "running_mean"])
+        for k in ("bn_sum", "bn_sq"):  # this layer's channels as from the images, nothing for the others
+            np.testing.assert_allclose(got.moments[k][lo:hi], want[k][lo:hi], rtol=1e-6)
+            assert not got.moments[k][:lo].any() and not got.moments[k][hi:].any()
+
+
+def test_activations_are_kept_for_sequences_of_layers_only():
+    encoder, classifier = network(SPEC)
+    positions = activations.batchnorm_positions(encoder, classifier)
+    assert positions == [i for i, m in enumerate(encoder) if isinstance(m, nn.BatchNorm3d)] and len(positions) >= 4
+    assert activations.batchnorm_positions(nn.Sequential(encoder), classifier) is None  # BatchNorm layers nested
+    assert activations.batchnorm_positions(encoder, nn.Sequential(nn.BatchNorm1d(4), classifier)) is None
+    assert activations.batchnorm_positions(network(ModelSpec("sfcn", 0.25, (16, 16, 16), norm="group"))[0],
+                                           classifier) is None  # no BatchNorm layer
 
 
 def test_one_pass_fixes_the_first_layer_only(tiny_cohort):

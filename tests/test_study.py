@@ -49,7 +49,7 @@ def test_study_runs_every_seed_and_resumes_an_interrupted_one(tiny_cohort, tmp_p
     runs = run_study(cfg, [0, 1], out, quiet=True)
     full = {s: load_checkpoint(RunDir(r).arm("qc").checkpoint(2))["state"] for s, r in zip([0, 1], runs)}
     assert not same(full[0], full[1])  # the seeds differ
-    summary = write_study(out, dict(zip([0, 1], runs)), "test")
+    summary = write_study(out, dict(zip([0, 1], runs)), "test", pairs=("clean-qc", "qc-dirty"))
     rows = pd.read_csv(out / "study.csv")
     assert sorted(zip(rows["seed"], rows["arm"])) == [(s, a) for s in (0, 1) for a in ("clean", "dirty", "qc")]
     qc = rows[rows["arm"] == "qc"]
@@ -58,6 +58,13 @@ def test_study_runs_every_seed_and_resumes_an_interrupted_one(tiny_cohort, tmp_p
     assert (qc["verifications"] > 0).all() and rows["auroc"].between(0, 1).all()
     assert set(summary["arm"]) == {"clean", "dirty", "qc"} and (out / "study_auroc.png").is_file()
     assert "| qc |" in (out / "study.md").read_text()
+    paired = pd.read_csv(out / "paired.csv").set_index(["pair", "figure"])  # the defaults once, then the named pair
+    assert list(dict.fromkeys(paired.index.get_level_values("pair"))) == ["qc-dirty", "qc-clean", "dirty-clean",
+                                                                         "clean-qc"]
+    per_seed = rows.pivot(index="seed", columns="arm", values="auroc_last3")
+    assert paired.loc[("qc-dirty", "auroc_last3"), "mean"] == pytest.approx((per_seed["qc"] - per_seed["dirty"]).mean())
+    assert paired.loc[("clean-qc", "auroc_last3"), "mean"] == pytest.approx(-paired.loc[("qc-clean", "auroc_last3"), "mean"])
+    assert (paired["n"] == 2).all() and "## Paired differences" in (out / "study.md").read_text()
 
     # interrupt seed 1 in its QC arm: its last checkpoint and what came after it are lost
     arm = RunDir(seed_dir(out, 1)).arm("qc")

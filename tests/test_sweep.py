@@ -109,6 +109,10 @@ def test_sweep_of_label_noise_runs_trains_on_the_flipped_labels_and_writes_curve
     summary = pd.read_csv(out / "sweep_summary.csv")
     assert set(summary.loc[summary["figure"] == "auroc_last3", "n"]) == {2}
     assert (out / "sweep_auroc_last3.png").is_file() and (out / "sweep.md").is_file()
+    paired = pd.read_csv(out / "sweep_paired.csv")  # per value, dirty − clean paired by seed
+    last3 = paired[paired["figure"] == "auroc_last3"]
+    assert set(zip(last3["value"], last3["pair"], last3["n"])) == {(0, "dirty-clean", 2), (0.5, "dirty-clean", 2)}
+    assert (out / "sweep_diff_auroc_last3.png").is_file() and "## Paired differences" in (out / "sweep.md").read_text()
     assert (out / "scenario.label_noise.0.rate=0.5" / "study.md").is_file()
 
 

@@ -14,6 +14,8 @@ scans lost, precision, verifications and seconds. ``summary.csv``: per arm and f
 value), mean, sd and the t-interval (NaN with fewer than two seeds), clipped to the figure's range:
 a share (AUROC, accuracy, sensitivity, specificity, recall, precision) to [0, 1], a count or a time to
 [0, ∞). With three seeds the interval is wide; unclipped it would run past what the figure can be.
+``paired.csv``: the arms compared seed by seed (QC − dirty, QC − clean, dirty − clean and any ``--pair``):
+:mod:`fedqc.analysis.paired` says why and how.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import pandas as pd
 
 from fedqc.analysis.bias import bias_row
 from fedqc.analysis.metrics import binary_metrics, target_metrics
+from fedqc.analysis.paired import paired_table, pairs_for
 from fedqc.analysis.report import markdown_table
 from fedqc.experiment.arms import arms_for
 from fedqc.experiment.run_dir import FIXED_THRESHOLD, ArmDir, RunDir
@@ -148,6 +151,20 @@ def summarize(rows: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
     return pd.DataFrame(out, columns=["arm", "figure", "n", "mean", "sd", "ci_lo", "ci_hi"])
 
 
+def difference_span(figure: str) -> tuple[float, float]:
+    """The values a difference of ``figure`` between two arms can take: [-1, 1] for a share."""
+    low, high = figure_range(figure)
+    return low - high, high - low
+
+
+def paired(rows: pd.DataFrame, cfg, named: tuple[str, ...] = ()) -> pd.DataFrame:
+    """The paired differences (:func:`fedqc.analysis.paired.paired_table`) of a study's ``rows``: the default pairs
+    of ``cfg``'s arms and the ``named`` ones (``--pair A-B``)."""
+    arms = arms_for(cfg)
+    pairs = pairs_for([a.name for a in arms], [a.name for a in arms if a.qc], named)
+    return paired_table(rows, pairs, span=difference_span)
+
+
 def plot_study(runs: dict[int, Path], arms: list[str], path: Path) -> None:
     """Test AUROC per cycle: per arm the mean across seeds and a band from the lowest to the highest seed."""
     import matplotlib
@@ -200,9 +217,36 @@ def missing_runs(out: Path, missing: dict[str, str] | None) -> list[str]:
             "them (finished runs are kept).", ""] + [f"- {run}: `{error}`" for run, error in missing.items()] + [""]
 
 
-def write_study(out: Path, runs: dict[int, Path], command: str, missing: dict[str, str] | None = None) -> pd.DataFrame:
-    """``study.csv``, ``summary.csv``, ``study_auroc.png`` and ``study.md`` in ``out`` from the finished ``runs``;
-    ``missing`` (run → error) names the runs that failed. Returns the summary."""
+PAIRED_FIGURES = ("auroc_last3", "auroc", "bacc_last3", "accuracy", "average_precision")
+
+
+def _difference(r) -> str:
+    if r.n == 0:
+        return ""
+    return f"{r.mean:+.3f}" if r.n < 2 else f"{r.mean:+.3f} [{r.ci_lo:+.3f}, {r.ci_hi:+.3f}]"
+
+
+def paired_md(table: pd.DataFrame) -> str:
+    """The paired differences of :data:`PAIRED_FIGURES` as a markdown table."""
+    t = table[table["figure"].isin(PAIRED_FIGURES)]
+    return markdown_table(pd.DataFrame({"pair (A-B)": t["pair"], "figure": t["figure"], "seeds": t["n"],
+                                        "A − B: mean [95 % t-interval]": [_difference(r) for r in t.itertuples()],
+                                        "sign-flip p": [f"{p:.3g}" for p in t["p"]],
+                                        "smallest p possible": [f"{p:.3g}" for p in t["p_min"]],
+                                        "note": t["note"]}))
+
+
+PAIRED_NOTE = ("Arms of one seed share the cohort, the clean checkpoint and the visiting order, so they are "
+               "compared seed by seed: A − B per seed, its mean, 95 % t-interval over seeds and exact two-sided "
+               "sign-flip p-value (all 2^n sign assignments). With n seeds p cannot go below 2/2^n (0.0625 with "
+               "5): headline claims use 5 seeds or more. All figures: `paired.csv`.")
+
+
+def write_study(out: Path, runs: dict[int, Path], command: str, missing: dict[str, str] | None = None,
+                pairs: tuple[str, ...] = ()) -> pd.DataFrame:
+    """``study.csv``, ``summary.csv``, ``paired.csv`` (the default pairs and ``pairs``, ``A-B`` each),
+    ``study_auroc.png`` and ``study.md`` in ``out`` from the finished ``runs``; ``missing`` (run → error) names the
+    runs that failed. Returns the summary."""
     from fedqc.analysis.infer import run_config
 
     cfg = run_config(RunDir(next(iter(runs.values()))))
@@ -212,6 +256,8 @@ def write_study(out: Path, runs: dict[int, Path], command: str, missing: dict[st
     summary = summarize(rows)
     atomic_write_csv(rows, out / "study.csv")
     atomic_write_csv(summary, out / "summary.csv")
+    differences = paired(rows, cfg, pairs)
+    atomic_write_csv(differences, out / "paired.csv")
     plot_study(runs, arms, out / "study_auroc.png")
     figures = [f for f in ("auroc", "auroc_last3", "accuracy", "sensitivity", "specificity", "bacc_last3",
                            "bacc_gap_last3", "max_swing", "f1", "average_precision", "seconds") if f in rows]
@@ -224,7 +270,10 @@ def write_study(out: Path, runs: dict[int, Path], command: str, missing: dict[st
              f"(training seed; the cohort is the same). Cells: mean [95 % t-interval] across seeds, "
              "clipped to what the figure can be.", "",
              "## Test metrics (last cycle; AUROC also as the mean of the last three cycles) and the arm's seconds", "",
-             markdown_table(main), "", "## QC: recall by scope and harm kind, good scans lost, cost", "",
+             markdown_table(main), ""]
+    if not differences.empty:
+        lines += ["## Paired differences between arms, seed by seed", "", PAIRED_NOTE, "", paired_md(differences), ""]
+    lines += ["## QC: recall by scope and harm kind, good scans lost, cost", "",
              "`recall_<scope>` and `recall_<scope>_<kind>`: whole harmful sites (every training scan of the site "
              "harmful) or single scans in sites that keep good ones; `recall_site_<site>`: each whole harmful site.", "",
              markdown_table(qc_table), "", "![AUROC across seeds](study_auroc.png)", ""] + missing_runs(out, missing)
@@ -237,29 +286,39 @@ SWEEP_FIGURES = ("auroc_last3", "auroc_flipped_last3", "probe_bacc", "accuracy",
                  "average_precision") + QC_FIGURES
 
 
-def write_sweep(out: Path, key: str, studies: dict, command: str, missing: dict[str, str] | None = None) -> pd.DataFrame:
+def write_sweep(out: Path, key: str, studies: dict, command: str, missing: dict[str, str] | None = None,
+                pairs: tuple[str, ...] = ()) -> pd.DataFrame:
     """A sweep's tables and curves in ``out`` from ``studies`` (``{value: {seed: finished run folder}}``; ``missing``:
     run → error for the runs that failed, listed in ``missing.csv`` and ``sweep.md``): ``sweep.csv`` (one
     row per value × seed × arm, the figures of ``study.csv``), ``sweep_summary.csv`` (per value, arm and figure:
-    n, mean, sd, 95 % t-interval), ``sweep_<figure>.png`` (the figure against the swept value, one line per arm,
-    a band for the t-interval across seeds) and ``sweep.md``. Returns the summary."""
+    n, mean, sd, 95 % t-interval), ``sweep_paired.csv`` (per value, the paired differences of ``paired.csv``),
+    ``sweep_<figure>.png`` (the figure against the swept value, one line per arm, a band for the t-interval across
+    seeds), ``sweep_diff_<figure>.png`` (the same for each pair's paired difference) and ``sweep.md``. Returns the
+    summary."""
     from fedqc.analysis.infer import run_config
 
-    frames, summaries, arms = [], [], []
+    frames, summaries, differences, arms = [], [], [], []
     for value, runs in studies.items():
         cfg = run_config(RunDir(next(iter(runs.values()))))
         arms += [a.name for a in arms_for(cfg) if a.name not in arms]
         rows = study_rows(runs, [a.name for a in arms_for(cfg)])
         frames.append(rows.assign(value=value))
         summaries.append(summarize(rows).assign(value=value))
-    rows, summary = pd.concat(frames, ignore_index=True), pd.concat(summaries, ignore_index=True)
-    rows, summary = (df[["value"] + [c for c in df.columns if c != "value"]] for df in (rows, summary))
+        differences.append(paired(rows, cfg, pairs).assign(value=value))
+    rows, summary, diff = (pd.concat(f, ignore_index=True) for f in (frames, summaries, differences))
+    rows, summary, diff = (df[["value"] + [c for c in df.columns if c != "value"]] for df in (rows, summary, diff))
     atomic_write_csv(rows, out / "sweep.csv")
     atomic_write_csv(summary, out / "sweep_summary.csv")
+    atomic_write_csv(diff, out / "sweep_paired.csv")
     figures = [f for f in SWEEP_FIGURES if f in set(summary["figure"])]
     for figure in figures:
         plot_sweep(summary, key, figure, arms, out / f"sweep_{figure}.png")
     test = [f for f in figures if f not in QC_FIGURES]
+    diff_figures = [f for f in test if f in set(diff["figure"])]
+    pair_names = list(dict.fromkeys(diff["pair"]))
+    for figure in diff_figures:
+        plot_sweep(diff.rename(columns={"pair": "arm"}), key, figure, pair_names, out / f"sweep_diff_{figure}.png",
+                   difference=True)
     table = pd.DataFrame([{"arm": arm, **{f"{key}={v}": _cell(summary[summary["value"] == v], arm, figure)
                                           for v in studies}} for figure in test for arm in arms])
     table.insert(0, "figure", [f for f in test for _ in arms])
@@ -268,13 +327,24 @@ def write_sweep(out: Path, key: str, studies: dict, command: str, missing: dict[
              f"value's own study (QC detection included) is in `{key}=<value>/study.md`. Test metrics of the last "
              "cycle (AUROC: mean of the last three) at each arm's decision threshold (0.5 unless `calibration:` fits "
              "one on verification scans); `ppv` is the test predictions' precision.", "",
-             markdown_table(table), ""] + [f"![{f}](sweep_{f}.png)" for f in figures] + [""] + missing_runs(out, missing)
+             markdown_table(table), ""]
+    if pair_names:
+        d = diff[diff["figure"] == "auroc_last3"]
+        cells = {(r.pair, r.value): f"{_difference(r)} (p {r.p:.3g})" for r in d.itertuples()}
+        paired_rows = pd.DataFrame([{"pair (A-B)": pair, **{f"{key}={v}": cells.get((pair, v), "") for v in studies}}
+                                    for pair in pair_names])
+        lines += ["## Paired differences: AUROC of the last three cycles, A − B", "", PAIRED_NOTE.replace(
+                  "`paired.csv`", "`sweep_paired.csv`"), "", markdown_table(paired_rows), ""]
+        lines += [f"![{f} difference](sweep_diff_{f}.png)" for f in diff_figures] + [""]
+    lines += [f"![{f}](sweep_{f}.png)" for f in figures] + [""] + missing_runs(out, missing)
     atomic_write_text("\n".join(lines), out / "sweep.md")
     return summary
 
 
-def plot_sweep(summary: pd.DataFrame, key: str, figure: str, arms: list[str], path: Path) -> None:
-    """``figure`` against the swept value: per arm the mean across seeds and its 95 % t-interval as a band."""
+def plot_sweep(summary: pd.DataFrame, key: str, figure: str, arms: list[str], path: Path,
+               difference: bool = False) -> None:
+    """``figure`` against the swept value: per arm the mean across seeds and its 95 % t-interval as a band; with
+    ``difference``, the ``arm`` column names pairs and the lines are paired differences, with a line at 0."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -294,11 +364,14 @@ def plot_sweep(summary: pd.DataFrame, key: str, figure: str, arms: list[str], pa
                         alpha=0.2)
     if not numeric:
         ax.set_xticks(range(len(values)), [str(v) for v in values])
+    if difference:
+        ax.axhline(0, color="black", linewidth=0.8)
     ax.set_xlabel(key)
-    ax.set_ylabel(figure)
+    ax.set_ylabel(f"{figure}, A − B paired by seed" if difference else figure)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    ax.set_title(f"{figure} against {key} (band: 95 % t-interval across seeds)", fontsize=9)
+    ax.set_title(f"{figure}{' difference' if difference else ''} against {key} (band: 95 % t-interval across seeds)",
+                 fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

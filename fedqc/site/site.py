@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+import fedqc.site.activations as activations
 import fedqc.site.device as devices
 from fedqc.config import DataConfig, ModelSpec
 from fedqc.data.image_checks import check_image
@@ -32,6 +33,7 @@ from fedqc.errors import UserError
 from fedqc.models import bias_classes, bias_head, encode, network
 from fedqc.models.state import pack, unpack
 from fedqc.protocol import (
+    SCORE_COLUMNS,
     AuditFinding,
     EvalReply,
     EvalRequest,
@@ -43,27 +45,29 @@ from fedqc.protocol import (
     batches,
 )
 from fedqc.scoring import counts_from_scores, feature_distance
+from fedqc.site.activations import BATCHNORMS
 from fedqc.site.loading import DeviceScans, prefetch
 from fedqc.site.rebalance import augmenter, epoch, weights
 from fedqc.site.unlearning import unlearning_step
 
 EVAL_BATCH = 16
-BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
 class BatchNormMoments:
-    """While active, sums what every BatchNorm layer of ``modules`` receives: per layer the count of values per
-    channel, per channel the sums and sums of squares (float64), in the layers' order — what federated BatchNorm
-    statistics pool (:data:`fedqc.protocol.BN_MOMENT_KEYS`)."""
+    """While active, sums what the BatchNorm layers of ``modules`` receive (those indexed by ``only``, or all):
+    per layer the count of values per channel, per channel the sums and sums of squares (float64), in the layers'
+    order, zero for a layer not summed — what federated BatchNorm statistics pool
+    (:data:`fedqc.protocol.BN_MOMENT_KEYS`)."""
 
-    def __init__(self, *modules: nn.Module):
+    def __init__(self, *modules: nn.Module, only: tuple[int, ...] = ()):
         self.layers = [m for module in modules for m in module.modules() if isinstance(m, BATCHNORMS)]
+        self.summed = [i for i in range(len(self.layers)) if not only or i in only]
         self.n = np.zeros(len(self.layers))
         self.sums = [np.zeros(m.num_features) for m in self.layers]
         self.squares = [np.zeros(m.num_features) for m in self.layers]
 
     def __enter__(self) -> BatchNormMoments:
-        self.hooks = [m.register_forward_pre_hook(functools.partial(self._add, i)) for i, m in enumerate(self.layers)]
+        self.hooks = [self.layers[i].register_forward_pre_hook(functools.partial(self._add, i)) for i in self.summed]
         return self
 
     def __exit__(self, *exc) -> None:
@@ -162,7 +166,12 @@ class Site:
         return values.map({c: i for i, c in enumerate(classes)})
 
     def subjects(self, split: str) -> list[str]:
-        return list(self.table.loc[self.table["split"] == split, "subject"])
+        return list(self._splits.get(split, ()))
+
+    @functools.cached_property
+    def _splits(self) -> dict[str, tuple[str, ...]]:
+        """Each split's subjects in manifest order (asked for at every message)."""
+        return {split: tuple(rows) for split, rows in self.table.groupby("split", sort=False)["subject"]}
 
     def info(self) -> SiteInfo:
         train = self.subjects("train")
@@ -294,6 +303,35 @@ class Site:
         keep = set(np.random.default_rng(seed).permutation(subjects)[: max(1, round(fraction * len(subjects)))])
         return [s for s in subjects if s in keep]
 
+    def _batchnorm_pass(self, subjects: tuple[str, ...], positions: list[int]) -> list[ScanProblem]:
+        """Forward ``subjects`` through the encoder's BatchNorm layers at ``positions`` (its children's indices; the
+        moments hooks sum their inputs), from the activations kept from the previous pass when they still hold
+        (:mod:`fedqc.site.activations`), else from the images; keep the input of the first of them for the next
+        pass. Returns the scans that could not be read."""
+        first, last = min(positions), max(positions)
+        kept = activations.kept(self)
+        skipped: list[ScanProblem] = []
+
+        def images():
+            loads = (functools.partial(self._images, chunk) for chunk in batches(list(subjects), EVAL_BATCH))
+            for (x, ok, bad), _ in prefetch(loads, self.prefetch):
+                skipped.extend(bad)
+                if ok:
+                    yield self.scans.ready(x), ok
+
+        if kept is not None and kept.usable(self.encoder, subjects, first):
+            start, source, skipped = kept.position, kept.batches, list(kept.skipped)
+        else:
+            start, source = 0, images()
+        out, before, through = [], activations.children(self.encoder, start, first), \
+            activations.children(self.encoder, first, last + 1)
+        for x, ok in source:
+            x = before(x)
+            out.append((x, ok))
+            through(x)
+        activations.keep(self, self.encoder, subjects, first, out, skipped)
+        return skipped
+
     @torch.no_grad()
     def evaluate(self, state: State, request: EvalRequest) -> EvalReply:
         """Scores, counts and loss sums of ``state`` on the scans ``request`` names."""
@@ -302,8 +340,14 @@ class Site:
             m.eval()
         exclude = set(request.exclude)
         subjects = [s for s in self.sample(request.split, request.fraction, request.sample_seed) if s not in exclude]
+        bn = BatchNormMoments(*(self.encoder, self.classifier) if request.batchnorm else (), only=request.bn_layers)
+        positions = activations.batchnorm_positions(self.encoder, self.classifier)
+        if request.batchnorm and request.bn_layers and positions is not None:  # moments only, no scores
+            with bn, devices.autocast(self.device):
+                skipped = self._batchnorm_pass(tuple(subjects), [positions[i] for i in request.bn_layers])
+            return EvalReply(counts_from_scores(np.zeros(0), np.zeros(0)), pd.DataFrame(columns=SCORE_COLUMNS),
+                             skipped, moments=bn.moments())
         scores, taps, done, skipped, blocks = [], [], [], [], []
-        bn = BatchNormMoments(*(self.encoder, self.classifier) if request.batchnorm else ())
         loads = (functools.partial(self._images, chunk) for chunk in batches(subjects, EVAL_BATCH))
         with bn, devices.autocast(self.device):
             for (x, ok, bad), _ in prefetch(loads, self.prefetch):

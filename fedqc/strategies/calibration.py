@@ -12,8 +12,11 @@ verification (``val``) scans — never on test:
   mean and variance. A layer's inputs depend on the layers before it, so a pass fixes one
   more layer: as many passes as layers give exactly the statistics of one training-mode
   BatchNorm pass over all those scans together (PyTorch's ``update_bn`` with one batch:
-  layers normalised by the pooled variance, the unbiased one stored at the end);
-  ``bn_passes`` caps the passes for deep networks;
+  layers normalised by the pooled variance, the unbiased one stored at the end). Pass k
+  asks for layer k only, and a site forwards its scans from the input of layer k-1 it kept
+  from pass k-1 (:mod:`fedqc.site.activations`): one forward of the scans in all, not one
+  per layer. ``bn_passes`` caps the passes for deep networks (then every pass asks for the
+  layers from its own on, each set from the pass that asked for it last);
 - **a decision threshold** fitted on the verification scans' scores of the final model:
   ``youden`` (the score maximising sensitivity + specificity), ``prevalence`` (as many
   scans called positive as are positive), ``platt`` (where a logistic fit of the label on
@@ -66,6 +69,25 @@ def pool_batchnorm(state: State, moments: list[dict[str, np.ndarray]], *, unbias
     return out
 
 
+def merge_moments(latest: dict[str, np.ndarray] | None, moments: list[dict[str, np.ndarray]],
+                  widths: list[int]) -> dict[str, np.ndarray] | None:
+    """``latest`` (per BatchNorm layer the pooled moments of the last pass that summed it) with the layers this
+    pass's ``moments`` summed (a count above 0) replaced by their sum over the sites."""
+    moments = [m for m in moments if len(m["bn_n"]) == len(widths) and len(m["bn_sum"]) == sum(widths)]
+    if not moments:
+        return latest
+    now = {k: np.sum([m[k] for m in moments], axis=0) for k in BN_MOMENT_KEYS}
+    if latest is None:
+        return now
+    out = {k: v.copy() for k, v in latest.items()}
+    for i, start in enumerate(np.cumsum([0, *widths[:-1]])):
+        if now["bn_n"][i] > 0:
+            out["bn_n"][i] = now["bn_n"][i]
+            for k in BN_MOMENT_KEYS[1:]:
+                out[k][start: start + widths[i]] = now[k][start: start + widths[i]]
+    return out
+
+
 def fit_thresholds(labels: np.ndarray, scores: np.ndarray) -> tuple[dict[str, float], str]:
     """Every method's threshold on (labels, scores) of verification scans, and a note when some fall back to
     0.5 (one class only; a Platt fit without a positive slope)."""
@@ -111,10 +133,13 @@ class Calibrator:
         passes = 0
         if self.config.batchnorm == "federated" and (layers := batchnorm_layers(state)):
             passes = min(len(layers), self.config.bn_passes or len(layers))
-            for p in range(passes):
-                replies = self._evaluate(state, scans, batchnorm=True)
-                state = pool_batchnorm(state, [r.moments for r in replies.values() if r.moments and not r.error],
-                                       unbiased=p == passes - 1)
+            widths, latest = [state[p + "running_mean"].shape[0] for p in layers], None
+            for p in range(passes):  # layer p's inputs need the pooled statistics of the layers before it
+                wanted = (p,) if passes == len(layers) else tuple(range(p, len(layers)))
+                replies = self._evaluate(state, scans, batchnorm=True, bn_layers=wanted)
+                latest = merge_moments(latest, [r.moments for r in replies.values() if r.moments and not r.error],
+                                       widths)
+                state = pool_batchnorm(state, [latest] if latest else [], unbiased=p == passes - 1)
         replies = self._evaluate(state, scans)
         frames = [r.scores for r in replies.values() if not r.error and len(r.scores)]
         scores = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["label", "score"])
