@@ -12,6 +12,9 @@ downloaded) resampled through a subject-specific sampling grid, in one batched
 * age: ventricle enlargement (``age_atrophy`` per decade over 40);
 * scanner: per-scanner bias field, contrast (gamma), gain and noise.
 
+The difficulty model (:mod:`fedqc.data.synth.effects`, all off by default) adds a per-subject disease
+strength, label-unrelated deep-GM anatomy and per-scanner grey-matter contrast and blur.
+
 Presets: ``demo`` (10 good sites of varied size + the default harm scenario),
 ``demo2d`` (the same sites, labels and harm as 2D slices: the axial plane through the
 deep grey matter, where the disease effect is), and ``reference`` (83 sites whose
