@@ -427,7 +427,8 @@ def generate_cohort(
     effects
         Effect sizes (:mod:`fedqc.data.synth.effects`); ``None`` uses the preset's default set.
     effects_source
-        Where ``effects`` came from (a set's name, a file), recorded in ``cohort.json``.
+        Where ``effects`` came from, recorded in ``cohort.json``; None: the name of the set they equal, else
+        ``custom``.
     sites
         Site counts replacing the preset's (tests, custom cohorts).
     workers
@@ -473,7 +474,8 @@ def generate_cohort(
     (out / EFFECTS_FILE).write_text(effects_yaml(effects))
     (out / "cohort.json").write_text(pd.Series({
         "preset": preset, "size": list(shape), "seed": seed, "harm": harm_spec,
-        "effects_source": effects_source or default_effects, "effects": asdict(effects),
+        "effects_source": effects_source or next((n for n, e in EFFECT_SETS.items() if e == effects), "custom"),
+        "effects": asdict(effects),
         "oracle_test_auroc": oracle_auroc(truth)}).to_json(indent=2))
     return manifest
 
