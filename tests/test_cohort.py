@@ -124,6 +124,7 @@ def run_cli(args: list[str]) -> tuple[int, str, BaseException | None]:
 def test_default_effects_reproduce_the_shipped_generator(tmp_path):
     generate_cohort(tmp_path, preset="smoke", size=16, seed=0, effects=Effects(), workers=1)
     assert _voxel_hash(tmp_path) == SHIPPED_SMOKE_16
+    assert json.loads((tmp_path / "cohort.json").read_text())["effects_source"] == "v1"  # the set they equal
     assert EFFECT_SETS["v1"] == Effects() and all(p[2] == "v1" for p in cohort.PRESETS.values())
 
 
@@ -180,6 +181,7 @@ def test_nonexpressing_patients_drawn_without_effect(tmp_path):
     generate_cohort(tmp_path / "none", size=12, seed=4, sites=sites, harm={},
                     effects=Effects(pd_nonexpressing=0.5, pd_intensity=0.0, pd_atrophy=0.0))
     truth = pd.read_csv(tmp_path / "het" / cohort.TRUTH)
+    assert json.loads((tmp_path / "het" / "cohort.json").read_text())["effects_source"] == "custom"
     pd_rows = truth[truth["label"] == 1]
     silent = pd_rows["pd_strength"] == 0
     assert len(pd_rows) == 18 and 5 <= silent.sum() <= 13 and (pd_rows.loc[~silent, "pd_strength"] == 1).all()
