@@ -10,6 +10,7 @@ heavy dependencies (torch, MONAI, SimpleITK, Flower) only when they run.
 from __future__ import annotations
 
 import functools
+import json
 import sys
 from pathlib import Path
 from typing import Optional
@@ -96,11 +97,14 @@ def cohort(preset: str = typer.Option("demo", help="demo, demo2d (2D slices), re
            no_harm: bool = typer.Option(False, "--no-harm", help="Inject no harmful data."),
            workers: int = typer.Option(0, help="Processes making scans (0: every usable core); the files are the "
                                                "same for any number."),
+           effects: str = typer.Option(None, "--effects", help="Effect sizes: a named set (v1) or a YAML file of "
+                                                               "any effect keys (docs/data.md); default: the preset's."),
            debug: bool = DEBUG):
     """Generate a synthetic multi-center brain-MRI cohort (manifest + NIfTI images)."""
     import time
 
-    from fedqc.data.synth.cohort import generate_cohort
+    from fedqc.data.synth.cohort import PRESETS, generate_cohort
+    from fedqc.data.synth.effects import resolve_effects
 
     try:
         sides = None if size is None else tuple(int(s) for s in size.lower().split("x"))
@@ -108,12 +112,17 @@ def cohort(preset: str = typer.Option("demo", help="demo, demo2d (2D slices), re
         raise UserError(f"--size must be an integer, AxB or AxBxC, got {size!r}") from None
     if workers < 0:
         raise UserError(f"--workers must be >= 0 (0: every usable core), got {workers}")
+    if preset not in PRESETS:
+        raise UserError(f"unknown preset {preset!r}; expected one of {', '.join(PRESETS)}")
+    chosen, source = resolve_effects(effects, PRESETS[preset][2])
     t0 = time.perf_counter()
     m = generate_cohort(out_dir, preset=preset, size=sides[0] if sides and len(sides) == 1 else sides, seed=seed,
-                        harm={} if no_harm else None, workers=workers or None)
+                        harm={} if no_harm else None, workers=workers or None, effects=chosen, effects_source=source)
     harmful = int((m["harm"] != "none").sum())
     out.print(f"{out_dir / 'manifest.csv'}: {len(m)} scans, {m['site'].nunique()} sites, "
               f"{harmful} harmful, in {time.perf_counter() - t0:.1f} s")
+    ceiling = json.loads((out_dir / "cohort.json").read_text())["oracle_test_auroc"]
+    out.print(f"effects {source}; oracle ceiling (test AUROC of the drawn disease strength): {ceiling:.3f}")
 
 
 @app.command()

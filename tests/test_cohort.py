@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import hashlib
+import json
+from dataclasses import asdict
 
 import numpy as np
 import pandas as pd
 import pytest
 import SimpleITK as sitk
+import yaml
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
+from typer.testing import CliRunner
 
+from fedqc.cli import app
 from fedqc.data.images import load_image
 from fedqc.data.manifest import load_manifest
 from fedqc.data.synth import cohort
 from fedqc.data.synth.cohort import SiteSpec, _subject_rows, generate_cohort, reference_sites
+from fedqc.data.synth.effects import EFFECT_SETS, Effects, effect_keys, oracle_auroc, resolve_effects, subject_draw
 from tests.conftest import TINY_HARM, TINY_SITES
 
 
@@ -88,3 +94,138 @@ def test_disease_signal_is_learnable(tmp_path):
     clf = LogisticRegression(C=1.0, max_iter=3000).fit(x[train], m["label"][train])
     auc = roc_auc_score(m["label"][~train], clf.predict_proba(x[~train])[:, 1])
     assert auc > 0.8, auc  # chance is 0.5
+
+
+# --------------------------------------------------------------------------- the difficulty model
+# manifest.csv and every image's voxels of `fedqc cohort --preset smoke --size 16 --seed 0`, made by the generator
+# before the difficulty model (commit 899873c; torch 2.13 CPU, numpy 2.4, SimpleITK 2.5, x86-64)
+SHIPPED_SMOKE_16 = "ebc11ed65af065676daafbf3bf3ef3f278d30a4afc0c38287775556874b0501a"
+HARD = {"pd_nonexpressing": 0.3, "pd_effect_sd": 0.5, "hc_pdlike": 0.3, "dgm_intensity_sd": 0.1,
+        "dgm_size_sd": 0.1, "scanner_contrast": 0.3, "scanner_blur": 1.0, "deform_mm": 4.0}
+
+
+def _voxel_hash(folder) -> str:
+    h = hashlib.sha256((folder / "manifest.csv").read_bytes())
+    for p in pd.read_csv(folder / "manifest.csv")["path"]:
+        h.update(sitk.GetArrayFromImage(sitk.ReadImage(str(folder / p))).tobytes())
+    return h.hexdigest()
+
+
+def _voxels(folder, subject) -> np.ndarray:
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "images" / subject.split("-")[0] / f"{subject}.nii.gz")))
+
+
+def run_cli(args: list[str]) -> tuple[int, str, BaseException | None]:
+    """Exit code, what the command wrote to stderr (stdout when it succeeded) and its exception."""
+    result = CliRunner().invoke(app, args)
+    return result.exit_code, result.stderr if result.exit_code else result.stdout, result.exception
+
+
+def test_default_effects_reproduce_the_shipped_generator(tmp_path):
+    generate_cohort(tmp_path, preset="smoke", size=16, seed=0, effects=Effects(), workers=1)
+    assert _voxel_hash(tmp_path) == SHIPPED_SMOKE_16
+    assert json.loads((tmp_path / "cohort.json").read_text())["effects_source"] == "v1"  # the set they equal
+    assert EFFECT_SETS["v1"] == Effects() and all(p[2] == "v1" for p in cohort.PRESETS.values())
+
+
+def test_effects_file_recorded_and_read_back(tmp_path):
+    (tmp_path / "hard.yaml").write_text(yaml.safe_dump(HARD))
+    code, text, _ = run_cli(["cohort", "--preset", "smoke", "--size", "12", "--workers", "1", "--out",
+                             str(tmp_path / "c"), "--effects", str(tmp_path / "hard.yaml")])
+    assert code == 0, text
+    assert "oracle ceiling" in text
+    recorded = yaml.safe_load((tmp_path / "c" / "effects.yaml").read_text())
+    assert recorded == asdict(Effects()) | HARD  # every key, resolved over the preset's set
+    meta = json.loads((tmp_path / "c" / "cohort.json").read_text())
+    assert meta["effects"] == recorded and meta["effects_source"].endswith("hard.yaml over v1")
+    again, source = resolve_effects(tmp_path / "c" / "effects.yaml", "v1")  # the record reproduces the cohort
+    assert asdict(again) == recorded
+    assert "manifest" not in source and resolve_effects("v1", "v1") == (Effects(), "v1")
+    assert "pd_strength" not in pd.read_csv(tmp_path / "c" / "manifest.csv").columns  # sites never see it
+
+
+@pytest.mark.parametrize("content, messages", [
+    ("pd_nonexpresing: 0.5\ncolour: 3\n", ["pd_nonexpresing: unknown effect key (did you mean pd_nonexpressing?)",
+                                           "colour: unknown effect key (known keys: pd_intensity"]),
+    ("pd_intensity: high\nhc_pdlike: true\n", ["pd_intensity: expected a number, got 'high'",
+                                              "hc_pdlike: expected a number, got True"]),
+    ("pd_nonexpressing: 1.5\ndeform_mm: -1\n", ["pd_nonexpressing: must be in [0.0, 1.0], got 1.5",
+                                               "deform_mm: must be in [0.0, 20.0], got -1"]),
+    ("base: v0\n", ["base: unknown effect set 'v0' (known: v1)"]),
+    ("- 0.2\n", ["expected a mapping of effect keys to numbers"]),
+    ("pd_intensity: [0.2\n", ["not valid YAML"]),
+], ids=["unknown keys", "wrong types", "out of range", "unknown base", "not a mapping", "not YAML"])
+def test_bad_effects_file_one_line_each(tmp_path, content, messages):
+    (tmp_path / "bad.yaml").write_text(content)
+    code, text, exc = run_cli(["cohort", "--preset", "smoke", "--size", "12", "--out", str(tmp_path / "c"),
+                               "--effects", str(tmp_path / "bad.yaml")])
+    assert code == 1 and "Traceback" not in text and isinstance(exc, SystemExit), text
+    lines = text.strip().splitlines()
+    for m in messages:
+        assert sum(m in line for line in lines) == 1, (m, text)
+    assert len(lines) == (1 if "YAML" in messages[0] else 1 + len(messages)), text  # a header, then one per problem
+    assert not (tmp_path / "c").exists()
+
+
+def test_unknown_effect_set_one_line(tmp_path):
+    code, text, _ = run_cli(["cohort", "--preset", "smoke", "--out", str(tmp_path / "c"), "--effects", "v9"])
+    assert code == 1 and text.strip().count("\n") == 0 and "neither an effect set (v1) nor a file" in text
+
+
+def test_nonexpressing_patients_drawn_without_effect(tmp_path):
+    """With pd_nonexpressing 0.5 about half the patients are drawn with strength 0 (recorded in the truth file),
+    and their images are those of a cohort with no disease effect at all, while the others' are not."""
+    sites = [SiteSpec("s1", "sc1", 16, 12, 8, 0, 0, 0, 8, 6, 4)]
+    het = Effects(pd_nonexpressing=0.5)
+    generate_cohort(tmp_path / "het", size=12, seed=4, sites=sites, harm={}, effects=het)
+    generate_cohort(tmp_path / "none", size=12, seed=4, sites=sites, harm={},
+                    effects=Effects(pd_nonexpressing=0.5, pd_intensity=0.0, pd_atrophy=0.0))
+    truth = pd.read_csv(tmp_path / "het" / cohort.TRUTH)
+    assert json.loads((tmp_path / "het" / "cohort.json").read_text())["effects_source"] == "custom"
+    pd_rows = truth[truth["label"] == 1]
+    silent = pd_rows["pd_strength"] == 0
+    assert len(pd_rows) == 18 and 5 <= silent.sum() <= 13 and (pd_rows.loc[~silent, "pd_strength"] == 1).all()
+    assert (truth.loc[truth["label"] == 0, "pd_strength"] == 0).all()
+    for row in truth.itertuples():
+        same = np.array_equal(_voxels(tmp_path / "het", row.subject), _voxels(tmp_path / "none", row.subject))
+        assert same == (row.pd_strength == 0), row.subject
+    test_pd = pd_rows[pd_rows["split"] == "test"]  # a silent patient ties every control: half a pair won
+    assert oracle_auroc(truth) == pytest.approx(1 - (test_pd["pd_strength"] == 0).mean() / 2)
+
+
+def test_difficulty_draws_spread_and_keep_keys_apart():
+    subjects = [f"s-train{i:03d}" for i in range(400)]
+    hard = Effects(pd_effect_sd=0.5, hc_pdlike=0.25, hc_pdlike_max=0.8, dgm_intensity_sd=0.1)
+    pd_s = np.array([subject_draw(0, s, 1, hard).pd_strength for s in subjects])
+    hc_s = np.array([subject_draw(0, s, 0, hard).pd_strength for s in subjects])
+    assert abs(pd_s.mean() - 1) < 0.08 and abs(pd_s.std() - 0.5) < 0.08 and (pd_s > 0).all()
+    assert 0.18 < (hc_s > 0).mean() < 0.32 and hc_s.max() <= 0.8
+    dgm = np.array([subject_draw(0, s, 1, hard).dgm_intensity for s in subjects])
+    assert abs(dgm.std() - 0.1) < 0.015
+    only_sd = [subject_draw(0, s, 1, Effects(pd_effect_sd=0.5)).pd_strength for s in subjects]
+    assert np.array_equal(only_sd, pd_s)  # other keys do not change what pd_effect_sd draws
+
+
+def test_workers_byte_identical_with_difficulty_on(tmp_path):
+    hard = Effects(**HARD)
+    for n in (1, 2):
+        generate_cohort(tmp_path / f"w{n}", preset="smoke", size=12, seed=3, effects=hard, workers=n)
+    one, two = _digest(tmp_path / "w1"), _digest(tmp_path / "w2")
+    assert one == two and len(one) > 30
+    generate_cohort(tmp_path / "plain", preset="smoke", size=12, seed=3, workers=1)
+    assert _digest(tmp_path / "plain")["images/hospitalA/hospitalA-train000.nii.gz"] != \
+        one["images/hospitalA/hospitalA-train000.nii.gz"]
+
+
+def test_oracle_auroc_hand_computed():
+    truth = pd.DataFrame({"split": ["test"] * 6 + ["train"] * 2, "label": [1, 1, 1, 0, 0, 0, 1, 0],
+                          "pd_strength": [1.0, 0.0, 0.5, 0.0, 0.3, 0.0, 0.0, 9.0]})
+    # test pairs (patient, control): 1.0 beats all 3; 0.0 ties two 0.0 (1/2 each), loses to 0.3; 0.5 beats all 3
+    assert oracle_auroc(truth) == pytest.approx(7 / 9)
+    assert oracle_auroc(truth, "train") == 0.0
+    assert np.isnan(oracle_auroc(truth[truth["label"] == 1]))
+
+
+def test_every_effect_key_documented():
+    doc = open("docs/data.md").read()
+    assert all(f"`{k}`" in doc for k in effect_keys())

@@ -12,9 +12,11 @@ import yaml
 from fedqc.config import parse_config
 from fedqc.config.load import read_config_file
 from fedqc.data.corruptions.scenario import Scenario
+from fedqc.data.synth.effects import resolve_effects
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY_CONFIGS = sorted((ROOT / "studies").glob("*/*.yaml"))
+EFFECTS = sorted((ROOT / "studies").glob("*/effects/*.yaml"))  # a study's cohort difficulty (fedqc cohort --effects)
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), *sorted((ROOT / "studies").rglob("*.md")),
         ROOT / "bench" / "README.md", ROOT / "sites" / "README.md"]
 LINK = re.compile(r"\]\(([^)\s#]+)(?:#[^)\s]*)?\)")
@@ -27,6 +29,11 @@ def test_every_study_config_loads_and_its_scenario_is_valid(path):
         Scenario.from_dict(cfg.scenario)
     assert path.name in (path.parent / "README.md").read_text() or path.stem in (path.parent / "README.md").read_text(), \
         f"{path.relative_to(ROOT)} is not named in its study's README"
+
+
+@pytest.mark.parametrize("path", EFFECTS, ids=[str(p.relative_to(ROOT / "studies")) for p in EFFECTS])
+def test_every_study_effects_file_is_valid(path):
+    resolve_effects(path, "v1")
 
 
 def test_every_study_has_a_readme_listed_in_the_index():

@@ -12,6 +12,9 @@ downloaded) resampled through a subject-specific sampling grid, in one batched
 * age: ventricle enlargement (``age_atrophy`` per decade over 40);
 * scanner: per-scanner bias field, contrast (gamma), gain and noise.
 
+The difficulty model (:mod:`fedqc.data.synth.effects`, all off by default) adds a per-subject disease
+strength, label-unrelated deep-GM anatomy and per-scanner grey-matter contrast and blur.
+
 Presets: ``demo`` (10 good sites of varied size + the default harm scenario),
 ``demo2d`` (the same sites, labels and harm as 2D slices: the axial plane through the
 deep grey matter, where the disease effect is), and ``reference`` (83 sites whose
@@ -35,10 +38,12 @@ import pandas as pd
 import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 
 from fedqc.data.corruptions.scenario import DROPPED, Action, Scenario
 from fedqc.data.corruptions.transforms import MAX_INTENSITY
 from fedqc.data.inject import corrupt
+from fedqc.data.synth.effects import EFFECT_SETS, Effects, SubjectDraw, effects_yaml, oracle_auroc, subject_draw
 from fedqc.errors import UserError
 
 # Deep grey matter centres in MNI mm (left/right putamen, caudate, pallidum, thalamus).
@@ -47,21 +52,6 @@ DGM_CENTRES_MM = [(s * x, y, z) for s in (-1, 1) for x, y, z in
 DGM_RADIUS_MM = 7.0
 VENTRICLE_CENTRE_MM = (0.0, -5.0, 15.0)
 VENTRICLE_RADIUS_MM = 22.0
-
-
-@dataclass(frozen=True)
-class Effects:
-    """Effect sizes of the generator (fractions unless stated)."""
-
-    pd_intensity: float = 0.2  # deep-GM intensity drop in PD
-    pd_atrophy: float = 0.2  # deep-GM shrink in PD (fraction of the local radius)
-    age_atrophy: float = 0.08  # ventricle enlargement per decade over 40
-    female_head_scale: float = 0.93  # female / male head size
-    head_scale_sd: float = 0.03
-    deform_mm: float = 2.0
-    intensity_sd: float = 0.03
-    bias_strength: float = 0.15  # per-scanner multiplicative bias field amplitude
-    noise_max: float = 6.0  # per-scanner noise sd on the 0-255 scale, up to this
 
 
 @dataclass(frozen=True)
@@ -146,8 +136,15 @@ def synth_subject(
     age: float,
     scanner: dict,
     effects: Effects,
+    draw: SubjectDraw | None = None,
 ) -> np.ndarray:
-    """One synthetic T1 scan on a 0-255 scale, array axes (x, y, z) — or (x, y) for a 2D ``shape``."""
+    """One synthetic T1 scan on a 0-255 scale, array axes (x, y, z) — or (x, y) for a 2D ``shape``.
+
+    ``draw``: the subject's difficulty draws (:func:`~fedqc.data.synth.effects.subject_draw`); None gives
+    the label's plain effect (strength 1 for a patient, 0 for a control) and no anatomy change. Every
+    difficulty step is skipped when it is 0, so the default effects give the images of the generator
+    before the difficulty model, bit for bit."""
+    draw = draw or SubjectDraw(float(label), 0.0, 0.0)
     tpl = load_template()
     axes, shape3 = _sampling_axes(tpl, shape)
     vox = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1)  # output -> template voxel
@@ -155,11 +152,12 @@ def synth_subject(
     scale = (effects.female_head_scale if sex == "F" else 1.0) + effects.head_scale_sd * rng.standard_normal()
     vox = centre + (vox - centre) / scale
     mm_per_vox = 2.0
-    if label == 1 and effects.pd_atrophy:
+    shrink = effects.pd_atrophy * draw.pd_strength + draw.dgm_size  # disease atrophy + label-unrelated size
+    if shrink:
         for c_mm in DGM_CENTRES_MM:
             c = torch.tensor(_mm_to_vox(tpl, c_mm), dtype=torch.float32)
             w = torch.exp(-(((vox - c) * mm_per_vox) ** 2).sum(-1, keepdim=True) / (2 * DGM_RADIUS_MM**2))
-            vox = vox + effects.pd_atrophy * w * (vox - c)
+            vox = vox + shrink * w * (vox - c)
     vent = torch.tensor(_mm_to_vox(tpl, VENTRICLE_CENTRE_MM), dtype=torch.float32)
     w = torch.exp(-(((vox - vent) * mm_per_vox) ** 2).sum(-1, keepdim=True) / (2 * VENTRICLE_RADIUS_MM**2))
     vox = vox - effects.age_atrophy * max(age - 40.0, 0.0) / 10.0 * w * (vox - vent)
@@ -168,27 +166,38 @@ def synth_subject(
     size = torch.tensor(tpl.channels.shape[2:], dtype=torch.float32)
     norm = 2.0 * vox / (size - 1) - 1.0
     grid = norm.flip(-1)[None]  # grid_sample wants (z, y, x) order for (D, H, W) = (x, y, z)
-    t1, _gm, dgm, _mask = F.grid_sample(tpl.channels, grid, mode="bilinear", align_corners=True)[0]
+    t1, gm, dgm, _mask = F.grid_sample(tpl.channels, grid, mode="bilinear", align_corners=True)[0]
 
-    img = t1 * (1.0 - effects.pd_intensity * dgm * label)
+    img = t1 * (1.0 - effects.pd_intensity * dgm * draw.pd_strength)
+    if draw.dgm_intensity:
+        img = img * (1.0 - draw.dgm_intensity * dgm)
+    if scanner["contrast"]:
+        img = img * (1.0 + scanner["contrast"] * gm)
     img = img * (1.0 + effects.intensity_sd * rng.standard_normal())
     field = _smooth_field(np.random.default_rng(scanner["seed"]), shape3, control=3, channels=1)[0]
     bias = torch.exp(effects.bias_strength * scanner["bias"] * field)
     img = torch.clamp(img * bias, min=0.0) ** scanner["gamma"]
     img = img * MAX_INTENSITY * scanner["gain"]
+    if scanner["blur"]:
+        sigma = (scanner["blur"],) * 3 if len(shape) == 3 else (scanner["blur"], scanner["blur"], 0.0)
+        img = torch.from_numpy(ndimage.gaussian_filter(img.numpy(), sigma, mode="nearest"))
     img = img + torch.from_numpy(rng.normal(0.0, scanner["noise"], size=shape3)).float().abs()
     return torch.clamp(img, 0.0, MAX_INTENSITY).numpy().astype(np.float32).reshape(shape)
 
 
 def scanner_params(name: str, seed: int, effects: Effects) -> dict:
-    """Deterministic scanner effects from the scanner's name and the cohort seed."""
+    """Deterministic scanner effects from the scanner's name and the cohort seed. The difficulty model's
+    scanner effects (contrast, blur) draw from a generator of their own, so the others stay as they were."""
     rng = np.random.default_rng([seed, *name.encode()])
+    extra = np.random.default_rng([seed, 1001, *name.encode()])  # 1001: no byte of a name
     return {
         "seed": int(rng.integers(2**31)),
         "bias": float(rng.uniform(0.3, 1.0)),
         "gamma": float(rng.uniform(0.85, 1.15)),
         "gain": float(rng.uniform(0.8, 1.0)),
         "noise": float(rng.uniform(1.0, effects.noise_max)),
+        "contrast": float(extra.uniform(-1.0, 1.0)) * effects.scanner_contrast,
+        "blur": float(extra.uniform(0.0, 1.0)) * effects.scanner_blur,
     }
 
 
@@ -272,11 +281,12 @@ SMOKE_SITES = [
     SiteSpec("hospitalB", "scanner02", 6, 3, 2, 2, 1, 1, 3, 2, 1),
     SiteSpec("hospitalC", "scanner03", 4, 2, 2, 2, 1, 1, 2, 1, 1),
 ]
+# Each preset's sites, harm scenario and default effect set (a name in EFFECT_SETS).
 PRESETS = {
-    "demo": (demo_sites, DEMO_HARM, Effects()),
-    "demo2d": (demo_sites, DEMO_HARM, Effects()),
-    "smoke": (lambda seed: list(SMOKE_SITES), {}, Effects()),  # 3 small good sites: deployment smoke runs
-    "reference": (lambda seed: reference_sites(), REFERENCE_HARM, Effects()),
+    "demo": (demo_sites, DEMO_HARM, "v1"),
+    "demo2d": (demo_sites, DEMO_HARM, "v1"),
+    "smoke": (lambda seed: list(SMOKE_SITES), {}, "v1"),  # 3 small good sites: deployment smoke runs
+    "reference": (lambda seed: reference_sites(), REFERENCE_HARM, "v1"),
 }
 PRESET_2D = {"demo2d"}  # presets of 2D slices; their default side is 64 (DenseNet121's smallest)
 
@@ -292,6 +302,8 @@ def preset_shape(preset: str, size: int | tuple[int, ...] | None) -> tuple[int, 
 
 
 # --------------------------------------------------------------------------- generation
+TRUTH = "effects_truth.csv"  # each subject's drawn disease strength; ground truth, never read by a site
+EFFECTS_FILE = "effects.yaml"  # the cohort's resolved effects, a file `fedqc cohort --effects` reads back
 def _subject_rows(spec: SiteSpec, seed: int) -> list[dict]:
     """Labels, sexes and ages of a site's subjects, exactly matching its counts."""
     rows = []
@@ -367,12 +379,15 @@ def _worker_init() -> None:
 
 def _make_scan(row: dict, action: Action | None, *, out: Path, shape: tuple[int, ...], seed: int,
                effects: Effects) -> dict:
-    """Synthesize, corrupt and write one subject's scan; return its manifest row (a copy: workers send it back)."""
+    """Synthesize, corrupt and write one subject's scan; return its manifest row (a copy: workers send it back)
+    with the subject's drawn disease strength under ``pd_strength`` (ground truth, kept out of the manifest)."""
     row = dict(row)
     rng = np.random.default_rng([seed, *row["subject"].encode()])
     scanner = scanner_params(row["scanner"], seed, effects)
+    draw = subject_draw(seed, row["subject"], row["label"], effects)
+    row["pd_strength"] = draw.pd_strength
     image = synth_subject(rng, shape=shape, label=row["label"], sex=row["sex"],
-                          age=row["age"], scanner=scanner, effects=effects)
+                          age=row["age"], scanner=scanner, effects=effects, draw=draw)
     if action is not None:
         image, row["label"], row["harm_detail"] = corrupt(image, row["label"], action)
         row["harm"] = action.kind
@@ -389,6 +404,7 @@ def generate_cohort(
     seed: int = 0,
     harm: dict | None = None,
     effects: Effects | None = None,
+    effects_source: str | None = None,
     sites: list[SiteSpec] | None = None,
     workers: int | None = None,
 ) -> pd.DataFrame:
@@ -409,7 +425,10 @@ def generate_cohort(
         Harm scenario as a dict (:mod:`fedqc.data.corruptions.scenario`, applied through the same
         planner and transforms as ``fedqc harm``); ``None`` uses the preset's default, ``{}`` injects nothing.
     effects
-        Effect sizes; ``None`` uses the preset's.
+        Effect sizes (:mod:`fedqc.data.synth.effects`); ``None`` uses the preset's default set.
+    effects_source
+        Where ``effects`` came from, recorded in ``cohort.json``; None: the name of the set they equal, else
+        ``custom``.
     sites
         Site counts replacing the preset's (tests, custom cohorts).
     workers
@@ -422,7 +441,7 @@ def generate_cohort(
     if preset not in PRESETS:
         raise UserError(f"unknown preset {preset!r}; expected one of {', '.join(PRESETS)}")
     site_fn, default_harm, default_effects = PRESETS[preset]
-    effects = effects or default_effects
+    effects = effects or EFFECT_SETS[default_effects]
     shape = preset_shape(preset, size)
     harm_spec = default_harm if harm is None else harm
     specs = sites if sites is not None else site_fn(seed)
@@ -432,6 +451,7 @@ def generate_cohort(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows = [r for r in rows if getattr(actions.get(r["subject"]), "kind", None) != DROPPED]  # prevalence
+    base_rows = rows
     make = functools.partial(_make_scan, out=out, shape=shape, seed=seed, effects=effects)
     todo = [actions.get(r["subject"]) for r in rows]
     workers = min(workers, len(rows))
@@ -445,10 +465,17 @@ def generate_cohort(
             chunk = max(1, min(SCANS_PER_TASK, len(rows) // (4 * workers)))  # a small cohort still spreads out
             rows = list(pool.map(make, rows, todo, chunksize=chunk))  # in input order
     cols = ["subject", "site", "path", "label", "sex", "age", "split", "harm", "harm_detail", "scanner"]
-    manifest = pd.DataFrame(rows)[cols]
+    table = pd.DataFrame(rows)
+    manifest = table[cols]
     manifest.to_csv(out / "manifest.csv", index=False)
+    # the drawn disease strength, with each subject's label as drawn (before a mislabeling harm): no site reads it
+    truth = table[["subject", "site", "split", "pd_strength"]].assign(label=[r["label"] for r in base_rows])
+    truth[["subject", "site", "split", "label", "pd_strength"]].to_csv(out / TRUTH, index=False)
+    (out / EFFECTS_FILE).write_text(effects_yaml(effects))
     (out / "cohort.json").write_text(pd.Series({
         "preset": preset, "size": list(shape), "seed": seed, "harm": harm_spec,
-        "effects": asdict(effects)}).to_json(indent=2))
+        "effects_source": effects_source or next((n for n, e in EFFECT_SETS.items() if e == effects), "custom"),
+        "effects": asdict(effects),
+        "oracle_test_auroc": oracle_auroc(truth)}).to_json(indent=2))
     return manifest
 
