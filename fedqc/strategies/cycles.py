@@ -36,12 +36,12 @@ from fedqc.transport import Transport
 
 
 class HopStatus(str, Enum):
+    """What became of a visit, as the strategies see it. A visitor may add outcomes of its own as another ``str``
+    enum (QC's: :class:`fedqc.qc.gate.QCStatus`); a hop other than :attr:`OK` leaves the model as it was."""
+
     OK = "ok"
     REJECTED = "rejected"  # the site's reply was invalid: not adopted
     FAILED = "failed"  # the site raised or did not answer
-    SITE_FLAGGED = "qc: site flagged"
-    SITE_CHECK_FAILED = "qc: site check failed"
-    SITE_ELIMINATED = "qc: site eliminated"
 
 
 @dataclass
@@ -52,7 +52,7 @@ class Hop:
     n_scans: int = 0
     loss: float = math.nan
     seconds: float = 0.0  # the site's own training time
-    status: HopStatus = HopStatus.OK
+    status: Enum = HopStatus.OK  # a HopStatus, or a visitor's own str enum; train_log.csv holds its value
     note: str = ""
     problems: list[ScanProblem] = field(default_factory=list)
 
