@@ -10,7 +10,7 @@ heavy dependencies (torch, MONAI, SimpleITK, Flower) only when they run.
 from __future__ import annotations
 
 import functools
-import sys
+import inspect
 from pathlib import Path
 from typing import Optional
 
@@ -26,17 +26,21 @@ out = Console(highlight=False)
 USER_ERRORS = (UserError, SiteError, OSError)
 
 
+DEBUG = typer.Option(False, "--debug", help="Show tracebacks.")
+
+
 def friendly(fn):
-    """Turn user errors into a clean message and exit code 1 (``--debug`` re-raises)."""
+    """Turn user errors into a clean message and exit code 1; the command gains the option ``--debug``, which
+    re-raises them (with their traceback)."""
 
     @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
+    def wrapper(*args, debug: bool = False, **kwargs):
         try:
             return fn(*args, **kwargs)
         except typer.Exit:
             raise
         except USER_ERRORS as exc:
-            if "--debug" in sys.argv:
+            if debug:
                 raise
             problems = getattr(exc, "problems", None)
             err.print(f"[red]error:[/] {str(exc).splitlines()[0] if problems else exc}")
@@ -44,17 +48,18 @@ def friendly(fn):
                 err.print(f"  - {p}")
             raise typer.Exit(1)
 
+    signature = inspect.signature(fn)
+    wrapper.__signature__ = signature.replace(parameters=[
+        *signature.parameters.values(), inspect.Parameter("debug", inspect.Parameter.KEYWORD_ONLY, default=DEBUG,
+                                                          annotation="bool")])
+    wrapper.__annotations__ = {**fn.__annotations__, "debug": "bool"}
     return wrapper
-
-
-DEBUG = typer.Option(False, "--debug", help="Show tracebacks.")
 
 
 @app.command()
 @friendly
 def validate(manifest: Path = typer.Argument(..., help="Manifest CSV."),
-             no_images: bool = typer.Option(False, "--no-images", help="Skip opening image headers."),
-             debug: bool = DEBUG):
+             no_images: bool = typer.Option(False, "--no-images", help="Skip opening image headers.")):
     """Check a manifest against the data contract; exit 0 when it is valid."""
     from fedqc.data.manifest import read_table, validate_manifest
 
@@ -81,17 +86,14 @@ def cohort(preset: str = typer.Option("demo", help="demo, demo2d (2D slices), re
            seed: int = typer.Option(0, help="Random seed."),
            no_harm: bool = typer.Option(False, "--no-harm", help="Inject no harmful data."),
            workers: int = typer.Option(0, help="Processes making scans (0: every usable core); the files are the "
-                                               "same for any number."),
-           debug: bool = DEBUG):
+                                               "same for any number.")):
     """Generate a synthetic multi-center brain-MRI cohort (manifest + NIfTI images)."""
     import time
 
+    from fedqc.data.audit import parse_sides
     from fedqc.data.synth.cohort import generate_cohort
 
-    try:
-        sides = None if size is None else tuple(int(s) for s in size.lower().split("x"))
-    except ValueError:
-        raise UserError(f"--size must be an integer, AxB or AxBxC, got {size!r}") from None
+    sides = None if size is None else parse_sides(size, "--size")
     if workers < 0:
         raise UserError(f"--workers must be >= 0 (0: every usable core), got {workers}")
     t0 = time.perf_counter()
@@ -108,8 +110,7 @@ def harm(manifest: Path = typer.Option(..., "--manifest", help="Manifest CSV of 
          scenario: Path = typer.Option(..., "--scenario", help="Harm scenario YAML (configs/scenarios/)."),
          out_dir: Path = typer.Option(..., "--out", help="Output folder, apart from the inputs."),
          seed: int = typer.Option(0, help="Seeds every choice and every corruption."),
-         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
-         debug: bool = DEBUG):
+         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder.")):
     """Inject harmful data into a manifest: a new manifest and the corrupted images, the input untouched."""
     from fedqc.data.inject import inject, load_scenario
 
@@ -145,7 +146,7 @@ SIM_OPTS = dict(
 def simulate_cmd(config: Path = SIM_OPTS["config"], out_dir: Optional[Path] = SIM_OPTS["out_dir"],
                  resume: bool = SIM_OPTS["resume"], overwrite: bool = SIM_OPTS["overwrite"],
                  quiet: bool = SIM_OPTS["quiet"], engine: Optional[str] = SIM_OPTS["engine"],
-                 strict: bool = SIM_OPTS["strict"], debug: bool = DEBUG):
+                 strict: bool = SIM_OPTS["strict"]):
     """Run an experiment's arms on one machine (same as ``python -m fedqc.simulate``)."""
     _simulate(config, out_dir, resume, overwrite, quiet, engine, strict)
 
@@ -158,8 +159,7 @@ def study(ctx: typer.Context,
           out_dir: Optional[Path] = typer.Option(None, "--out", help="Study folder (default runs/<name>-study)."),
           sweep: Optional[str] = typer.Option(None, "--sweep", help="A study per value of a config or scenario "
                                               "key: --sweep scenario.label_noise.0.rate=0,0.1,0.2"),
-          quiet: bool = typer.Option(False, "--quiet", help="No progress output."),
-          debug: bool = DEBUG):
+          quiet: bool = typer.Option(False, "--quiet", help="No progress output.")):
     """Run the experiment once per seed; study.csv, summary.csv (mean, sd, 95 % t-interval), a plot, study.md.
     With --sweep, one such study per value and sweep.csv, sweep_summary.csv, curves and sweep.md."""
     from fedqc.analysis.study import write_study, write_sweep
@@ -204,8 +204,7 @@ def infer(run: Optional[Path] = typer.Option(None, "--run", help="Run folder fro
           recompute: bool = typer.Option(False, "--recompute", help="Rescore every cycle from its checkpoint."),
           age_bins: str = typer.Option("60,70", "--age-bins", help="Age bin edges, comma separated."),
           n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap resamples for the 95% CIs."),
-          seed: int = typer.Option(0, help="Bootstrap seed."),
-          debug: bool = DEBUG):
+          seed: int = typer.Option(0, help="Bootstrap seed.")):
     """Per-cycle test metrics overall and by sex and age group, fairness gaps, plots, report."""
     from fedqc.analysis.infer import checkpoint_threshold, infer_run, predict_checkpoint
     from fedqc.analysis.metrics import group_metrics, target_metrics
@@ -268,8 +267,7 @@ def audit(manifest: Path = typer.Argument(..., help="Manifest CSV; every split i
           outlier_z: Optional[float] = typer.Option(None, "--outlier-z", help="Intensity and shape outliers: robust "
                                                     "z-score (median/MAD over the manifest) above this (default 5)."),
           overwrite: bool = typer.Option(False, "--overwrite", help="Write into a non-empty --out (only the two "
-                                         "audit files are replaced)."),
-          debug: bool = DEBUG):
+                                         "audit files are replaced).")):
     """Image audit without training: unreadable, blank or near-constant scans, exact and near duplicates (within
     and across sites), intensity and shape outliers, inverted-looking and noise-like scans; per scan and per site."""
     import time
@@ -306,8 +304,7 @@ app.add_typer(sites_app, name="sites")
 @friendly
 def sites_split(manifest: Path = typer.Option(..., "--manifest", help="The experiment's manifest CSV."),
                 out_dir: Path = typer.Option(..., "--out", help="Folder for the sites, e.g. sites/<experiment>."),
-                overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing folder."),
-                debug: bool = DEBUG):
+                overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing folder.")):
     """Split a manifest into one folder per site: its own rows (manifest.csv) and scans (images/)."""
     from fedqc.transport.flower.deployment import split_sites
 
@@ -324,8 +321,7 @@ def sites_compose(sites: Path = typer.Option(..., "--sites", help="Folder from `
                   out_file: Optional[Path] = typer.Option(None, "--out", help="Compose file to write (default "
                                                           "docker-compose.yml, with --tls docker-compose.tls.yml)."),
                   tls: bool = typer.Option(False, "--tls", help="TLS and SuperNode authentication: certificates "
-                                           "from ./certificates, each SuperNode's key from <site>/keys/."),
-                  debug: bool = DEBUG):
+                                           "from ./certificates, each SuperNode's key from <site>/keys/.")):
     """Write the docker-compose topology: SuperLink, ServerApp SuperExec, a SuperNode + SuperExec per site."""
     from fedqc.transport.flower.deployment import missing_site_keys, write_compose
 
@@ -345,8 +341,7 @@ def sites_certificates(out_dir: Path = typer.Option(Path("certificates"), "--out
                                                        "the flwr CLI dial, besides 127.0.0.1 and localhost "
                                                        "(repeatable; `superlink` for docker compose)."),
                        days: int = typer.Option(365, "--days", help="Validity of the certificates."),
-                       overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing files."),
-                       debug: bool = DEBUG):
+                       overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing files.")):
     """Write a CA and the SuperLink's TLS certificate (the coordinator's side of TLS)."""
     from fedqc.transport.flower.certificates import write_server_certificates
 
@@ -360,8 +355,7 @@ def sites_certificates(out_dir: Path = typer.Option(Path("certificates"), "--out
 def sites_keys(sites: Optional[Path] = typer.Option(None, "--sites", help="Folder from `fedqc sites split`: "
                                                     "a key pair for each of its sites."),
                site: Optional[Path] = typer.Option(None, "--site", help="One site's folder (a hospital's own)."),
-               overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing keys."),
-               debug: bool = DEBUG):
+               overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing keys.")):
     """Write a SuperNode's authentication key pair into <site>/keys/ (supernode.key, supernode.pub)."""
     from fedqc.transport.flower.certificates import write_site_key, write_site_keys
 

@@ -483,9 +483,8 @@ def test_qc_arms_end_to_end_and_resume(tiny_cohort, tmp_path):
     from fedqc.experiment.arms import arms_for
     from fedqc.experiment.run_dir import load_checkpoint
     from fedqc.experiment.runner import simulate
-    from fedqc.protocol import same
     from fedqc.transport.inprocess import InProcessTransport
-    from tests.conftest import checkpoint_path
+    from tests.conftest import checkpoint_path, same
 
     cfg = tiny_config(tiny_cohort / "manifest.csv", **{"arms": ["clean", "dirty", "qc", "qc-reference-batch"],
                                                        "train.cycles": 4, "qc": {"audit": True}})

@@ -309,9 +309,8 @@ def test_trusted_and_scratch_starts_end_to_end_and_resume(tiny_cohort, tmp_path)
     from fedqc.experiment.arms import arms_for
     from fedqc.experiment.run_dir import RunDir, load_checkpoint
     from fedqc.experiment.runner import run_experiment
-    from fedqc.protocol import same
     from fedqc.transport.inprocess import InProcessTransport
-    from tests.conftest import checkpoint_path
+    from tests.conftest import checkpoint_path, same
 
     class Recording(InProcessTransport):
         def __init__(self, *args):

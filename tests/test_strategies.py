@@ -14,7 +14,7 @@ from fedqc.data.manifest import load_manifest
 from fedqc.experiment.run_dir import load_checkpoint
 from fedqc.experiment.runner import simulate
 from fedqc.models.state import initial_state
-from fedqc.protocol import EvalReply, SiteInfo, TrainReply, TrainRequest, same
+from fedqc.protocol import EvalReply, SiteInfo, TrainReply, TrainRequest
 from fedqc.qc.arm import QCArm
 from fedqc.qc.gate import QCStatus
 from fedqc.site import Site
@@ -23,7 +23,7 @@ from fedqc.strategies.cycles import Hop, HopStatus, Local, PlainVisitor
 from fedqc.strategies.schedule import rounds_for, warmup_sites
 from fedqc.strategies.travelling import TravellingRound
 from fedqc.transport.inprocess import InProcessTransport
-from tests.conftest import checkpoint_path, tiny_config
+from tests.conftest import checkpoint_path, same, tiny_config
 
 
 # ----------------------------------------------------------------------------- the average

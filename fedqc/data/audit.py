@@ -403,12 +403,17 @@ def summarize(table: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([per_site, overall], ignore_index=True).astype({c: int for c in counts.columns[1:]})
 
 
+def parse_sides(text: str, option: str) -> tuple[int, ...]:
+    """The sides an option (``--shape``, ``fedqc cohort --size``) gives: ``32``, ``64x64`` or ``32x32x32``."""
+    try:
+        return tuple(int(s) for s in text.lower().split("x"))
+    except ValueError:
+        raise UserError(f"{option} must be an integer, AxB or AxBxC, got {text!r}") from None
+
+
 def parse_shape(text: str) -> tuple[int, ...]:
     """``--shape``: one side for a cube (``32``), or every side (``32x32x32``; ``64x64`` for a 2D model), each >= 8."""
-    try:
-        sides = tuple(int(s) for s in text.lower().split("x"))
-    except ValueError:
-        raise UserError(f"--shape must be an integer, AxB or AxBxC, got {text!r}") from None
+    sides = parse_sides(text, "--shape")
     sides = sides * 3 if len(sides) == 1 else sides
     if len(sides) not in (2, 3) or min(sides) < 8:
         raise UserError(f"--shape needs two sides (2D) or three (3D), each >= 8, got {text!r}")

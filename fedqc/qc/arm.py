@@ -19,7 +19,7 @@ import pandas as pd
 
 from fedqc.config import ExperimentConfig
 from fedqc.io import atomic_write_csv, atomic_write_text
-from fedqc.protocol import ScanProblem, State, TrainRequest, check_update, class_counts
+from fedqc.protocol import ScanProblem, State, check_update, class_counts
 from fedqc.qc.audit import run_audit
 from fedqc.qc.criteria import SITE_CHECKS, UPDATE_CRITERIA
 from fedqc.qc.gate import Gate, QCStatus, Update, VerificationScans
@@ -28,7 +28,7 @@ from fedqc.qc.policy import QCPolicy
 from fedqc.qc.screening import SiteScreening
 from fedqc.qc.search import SEARCHES
 from fedqc.qc.verification import UpdateVerification
-from fedqc.strategies.cycles import ONE_EPOCH, Hop, Local, hop_seed
+from fedqc.strategies.cycles import ONE_EPOCH, Hop, Local, hop_seed, train_request
 from fedqc.transport import Transport
 
 HOLDOUT_STREAM = 1  # keeps the held-out draw apart from the visits' seeds (fedqc.strategies.cycles.hop_seed)
@@ -160,9 +160,8 @@ class _Visit:
     def attempt(self, subjects: list[str], scope: str) -> bool:
         arm, t = self.arm, time.perf_counter()
         seed = int(self.seeds.spawn(1)[0].generate_state(1)[0])
-        request = TrainRequest(lr=self.lr, seed=seed, batch_size=arm.cfg.train.batch_size, subjects=tuple(subjects),
-                               rebalance=arm.cfg.train.rebalance, class_counts=arm.class_counts,
-                               prox_mu=self.prox_mu)
+        request = train_request(arm.cfg.train, self.lr, seed, subjects=tuple(subjects), class_counts=arm.class_counts,
+                                prox_mu=self.prox_mu)
         reply = arm.transport.train(self.site, self.state, request)
         self.skipped.update({p.subject: p for p in reply.skipped})
         if reason := check_update(self.state, reply.state):  # never evaluated, never adopted

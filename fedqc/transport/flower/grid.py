@@ -82,8 +82,6 @@ class GridTransport:
     (:func:`describe_reply`): what the sites sent, for a privacy review, without the values.
     """
 
-    evaluate_at_once = True  # in simulation, a fan-out is one message (:meth:`_evaluate_at_once`)
-
     def __init__(self, grid: Grid, cfg: ExperimentConfig, *, expected_nodes: int | None = None,
                  wait_s: float = 120.0, timeout_s: float | None = None, message_log: Path | None = None):
         self.grid, self.message_log = grid, message_log
@@ -258,7 +256,7 @@ class GridTransport:
         """Scores from every site that answers; a failed or silent site gets :meth:`EvalReply.failed`."""
         self._rejoin()
         arrays = state_to_record(weights(state))  # one encoding for the whole fan-out
-        if self.stored is not None and self.evaluate_at_once and len(sites) > 1:
+        if self.stored is not None and len(sites) > 1:  # in simulation, a fan-out is one message
             return self._evaluate_at_once(sites, arrays, request)
         replies = self._exchange([self._message("evaluate", self.node_of[s], request.to_dict(), arrays=arrays)
                                   for s in sites])
