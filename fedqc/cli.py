@@ -306,7 +306,7 @@ def sites_split(manifest: Path = typer.Option(..., "--manifest", help="The exper
                 out_dir: Path = typer.Option(..., "--out", help="Folder for the sites, e.g. sites/<experiment>."),
                 overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing folder.")):
     """Split a manifest into one folder per site: its own rows (manifest.csv) and scans (images/)."""
-    from fedqc.transport.flower.deployment import split_sites
+    from fedqc.transport.flower.deploy.sites import split_sites
 
     table = split_sites(manifest, out_dir, overwrite=overwrite)
     for r in table.itertuples():
@@ -323,7 +323,7 @@ def sites_compose(sites: Path = typer.Option(..., "--sites", help="Folder from `
                   tls: bool = typer.Option(False, "--tls", help="TLS and SuperNode authentication: certificates "
                                            "from ./certificates, each SuperNode's key from <site>/keys/.")):
     """Write the docker-compose topology: SuperLink, ServerApp SuperExec, a SuperNode + SuperExec per site."""
-    from fedqc.transport.flower.deployment import missing_site_keys, write_compose
+    from fedqc.transport.flower.deploy.sites import missing_site_keys, write_compose
 
     if not Path(config).is_file():
         raise UserError(f"config not found: {config}")
@@ -343,7 +343,7 @@ def sites_certificates(out_dir: Path = typer.Option(Path("certificates"), "--out
                        days: int = typer.Option(365, "--days", help="Validity of the certificates."),
                        overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing files.")):
     """Write a CA and the SuperLink's TLS certificate (the coordinator's side of TLS)."""
-    from fedqc.transport.flower.certificates import write_server_certificates
+    from fedqc.transport.flower.deploy.certificates import write_server_certificates
 
     files = write_server_certificates(out_dir, hosts=hosts, days=days, overwrite=overwrite)
     out.print(f"wrote {files.ca_cert} (give it to every site and to the flwr CLI), {files.server_cert} and "
@@ -357,7 +357,7 @@ def sites_keys(sites: Optional[Path] = typer.Option(None, "--sites", help="Folde
                site: Optional[Path] = typer.Option(None, "--site", help="One site's folder (a hospital's own)."),
                overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing keys.")):
     """Write a SuperNode's authentication key pair into <site>/keys/ (supernode.key, supernode.pub)."""
-    from fedqc.transport.flower.certificates import write_site_key, write_site_keys
+    from fedqc.transport.flower.deploy.certificates import write_site_key, write_site_keys
 
     if (sites is None) == (site is None):
         raise UserError("give either --sites or --site")
