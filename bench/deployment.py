@@ -59,7 +59,7 @@ def deployment(config: Path, sites: Path, out: Path, fast: str) -> float:
 def wide_deployment(tmp: Path) -> tuple[Path, Path]:
     """The 20-site cohort split per site, and its config: deploy-smoke's, one cycle, no calibration round."""
     from fedqc.data.synth.cohort import SiteSpec, generate_cohort
-    from fedqc.transport.flower.deployment import split_sites
+    from fedqc.transport.flower.deploy.sites import split_sites
 
     specs = [SiteSpec(f"site{i:02d}", f"scanner{i % 5 + 1:02d}", 4, 2, 2, 2, 1, 1, 2, 1, 1) for i in range(WIDE_SITES)]
     generate_cohort(tmp / "wide-cohort", preset="smoke", size=16, seed=0, sites=specs)

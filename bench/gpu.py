@@ -18,7 +18,7 @@ and scores its scans once, through :class:`fedqc.site.Site`:
 * ``peak_gpu_mb``: peak memory allocated on the GPU in the second epoch.
 
 ``--cycle`` generates the ``reference`` preset at 160×192×160 (``--cohort``,
-reused when present) and runs one clean cycle in-process on the best device,
+reused when present) and runs one clean cycle of ``configs/reference-full.yaml`` in-process on the best device,
 then extrapolates the reference experiment (clean 30 cycles, dirty and QC 20 each)
 with the QC cost factor given by ``--qc-factor`` (measured by ``bench.qc_cost``).
 Every figure is written with the device it ran on to ``bench/results/gpu.json``.
@@ -88,7 +88,7 @@ def reference_cycle(cohort: Path, out: Path, qc_factor: float) -> dict:
         t0 = time.perf_counter()
         generate_cohort(cohort, preset="reference", size=FULL, seed=0)
         print(f"generated {cohort} in {time.perf_counter() - t0:.0f} s", flush=True)
-    cfg = load_config(ROOT / "configs" / "reference.yaml", {
+    cfg = load_config(ROOT / "configs" / "reference-full.yaml", {
         "manifest": str((cohort / "manifest.csv").resolve()), "model.input_shape": list(FULL), "engine": "inprocess",
         "arms": ["clean"], "train.cycles": 1, "train.warmup": 0, "device": "auto"})
     simulate(cfg, out, quiet=True)

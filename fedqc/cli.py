@@ -10,8 +10,8 @@ heavy dependencies (torch, MONAI, SimpleITK, Flower) only when they run.
 from __future__ import annotations
 
 import functools
+import inspect
 import json
-import sys
 from pathlib import Path
 from typing import Optional
 
@@ -28,17 +28,21 @@ out = Console(highlight=False)
 USER_ERRORS = (UserError, SiteError, OSError)
 
 
+DEBUG = typer.Option(False, "--debug", help="Show tracebacks.")
+
+
 def friendly(fn):
-    """Turn user errors into a clean message and exit code 1 (``--debug`` re-raises)."""
+    """Turn user errors into a clean message and exit code 1; the command gains the option ``--debug``, which
+    re-raises them (with their traceback)."""
 
     @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
+    def wrapper(*args, debug: bool = False, **kwargs):
         try:
             return fn(*args, **kwargs)
         except typer.Exit:
             raise
         except USER_ERRORS as exc:
-            if "--debug" in sys.argv:
+            if debug:
                 raise
             problems = getattr(exc, "problems", None)
             err.print(f"[red]error:[/] {escape(str(exc).splitlines()[0] if problems else str(exc))}")
@@ -46,10 +50,12 @@ def friendly(fn):
                 err.print(f"  - {escape(p)}")
             raise typer.Exit(1)
 
+    signature = inspect.signature(fn)
+    wrapper.__signature__ = signature.replace(parameters=[
+        *signature.parameters.values(), inspect.Parameter("debug", inspect.Parameter.KEYWORD_ONLY, default=DEBUG,
+                                                          annotation="bool")])
+    wrapper.__annotations__ = {**fn.__annotations__, "debug": "bool"}
     return wrapper
-
-
-DEBUG = typer.Option(False, "--debug", help="Show tracebacks.")
 
 
 @app.command()
@@ -60,8 +66,7 @@ def validate(manifest: Path = typer.Argument(..., help="Manifest CSV."),
                                            "spacing, shape and intensity range against the model's input (reads "
                                            "every scan)."),
              shape: str = typer.Option("32x32x32", "--shape", help="With --geometry: the model's input_shape, AxBxC "
-                                       "(AxB for 2D) or one side for a cube."),
-             debug: bool = DEBUG):
+                                       "(AxB for 2D) or one side for a cube.")):
     """Check a manifest against the data contract; exit 0 when it is valid. With --geometry, say what the scans
     need before training."""
     from fedqc.data.manifest import read_table, validate_manifest
@@ -98,18 +103,15 @@ def cohort(preset: str = typer.Option("demo", help="demo, demo2d (2D slices), re
            workers: int = typer.Option(0, help="Processes making scans (0: every usable core); the files are the "
                                                "same for any number."),
            effects: str = typer.Option(None, "--effects", help="Effect sizes: a named set (v1) or a YAML file of "
-                                                               "any effect keys (docs/data.md); default: the preset's."),
-           debug: bool = DEBUG):
+                                                               "any effect keys (docs/data.md); default: the preset's.")):
     """Generate a synthetic multi-center brain-MRI cohort (manifest + NIfTI images)."""
     import time
 
+    from fedqc.data.audit import parse_sides
     from fedqc.data.synth.cohort import PRESETS, generate_cohort
     from fedqc.data.synth.effects import resolve_effects
 
-    try:
-        sides = None if size is None else tuple(int(s) for s in size.lower().split("x"))
-    except ValueError:
-        raise UserError(f"--size must be an integer, AxB or AxBxC, got {size!r}") from None
+    sides = None if size is None else parse_sides(size, "--size")
     if workers < 0:
         raise UserError(f"--workers must be >= 0 (0: every usable core), got {workers}")
     if preset not in PRESETS:
@@ -131,8 +133,7 @@ def harm(manifest: Path = typer.Option(..., "--manifest", help="Manifest CSV of 
          scenario: Path = typer.Option(..., "--scenario", help="Harm scenario YAML (configs/scenarios/)."),
          out_dir: Path = typer.Option(..., "--out", help="Output folder, apart from the inputs."),
          seed: int = typer.Option(0, help="Seeds every choice and every corruption."),
-         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
-         debug: bool = DEBUG):
+         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder.")):
     """Inject harmful data into a manifest: a new manifest and the corrupted images, the input untouched."""
     from fedqc.data.inject import inject, load_scenario
 
@@ -168,7 +169,7 @@ SIM_OPTS = dict(
 def simulate_cmd(config: Path = SIM_OPTS["config"], out_dir: Optional[Path] = SIM_OPTS["out_dir"],
                  resume: bool = SIM_OPTS["resume"], overwrite: bool = SIM_OPTS["overwrite"],
                  quiet: bool = SIM_OPTS["quiet"], engine: Optional[str] = SIM_OPTS["engine"],
-                 strict: bool = SIM_OPTS["strict"], debug: bool = DEBUG):
+                 strict: bool = SIM_OPTS["strict"]):
     """Run an experiment's arms on one machine (same as ``python -m fedqc.simulate``)."""
     _simulate(config, out_dir, resume, overwrite, quiet, engine, strict)
 
@@ -193,8 +194,7 @@ def study(ctx: typer.Context,
                                                        "GPUs unless device is cpu, else 0)."),
           pair: list[str] = typer.Option([], "--pair", help="Also compare arms A and B paired by seed (A-B; "
                                          "repeat for more). QC − dirty, QC − clean, dirty − clean always are."),
-          quiet: bool = typer.Option(False, "--quiet", help="No progress output."),
-          debug: bool = DEBUG):
+          quiet: bool = typer.Option(False, "--quiet", help="No progress output.")):
     """Run the experiment once per seed; study.csv, summary.csv (mean, sd, 95 % t-interval), paired.csv (arms
     compared seed by seed: t-interval and exact sign-flip p), a plot, study.md. With --sweep, one such study per
     value and sweep.csv, sweep_summary.csv, sweep_paired.csv, curves and sweep.md. With --parallel or
@@ -296,8 +296,7 @@ def infer(run: Optional[Path] = typer.Option(None, "--run", help="Run folder fro
           recompute: bool = typer.Option(False, "--recompute", help="Rescore every cycle from its checkpoint."),
           age_bins: str = typer.Option("60,70", "--age-bins", help="Age bin edges, comma separated."),
           n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap resamples for the 95% CIs."),
-          seed: int = typer.Option(0, help="Bootstrap seed."),
-          debug: bool = DEBUG):
+          seed: int = typer.Option(0, help="Bootstrap seed.")):
     """Per-cycle test metrics overall and by sex and age group, fairness gaps, plots, report."""
     from fedqc.analysis.infer import checkpoint_threshold, infer_run, predict_checkpoint
     from fedqc.analysis.metrics import group_metrics, target_metrics
@@ -360,8 +359,7 @@ def audit(manifest: Path = typer.Argument(..., help="Manifest CSV; every split i
           outlier_z: Optional[float] = typer.Option(None, "--outlier-z", help="Intensity and shape outliers: robust "
                                                     "z-score (median/MAD over the manifest) above this (default 5)."),
           overwrite: bool = typer.Option(False, "--overwrite", help="Write into a non-empty --out (only the two "
-                                         "audit files are replaced)."),
-          debug: bool = DEBUG):
+                                         "audit files are replaced).")):
     """Image audit without training: unreadable, blank or near-constant scans, exact and near duplicates (within
     and across sites), intensity and shape outliers, inverted-looking and noise-like scans; per scan and per site."""
     import time
@@ -409,8 +407,7 @@ def manifest_from_bids_cmd(
         split: str = typer.Option("0.6,0.2,0.2", "--split", help="Shares of participants for train,val,test "
                                   "(multiples of 0.05), stratified by site and label."),
         seed: int = typer.Option(0, help="Seeds the split."),
-        overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out."),
-        debug: bool = DEBUG):
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out.")):
     """Write a manifest from a BIDS dataset's T1w scans; every unusable scan is printed and recorded."""
     from fedqc.data.bids import manifest_from_bids, skipped_path
     from fedqc.data.manifest import read_table, validate_manifest
@@ -440,8 +437,7 @@ def manifest_resample(manifest: Path = typer.Argument(..., help="Manifest CSV.")
                       shape: str = typer.Option("32x32x32", "--shape", help="The model's input_shape: AxBxC, AxB "
                                                 "for 2D, or one side for a cube."),
                       out_dir: Path = typer.Option(..., "--out", help="Folder for manifest.csv and images/."),
-                      overwrite: bool = typer.Option(False, "--overwrite", help="Write into a non-empty --out."),
-                      debug: bool = DEBUG):
+                      overwrite: bool = typer.Option(False, "--overwrite", help="Write into a non-empty --out.")):
     """Copies of every scan in RAS at the model's shape (SimpleITK, smoothed before downsampling) and a manifest
     pointing at them; the input is untouched."""
     from fedqc.data.audit import parse_shape
@@ -461,10 +457,9 @@ app.add_typer(sites_app, name="sites")
 @friendly
 def sites_split(manifest: Path = typer.Option(..., "--manifest", help="The experiment's manifest CSV."),
                 out_dir: Path = typer.Option(..., "--out", help="Folder for the sites, e.g. sites/<experiment>."),
-                overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing folder."),
-                debug: bool = DEBUG):
+                overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing folder.")):
     """Split a manifest into one folder per site: its own rows (manifest.csv) and scans (images/)."""
-    from fedqc.transport.flower.deployment import split_sites
+    from fedqc.transport.flower.deploy.sites import split_sites
 
     table = split_sites(manifest, out_dir, overwrite=overwrite)
     for r in table.itertuples():
@@ -479,10 +474,9 @@ def sites_compose(sites: Path = typer.Option(..., "--sites", help="Folder from `
                   out_file: Optional[Path] = typer.Option(None, "--out", help="Compose file to write (default "
                                                           "docker-compose.yml, with --tls docker-compose.tls.yml)."),
                   tls: bool = typer.Option(False, "--tls", help="TLS and SuperNode authentication: certificates "
-                                           "from ./certificates, each SuperNode's key from <site>/keys/."),
-                  debug: bool = DEBUG):
+                                           "from ./certificates, each SuperNode's key from <site>/keys/.")):
     """Write the docker-compose topology: SuperLink, ServerApp SuperExec, a SuperNode + SuperExec per site."""
-    from fedqc.transport.flower.deployment import missing_site_keys, write_compose
+    from fedqc.transport.flower.deploy.sites import missing_site_keys, write_compose
 
     if not Path(config).is_file():
         raise UserError(f"config not found: {config}")
@@ -500,10 +494,9 @@ def sites_certificates(out_dir: Path = typer.Option(Path("certificates"), "--out
                                                        "the flwr CLI dial, besides 127.0.0.1 and localhost "
                                                        "(repeatable; `superlink` for docker compose)."),
                        days: int = typer.Option(365, "--days", help="Validity of the certificates."),
-                       overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing files."),
-                       debug: bool = DEBUG):
+                       overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing files.")):
     """Write a CA and the SuperLink's TLS certificate (the coordinator's side of TLS)."""
-    from fedqc.transport.flower.certificates import write_server_certificates
+    from fedqc.transport.flower.deploy.certificates import write_server_certificates
 
     files = write_server_certificates(out_dir, hosts=hosts, days=days, overwrite=overwrite)
     out.print(f"wrote {files.ca_cert} (give it to every site and to the flwr CLI), {files.server_cert} and "
@@ -515,10 +508,9 @@ def sites_certificates(out_dir: Path = typer.Option(Path("certificates"), "--out
 def sites_keys(sites: Optional[Path] = typer.Option(None, "--sites", help="Folder from `fedqc sites split`: "
                                                     "a key pair for each of its sites."),
                site: Optional[Path] = typer.Option(None, "--site", help="One site's folder (a hospital's own)."),
-               overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing keys."),
-               debug: bool = DEBUG):
+               overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing keys.")):
     """Write a SuperNode's authentication key pair into <site>/keys/ (supernode.key, supernode.pub)."""
-    from fedqc.transport.flower.certificates import write_site_key, write_site_keys
+    from fedqc.transport.flower.deploy.certificates import write_site_key, write_site_keys
 
     if (sites is None) == (site is None):
         raise UserError("give either --sites or --site")

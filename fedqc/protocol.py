@@ -156,11 +156,6 @@ def weights(state: State) -> State:
     return {k: v for k, v in state.items() if not k.startswith("optim.")}
 
 
-def same(a: State, b: State) -> bool:
-    """Bit-identical comparison of two states."""
-    return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
-
-
 def check_update(sent: State, reply: State) -> str | None:
     """Why a site's reply cannot be adopted, or None.
 

@@ -15,7 +15,7 @@
 #   the SuperLink runs with TLS and --enable-supernode-auth, each site's public key is
 #   registered with `flwr supernode register`, each SuperNode checks the SuperLink against
 #   the CA and signs with its own private key, and the flwr CLI connects over TLS too.
-# FAST=1 (default): fedqc's fast path. Each SuperNode runs as `python -m fedqc.transport.flower.fast_supernode`:
+# FAST=1 (default): fedqc's fast path. Each SuperNode runs as `python -m fedqc.transport.flower.fast.supernode`:
 #   Flower's SuperNode with its idle wait for work 0.2 s instead of 3 s (FEDQC_SUPERNODE_POLL_S; with more than 8
 #   sites 0.025 s × sites, as the SuperExecs' task poll FLWR_SUPEREXEC_TASK_POLL_INTERVAL beyond 4) and a SuperExec
 #   that forks each ClientApp from a warm process instead of starting a fresh interpreter; SuperNode, ClientApp
@@ -58,7 +58,7 @@ if [[ ! -f $sites/sites.csv ]] && make -n "$sites" >/dev/null 2>&1; then make -s
 [[ -f $sites/sites.csv ]] || { echo "error: $sites/sites.csv not found (make it with \`fedqc sites split --manifest M --out $sites\`)" >&2; exit 2; }
 sites=$(realpath "$sites")
 # one line per site, "<site><TAB><node config>", from a single Python start
-mapfile -t nodes < <(python -c 'import sys; from fedqc.transport.flower.deployment import read_sites, node_config
+mapfile -t nodes < <(python -c 'import sys; from fedqc.transport.flower.deploy.sites import read_sites, node_config
 for s in read_sites(sys.argv[1]): print(s, node_config(s, f"{sys.argv[1]}/{s}"), sep="\t")' "$sites")
 names=("${nodes[@]%%$'\t'*}")
 if [[ $resume == true ]]; then
@@ -108,7 +108,7 @@ wait_port() {  # wait_port PORT PID: until something listens on PORT, or PID's g
 
 link=${LINK_PORT:-$(free_port)}
 if [[ $fast == 1 ]]; then
-  supernode=(python -m fedqc.transport.flower.fast_supernode)
+  supernode=(python -m fedqc.transport.flower.fast.supernode)
   # every site polls on this one machine: idle polls slow down with the number of sites, so that all of them
   # together ask about 40 times a second (20 sites on 2 cores: a hop's overhead 4.7 s at 0.2/0.1 s, 2.1 s at 0.5/0.5 s)
   read -r node_poll task_poll < <(python -c 'import sys; n = 0.025 * int(sys.argv[1])
@@ -120,7 +120,7 @@ else
 fi
 tls=$out/tls
 if [[ $secure == 1 ]]; then
-  python -m fedqc.transport.flower.certificates "$tls" "${names[@]}"
+  python -m fedqc.transport.flower.deploy.certificates "$tls" "${names[@]}"
   link_security=(--ssl-ca-certfile "$tls/ca.crt" --ssl-certfile "$tls/server.crt" --ssl-keyfile "$tls/server.key"
                  --enable-supernode-auth)
   cli_security="root-certificates = \"$tls/ca.crt\""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -22,6 +23,11 @@ TINY_SITES = [
 ]
 TINY_HARM = {"sites": [{"kind": "inverted", "new": "harm01-inverted", "train": 4, "val": 1}],
              "scans": [{"kind": "pure-noise", "site": "alpha"}, {"kind": "mislabeled", "site": "beta"}]}
+
+
+def same(a: dict, b: dict) -> bool:
+    """Bit-identical comparison of two states (dicts of arrays)."""
+    return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
 
 
 @pytest.fixture(scope="session")

@@ -202,3 +202,31 @@ def test_site_audit_uses_the_same_checks(planted, audited):
     assert set(findings) == set(t.index[t["is_blank"] | t["unreadable"]]) | set(within)
     assert findings[within[0]] == f"exact duplicate of {t.at[within[0], 'duplicate_of']}"
     assert all(findings[s] == t.at[s, "reason"] for s in t.index[t["is_blank"]])
+
+
+def test_a_registered_audit_check_adds_its_columns_and_its_count():
+    from fedqc.data.audit import AUDIT_ISSUES, AuditCheck, AuditInput
+    from fedqc.data.issues import Found
+
+    class Tiny(AuditCheck):
+        """A toy issue type: scans with fewer than 300 voxels."""
+
+        name = "tiny"
+
+        def find(self, data: AuditInput) -> Found:
+            voxels = np.array([np.prod(f.size) for f in data.facts], dtype=float)
+            return Found(pd.DataFrame({self.score_column(): voxels, self.flag_column(): voxels < 300,
+                                       "reason": ["tiny" if v < 300 else "" for v in voxels]}))
+
+    scan = np.random.default_rng(0).random((8, 8, 8)).astype(np.float32)
+    facts = [measure("a", "s1", "train", "a.nii", scan, scan.T[None]),
+             measure("b", "s2", "train", "b.nii", scan[:, :, :4], scan[:, :, :4].T[None])]
+    AUDIT_ISSUES.register(Tiny)
+    try:
+        table = audit_table(facts)
+        assert list(table.columns[-3:]) == ["tiny_score", "is_tiny_issue", "reason"]
+        assert list(table["is_tiny_issue"]) == [False, True] and table["reason"].iloc[1].endswith("; tiny")
+        assert summarize(table).set_index("site").at["all", "tiny"] == 1
+    finally:
+        del AUDIT_ISSUES["tiny"]
+    assert {"is_blank_issue", "blank_score", "is_blank"} <= set(audit_table(facts).columns)

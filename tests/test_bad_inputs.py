@@ -94,6 +94,15 @@ def test_missing_config(tmp_path):
     assert_clean_failure(["simulate", "--config", str(tmp_path / "none.yaml")], "config file not found")
 
 
+def test_debug_shows_the_error_itself_on_every_command(tmp_path):
+    from fedqc.errors import ConfigError, ManifestError
+
+    for args, error in ((["simulate", "--config", str(tmp_path / "none.yaml")], ConfigError),
+                        (["validate", str(tmp_path / "none.csv")], ManifestError)):
+        code, _, exc = run([*args, "--debug"])
+        assert code == 1 and isinstance(exc, error), (args, exc)
+
+
 MANIFESTS = [
     ("missing column", lambda d: d.drop(columns=["sex"]), "missing required column(s): sex"),
     ("duplicate subject", lambda d: pd.concat([d, d.iloc[[0]]]), "duplicate subject"),

@@ -24,11 +24,10 @@ from fedqc.data.manifest import load_manifest
 from fedqc.errors import ConfigError, UserError
 from fedqc.experiment.run_dir import RunDir, load_checkpoint
 from fedqc.experiment.runner import simulate
-from fedqc.protocol import same
 from fedqc.site.site import Site
 from fedqc.site.unlearning import confusion_loss, negative_entropy, reverse_gradient, unlearning_step
 from fedqc.transport.flower.codec import model_from_config, site_config, to_config
-from tests.conftest import checkpoint_path, tiny_config
+from tests.conftest import checkpoint_path, same, tiny_config
 
 
 # ----------------------------------------------------------------------------- losses and the reversal layer

@@ -17,8 +17,8 @@ from flwr.cli.supernode.register import try_load_public_key
 from flwr.supernode.cli.flower_supernode import _try_setup_client_authentication
 
 from fedqc.errors import UserError
-from fedqc.transport.flower.certificates import write_loopback_tls, write_server_certificates, write_site_keys
-from fedqc.transport.flower.deployment import split_sites
+from fedqc.transport.flower.deploy.certificates import write_loopback_tls, write_server_certificates, write_site_keys
+from fedqc.transport.flower.deploy.sites import split_sites
 from tests.test_bad_inputs import assert_clean_failure, run
 
 

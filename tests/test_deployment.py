@@ -27,10 +27,9 @@ from fedqc.data.synth.cohort import generate_cohort
 from fedqc.errors import UserError
 from fedqc.experiment.run_dir import load_checkpoint
 from fedqc.experiment.runner import simulate
-from fedqc.protocol import same
-from fedqc.transport.flower.certificates import write_key_pair, write_site_key
-from fedqc.transport.flower.deployment import FAST_SUPERNODE, SITE_MOUNT, WARM_SUPEREXEC, compose_file, split_sites
-from tests.conftest import checkpoint_path
+from fedqc.transport.flower.deploy.certificates import write_key_pair, write_site_key
+from fedqc.transport.flower.deploy.sites import FAST_SUPERNODE, SITE_MOUNT, WARM_SUPEREXEC, compose_file, split_sites
+from tests.conftest import checkpoint_path, same
 from tests.test_bad_inputs import run as run_cli
 from tests.test_privacy import check_replies
 

@@ -203,7 +203,7 @@ def test_flower_engine_sweep_replaced_on_the_pinned_version():
     import flwr
     from flwr.server.superlink.fleet.vce import vce_api
 
-    from fedqc.transport.flower import vce
+    from fedqc.transport.flower.fast import vce
 
     assert vce.install() is (flwr.__version__ == "1.41.0")
     assert (vce_api.add_messages_to_queue is vce.add_messages_to_queue) is (flwr.__version__ == "1.41.0")

@@ -25,7 +25,9 @@ from flwr.superlink.grid import http_grid
 from flwr.supernode import fleet_http_connection, start_client_internal
 from flwr.supernode.runtime import run_clientapp
 
-from fedqc.transport.flower import fast_supernode, pull_backoff, warm_superexec
+from fedqc.transport.flower.fast import FLWR_VERSION, pull_backoff
+from fedqc.transport.flower.fast import superexec as warm_superexec
+from fedqc.transport.flower.fast import supernode as fast_supernode
 
 
 @pytest.fixture(autouse=True)
@@ -45,7 +47,7 @@ def supernode_module():
 
 
 def test_the_supernode_patch_fits_flwr_1_41_and_shortens_only_flowers_waits(supernode_module, monkeypatch):
-    assert flwr.__version__ == fast_supernode.FLWR_VERSION
+    assert flwr.__version__ == FLWR_VERSION
     assert fast_supernode.patch(supernode_module)
     slept = []
     monkeypatch.setattr(time, "sleep", slept.append)
@@ -62,7 +64,7 @@ def test_the_supernode_patch_fits_flwr_1_41_and_shortens_only_flowers_waits(supe
     monkeypatch.setattr(subprocess, "Popen", lambda args, *a, **k: started.append(args))
     supernode_module.subprocess.Popen(["flower-superexec", "--insecure", "--runtime-api-address", "127.0.0.1:1"])
     supernode_module.subprocess.Popen(["something-else"])
-    assert started == [[sys.executable, "-m", "fedqc.transport.flower.warm_superexec", "--insecure",
+    assert started == [[sys.executable, "-m", "fedqc.transport.flower.fast.superexec", "--insecure",
                         "--runtime-api-address", "127.0.0.1:1"], ["something-else"]]
 
 
@@ -78,7 +80,7 @@ def test_another_flwr_version_gets_the_stock_supernode_and_superexec(supernode_m
 
 
 def test_a_bad_poll_interval_is_one_line(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "fedqc.transport.flower.fast_supernode", "--insecure"],
+    proc = subprocess.run([sys.executable, "-m", "fedqc.transport.flower.fast.supernode", "--insecure"],
                           capture_output=True, text=True, env={**os.environ, "FEDQC_SUPERNODE_POLL_S": "soon"})
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert proc.stderr.strip() == "error: FEDQC_SUPERNODE_POLL_S must be a number of seconds, got 'soon'"

@@ -10,8 +10,7 @@ import yaml
 
 from fedqc.experiment.run_dir import load_checkpoint
 from fedqc.experiment.runner import simulate
-from fedqc.protocol import same
-from tests.conftest import checkpoint_path, tiny_config
+from tests.conftest import checkpoint_path, same, tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

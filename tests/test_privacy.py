@@ -87,8 +87,8 @@ def test_sites_send_only_model_arrays_counts_scores_and_ids(tiny_cohort, tmp_pat
     RunDir(tmp_path / "run").prepare(cfg, resume=False, overwrite=False)
     log = tmp_path / "messages.jsonl"
     n_sites = load_manifest(cfg.manifest)["site"].nunique()
-    server = make_server_app(cfg, lambda transport, _: run_experiment(cfg, transport, tmp_path / "run", quiet=True),
-                             expected_nodes=n_sites)
+    server = make_server_app(lambda transport, *_: run_experiment(cfg, transport, tmp_path / "run", quiet=True),
+                             cfg=cfg, expected_nodes=n_sites)
     run_simulation(server_app=server,
                    client_app=make_client_app(str(cfg.manifest), mods=[Recorder(str(log))]),
                    num_supernodes=n_sites,

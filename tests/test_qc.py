@@ -23,6 +23,7 @@ from fedqc.qc.criteria import (
     SiteAUROCCheck,
 )
 from fedqc.qc.detection import score_detection
+from fedqc.qc.gate import QCStatus
 from fedqc.qc.policy import QCPolicy
 from fedqc.qc.search import SEARCHES
 from fedqc.qc.stats import auroc_se, confusion, recalibrate, site_auroc_test, within_site_auroc_se
@@ -354,8 +355,8 @@ def test_site_check_keeps_a_harmful_site_out_then_eliminates_it(tmp_path):
         hop = r.visit("t", state, cycle, 1e-3)
         state = hop.state
         statuses.append(hop.status)
-    assert statuses == [HopStatus.SITE_FLAGGED, HopStatus.SITE_FLAGGED, HopStatus.SITE_CHECK_FAILED,
-                        HopStatus.SITE_ELIMINATED]
+    assert statuses == [QCStatus.SITE_FLAGGED, QCStatus.SITE_FLAGGED, QCStatus.SITE_CHECK_FAILED,
+                        QCStatus.SITE_ELIMINATED]
     assert transport.requests == [] and state["encoder.w"][0] == 0  # never trained
     assert r.verifications == 2 and set(r.eliminated_table()["stage"]) == {"site"} and len(r.eliminated_table()) == 20
     # a good site passes its checks and trains its visit, adopted without a val evaluation
@@ -482,9 +483,8 @@ def test_qc_arms_end_to_end_and_resume(tiny_cohort, tmp_path):
     from fedqc.experiment.arms import arms_for
     from fedqc.experiment.run_dir import load_checkpoint
     from fedqc.experiment.runner import simulate
-    from fedqc.protocol import same
     from fedqc.transport.inprocess import InProcessTransport
-    from tests.conftest import checkpoint_path
+    from tests.conftest import checkpoint_path, same
 
     cfg = tiny_config(tiny_cohort / "manifest.csv", **{"arms": ["clean", "dirty", "qc", "qc-reference-batch"],
                                                        "train.cycles": 4, "qc": {"audit": True}})

@@ -309,9 +309,8 @@ def test_trusted_and_scratch_starts_end_to_end_and_resume(tiny_cohort, tmp_path)
     from fedqc.experiment.arms import arms_for
     from fedqc.experiment.run_dir import RunDir, load_checkpoint
     from fedqc.experiment.runner import run_experiment
-    from fedqc.protocol import same
     from fedqc.transport.inprocess import InProcessTransport
-    from tests.conftest import checkpoint_path
+    from tests.conftest import checkpoint_path, same
 
     class Recording(InProcessTransport):
         def __init__(self, *args):
@@ -376,3 +375,35 @@ def test_a_site_made_of_odd_scans_fails_and_its_scans_are_eliminated_at_their_re
     eliminated = arm.eliminated_table().set_index("subject")
     assert {f"w{i}" for i in range(4)} <= set(eliminated.index)
     assert set(eliminated.loc[[f"w{i}" for i in range(4)], "stage"]) == {"scan: ood"}
+
+
+def test_a_registered_scan_check_adds_its_columns_and_its_issues_flag_scans(tmp_path):
+    from fedqc.data.issues import Found
+    from fedqc.qc.scans import SCAN_ISSUES, ScanCheck, ScanInput
+
+    class FifthSubjects(ScanCheck):
+        """A toy check: scans whose number is a multiple of five are issues; the score is the number."""
+
+        name = "fifth"
+
+        def find(self, data: ScanInput) -> Found:
+            number = data.judged["subject"].str[1:].astype(int)
+            return Found(pd.DataFrame({self.score_column(): number.to_numpy(float),
+                                       self.flag_column(): (number % 5 == 0).to_numpy()}, index=data.judged.index))
+
+    SCAN_ISSUES.register(FifthSubjects)
+    try:
+        arm, _ = scan_arm(tmp_path)
+        arm.gate.checks.add("fifth")  # a config names the built-in checks only (fedqc.config.schema.SCAN_CHECKS)
+        arm.begin({"encoder.w": np.zeros(1)}, 1, None)
+        arm.end_cycle(1)
+        table = pd.read_csv(tmp_path / "scan_issues.csv").set_index("subject")
+        assert list(table.columns[-7:]) == ["label_score", "is_label_issue", "ood_score", "is_ood_issue",
+                                            "fifth_score", "is_fifth_issue", "decision"]
+        assert table.loc["t10", "is_fifth_issue"] and not table.loc["t04", "is_fifth_issue"]
+        assert table.loc["t04", "fifth_score"] == 4.0
+        assert table.loc["t10", "decision"] == "flagged" and table.loc["t04", "decision"] == "kept"
+        assert set(arm.policy.flagged) == {"t00", "t03", "t05", "t07", "t10", "t15", "u0"}
+        assert summary(arm, tmp_path)["scan_issues"]["fifth"] == int(table["is_fifth_issue"].sum()) > 0
+    finally:
+        del SCAN_ISSUES["fifth"]

@@ -7,9 +7,9 @@ import pytest
 
 from fedqc.data.manifest import load_manifest
 from fedqc.models.state import initial_state
-from fedqc.protocol import EvalRequest, TrainRequest, class_counts, same
+from fedqc.protocol import EvalRequest, TrainRequest, class_counts
 from fedqc.site import Site, rebalance
-from tests.conftest import tiny_config
+from tests.conftest import same, tiny_config
 
 SUBJECTS = [f"s{i}" for i in range(10)]
 LABELS = np.array([1, 0, 0, 0, 1, 0, 0, 0, 0, 0])  # 2 patients, 8 controls

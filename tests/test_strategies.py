@@ -3,6 +3,8 @@ averaging rounds, end to end with resume and Flower parity."""
 
 from __future__ import annotations
 
+from enum import Enum
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -12,15 +14,16 @@ from fedqc.data.manifest import load_manifest
 from fedqc.experiment.run_dir import load_checkpoint
 from fedqc.experiment.runner import simulate
 from fedqc.models.state import initial_state
-from fedqc.protocol import EvalReply, SiteInfo, TrainReply, TrainRequest, same
+from fedqc.protocol import EvalReply, SiteInfo, TrainReply, TrainRequest
 from fedqc.qc.arm import QCArm
+from fedqc.qc.gate import QCStatus
 from fedqc.site import Site
 from fedqc.strategies.averaging import AveragingRound, average, flower_strategy
 from fedqc.strategies.cycles import Hop, HopStatus, Local, PlainVisitor
 from fedqc.strategies.schedule import rounds_for, warmup_sites
 from fedqc.strategies.travelling import TravellingRound
 from fedqc.transport.inprocess import InProcessTransport
-from tests.conftest import checkpoint_path, tiny_config
+from tests.conftest import checkpoint_path, same, tiny_config
 
 
 # ----------------------------------------------------------------------------- the average
@@ -37,7 +40,7 @@ def test_average_is_flowers_weighted_mean_in_site_order_keeping_dtypes():
 class Recorder:
     """A visitor that records what each visit received and trains by adding the site's number to every weight."""
 
-    def __init__(self, outcomes: dict[str, HopStatus] | None = None):
+    def __init__(self, outcomes: dict[str, Enum] | None = None):
         self.outcomes = outcomes or {}
         self.seen: list[tuple[str, dict, Local]] = []
 
@@ -64,7 +67,7 @@ def test_every_site_of_a_round_starts_from_the_same_model_without_optimizer_stat
     assert [site for site, _, _ in hops] == ["s1", "s2", "s3"]
 
 
-@pytest.mark.parametrize("status", [HopStatus.SITE_CHECK_FAILED, HopStatus.SITE_FLAGGED, HopStatus.REJECTED,
+@pytest.mark.parametrize("status", [QCStatus.SITE_CHECK_FAILED, QCStatus.SITE_FLAGGED, HopStatus.REJECTED,
                                     HopStatus.FAILED])
 def test_a_site_kept_out_or_failing_is_absent_from_the_average(status):
     state = {"w": np.zeros(1, np.float32)}

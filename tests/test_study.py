@@ -12,8 +12,7 @@ from scipy import stats
 from fedqc.analysis.study import summarize, write_study
 from fedqc.experiment.run_dir import RunDir, load_checkpoint
 from fedqc.experiment.study import run_study, seed_dir
-from fedqc.protocol import same
-from tests.conftest import tiny_config
+from tests.conftest import same, tiny_config
 
 
 def test_summary_is_mean_sd_and_t_interval_per_arm_and_figure():

@@ -15,12 +15,12 @@ from fedqc.experiment.arms import arms_for, harmful_scans
 from fedqc.experiment.run_dir import RunDir, load_checkpoint
 from fedqc.experiment.runner import failing_sites, run_arm, run_experiment, simulate
 from fedqc.models.state import initial_state
-from fedqc.protocol import TrainRequest, batches, check_update, same
+from fedqc.protocol import TrainRequest, batches, check_update
 from fedqc.site import Site
 from fedqc.strategies.cycles import PlainVisitor, hop_seed, learning_rate
 from fedqc.strategies.travelling import site_order
 from fedqc.transport.inprocess import InProcessTransport
-from tests.conftest import checkpoint_path, tiny_config
+from tests.conftest import checkpoint_path, same, tiny_config
 
 
 @pytest.fixture

@@ -19,11 +19,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+from sklearn.metrics import balanced_accuracy_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from fedqc.analysis.infer import predict_checkpoint, run_config
+from fedqc.analysis.metrics import auroc
 from fedqc.config.schema import model_spec
 from fedqc.data.manifest import load_manifest
 from fedqc.experiment.run_dir import RunDir, load_checkpoint
@@ -74,10 +75,6 @@ def probe_accuracy(features: np.ndarray, target: np.ndarray, fit: np.ndarray) ->
     return float(balanced_accuracy_score(target[~fit], probe.predict(features[~fit])))
 
 
-def _auroc(scores: pd.DataFrame) -> float:
-    return float(roc_auc_score(scores["label"], scores["score"])) if scores["label"].nunique() == 2 else float("nan")
-
-
 def bias_row(run: RunDir, arm: str) -> dict:
     """``auroc_flipped_last3`` (the bias-flipped test split, last three cycles) when the run has one, and the probe's
     ``probe_bacc`` / ``probe_chance`` for the model's bias target when the manifest has its column; {} for a run
@@ -96,7 +93,7 @@ def bias_row(run: RunDir, arm: str) -> dict:
     row: dict = {}
     if flipped.is_file():
         table = load_manifest(flipped)
-        row["auroc_flipped_last3"] = float(np.mean([_auroc(predict_checkpoint(arm_dir.checkpoint(c), table))
+        row["auroc_flipped_last3"] = float(np.mean([auroc(predict_checkpoint(arm_dir.checkpoint(c), table))
                                                     for c in cycles[-LAST:]]))
     manifest = load_manifest(cfg.manifest)
     if "harm" in manifest:  # the probe reads good scans: a corrupted one would tell it about its corruption

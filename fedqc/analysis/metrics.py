@@ -33,6 +33,13 @@ DEFAULT_AGE_EDGES = (60.0, 70.0)
 SPECIFICITY = 0.90  # the specificity sens_at_spec90 holds
 
 
+def auroc(scores: pd.DataFrame) -> float:
+    """The AUROC of a table's ``score`` against its ``label``; NaN with one class."""
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(scores["label"], scores["score"])) if scores["label"].nunique() == 2 else float("nan")
+
+
 def binary_metrics(labels, scores, threshold: float = 0.5) -> dict:
     """Counts and metrics of scores against 0/1 labels at ``threshold``."""
     from sklearn.metrics import (  # here: keeps sklearn out of every ClientApp start

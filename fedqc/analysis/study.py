@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from fedqc.analysis.bias import bias_row
-from fedqc.analysis.metrics import binary_metrics, target_metrics
+from fedqc.analysis.metrics import auroc, binary_metrics, target_metrics
 from fedqc.analysis.paired import paired_table, pairs_for
 from fedqc.analysis.report import markdown_table
 from fedqc.experiment.arms import arms_for
@@ -46,10 +46,6 @@ def figure_range(figure: str) -> tuple[float, float]:
     """The values ``figure`` can take: [0, 1] for a share, [0, ∞) for a count or a time."""
     shares = figure in SHARES or figure.startswith(("recall_", "targets_", "auroc_", "f1_", "ap_"))
     return (0.0, 1.0) if shares else (0.0, float("inf"))
-
-
-def _auroc(preds: pd.DataFrame) -> float:
-    return binary_metrics(preds["label"], preds["score"])["auroc"]
 
 
 def cycle_metrics(arm_dir: ArmDir, thresholds: dict[int, float] | None = None) -> pd.DataFrame:
@@ -177,7 +173,7 @@ def plot_study(runs: dict[int, Path], arms: list[str], path: Path) -> None:
         curves = {}
         for seed, run in runs.items():
             arm_dir = RunDir(run).arm(arm)
-            curves[seed] = pd.Series({c: _auroc(pd.read_csv(arm_dir.predictions(c)))
+            curves[seed] = pd.Series({c: auroc(pd.read_csv(arm_dir.predictions(c)))
                                       for c in arm_dir.cycles("predictions")})
         table = pd.DataFrame(curves)
         if table.empty:

@@ -1,7 +1,9 @@
 """The image audit of a whole manifest (``fedqc audit``): what is wrong with which scans, before any training.
 
 One row per scan, with a score and a flag per issue type, as cleanlab's Datalab reports issues, plus counts per
-site and overall. The issue types:
+site and overall. Each issue type is one registered class (:data:`AUDIT_ISSUES`, :mod:`fedqc.data.issues`) that gives
+``<issue>_score`` and ``is_<issue>_issue`` (the columns fedqc 0.1 wrote, :data:`COLUMNS`, stay beside them). The
+issue types:
 
 - **unreadable**: the scan cannot be read or used (:class:`~fedqc.data.images.ImageError`: unreadable, truncated,
   non-finite voxels, not of the model's dimensionality). Recorded with its reason; no other check runs on it.
@@ -51,6 +53,7 @@ from fedqc.data.image_checks import (
     smoothness,
     voxel_hash,
 )
+from fedqc.data.issues import Found, IssueCheck, Registry
 from fedqc.errors import UserError
 
 NEAR_THRESHOLD = 0.08  # share of the hash bits (module docstring)
@@ -59,8 +62,7 @@ INTENSITY_STATS = ("mean", "sd", "p1", "p99")
 INTENSITY_SCALE_MIN = 0.01  # floor of the robust sd: this share of the typical intensity range
 SHAPE_SCALE_MIN = 0.1  # floor of the robust sd of log sizes and spacings
 MAD_TO_SD = 1.4826
-ISSUES = ("unreadable", "blank", "exact_duplicate", "near_duplicate", "intensity_outlier", "shape_outlier",
-          "bright_background", "no_anatomy")
+# fedqc 0.1's columns of audit.csv; every registered check's score and flag follow, before reason
 COLUMNS = ["subject", "site", "split", "path", "unreadable", "blank", "is_blank", "duplicate_of",
            "is_exact_duplicate", "near_duplicate_of", "near_distance", "is_near_duplicate", "duplicate_across_sites",
            "intensity_z", "is_intensity_outlier", "shape_z", "is_shape_outlier", "border_mean",
@@ -216,74 +218,182 @@ def _near(facts: Sequence[ScanFacts], usable: np.ndarray, threshold: float) -> t
     return distance, near
 
 
+@dataclass(frozen=True)
+class AuditInput:
+    """What an audit check sees: every scan's facts, which of them are ``usable`` (readable, not blank), and the
+    audit's settings."""
+
+    facts: Sequence[ScanFacts]
+    usable: np.ndarray
+    near_threshold: float = NEAR_THRESHOLD
+    outlier_z: float = OUTLIER_Z
+
+
+class AuditCheck(IssueCheck[AuditInput]):
+    """One issue type of the image audit. :meth:`find`'s table holds ``<issue>_score``, ``is_<issue>_issue``, the
+    check's own columns of :data:`COLUMNS`, and ``reason`` (a scan's finding in words, empty for none)."""
+
+
+AUDIT_ISSUES: Registry[type[AuditCheck]] = Registry()
+"""The audit's issue types by name, in the order of their columns and of a scan's reasons."""
+
+
+def _found(data: AuditInput, check: type[AuditCheck], score, flag, reason, **columns) -> Found:
+    return Found(pd.DataFrame({check.score_column(): np.asarray(score, dtype=float),
+                               check.flag_column(): np.asarray(flag, dtype=bool), **columns, "reason": reason}))
+
+
+@AUDIT_ISSUES.register
+class Unreadable(AuditCheck):
+    """The scan cannot be read or used (score 1, else 0); its error is its reason."""
+
+    name = "unreadable"
+
+    def find(self, data: AuditInput) -> Found:
+        flag = np.array([f.error is not None for f in data.facts], dtype=bool)
+        return _found(data, Unreadable, flag, flag, [f.error or "" for f in data.facts], unreadable=flag)
+
+
+@AUDIT_ISSUES.register
+class Blank(AuditCheck):
+    """Blank or near-constant (score: the share of voxels holding the most common value)."""
+
+    name = "blank"
+
+    def find(self, data: AuditInput) -> Found:
+        flag = np.array([f.blank_reason is not None for f in data.facts], dtype=bool)
+        share = [f.blank for f in data.facts]
+        return _found(data, Blank, share, flag, [f.blank_reason or "" for f in data.facts], blank=share, is_blank=flag)
+
+
+@AUDIT_ISSUES.register
+class ExactDuplicate(AuditCheck):
+    """The same voxel data as another usable scan (score: how many others)."""
+
+    name = "exact_duplicate"
+
+    def find(self, data: AuditInput) -> Found:
+        subjects = [f.subject for f in data.facts]
+        groups: dict[str, list[int]] = {}
+        for i in np.flatnonzero(data.usable):
+            groups.setdefault(data.facts[i].digest, []).append(int(i))
+        exact: list[list[int]] = [[] for _ in data.facts]
+        for members in groups.values():
+            for i in members:
+                exact[i] = [j for j in members if j != i]
+        return _found(data, ExactDuplicate, [len(e) for e in exact], [bool(e) for e in exact],
+                      [f"exact duplicate of {', '.join(subjects[j] for j in e)}" if e else "" for e in exact],
+                      duplicate_of=[";".join(subjects[j] for j in e) for e in exact],
+                      is_exact_duplicate=[bool(e) for e in exact])
+
+
+@AUDIT_ISSUES.register
+class NearDuplicate(AuditCheck):
+    """Perceptual hashes within ``near_threshold`` (score: the share of differing bits to the closest other scan
+    that is not an exact copy)."""
+
+    name = "near_duplicate"
+
+    def find(self, data: AuditInput) -> Found:
+        subjects = [f.subject for f in data.facts]
+        distance, near = _near(data.facts, data.usable, data.near_threshold)
+        return _found(data, NearDuplicate, distance, [bool(m) for m in near],
+                      [f"near duplicate of {', '.join(subjects[j] for j in m)} (hash distance {d:.3f})" if m else ""
+                       for m, d in zip(near, distance)],
+                      near_duplicate_of=[";".join(subjects[j] for j in m) for m in near], near_distance=distance,
+                      is_near_duplicate=[bool(m) for m in near])
+
+
+@AUDIT_ISSUES.register
+class IntensityOutlier(AuditCheck):
+    """The largest robust z of the stored intensities' mean, sd, 1st and 99th percentile beyond ``outlier_z``."""
+
+    name = "intensity_outlier"
+
+    def find(self, data: AuditInput) -> Found:
+        z, text = _intensity(data.facts, data.usable)
+        flag = data.usable & (np.nan_to_num(z) > data.outlier_z)
+        return _found(data, IntensityOutlier, z, flag,
+                      [f"intensity outlier: {t}" if hit else "" for t, hit in zip(text, flag)],
+                      intensity_z=z, is_intensity_outlier=flag)
+
+
+@AUDIT_ISSUES.register
+class ShapeOutlier(AuditCheck):
+    """The largest robust z of the log sides and spacings beyond ``outlier_z`` (another dimensionality: infinite)."""
+
+    name = "shape_outlier"
+
+    def find(self, data: AuditInput) -> Found:
+        z, text = _shape(data.facts, data.usable)
+        flag = data.usable & (np.nan_to_num(z, posinf=np.inf) > data.outlier_z)
+        return _found(data, ShapeOutlier, z, flag, [f"shape outlier: {t}" if hit else "" for t, hit in zip(text, flag)],
+                      shape_z=z, is_shape_outlier=flag)
+
+
+@AUDIT_ISSUES.register
+class BrightBackground(AuditCheck):
+    """The model input's outermost layer brighter than :data:`~fedqc.data.image_checks.BACKGROUND_MAX`."""
+
+    name = "bright_background"
+
+    def find(self, data: AuditInput) -> Found:
+        borders = np.array([f.border_mean for f in data.facts], dtype=float)
+        flag = data.usable & (np.nan_to_num(borders) > BACKGROUND_MAX)
+        return _found(data, BrightBackground, borders, flag,
+                      [f"bright background (border mean {b:.2f}): inverted intensities?" if hit else ""
+                       for b, hit in zip(borders, flag)], border_mean=borders, is_bright_background=flag)
+
+
+@AUDIT_ISSUES.register
+class NoAnatomy(AuditCheck):
+    """Neighbouring voxels uncorrelated: smoothness below :data:`~fedqc.data.image_checks.SMOOTHNESS_MIN`."""
+
+    name = "no_anatomy"
+
+    def find(self, data: AuditInput) -> Found:
+        smooth = np.array([f.smoothness for f in data.facts], dtype=float)
+        flag = data.usable & (np.nan_to_num(smooth, nan=1.0) < SMOOTHNESS_MIN)
+        return _found(data, NoAnatomy, smooth, flag,
+                      [f"no anatomy (neighbour correlation {v:.2f}): noise?" if hit else "" for v, hit in zip(smooth, flag)],
+                      smoothness=smooth, is_no_anatomy=flag)
+
+
 def audit_table(facts: Sequence[ScanFacts], *, near_threshold: float = NEAR_THRESHOLD,
                 outlier_z: float = OUTLIER_Z) -> pd.DataFrame:
-    """The per-scan table (:data:`COLUMNS`) of a manifest's measured scans."""
-    n = len(facts)
-    subjects = [f.subject for f in facts]
-    sites = [f.site for f in facts]
-    unreadable = np.array([f.error is not None for f in facts], dtype=bool)
-    blank = np.array([f.blank_reason is not None for f in facts], dtype=bool)
-    usable = ~unreadable & ~blank
-    reasons: list[list[str]] = [[f.error] if f.error else [f.blank_reason] if f.blank_reason else [] for f in facts]
-
-    groups: dict[str, list[int]] = {}
-    for i in np.flatnonzero(usable):
-        groups.setdefault(facts[i].digest, []).append(int(i))
-    exact = [[] for _ in range(n)]
-    for members in groups.values():
-        for i in members:
-            exact[i] = [j for j in members if j != i]
-    distance, near = _near(facts, usable, near_threshold)
-    intensity_z, intensity_text = _intensity(facts, usable)
-    shape_z, shape_text = _shape(facts, usable)
-    borders = np.array([f.border_mean for f in facts], dtype=float)
-    smooth = np.array([f.smoothness for f in facts], dtype=float)
-
-    table = pd.DataFrame({"subject": subjects, "site": sites, "split": [f.split for f in facts],
-                          "path": [f.path for f in facts], "unreadable": unreadable,
-                          "blank": [f.blank for f in facts], "is_blank": blank})
-    table["duplicate_of"] = [";".join(subjects[j] for j in e) for e in exact]
-    table["is_exact_duplicate"] = [bool(e) for e in exact]
-    table["near_duplicate_of"] = [";".join(subjects[j] for j in m) for m in near]
-    table["near_distance"] = distance
-    table["is_near_duplicate"] = [bool(m) for m in near]
-    table["duplicate_across_sites"] = [any(sites[j] != sites[i] for j in exact[i] + near[i]) for i in range(n)]
-    table["intensity_z"] = intensity_z
-    table["is_intensity_outlier"] = usable & (np.nan_to_num(intensity_z) > outlier_z)
-    table["shape_z"] = shape_z
-    table["is_shape_outlier"] = usable & (np.nan_to_num(shape_z, posinf=np.inf) > outlier_z)
-    table["border_mean"] = borders
-    table["is_bright_background"] = usable & (np.nan_to_num(borders) > BACKGROUND_MAX)
-    table["smoothness"] = smooth
-    table["is_no_anatomy"] = usable & (np.nan_to_num(smooth, nan=1.0) < SMOOTHNESS_MIN)
-    for i in range(n):
-        r = table.iloc[i]
-        if exact[i]:
-            reasons[i].append(f"exact duplicate of {r.duplicate_of.replace(';', ', ')}")
-        if near[i]:
-            reasons[i].append(f"near duplicate of {r.near_duplicate_of.replace(';', ', ')} "
-                              f"(hash distance {distance[i]:.3f})")
-        if r.is_intensity_outlier:
-            reasons[i].append(f"intensity outlier: {intensity_text[i]}")
-        if r.is_shape_outlier:
-            reasons[i].append(f"shape outlier: {shape_text[i]}")
-        if r.is_bright_background:
-            reasons[i].append(f"bright background (border mean {borders[i]:.2f}): inverted intensities?")
-        if r.is_no_anatomy:
-            reasons[i].append(f"no anatomy (neighbour correlation {smooth[i]:.2f}): noise?")
+    """The per-scan table of a manifest's measured scans (:data:`COLUMNS`, then every registered check's score and
+    flag before ``reason``): every registered check's columns
+    (:data:`AUDIT_ISSUES`), ``duplicate_across_sites`` (an exact or near copy is at another site) and ``reason``
+    (the checks' findings joined by ``; ``)."""
+    usable = np.array([f.error is None and f.blank_reason is None for f in facts], dtype=bool)
+    data = AuditInput(facts, usable, near_threshold, outlier_z)
+    table = pd.DataFrame({"subject": [f.subject for f in facts], "site": [f.site for f in facts],
+                          "split": [f.split for f in facts], "path": [f.path for f in facts]})
+    reasons = [[] for _ in facts]
+    for check in AUDIT_ISSUES.values():
+        found = check().find(data).table
+        for column in found.columns.drop("reason"):
+            table[column] = found[column].to_numpy()
+        for i, text in enumerate(found["reason"]):
+            if text:
+                reasons[i].append(text)
+    site_of = dict(zip(table["subject"], table["site"]))
+    table["duplicate_across_sites"] = [
+        any(site_of[o] != site for o in f"{exact};{near}".split(";") if o)
+        for site, exact, near in zip(table["site"], table["duplicate_of"], table["near_duplicate_of"])]
     table["reason"] = ["; ".join(r) for r in reasons]
-    return table[COLUMNS]
+    return table[[*COLUMNS[:-1], *AUDIT_ISSUES.columns(), "reason"]]
 
 
 def summarize(table: pd.DataFrame) -> pd.DataFrame:
     """Per site and overall (``site`` = ``all``): scans, scans with any issue, and the count per issue type
     (every member of a duplicate group counts), plus ``duplicate_across_sites``."""
-    flags = {"unreadable": "unreadable", "blank": "is_blank", "exact_duplicate": "is_exact_duplicate",
-             "near_duplicate": "is_near_duplicate", "duplicate_across_sites": "duplicate_across_sites",
-             "intensity_outlier": "is_intensity_outlier", "shape_outlier": "is_shape_outlier",
-             "bright_background": "is_bright_background", "no_anatomy": "is_no_anatomy"}
-    counts = pd.DataFrame({name: table[col].astype(bool) for name, col in flags.items()})
+    flags = {name: check.flag_column() for name, check in AUDIT_ISSUES.items()}
+    order = list(flags)
+    order.insert(order.index("near_duplicate") + 1 if "near_duplicate" in order else len(order),
+                 "duplicate_across_sites")
+    flags["duplicate_across_sites"] = "duplicate_across_sites"
+    counts = pd.DataFrame({name: table[flags[name]].astype(bool) for name in order})
     counts.insert(0, "any_issue", table["reason"] != "")
     counts.insert(0, "scans", 1)
     counts.insert(0, "site", table["site"])
@@ -293,12 +403,17 @@ def summarize(table: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([per_site, overall], ignore_index=True).astype({c: int for c in counts.columns[1:]})
 
 
+def parse_sides(text: str, option: str) -> tuple[int, ...]:
+    """The sides an option (``--shape``, ``fedqc cohort --size``) gives: ``32``, ``64x64`` or ``32x32x32``."""
+    try:
+        return tuple(int(s) for s in text.lower().split("x"))
+    except ValueError:
+        raise UserError(f"{option} must be an integer, AxB or AxBxC, got {text!r}") from None
+
+
 def parse_shape(text: str) -> tuple[int, ...]:
     """``--shape``: one side for a cube (``32``), or every side (``32x32x32``; ``64x64`` for a 2D model), each >= 8."""
-    try:
-        sides = tuple(int(s) for s in text.lower().split("x"))
-    except ValueError:
-        raise UserError(f"--shape must be an integer, AxB or AxBxC, got {text!r}") from None
+    sides = parse_sides(text, "--shape")
     sides = sides * 3 if len(sides) == 1 else sides
     if len(sides) not in (2, 3) or min(sides) < 8:
         raise UserError(f"--shape needs two sides (2D) or three (3D), each >= 8, got {text!r}")

@@ -19,15 +19,16 @@ import pandas as pd
 
 from fedqc.config import ExperimentConfig
 from fedqc.io import atomic_write_csv, atomic_write_text
-from fedqc.protocol import ScanProblem, State, TrainRequest, check_update, class_counts
+from fedqc.protocol import ScanProblem, State, check_update, class_counts
 from fedqc.qc.audit import run_audit
 from fedqc.qc.criteria import SITE_CHECKS, UPDATE_CRITERIA
-from fedqc.qc.logs import SCAN_ISSUE_COLUMNS, QCLogs, eliminated_table, pending_table
+from fedqc.qc.gate import Gate, QCStatus, Update, VerificationScans
+from fedqc.qc.logs import QCLogs, eliminated_table, pending_table, scan_issue_counts
 from fedqc.qc.policy import QCPolicy
 from fedqc.qc.screening import SiteScreening
 from fedqc.qc.search import SEARCHES
-from fedqc.qc.verification import UpdateVerification, VerificationScans
-from fedqc.strategies.cycles import ONE_EPOCH, Hop, HopStatus, Local, hop_seed
+from fedqc.qc.verification import UpdateVerification
+from fedqc.strategies.cycles import ONE_EPOCH, Hop, Local, hop_seed, train_request
 from fedqc.transport import Transport
 
 HOLDOUT_STREAM = 1  # keeps the held-out draw apart from the visits' seeds (fedqc.strategies.cycles.hop_seed)
@@ -47,6 +48,7 @@ class QCArm:
                                untrusted_fraction=self.qc.untrusted_fraction)
         self.scans = VerificationScans(transport, sorted(s for s, i in info.items() if i.n_val),
                                        fraction=self.qc.verify_fraction, seed=cfg.train.seed)
+        self.gate: Gate
         if self.qc.criterion in SITE_CHECKS:
             self.gate = SiteScreening(SITE_CHECKS[self.qc.criterion].from_config(self.qc), self.policy, self.scans,
                                       transport, self.train_ids, checks=self.qc.scans, skill=self.qc.skill,
@@ -76,7 +78,7 @@ class QCArm:
             return
         t0 = time.perf_counter()
         self.policy.start(self.scans.score(state))
-        self.policy.fresh = {s for site, ids in self.train_ids.items() if site not in self.trusted for s in ids}
+        self.policy.set_untrained({s for site, ids in self.train_ids.items() if site not in self.trusted for s in ids})
         if self.qc.audit:
             sites = sorted(set(self.train_ids) | set(self.scans.sites))
             atomic_write_csv(run_audit(self.transport, self.policy, sites, first_cycle), self.folder / "audit.csv")
@@ -89,7 +91,7 @@ class QCArm:
         ``local.prox_mu``."""
         t0 = time.perf_counter()
         status = self.gate.check(site, state, cycle)
-        if status in (HopStatus.SITE_ELIMINATED, HopStatus.SITE_FLAGGED):
+        if status in (QCStatus.SITE_ELIMINATED, QCStatus.SITE_FLAGGED):
             return Hop(state, seconds=0.0, status=status)
         if status:
             return Hop(state, seconds=time.perf_counter() - t0, status=status, problems=self.scans.take_problems())
@@ -126,15 +128,12 @@ class QCArm:
         log = pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=["criterion", "seconds"])
         judged = log[log["criterion"] != "invalid update"]
         cycles = pd.read_csv(self.folder / "cycles.csv")
-        issues = pd.DataFrame(list(self.policy.scan_issues.values()), columns=SCAN_ISSUE_COLUMNS)
         summary = {"arm": self.name, "criterion": self.qc.criterion, "granularity": self.qc.granularity,
                    "start": self.qc.start, "oracle_start": self.qc.start == "clean",
                    "trusted_sites": list(self.qc.trusted_sites) if self.qc.start == "trusted" else [],
                    "skill_cycle": self.policy.skill_cycle, "scan_checks": list(self.qc.scans),
-                   "scan_issues": {"labels": int(issues["is_label_issue"].sum()), "ood": int(issues["is_ood_issue"].sum()),
-                                   "scans_checked": len(issues),
-                                   **{f"decision_{k}": int(v) for k, v in issues["decision"].value_counts().items()}},
-                   "cost": dict(getattr(self.gate, "counts", {})),
+                   "scan_issues": scan_issue_counts(self.policy),
+                   "cost": dict(self.gate.counts),
                    "verify_fraction": self.qc.verify_fraction, "audit": self.qc.audit, "verifications": len(judged),
                    "verify_seconds": round(float(judged["seconds"].sum()), 3),
                    "arm_seconds": round(self.setup_seconds + float(cycles["seconds"].sum()), 3),
@@ -161,19 +160,18 @@ class _Visit:
     def attempt(self, subjects: list[str], scope: str) -> bool:
         arm, t = self.arm, time.perf_counter()
         seed = int(self.seeds.spawn(1)[0].generate_state(1)[0])
-        request = TrainRequest(lr=self.lr, seed=seed, batch_size=arm.cfg.train.batch_size, subjects=tuple(subjects),
-                               rebalance=arm.cfg.train.rebalance, class_counts=arm.class_counts,
-                               prox_mu=self.prox_mu)
+        request = train_request(arm.cfg.train, self.lr, seed, subjects=tuple(subjects), class_counts=arm.class_counts,
+                                prox_mu=self.prox_mu)
         reply = arm.transport.train(self.site, self.state, request)
         self.skipped.update({p.subject: p for p in reply.skipped})
         if reason := check_update(self.state, reply.state):  # never evaluated, never adopted
             arm.policy.reject(cycle=self.cycle, site=self.site, scope=scope, subjects=subjects, reason=reason)
             return False
-        ok = arm.gate.judge(reply, cycle=self.cycle, site=self.site, scope=scope, subjects=subjects, started=t)
+        ok = arm.gate.judge(Update(reply, self.cycle, self.site, scope, tuple(subjects), t))
         if ok:
             self.trained.append((reply.n_scans, reply.loss))
             self.state = reply.state
-            arm.policy.fresh.difference_update(reply.subjects)
+            arm.policy.trained(reply.subjects)
         return ok
 
     def outcome(self, seconds: float) -> Hop:

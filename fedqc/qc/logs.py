@@ -9,12 +9,11 @@ import pandas as pd
 
 from fedqc.io import append_csv, atomic_write_csv, truncate_csv
 from fedqc.qc.policy import QCPolicy
+from fedqc.qc.scans import SCAN_ISSUES
 
 ELIMINATED_COLUMNS = ["subject", "site", "cycle_flagged", "cycle_eliminated", "stage"]
 REVISIT_COLUMNS = ["subject", "site", "cycle_flagged", "due", "cycle_revisited", "accepted"]
 FLAG_COLUMNS = ["subject", "site", "cycle_flagged", "due"]
-SCAN_ISSUE_COLUMNS = ["subject", "site", "cycle", "stage", "label_score", "is_label_issue",
-                      "ood_score", "is_ood_issue", "decision"]
 # file, the QCPolicy list it holds, the column with the cycle, fixed columns (None: whatever the rows hold)
 LOGS = (("qc_log.csv", "log", "cycle", None), ("revisits.csv", "revisits", "cycle_revisited", REVISIT_COLUMNS),
         ("flagged.csv", "flags", "cycle_flagged", FLAG_COLUMNS))
@@ -38,8 +37,24 @@ class QCLogs:
                 append_csv(pd.DataFrame(rows[self.written[name]:], columns=columns), self.folder / name)
             self.written[name] = len(rows)
         atomic_write_csv(eliminated_table(policy), self.folder / "eliminated.csv")
-        issues = pd.DataFrame(list(policy.scan_issues.values()), columns=SCAN_ISSUE_COLUMNS)
-        atomic_write_csv(issues.sort_values(["site", "subject"]), self.folder / "scan_issues.csv")
+        atomic_write_csv(scan_issue_table(policy).sort_values(["site", "subject"]), self.folder / "scan_issues.csv")
+
+
+def scan_issue_columns() -> list[str]:
+    """``scan_issues.csv``'s columns: the scan, when and where it was checked, every registered per-scan check's
+    score and flag (:data:`~fedqc.qc.scans.SCAN_ISSUES`), the decision."""
+    return ["subject", "site", "cycle", "stage", *SCAN_ISSUES.columns(), "decision"]
+
+
+def scan_issue_table(policy: QCPolicy) -> pd.DataFrame:
+    return pd.DataFrame(list(policy.scan_issues.values()), columns=scan_issue_columns())
+
+
+def scan_issue_counts(policy: QCPolicy) -> dict[str, int]:
+    """``qc_summary.json``'s ``scan_issues``: issues per check, scans checked, scans per decision."""
+    issues = scan_issue_table(policy)
+    return {**SCAN_ISSUES.counts(issues), "scans_checked": len(issues),
+            **{f"decision_{k}": int(v) for k, v in issues["decision"].value_counts().items()}}
 
 
 def eliminated_table(policy: QCPolicy) -> pd.DataFrame:

@@ -172,6 +172,24 @@ class QCPolicy:
         self.log.append({"cycle": cycle, "site": site, "scope": scope, "subject": _one(subjects), "n_trained": 0,
                          "criterion": "invalid update", "accepted": False, "note": reason})
 
+    # ------------------------------------------------------------------ what the model has seen
+    def set_untrained(self, subjects: set[str]) -> None:
+        """The training scans the start model has never trained on (out-of-sample: the per-scan checks judge them)."""
+        self.fresh = set(subjects)
+
+    def trained(self, subjects: list[str]) -> None:
+        """An adopted update trained ``subjects``: the model has fitted them."""
+        self.fresh.difference_update(subjects)
+
+    def reach_skill(self, cycle: int) -> None:
+        """The model shows skill at ``cycle``: decisions start there (the first such cycle is kept)."""
+        if self.skill_cycle is None:
+            self.skill_cycle = cycle
+
+    def record_scan_check(self, row: dict) -> None:
+        """A scan's per-scan check and its decision (a row of ``scan_issues.csv``); replaces its earlier one."""
+        self.scan_issues[row["subject"]] = row
+
     # ------------------------------------------------------------------ scans and sites
     def site_due(self, site: str, cycle: int) -> bool:
         """Whether ``site`` trains at ``cycle``: not eliminated, and not flagged unless its revisit is due."""

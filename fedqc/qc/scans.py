@@ -30,11 +30,14 @@ on hand-written image properties.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
 
+from fedqc.data.issues import Found, IssueCheck, Registry
 from fedqc.protocol import MOMENT_KEYS
+from fedqc.scoring import score_targets, target_view
 
 MAD_SD = 1.4826  # MAD → SD of a normal distribution
 
@@ -162,3 +165,98 @@ def label_issues_of(verification: pd.DataFrame, every: pd.DataFrame, scored: pd.
     issues[judged] = found[len(ref):]
     quality[judged] = label_quality(rows["label"].to_numpy()[len(ref):], probs[len(ref):])
     return judged, issues, quality, pd.Series(found[:len(ref)], index=ref.index)
+
+
+# ----------------------------------------------------------------------------- the checks, one class each
+@dataclass(frozen=True)
+class ScanInput:
+    """What a per-scan check sees: ``judged`` (the scans to judge: subject, site, label, score, per target
+    ``label_<t>``/``score_<t>``, and ``ood`` where the sites measured feature distances), ``scored`` (every scan
+    those sites scored, the judged ones among them), ``verification`` (the verification set's baseline rows, the
+    current model's when a check :attr:`~ScanCheck.needs_baseline`) and ``ood_limit`` (None: no feature reference)."""
+
+    judged: pd.DataFrame
+    scored: pd.DataFrame
+    verification: pd.DataFrame
+    ood_limit: OODLimit | None = None
+
+
+class ScanCheck(IssueCheck[ScanInput]):
+    """A per-scan check of the site-check gate (``qc.scans`` names the ones that run). A check that does not run
+    still gives its columns (:meth:`unchecked`): its issues are False."""
+
+    needs_baseline: ClassVar[bool] = False  # judged against the current model's verification scores
+
+    def unchecked(self, data: ScanInput) -> pd.DataFrame:
+        return pd.DataFrame({self.score_column(): np.nan, self.flag_column(): False}, index=data.judged.index)
+
+
+SCAN_ISSUES: Registry[type[ScanCheck]] = Registry()
+"""The per-scan checks by name (``qc.scans``), in the order their columns appear in ``scan_issues.csv``."""
+
+
+@SCAN_ISSUES.register
+class LabelIssues(ScanCheck):
+    """``labels``: cleanlab's label issues of the judged scans, each target judged, issues joined (module docstring).
+
+    Score: the probability the model gives the scan's label (of its site-shifted score where the shift could be
+    estimated; the lowest over targets). ``label_judged``: the shift could be estimated (the site check's share of
+    label issues counts only those). Summary: ``reference_issues``, the verification scans' label issues and how
+    many were judged.
+    """
+
+    name, issue, needs_baseline = "labels", "label", True
+
+    def find(self, data: ScanInput) -> Found:
+        b, targets = data.verification, score_targets(data.judged.columns)
+        judged, found = np.ones(len(data.judged), bool), np.zeros(len(data.judged), bool)
+        qualities, reference = [], pd.Series(dtype=bool)
+        for target in (t for t in targets if t in score_targets(b.columns)):
+            mine, issues, quality, ref = label_issues_of(target_view(b, target), target_view(data.scored, target),
+                                                         target_view(data.judged, target))
+            judged &= mine
+            found |= issues
+            qualities.append(quality)
+            reference = ref.combine(reference, lambda x, y: bool(x) or bool(y), fill_value=False)
+        table = pd.DataFrame({self.score_column(): np.min(qualities, axis=0), self.flag_column(): found,
+                              "label_judged": judged}, index=data.judged.index)
+        return Found(table, {"reference_issues": (int(reference.sum()), len(reference))})
+
+    def unchecked(self, data: ScanInput) -> pd.DataFrame:
+        quality = np.min([label_quality(v["label"], v["score"]) for v in
+                          (target_view(data.judged, t) for t in score_targets(data.judged.columns))], axis=0)
+        return pd.DataFrame({self.score_column(): quality, self.flag_column(): False, "label_judged": False},
+                            index=data.judged.index)
+
+
+@SCAN_ISSUES.register
+class OutOfDistribution(ScanCheck):
+    """``ood``: the feature distance's robust z against the verification scans' (:class:`OODLimit`); unchecked
+    where there is no feature reference or the sites measured no distances."""
+
+    name = "ood"
+
+    def find(self, data: ScanInput) -> Found:
+        if data.ood_limit is None or "ood" not in data.judged:
+            return Found(self.unchecked(data))
+        return Found(pd.DataFrame({self.score_column(): data.ood_limit.score(data.judged["ood"]),
+                                   self.flag_column(): data.ood_limit.issues(data.judged["ood"])},
+                                  index=data.judged.index))
+
+
+def find_scan_issues(data: ScanInput, checks: set[str]) -> tuple[pd.DataFrame, dict[str, dict]]:
+    """Every registered check's columns over ``data.judged`` (those in ``checks`` run, the others are
+    :meth:`~ScanCheck.unchecked`), and ``issue``: the names of the checks that found one, joined by ``+`` (empty:
+    none); and the summaries of the checks that ran, by name."""
+    table, summaries = data.judged.copy(), {}
+    for name, check in SCAN_ISSUES.items():
+        if name in checks:
+            found = check().find(data)
+            columns, summaries[name] = found.table, found.summary
+        else:
+            columns = check().unchecked(data)
+        for column in columns:
+            table[column] = columns[column].to_numpy()
+    flags = [(name, table[check.flag_column()].to_numpy()) for name, check in SCAN_ISSUES.items()]
+    table["issue"] = ["+".join(name for name, hit in flags if hit[i]) for i in range(len(table))]
+    return table, summaries

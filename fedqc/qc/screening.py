@@ -26,30 +26,29 @@ eliminated, one without returns to the pool.
 from __future__ import annotations
 
 import time
-from collections import Counter
 
 import numpy as np
 import pandas as pd
 
 from fedqc.errors import SiteError
-from fedqc.protocol import EvalReply, EvalRequest, State, TrainReply
+from fedqc.protocol import EvalReply, EvalRequest, State
 from fedqc.qc.criteria import SiteAUROCCheck
+from fedqc.qc.gate import Gate, QCStatus, Update, VerificationScans
 from fedqc.qc.policy import QCPolicy, site_decision
-from fedqc.qc.scans import FeatureReference, OODLimit, label_issues_of, label_quality
+from fedqc.qc.scans import SCAN_ISSUES, FeatureReference, OODLimit, ScanInput, find_scan_issues
 from fedqc.qc.stats import skill
-from fedqc.qc.verification import VerificationScans
-from fedqc.scoring import score_targets, target_view
-from fedqc.strategies.cycles import HopStatus
 from fedqc.transport import Transport
 
 
-class SiteScreening:
-    """The gate of site checks and per-scan checks; a site's updates are adopted unverified."""
+class SiteScreening(Gate):
+    """The gate of site checks and per-scan checks (``checks``: names in :data:`~fedqc.qc.scans.SCAN_ISSUES`); a
+    site's updates are adopted unverified."""
 
     def __init__(self, check: SiteAUROCCheck, policy: QCPolicy, scans: VerificationScans, transport: Transport,
                  train_ids: dict[str, list[str]], *, checks: tuple[str, ...] = (), skill: float = 0.7,
                  ood_limit: float = 3.5):
-        self.site_check, self.policy, self.scans = check, policy, scans
+        super().__init__(policy, scans)
+        self.site_check = check
         self.transport, self.train_ids = transport, train_ids
         self.checks, self.skill, self.ood_limit = set(checks), skill, ood_limit
         self.reference: FeatureReference | None = None
@@ -58,16 +57,8 @@ class SiteScreening:
         self.stale = False  # the model changed since the verification scans were scored
         self.reference_current = False  # the feature reference is the current model's
         self.reference_issues: tuple[int, int] | None = None  # verification scans' label issues, judged (last check)
-        self.verifications, self.seconds = 0, 0.0
-        self.counts: Counter[str] = Counter()  # cost counters: verification rounds, site scorings, scans scored
 
     # ------------------------------------------------------------------ verification scans
-    def _score_verification(self, state: State, **fields) -> dict[str, EvalReply]:
-        replies = self.scans.evaluate(state, **fields)
-        self.counts["verification_rounds"] += 1
-        self.counts["scans_scored"] += sum(len(r.scores) for r in replies.values())
-        return replies
-
     def refresh(self, state: State, cycle: int, *, features: bool) -> None:
         """Score the verification scans with ``state``: the baseline, and with ``features`` the feature reference
         and its limit (two rounds: the pooled statistics first, then the verification scans' own distances)."""
@@ -82,14 +73,14 @@ class SiteScreening:
                 self.reference, self.limit = None, None                           # no feature-distance check
                 return
             self.reference = FeatureReference.from_moments(moments)
-            null = self._score_verification(state, **self.reference.request())
+            null = self.score_verification(state, **self.reference.request())
             ood = pd.concat([r.scores for s, r in null.items() if s in judges], ignore_index=True)["ood"]
             self.limit = OODLimit.from_null(ood.to_numpy(), self.ood_limit)
 
     def _rebase_now(self, state: State, **fields) -> dict[str, EvalReply]:
         """Rescore the verification scans with ``state`` and make their scores the baseline (the feature reference
         is kept); the replies."""
-        replies = self._score_verification(state, **fields)
+        replies = self.score_verification(state, **fields)
         self.policy.rebase(pd.concat([r.scores for r in replies.values()], ignore_index=True))
         self.stale = False
         return replies
@@ -99,8 +90,7 @@ class SiteScreening:
             b = self.policy.baseline[self.policy.verification_set("")]
             if not skill(b["label"].to_numpy(), b["score"].to_numpy(), b["site"].to_numpy()) >= self.skill:
                 return False
-        if self.policy.skill_cycle is None:
-            self.policy.skill_cycle = cycle
+        self.policy.reach_skill(cycle)
         return True
 
     # ------------------------------------------------------------------ the gate
@@ -113,18 +103,18 @@ class SiteScreening:
     def resumed(self) -> None:
         self.cycle = None  # rescored at the next visit: exact, whatever the last visit changed
 
-    def check(self, site: str, state: State, cycle: int) -> HopStatus | None:
+    def check(self, site: str, state: State, cycle: int) -> QCStatus | None:
         """None when ``site`` may train now; else why it sits this visit out."""
         if cycle != self.cycle:
             self._begin_cycle(state, cycle)
         if self.policy.skill_cycle is None:
             return None  # no decision before the model shows skill
         if site in self.policy.eliminated_sites:
-            return HopStatus.SITE_ELIMINATED
+            return QCStatus.SITE_ELIMINATED
         if not self.policy.site_due(site, cycle):
-            return HopStatus.SITE_FLAGGED
+            return QCStatus.SITE_FLAGGED
         reply = self._score_site(site, state, cycle, features=False)
-        return None if self._site_passes(site, reply, None, state, cycle) else HopStatus.SITE_CHECK_FAILED
+        return None if self._site_passes(site, reply, None, state, cycle) else QCStatus.SITE_CHECK_FAILED
 
     def _begin_cycle(self, state: State, cycle: int) -> None:
         """Before the cycle's first visit: rescore the verification scans; when the model first shows skill,
@@ -160,9 +150,8 @@ class SiteScreening:
                 out[site] = subjects
         return out
 
-    def judge(self, reply: TrainReply, *, cycle: int, site: str, scope: str, subjects: list[str],
-              started: float) -> bool:
-        """The checks have judged this visit's data: adopt."""
+    def judge(self, update: Update) -> bool:
+        """The checks judged the site's data before it trained: adopt; the verification scores are now stale."""
         self.stale, self.reference_current = True, False
         return True
 
@@ -200,7 +189,6 @@ class SiteScreening:
     def _score_site(self, site: str, state: State, cycle: int, *, features: bool) -> EvalReply:
         """The site's scores on the scans this visit could train, due revisits included; with ``features``, also
         their feature distances to the current reference (for the per-scan checks)."""
-        t = time.perf_counter()
         exclude = sorted(self.policy.excluded(site) - set(self.policy.due(site, cycle)))
         fields = self.reference.request() if features and self.reference is not None and "ood" in self.checks else {}
         reply = self.transport.evaluate([site], state, EvalRequest("train", exclude=tuple(exclude), **fields))[site]
@@ -209,7 +197,6 @@ class SiteScreening:
         self.scans.note(site, reply.skipped)
         self.counts["site_scorings"] += 1
         self.counts["scans_scored"] += len(reply.scores)
-        self.seconds += time.perf_counter() - t
         return reply
 
     def _site_passes(self, site: str, reply: EvalReply, scans: pd.DataFrame | None, state: State, cycle: int) -> bool:
@@ -221,7 +208,7 @@ class SiteScreening:
         label_test = None
         if scans is not None and self.reference_issues is not None:
             mine = scans[(scans["site"] == site) & scans["label_judged"]]
-            label_test = (int(mine["label_issue"].sum()), len(mine), *self.reference_issues)
+            label_test = (int(mine["is_label_issue"].sum()), len(mine), *self.reference_issues)
         if self.stale:  # a failure against an outdated baseline is re-decided on the current model's
             ok, _ = site_decision(self.site_check, self.policy.baseline[self.policy.verification_set(site)],
                                   s[~issues.to_numpy()])
@@ -234,10 +221,9 @@ class SiteScreening:
 
     def _scan_issues(self, replies: dict[str, EvalReply], state: State, only: set[str] | None = None) -> pd.DataFrame:
         """Per scored scan the model has not trained on (the others it has fitted: nothing to judge), or only
-        those of them in ``only``: its label and feature-distance scores, whether each is an issue,
-        ``label_judged`` (its site's score shift could be estimated, :func:`~fedqc.qc.scans.site_offsets`) and
-        ``issue`` (the issue types joined by ``+``, empty for none). Sets :attr:`reference_issues`: the
-        verification scans' label issues and how many were judged.
+        those of them in ``only``: every per-scan check's columns (:func:`~fedqc.qc.scans.find_scan_issues`) and
+        ``issue`` (the checks that found one, joined by ``+``). Sets :attr:`reference_issues`: the verification
+        scans' label issues and how many were judged (None unless ``labels`` ran).
 
         Each site's shift is estimated from all its scored scans and its verification scans,
         the ones the model has fitted included: they show the scanner as well.
@@ -247,35 +233,13 @@ class SiteScreening:
         scored = every[every["subject"].isin(judge)].reset_index(drop=True) if not every.empty else every
         self.reference_issues = None
         if scored.empty:
-            return pd.DataFrame(columns=["subject", "site", "label_score", "label_issue", "label_judged", "ood_score",
-                                         "ood_issue", "issue"])
-        targets = score_targets(scored.columns)
-        scored["label_score"] = np.min([label_quality(v["label"], v["score"]) for v in
-                                        (target_view(scored, t) for t in targets)], axis=0)
-        scored["label_issue"], scored["label_judged"] = False, False
-        if "labels" in self.checks:
-            if self.stale:
-                self._rebase_now(state)
-            b = self.policy.baseline[self.policy.verification_set("")]
-            mine, qualities, reference = np.ones(len(scored), bool), [], pd.Series(dtype=bool)
-            for target in (t for t in targets if t in score_targets(b.columns)):  # each target judged, issues joined
-                judged, issues, quality, ref = label_issues_of(target_view(b, target), target_view(every, target),
-                                                               target_view(scored, target))
-                mine &= judged
-                scored["label_issue"] = scored["label_issue"].to_numpy() | issues
-                qualities.append(quality)
-                reference = ref.combine(reference, lambda x, y: bool(x) or bool(y), fill_value=False)
-            scored["label_score"] = np.min(qualities, axis=0)
-            scored["label_judged"] = mine
-            self.reference_issues = (int(reference.sum()), len(reference))
-        if "ood" in self.checks and self.limit is not None and "ood" in scored:
-            scored["ood_score"] = self.limit.score(scored["ood"])
-            scored["ood_issue"] = self.limit.issues(scored["ood"])
-        else:
-            scored["ood_score"], scored["ood_issue"] = np.nan, False
-        scored["issue"] = ["+".join(k for k, hit in (("labels", a), ("ood", b)) if hit)
-                           for a, b in zip(scored["label_issue"], scored["ood_issue"])]
-        return scored
+            return pd.DataFrame(columns=["subject", "site", *SCAN_ISSUES.columns(), "label_judged", "issue"])
+        if self.stale and any(SCAN_ISSUES[c].needs_baseline for c in self.checks if c in SCAN_ISSUES):
+            self._rebase_now(state)
+        data = ScanInput(scored, every, self.policy.baseline[self.policy.verification_set("")], self.limit)
+        table, summaries = find_scan_issues(data, self.checks)
+        self.reference_issues = summaries.get("labels", {}).get("reference_issues")
+        return table
 
     def _decide_scans(self, scans: pd.DataFrame, cycle: int, *, stage: str) -> None:
         """Flag scans with new issues; a due revisit with an issue is eliminated, without one it returns to the pool."""
@@ -292,8 +256,8 @@ class SiteScreening:
                 decision = "kept"
             if r.subject in self.policy.scan_issues and decision == "kept":
                 continue  # the table keeps a scan's first check (out of sample) and its decisions
-            self.policy.scan_issues[r.subject] = {
-                "subject": r.subject, "site": r.site, "cycle": cycle, "stage": "revisit" if r.subject in due else stage,
-                "label_score": float(r.label_score),
-                "is_label_issue": bool(r.label_issue), "ood_score": float(r.ood_score),
-                "is_ood_issue": bool(r.ood_issue), "decision": decision}
+            row = {"subject": r.subject, "site": r.site, "cycle": cycle, "stage": "revisit" if r.subject in due else stage}
+            for check in SCAN_ISSUES.values():
+                row |= {check.score_column(): float(getattr(r, check.score_column())),
+                        check.flag_column(): bool(getattr(r, check.flag_column()))}
+            self.policy.record_scan_check(row | {"decision": decision})

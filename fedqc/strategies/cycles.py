@@ -36,12 +36,12 @@ from fedqc.transport import Transport
 
 
 class HopStatus(str, Enum):
+    """What became of a visit, as the strategies see it. A visitor may add outcomes of its own as another ``str``
+    enum (QC's: :class:`fedqc.qc.gate.QCStatus`); a hop other than :attr:`OK` leaves the model as it was."""
+
     OK = "ok"
     REJECTED = "rejected"  # the site's reply was invalid: not adopted
     FAILED = "failed"  # the site raised or did not answer
-    SITE_FLAGGED = "qc: site flagged"
-    SITE_CHECK_FAILED = "qc: site check failed"
-    SITE_ELIMINATED = "qc: site eliminated"
 
 
 @dataclass
@@ -52,7 +52,7 @@ class Hop:
     n_scans: int = 0
     loss: float = math.nan
     seconds: float = 0.0  # the site's own training time
-    status: HopStatus = HopStatus.OK
+    status: Enum = HopStatus.OK  # a HopStatus, or a visitor's own str enum; train_log.csv holds its value
     note: str = ""
     problems: list[ScanProblem] = field(default_factory=list)
 
@@ -93,6 +93,14 @@ def hop_seed(seed: int, cycle: int, site: str) -> int:
     return int(np.random.SeedSequence([seed, cycle, zlib.crc32(site.encode())]).generate_state(1)[0])
 
 
+def train_request(train: TrainConfig, lr: float, seed: int, *, subjects: tuple[str, ...] | None = None,
+                  exclude: tuple[str, ...] = (), class_counts: tuple[int, ...] = (), prox_mu: float = 0.0
+                  ) -> TrainRequest:
+    """A visit's :class:`~fedqc.protocol.TrainRequest`, with the run's batch size and class rebalancing."""
+    return TrainRequest(lr=lr, seed=seed, batch_size=train.batch_size, subjects=subjects, exclude=exclude,
+                        rebalance=train.rebalance, class_counts=class_counts, prox_mu=prox_mu)
+
+
 def learning_rate(lr: float, decay: float, cycle: int) -> float:
     return lr * math.exp(-decay * cycle)
 
@@ -117,11 +125,10 @@ class PlainVisitor:
         seed, start = hop_seed(self.train.seed, cycle, site), state
         n, loss, seconds, problems = 0, 0.0, 0.0, []
         for epoch in range(self.epochs * local.epochs):  # epoch 0 keeps the hop's seed: one epoch is the plain travelling model
-            request = TrainRequest(lr=lr, seed=seed if epoch == 0 else int(np.random.SeedSequence([seed, epoch])
-                                                                           .generate_state(1)[0]),
-                                   batch_size=self.train.batch_size, exclude=self.leave_out.get(site, ()),
-                                   rebalance=self.train.rebalance, class_counts=self.class_counts,
-                                   prox_mu=local.prox_mu)
+            request = train_request(self.train, lr, seed if epoch == 0 else int(np.random.SeedSequence([seed, epoch])
+                                                                                .generate_state(1)[0]),
+                                    exclude=self.leave_out.get(site, ()), class_counts=self.class_counts,
+                                    prox_mu=local.prox_mu)
             reply = self.transport.train(site, state, request)
             seconds += reply.seconds
             problems += reply.skipped

@@ -1,13 +1,13 @@
-"""Flower at the edge: thin adapters that carry arrays, configs and counts between the server and sites.
+"""Flower at the edge, in three parts.
 
-``codec`` (what crosses the wire), ``grid`` (the server's :class:`~fedqc.transport.Transport`
-over a Flower grid), ``client_app`` (a site's ClientApp), ``server_app`` (a ServerApp that
-hands the grid transport to a caller's function), ``simulation`` (Flower's simulation engine),
-``deployment`` (per-site folders and the docker-compose topology), ``fast_supernode`` and
-``warm_superexec`` (the deployment's fast path: Flower's SuperNode with shorter waits, and
-a SuperExec that forks warm ClientApps), ``pull_backoff`` (the fast path's short first
-retry of Flower's object pulls) and ``env`` (settings, applied here,
-before any module of this package imports Flower).
+- **The adapter**: ``codec`` (what crosses the wire, its record keys named), ``grid`` (the
+  server's :class:`~fedqc.transport.Transport` over a Flower grid), ``client_app`` (a site's
+  ClientApp), ``server_app`` (fedqc's one ServerApp: it hands the grid transport to a
+  caller's function), ``simulation`` (Flower's simulation engine) and ``env`` (settings,
+  applied here, before any module of this package imports Flower).
+- **The fast path** (``fast``): every patch of Flower internals, behind one version check.
+- **Deployment tooling** (``deploy``): per-site folders, the docker-compose topology,
+  certificates and SuperNode keys.
 """
 
 from fedqc.transport.flower.env import apply_flower_env

@@ -23,12 +23,17 @@ from fedqc.errors import UserError
 from fedqc.protocol import EvalRequest, TrainRequest
 from fedqc.site import Site
 from fedqc.transport.flower.codec import (
+    ARRAYS,
+    CONFIG,
+    ERROR,
+    IDS,
     encode_eval_reply,
     encode_site_info,
     encode_train_reply,
     model_from_config,
     record_to_state,
     site_options_from_config,
+    slot,
 )
 
 
@@ -75,13 +80,13 @@ def make_client_app(manifest: str | None = None, mods: list | None = None) -> Cl
     app = ClientApp(mods=mods or [])
 
     def answer(msg: Message, context: Context, work: Callable[[Site, dict], RecordDict]) -> Message:
-        request = dict(msg.content["config"])
+        request = dict(msg.content[CONFIG])
         return Message(work(_resolve(context, manifest, request), request), reply_to=msg)
 
     def site_facts(site: Site, request: dict) -> RecordDict:
         if request.get("audit"):
             findings = ["\t".join(f) for f in site.audit()]
-            return RecordDict({"ids": ConfigRecord({"findings": findings} if findings else {})})
+            return RecordDict({IDS: ConfigRecord({"findings": findings} if findings else {})})
         return encode_site_info(site.info())
 
     @app.query()
@@ -91,24 +96,24 @@ def make_client_app(manifest: str | None = None, mods: list | None = None) -> Cl
     @app.train()
     def train(msg: Message, context: Context) -> Message:
         return answer(msg, context, lambda site, request: encode_train_reply(
-            site.train(record_to_state(msg.content["arrays"]), TrainRequest.from_dict(request))))
+            site.train(record_to_state(msg.content[ARRAYS]), TrainRequest.from_dict(request))))
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
-        request = dict(msg.content["config"])
+        request = dict(msg.content[CONFIG])
         if "sites" not in request:
             return answer(msg, context, lambda site, request: encode_eval_reply(
-                site.evaluate(record_to_state(msg.content["arrays"]), EvalRequest.from_dict(request))))
+                site.evaluate(record_to_state(msg.content[ARRAYS]), EvalRequest.from_dict(request))))
         # a simulation fan-out in one message (GridTransport.evaluate): reply i of request["sites"] as
-        # "metrics.i"/"ids.i", or "error.i" for a site that raised
-        state, req, content = record_to_state(msg.content["arrays"]), EvalRequest.from_dict(request), RecordDict()
+        # "metrics.i"/"ids.i", or "error.i" for a site that raised (codec.slot)
+        state, req, content = record_to_state(msg.content[ARRAYS]), EvalRequest.from_dict(request), RecordDict()
         for i, name in enumerate(request["sites"]):
             try:
                 for key, record in encode_eval_reply(_resolve(context, manifest, request, str(name))
                                                      .evaluate(state, req)).items():
-                    content[f"{key}.{i}"] = record
+                    content[slot(key, i)] = record
             except Exception as exc:  # noqa: BLE001 - a failing site loses its scores, not the fan-out
-                content[f"error.{i}"] = ConfigRecord({"reason": f"{type(exc).__name__}: {exc}"})
+                content[slot(ERROR, i)] = ConfigRecord({"reason": f"{type(exc).__name__}: {exc}"})
         return Message(content, reply_to=msg)
 
     return app

@@ -23,6 +23,14 @@ from fedqc.protocol import (
 )
 
 PACKED = "fedqc.packed"  # an Array's stype: a whole state, see :func:`state_to_record`
+# The records of a message's content: the packed state, a request's settings, a reply's counts and scores, its ids
+ARRAYS, CONFIG, METRICS, IDS = "arrays", "config", "metrics", "ids"
+ERROR = "error"  # a site that raised, in a reply for several sites: its reason
+
+
+def slot(key: str, i: int) -> str:
+    """The key of the ``i``-th site's record ``key`` in a reply for several sites (``metrics.0``, ``error.2``)."""
+    return f"{key}.{i}"
 
 
 def state_to_record(state: State) -> ArrayRecord:
@@ -100,29 +108,29 @@ def _problems(items: list[str]) -> list[ScanProblem]:
 
 
 def encode_site_info(info: SiteInfo) -> RecordDict:
-    return RecordDict({"metrics": MetricRecord({"val": info.n_val, "test": info.n_test,
+    return RecordDict({METRICS: MetricRecord({"val": info.n_val, "test": info.n_test,
                                                 "train_positives": info.train_positives}),
-                       "ids": to_config({"site": info.name, "train": list(info.train)})})
+                       IDS: to_config({"site": info.name, "train": list(info.train)})})
 
 
 def decode_site_info(content: RecordDict) -> SiteInfo:
-    m, ids = content["metrics"], content["ids"]
+    m, ids = content[METRICS], content[IDS]
     return SiteInfo(str(ids["site"]), tuple(str(s) for s in ids.get("train", [])), int(m["val"]), int(m["test"]),
                     int(m["train_positives"]))
 
 
 def encode_train_reply(res: TrainReply) -> RecordDict:
     return RecordDict({
-        "arrays": state_to_record(res.state),
-        "metrics": MetricRecord({"n_scans": res.n_scans, "loss": float(res.loss), "seconds": float(res.seconds),
+        ARRAYS: state_to_record(res.state),
+        METRICS: MetricRecord({"n_scans": res.n_scans, "loss": float(res.loss), "seconds": float(res.seconds),
                                  "data_wait_s": float(res.data_wait_s)}),
-        "ids": to_config({"subjects": res.subjects, "skipped": [f"{p.subject}\t{p.reason}" for p in res.skipped]}),
+        IDS: to_config({"subjects": res.subjects, "skipped": [f"{p.subject}\t{p.reason}" for p in res.skipped]}),
     })
 
 
 def decode_train_reply(content: RecordDict) -> TrainReply:
-    m, ids = content["metrics"], content["ids"]
-    return TrainReply(record_to_state(content["arrays"]), int(m["n_scans"]), float(m["loss"]), float(m["seconds"]),
+    m, ids = content[METRICS], content[IDS]
+    return TrainReply(record_to_state(content[ARRAYS]), int(m["n_scans"]), float(m["loss"]), float(m["seconds"]),
                       list(ids.get("subjects", [])), _problems(ids.get("skipped", [])),
                       float(m.get("data_wait_s", 0.0)))
 
@@ -143,11 +151,11 @@ def encode_eval_reply(res: EvalReply) -> RecordDict:
         metrics |= {k: [float(x) for x in v] for k, v in res.moments.items()}
     ids = {"subject": list(s["subject"]), "sex": list(s["sex"]), "site": list(s["site"]),
            "skipped": [f"{p.subject}\t{p.reason}" for p in res.skipped]}
-    return RecordDict({"metrics": MetricRecord(metrics), "ids": to_config(ids)})
+    return RecordDict({METRICS: MetricRecord(metrics), IDS: to_config(ids)})
 
 
 def decode_eval_reply(content: RecordDict) -> EvalReply:
-    m, ids = content["metrics"], content["ids"]
+    m, ids = content[METRICS], content[IDS]
     scores = pd.DataFrame({"subject": list(ids.get("subject", [])), "site": list(ids.get("site", [])),
                            "label": list(m.get("label", [])), "score": list(m.get("score", [])),
                            "sex": list(ids.get("sex", [])), "age": list(m.get("age", []))})

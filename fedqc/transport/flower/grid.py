@@ -41,12 +41,18 @@ from fedqc.protocol import (
     weights,
 )
 from fedqc.transport.flower.codec import (
+    ARRAYS,
+    CONFIG,
+    ERROR,
+    IDS,
+    METRICS,
     PACKED,
     decode_eval_reply,
     decode_site_info,
     decode_train_reply,
     packed_layout,
     site_config,
+    slot,
     state_to_record,
     to_config,
 )
@@ -81,8 +87,6 @@ class GridTransport:
     With ``message_log`` every reply the server receives is described there, one JSON line each
     (:func:`describe_reply`): what the sites sent, for a privacy review, without the values.
     """
-
-    evaluate_at_once = True  # in simulation, a fan-out is one message (:meth:`_evaluate_at_once`)
 
     def __init__(self, grid: Grid, cfg: ExperimentConfig, *, expected_nodes: int | None = None,
                  wait_s: float = 120.0, timeout_s: float | None = None, message_log: Path | None = None):
@@ -165,9 +169,9 @@ class GridTransport:
 
     def _message(self, kind: str, node: int, request: dict, state: State | None = None, *,
                  arrays: ArrayRecord | None = None) -> Message:
-        content = RecordDict({"config": to_config({**self.base, **request})})
+        content = RecordDict({CONFIG: to_config({**self.base, **request})})
         if state is not None or arrays is not None:
-            content["arrays"] = arrays if arrays is not None else state_to_record(state)
+            content[ARRAYS] = arrays if arrays is not None else state_to_record(state)
         return Message(content=content, dst_node_id=node, message_type=kind)
 
     def _send_and_receive(self, messages: list[Message],
@@ -247,7 +251,7 @@ class GridTransport:
 
     def audit(self, site: str) -> list[AuditFinding]:
         (reply,) = self._send([self._message("query", self.node_of[site], {"audit": True})])
-        return [AuditFinding(*f.split("\t", 2)) for f in reply.content["ids"].get("findings", [])]
+        return [AuditFinding(*f.split("\t", 2)) for f in reply.content[IDS].get("findings", [])]
 
     def train(self, site: str, state: State, request: TrainRequest) -> TrainReply:
         self._rejoin()
@@ -258,7 +262,7 @@ class GridTransport:
         """Scores from every site that answers; a failed or silent site gets :meth:`EvalReply.failed`."""
         self._rejoin()
         arrays = state_to_record(weights(state))  # one encoding for the whole fan-out
-        if self.stored is not None and self.evaluate_at_once and len(sites) > 1:
+        if self.stored is not None and len(sites) > 1:  # in simulation, a fan-out is one message
             return self._evaluate_at_once(sites, arrays, request)
         replies = self._exchange([self._message("evaluate", self.node_of[s], request.to_dict(), arrays=arrays)
                                   for s in sites])
@@ -280,6 +284,6 @@ class GridTransport:
             return {s: EvalReply.failed(f"site {s} {reply}") for s in sites}
         c, results = reply.content, {}
         for i, site in enumerate(sites):
-            results[site] = (EvalReply.failed(f"site {site} failed: {c[f'error.{i}']['reason']}") if f"error.{i}" in c
-                             else decode_eval_reply({"metrics": c[f"metrics.{i}"], "ids": c[f"ids.{i}"]}))
+            results[site] = (EvalReply.failed(f"site {site} failed: {c[slot(ERROR, i)]['reason']}") if slot(ERROR, i) in c
+                             else decode_eval_reply({METRICS: c[slot(METRICS, i)], IDS: c[slot(IDS, i)]}))
         return results

@@ -30,8 +30,8 @@ def run_on_simulation(cfg: ExperimentConfig, main: Callable[[GridTransport], Non
     run ``main(transport)``."""
     from flwr.simulation import run_simulation
 
-    from fedqc.transport.flower import vce
     from fedqc.transport.flower.client_app import make_client_app
+    from fedqc.transport.flower.fast import vce
     from fedqc.transport.flower.server_app import make_server_app
 
     logging.getLogger("flwr").setLevel(logging.WARNING if quiet else logging.INFO)
@@ -39,6 +39,6 @@ def run_on_simulation(cfg: ExperimentConfig, main: Callable[[GridTransport], Non
     backend = {"client_resources": {"num_cpus": cfg.threads, "num_gpus": gpus_per_site(cfg)},
                "init_args": {"num_cpus": cfg.threads, "include_dashboard": False, "logging_level": "ERROR",
                              "log_to_driver": not quiet}}
-    server = make_server_app(cfg, lambda transport, context: main(transport), expected_nodes=n_sites)
+    server = make_server_app(lambda transport, *_: main(transport), cfg=cfg, expected_nodes=n_sites)
     run_simulation(server_app=server, client_app=make_client_app(str(cfg.manifest)), num_supernodes=n_sites,
                    backend_config=backend)

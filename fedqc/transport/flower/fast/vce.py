@@ -10,7 +10,7 @@ nearly the whole 100 ms), and while a fan-out's 83 messages are stored the sweep
 :func:`install` replaces that function with one that wakes when the server stores a message
 and asks only for the nodes that were sent one (still through ``LinkState.get_message_ins``,
 so delivery marks and expiry checks are Flower's). A full sweep runs at start and every
-``FULL_SWEEP_S`` as a safety net. Pinned to the engine of ``flwr==1.41.0``: on any other
+``FULL_SWEEP_S`` as a safety net. Pinned to the engine of flwr :data:`~fedqc.transport.flower.fast.FLWR_VERSION`: on any other
 version, or if the function's signature changed, Flower's own loop is left in place.
 """
 
@@ -20,6 +20,8 @@ import inspect
 import logging
 import threading
 import time
+
+from fedqc.transport.flower.fast import FLWR_VERSION, fits
 
 FULL_SWEEP_S = 5.0
 _PARAMS = ["state", "queue", "nodes_mapping", "f_stop"]
@@ -75,8 +77,9 @@ def install() -> bool:
     current = vce_api.add_messages_to_queue
     if current is add_messages_to_queue:
         return True
-    if flwr.__version__ != "1.41.0" or list(inspect.signature(current).parameters) != _PARAMS:
-        log.warning("flwr %s: keeping Flower's 100 ms message sweep (fedqc's is written for 1.41.0)", flwr.__version__)
+    if not fits() or list(inspect.signature(current).parameters) != _PARAMS:
+        log.warning("flwr %s: keeping Flower's 100 ms message sweep (fedqc's is written for %s)", flwr.__version__,
+                    FLWR_VERSION)
         return False
     vce_api.add_messages_to_queue = add_messages_to_queue
     return True

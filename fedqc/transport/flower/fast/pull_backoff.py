@@ -17,7 +17,8 @@ import functools
 import inspect
 from types import ModuleType
 
-FLWR_VERSION = "1.41.0"  # the flwr whose internals the fast path (this module, fast_supernode, warm_superexec) fits
+from fedqc.transport.flower.fast import fits
+
 FIRST_RETRY_S = 0.01  # Flower: 1 s
 
 
@@ -28,12 +29,10 @@ def shorten(module: ModuleType, name: str) -> bool:
     imported it. False (nothing changed) on another flwr version or where the function
     has no such parameter; calling it twice changes nothing more.
     """
-    import flwr
-
     fn = getattr(module, name, None)
     if isinstance(fn, functools.partial) and fn.keywords.get("initial_backoff") == FIRST_RETRY_S:
         return True
-    if flwr.__version__ != FLWR_VERSION or not callable(fn) \
+    if not fits() or not callable(fn) \
             or "initial_backoff" not in inspect.signature(fn).parameters:
         return False
     setattr(module, name, functools.partial(fn, initial_backoff=FIRST_RETRY_S))

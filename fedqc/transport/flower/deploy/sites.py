@@ -23,8 +23,8 @@ import yaml
 from fedqc.data.manifest import load_manifest
 from fedqc.errors import UserError
 from fedqc.io import atomic_write_csv, atomic_write_text
-from fedqc.transport.flower import fast_supernode, warm_superexec
 from fedqc.transport.flower.env import FLOWER_ENV
+from fedqc.transport.flower.fast import superexec, supernode
 
 SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 SITE_MOUNT = "/site"  # where a site's folder is mounted in its containers
@@ -100,9 +100,9 @@ def node_config(site: str, folder: str | Path) -> str:
 CERTS_MOUNT = "/certificates"  # where the TLS variant mounts the CA and server files
 KEY_MOUNT = "/keys/supernode.key"  # where a SuperNode finds its private key in the TLS variant
 # a site's SuperNode and SuperExec on fedqc's fast path, and the SuperExec's task poll there
-FAST_SUPERNODE = ["python", "-m", fast_supernode.__name__]
-WARM_SUPEREXEC = ["python", "-m", warm_superexec.__name__]
-WARM_SUPEREXEC_ENV = {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": fast_supernode.TASK_POLL_S}
+FAST_SUPERNODE = ["python", "-m", supernode.__name__]
+WARM_SUPEREXEC = ["python", "-m", superexec.__name__]
+WARM_SUPEREXEC_ENV = {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": supernode.TASK_POLL_S}
 
 
 def compose_file(sites_dir: str | Path, *, config: str, image: str = "fedqc:latest", port: int = 8000,
@@ -120,8 +120,8 @@ def compose_file(sites_dir: str | Path, *, config: str, image: str = "fedqc:late
     code comes from the federation, the key must not reach it.
 
     Each site runs fedqc's fast path (the loopback script's default): its SuperNode is
-    ``python -m fedqc.transport.flower.fast_supernode`` and its SuperExec ``python -m
-    fedqc.transport.flower.warm_superexec``, Flower's own components with shorter waits
+    ``python -m fedqc.transport.flower.fast.supernode`` and its SuperExec ``python -m
+    fedqc.transport.flower.fast.superexec``, Flower's own components with shorter waits
     and forked ClientApps, taking the same arguments. The SuperLink and the ServerApp's
     SuperExec are Flower's stock commands.
     """

@@ -13,13 +13,13 @@ the FAB's), and pushes its reply through the SuperNode's Runtime API with its ow
 only the interpreter start and the third-party imports are shared (copy-on-write). Task
 types other than the ClientApp are started as Flower starts them. A forked ClientApp asks
 again for a message object not yet at its SuperNode after 10 ms, not 1 s
-(:mod:`fedqc.transport.flower.pull_backoff`).
+(:mod:`fedqc.transport.flower.fast.pull_backoff`).
 
 It leans on internals of flwr 1.41.0 (the executor factory that ``run_superexec`` calls,
 the ``flwr-clientapp`` entry point): on any other version, or if they moved, it runs
 Flower's stock SuperExec and says so.
 
-    python -m fedqc.transport.flower.warm_superexec <flower-superexec arguments>
+    python -m fedqc.transport.flower.fast.superexec <flower-superexec arguments>
 """
 
 from __future__ import annotations
@@ -29,8 +29,7 @@ import os
 import sys
 import traceback
 
-from fedqc.transport.flower import pull_backoff
-from fedqc.transport.flower.pull_backoff import FLWR_VERSION
+from fedqc.transport.flower.fast import FLWR_VERSION, fits, pull_backoff
 
 # third-party modules a site's work imports on first use (Adam imports torch._dynamo; images, audits, metrics)
 WARM_MODULES = ("torch._dynamo", "monai.transforms", "monai.networks.nets", "nibabel", "SimpleITK", "scipy.ndimage",
@@ -62,12 +61,11 @@ def _warm_up() -> None:
 
 def warm_executor_class():
     """Flower's subprocess executor, forking for ClientApp tasks; None where this flwr lacks what it needs."""
-    import flwr
     from flwr.supercore.exit import exit_handler
     from flwr.supercore.superexec import run_superexec as superexec
     from flwr.supercore.superexec.executor import subprocess_executor
 
-    if flwr.__version__ != FLWR_VERSION or not hasattr(superexec, "get_executor") \
+    if not fits() or not hasattr(superexec, "get_executor") \
             or not hasattr(subprocess_executor, "SubprocessExecutor") \
             or not isinstance(getattr(exit_handler, "registered_exit_handlers", None), list):
         return None

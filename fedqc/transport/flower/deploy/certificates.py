@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fedqc.errors import UserError
-from fedqc.transport.flower.deployment import SITE_PRIVATE_KEY, SITE_PUBLIC_KEY, read_sites
+from fedqc.transport.flower.deploy.sites import SITE_PRIVATE_KEY, SITE_PUBLIC_KEY, read_sites
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost")
 CURVE = ec.SECP384R1  # P-384, the curve Flower's guide uses for SuperNode keys
@@ -195,10 +195,10 @@ def write_loopback_tls(out: str | Path, sites: list[str]) -> tuple[ServerCertifi
 
 
 def main() -> None:
-    """``python -m fedqc.transport.flower.certificates OUT SITE...``: the loopback set, for shell scripts."""
+    """``python -m fedqc.transport.flower.deploy.certificates OUT SITE...``: the loopback set, for shell scripts."""
     args = sys.argv[1:]
     if not args:
-        raise SystemExit("usage: python -m fedqc.transport.flower.certificates OUT [SITE...]")
+        raise SystemExit("usage: python -m fedqc.transport.flower.deploy.certificates OUT [SITE...]")
     try:
         write_loopback_tls(args[0], args[1:])
     except UserError as err:

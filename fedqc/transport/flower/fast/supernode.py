@@ -10,12 +10,12 @@ three changes made before it starts:
 - the idle wait is :data:`IDLE_POLL_S` and the reply wait :data:`REPLY_POLL_S` (the
   ``time`` module Flower's SuperNode loop sleeps through is replaced, for that module
   only, by one that shortens exactly those two waits);
-- the SuperExec it starts is :mod:`fedqc.transport.flower.warm_superexec` (forked
+- the SuperExec it starts is :mod:`fedqc.transport.flower.fast.superexec` (forked
   ClientApps) instead of ``flower-superexec``, with the same arguments;
 - that SuperExec looks for tasks every :data:`TASK_POLL_S` (Flower's
   ``FLWR_SUPEREXEC_TASK_POLL_INTERVAL``, unless already set);
 - an object of a message that is not on the SuperLink yet is asked for again after
-  10 ms instead of 1 s (:mod:`fedqc.transport.flower.pull_backoff`);
+  10 ms instead of 1 s (:mod:`fedqc.transport.flower.fast.pull_backoff`);
 - the SuperNode declares a heartbeat interval of :data:`HEARTBEAT_S` (Flower's minimum)
   instead of 30 s and beats accordingly: the SuperLink gives up a crashed SuperNode,
   and answers its pending messages with an error, after 20 s instead of 60 s.
@@ -23,7 +23,7 @@ three changes made before it starts:
 These are flwr 1.41.0 internals: on another version, or where a patched name is gone,
 it says so and runs the stock SuperNode.
 
-    python -m fedqc.transport.flower.fast_supernode <flower-supernode arguments>
+    python -m fedqc.transport.flower.fast.supernode <flower-supernode arguments>
 """
 
 from __future__ import annotations
@@ -34,8 +34,7 @@ import sys
 import time
 from types import ModuleType, SimpleNamespace
 
-from fedqc.transport.flower import pull_backoff
-from fedqc.transport.flower.pull_backoff import FLWR_VERSION
+from fedqc.transport.flower.fast import FLWR_VERSION, fits, pull_backoff
 
 IDLE_POLL_S = 0.2  # Flower: 3 s; FEDQC_SUPERNODE_POLL_S overrides it
 REPLY_POLL_S = 0.02  # Flower: 0.5 s; a look at the SuperNode's own memory
@@ -53,7 +52,7 @@ def _sleep(seconds: float) -> None:
 def _popen(args, *rest, **kwargs) -> subprocess.Popen:
     """``subprocess.Popen``, starting the warm SuperExec where Flower's SuperNode starts ``flower-superexec``."""
     if isinstance(args, list) and args[:1] == ["flower-superexec"]:
-        args = [sys.executable, "-m", "fedqc.transport.flower.warm_superexec", *args[1:]]
+        args = [sys.executable, "-m", "fedqc.transport.flower.fast.superexec", *args[1:]]
     return subprocess.Popen(args, *rest, **kwargs)
 
 
@@ -62,12 +61,11 @@ def patch(module: ModuleType) -> bool:
     False if it does not fit (nothing changed then)."""
     import inspect
 
-    import flwr
     from flwr.supercore import heartbeat
     from flwr.supernode import fleet_http_connection
 
     beats = (heartbeat, fleet_http_connection)  # the SuperNode's heartbeat sender and what it declares
-    if flwr.__version__ != FLWR_VERSION or getattr(module, "time", None) is not time \
+    if not fits() or getattr(module, "time", None) is not time \
             or getattr(module, "subprocess", None) is not subprocess \
             or any(getattr(m, "HEARTBEAT_DEFAULT_INTERVAL", None) != 30 for m in beats):
         return False
