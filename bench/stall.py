@@ -62,6 +62,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "studies" / "travelling-stall" / "stall.yaml"
 POOLED = "pooled"
 LEAVES_CHANCE = 0.65  # issue 42's target: the clean arm's test AUROC by cycle W
+FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 BENCH_KEYS = {"bench.adam": ("travel", "reset")}
 
 
@@ -84,6 +85,7 @@ def parse_variant(text: str) -> Variant:
             raise UserError(f"--variant {text!r}: {item!r} is not KEY=VALUE")
         try:
             parsed = yaml.safe_load(value)
+            parsed = float(parsed) if isinstance(parsed, str) and FLOAT.fullmatch(parsed) else parsed  # YAML 1.1: 1e-4
         except yaml.YAMLError:
             raise UserError(f"--variant {text!r}: {value!r} is not a YAML value") from None
         if key.startswith("bench."):
@@ -185,6 +187,37 @@ def recheck(out: Path, cfg: ExperimentConfig) -> float:
     return binary_metrics(p["label"], p["score"])["auroc"]
 
 
+def anatomy(out: Path, cfg: ExperimentConfig) -> pd.DataFrame:
+    """Per checkpoint of the clean arm: what the network has become, on the test scans (their encoder taps' moments,
+    :class:`~fedqc.protocol.EvalRequest` ``moments``) and in its weights: per block the share of dead channels
+    (zero on every scan) and the median across-scan SD of a channel's spatial mean; the classifier's weight norm
+    and bias; the mean |γ| of the BatchNorm layers."""
+    from fedqc.strategies.calibration import batchnorm_layers
+    from fedqc.transport.inprocess import InProcessTransport
+
+    arm = RunDir(out).arm("clean")
+    manifest = load_manifest(cfg.manifest, check_images=False)
+    transport = InProcessTransport(manifest[manifest["split"] == "test"], cfg.model, data=cfg.data)
+    rows = []
+    for c in arm.cycles("checkpoints"):
+        state = load_checkpoint(arm.checkpoint(c))["state"]
+        layers = batchnorm_layers(state)
+        replies = transport.evaluate(sorted(transport.sites), state, EvalRequest("test", moments=True))
+        n, total, sq = (sum(r.moments[k] for r in replies.values()) for k in ("feat_n", "feat_sum", "feat_sq"))
+        mean, sd = total / n, np.sqrt(np.maximum(sq / n - (total / n) ** 2, 0))
+        row = {"cycle": c, "classifier_w": float(np.linalg.norm(state["classifier.weight"])),
+               "classifier_b": float(state["classifier.bias"][0]),
+               "bn_gamma": float(np.mean([np.abs(state[p + "weight"]).mean() for p in layers]))}
+        start = 0
+        for i, p in enumerate(layers):
+            width = state[p + "running_mean"].shape[0]
+            row[f"dead{i}"] = float(np.mean(mean[start:start + width] == 0))
+            row[f"sd{i}"] = float(np.median(sd[start:start + width]))
+            start += width
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def record(cohort: str, mode: str, variant: Variant, seed: int, frame: pd.DataFrame) -> dict:
     auroc = frame["auroc"].round(3).tolist()
     first = next((int(c) for c, a in zip(frame["cycle"], frame["auroc"]) if a >= LEAVES_CHANCE), None)
@@ -241,6 +274,8 @@ def main() -> None:
     ap.add_argument("--no-travelling", action="store_true", help="only the pooled model")
     ap.add_argument("--recheck", action="store_true", help="score each travelling run's last checkpoint after "
                                                             "federated BatchNorm statistics")
+    ap.add_argument("--diagnose", action="store_true", help="per checkpoint: dead channels, feature spread, "
+                                                             "classifier and BatchNorm weights (anatomy)")
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "stall", help="runs and summary.json")
     ap.add_argument("--plot", type=Path, help="draw every record of the summary into this PNG")
     args = ap.parse_args()
@@ -262,11 +297,15 @@ def main() -> None:
                         t0 = time.perf_counter()
                         run(cfg, out, variant)
                         rec = record(cohort, mode, variant, seed, curve(out, cfg))
+                        if args.diagnose:
+                            rec["anatomy"] = anatomy(out, cfg).round(4).to_dict(orient="list")
                         if args.recheck and mode != POOLED:
                             rec["recheck"] = round(recheck(out, cfg), 3)
                         rec |= {"config": str(args.config), "date": date.today().isoformat()}
-                        summary["records"] = [r for r in summary["records"] if (r["cohort"], r["mode"], r["variant"],
-                                              r["seed"]) != (cohort, mode, variant.name, seed)] + [rec]
+                        key = (cohort, mode, variant.name, seed)
+                        same = lambda r: (r["cohort"], r["mode"], r["variant"], r["seed"]) == key  # noqa: E731
+                        earlier = next((r for r in summary["records"] if same(r)), {})  # keeps its recheck, anatomy
+                        summary["records"] = [r for r in summary["records"] if not same(r)] + [earlier | rec]
                         args.out.mkdir(parents=True, exist_ok=True)
                         summary_file.write_text(json.dumps(summary, indent=1))
                         print(f"{cohort} {mode} {variant.name} seed {seed} ({time.perf_counter() - t0:.0f} s): "
