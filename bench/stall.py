@@ -191,23 +191,32 @@ def anatomy(out: Path, cfg: ExperimentConfig) -> pd.DataFrame:
     """Per checkpoint of the clean arm: what the network has become, on the test scans (their encoder taps' moments,
     :class:`~fedqc.protocol.EvalRequest` ``moments``) and in its weights: per block the share of dead channels
     (zero on every scan) and the median across-scan SD of a channel's spatial mean; the classifier's weight norm
-    and bias; the mean |γ| of the BatchNorm layers."""
+    and bias; the mean |γ| of the BatchNorm layers; ``conv_change``, the mean relative change of the encoder's
+    convolution weights since the previous checkpoint; ``adam_ratio``, the median |m|/√v of the Adam state the
+    model carries (how much of its momentum survives the sites' disagreement)."""
     from fedqc.strategies.calibration import batchnorm_layers
     from fedqc.transport.inprocess import InProcessTransport
 
     arm = RunDir(out).arm("clean")
     manifest = load_manifest(cfg.manifest, check_images=False)
     transport = InProcessTransport(manifest[manifest["split"] == "test"], cfg.model, data=cfg.data)
-    rows = []
+    rows, previous = [], None
     for c in arm.cycles("checkpoints"):
         state = load_checkpoint(arm.checkpoint(c))["state"]
         layers = batchnorm_layers(state)
+        convs = [k for k in state if k.startswith("encoder.") and k.endswith(".weight") and state[k].ndim > 2]
+        moments = [k for k in state if k.startswith("optim.") and k.endswith(".exp_avg")]
         replies = transport.evaluate(sorted(transport.sites), state, EvalRequest("test", moments=True))
         n, total, sq = (sum(r.moments[k] for r in replies.values()) for k in ("feat_n", "feat_sum", "feat_sq"))
         mean, sd = total / n, np.sqrt(np.maximum(sq / n - (total / n) ** 2, 0))
         row = {"cycle": c, "classifier_w": float(np.linalg.norm(state["classifier.weight"])),
                "classifier_b": float(state["classifier.bias"][0]),
-               "bn_gamma": float(np.mean([np.abs(state[p + "weight"]).mean() for p in layers]))}
+               "bn_gamma": float(np.mean([np.abs(state[p + "weight"]).mean() for p in layers])),
+               "conv_change": float(np.mean([np.linalg.norm(state[k] - previous[k]) / np.linalg.norm(previous[k])
+                                             for k in convs])) if previous else float("nan"),
+               "adam_ratio": float(np.median(np.concatenate(
+                   [np.abs(state[k]).ravel() / np.sqrt(state[k + "_sq"].ravel() + 1e-16) for k in moments])))}
+        previous = state
         start = 0
         for i, p in enumerate(layers):
             width = state[p + "running_mean"].shape[0]
