@@ -244,6 +244,16 @@ def table(records: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def overview(records: list[dict], by: int = 5) -> pd.DataFrame:
+    """Per (mode, variant) over its runs: how many leave chance (≥ 0.65) by cycle ``by`` (issue 42's W), and the
+    last-3 AUROC's mean and range."""
+    df = pd.DataFrame([{"mode": r["mode"], "variant": r["variant"], "early": r["first_065"] is not None
+                        and r["first_065"] <= by, "last3": r["last3"]} for r in records])
+    return df.groupby(["mode", "variant"], sort=False).agg(
+        runs=("last3", "size"), **{f"≥ 0.65 by cycle {by}": ("early", "sum")}, last3_mean=("last3", "mean"),
+        last3_min=("last3", "min"), last3_max=("last3", "max")).reset_index()
+
+
 def plot(records: list[dict], path: Path) -> None:
     """One panel per cohort: each (mode, variant) a colour, one line per seed; pooled dashed."""
     import matplotlib
@@ -323,6 +333,7 @@ def main() -> None:
         raise SystemExit(f"error: {exc}") from None
     if summary["records"]:
         print(markdown_table(table(summary["records"])))
+        print(markdown_table(overview(summary["records"])))
     if args.plot:
         plot(summary["records"], args.plot)
         print(f"figure: {args.plot}")
