@@ -12,8 +12,7 @@ from typer.testing import CliRunner
 
 from fedqc.cli import app
 from fedqc.experiment.run_dir import RunDir, load_checkpoint
-from fedqc.protocol import same
-from tests.conftest import tiny_config
+from tests.conftest import same, tiny_config
 
 SWEEP = "train.lr=0.001,0.002"
 RUNS = [(lr, seed) for lr in (0.001, 0.002) for seed in (0, 1)]
