@@ -229,3 +229,18 @@ def test_calibration_with_robust_pooling_resists_a_site_lying_about_its_moments(
     robust, _ = Calibrator(transport, config, "robust", 3.0, {s: i.n_val for s, i in info.items()})(state, scans)
     assert (np.abs(summed[first] - honest[first]) > eps).all()
     assert (np.abs(robust[first] - honest[first]) <= eps).all()
+
+
+def test_counts_bounded_by_enrolment_leave_an_honest_fedavg_run_bit_identical(tiny_cohort, tmp_path):
+    """The default ``counts: enrolment`` changes nothing when every site is honest (the clean arm leaves scans out,
+    so the sites' counts differ from their enrolled ones)."""
+    from fedqc.experiment.run_dir import ArmDir, load_checkpoint
+    from tests.conftest import same
+
+    states = []
+    for counts in ("reply", "enrolment"):
+        cfg = tiny_config(tiny_cohort / "manifest.csv", arms=["clean"], train={"cycles": 2},
+                          strategy={"name": "fedavg"}, defence={"counts": counts})
+        simulate(cfg, tmp_path / counts, quiet=True)
+        states.append(load_checkpoint(ArmDir(tmp_path / counts / "clean").checkpoint(1))["state"])
+    assert same(*states)
