@@ -8,6 +8,7 @@ from fedqc.config.schema import (
                                  GRANULARITIES,
                                  CalibrationConfig,
                                  DataConfig,
+                                 DefenceConfig,
                                  ExperimentConfig,
                                  ModelSpec,
                                  QCConfig,
@@ -17,6 +18,7 @@ from fedqc.config.schema import (
 )
 from fedqc.errors import ConfigError
 
-__all__ = ["ARMS", "CalibrationConfig", "CRITERIA", "ENGINES", "GRANULARITIES", "ConfigError", "DataConfig", "ExperimentConfig",
+__all__ = ["ARMS", "CalibrationConfig", "CRITERIA", "ENGINES", "GRANULARITIES", "ConfigError", "DataConfig",
+           "DefenceConfig", "ExperimentConfig",
            "ModelSpec", "QCConfig", "StrategyConfig",
            "TrainConfig", "load_config", "parse_config", "qc_variant"]

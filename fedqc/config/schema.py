@@ -43,6 +43,13 @@ UNLEARN = ("none", "lntl", "confusion")
 # What the bias head predicts: a planted marker (the manifest's ``marker`` column), the scanner (``scanner``), or the
 # site itself. Each is known to the site; only the trained weights leave it.
 BIAS_TARGETS = ("marker", "scanner", "site")
+# How calibration pools the sites' BatchNorm moments: summed as they come (``sum``), or each site's mean and variance
+# clipped to the sites' median ± clip robust spreads with its count bounded by its enrolled verification scans
+# (``robust``, :mod:`fedqc.strategies.defence`).
+BN_POOLING = ("sum", "robust")
+# What an averaging round weighs a site's update by: the count in its reply (``reply``), or that count bounded by the
+# scans the server asked it to train, from what it declared at enrolment (``enrolment``).
+COUNTS = ("reply", "enrolment")
 
 
 @dataclass(frozen=True)
@@ -174,6 +181,22 @@ def qc_variant(arm: str) -> dict | None:
 
 
 @dataclass(frozen=True)
+class DefenceConfig:
+    """What the server checks beyond a reply's form, against a site that lies (docs/threat-model.md).
+
+    The defaults change no honest run: ``counts: enrolment`` bounds a reply's count by the scans the server asked
+    for, which an honest site never exceeds; the other two are off.
+    """
+
+    bn_pooling: str = "sum"  # BN_POOLING
+    bn_clip: float = 3.0  # robust pooling: a site's channel mean within median ± bn_clip · median SD, its SD within ×/÷ bn_clip
+    update_norm: float = 0.0  # reject an update whose change norm exceeds this × the median of recent accepted ones (0: off)
+    norm_window: int = 20  # accepted updates the median is taken over
+    norm_warmup: int = 3  # accepted updates before the check starts judging
+    counts: str = "enrolment"  # COUNTS
+
+
+@dataclass(frozen=True)
 class DataConfig:
     """How a site holds its decoded scans (:mod:`fedqc.data.cache`, :mod:`fedqc.site.loading`).
 
@@ -207,6 +230,7 @@ class ExperimentConfig:
     deterministic: bool = False  # a GPU run repeatable: deterministic kernels where torch has them, fixed cuBLAS
     gpus_per_site: float | None = None  # Flower simulation: GPUs a ClientApp holds (None: 1 on a GPU device, else 0)
     data: DataConfig = DataConfig()
+    defence: DefenceConfig = DefenceConfig()
     strict: bool = False  # an unusable scan stops the run instead of being skipped and recorded
     site_timeout_s: float = 600.0  # a site that does not answer within this costs its hop (Flower engines)
     failing_cycles: int = 2  # report a site that failed in this many consecutive cycles

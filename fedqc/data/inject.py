@@ -6,13 +6,14 @@ and not the image, and the ground truth goes to ``harm`` / ``harm_detail``. A bi
 scenario's markers go to ``marker`` / ``marker_detail``, and ``bias_flipped.csv`` lists
 the test split with every covered scan's marker reversed (marked copies under
 ``flipped/``): the bias-flipped evaluation. Findings become further targets,
-``label_<name>`` columns. Nothing is
+``label_<name>`` columns; a scenario's lying sites go to ``adversarial.csv``. Nothing is
 written into or next to the input files: the output folder may neither lie inside the
 manifest's or an image's folder nor contain an input file.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from fedqc.errors import UserError
 from fedqc.io import atomic_write_csv, atomic_write_text
 
 GROUND_TRUTH = ("harm", "harm_detail")
+ADVERSARIAL = "adversarial.csv"  # site, attack, params of the scenario's lying sites
 
 
 def corrupt(image: np.ndarray | None, label: int, action: Action) -> tuple[np.ndarray | None, int, str]:
@@ -156,6 +158,11 @@ def inject(manifest: str | Path, scenario: Scenario, out: str | Path, *, seed: i
     atomic_write_text(yaml.safe_dump({"seed": seed, "source": str(manifest.resolve()), "sites": list(scenario.sites),
                                       "scans": list(scenario.scans), "label_noise": list(scenario.label_noise),
                                       "prevalence": list(scenario.prevalence), "bias": list(scenario.bias),
-                                      "findings": list(scenario.findings)},
+                                      "findings": list(scenario.findings),
+                                      "adversarial": list(scenario.adversarial)},
                                      sort_keys=False), out / "scenario.yaml")
+    if scenario.adversarial:  # the ground truth of the lying sites, beside the harm columns'
+        atomic_write_csv(pd.DataFrame([{"site": s, "attack": a, "params": json.dumps(p, sort_keys=True)}
+                                       for s, (a, p) in sorted(scenario.adversaries().items())]),
+                         out / ADVERSARIAL)
     return result

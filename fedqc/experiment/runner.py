@@ -9,6 +9,7 @@ and give bit-identical weights for the same seed.
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from rich.progress import (
 from fedqc.config import ExperimentConfig
 from fedqc.config.schema import REFERENCE_CALIBRATION, model_dict
 from fedqc.data.corruptions.scenario import Scenario
-from fedqc.data.inject import inject
+from fedqc.data.inject import ADVERSARIAL, inject
 from fedqc.data.manifest import load_manifest, target_columns
 from fedqc.errors import BrokenScanError, UserError
 from fedqc.experiment.arms import TRUSTED, Arm, arms_for, harmful_scans
@@ -47,6 +48,7 @@ from fedqc.strategies.cycles import (
     Visitor,
     train_cycles,
 )
+from fedqc.strategies.defence import UpdateNormCheck
 from fedqc.strategies.schedule import rounds_for
 from fedqc.transport import Transport
 from fedqc.transport.counting import CountingTransport
@@ -137,7 +139,8 @@ def run_arm(arm: Arm, transport: Transport, cfg: ExperimentConfig, run: RunDir, 
     visitor.begin(state, first, snapshot)
     info = transport.site_info()
     train = dataclasses.replace(cfg.train, cycles=arm.end(cfg.train.cycles) + 1)
-    calibrate = None if cfg.calibration == REFERENCE_CALIBRATION else Calibrator(transport, cfg.calibration)
+    calibrate = None if cfg.calibration == REFERENCE_CALIBRATION else Calibrator(
+        transport, cfg.calibration, cfg.defence.bn_pooling, cfg.defence.bn_clip, {s: i.n_val for s, i in info.items()})
     rounds = rounds_for(cfg.strategy, train, arm_sites(transport, arm, leave_out or {}), info)
     return train_cycles(transport, visitor, state, rounds=rounds, test_sites=sorted(s for s, i in info.items()
                                                                                     if i.n_test),
@@ -180,6 +183,18 @@ def check_trusted_sites(cfg: ExperimentConfig, transport: Transport, console: Co
                       f"{len(cfg.qc.trusted_sites)} site(s): more than the protocol's 2 sites / 10 %")
 
 
+def plain_visitor(cfg: ExperimentConfig, transport: Transport, arm: Arm, leave_out: dict[str, tuple[str, ...]],
+                  counts: tuple[int, ...], oracle_val: dict[str, tuple[str, ...]]) -> PlainVisitor:
+    """The visitor of an arm without QC, with the configured defences (:mod:`fedqc.strategies.defence`)."""
+    d = cfg.defence
+    return PlainVisitor(transport, cfg.train, leave_out, epochs=arm.epochs, class_counts=counts, val_sites=arm.sites,
+                        val_leave_out=oracle_val if arm.oracle else {},
+                        norm_check=UpdateNormCheck(d.update_norm, d.norm_window, d.norm_warmup) if d.update_norm
+                        else None,
+                        enrolled={s: i.train for s, i in transport.site_info().items()} if d.counts == "enrolment"
+                        else None)
+
+
 def run_experiment(cfg: ExperimentConfig, transport: Transport, out: Path, *, resume: bool = False,
                    quiet: bool = False) -> dict[str, float]:
     """Run every arm of ``cfg`` in order (clean first: the others start from it); return seconds per arm."""
@@ -207,8 +222,7 @@ def run_experiment(cfg: ExperimentConfig, transport: Transport, out: Path, *, re
 
             t0 = time.perf_counter()
             qc = QCArm(transport, cfg, arm.name, run.arm(arm.name).path) if arm.qc else None
-            visitor = qc or PlainVisitor(transport, cfg.train, leave_out, epochs=arm.epochs, class_counts=counts,
-                                         val_sites=arm.sites, val_leave_out=oracle_val if arm.oracle else {})
+            visitor = qc or plain_visitor(cfg, transport, arm, leave_out, counts, oracle_val)
             run_arm(arm, transport, cfg, run, visitor=visitor, leave_out=leave_out, resume=resume, on_hop=on_hop)
             seconds[arm.name] = time.perf_counter() - t0
             if qc:
@@ -256,6 +270,15 @@ def resolve_model(cfg: ExperimentConfig, manifest: pd.DataFrame) -> ExperimentCo
     return dataclasses.replace(cfg, model=m)
 
 
+def lying_sites(manifest: Path) -> dict[str, tuple[str, dict]]:
+    """Site → (attack, params) of the lying sites recorded beside ``manifest`` (``adversarial.csv``, written by
+    ``fedqc harm`` or a config's ``scenario`` from its ``adversarial`` entries); none without that file."""
+    path = Path(manifest).parent / ADVERSARIAL
+    if not path.is_file():
+        return {}
+    return {str(r["site"]): (str(r["attack"]), json.loads(r["params"])) for r in pd.read_csv(path).to_dict("records")}
+
+
 def simulate(cfg: ExperimentConfig, out: Path, *, resume: bool = False, overwrite: bool = False,
              quiet: bool = False) -> None:
     """Prepare the run folder ``out`` and run ``cfg`` on its engine, on this machine."""
@@ -270,6 +293,9 @@ def simulate(cfg: ExperimentConfig, out: Path, *, resume: bool = False, overwrit
     run.prepare(cfg, resume=resume, overwrite=overwrite)
     cfg = inject_scenario(cfg, run, resume=resume)
     cfg = resolve_model(cfg, load_manifest(cfg.manifest, check_images=False))
+    if (liars := lying_sites(cfg.manifest)) and cfg.engine != "inprocess":
+        raise UserError(f"{cfg.manifest.parent / ADVERSARIAL} names lying sites ({', '.join(sorted(liars))}): they "
+                        "are simulated by engine inprocess only")
     torch.set_num_threads(cfg.threads)
     resolve_device(cfg.device)  # a GPU asked for and absent stops here, not in every site
     if cfg.engine == "flower":
@@ -283,4 +309,8 @@ def simulate(cfg: ExperimentConfig, out: Path, *, resume: bool = False, overwrit
 
         transport = InProcessTransport(load_manifest(cfg.manifest), cfg.model, device=cfg.device, data=cfg.data,
                                        deterministic=cfg.deterministic)
+        from fedqc.site.adversary import Adversary
+
+        for site, (attack, params) in liars.items():  # the simulated attack: the site's replies lie
+            transport.sites[site] = Adversary(transport.sites[site], attack, params)
         run_experiment(cfg, transport, out, resume=resume, quiet=quiet)

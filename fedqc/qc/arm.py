@@ -29,6 +29,7 @@ from fedqc.qc.screening import SiteScreening
 from fedqc.qc.search import SEARCHES
 from fedqc.qc.verification import UpdateVerification
 from fedqc.strategies.cycles import ONE_EPOCH, Hop, Local, hop_seed, train_request
+from fedqc.strategies.defence import UpdateNormCheck, bounded_count
 from fedqc.transport import Transport
 
 HOLDOUT_STREAM = 1  # keeps the held-out draw apart from the visits' seeds (fedqc.strategies.cycles.hop_seed)
@@ -62,6 +63,8 @@ class QCArm:
                                  self.qc.holdout, cfg.train.seed)
         self.logs = QCLogs(folder)
         self.setup_seconds = 0.0  # the audit and the screening, before the first cycle
+        d = cfg.defence  # an update far larger than the recent ones is rejected before it is verified
+        self.norm_check = UpdateNormCheck(d.update_norm, d.norm_window, d.norm_warmup) if d.update_norm else None
 
     @property
     def verifications(self) -> int:
@@ -74,6 +77,8 @@ class QCArm:
         if checkpoint:
             self.policy.restore(checkpoint)
             self.setup_seconds = checkpoint.get("setup_seconds", 0.0)  # absent from checkpoints of fedqc 0.1
+            if self.norm_check is not None:
+                self.norm_check.restore(checkpoint.get("update_norms", []))
             self.gate.resumed()
             return
         t0 = time.perf_counter()
@@ -112,7 +117,8 @@ class QCArm:
         self.logs.write(self.policy)
 
     def snapshot(self) -> dict:
-        return {**self.policy.snapshot(), "setup_seconds": self.setup_seconds}
+        norms = {"update_norms": self.norm_check.snapshot()} if self.norm_check is not None else {}
+        return {**self.policy.snapshot(), "setup_seconds": self.setup_seconds, **norms}
 
     def calibration_scans(self, sites: list[str]) -> dict[str, tuple[str, ...]]:
         """The verification scans QC trusts: no untrusted or flagged site's, none the audit took out."""
@@ -164,12 +170,15 @@ class _Visit:
                                 prox_mu=self.prox_mu)
         reply = arm.transport.train(self.site, self.state, request)
         self.skipped.update({p.subject: p for p in reply.skipped})
-        if reason := check_update(self.state, reply.state):  # never evaluated, never adopted
+        if reason := check_update(self.state, reply.state) or (arm.norm_check and arm.norm_check(self.state,
+                                                                                                 reply.state)):
             arm.policy.reject(cycle=self.cycle, site=self.site, scope=scope, subjects=subjects, reason=reason)
-            return False
+            return False  # never evaluated, never adopted
         ok = arm.gate.judge(Update(reply, self.cycle, self.site, scope, tuple(subjects), t))
         if ok:
-            self.trained.append((reply.n_scans, reply.loss))
+            n = bounded_count(reply.n_scans, len(set(subjects))) if arm.cfg.defence.counts == "enrolment" \
+                else reply.n_scans
+            self.trained.append((n, reply.loss))
             self.state = reply.state
             arm.policy.trained(reply.subjects)
         return ok

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -36,6 +36,7 @@ import pandas as pd
 from fedqc.config import CalibrationConfig
 from fedqc.config.schema import THRESHOLDS
 from fedqc.protocol import BN_MOMENT_KEYS, EvalReply, EvalRequest, State
+from fedqc.strategies.defence import robust_moments
 from fedqc.transport import Transport
 
 FIXED = 0.5
@@ -113,10 +114,27 @@ def fit_thresholds(labels: np.ndarray, scores: np.ndarray) -> tuple[dict[str, fl
 @dataclass
 class Calibrator:
     """The cycle's last step: BatchNorm statistics and the threshold, on the verification scans of ``scans``
-    (site → its val scans to leave out; the arm decides which it trusts)."""
+    (site → its val scans to leave out; the arm decides which it trusts).
+
+    ``pooling`` ``sum`` adds the sites' moments as they come; ``robust`` combines them with
+    :func:`~fedqc.strategies.defence.robust_moments` (``clip``), each site's count bounded by the verification
+    scans it declared at enrolment (``enrolled_val``, site → n_val) less those left out."""
 
     transport: Transport
     config: CalibrationConfig
+    pooling: str = "sum"
+    clip: float = 3.0
+    enrolled_val: dict[str, int] = field(default_factory=dict)
+
+    def _pool(self, replies: dict[str, EvalReply], scans: dict[str, tuple[str, ...]],
+              widths: list[int]) -> list[dict[str, np.ndarray]]:
+        """The moments of one pass to merge: every site's (``sum``), or their robust combination."""
+        got = {s: r.moments for s, r in replies.items() if r.moments and not r.error
+               and len(r.moments["bn_n"]) == len(widths) and len(r.moments["bn_sum"]) == sum(widths)}
+        if self.pooling == "sum" or not got:
+            return list(got.values())
+        expected = [self.enrolled_val.get(s, 0) - len(scans.get(s, ())) for s in got]
+        return [robust_moments(list(got.values()), expected, widths, self.clip)]
 
     def _evaluate(self, state: State, scans: dict[str, tuple[str, ...]], **fields) -> dict[str, EvalReply]:
         replies: dict[str, EvalReply] = {}
@@ -137,8 +155,7 @@ class Calibrator:
             for p in range(passes):  # layer p's inputs need the pooled statistics of the layers before it
                 wanted = (p,) if passes == len(layers) else tuple(range(p, len(layers)))
                 replies = self._evaluate(state, scans, batchnorm=True, bn_layers=wanted)
-                latest = merge_moments(latest, [r.moments for r in replies.values() if r.moments and not r.error],
-                                       widths)
+                latest = merge_moments(latest, self._pool(replies, scans, widths), widths)
                 state = pool_batchnorm(state, [latest] if latest else [], unbiased=p == passes - 1)
         replies = self._evaluate(state, scans)
         frames = [r.scores for r in replies.values() if not r.error and len(r.scores)]

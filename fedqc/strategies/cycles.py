@@ -32,6 +32,7 @@ from fedqc.protocol import (
     TrainRequest,
     check_update,
 )
+from fedqc.strategies.defence import UpdateNormCheck, bounded_count
 from fedqc.transport import Transport
 
 
@@ -108,7 +109,12 @@ def learning_rate(lr: float, decay: float, cycle: int) -> float:
 @dataclass
 class PlainVisitor:
     """``epochs`` × the round's local epochs per visit (one request each), adopted unless a reply is invalid;
-    ``leave_out`` per site is not trained."""
+    ``leave_out`` per site is not trained.
+
+    Defences (:mod:`fedqc.strategies.defence`): ``norm_check`` rejects an update far larger than the recent ones;
+    ``enrolled`` (site → the training scans it declared at enrolment) bounds a reply's count by the scans asked for
+    (None: the reply's count as it is).
+    """
 
     transport: Transport
     train: TrainConfig
@@ -117,9 +123,17 @@ class PlainVisitor:
     class_counts: tuple[int, ...] = ()  # the federation's, when train.class_weights is federation
     val_sites: tuple[str, ...] | None = None  # whose val scans calibrate the model (None: all)
     val_leave_out: dict[str, tuple[str, ...]] = field(default_factory=dict)  # per site, val scans that may not
+    norm_check: UpdateNormCheck | None = None
+    enrolled: dict[str, tuple[str, ...]] | None = None
 
     def begin(self, state: State, first_cycle: int, checkpoint: dict | None) -> None:
-        pass
+        if self.norm_check is not None and checkpoint:
+            self.norm_check.restore(checkpoint.get("update_norms", []))
+
+    def _count(self, site: str, reply_n: int, exclude: tuple[str, ...]) -> int:
+        if self.enrolled is None:
+            return reply_n
+        return bounded_count(reply_n, len(set(self.enrolled.get(site, ())) - set(exclude)))
 
     def visit(self, site: str, state: State, cycle: int, lr: float, local: Local = ONE_EPOCH) -> Hop:
         seed, start = hop_seed(self.train.seed, cycle, site), state
@@ -132,16 +146,16 @@ class PlainVisitor:
             reply = self.transport.train(site, state, request)
             seconds += reply.seconds
             problems += reply.skipped
-            if reason := check_update(state, reply.state):
+            if reason := check_update(state, reply.state) or (self.norm_check and self.norm_check(state, reply.state)):
                 return Hop(start, seconds=seconds, status=HopStatus.REJECTED, note=reason, problems=problems)
-            state, n, loss = reply.state, n + reply.n_scans, reply.loss
+            state, n, loss = reply.state, n + self._count(site, reply.n_scans, request.exclude), reply.loss
         return Hop(state, n, loss, seconds, problems=problems)
 
     def end_cycle(self, cycle: int) -> None:
         pass
 
     def snapshot(self) -> dict:
-        return {}
+        return {"update_norms": self.norm_check.snapshot()} if self.norm_check is not None else {}
 
     def calibration_scans(self, sites: list[str]) -> dict[str, tuple[str, ...]]:
         return {s: self.val_leave_out.get(s, ()) for s in sites if self.val_sites is None or s in self.val_sites}

@@ -23,6 +23,8 @@ A scenario (YAML or a dict)::
       - {sites: [hospitalA], marker: gain, correlation: 1.0, params: {factor: 1.2}}
     findings:                    # further binary targets: a visible finding at a prevalence, label_<name> columns
       - {name: lesion, marker: patch, prevalence: 0.3, params: {size: 0.12, at: 0.55, value: 200}}
+    adversarial:                 # sites that lie in their replies (simulation, engine inprocess only)
+      - {sites: [hospitalD], attack: scaled_update, params: {factor: 1000}}
 
 Prevalence entries apply first, in order, and remove scans from the output manifest
 (``dropped`` actions; ``fedqc harm`` lists them in ``dropped.csv``); the harm entries then
@@ -37,6 +39,10 @@ column ``label_<name>``. A marked scan is not harmful: its
 ground truth is the manifest's ``marker`` column, and ``fedqc harm`` also writes the
 *bias-flipped* test split (every test scan with its marker reversed) to score what a
 model learned from the marker.
+
+An **adversarial** entry corrupts no scan: its sites' replies lie (:data:`ATTACKS`,
+:mod:`fedqc.site.adversary`); ``fedqc harm`` records them in ``adversarial.csv``, the
+ground truth a defence's detection is scored against (docs/threat-model.md).
 
 Any entry may carry the corruption's parameters under ``params`` (e.g. ``{sigma: 25}``).
 Every random choice derives from the injection seed; every problem is reported with the entry it is in.
@@ -61,7 +67,13 @@ _KEYS = {"sites": {"kind", "site", "new", "train", "val", "params"},
          "label_noise": {"sites", "rate", "rates"},
          "prevalence": {"sites", "share", "splits"},
          "bias": {"sites", "marker", "correlation", "splits", "params"},
-         "findings": {"name", "sites", "marker", "prevalence", "splits", "params"}}
+         "findings": {"name", "sites", "marker", "prevalence", "splits", "params"},
+         "adversarial": {"sites", "attack", "params"}}
+# A lying site's attacks (fedqc.site.adversary applies them) → the parameters each takes.
+ATTACKS = {"bn_moments": ("count", "shift", "scale"),  # BatchNorm moments: count ×count, mean +shift SDs, SD ×scale
+           "scaled_update": ("factor",),  # the model's change ×factor
+           "sign_flip": (),  # the model's change reversed
+           "inflated_count": ("factor",)}  # the scans-trained count ×factor
 DROPPED = "dropped"  # the kind of an action that removes a scan (prevalence)
 SPLITS = ("train", "val", "test")
 
@@ -150,6 +162,7 @@ class Scenario:
     prevalence: tuple[dict, ...] = ()
     bias: tuple[dict, ...] = ()
     findings: tuple[dict, ...] = ()
+    adversarial: tuple[dict, ...] = ()
 
     @classmethod
     def from_dict(cls, spec: dict | None) -> Scenario:
@@ -217,6 +230,28 @@ class Scenario:
                 splits = e.get("splits", list(SPLITS))
                 if not isinstance(splits, list) or not splits or not set(splits) <= set(SPLITS):
                     problems.append(f"{where}: splits must list train, val and/or test, got {splits!r}")
+        liars: dict[str, str] = {}
+        for i, e in enumerate(parts["adversarial"]):
+            where = f"adversarial[{i}]"
+            sites = e.get("sites")
+            if not isinstance(sites, list) or not sites or not all(isinstance(x, str) for x in sites):
+                problems.append(f"{where}: sites must be a list of site names, got {sites!r}")
+                sites = []
+            for site in sites:
+                if site in liars:
+                    problems.append(f"{where}: site {site} already lies in {liars[site]}")
+                liars.setdefault(site, where)
+            if e.get("attack") not in ATTACKS:
+                problems.append(f"{where}: unknown attack {e.get('attack')!r}; expected one of {', '.join(ATTACKS)}")
+                continue
+            params = e.get("params", {})
+            allowed = ATTACKS[e["attack"]]
+            for key, value in (params.items() if isinstance(params, dict) else ()):
+                if key not in allowed:
+                    problems.append(f"{where}: unknown param {key!r} of {e['attack']} (allowed: "
+                                    f"{', '.join(allowed) or 'none'})")
+                elif isinstance(value, bool) or not isinstance(value, (int, float)):
+                    problems.append(f"{where}: params.{key} must be a number, got {value!r}")
         names = [e.get("name") for e in parts["findings"]]
         for i, name in enumerate(names):
             if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", name) or name in names[:i]:
@@ -224,7 +259,11 @@ class Scenario:
         if problems:
             raise UserError(f"harm scenario: {len(problems)} problem(s)", problems)
         return cls(parts["sites"], parts["scans"], parts["label_noise"], parts["prevalence"], parts["bias"],
-                   parts["findings"])
+                   parts["findings"], parts["adversarial"])
+
+    def adversaries(self) -> dict[str, tuple[str, dict]]:
+        """Site → (attack, params) of the adversarial entries."""
+        return {site: (e["attack"], dict(e.get("params", {}))) for e in self.adversarial for site in e["sites"]}
 
     def plan(self, table: pd.DataFrame, seed: int) -> list[Action]:
         """The corrupted scans of ``table`` (a loaded manifest: ``harm`` filled, ``none`` for a good scan) under
@@ -236,6 +275,9 @@ class Scenario:
         """
         problems: list[str] = []
         actions: list[Action] = []
+        for i, e in enumerate(self.adversarial):
+            if unknown := sorted(set(e["sites"]) - set(table["site"])):
+                problems.append(f"adversarial[{i}]: unknown site(s) {unknown}")
         for i, e in enumerate(self.prevalence):
             where, rng = f"prevalence[{i}]", np.random.default_rng(scan_seed(seed, f"prevalence-{i}"))
             splits = e.get("splits", ["train", "val"])

@@ -1,0 +1,260 @@
+"""A site that lies (docs/threat-model.md): the attacks as scenario entries, and each defence shown on a small fixture
+to fail without it and hold with it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fedqc.config import ConfigError, TrainConfig
+from fedqc.data.corruptions.scenario import Scenario
+from fedqc.data.inject import ADVERSARIAL, inject
+from fedqc.data.manifest import load_manifest
+from fedqc.experiment.runner import simulate
+from fedqc.protocol import TrainReply
+from fedqc.site.adversary import Adversary, lying_moments
+from fedqc.strategies.averaging import AveragingRound, flower_strategy
+from fedqc.strategies.cycles import HopStatus, PlainVisitor
+from fedqc.strategies.defence import UpdateNormCheck, robust_moments
+from tests.conftest import tiny_config
+
+# ----------------------------------------------------------------------------- the attacks as scenario entries
+
+
+def test_adversarial_entries_are_checked_one_line_each():
+    bad = {"adversarial": [{"sites": "beta", "attack": "scaled_update"},
+                           {"sites": ["beta"], "attack": "backdoor"},
+                           {"sites": ["gamma"], "attack": "scaled_update", "params": {"factr": 2, }},
+                           {"sites": ["delta"], "attack": "inflated_count", "params": {"factor": "big"}},
+                           {"sites": ["gamma"], "attack": "sign_flip", "when": 3}]}
+    with pytest.raises(Exception) as err:
+        Scenario.from_dict(bad)
+    problems = err.value.problems
+    assert any("adversarial[0]: sites must be a list" in p for p in problems)
+    assert any("adversarial[1]: unknown attack 'backdoor'" in p for p in problems)
+    assert any("adversarial[2]: unknown param 'factr' of scaled_update (allowed: factor)" in p for p in problems)
+    assert any("adversarial[3]: params.factor must be a number" in p for p in problems)
+    assert any("adversarial[4]: unknown key 'when'" in p for p in problems)
+    assert any("adversarial[4]: site gamma already lies in adversarial[2]" in p for p in problems)
+    assert all("\n" not in p for p in problems)
+
+
+def test_adversarial_sites_are_recorded_as_ground_truth(tiny_cohort, tmp_path):
+    scenario = Scenario.from_dict({"adversarial": [{"sites": ["beta"], "attack": "inflated_count",
+                                                    "params": {"factor": 50}}]})
+    inject(tiny_cohort / "manifest.csv", scenario, tmp_path / "out")
+    truth = pd.read_csv(tmp_path / "out" / ADVERSARIAL)
+    assert truth.to_dict("records") == [{"site": "beta", "attack": "inflated_count", "params": '{"factor": 50}'}]
+    unknown = Scenario.from_dict({"adversarial": [{"sites": ["nowhere"], "attack": "sign_flip"}]})
+    with pytest.raises(Exception, match="1 problem") as err:
+        inject(tiny_cohort / "manifest.csv", unknown, tmp_path / "out2")
+    assert err.value.problems == ["adversarial[0]: unknown site(s) ['nowhere']"]
+
+
+def test_lying_sites_run_in_process_only(tiny_cohort):
+    spec = {"adversarial": [{"sites": ["beta"], "attack": "sign_flip"}]}
+    with pytest.raises(ConfigError, match="scenario.adversarial: lying sites are simulated by engine inprocess"):
+        tiny_config(tiny_cohort / "manifest.csv", engine="flower", scenario=spec)
+    with pytest.raises(ConfigError, match="defence.counts: 'trust' is not one of"):
+        tiny_config(tiny_cohort / "manifest.csv", defence={"counts": "trust"})
+    with pytest.raises(ConfigError, match="defence.update_norm: 0 \\(off\\) or a factor > 1"):
+        tiny_config(tiny_cohort / "manifest.csv", defence={"update_norm": 0.5})
+
+
+# ----------------------------------------------------------------------------- fake sites for the defences
+class Honest:
+    """A site whose one training step adds ``step`` to ``w`` over ``n`` scans."""
+
+    def __init__(self, step: float, n: int = 10):
+        self.step, self.n = step, n
+
+    def train(self, state, request):
+        return TrainReply({"w": state["w"] + self.step}, self.n, 0.5, 0.0, [f"s{i}" for i in range(self.n)])
+
+
+class Sites:
+    """A transport over named fake sites."""
+
+    def __init__(self, **sites):
+        self.sites = sites
+
+    def train(self, site, state, request):
+        return self.sites[site].train(state, request)
+
+
+def test_update_norm_check_rejects_a_scaled_update_and_names_the_check():
+    """(c) Without the check a ×1000 update is adopted; with it the hop is rejected, the note naming the check."""
+    transport = Sites(a=Honest(0.1), b=Honest(0.12), m=Adversary(Honest(0.1), "scaled_update", {"factor": 1000}))
+    state = {"w": np.zeros(4, dtype=np.float32)}
+
+    def hops(check):
+        visitor = PlainVisitor(transport, TrainConfig(), norm_check=check)
+        return [visitor.visit(site, state, 0, 1e-3) for site in ("a", "b", "a", "m")]
+
+    undefended = hops(None)[-1]
+    assert undefended.status == HopStatus.OK and np.allclose(undefended.state["w"], 100.0)
+    defended = hops(UpdateNormCheck(factor=10, warmup=3))
+    assert all(h.status == HopStatus.OK for h in defended[:3])
+    assert defended[-1].status == HopStatus.REJECTED and "update norm check" in defended[-1].note
+    assert np.array_equal(defended[-1].state["w"], state["w"])  # the model goes on as it was
+
+
+def test_update_norm_check_does_not_see_a_sign_flip():
+    """A stated limit: a reversed update of honest size passes the norm check (QC's verification judges direction)."""
+    check = UpdateNormCheck(factor=3, warmup=2)
+    state = {"w": np.zeros(3)}
+    for _ in range(2):
+        assert check(state, {"w": state["w"] + 1.0}) is None
+    flipped = Adversary(Honest(1.0), "sign_flip").train(state, None)
+    assert np.allclose(flipped.state["w"], -1.0) and check(state, flipped.state) is None
+
+
+def test_counts_bounded_by_enrolment_keep_an_inflated_site_from_dominating_fedavg():
+    """(d) FedAvg over three sites, one reporting 100× the scans it trained: weighted by reply counts the average
+    follows the liar; bounded by the scans it was asked for (its enrolled training scans) it is the honest one."""
+    transport = Sites(a=Honest(1.0), b=Honest(2.0), m=Adversary(Honest(3.0), "inflated_count", {"factor": 100}))
+    enrolled = {s: tuple(f"s{i}" for i in range(10)) for s in "abm"}
+    state = {"w": np.zeros(2, dtype=np.float32)}
+    round_ = AveragingRound(["a", "b", "m"], flower_strategy("fedavg", 0.0), seed=0)
+
+    def averaged(enrolment):
+        visitor = PlainVisitor(transport, TrainConfig(), enrolled=enrolment)
+        return round_(visitor, state, 0, 1e-3, lambda *_: None)[0]["w"]
+
+    assert np.allclose(averaged(None), (10 + 20 + 3000) / 1020, atol=1e-5)  # the liar's weight: 1000 of 1020
+    assert np.allclose(averaged(enrolled), 2.0, atol=1e-6)  # every site weighs its 10 scans
+
+
+# ----------------------------------------------------------------------------- robust BatchNorm pooling
+WIDTHS = [3, 2]
+
+
+def _site_moments(rng, scans: int, voxels=(50, 20), mean=0.0, sd=1.0):
+    """One site's BatchNorm moments of two layers (``WIDTHS`` channels), from ``scans`` × ``voxels`` values."""
+    n, sums, sqs = [], [], []
+    for width, v in zip(WIDTHS, voxels):
+        x = rng.normal(mean + rng.normal(0, 0.1, width), sd * rng.uniform(0.9, 1.1, width), (scans * v, width))
+        n.append(scans * v)
+        sums.append(x.sum(0))
+        sqs.append((x**2).sum(0))
+    return {"bn_n": np.array(n, dtype=np.int64), "bn_sum": np.concatenate(sums), "bn_sq": np.concatenate(sqs)}
+
+
+def _mean_var(m):
+    n = np.repeat(m["bn_n"].astype(float), WIDTHS)
+    mean = m["bn_sum"] / n
+    return mean, m["bn_sq"] / n - mean**2
+
+
+def test_robust_pooling_keeps_the_pooled_statistics_within_epsilon_of_the_honest_run():
+    """(a) Five sites, one claiming 1000× its values with means 10 SDs off and SDs ×10. Summed, the pooled means move
+    far beyond ε; robustly pooled they stay within ε = p · (clip · d_max + spread) of the honest run's (p the liar's
+    enrolled share, d_max the largest honest channel SD, spread the range of the sites' honest channel means), and
+    the variances within p · 2 clip² d_max² + 2 clip d_max ε; the honest run itself pools as the plain sum."""
+    rng = np.random.default_rng(0)
+    scans = [8, 6, 10, 7, 9]
+    honest = [_site_moments(rng, k) for k in scans]
+    clip, liar = 3.0, 2
+    lied = [*honest[:liar], lying_moments(honest[liar], WIDTHS, 1000, 10, 10), *honest[liar + 1:]]
+
+    def summed(ms):
+        return _mean_var({k: np.sum([m[k] for m in ms], axis=0) for k in ms[0]})
+
+    def robust(ms):
+        return _mean_var(robust_moments(ms, scans, WIDTHS, clip))
+
+    truth_mean, truth_var = summed(honest)
+    for a, b in zip(robust(honest), (truth_mean, truth_var)):
+        assert np.allclose(a, b, rtol=1e-10)  # no honest site is clipped: the exact pooled statistics
+    per_site = [_mean_var(m) for m in honest]
+    d_max = np.sqrt(np.max([v for _, v in per_site], axis=0))
+    spread = np.ptp([mu for mu, _ in per_site], axis=0)
+    p = scans[liar] / sum(scans)
+    eps_mean = p * (clip * d_max + spread)
+    eps_var = p * 2 * clip**2 * d_max**2 + 2 * clip * d_max * eps_mean
+
+    sum_mean, sum_var = summed(lied)
+    assert (np.abs(sum_mean - truth_mean) > eps_mean).all()  # undefended: every channel pushed past ε
+    rob_mean, rob_var = robust(lied)
+    assert (np.abs(rob_mean - truth_mean) <= eps_mean).all()
+    assert (np.abs(rob_var - truth_var) <= eps_var).all()
+    assert (np.abs(sum_var - truth_var) > eps_var).all()
+
+
+# ----------------------------------------------------------------------------- end to end
+def test_a_lying_site_in_a_run_is_rejected_and_named(tiny_cohort, tmp_path):
+    """An in-process run whose site beta scales its updates ×1000: with the norm check its hops are rejected in
+    train_log.csv, with the check's name; its ground truth lies in the run's data folder."""
+    cfg = tiny_config(tiny_cohort / "manifest.csv", arms=["clean"], train={"cycles": 2, "order": "fixed"},
+                      scenario={"adversarial": [{"sites": ["beta"], "attack": "scaled_update"}]},
+                      defence={"update_norm": 10.0, "norm_warmup": 1})
+    simulate(cfg, tmp_path / "run", quiet=True)
+    log = pd.read_csv(tmp_path / "run" / "clean" / "train_log.csv")
+    beta = log[log["site"] == "beta"]
+    assert (beta["status"] == "rejected").all() and beta["note"].str.startswith("update norm check").all()
+    assert (log.loc[log["site"] != "beta", "status"] == "ok").all()
+    truth = pd.read_csv(tmp_path / "run" / "data" / ADVERSARIAL)
+    assert truth[["site", "attack"]].to_dict("records") == [{"site": "beta", "attack": "scaled_update"}]
+    assert set(load_manifest(tmp_path / "run" / "data" / "manifest.csv", check_images=False)["site"]) >= {"beta"}
+
+
+def test_calibration_with_robust_pooling_resists_a_site_lying_about_its_moments(tiny_cohort):
+    """(a) through the calibrator: beta claims 1000× its BatchNorm values, shifted 10 SDs. Summed pooling hands it
+    every layer's statistics; robust pooling (counts bounded by the val scans each site declared) keeps the first
+    layer's (whose inputs no pooling changes) within ε of the honest run's, ε as in the fixture test above."""
+    from fedqc.config import CalibrationConfig
+    from fedqc.protocol import EvalRequest
+    from fedqc.strategies.calibration import Calibrator, batchnorm_layers
+    from fedqc.transport.inprocess import InProcessTransport
+    from tests.test_calibration import SPEC, _shifted_state
+
+    transport = InProcessTransport(load_manifest(tiny_cohort / "manifest.csv"), SPEC)
+    info = transport.site_info()
+    scans = {"alpha": (), "beta": (), "gamma": ()}
+    state = _shifted_state()
+    first = batchnorm_layers(state)[0] + "running_mean"
+    config = CalibrationConfig(batchnorm="federated", bn_passes=1)
+    honest, _ = Calibrator(transport, config)(state, scans)
+    moments = {s: transport.sites[s].evaluate(state, EvalRequest("val", batchnorm=True, bn_layers=(0,))).moments
+               for s in scans}
+    width = state[first].shape[0]
+    mean = {s: m["bn_sum"][:width] / m["bn_n"][0] for s, m in moments.items()}
+    sd = {s: np.sqrt(m["bn_sq"][:width] / m["bn_n"][0] - mean[s] ** 2) for s, m in moments.items()}
+    p = info["beta"].n_val / sum(info[s].n_val for s in scans)
+    eps = p * (3.0 * np.max(list(sd.values()), axis=0) + np.ptp(list(mean.values()), axis=0))
+
+    transport.sites["beta"] = Adversary(transport.sites["beta"], "bn_moments")
+    summed, _ = Calibrator(transport, config)(state, scans)
+    robust, _ = Calibrator(transport, config, "robust", 3.0, {s: i.n_val for s, i in info.items()})(state, scans)
+    assert (np.abs(summed[first] - honest[first]) > eps).all()
+    assert (np.abs(robust[first] - honest[first]) <= eps).all()
+
+
+def test_counts_bounded_by_enrolment_leave_an_honest_fedavg_run_bit_identical(tiny_cohort, tmp_path):
+    """The default ``counts: enrolment`` changes nothing when every site is honest (the clean arm leaves scans out,
+    so the sites' counts differ from their enrolled ones)."""
+    from fedqc.experiment.run_dir import ArmDir, load_checkpoint
+    from tests.conftest import same
+
+    states = []
+    for counts in ("reply", "enrolment"):
+        cfg = tiny_config(tiny_cohort / "manifest.csv", arms=["clean"], train={"cycles": 2},
+                          strategy={"name": "fedavg"}, defence={"counts": counts})
+        simulate(cfg, tmp_path / counts, quiet=True)
+        states.append(load_checkpoint(ArmDir(tmp_path / counts / "clean").checkpoint(1))["state"])
+    assert same(*states)
+
+
+def test_a_qc_arm_names_a_site_whose_update_fails_the_norm_check(tiny_cohort, tmp_path):
+    """(c) in a QC arm (update verification): beta's ×1000 updates are rejected before they are verified, each row of
+    qc_log.csv naming beta and the check."""
+    cfg = tiny_config(tiny_cohort / "manifest.csv", arms=["clean", "qc-loss-batch"], train={"cycles": 3, "warmup": 1},
+                      scenario={"adversarial": [{"sites": ["beta"], "attack": "scaled_update"}]},
+                      defence={"update_norm": 10.0, "norm_warmup": 1})
+    simulate(cfg, tmp_path / "run", quiet=True)
+    log = pd.read_csv(tmp_path / "run" / "qc-loss-batch" / "qc_log.csv")
+    beta = log[log["site"] == "beta"]
+    assert len(beta) and (beta["criterion"] == "invalid update").all() and not beta["accepted"].any()
+    assert beta["note"].str.startswith("update norm check").all()
+    assert log.loc[log["site"] != "beta", "accepted"].any()
