@@ -1,8 +1,8 @@
 """The Python API for notebooks and scripts: run an experiment or a study and read what it wrote.
 
 Thin on purpose: :func:`run` and :func:`study` call the functions the ``fedqc simulate`` and ``fedqc study``
-commands call (:func:`fedqc.experiment.runner.simulate`, :func:`fedqc.experiment.study.run_study`,
-``plan_sweep`` and ``run_all``, :func:`fedqc.analysis.study.write_study` and ``write_sweep``), and :func:`load_run` reads a run
+commands call (:func:`fedqc.experiment.runner.simulate`, :func:`fedqc.experiment.study.plan_study`,
+``plan_sweep`` and ``run_all``, :func:`fedqc.analysis.study.write_results`), and :func:`load_run` reads a run
 folder into typed results, its metrics computed as ``fedqc infer`` computes them
 (:func:`fedqc.analysis.infer.run_metrics`). Heavy libraries load when a function runs, not on ``import fedqc``.
 See docs/api.md.
@@ -37,6 +37,7 @@ def _config(config, overrides: dict | None) -> ExperimentConfig:
     """An :class:`ExperimentConfig` from a YAML path, a mapping (as the YAML would hold; relative paths from the
     working folder) or a config, with ``overrides`` (dotted keys) set on top."""
     from fedqc.config import ExperimentConfig, load_config, parse_config
+    from fedqc.config.load import set_dotted
     from fedqc.errors import UserError
 
     if isinstance(config, (str, Path)):
@@ -47,11 +48,7 @@ def _config(config, overrides: dict | None) -> ExperimentConfig:
         raise UserError(f"config: expected a YAML path, a mapping or an ExperimentConfig, got {type(config).__name__}")
     data = copy.deepcopy(config.to_dict() if isinstance(config, ExperimentConfig) else config)
     for dotted, value in (overrides or {}).items():
-        node = data
-        *parents, leaf = dotted.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
+        set_dotted(data, dotted, value)
     return parse_config(data, source=getattr(config, "source", None) or "config")
 
 
@@ -232,25 +229,22 @@ def study(config: str | Path | dict | ExperimentConfig, seeds: list[int] = (0, 1
     them. An interrupted study resumes seed by seed."""
     import pandas as pd
 
-    from fedqc.analysis.study import write_study, write_sweep
-    from fedqc.experiment.study import Sweep, plan_sweep, run_all, run_study
+    from fedqc.analysis.study import write_results
+    from fedqc.experiment.study import Sweep, plan_study, plan_sweep, run_all
 
     cfg, seeds = _config(config, overrides), list(seeds)
     out = Path(out) if out is not None else Path("runs") / f"{cfg.name}-study"
     command = f"fedqc.study({str(config) if isinstance(config, (str, Path)) else cfg.name!r}, seeds={seeds}, out={str(out)!r}" \
               + (f", sweep={sweep!r})" if sweep else ")")
-    if sweep is None:
-        runs = dict(zip(seeds, run_study(cfg, seeds, out, quiet=quiet)))
-        summary = write_study(out, runs, command)
-        return StudyResult(out, seeds, pd.read_csv(out / "study.csv"), summary, runs)
-    swept = Sweep.parse(sweep)
-    runs = plan_sweep(cfg, swept, seeds, out)
+    swept = Sweep.parse(sweep) if sweep is not None else None
+    runs = plan_sweep(cfg, swept, seeds, out) if swept else plan_study(cfg, seeds, out)
     run_all(runs, quiet=quiet)
-    studies = {v: {r.seed: r.folder for r in runs if r.value == v} for v in swept.values}
+    summary = write_results(out, runs, command, swept)
+    if swept is None:
+        return StudyResult(out, seeds, pd.read_csv(out / "study.csv"), summary, {r.seed: r.folder for r in runs})
     parts = {}
-    for value, runs in studies.items():
-        folder = swept.folder(out, value)
-        summary = write_study(folder, runs, command)
-        parts[value] = StudyResult(folder, seeds, pd.read_csv(folder / "study.csv"), summary, runs)
-    summary = write_sweep(out, swept.key, studies, command)
+    for value in swept.values:
+        folder, study_runs = swept.folder(out, value), {r.seed: r.folder for r in runs if r.value == value}
+        parts[value] = StudyResult(folder, seeds, pd.read_csv(folder / "study.csv"), pd.read_csv(folder / "summary.csv"),
+                                   study_runs)
     return StudyResult(out, seeds, pd.read_csv(out / "sweep.csv"), summary, key=swept.key, studies=parts)

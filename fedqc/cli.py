@@ -204,7 +204,7 @@ def study(ctx: typer.Context,
     import pandas as pd
 
     from fedqc.analysis.paired import pairs_for
-    from fedqc.analysis.study import write_study, write_sweep
+    from fedqc.analysis.study import write_results
     from fedqc.config import load_config
     from fedqc.experiment.arms import arms_for
     from fedqc.experiment.study import Sweep, plan_study, plan_sweep, run_all
@@ -252,23 +252,13 @@ def study(ctx: typer.Context,
         from fedqc.experiment.parallel import run_on_ray
 
         failed = run_on_ray(runs, options, on_run=report)
-    missing = {r.name: e for r, e in failed.items()}
-    done = [r for r in runs if r not in failed]
-    if swept is not None:
-        studies = {v: {r.seed: r.folder for r in done if r.value == v} for v in swept.values}
-        studies = {v: s for v, s in studies.items() if s}
-        for value, study_runs in studies.items():
-            write_study(swept.folder(out_dir, value), study_runs, command,
-                        {r.name: e for r, e in failed.items() if r.value == value}, pairs)
-        if studies:
-            summary = write_sweep(out_dir, swept.key, studies, command, missing, pairs)
-            for r in summary[summary["figure"] == "auroc_last3"].itertuples():
-                out.print(f"{swept.key}={r.value!s:8s} {r.arm:28s} AUROC (last 3 cycles) {r.mean:.3f} "
-                          f"[{r.ci_lo:.3f}, {r.ci_hi:.3f}] over {r.n} seed(s)")
-            out.print(f"wrote {out_dir / 'sweep.csv'}, {out_dir / 'sweep_summary.csv'}, {out_dir / 'sweep.md'} and "
-                      "curves")
-    elif done:
-        summary = write_study(out_dir, {r.seed: r.folder for r in done}, command, missing, pairs)
+    summary = write_results(out_dir, runs, command, swept, failed, pairs)
+    if summary is not None and swept is not None:
+        for r in summary[summary["figure"] == "auroc_last3"].itertuples():
+            out.print(f"{swept.key}={r.value!s:8s} {r.arm:28s} AUROC (last 3 cycles) {r.mean:.3f} "
+                      f"[{r.ci_lo:.3f}, {r.ci_hi:.3f}] over {r.n} seed(s)")
+        out.print(f"wrote {out_dir / 'sweep.csv'}, {out_dir / 'sweep_summary.csv'}, {out_dir / 'sweep.md'} and curves")
+    elif summary is not None:
         for r in summary[summary["figure"] == "auroc_last3"].itertuples():
             out.print(f"{r.arm:28s} AUROC (last 3 cycles) {r.mean:.3f} [{r.ci_lo:.3f}, {r.ci_hi:.3f}] over {r.n} "
                       "seed(s)")
@@ -280,8 +270,8 @@ def study(ctx: typer.Context,
                   f"{out_dir / 'study_auroc.png'}, {out_dir / 'study.md'}")
     if failed:
         err.print(f"[red]error:[/] {len(failed)} of {len(runs)} runs failed"
-                  + (f" (listed in {out_dir / 'missing.csv'})" if done else "") + "; run the same command again to "
-                  "retry them, finished runs are kept")
+                  + (f" (listed in {out_dir / 'missing.csv'})" if summary is not None else "")
+                  + "; run the same command again to retry them, finished runs are kept")
         for r, e in failed.items():
             err.print(f"  - {r.name}: {e}")
         raise typer.Exit(1)

@@ -11,7 +11,7 @@ from scipy import stats
 
 from fedqc.analysis.study import summarize, write_study
 from fedqc.experiment.run_dir import RunDir, load_checkpoint
-from fedqc.experiment.study import run_study, seed_dir
+from fedqc.experiment.study import plan_study, run_all, seed_dir
 from tests.conftest import same, tiny_config
 
 
@@ -45,7 +45,9 @@ def test_study_runs_every_seed_and_resumes_an_interrupted_one(tiny_cohort, tmp_p
     cfg = tiny_config(tiny_cohort / "manifest.csv", **{"arms": ["clean", "dirty", "qc"], "train.cycles": 3,
                                                        "qc": {"audit": True}})
     out = tmp_path / "study"
-    runs = run_study(cfg, [0, 1], out, quiet=True)
+    planned = plan_study(cfg, [0, 1], out)
+    run_all(planned, quiet=True)
+    runs = [r.folder for r in planned]
     full = {s: load_checkpoint(RunDir(r).arm("qc").checkpoint(2))["state"] for s, r in zip([0, 1], runs)}
     assert not same(full[0], full[1])  # the seeds differ
     summary = write_study(out, dict(zip([0, 1], runs)), "test", pairs=("clean-qc", "qc-dirty"))
@@ -70,7 +72,7 @@ def test_study_runs_every_seed_and_resumes_an_interrupted_one(tiny_cohort, tmp_p
     arm.checkpoint(2).unlink()
     kept = RunDir(seed_dir(out, 0)).arm("qc").checkpoint(2).stat().st_mtime_ns
     states = []
-    run_study(cfg, [0, 1], out, quiet=True, on_seed=lambda seed, state: states.append((seed, state)))
+    run_all(plan_study(cfg, [0, 1], out), quiet=True, on_run=lambda run, state: states.append((run.seed, state)))
     assert states == [(0, "done"), (1, "resumed")]
     assert RunDir(seed_dir(out, 0)).arm("qc").checkpoint(2).stat().st_mtime_ns == kept
     assert same(load_checkpoint(arm.checkpoint(2))["state"], full[1])  # resumed mid-arm to the same weights

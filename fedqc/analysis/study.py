@@ -337,6 +337,26 @@ def write_sweep(out: Path, key: str, studies: dict, command: str, missing: dict[
     return summary
 
 
+def write_results(out: Path, runs: list, command: str, sweep=None, failed: dict | None = None,
+                  pairs: tuple[str, ...] = ()) -> pd.DataFrame | None:
+    """The tables of a study from its planned ``runs`` (:class:`~fedqc.experiment.study.StudyRun`): with ``sweep``
+    (:class:`~fedqc.experiment.study.Sweep`) each value's study and the sweep's, else the study's. ``failed`` (run →
+    error) are left out and listed as missing. Returns the study's or the sweep's summary; ``None`` when no run
+    finished."""
+    failed = failed or {}
+    done = [r for r in runs if r not in failed]
+    if sweep is None:
+        return write_study(out, {r.seed: r.folder for r in done}, command,
+                           {r.name: e for r, e in failed.items()}, pairs) if done else None
+    studies = {v: {r.seed: r.folder for r in done if r.value == v} for v in sweep.values}
+    studies = {v: s for v, s in studies.items() if s}
+    for value, study_runs in studies.items():
+        write_study(sweep.folder(out, value), study_runs, command,
+                    {r.name: e for r, e in failed.items() if r.value == value}, pairs)
+    return write_sweep(out, sweep.key, studies, command, {r.name: e for r, e in failed.items()}, pairs) \
+        if studies else None
+
+
 def plot_sweep(summary: pd.DataFrame, key: str, figure: str, arms: list[str], path: Path,
                difference: bool = False) -> None:
     """``figure`` against the swept value: per arm the mean across seeds and its 95 % t-interval as a band; with

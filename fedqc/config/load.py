@@ -301,15 +301,20 @@ def read_config_file(path: Path, _chain: tuple[Path, ...] = ()) -> dict:
     return _merged(read_config_file((path.parent / base).resolve(), (*_chain, path)), data)
 
 
+def set_dotted(data: dict, dotted: str, value) -> None:
+    """Set ``value`` at the dotted key ``dotted`` of a config mapping (``train.lr``), making the mappings on the way."""
+    node = data
+    *parents, leaf = dotted.split(".")
+    for p in parents:
+        node = node.setdefault(p, {})
+    node[leaf] = value
+
+
 def load_config(path: str | Path, overrides: dict | None = None) -> ExperimentConfig:
     """Read and validate a YAML experiment config (its ``extends:`` chain applied);
     ``overrides`` (dotted keys) are merged on top."""
     path = Path(path)
     data = read_config_file(path)
     for dotted, value in (overrides or {}).items():
-        node = data
-        *parents, leaf = dotted.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
+        set_dotted(data, dotted, value)
     return parse_config(data, base=path.parent, source=path)

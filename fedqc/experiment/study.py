@@ -49,17 +49,20 @@ class StudyRun:
     value: object = None
     name: str = ""
 
+    def started(self) -> bool:
+        """Whether its folder already holds something (a partial or finished run)."""
+        return self.folder.exists() and any(self.folder.iterdir())
+
     def state(self) -> str:
         """``done`` (every arm finished: kept), ``resumed`` (a partial folder) or ``started``."""
         if finished(self.cfg, RunDir(self.folder)):
             return "done"
-        return "resumed" if self.folder.exists() and any(self.folder.iterdir()) else "started"
+        return "resumed" if self.started() else "started"
 
     def run(self, quiet: bool = True) -> None:
         """Run it, or resume it mid-arm from its last checkpoint. Whether to resume is read from the folder here,
         so a run that is retried (a Ray task on a lost node) resumes what its first try left."""
-        partial = self.folder.exists() and any(self.folder.iterdir())
-        simulate(self.cfg, self.folder, resume=partial, quiet=quiet)
+        simulate(self.cfg, self.folder, resume=self.started(), quiet=quiet)
 
 
 def check_recorded(runs: list[StudyRun]) -> None:
@@ -98,17 +101,6 @@ def run_all(runs: list[StudyRun], *, quiet: bool = False, on_run=lambda run, sta
         on_run(r, state)
         if state != "done":
             r.run(quiet=quiet)
-
-
-def run_study(cfg: ExperimentConfig, seeds: list[int], out: Path, *, quiet: bool = False,
-              on_seed=lambda seed, state: None) -> list[Path]:
-    """Run ``cfg`` for every training seed (the cohort stays the same); return the seeds' run folders.
-
-    ``on_seed(seed, state)`` reports ``done`` (kept), ``resumed`` or ``started``.
-    """
-    runs = plan_study(cfg, seeds, out)
-    run_all(runs, quiet=quiet, on_run=lambda r, state: on_seed(r.seed, state))
-    return [r.folder for r in runs]
 
 
 @dataclasses.dataclass(frozen=True)
