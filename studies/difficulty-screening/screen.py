@@ -27,15 +27,15 @@ from fedqc.experiment.run_dir import RunDir
 OUT = Path("runs/difficulty-screening")
 
 
-def pooled_config(manifest: Path, epochs: int) -> dict:
-    """The pinned reference-shape settings (SFCN width 0.5, lr 1e-3, batch 5, the default calibration) on one
-    site, so each cycle is one epoch over every good training scan."""
+def pooled_config(manifest: Path, epochs: int, lr: float) -> dict:
+    """The pinned reference-shape settings (SFCN width 0.5, batch 5, the default calibration) at learning rate
+    ``lr`` on one site, so each cycle is one epoch over every good training scan."""
     return {"name": "pooled", "manifest": str(manifest.resolve()), "engine": "inprocess", "threads": 1,
             "arms": ["clean"], "model": {"name": "sfcn", "width": 0.5, "input_shape": [32, 32, 32]},
-            "train": {"cycles": epochs, "warmup": 0, "batch_size": 5, "lr": 1e-3, "seed": 0}}
+            "train": {"cycles": epochs, "warmup": 0, "batch_size": 5, "lr": lr, "seed": 0}}
 
 
-def screen(name: str, effects: str, epochs: int) -> dict:
+def screen(name: str, effects: str, epochs: int, lr: float) -> dict:
     folder = OUT / name
     cohort = folder / "cohort"
     t0 = time.perf_counter()
@@ -49,7 +49,7 @@ def screen(name: str, effects: str, epochs: int) -> dict:
     pooled = folder / "pooled.csv"
     table.assign(site="pooled").to_csv(pooled, index=False)
     config = folder / "pooled.yaml"
-    config.write_text(yaml.safe_dump(pooled_config(pooled, epochs)))
+    config.write_text(yaml.safe_dump(pooled_config(pooled, epochs, lr)))
     run = folder / "run"
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-m", "fedqc", "simulate", "--config", str(config), "--out", str(run),
@@ -63,7 +63,7 @@ def screen(name: str, effects: str, epochs: int) -> dict:
     features, subjects = encoder_features(arm.checkpoint(arm.cycles("checkpoints")[-1]), table)
     rows = table.set_index("subject").loc[subjects]
     fit = (rows["split"] != "test").to_numpy()
-    result = {"name": name, "effects": effects, "oracle_test_auroc": round(meta["oracle_test_auroc"], 3),
+    result = {"name": name, "effects": effects, "lr": lr, "oracle_test_auroc": round(meta["oracle_test_auroc"], 3),
               "pooled_test_auroc": aurocs,
               "probe_scanner_bacc": round(probe_accuracy(features, rows["scanner"].astype(str).to_numpy(), fit), 3),
               "probe_scanner_chance": round(1 / rows["scanner"].nunique(), 3),
@@ -79,11 +79,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("candidates", nargs="+", help="NAME=EFFECTS (a set name or a YAML file)")
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--lr", type=float, default=1e-3, help="the pooled model's learning rate")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     for cand in args.candidates:
         name, effects = cand.split("=", 1)
-        screen(name, effects, args.epochs)
+        screen(name, effects, args.epochs, args.lr)
 
 
 if __name__ == "__main__":
