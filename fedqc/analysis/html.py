@@ -71,6 +71,7 @@ document.querySelectorAll("input.filter").forEach(function (box) {
     count.textContent = shown + " of " + table.tBodies[0].rows.length + " rows";
   });
 });
+document.body.setAttribute("data-script", "ready");
 """
 
 

@@ -6,7 +6,8 @@ sensitivity and specificity per arm with 95 % intervals (AUROC: the bootstrap of
 sensitivity and specificity: Wilson score intervals of the counts), the subgroup gaps, the calibration
 curve, each QC arm's timeline (:mod:`fedqc.analysis.timeline`) and its per-scan table (``scan_issues.csv``
 with the audit's findings) to sort and filter; for a study or a sweep its curves, summary and paired
-differences. It reads only files the run or study already wrote (``metrics.csv`` is made first when missing).
+differences. It reads only files the run or study already wrote (``metrics.csv`` and the plots of ``fedqc infer``
+are made first when missing) and draws two figures of its own (intervals, calibration).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import pandas as pd
 import yaml
 
 from fedqc.analysis.html import Page, esc, figure, png, table
-from fedqc.analysis.plots import plot_calibration, plot_intervals, plot_qc, plot_subgroups
+from fedqc.analysis.plots import plot_calibration, plot_intervals
 from fedqc.analysis.timeline import LEGEND, STATES, qc_timeline
 from fedqc.errors import UserError
 from fedqc.experiment.run_dir import RunDir
@@ -130,9 +131,7 @@ def run_page(run: Path) -> str:
         page.note("Each site in each cycle of the QC arm, from its logs (train_log.csv, qc_log.csv, flagged.csv, "
                   "revisits.csv, eliminated.csv). Hover a cell for its counts.")
         page.add(timeline_html(timeline, f"timeline-{arm}-table"))
-        if (arm_dir / "flagged.csv").is_file() and (arm_dir / "eliminated.csv").is_file():
-            page.add(figure(plot_qc, pd.read_csv(arm_dir / "flagged.csv"), pd.read_csv(arm_dir / "eliminated.csv"),
-                            sorted(timeline["cycle"].unique()), arm, alt=f"{arm}: scans flagged and eliminated"))
+        page.add(*_pictures(run / "plots", f"qc_{arm}.png"))
 
     page.section("Metrics per cycle", "cycles")
     page.add(figure(plot_intervals, metrics, alt="test AUROC, sensitivity, specificity per cycle with intervals"))
@@ -155,8 +154,7 @@ def run_page(run: Path) -> str:
                                       "specificity": _ci(r._asdict(), "specificity"),
                                       "note": r.note if isinstance(r.note, str) else ""}
                                      for r in subgroups.itertuples()]), "subgroup-table", filter_box=True))
-        for arm in metrics["arm"].unique():
-            page.add(figure(plot_subgroups, metrics, arm, alt=f"{arm}: metrics by subgroup"))
+        page.add(*_pictures(run / "plots", "subgroups_*.png"))
 
     predictions = {}
     for arm in overall["arm"].unique():
