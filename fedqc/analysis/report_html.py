@@ -217,7 +217,7 @@ def study_page(folder: Path) -> str:
               ") on the same cohort. Cells: mean across seeds [95 % t-interval], clipped to what the figure can be; "
               "test metrics of the last cycle, AUROC also as the mean of the last three.")
     page.section("Test metrics", "summary")
-    page.add(table(main, "main-table"))
+    page.add(table(main.set_index("arm").T.rename_axis("figure").reset_index(), "main-table"))
     page.add(*_pictures(folder, "study_*.png"))
     paired = folder / "paired.csv"
     if paired.is_file() and paired.stat().st_size:
