@@ -253,7 +253,11 @@ def study(ctx: typer.Context,
         from fedqc.experiment.parallel import run_on_ray
 
         failed = run_on_ray(runs, options, on_run=report)
-    summary = write_results(out_dir, runs, command, swept, failed, pairs, html=html)
+    summary = write_results(out_dir, runs, command, swept, failed, pairs)
+    if summary is not None:
+        from fedqc.analysis.publish import publish_study
+
+        publish_study(out_dir, {r.name: r.folder for r in runs if r not in failed}, html=html)
     if summary is not None and swept is not None:
         for r in summary[summary["figure"] == "auroc_last3"].itertuples():
             out.print(f"{swept.key}={r.value!s:8s} {r.arm:28s} AUROC (last 3 cycles) {r.mean:.3f} "
@@ -303,7 +307,10 @@ def infer(run: Optional[Path] = typer.Option(None, "--run", help="Run folder fro
     if (run is None) == (checkpoint is None):
         raise UserError("give either --run DIR or --checkpoint FILE --manifest CSV")
     if run is not None:
-        metrics = infer_run(run, recompute=recompute, age_edges=edges, n_boot=n_boot, seed=seed, html=html)
+        from fedqc.analysis.publish import publish_run
+
+        metrics = infer_run(run, recompute=recompute, age_edges=edges, n_boot=n_boot, seed=seed)
+        publish_run(run, html=html)
         overall = metrics[metrics["group"] == "all"].groupby("arm", sort=False)
         for (arm, df), r in zip(overall, overall.tail(1).itertuples()):
             out.print(f"{arm:6s} cycle {r.cycle:3d}  AUROC {r.auroc:.3f} [{r.auroc_lo:.3f}, {r.auroc_hi:.3f}]  "

@@ -109,9 +109,9 @@ def test_timeline_states_from_the_logs(tmp_path):
     t = qc_timeline(tmp_path)
     grid = t.pivot(index="site", columns="cycle", values="state")
     assert grid.to_dict("index") == {
-        "a": {1: "not-judged", 2: "trained", 3: "trained"},
-        "b": {1: "not-judged", 2: "flagged", 3: "held"},
-        "c": {1: "not-judged", 2: "eliminated", 3: "out"},
+        "a": {1: "could-not-judge", 2: "trained", 3: "trained"},
+        "b": {1: "could-not-judge", 2: "flagged", 3: "held"},
+        "c": {1: "could-not-judge", 2: "eliminated", 3: "out"},
         "d": {1: "flagged", 2: "trained", 3: "revisited"}}
     counts = qc_counts(t).set_index("cycle")
     assert counts.loc[1, "flagged"] == 1 and counts.loc[2, "eliminated"] == 3 and counts.loc[3, "revisited"] == 1

@@ -30,7 +30,7 @@ input.filter{margin:.3em 0;padding:2px 4px;width:22em}
 img{max-width:100%;height:auto;border:1px solid #eee;margin:.3em 0}
 table.timeline td{text-align:center;min-width:2.4em;font-size:.8em;padding:2px}
 table.timeline th{background:#f3f3f3;font-weight:normal}
-.tl-trained{background:#cfe8cf}.tl-not-judged{background:#e6e6f5}.tl-flagged{background:#ffd27f}
+.tl-trained{background:#cfe8cf}.tl-could-not-judge{background:#e6e6f5}.tl-flagged{background:#ffd27f}
 .tl-held{background:#ffe9bf}.tl-revisited{background:#bfdcff}.tl-eliminated{background:#f08080;color:#fff}
 .tl-out{background:#999;color:#fff}.tl-absent{background:#fff;color:#aaa}
 span.legend{display:inline-block;padding:1px 6px;margin:2px 4px 2px 0;border:1px solid #ccc;font-size:.8em}

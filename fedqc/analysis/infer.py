@@ -113,9 +113,8 @@ def run_target_metrics(run: Path) -> pd.DataFrame:
 
 
 def infer_run(run: Path, *, recompute: bool = False, age_edges=DEFAULT_AGE_EDGES, n_boot: int = 1000,
-              seed: int = 0, html: bool = True) -> pd.DataFrame:
-    """Write metrics.csv, fairness.csv, plots/, report.md and (``html``) report.html into ``run``, log it to the
-    config's ``tracking`` backend if any (:mod:`fedqc.analysis.tracking`); return the metrics."""
+              seed: int = 0) -> pd.DataFrame:
+    """Write metrics.csv, fairness.csv, plots/ and report.md into ``run``; return the metrics."""
     metrics = run_metrics(run, recompute=recompute, age_edges=age_edges, n_boot=n_boot, seed=seed)
     atomic_write_csv(metrics, run / "metrics.csv")
     atomic_write_csv(fairness_gaps(metrics), run / "fairness.csv")
@@ -138,11 +137,4 @@ def infer_run(run: Path, *, recompute: bool = False, age_edges=DEFAULT_AGE_EDGES
         if (arm_dir.path / "detection.csv").is_file():
             detections[arm] = pd.read_csv(arm_dir.path / "detection.csv")
     write_report(run, metrics, detections, plots)
-    if html:
-        from fedqc.analysis.report_html import write_html
-
-        write_html(run)
-    from fedqc.analysis.tracking import track_run
-
-    track_run(run)
     return metrics

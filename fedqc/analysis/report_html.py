@@ -66,7 +66,7 @@ def timeline_html(timeline: pd.DataFrame, table_id: str) -> str:
     as a tooltip), with the legend."""
     cycles = sorted(timeline["cycle"].unique())
     head = "<tr><th>site</th>" + "".join(f"<th>{c}</th>" for c in cycles) + "</tr>"
-    marks = {"trained": "✓", "not-judged": "?", "flagged": "F", "held": "h", "revisited": "R", "eliminated": "E",
+    marks = {"trained": "✓", "could-not-judge": "?", "flagged": "F", "held": "h", "revisited": "R", "eliminated": "E",
              "out": "–", "absent": ""}
     rows = []
     for site, df in timeline.groupby("site", sort=True):
@@ -278,7 +278,8 @@ def kind_of(folder: Path) -> str:
 
 def write_html(folder: Path) -> Path:
     """Write ``report.html`` into a run, study or sweep folder (a sweep's value folders get theirs first, so its
-    page links them); return its path. A run without ``metrics.csv`` gets ``fedqc infer``'s files first."""
+    page links them); return its path. A run without ``metrics.csv`` gets ``fedqc infer``'s files first
+    (:func:`fedqc.analysis.infer.infer_run`)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f"not a folder: {folder}")
@@ -287,8 +288,7 @@ def write_html(folder: Path) -> Path:
         if not (folder / "metrics.csv").is_file():
             from fedqc.analysis.infer import infer_run
 
-            infer_run(folder)  # writes metrics.csv and, through this function, report.html
-            return folder / REPORT
+            infer_run(folder)
         text = run_page(folder)
     elif kind == "study":
         text = study_page(folder)

@@ -353,26 +353,12 @@ def write_sweep(out: Path, key: str, studies: dict, command: str, missing: dict[
 
 
 def write_results(out: Path, runs: list, command: str, sweep=None, failed: dict | None = None,
-                  pairs: tuple[str, ...] = (), html: bool = True) -> pd.DataFrame | None:
+                  pairs: tuple[str, ...] = ()) -> pd.DataFrame | None:
     """The tables of a study from its planned ``runs`` (:class:`~fedqc.experiment.study.StudyRun`): with ``sweep``
     (:class:`~fedqc.experiment.study.Sweep`) each value's study and the sweep's, else the study's. ``failed`` (run →
-    error) are left out and listed as missing. With ``html``, ``report.html`` too
-    (:func:`fedqc.analysis.report_html.write_html`); then the finished runs and the study are logged to the config's
-    ``tracking`` backend, if any (:func:`fedqc.analysis.tracking.track_study`). Returns the study's or the sweep's
-    summary; ``None`` when no run finished."""
-    summary = _write_tables(out, runs, command, sweep, failed or {}, pairs)
-    if summary is not None:
-        from fedqc.analysis.tracking import track_study
-
-        if html:
-            from fedqc.analysis.report_html import write_html
-
-            write_html(out)
-        track_study(out, {r.name: r.folder for r in runs if r not in (failed or {})})
-    return summary
-
-
-def _write_tables(out: Path, runs: list, command: str, sweep, failed: dict, pairs: tuple[str, ...]):
+    error) are left out and listed as missing. Returns the study's or the sweep's summary; ``None`` when no run
+    finished."""
+    failed = failed or {}
     done = [r for r in runs if r not in failed]
     if sweep is None:
         return write_study(out, {r.seed: r.folder for r in done}, command,

@@ -8,7 +8,7 @@ One state per site and cycle, the first that holds of:
 - ``flagged``: the site failed its site check, or scans of it were flagged (kept out until their revisit);
 - ``held``: the site sat the cycle out, flagged in an earlier one and waiting for its revisit;
 - ``revisited``: flagged scans of the site were tried again (accepted or not);
-- ``not-judged``: the site trained but QC could not judge it: before the model showed skill (decisions wait, see
+- ``could-not-judge``: the site trained but QC could not judge it: before the model showed skill (decisions wait, see
   docs/qc.md), or a site check without a statistic (e.g. a site with one class has no AUROC);
 - ``trained``: the site trained and passed;
 - ``out``: the site, or every training scan of it, was eliminated in an earlier cycle;
@@ -25,8 +25,8 @@ from pathlib import Path
 
 import pandas as pd
 
-STATES = ("eliminated", "flagged", "held", "revisited", "not-judged", "trained", "out", "absent")
-LEGEND = {"trained": "trained, passed QC", "not-judged": "trained, QC could not judge (no skill yet, or no statistic)",
+STATES = ("eliminated", "flagged", "held", "revisited", "could-not-judge", "trained", "out", "absent")
+LEGEND = {"trained": "trained, passed QC", "could-not-judge": "trained, QC could not judge (no skill yet, or no statistic)",
           "flagged": "site check failed or scans flagged", "held": "flagged site waiting for its revisit",
           "revisited": "flagged scans tried again", "eliminated": "scans or the site eliminated",
           "out": "site (or all its training scans) eliminated earlier", "absent": "no scans trained"}
@@ -87,7 +87,7 @@ def qc_timeline(arm: Path) -> pd.DataFrame:
             elif gone_at is not None and c > gone_at or "qc: site eliminated" in statuses:
                 state = "out"
             elif n_trained and ((skill_cycle is None or c < skill_cycle) or unjudged):
-                state = "not-judged"
+                state = "could-not-judge"
             elif n_trained:
                 state = "trained"
             elif any(c0 < c for (s0, c0) in n_elim if s0 == site):  # every training scan eliminated earlier
