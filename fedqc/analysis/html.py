@@ -34,7 +34,7 @@ table.timeline th{background:#f3f3f3;font-weight:normal}
 .tl-held{background:#ffe9bf}.tl-revisited{background:#bfdcff}.tl-eliminated{background:#f08080;color:#fff}
 .tl-out{background:#999;color:#fff}.tl-absent{background:#fff;color:#aaa}
 span.legend{display:inline-block;padding:1px 6px;margin:2px 4px 2px 0;border:1px solid #ccc;font-size:.8em}
-details{margin:.5em 0}
+details{margin:.5em 0}.grid{display:flex;flex-wrap:wrap;gap:.4em}.grid img{max-width:49%}
 """
 
 # Sorting (numbers as numbers, empty cells last) and filtering (every word must appear in the row). No library.

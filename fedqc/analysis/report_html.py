@@ -198,6 +198,12 @@ def _pictures(folder: Path, pattern: str) -> list[str]:
     return [png(p.read_bytes(), p.stem) for p in sorted(folder.glob(pattern))]
 
 
+def _grid(folder: Path, names: list[str]) -> str:
+    """The PNGs ``names`` in ``folder`` that exist, in that order, two to a row."""
+    return '<div class="grid">' + "".join(png((folder / n).read_bytes(), n[:-4]) for n in names
+                                          if (folder / n).is_file()) + "</div>"
+
+
 def _runs_links(folder: Path) -> str:
     links = [f'<li><a href="{esc(p.parent.relative_to(folder).as_posix())}/{REPORT}">{esc(p.parent.name)}</a></li>'
              for p in sorted(folder.glob(f"*/{REPORT}"))]
@@ -245,20 +251,20 @@ def study_page(folder: Path) -> str:
 
 def sweep_page(folder: Path) -> str:
     """The HTML of a sweep's report (``sweep.csv``, ``sweep_summary.csv``, ``sweep_paired.csv``, curves)."""
-    from fedqc.analysis.study import PAIRED_NOTE
+    from fedqc.analysis.study import PAIRED_NOTE, SWEEP_FIGURES
 
     page = Page(f"fedqc sweep {folder.name}")
     page.note(f"Sweep folder {folder.resolve()}. Per swept value, one run per seed; bands and cells: 95 % "
               "t-interval across seeds. Each value's own study page is linked at the end.")
     page.section("Curves", "curves")
-    page.add(*_pictures(folder, "sweep_[!d]*.png"))
+    page.add(_grid(folder, [f"sweep_{f}.png" for f in SWEEP_FIGURES]))
     page.section("Summary", "summary")
     page.add(_study_summary(pd.read_csv(folder / "sweep_summary.csv"), "sweep-"))
     paired = folder / "sweep_paired.csv"
     if paired.is_file() and paired.stat().st_size:
         page.section("Paired differences", "paired")
         page.note(PAIRED_NOTE.replace("`paired.csv`", "`sweep_paired.csv`"))
-        page.add(*_pictures(folder, "sweep_diff_*.png"))
+        page.add(_grid(folder, [f"sweep_diff_{f}.png" for f in SWEEP_FIGURES]))
         page.add(table(pd.read_csv(paired), "paired-table", filter_box=True))
     page.section("Per value, seed and arm", "rows")
     page.add(table(pd.read_csv(folder / "sweep.csv"), "sweep-table", filter_box=True))
