@@ -102,27 +102,7 @@ def scan_table(arm: Path) -> pd.DataFrame:
     return scans.sort_values(["site", "subject"], kind="stable")
 
 
-def run_page(run: Path) -> str:
-    """The HTML of a run's report (``metrics.csv`` must exist: ``fedqc infer`` writes it)."""
-    from fedqc.analysis.infer import run_config
-
-    cfg = run_config(RunDir(run))
-    metrics = with_rate_intervals(pd.read_csv(run / "metrics.csv"))
-    overall, last = metrics[metrics["group"] == "all"], _last(metrics)
-    page = Page(f"fedqc run {cfg.name}")
-    page.note(f"Run folder {run.resolve()}. Test split only here: it never steers training or QC. Intervals: AUROC "
-              "and accuracy 95 % bootstrap intervals over test scans (metrics.csv); sensitivity and specificity 95 % "
-              "Wilson score intervals of the counts. Threshold: the cycle's decision threshold (calibration.csv).")
-
-    page.section("Final test metrics", "final")
-    rows = [{"arm": r.arm, "cycle": r.cycle, "n": r.n, "n_pos": r.n_pos, "threshold": r.threshold,
-             **{m: _ci(r._asdict(), m) for m in ("auroc", "sensitivity", "specificity", "accuracy")}}
-            for r in last[last["group"] == "all"].itertuples()]
-    page.add(table(pd.DataFrame(rows), "final-table"))
-
-    rundir = RunDir(run)
-    qc_arms = {arm: rundir.arm(arm).path for arm in overall["arm"].unique()
-               if (rundir.arm(arm).path / "qc_log.csv").is_file()}
+def _timelines(page: Page, run: Path, qc_arms: dict[str, Path]) -> None:
     for arm, arm_dir in qc_arms.items():
         timeline = qc_timeline(arm_dir)
         if timeline.empty:
@@ -133,41 +113,40 @@ def run_page(run: Path) -> str:
         page.add(timeline_html(timeline, f"timeline-{arm}-table"))
         page.add(*_pictures(run / "plots", f"qc_{arm}.png"))
 
-    page.section("Metrics per cycle", "cycles")
-    page.add(figure(plot_intervals, metrics, alt="test AUROC, sensitivity, specificity per cycle with intervals"))
-    per_cycle = overall[["arm", "cycle", "threshold", "auroc", "auroc_lo", "auroc_hi", "sensitivity", "sensitivity_lo",
-                         "sensitivity_hi", "specificity", "specificity_lo", "specificity_hi"]]
-    page.add("<details><summary>table</summary>", table(per_cycle, "cycle-table", filter_box=True), "</details>")
 
+def _subgroups(page: Page, run: Path, last: pd.DataFrame) -> None:
     subgroups = last[(last["group"] != "all") & (last["n"] > 0)]
-    if not subgroups.empty:
-        page.section("Subgroups", "subgroups")
-        page.note("Largest gap between subgroups (sex, age) per arm at the last cycle (fairness.csv: every cycle), "
-                  "then each subgroup's metrics. Small groups give wide intervals; 'note' says when a metric is "
-                  "undefined.")
-        if (run / "fairness.csv").is_file():
-            gaps = pd.read_csv(run / "fairness.csv")
-            page.add(table(gaps.loc[gaps.groupby("arm", sort=False)["cycle"].transform("max") == gaps["cycle"]],
-                           "gap-table"))
-        page.add(table(pd.DataFrame([{"arm": r.arm, "group": r.group, "n": r.n, "n_pos": r.n_pos,
-                                      "auroc": _ci(r._asdict(), "auroc"), "sensitivity": _ci(r._asdict(), "sensitivity"),
-                                      "specificity": _ci(r._asdict(), "specificity"),
-                                      "note": r.note if isinstance(r.note, str) else ""}
-                                     for r in subgroups.itertuples()]), "subgroup-table", filter_box=True))
-        page.add(*_pictures(run / "plots", "subgroups_*.png"))
+    if subgroups.empty:
+        return
+    page.section("Subgroups", "subgroups")
+    page.note("Largest gap between subgroups (sex, age) per arm at the last cycle (fairness.csv: every cycle), "
+              "then each subgroup's metrics. Small groups give wide intervals; 'note' says when a metric is "
+              "undefined.")
+    if (run / "fairness.csv").is_file():
+        gaps = pd.read_csv(run / "fairness.csv")
+        page.add(table(gaps.loc[gaps.groupby("arm", sort=False)["cycle"].transform("max") == gaps["cycle"]],
+                       "gap-table"))
+    page.add(table(pd.DataFrame([{"arm": r.arm, "group": r.group, "n": r.n, "n_pos": r.n_pos,
+                                  **{m: _ci(r._asdict(), m) for m in ("auroc", "sensitivity", "specificity")},
+                                  "note": r.note if isinstance(r.note, str) else ""}
+                                 for r in subgroups.itertuples()]), "subgroup-table", filter_box=True))
+    page.add(*_pictures(run / "plots", "subgroups_*.png"))
 
+
+def _calibration(page: Page, rundir: RunDir, arms) -> None:
     predictions = {}
-    for arm in overall["arm"].unique():
-        arm_dir = rundir.arm(arm)
-        cycles = arm_dir.cycles("predictions")
+    for arm in arms:
+        cycles = rundir.arm(arm).cycles("predictions")
         if cycles:
-            predictions[arm] = pd.read_csv(arm_dir.predictions(cycles[-1]))
+            predictions[arm] = pd.read_csv(rundir.arm(arm).predictions(cycles[-1]))
     if predictions:
         page.section("Calibration", "calibration")
         page.note("Share of positive test scans against the mean score, in five bins of equal count, last cycle of "
                   "each arm. On the diagonal a score reads as a probability.")
         page.add(figure(plot_calibration, predictions, alt="calibration curve"))
 
+
+def _scans(page: Page, qc_arms: dict[str, Path]) -> None:
     for arm, arm_dir in qc_arms.items():
         scans = scan_table(arm_dir)
         if not scans.empty:
@@ -180,6 +159,35 @@ def run_page(run: Path) -> str:
             page.note("Simulation only: the manifest's harm column is the truth no real federation has (detection.csv).")
             page.add(table(pd.read_csv(arm_dir / "detection.csv"), f"detection-{arm}-table", filter_box=True))
 
+
+def run_page(run: Path) -> str:
+    """The HTML of a run's report (``metrics.csv`` must exist: ``fedqc infer`` writes it)."""
+    from fedqc.analysis.infer import run_config
+
+    rundir = RunDir(run)
+    cfg = run_config(rundir)
+    metrics = with_rate_intervals(pd.read_csv(run / "metrics.csv"))
+    overall, last = metrics[metrics["group"] == "all"], _last(metrics)
+    arms = list(overall["arm"].unique())
+    qc_arms = {arm: rundir.arm(arm).path for arm in arms if (rundir.arm(arm).path / "qc_log.csv").is_file()}
+    page = Page(f"fedqc run {cfg.name}")
+    page.note(f"Run folder {run.resolve()}. Test split only here: it never steers training or QC. Intervals: AUROC "
+              "and accuracy 95 % bootstrap intervals over test scans (metrics.csv); sensitivity and specificity 95 % "
+              "Wilson score intervals of the counts. Threshold: the cycle's decision threshold (calibration.csv).")
+    page.section("Final test metrics", "final")
+    rows = [{"arm": r.arm, "cycle": r.cycle, "n": r.n, "n_pos": r.n_pos, "threshold": r.threshold,
+             **{m: _ci(r._asdict(), m) for m in ("auroc", "sensitivity", "specificity", "accuracy")}}
+            for r in last[last["group"] == "all"].itertuples()]
+    page.add(table(pd.DataFrame(rows), "final-table"))
+    _timelines(page, run, qc_arms)
+    page.section("Metrics per cycle", "cycles")
+    page.add(figure(plot_intervals, metrics, alt="test AUROC, sensitivity, specificity per cycle with intervals"))
+    per_cycle = overall[["arm", "cycle", "threshold", *(f"{m}{s}" for m in ("auroc", "sensitivity", "specificity")
+                                                        for s in ("", "_lo", "_hi"))]]
+    page.add("<details><summary>table</summary>", table(per_cycle, "cycle-table", filter_box=True), "</details>")
+    _subgroups(page, run, last)
+    _calibration(page, rundir, arms)
+    _scans(page, qc_arms)
     page.section("Config", "config")
     snapshot = yaml.safe_load((run / "config.yaml").read_text())
     page.add(f"<details><summary>config.yaml</summary><pre>{esc(yaml.safe_dump(snapshot, sort_keys=False))}</pre>"
