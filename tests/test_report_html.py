@@ -70,11 +70,12 @@ def parse(path: Path) -> Tables:
 
 @pytest.fixture(scope="module")
 def tiny_run(tiny_cohort, tmp_path_factory):
-    """A finished tiny run (clean, qc with the audit) tracked with MLflow; `fedqc infer` made its report."""
+    """A finished tiny run (clean, qc with the audit and the feature-distance scan check: cleanlab's label check
+    would triple the run's time and adds nothing to the page); `fedqc infer` made its report."""
     from fedqc.experiment.runner import simulate
 
-    cfg = tiny_config(tiny_cohort / "manifest.csv", arms=["clean", "qc"], qc={"audit": True, "skill": 0.0},
-                      tracking={"backend": "mlflow"})
+    cfg = tiny_config(tiny_cohort / "manifest.csv", arms=["clean", "qc"],
+                      qc={"audit": True, "skill": 0.0, "scans": ["ood"]})
     run = tmp_path_factory.mktemp("report") / "run"
     simulate(cfg, run, quiet=True)
     result = CliRunner().invoke(app, ["infer", "--run", str(run), "--n-boot", "20"])
@@ -154,7 +155,7 @@ def test_study_page_has_the_curves_and_paired_differences(tiny_run, tmp_path):
     from fedqc.analysis.study import write_study
 
     for seed in (0, 1):
-        shutil.copytree(tiny_run, tmp_path / f"seed_{seed}", ignore=shutil.ignore_patterns("ml*"))
+        shutil.copytree(tiny_run, tmp_path / f"seed_{seed}")
     write_study(tmp_path, {0: tmp_path / "seed_0", 1: tmp_path / "seed_1"}, "test")
     result = CliRunner().invoke(app, ["report", str(tmp_path)])
     assert result.exit_code == 0, result.output
@@ -174,10 +175,23 @@ def test_report_of_a_folder_that_is_none_is_one_line(tmp_path):
         f"error: {tmp_path} is not a run (config.yaml), a study (study.csv) or a sweep (sweep.csv) folder"]
 
 
+def tracked_copy(run: Path, folder: Path, tracking: dict) -> Path:
+    """A copy of ``run`` whose config tracks with ``tracking``."""
+    shutil.copytree(run, folder)
+    config = yaml.safe_load((folder / "config.yaml").read_text())
+    (folder / "config.yaml").write_text(yaml.safe_dump({**config, "tracking": tracking}))
+    return folder
+
+
 @pytest.mark.slow
-def test_mlflow_reads_back_params_metrics_qc_counts_and_artifacts(tiny_run):
+def test_mlflow_reads_back_params_metrics_qc_counts_and_artifacts(tiny_run, tmp_path):
+    """`fedqc infer` on a run whose config says `tracking: {backend: mlflow}` logs it into the run folder."""
+    pytest.importorskip("mlflow", reason="the optional extra fedqc[tracking] is not installed")
     from mlflow.tracking import MlflowClient
 
+    tiny_run = tracked_copy(tiny_run, tmp_path / "run", {"backend": "mlflow"})
+    result = CliRunner().invoke(app, ["infer", "--run", str(tiny_run), "--n-boot", "20"])
+    assert result.exit_code == 0, result.output
     client = MlflowClient(f"sqlite:///{tiny_run / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("tiny")
     runs = client.search_runs([experiment.experiment_id])
@@ -205,14 +219,12 @@ def test_mlflow_reads_back_params_metrics_qc_counts_and_artifacts(tiny_run):
 
 @pytest.mark.slow
 def test_tensorboard_reads_back_the_scalars(tiny_run, tmp_path):
+    pytest.importorskip("tensorboard", reason="the optional extra fedqc[tracking] is not installed")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from fedqc.analysis.tracking import track_run
 
-    run = tmp_path / "run"
-    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("ml*"))
-    config = yaml.safe_load((run / "config.yaml").read_text())
-    (run / "config.yaml").write_text(yaml.safe_dump({**config, "tracking": {"backend": "tensorboard", "uri": "tb"}}))
+    run = tracked_copy(tiny_run, tmp_path / "run", {"backend": "tensorboard", "uri": "tb"})
     where = track_run(run)
     assert where == str(run / "tb" / "run")
     events = EventAccumulator(where)
