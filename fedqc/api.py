@@ -154,10 +154,13 @@ class RunResult:
         return table[["arm", *[c for c in table.columns if c != "arm"]]]
 
     def infer(self) -> Path:
-        """Write what ``fedqc infer --run`` writes (metrics.csv, fairness.csv, plots/, report.md); return report.md."""
+        """Write what ``fedqc infer --run`` writes (metrics.csv, fairness.csv, plots/, report.md, report.html) and log
+        the run to the config's ``tracking`` backend, if any; return report.md."""
         from fedqc.analysis.infer import infer_run
+        from fedqc.analysis.publish import publish_run
 
         self.metrics = infer_run(self.path, age_edges=self.age_edges, n_boot=self.n_boot, seed=self.seed)
+        publish_run(self.path)
         self.__dict__.pop("fairness", None)
         return self.path / "report.md"
 
@@ -225,8 +228,8 @@ class StudyResult:
 def study(config: str | Path | dict | ExperimentConfig, seeds: list[int] = (0, 1, 2), out: str | Path | None = None,
           *, sweep: str | None = None, quiet: bool = True, overrides: dict[str, Any] | None = None) -> StudyResult:
     """Run ``config`` once per training seed (``fedqc study``) into ``out`` (default ``runs/<name>-study``), or
-    with ``sweep="KEY=v1,v2"`` one such study per value; write the study's tables, plot and report and return
-    them. An interrupted study resumes seed by seed."""
+    with ``sweep="KEY=v1,v2"`` one such study per value; write the study's tables, plot, study.md and report.html
+    (and log it to the config's ``tracking`` backend, if any) and return them. An interrupted study resumes seed by seed."""
     import pandas as pd
 
     from fedqc.analysis.study import write_results
@@ -240,6 +243,9 @@ def study(config: str | Path | dict | ExperimentConfig, seeds: list[int] = (0, 1
     runs = plan_sweep(cfg, swept, seeds, out) if swept else plan_study(cfg, seeds, out)
     run_all(runs, quiet=quiet)
     summary = write_results(out, runs, command, swept)
+    from fedqc.analysis.publish import publish_study
+
+    publish_study(out, {r.name: r.folder for r in runs})
     if swept is None:
         return StudyResult(out, seeds, pd.read_csv(out / "study.csv"), summary, {r.seed: r.folder for r in runs})
     parts = {}

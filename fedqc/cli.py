@@ -1,4 +1,4 @@
-"""The ``fedqc`` command line: validate, audit, cohort, harm, simulate, study, infer, manifest, sites.
+"""The ``fedqc`` command line: validate, audit, cohort, harm, simulate, study, infer, report, manifest, sites.
 
 A user's mistake (:class:`~fedqc.errors.UserError`), a site that cannot be reached
 (:class:`~fedqc.errors.SiteError`) or a file the system refuses (``OSError``) ends in
@@ -194,6 +194,7 @@ def study(ctx: typer.Context,
                                                        "GPUs unless device is cpu, else 0)."),
           pair: list[str] = typer.Option([], "--pair", help="Also compare arms A and B paired by seed (A-B; "
                                          "repeat for more). QC − dirty, QC − clean, dirty − clean always are."),
+          html: bool = typer.Option(True, "--html/--no-html", help="Write report.html (fedqc report)."),
           quiet: bool = typer.Option(False, "--quiet", help="No progress output.")):
     """Run the experiment once per seed; study.csv, summary.csv (mean, sd, 95 % t-interval), paired.csv (arms
     compared seed by seed: t-interval and exact sign-flip p), a plot, study.md. With --sweep, one such study per
@@ -253,6 +254,10 @@ def study(ctx: typer.Context,
 
         failed = run_on_ray(runs, options, on_run=report)
     summary = write_results(out_dir, runs, command, swept, failed, pairs)
+    if summary is not None:
+        from fedqc.analysis.publish import publish_study
+
+        publish_study(out_dir, {r.name: r.folder for r in runs if r not in failed}, html=html)
     if summary is not None and swept is not None:
         for r in summary[summary["figure"] == "auroc_last3"].itertuples():
             out.print(f"{swept.key}={r.value!s:8s} {r.arm:28s} AUROC (last 3 cycles) {r.mean:.3f} "
@@ -268,6 +273,8 @@ def study(ctx: typer.Context,
                       f"{r.p:.3g} over {r.n} seed(s)")
         out.print(f"wrote {out_dir / 'study.csv'}, {out_dir / 'summary.csv'}, {out_dir / 'paired.csv'}, "
                   f"{out_dir / 'study_auroc.png'}, {out_dir / 'study.md'}")
+    if summary is not None and html:
+        out.print(f"report: {out_dir / 'report.html'}")
     if failed:
         err.print(f"[red]error:[/] {len(failed)} of {len(runs)} runs failed"
                   + (f" (listed in {out_dir / 'missing.csv'})" if summary is not None else "")
@@ -286,8 +293,9 @@ def infer(run: Optional[Path] = typer.Option(None, "--run", help="Run folder fro
           recompute: bool = typer.Option(False, "--recompute", help="Rescore every cycle from its checkpoint."),
           age_bins: str = typer.Option("60,70", "--age-bins", help="Age bin edges, comma separated."),
           n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap resamples for the 95% CIs."),
-          seed: int = typer.Option(0, help="Bootstrap seed.")):
-    """Per-cycle test metrics overall and by sex and age group, fairness gaps, plots, report."""
+          seed: int = typer.Option(0, help="Bootstrap seed."),
+          html: bool = typer.Option(True, "--html/--no-html", help="With --run: write report.html (fedqc report).")):
+    """Per-cycle test metrics overall and by sex and age group, fairness gaps, plots, report.md and report.html."""
     from fedqc.analysis.infer import checkpoint_threshold, infer_run, predict_checkpoint
     from fedqc.analysis.metrics import group_metrics, target_metrics
     from fedqc.scoring import score_targets
@@ -299,7 +307,10 @@ def infer(run: Optional[Path] = typer.Option(None, "--run", help="Run folder fro
     if (run is None) == (checkpoint is None):
         raise UserError("give either --run DIR or --checkpoint FILE --manifest CSV")
     if run is not None:
+        from fedqc.analysis.publish import publish_run
+
         metrics = infer_run(run, recompute=recompute, age_edges=edges, n_boot=n_boot, seed=seed)
+        publish_run(run, html=html)
         overall = metrics[metrics["group"] == "all"].groupby("arm", sort=False)
         for (arm, df), r in zip(overall, overall.tail(1).itertuples()):
             out.print(f"{arm:6s} cycle {r.cycle:3d}  AUROC {r.auroc:.3f} [{r.auroc_lo:.3f}, {r.auroc_hi:.3f}]  "
@@ -314,6 +325,8 @@ def infer(run: Optional[Path] = typer.Option(None, "--run", help="Run folder fro
                       .to_string(index=False))
             out.print(f"wrote {run / 'metrics_targets.csv'} (every target, and their macro average)")
         out.print(f"wrote {run / 'metrics.csv'}, {run / 'fairness.csv'}, {run / 'plots'}/, {run / 'report.md'}")
+        if html:
+            out.print(f"report: {run / 'report.html'}")
         return
     from fedqc.data.manifest import load_manifest
 
@@ -335,6 +348,18 @@ def infer(run: Optional[Path] = typer.Option(None, "--run", help="Run folder fro
     out.print(f"threshold metrics at {threshold:.3f} ({method}"
               + (", fitted on the run's verification scans)" if method != "fixed" else ", the reference)"))
     out.print(f"wrote {target}")
+
+
+@app.command()
+@friendly
+def report(folder: Path = typer.Argument(..., help="A run folder (fedqc simulate), a study's or a sweep's (fedqc "
+                                         "study).")):
+    """One self-contained page, FOLDER/report.html: metrics per cycle with intervals, subgroup gaps, calibration, the
+    QC timeline and per-scan table of a run; the curves, summary and paired differences of a study or sweep. A run
+    without metrics.csv gets fedqc infer's files first."""
+    from fedqc.analysis.report_html import write_html
+
+    out.print(f"report: {write_html(folder)}")
 
 
 @app.command()

@@ -229,7 +229,7 @@ def test_resample_writes_ras_copies_at_the_models_shape_and_leaves_the_input(dat
 
 @pytest.mark.slow
 def test_a_bids_dataset_trains_end_to_end(dataset, tmp_path):
-    """BIDS → manifest → geometry check → resample → a run, through the commands and the API."""
+    """BIDS → manifest → geometry check → resample → a run → its report, through the commands and the API."""
     import fedqc
 
     out = tmp_path / "manifest.csv"
@@ -246,3 +246,6 @@ def test_a_bids_dataset_trains_end_to_end(dataset, tmp_path):
     test = read_table(tmp_path / "16" / "manifest.csv").query("split == 'test'")
     assert sorted(preds["subject"]) == sorted(test["subject"])
     assert run.arms["clean"].errors.empty and set(run.summary()["arm"]) == {"clean"}
+    assert cli("report", tmp_path / "run")[0] == 0  # → the run's page (fedqc infer's tables made first)
+    page = (tmp_path / "run" / "report.html").read_text()
+    assert 'id="final-table"' in page and (tmp_path / "run" / "metrics.csv").is_file()

@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 PLOT_METRICS = ("auroc", "accuracy", "sensitivity", "specificity")
 
 
-def _save(fig, path: Path) -> None:
+def _save(fig, path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -75,4 +75,43 @@ def plot_qc(flagged: pd.DataFrame, eliminated: pd.DataFrame, cycles: list[int], 
     ax.legend(fontsize=8, loc="upper right")
     ax.grid(alpha=0.3, axis="y")
     ax.set_ylim(0, max(f.max(), bottom.max(), 1) * 1.35)
+    _save(fig, path)
+
+
+def plot_intervals(metrics: pd.DataFrame, path) -> None:
+    """Test AUROC, sensitivity and specificity per cycle and arm, each with its 95 % interval as a band (columns
+    ``<metric>_lo`` and ``<metric>_hi``)."""
+    overall = metrics[metrics["group"] == "all"]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), sharex=True)
+    for ax, metric in zip(axes, ("auroc", "sensitivity", "specificity")):
+        for arm, df in overall.groupby("arm", sort=False):
+            line, = ax.plot(df["cycle"], df[metric], marker="o", markersize=3, label=arm)
+            ax.fill_between(df["cycle"], df[f"{metric}_lo"], df[f"{metric}_hi"], color=line.get_color(), alpha=0.15)
+        ax.set_title(f"Test {metric} (band: 95 % interval)", fontsize=10)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlabel("cycle")
+        ax.grid(alpha=0.3)
+    axes[0].legend(title="arm", fontsize=8)
+    _save(fig, path)
+
+
+def plot_calibration(predictions: dict[str, pd.DataFrame], path, bins: int = 5) -> None:
+    """Reliability diagram: per arm, the share of positives against the mean score in ``bins`` bins of equal count
+    (scikit-learn's ``calibration_curve``, quantile bins: a small test split fills every bin)."""
+    from sklearn.calibration import calibration_curve
+
+    fig, ax = plt.subplots(figsize=(5.2, 4.6))
+    ax.plot([0, 1], [0, 1], color="black", linewidth=0.8, linestyle="--", label="perfectly calibrated")
+    for arm, preds in predictions.items():
+        if preds["label"].nunique() < 2:
+            continue
+        positives, mean_score = calibration_curve(preds["label"], preds["score"], n_bins=bins, strategy="quantile")
+        ax.plot(mean_score, positives, marker="o", label=f"{arm} (n={len(preds)})")
+    ax.set_xlabel("mean score in bin")
+    ax.set_ylabel("share of positives in bin")
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("Calibration on test, last cycle", fontsize=10)
     _save(fig, path)

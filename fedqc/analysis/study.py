@@ -224,18 +224,39 @@ def _difference(r) -> str:
 
 def paired_md(table: pd.DataFrame) -> str:
     """The paired differences of :data:`PAIRED_FIGURES` as a markdown table."""
+    return markdown_table(paired_frame(table))
+
+
+def paired_frame(table: pd.DataFrame) -> pd.DataFrame:
+    """The paired differences of :data:`PAIRED_FIGURES` (``paired.csv``'s rows) as the table a reader gets."""
     t = table[table["figure"].isin(PAIRED_FIGURES)]
-    return markdown_table(pd.DataFrame({"pair (A-B)": t["pair"], "figure": t["figure"], "seeds": t["n"],
-                                        "A − B: mean [95 % t-interval]": [_difference(r) for r in t.itertuples()],
-                                        "sign-flip p": [f"{p:.3g}" for p in t["p"]],
-                                        "smallest p possible": [f"{p:.3g}" for p in t["p_min"]],
-                                        "note": t["note"]}))
+    return pd.DataFrame({"pair (A-B)": t["pair"], "figure": t["figure"], "seeds": t["n"],
+                         "A − B: mean [95 % t-interval]": [_difference(r) for r in t.itertuples()],
+                         "sign-flip p": [f"{p:.3g}" for p in t["p"]],
+                         "smallest p possible": [f"{p:.3g}" for p in t["p_min"]], "note": t["note"]})
 
 
 PAIRED_NOTE = ("Arms of one seed share the cohort, the clean checkpoint and the visiting order, so they are "
                "compared seed by seed: A − B per seed, its mean, 95 % t-interval over seeds and exact two-sided "
                "sign-flip p-value (all 2^n sign assignments). With n seeds p cannot go below 2/2^n (0.0625 with "
                "5): headline claims use 5 seeds or more. All figures: `paired.csv`.")
+
+
+MAIN_FIGURES = ("auroc", "auroc_last3", "accuracy", "sensitivity", "specificity", "bacc_last3", "bacc_gap_last3",
+                "max_swing", "f1", "average_precision", "seconds")
+
+
+def summary_tables(summary: pd.DataFrame, columns: list[str], arms: list[str],
+                   qc_arms: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``study.md``'s two tables from ``summary`` (cells: mean [95 % t-interval]): per arm the test metrics of
+    :data:`MAIN_FIGURES`, and per QC figure (recalls, good scans lost, cost) a column per QC arm; ``columns``: those
+    of ``study.csv``, which say which figures the study has."""
+    main = pd.DataFrame([{"arm": arm, **{f: _cell(summary, arm, f) for f in MAIN_FIGURES if f in columns}}
+                         for arm in arms])
+    qc = [c for c in columns if c.startswith("recall_")]
+    qc += [c for c in ("good_lost", "good_lost_rate", "good_pending", "good_sites_flagged", "harm_sites_flagged",
+                       "precision", "verifications", "cost_vs_dirty") if c in columns]
+    return main, pd.DataFrame([{"figure": f, **{a: _cell(summary, a, f) for a in qc_arms}} for f in qc])
 
 
 def write_study(out: Path, runs: dict[int, Path], command: str, missing: dict[str, str] | None = None,
@@ -255,13 +276,7 @@ def write_study(out: Path, runs: dict[int, Path], command: str, missing: dict[st
     differences = paired(rows, cfg, pairs)
     atomic_write_csv(differences, out / "paired.csv")
     plot_study(runs, arms, out / "study_auroc.png")
-    figures = [f for f in ("auroc", "auroc_last3", "accuracy", "sensitivity", "specificity", "bacc_last3",
-                           "bacc_gap_last3", "max_swing", "f1", "average_precision", "seconds") if f in rows]
-    main = pd.DataFrame([{"arm": arm, **{f: _cell(summary, arm, f) for f in figures}} for arm in arms])
-    qc = [c for c in rows.columns if c.startswith("recall_")]
-    qc += [c for c in ("good_lost", "good_lost_rate", "good_pending", "good_sites_flagged", "harm_sites_flagged",
-                       "precision", "verifications", "cost_vs_dirty") if c in rows]
-    qc_table = pd.DataFrame([{"figure": f, **{a: _cell(summary, a, f) for a in qc_arms}} for f in qc])
+    main, qc_table = summary_tables(summary, list(rows.columns), arms, qc_arms)
     lines = [f"# Study `{cfg.name}`", "", f"Made by `{command}`. Seeds: {', '.join(map(str, runs))} "
              f"(training seed; the cohort is the same). Cells: mean [95 % t-interval] across seeds, "
              "clipped to what the figure can be.", "",

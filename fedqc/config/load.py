@@ -36,6 +36,8 @@ from fedqc.config.schema import (
     STARTS,
     STRATEGIES,
     THRESHOLDS,
+    TRACKING,
+    TRACKING_MODULES,
     UNLEARN,
     WARMUPS,
     WEIGHTINGS,
@@ -203,6 +205,25 @@ def _check_ranges(cfg: ExperimentConfig, problems: list[str]) -> None:
     ]
     problems += [msg for ok, msg in rules if not ok]
     _check_qc_arms(cfg, problems)
+    _check_tracking(cfg, problems)
+
+
+def _check_tracking(cfg: ExperimentConfig, problems: list[str]) -> None:
+    """A known backend, a URI of the backend's form, and its optional extra installed."""
+    t = cfg.tracking
+    if t.backend not in TRACKING:
+        problems.append(f"tracking.backend: {t.backend!r} is not one of {TRACKING}")
+        return
+    if t.backend == "mlflow" and t.uri is not None and not re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", t.uri):
+        problems.append(f"tracking.uri: an MLflow tracking URI such as sqlite:///path/mlflow.db or "
+                        f"http://host:5000, got {t.uri!r}")
+    if t.backend == "tensorboard" and t.uri is not None and "://" in t.uri:
+        problems.append(f"tracking.uri: tensorboard writes to a local folder, not a URI; got {t.uri!r}")
+    if t.backend != "none" and t.uri == "":
+        problems.append("tracking.uri: empty; leave it out for the default in the run folder")
+    module = TRACKING_MODULES.get(t.backend)
+    if module is not None and importlib.util.find_spec(module) is None:
+        problems.append(f"tracking.backend: {t.backend} needs the optional extra: pip install 'fedqc[tracking]'")
 
 
 def _check_qc_arms(cfg: ExperimentConfig, problems: list[str]) -> None:

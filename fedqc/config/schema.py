@@ -212,6 +212,20 @@ class DataConfig:
 
 
 DEVICES = ("auto", "cpu", "cuda")  # or cuda:N
+# Experiment tracking after a run (fedqc.analysis.tracking): none, MLflow or TensorBoard, each an optional extra.
+TRACKING = ("none", "mlflow", "tensorboard")
+TRACKING_MODULES = {"mlflow": "mlflow", "tensorboard": "tensorboard"}  # backend → the module its extra installs
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    """Where ``fedqc infer`` and ``fedqc study`` log a run (params, per-cycle metrics, QC counts, report and
+    tables). ``uri``: for ``mlflow`` a tracking URI (default ``sqlite:///<run>/mlflow.db``, no server), for
+    ``tensorboard`` the log folder (default ``<run>/tensorboard``; a relative one is taken from the run folder)."""
+
+    backend: str = "none"  # TRACKING
+    uri: str | None = None
+    experiment: str | None = None  # mlflow: the experiment's name (default: the config's name)
 
 
 @dataclass(frozen=True)
@@ -237,6 +251,7 @@ class ExperimentConfig:
     # a harm scenario (the format of `fedqc harm`) injected into the manifest at the start of each run, seeded by
     # the training seed, into <run>/data/: what a study sweeps (e.g. scenario.label_noise.0.rate)
     scenario: dict | None = None
+    tracking: TrackingConfig = TrackingConfig()
     source: Path | None = field(default=None, compare=False)
 
     def qc_for(self, arm: str) -> QCConfig:
