@@ -66,12 +66,12 @@ def run_study(name: str, manifest: Path, out: Path, seeds: list[int], parallel: 
 
 def curve(folder: Path, seed: int, arm: str) -> pd.Series:
     """Test AUROC per cycle of one arm of one seed's run."""
-    run = RunDir(folder / f"seed{seed}")
+    run = RunDir(folder / f"seed_{seed}")
     return cycle_metrics(run.arm(arm)).set_index("cycle")["auroc"]
 
 
 def probes(folder: Path, seed: int, table: pd.DataFrame) -> dict:
-    arm = RunDir(folder / f"seed{seed}").arm("clean")
+    arm = RunDir(folder / f"seed_{seed}").arm("clean")
     features, subjects = encoder_features(arm.checkpoint(arm.cycles("checkpoints")[-1]), table)
     rows = table.drop_duplicates("subject").set_index("subject").loc[subjects]
     fit = (rows["split"] != "test").to_numpy()
