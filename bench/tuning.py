@@ -6,7 +6,8 @@ config's clean arm with one seed, one run after another. A point's score is the 
 the pooled verification (``val``) scans of its last ``--last`` checkpoints, averaged: the
 scans the clean arm's calibration reads (the ground truth's harmful ones left out, as the
 oracle arm leaves them out of training and calibration). The choice is the best score,
-ties to the earlier grid point. The scoring reads the manifest's ``val`` rows only
+ties to the earlier grid point; ``minutes`` is the run's training time (its
+``cycles.csv``). The scoring reads the manifest's ``val`` rows only
 (:func:`fedqc.analysis.infer.predict_checkpoint` builds sites from those rows alone), so
 the test split cannot steer it. The runs' own per-cycle test scores are reported beside,
 after the choice, in ``test_auroc_last`` (never read by the choice).
@@ -17,13 +18,12 @@ baseline is not tuned harder than the method it is compared with. A point whose 
 checkpoint exists is not run again; one cut short resumes.
 
     python -m bench.tuning studies/strategies/demo-tuning.yaml --out runs/tuning \\
-        --strategies travelling fedavg fedprox --lr 3e-4 1e-3 3e-3 --epochs 1 3 --seed 0
+        --strategies travelling fedavg fedprox --lr 1e-3 3e-3 1e-2 --epochs 1 2 --seed 0
 """
 
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -81,11 +81,10 @@ def tune(config: Path, out: Path, strategies: list[str], lrs: list[float], epoch
                                        "strategy.name": strategy, "strategy.local_epochs": e})
             run = out / f"{strategy}-lr{lr:g}-e{e}"
             cycles = list(range(max(0, cfg.train.cycles - last), cfg.train.cycles))
-            t0 = time.perf_counter()
             if not RunDir(run).arm(ARM).checkpoint(cycles[-1]).is_file():
                 simulate(cfg, run, resume=run.exists(), quiet=True)
             rows.append({"strategy": strategy, "lr": lr, "local_epochs": e, "val_auroc": val_auroc(run, cycles),
-                         "minutes": (time.perf_counter() - t0) / 60})
+                         "minutes": pd.read_csv(RunDir(run).arm(ARM).path / "cycles.csv")["seconds"].sum() / 60})
     table = pd.DataFrame(rows)
     best = table.groupby("strategy", sort=False)["val_auroc"].idxmax()  # the first of equal maxima
     table["chosen"] = table.index.isin(best.to_numpy())

@@ -208,10 +208,10 @@ def test_fedbn_needs_batchnorm_layers_and_pooled_statistics(tiny_cohort):
 
 # ----------------------------------------------------------------------------- end to end: resume
 @pytest.mark.slow
-def test_fedadam_with_fedbn_resumes_bit_identically(tiny_cohort, tmp_path):
+def test_fedadam_with_fedbn_and_local_steps_resumes_bit_identically(tiny_cohort, tmp_path):
     cfg = tiny_config(tiny_cohort / "manifest.csv", **{
         "train.cycles": 4, "train.warmup": 1, "arms": ["clean", "dirty"],
-        "strategy": {"name": "fedavg", "server": "fedadam", "server_lr": 0.01, "batchnorm": "local"},
+        "strategy": {"name": "fedavg", "server": "fedadam", "server_lr": 0.01, "batchnorm": "local", "local_steps": 2},
         "calibration": {"batchnorm": "federated", "threshold": "prevalence"}})
     simulate(cfg, tmp_path / "full", quiet=True)
     kept = load_checkpoint(checkpoint_path(tmp_path / "full" / "clean", 1))["strategy"]
@@ -226,3 +226,58 @@ def test_fedadam_with_fedbn_resumes_bit_identically(tiny_cohort, tmp_path):
         assert all(same(final[0]["strategy"]["server"][m], final[1]["strategy"]["server"][m]) for m in ("m_t", "v_t"))
     log = pd.read_csv(tmp_path / "full" / "dirty" / "train_log.csv")
     assert list(log["cycle"].unique()) == [2, 3]
+
+
+# ----------------------------------------------------------------------------- local steps
+def test_a_site_trains_the_first_steps_batches_of_its_epoch(tiny_cfg):
+    from fedqc.data.manifest import load_manifest
+    from fedqc.models.state import initial_state
+    from fedqc.protocol import TrainRequest
+    from fedqc.site import Site
+    from fedqc.transport.flower.codec import decode_train_reply, encode_train_reply
+
+    manifest = load_manifest(tiny_cfg.manifest)
+    site = Site("alpha", manifest[manifest["site"] == "alpha"], model=tiny_cfg.model)
+    state = initial_state(tiny_cfg.model, 0)
+    whole = site.train(state, TrainRequest(lr=1e-3, seed=1, batch_size=3))
+    two = site.train(state, TrainRequest(lr=1e-3, seed=1, batch_size=3, steps=2))
+    assert whole.steps == -(-whole.n_scans // 3) > 2 and two.steps == 2 and two.n_scans == 6
+    assert set(two.subjects) < set(whole.subjects) and not same(two.state, whole.state)
+    assert decode_train_reply(encode_train_reply(two)).steps == 2  # over Flower too
+    assert TrainRequest.from_dict(TrainRequest(lr=1e-3, seed=1, batch_size=3, steps=2).to_dict()).steps == 2
+
+
+def test_local_steps_run_into_as_many_epochs_as_they_take():
+    from fedqc.protocol import TrainReply
+    from fedqc.strategies.cycles import PlainVisitor
+
+    class Epochs:
+        """A site with 3 batches per epoch."""
+
+        def __init__(self):
+            self.requests = []
+
+        def train(self, site, state, request):
+            self.requests.append(request)
+            taken = min(3, request.steps) if request.steps else 3
+            return TrainReply({"w": state["w"] + taken}, 5 * taken, 0.5, 0.0, ["x"], steps=taken)
+
+    transport = Epochs()
+    hop = PlainVisitor(transport, TrainConfig()).visit("a", {"w": np.zeros(1)}, 0, 1e-3, Local(steps=7))
+    assert [r.steps for r in transport.requests] == [7, 4, 1] and hop.state["w"][0] == 7 and hop.n_scans == 35
+    assert len({r.seed for r in transport.requests}) == 3
+    round_ = AveragingRound(list(SITES), flower_strategy("fedavg", 0), seed=0, steps=4)
+    visitor = HandMade()
+    seen = []
+    visitor.visit = lambda site, state, cycle, lr, local=Local(): seen.append(local) or Hop(state, n_scans=1)
+    round_(visitor, model(), 0, 1e-3, lambda *_: None)
+    assert {local.steps for local in seen} == {4}
+
+
+@pytest.mark.parametrize("strategy", [{"name": "fedavg", "local_steps": -1},
+                                      {"name": "fedavg", "local_steps": 5, "local_epochs": 2},
+                                      {"name": "travelling", "local_steps": 5}])
+def test_bad_local_steps_are_rejected_in_one_line(strategy, tiny_cohort):
+    with pytest.raises(ConfigError) as err:
+        tiny_config(tiny_cohort / "manifest.csv", strategy=strategy)
+    assert len(err.value.problems) == 1 and err.value.problems[0].startswith("strategy.local_steps:")

@@ -150,6 +150,13 @@ def _check_ranges(cfg: ExperimentConfig, problems: list[str]) -> None:
         (cfg.strategy.weighting in WEIGHTINGS,
          f"strategy.weighting: {cfg.strategy.weighting!r} is not one of {WEIGHTINGS}"),
         (cfg.strategy.local_epochs >= 1, f"strategy.local_epochs: must be >= 1, got {cfg.strategy.local_epochs}"),
+        (cfg.strategy.local_steps >= 0, f"strategy.local_steps: must be >= 0 (0: local_epochs), got "
+                                        f"{cfg.strategy.local_steps}"),
+        (cfg.strategy.local_steps == 0 or cfg.strategy.local_epochs == 1,
+         f"strategy.local_steps: a round's local work is local_steps or local_epochs, not both (local_epochs is "
+         f"{cfg.strategy.local_epochs})"),
+        (cfg.strategy.local_steps == 0 or cfg.strategy.name != "travelling",
+         "strategy.local_steps: set for averaging rounds; strategy.name travelling trains one epoch per visit"),
         (0 < cfg.strategy.fraction <= 1, f"strategy.fraction: must be in (0, 1], got {cfg.strategy.fraction}"),
         (cfg.strategy.mu >= 0, f"strategy.mu: must be >= 0, got {cfg.strategy.mu}"),
         (cfg.strategy.rounds >= 0, f"strategy.rounds: must be >= 0, got {cfg.strategy.rounds}"),

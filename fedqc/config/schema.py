@@ -119,6 +119,7 @@ class StrategyConfig:
 
     name: str = "travelling"
     local_epochs: int = 1  # averaging rounds: local epochs per site and round (QC arms train one)
+    local_steps: int = 0  # averaging rounds: batches per site and round instead, over as many epochs (0: epochs)
     fraction: float = 1.0  # averaging rounds: share of the sites drawn each round (seeded; at least one)
     mu: float = 0.001  # fedprox (and a fedprox warm-up): weight of the proximal term mu/2 ||w - w_round||^2
     weighting: str = "scans"  # WEIGHTINGS: a site's update weighs its scans trained, or every site the same

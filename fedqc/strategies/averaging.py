@@ -89,9 +89,11 @@ class AveragingRound:
     """A :data:`~fedqc.strategies.cycles.Round` of federated averaging over ``sites``.
 
     ``fraction`` of the sites (at least one; all with 1) is drawn each round from a seed of
-    the run seed and the round; each trains ``local`` from the round's model; the updates
-    of sites that trained (status ok, at least one scan) are averaged with ``strategy``,
-    weighted by their scans trained (``weighting`` ``scans``) or equally. A site that
+    the run seed and the round; each trains ``epochs`` local epochs (or ``steps`` batches)
+    from the round's model; the updates of sites that trained (status ok, at least one
+    scan) are averaged with ``strategy``, weighted by their scans trained (``weighting``
+    ``scans``: with local steps, a site smaller than the steps' batches counts its scans
+    once per epoch it went through) or equally. A site that
     fails, is rejected or kept out by QC is absent from the average; with no update at
     all the model stays as it was.
     """
@@ -102,6 +104,7 @@ class AveragingRound:
     fraction: float = 1.0
     weighting: str = "scans"
     epochs: int = 1
+    steps: int = 0  # local steps (batches) per site instead of epochs
     server: ServerOptimiser | None = None
     local_bn: bool = False
     site_bn: dict[str, State] = field(default_factory=dict)  # FedBN: site → its BatchNorm arrays
@@ -118,7 +121,7 @@ class AveragingRound:
                  on_hop: HopCallback) -> tuple[State, list[tuple[str, Hop, float]]]:
         sent = weights(state)  # no optimizer state: each site starts the round with a fresh Adam
         kept = batchnorm_keys(sent) if self.local_bn else frozenset()
-        local = Local(self.epochs, float(getattr(self.strategy, "proximal_mu", 0.0)))
+        local = Local(self.epochs, float(getattr(self.strategy, "proximal_mu", 0.0)), self.steps)
         hops, updates = [], []
         for i, site in enumerate(self.select(cycle)):
             start = {**sent, **self.site_bn.get(site, {})} if kept else sent

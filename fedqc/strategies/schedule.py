@@ -56,7 +56,8 @@ def rounds_for(strategy: StrategyConfig, train: TrainConfig, sites: list[str],
     def averaging(name: str, over: list[str]) -> AveragingRound:
         server = ServerOptimiser(flower_optimiser(strategy)) if strategy.server != "none" else None
         return AveragingRound(over, flower_strategy(name, strategy.mu), train.seed, strategy.fraction,
-                              strategy.weighting, strategy.local_epochs, server, strategy.batchnorm == "local")
+                              strategy.weighting, strategy.local_epochs, strategy.local_steps, server,
+                              strategy.batchnorm == "local")
 
     if strategy.name in ("fedavg", "fedprox"):
         every = averaging(strategy.name, sites)
