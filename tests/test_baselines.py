@@ -266,6 +266,9 @@ def test_local_steps_run_into_as_many_epochs_as_they_take():
     hop = PlainVisitor(transport, TrainConfig()).visit("a", {"w": np.zeros(1)}, 0, 1e-3, Local(steps=7))
     assert [r.steps for r in transport.requests] == [7, 4, 1] and hop.state["w"][0] == 7 and hop.n_scans == 35
     assert len({r.seed for r in transport.requests}) == 3
+    whole = Epochs()  # local epochs: whole epochs, whatever steps a reply took
+    hop = PlainVisitor(whole, TrainConfig(), epochs=2).visit("a", {"w": np.zeros(1)}, 0, 1e-3, Local(epochs=2))
+    assert [r.steps for r in whole.requests] == [0] * 4 and hop.state["w"][0] == 12
     round_ = AveragingRound(list(SITES), flower_strategy("fedavg", 0), seed=0, steps=4)
     visitor = HandMade()
     seen = []

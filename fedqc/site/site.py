@@ -223,7 +223,7 @@ class Site:
         total, n, done, skipped, wait, steps = 0.0, 0, {}, [], 0.0, 0
         chunks = list(batches(plan, request.batch_size))
         loads = (functools.partial(self._images, [s for s, _ in chunk], augment=[a for _, a in chunk],
-                                   transform=augment) for chunk in (chunks[:request.steps] if request.steps else chunks))
+                                   transform=augment) for chunk in (chunks[:request.steps] if request.steps > 0 else chunks))
         for (x, ok, bad), waited in prefetch(loads, self.prefetch):
             wait += waited
             skipped += bad

@@ -153,7 +153,9 @@ class PlainVisitor:
             if reason := check_update(state, reply.state) or (self.norm_check and self.norm_check(state, reply.state)):
                 return Hop(start, seconds=seconds, status=HopStatus.REJECTED, note=reason, problems=problems)
             state, n, loss = reply.state, n + self._count(site, reply.n_scans, request.exclude), reply.loss
-            epoch, steps = epoch + 1, steps - (reply.steps or steps)
+            epoch += 1
+            if local.steps:  # an epoch that took no step ends the visit
+                steps -= reply.steps or steps
         return Hop(state, n, loss, seconds, problems=problems)
 
     def end_cycle(self, cycle: int) -> None:
