@@ -26,6 +26,7 @@ the same steps as one never stopped.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,8 +44,11 @@ FLOWER_ARGUMENTS = {"fedavgm": {"server_lr": "server_learning_rate", "server_mom
                                 "server_tau": "tau"}}
 
 
+@functools.cache
 def _on_contents():
-    """:class:`OnContents`, built on first use so that reading a config never imports Flower."""
+    """:class:`OnContents`, built on first use so that reading a config never imports Flower. The replies' checks
+    that Flower's FedAvg makes on Messages (one ArrayRecord, the same keys) are the protocol's here
+    (:func:`fedqc.protocol.check_update` before a reply enters a round)."""
     from flwr.serverapp.strategy import FedAvg
     from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
@@ -64,7 +68,7 @@ def flower_optimiser(strategy: StrategyConfig):
     from flwr.serverapp.strategy import FedAdagrad, FedAdam, FedAvgM, FedYogi
 
     base = {"fedavgm": FedAvgM, "fedadagrad": FedAdagrad, "fedadam": FedAdam, "fedyogi": FedYogi}[strategy.server]
-    cls = type(f"{base.__name__}OnContents", (base, _on_contents()), {})
+    cls = type(f"{base.__name__}OnContents", (base, _on_contents()), {"__module__": __name__})
     args = {arg: getattr(strategy, key) for key, arg in FLOWER_ARGUMENTS[strategy.server].items()
             if getattr(strategy, key) is not None}
     return cls(**args)
