@@ -77,6 +77,7 @@ class TrainRequest:
     rebalance: str = "none"
     class_counts: tuple[int, ...] = ()
     prox_mu: float = 0.0  # FedProx: the site adds prox_mu/2 · ||w - w_sent||² to its loss
+    steps: int = 0  # train the epoch's first ``steps`` batches only (0: the whole epoch): FedAvg's local steps
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -88,7 +89,7 @@ class TrainRequest:
                    subjects=None if subjects is None else tuple(str(s) for s in subjects),
                    exclude=tuple(str(s) for s in d.get("exclude", ())), rebalance=str(d.get("rebalance", "none")),
                    class_counts=tuple(int(x) for x in d.get("class_counts", ())),
-                   prox_mu=float(d.get("prox_mu", 0.0)))
+                   prox_mu=float(d.get("prox_mu", 0.0)), steps=int(d.get("steps", 0)))
 
 
 @dataclass(frozen=True)
@@ -136,6 +137,7 @@ class TrainReply:
     subjects: list[str]
     skipped: list[ScanProblem] = field(default_factory=list)
     data_wait_s: float = 0.0  # of ``seconds``, the time training waited for its next batch of scans
+    steps: int = 0  # optimizer steps taken (batches with at least one usable scan)
 
 
 @dataclass

@@ -236,7 +236,8 @@ def test_each_strategy_runs_every_arm_and_resumes_bit_identically(strategy, tiny
 @pytest.mark.flower
 @pytest.mark.slow
 def test_fedavg_on_flower_simulation_matches_inprocess(tiny_cohort, tmp_path):
-    over = {"train.cycles": 2, "arms": ["clean", "qc"], "strategy": {"name": "fedprox", "mu": 0.01}}
+    over = {"train.cycles": 2, "arms": ["clean", "qc"],  # with a server optimiser and local steps, through Flower
+            "strategy": {"name": "fedprox", "mu": 0.01, "server": "fedadam", "server_lr": 0.01, "local_steps": 2}}
     simulate(tiny_config(tiny_cohort / "manifest.csv", **over), tmp_path / "inproc", quiet=True)
     simulate(tiny_config(tiny_cohort / "manifest.csv", **over, engine="flower"), tmp_path / "flower", quiet=True)
     for arm in ("clean", "qc"):

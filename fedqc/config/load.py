@@ -19,6 +19,7 @@ import yaml
 from fedqc.config.schema import (
     ARMS,
     BIAS_TARGETS,
+    BN_HANDLING,
     BN_POOLING,
     BN_STATS,
     CLASS_WEIGHTS,
@@ -33,6 +34,7 @@ from fedqc.config.schema import (
     ORDERS,
     REBALANCE,
     SCAN_CHECKS,
+    SERVER_OPTIMISERS,
     STARTS,
     STRATEGIES,
     THRESHOLDS,
@@ -150,6 +152,13 @@ def _check_ranges(cfg: ExperimentConfig, problems: list[str]) -> None:
         (cfg.strategy.weighting in WEIGHTINGS,
          f"strategy.weighting: {cfg.strategy.weighting!r} is not one of {WEIGHTINGS}"),
         (cfg.strategy.local_epochs >= 1, f"strategy.local_epochs: must be >= 1, got {cfg.strategy.local_epochs}"),
+        (cfg.strategy.local_steps >= 0, f"strategy.local_steps: must be >= 0 (0: local_epochs), got "
+                                        f"{cfg.strategy.local_steps}"),
+        (cfg.strategy.local_steps == 0 or cfg.strategy.local_epochs == 1,
+         f"strategy.local_steps: a round's local work is local_steps or local_epochs, not both (local_epochs is "
+         f"{cfg.strategy.local_epochs})"),
+        (cfg.strategy.local_steps == 0 or cfg.strategy.name != "travelling",
+         "strategy.local_steps: set for averaging rounds; strategy.name travelling trains one epoch per visit"),
         (0 < cfg.strategy.fraction <= 1, f"strategy.fraction: must be in (0, 1], got {cfg.strategy.fraction}"),
         (cfg.strategy.mu >= 0, f"strategy.mu: must be >= 0, got {cfg.strategy.mu}"),
         (cfg.strategy.rounds >= 0, f"strategy.rounds: must be >= 0, got {cfg.strategy.rounds}"),
@@ -206,6 +215,7 @@ def _check_ranges(cfg: ExperimentConfig, problems: list[str]) -> None:
     problems += [msg for ok, msg in rules if not ok]
     _check_qc_arms(cfg, problems)
     _check_tracking(cfg, problems)
+    _check_averaging(cfg, problems)
 
 
 def _check_tracking(cfg: ExperimentConfig, problems: list[str]) -> None:
@@ -224,6 +234,49 @@ def _check_tracking(cfg: ExperimentConfig, problems: list[str]) -> None:
     module = TRACKING_MODULES.get(t.backend)
     if module is not None and importlib.util.find_spec(module) is None:
         problems.append(f"tracking.backend: {t.backend} needs the optional extra: pip install 'fedqc[tracking]'")
+
+
+# Which server optimisers read which strategy.server_* key (the Flower strategy's own argument).
+SERVER_KEYS = {"server_lr": SERVER_OPTIMISERS[1:], "server_momentum": ("fedavgm",),
+               "server_beta_1": ("fedadam", "fedyogi"), "server_beta_2": ("fedadam", "fedyogi"),
+               "server_tau": ("fedadagrad", "fedadam", "fedyogi")}
+
+
+def _check_averaging(cfg: ExperimentConfig, problems: list[str]) -> None:
+    """The server optimiser and BatchNorm handling of averaging rounds: known names, keys that the chosen optimiser
+    reads (none set in vain), values in range, and what FedBN needs."""
+    s = cfg.strategy
+    if s.server not in SERVER_OPTIMISERS:
+        problems.append(f"strategy.server: {s.server!r} is not one of {SERVER_OPTIMISERS}")
+    elif s.server != "none" and s.name == "travelling":
+        problems.append(f"strategy.server: {s.server} steps after averaging rounds; strategy.name travelling has none "
+                        "(use fedavg, fedprox or fedtm)")
+    for key, readers in SERVER_KEYS.items():
+        value = getattr(s, key)
+        if value is not None and s.server in SERVER_OPTIMISERS and s.server not in readers:
+            problems.append(f"strategy.{key}: read by server {' / '.join(readers)} only, and strategy.server is "
+                            f"{s.server}")
+    ranges = [(s.server_lr, lambda v: v > 0, "> 0"), (s.server_momentum, lambda v: 0 <= v < 1, "in [0, 1)"),
+              (s.server_beta_1, lambda v: 0 <= v < 1, "in [0, 1)"), (s.server_beta_2, lambda v: 0 <= v < 1, "in [0, 1)"),
+              (s.server_tau, lambda v: v > 0, "> 0")]
+    for key, (value, ok, text) in zip(SERVER_KEYS, ranges):
+        if value is not None and not ok(value):
+            problems.append(f"strategy.{key}: must be {text}, got {value}")
+    if s.server == "fedavgm" and not s.server_momentum and s.server_lr in (None, 1.0):
+        problems.append("strategy.server_momentum: fedavgm with momentum 0 and server_lr 1 is plain fedavg; set "
+                        "server_momentum (e.g. 0.9) or server_lr")
+    if s.batchnorm not in BN_HANDLING:
+        problems.append(f"strategy.batchnorm: {s.batchnorm!r} is not one of {BN_HANDLING}")
+    elif s.batchnorm == "local":
+        if s.name == "travelling":
+            problems.append("strategy.batchnorm: local (FedBN) keeps BatchNorm at each site between averaging rounds; "
+                            "strategy.name travelling has none (use fedavg, fedprox or fedtm)")
+        if cfg.model.norm != "batch":
+            problems.append(f"strategy.batchnorm: local (FedBN) needs BatchNorm layers, and model.norm is "
+                            f"{cfg.model.norm}")
+        if cfg.calibration.batchnorm != "federated":
+            problems.append("strategy.batchnorm: local (FedBN) leaves the averaged model no site's statistics; it needs "
+                            "calibration.batchnorm federated (pooled from the verification scans)")
 
 
 def _check_qc_arms(cfg: ExperimentConfig, problems: list[str]) -> None:

@@ -37,6 +37,13 @@ THRESHOLDS = ("fixed", "youden", "prevalence", "platt")
 STRATEGIES = ("travelling", "fedavg", "fedprox", "fedtm")  # fedqc.strategies runs each
 WARMUPS = ("fedavg", "fedprox")  # fedtm's warm-up strategy
 WEIGHTINGS = ("scans", "equal")  # how an averaging round weighs a site's update
+# The server's step after an averaging round (Flower's strategies, fedqc.strategies.server): the average itself
+# (``none``), or the average's change taken as a pseudo-gradient by SGD with momentum (FedAvgM) or an adaptive
+# optimiser (FedAdagrad, FedAdam, FedYogi; Reddi et al. 2021).
+SERVER_OPTIMISERS = ("none", "fedavgm", "fedadagrad", "fedadam", "fedyogi")
+# BatchNorm in averaging rounds: averaged like every other layer (``averaged``, FedAvg), or kept at each site
+# (``local``, FedBN: weights, bias and running statistics of every BatchNorm layer stay the site's own).
+BN_HANDLING = ("averaged", "local")
 # A bias head on the encoder's features and how it unlearns (fedqc.site.unlearning): Kim et al.'s Learning Not to
 # Learn (gradient reversal + negative entropy), or HarmonyTM's three updates per batch (task, head, confusion).
 UNLEARN = ("none", "lntl", "confusion")
@@ -105,11 +112,14 @@ class StrategyConfig:
     same model to every site and average what comes back (Flower's FedAvg / FedProx);
     ``fedtm`` averages for ``rounds`` rounds (``warmup``) over the sites with at least
     ``min_scans`` training scans (and, unless ``single_class``, both classes), then
-    travels over every site for the remaining cycles.
+    travels over every site for the remaining cycles. The averaging rounds may end with
+    a server optimiser (``server``: Flower's FedAvgM, FedAdagrad, FedAdam, FedYogi) and
+    keep BatchNorm at each site (``batchnorm: local``, FedBN).
     """
 
     name: str = "travelling"
     local_epochs: int = 1  # averaging rounds: local epochs per site and round (QC arms train one)
+    local_steps: int = 0  # averaging rounds: batches per site and round instead, over as many epochs (0: epochs)
     fraction: float = 1.0  # averaging rounds: share of the sites drawn each round (seeded; at least one)
     mu: float = 0.001  # fedprox (and a fedprox warm-up): weight of the proximal term mu/2 ||w - w_round||^2
     weighting: str = "scans"  # WEIGHTINGS: a site's update weighs its scans trained, or every site the same
@@ -117,6 +127,13 @@ class StrategyConfig:
     rounds: int = 5  # fedtm: averaging rounds before travelling
     min_scans: int = 20  # fedtm: sites with fewer training scans sit the warm-up out
     single_class: bool = False  # fedtm: whether sites whose training scans are one class join the warm-up
+    server: str = "none"  # SERVER_OPTIMISERS: the server's step after each averaging round
+    server_lr: float | None = None  # the server optimiser's learning rate (None: Flower's default for it)
+    server_momentum: float | None = None  # fedavgm: momentum of the server's SGD (None: Flower's, 0)
+    server_beta_1: float | None = None  # fedadam, fedyogi: first-moment decay (None: Flower's, 0.9)
+    server_beta_2: float | None = None  # fedadam, fedyogi: second-moment decay (None: Flower's, 0.99)
+    server_tau: float | None = None  # fedadagrad, fedadam, fedyogi: adaptivity (None: Flower's, 1e-3)
+    batchnorm: str = "averaged"  # BN_HANDLING: local is FedBN
 
 
 @dataclass(frozen=True)

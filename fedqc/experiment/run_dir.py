@@ -84,7 +84,9 @@ class ArmDir:
                 self.predictions(cycle).unlink()
 
     def save_checkpoint(self, cycle: int, state: State, *, model: dict, visitor: dict,
-                        calibration: dict | None = None) -> None:
+                        calibration: dict | None = None, strategy: dict | None = None) -> None:
+        """Cycle ``cycle``'s checkpoint: the state by part, and what the visitor (``qc``), the calibration and the
+        strategy's rounds (``strategy``: a server optimiser's state, FedBN's site layers) keep; empty ones omitted."""
         import torch
 
         parts: dict[str, dict] = {p: {} for p in PARTS}
@@ -93,7 +95,7 @@ class ArmDir:
             parts[part][rest] = torch.from_numpy(np.array(value))
         parts = {p: v for p, v in parts.items() if v or p != "bias"}  # a model without a bias head stores none
         ckpt = {**parts, "cycle": cycle, "arm": self.name, "model": model, **({"qc": visitor} if visitor else {}),
-                **({"calibration": calibration} if calibration else {})}
+                **({"calibration": calibration} if calibration else {}), **({"strategy": strategy} if strategy else {})}
         atomic_write(self.checkpoint(cycle), lambda tmp: torch.save(ckpt, tmp))
 
 

@@ -49,7 +49,7 @@ from fedqc.strategies.cycles import (
     train_cycles,
 )
 from fedqc.strategies.defence import UpdateNormCheck
-from fedqc.strategies.schedule import rounds_for
+from fedqc.strategies.schedule import Schedule, rounds_for
 from fedqc.transport import Transport
 from fedqc.transport.counting import CountingTransport
 
@@ -70,11 +70,12 @@ def failing_sites(log: pd.DataFrame, cycles: int) -> dict[str, int]:
 
 
 class CycleRecorder:
-    """Commits a finished cycle: predictions, log rows, the visitor's logs, and last the checkpoint."""
+    """Commits a finished cycle: predictions, log rows, the visitor's logs, and last the checkpoint (with the state
+    the ``schedule``'s rounds keep)."""
 
     def __init__(self, arm_dir: ArmDir, cfg: ExperimentConfig, visitor: Visitor,
-                 counter: CountingTransport | None = None):
-        self.arm_dir, self.cfg, self.visitor, self.counter = arm_dir, cfg, visitor, counter
+                 counter: CountingTransport | None = None, schedule: Schedule | None = None):
+        self.arm_dir, self.cfg, self.visitor, self.counter, self.schedule = arm_dir, cfg, visitor, counter, schedule
         self.sent = counter.messages if counter else 0
 
     def __call__(self, cycle: Cycle, state: State) -> None:
@@ -105,7 +106,8 @@ class CycleRecorder:
             append_csv(pd.DataFrame([{"cycle": c, **cycle.calibration}]), self.arm_dir.path / "calibration.csv")
         self.visitor.end_cycle(c)
         self.arm_dir.save_checkpoint(c, state, model=model_dict(self.cfg.model), visitor=self.visitor.snapshot(),
-                                     calibration=cycle.calibration)
+                                     calibration=cycle.calibration,
+                                     strategy=self.schedule.snapshot() if self.schedule is not None else None)
 
 
 def arm_sites(transport: Transport, arm: Arm, leave_out: dict[str, tuple[str, ...]]) -> list[str]:
@@ -120,19 +122,23 @@ def run_arm(arm: Arm, transport: Transport, cfg: ExperimentConfig, run: RunDir, 
     """Train one arm to cycle C-1, committing a checkpoint per cycle; return the final state.
 
     With ``resume`` the arm continues after its last complete checkpoint; anything a
-    killed run wrote beyond it (log rows, predictions) is discarded first.
+    killed run wrote beyond it (log rows, predictions) is discarded first. The strategy's
+    rounds continue from the state the checkpoint they start from kept (a server
+    optimiser's moments, FedBN's site layers): the arm's own at a resume, the other
+    arm's when it starts from one (it continues that arm's training).
     """
     arm_dir = run.arm(arm.name)
     done = arm_dir.last_checkpoint() if resume else None
-    snapshot = None
+    snapshot, kept = None, {}
     if done is not None:
         ckpt = load_checkpoint(arm_dir.checkpoint(done))
-        state, first, snapshot = ckpt["state"], done + 1, ckpt.get("qc")
+        state, first, snapshot, kept = ckpt["state"], done + 1, ckpt.get("qc"), ckpt.get("strategy", {})
     elif arm.start_from:
         src = run.arm(arm.start_from).checkpoint(arm.first_cycle - 1)
         if not src.is_file():
             raise UserError(f"arm {arm.name} starts from {src}, which does not exist")
-        state, first = load_checkpoint(src)["state"], arm.first_cycle
+        ckpt = load_checkpoint(src)
+        state, first, kept = ckpt["state"], arm.first_cycle, ckpt.get("strategy", {})
     else:
         state, first = initial_state(cfg.model, cfg.train.seed), arm.first_cycle
     arm_dir.discard_from(first)
@@ -142,11 +148,12 @@ def run_arm(arm: Arm, transport: Transport, cfg: ExperimentConfig, run: RunDir, 
     calibrate = None if cfg.calibration == REFERENCE_CALIBRATION else Calibrator(
         transport, cfg.calibration, cfg.defence.bn_pooling, cfg.defence.bn_clip, {s: i.n_val for s, i in info.items()})
     rounds = rounds_for(cfg.strategy, train, arm_sites(transport, arm, leave_out or {}), info)
+    rounds.restore(kept)
     return train_cycles(transport, visitor, state, rounds=rounds, test_sites=sorted(s for s, i in info.items()
                                                                                     if i.n_test),
                         train=train, first_cycle=first, on_hop=on_hop or (lambda *_: None),
                         on_cycle=CycleRecorder(arm_dir, cfg, visitor, transport
-                                               if isinstance(transport, CountingTransport) else None),
+                                               if isinstance(transport, CountingTransport) else None, rounds),
                         calibrate=calibrate,
                         val_sites=sorted(s for s, i in info.items() if i.n_val))
 

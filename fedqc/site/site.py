@@ -196,7 +196,8 @@ class Site:
         return (self.scans.stack(scans) if scans else torch.empty(0)), ok, skipped
 
     def train(self, state: State, request: TrainRequest) -> TrainReply:
-        """One local epoch of ``request`` on ``state`` (weights and optimizer)."""
+        """One local epoch of ``request`` on ``state`` (weights and optimizer); its first ``request.steps`` batches
+        only when that is set."""
         optimizer = self.optimizer  # built before the clock starts: its first creation is set-up, not training
         t0 = time.perf_counter()
         subjects = request.subjects
@@ -219,9 +220,10 @@ class Site:
         counts = request.class_counts or tuple(np.bincount(labels, minlength=2))  # for weights
         anchor = [(p, p.detach().clone()) for m in self.modules for p in m.parameters()] \
             if request.prox_mu > 0 else []  # FedProx: the weights the round sent
-        total, n, done, skipped, wait = 0.0, 0, {}, [], 0.0
+        total, n, done, skipped, wait, steps = 0.0, 0, {}, [], 0.0, 0
+        chunks = list(batches(plan, request.batch_size))
         loads = (functools.partial(self._images, [s for s, _ in chunk], augment=[a for _, a in chunk],
-                                   transform=augment) for chunk in batches(plan, request.batch_size))
+                                   transform=augment) for chunk in (chunks[:request.steps] if request.steps > 0 else chunks))
         for (x, ok, bad), waited in prefetch(loads, self.prefetch):
             wait += waited
             skipped += bad
@@ -231,11 +233,11 @@ class Site:
             weight = torch.from_numpy(weights(y, counts)).to(self.device) if request.rebalance == "weights" else None
             loss = self._step(optimizer, self.scans.ready(x), ok, weight, anchor, request.prox_mu)
             total += loss.item() * len(ok)
-            n += len(ok)
+            n, steps = n + len(ok), steps + 1
             done.update(dict.fromkeys(ok))
         state = pack(self.encoder, self.classifier, optimizer, self.head)  # on a GPU: waits for its last step
         return TrainReply(state, len(done), total / n if n else float("nan"), time.perf_counter() - t0, list(done),
-                          skipped, wait)
+                          skipped, wait, steps)
 
     def _step(self, optimizer: torch.optim.Optimizer, x: torch.Tensor, ok: list[str], weight: torch.Tensor | None,
               anchor: list[tuple[torch.Tensor, torch.Tensor]], prox_mu: float) -> torch.Tensor:

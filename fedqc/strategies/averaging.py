@@ -21,17 +21,37 @@ really does take every step.)
 does); its integer batch counter comes back to its integer type after the average.
 Calibration at the end of the cycle may replace the statistics
 (:mod:`fedqc.strategies.calibration`).
+
+**FedBN** (``strategy.batchnorm: local``; Li et al. 2021). Every BatchNorm layer — its
+weight and bias, running statistics and counter — stays the site's own: a site starts
+each round from the round's model with its own BatchNorm layers put back (the round's
+ones the first time it trains), and what it trained is kept for its next round. The
+server keeps them because a site is stateless between requests (each visit carries the
+whole model); the arithmetic is that of a site keeping them. Everything else is averaged
+as above. The model the run evaluates and checkpoints needs BatchNorm layers of its
+own: their affine weight and bias are the sites' average (as FedAvg would give), their
+running statistics the federated calibration's, pooled from the verification scans
+(``calibration.batchnorm: federated``, which FedBN requires). On the pooled test scans
+a FedBN run is therefore scored with pooled statistics and averaged affine parameters,
+not with each site's own BatchNorm.
+
+**Server optimisers** (``strategy.server``) take the round's average as Flower's
+FedAvgM / FedAdagrad / FedAdam / FedYogi do (:mod:`fedqc.strategies.server`); a site's
+kept BatchNorm layers are not stepped. Their state and FedBN's layers are the round's
+own, saved in the checkpoint (:meth:`AveragingRound.snapshot`).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from fedqc.protocol import State, weights
+from fedqc.strategies.calibration import batchnorm_layers
 from fedqc.strategies.cycles import Hop, HopCallback, HopStatus, Local, Visitor, visit
+from fedqc.strategies.server import ServerOptimiser
 
 SELECTION_STREAM = 2  # keeps the round's site sample apart from other seeded draws
 
@@ -59,14 +79,21 @@ def average(strategy, updates: list[tuple[str, State, float]]) -> State:
             .astype(first[k].dtype).reshape(first[k].shape) for k in first}
 
 
+def batchnorm_keys(state: State) -> frozenset[str]:
+    """Every array of the state's BatchNorm layers: weight, bias, running statistics, batch counter."""
+    return frozenset(k for p in batchnorm_layers(state) for k in state if k.startswith(p) and "." not in k[len(p):])
+
+
 @dataclass(frozen=True)
 class AveragingRound:
     """A :data:`~fedqc.strategies.cycles.Round` of federated averaging over ``sites``.
 
     ``fraction`` of the sites (at least one; all with 1) is drawn each round from a seed of
-    the run seed and the round; each trains ``local`` from the round's model; the updates
-    of sites that trained (status ok, at least one scan) are averaged with ``strategy``,
-    weighted by their scans trained (``weighting`` ``scans``) or equally. A site that
+    the run seed and the round; each trains ``epochs`` local epochs (or ``steps`` batches)
+    from the round's model; the updates of sites that trained (status ok, at least one
+    scan) are averaged with ``strategy``, weighted by their scans trained (``weighting``
+    ``scans``: with local steps, a site smaller than the steps' batches counts its scans
+    once per epoch it went through) or equally. A site that
     fails, is rejected or kept out by QC is absent from the average; with no update at
     all the model stays as it was.
     """
@@ -77,6 +104,10 @@ class AveragingRound:
     fraction: float = 1.0
     weighting: str = "scans"
     epochs: int = 1
+    steps: int = 0  # local steps (batches) per site instead of epochs
+    server: ServerOptimiser | None = None
+    local_bn: bool = False
+    site_bn: dict[str, State] = field(default_factory=dict)  # FedBN: site → its BatchNorm arrays
 
     def select(self, cycle: int) -> list[str]:
         """The round's sites, sorted."""
@@ -89,12 +120,34 @@ class AveragingRound:
     def __call__(self, visitor: Visitor, state: State, cycle: int, lr: float,
                  on_hop: HopCallback) -> tuple[State, list[tuple[str, Hop, float]]]:
         sent = weights(state)  # no optimizer state: each site starts the round with a fresh Adam
-        local = Local(self.epochs, float(getattr(self.strategy, "proximal_mu", 0.0)))
+        kept = batchnorm_keys(sent) if self.local_bn else frozenset()
+        local = Local(self.epochs, float(getattr(self.strategy, "proximal_mu", 0.0)), self.steps)
         hops, updates = [], []
         for i, site in enumerate(self.select(cycle)):
-            hop, wall = visit(visitor, site, sent, cycle, lr, local)
+            start = {**sent, **self.site_bn.get(site, {})} if kept else sent
+            hop, wall = visit(visitor, site, start, cycle, lr, local)
             hops.append((site, hop, wall))
             on_hop(cycle, i, site, hop)
             if hop.status == HopStatus.OK and hop.n_scans:
                 updates.append((site, weights(hop.state), hop.n_scans if self.weighting == "scans" else 1))
-        return (average(self.strategy, updates) if updates else sent), hops
+                if kept:
+                    self.site_bn[site] = {k: hop.state[k] for k in kept}
+        if not updates:
+            return sent, hops
+        mean = average(self.strategy, updates)
+        if self.server is not None:  # Flower counts rounds from 1
+            mean = self.server.step(sent, updates, mean, cycle + 1, kept)
+        return mean, hops
+
+    def snapshot(self) -> dict:
+        """What the round keeps between cycles, as plain arrays (empty for plain FedAvg/FedProx): the server
+        optimiser's state and FedBN's site BatchNorm layers."""
+        server = self.server.snapshot() if self.server is not None else {}
+        return ({"server": server} if server else {}) | ({"site_bn": dict(self.site_bn)} if self.site_bn else {})
+
+    def restore(self, snapshot: dict) -> None:
+        """Put back what :meth:`snapshot` returned (at a resume, or when an arm starts from another's checkpoint)."""
+        if self.server is not None:
+            self.server.restore(snapshot.get("server", {}))
+        self.site_bn.clear()
+        self.site_bn.update(snapshot.get("site_bn", {}))

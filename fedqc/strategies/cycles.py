@@ -60,10 +60,12 @@ class Hop:
 
 @dataclass(frozen=True)
 class Local:
-    """What a round asks of a site's training: local epochs, and FedProx's proximal weight (0: none)."""
+    """What a round asks of a site's training: local epochs, or a number of local steps (batches, over as many
+    epochs as they take; 0: whole epochs), and FedProx's proximal weight (0: none)."""
 
     epochs: int = 1
     prox_mu: float = 0.0
+    steps: int = 0
 
 
 ONE_EPOCH = Local()
@@ -95,11 +97,11 @@ def hop_seed(seed: int, cycle: int, site: str) -> int:
 
 
 def train_request(train: TrainConfig, lr: float, seed: int, *, subjects: tuple[str, ...] | None = None,
-                  exclude: tuple[str, ...] = (), class_counts: tuple[int, ...] = (), prox_mu: float = 0.0
-                  ) -> TrainRequest:
+                  exclude: tuple[str, ...] = (), class_counts: tuple[int, ...] = (), prox_mu: float = 0.0,
+                  steps: int = 0) -> TrainRequest:
     """A visit's :class:`~fedqc.protocol.TrainRequest`, with the run's batch size and class rebalancing."""
     return TrainRequest(lr=lr, seed=seed, batch_size=train.batch_size, subjects=subjects, exclude=exclude,
-                        rebalance=train.rebalance, class_counts=class_counts, prox_mu=prox_mu)
+                        rebalance=train.rebalance, class_counts=class_counts, prox_mu=prox_mu, steps=steps)
 
 
 def learning_rate(lr: float, decay: float, cycle: int) -> float:
@@ -108,8 +110,8 @@ def learning_rate(lr: float, decay: float, cycle: int) -> float:
 
 @dataclass
 class PlainVisitor:
-    """``epochs`` × the round's local epochs per visit (one request each), adopted unless a reply is invalid;
-    ``leave_out`` per site is not trained.
+    """``epochs`` × the round's local epochs per visit (one request each) — or ``epochs`` × its local steps, one
+    request per epoch they reach into —, adopted unless a reply is invalid; ``leave_out`` per site is not trained.
 
     Defences (:mod:`fedqc.strategies.defence`): ``norm_check`` rejects an update far larger than the recent ones;
     ``enrolled`` (site → the training scans it declared at enrolment) bounds a reply's count by the scans asked for
@@ -137,18 +139,23 @@ class PlainVisitor:
 
     def visit(self, site: str, state: State, cycle: int, lr: float, local: Local = ONE_EPOCH) -> Hop:
         seed, start = hop_seed(self.train.seed, cycle, site), state
-        n, loss, seconds, problems = 0, 0.0, 0.0, []
-        for epoch in range(self.epochs * local.epochs):  # epoch 0 keeps the hop's seed: one epoch is the plain travelling model
+        n, loss, seconds, problems, epoch = 0, 0.0, 0.0, [], 0
+        steps = self.epochs * local.steps  # local steps: requests until they are taken (or an epoch takes none)
+        while (steps > 0) if local.steps else (epoch < self.epochs * local.epochs):  # epoch 0 keeps the hop's seed:
+            #                                                                  one epoch is the plain travelling model
             request = train_request(self.train, lr, seed if epoch == 0 else int(np.random.SeedSequence([seed, epoch])
                                                                                 .generate_state(1)[0]),
                                     exclude=self.leave_out.get(site, ()), class_counts=self.class_counts,
-                                    prox_mu=local.prox_mu)
+                                    prox_mu=local.prox_mu, steps=steps)
             reply = self.transport.train(site, state, request)
             seconds += reply.seconds
             problems += reply.skipped
             if reason := check_update(state, reply.state) or (self.norm_check and self.norm_check(state, reply.state)):
                 return Hop(start, seconds=seconds, status=HopStatus.REJECTED, note=reason, problems=problems)
             state, n, loss = reply.state, n + self._count(site, reply.n_scans, request.exclude), reply.loss
+            epoch += 1
+            if local.steps:  # an epoch that took no step ends the visit
+                steps -= reply.steps or steps
         return Hop(state, n, loss, seconds, problems=problems)
 
     def end_cycle(self, cycle: int) -> None:
