@@ -83,7 +83,7 @@ class QCArm:
             return
         t0 = time.perf_counter()
         self.policy.start(self.scans.score(state))
-        self.policy.set_untrained({s for site, ids in self.train_ids.items() if site not in self.trusted for s in ids})
+        self.policy.set_untrained({site: ids for site, ids in self.train_ids.items() if site not in self.trusted})
         if self.qc.audit:
             sites = sorted(set(self.train_ids) | set(self.scans.sites))
             atomic_write_csv(run_audit(self.transport, self.policy, sites, first_cycle), self.folder / "audit.csv")
@@ -180,7 +180,7 @@ class _Visit:
                 else reply.n_scans
             self.trained.append((n, reply.loss))
             self.state = reply.state
-            arm.policy.trained(reply.subjects)
+            arm.policy.trained(reply.subjects, self.site, self.cycle)
         return ok
 
     def outcome(self, seconds: float) -> Hop:

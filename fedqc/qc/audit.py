@@ -29,5 +29,5 @@ def run_audit(transport: Transport, policy: QCPolicy, sites: list[str], cycle: i
     table = pd.DataFrame(rows, columns=AUDIT_COLUMNS).sort_values(["site", "subject"])
     for r in table[(table["split"] == "train") & (table["subject"] != "")].itertuples():
         policy.eliminate(r.subject, r.site, cycle, "audit")
-    policy.drop_verification(list(table.loc[table["split"] == "val", "subject"]))
+    policy.drop_verification(list(table.loc[table["split"] == "val", "subject"]), cycle)
     return table
