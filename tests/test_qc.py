@@ -529,9 +529,9 @@ def test_qc_start_and_scan_check_validation(tiny_cohort, monkeypatch):
         tiny_config(manifest, **{"arms": ["clean", "qc"]})
     assert tiny_config(manifest, **{"arms": ["clean", "qc"], "qc": {"scans": ["ood"]}}).qc.scans == ("ood",)
     # a QC arm from scratch starts at cycle 0, so it needs no cycle after the warm-up; one from the clean arm does
-    scratch = {"arms": ["clean", "qc"], "train.cycles": 1, "train.warmup": 0, "qc": {"start": "scratch", "scans": ["ood"]}}
+    scratch = {"arms": ["clean", "qc"], "train.cycles": 1, "train.branch_cycle": 0, "qc": {"start": "scratch", "scans": ["ood"]}}
     assert tiny_config(manifest, **scratch).train.cycles == 1
-    with pytest.raises(ConfigError, match=re.escape("train.warmup: the dirty and QC arms start at cycle warmup+1")):
+    with pytest.raises(ConfigError, match=re.escape("train.branch_cycle: the dirty and QC arms start at cycle branch_cycle+1")):
         tiny_config(manifest, **{**scratch, "arms": ["clean", "qc-clean"]})
 
 

@@ -126,21 +126,21 @@ def _flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def config_differences(snapshot: str, cfg: ExperimentConfig) -> list[str]:
+def config_differences(snapshot: str, cfg: ExperimentConfig, *, source: str | Path = "config.yaml") -> list[str]:
     """The dotted keys whose value in a run folder's ``config.yaml`` (:func:`parse_snapshot`) differs from ``cfg``'s;
     ``["config.yaml"]`` when the snapshot cannot be read. Empty: a newer version that leaves the settings unchanged
     may resume the run."""
     try:
-        old = _flat(parse_snapshot(snapshot).to_dict())
+        old = _flat(parse_snapshot(snapshot, source=source).to_dict())
     except (UserError, yaml.YAMLError):
         return ["config.yaml"]
     new = _flat(cfg.to_dict())
     return sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
 
 
-def _same_config(snapshot: str, cfg: ExperimentConfig) -> bool:
-    """Whether a run folder's ``config.yaml`` resolves to ``cfg``."""
-    return not config_differences(snapshot, cfg)
+def _same_config(snapshot: str, cfg: ExperimentConfig, source: Path) -> bool:
+    """Whether a run folder's ``config.yaml`` (at ``source``) resolves to ``cfg``."""
+    return not config_differences(snapshot, cfg, source=source)
 
 
 class RunDir:
@@ -176,7 +176,7 @@ class RunDir:
         if self.root.exists() and any(p.name not in ignore for p in self.root.iterdir()):
             if resume:
                 old = self.config.read_text() if self.config.is_file() else None
-                if old is not None and not _same_config(old, cfg):
+                if old is not None and not _same_config(old, cfg, self.config):
                     raise RunDirError(f"{self.root} was run with a different config; resume needs the same one")
             elif overwrite:
                 shutil.rmtree(self.root)

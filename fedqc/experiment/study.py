@@ -74,9 +74,9 @@ def check_recorded(runs: list[StudyRun]) -> None:
         snapshot = RunDir(r.folder).config
         if not snapshot.is_file():
             continue
-        differ = config_differences(snapshot.read_text(), r.cfg)
+        differ = config_differences(snapshot.read_text(), r.cfg, source=snapshot)
         if differ == ["threads"]:
-            old = parse_snapshot(snapshot.read_text()).threads
+            old = parse_snapshot(snapshot.read_text(), source=snapshot).threads
             raise UserError(f"{r.folder} was run with {old} thread(s), this study asks {r.cfg.threads}: the weights "
                             f"depend on the thread count, so resume with --threads-per-run {old} (or use a new --out)")
         if differ:

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedqc.protocol import State, weights
+from fedqc.protocol import State, model_arrays
 from fedqc.strategies.cycles import Hop, HopCallback, HopStatus, Local, Visitor, visit
 
 SELECTION_STREAM = 2  # keeps the round's site sample apart from other seeded draws
@@ -88,7 +88,7 @@ class AveragingRound:
 
     def __call__(self, visitor: Visitor, state: State, cycle: int, lr: float,
                  on_hop: HopCallback) -> tuple[State, list[tuple[str, Hop, float]]]:
-        sent = weights(state)  # no optimizer state: each site starts the round with a fresh Adam
+        sent = model_arrays(state)  # no optimizer state: each site starts the round with a fresh Adam
         local = Local(self.epochs, float(getattr(self.strategy, "proximal_mu", 0.0)))
         hops, updates = [], []
         for i, site in enumerate(self.select(cycle)):
@@ -96,5 +96,5 @@ class AveragingRound:
             hops.append((site, hop, wall))
             on_hop(cycle, i, site, hop)
             if hop.status == HopStatus.OK and hop.n_scans:
-                updates.append((site, weights(hop.state), hop.n_scans if self.weighting == "scans" else 1))
+                updates.append((site, model_arrays(hop.state), hop.n_scans if self.weighting == "scans" else 1))
         return (average(self.strategy, updates) if updates else sent), hops

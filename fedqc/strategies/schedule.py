@@ -35,5 +35,5 @@ def rounds_for(strategy: StrategyConfig, train: TrainConfig, sites: list[str],
         every = averaging(strategy.name, sites)
         return lambda cycle: every
     warm = warmup_sites(strategy, sites, info)
-    warmup = averaging(strategy.warmup, warm) if warm else travelling
+    warmup = averaging(strategy.averaging, warm) if warm else travelling
     return lambda cycle: warmup if cycle < strategy.rounds else travelling
