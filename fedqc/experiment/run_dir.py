@@ -27,6 +27,10 @@ from fedqc.protocol import State
 
 PARTS = ("encoder", "classifier", "bias", "optim")
 CYCLE_LOGS = ("train_log.csv", "errors.csv", "cycles.csv", "calibration.csv")
+# The checkpoint key of the arm's visitor's snapshot (:meth:`~fedqc.strategies.cycles.Visitor.snapshot`): a QC arm's
+# policy, a plain arm's update norms. Named "qc" since fedqc 0.1, when only QC arms had one; kept, since another name
+# would change the bytes of every checkpoint (and of the demo's, which stay bit-identical across refactors).
+VISITOR_KEY = "qc"
 FIXED_THRESHOLD = 0.5  # the reference's decision threshold: an arm that does not calibrate uses it
 
 
@@ -92,7 +96,7 @@ class ArmDir:
             part, rest = key.split(".", 1)
             parts[part][rest] = torch.from_numpy(np.array(value))
         parts = {p: v for p, v in parts.items() if v or p != "bias"}  # a model without a bias head stores none
-        ckpt = {**parts, "cycle": cycle, "arm": self.name, "model": model, **({"qc": visitor} if visitor else {}),
+        ckpt = {**parts, "cycle": cycle, "arm": self.name, "model": model, **({VISITOR_KEY: visitor} if visitor else {}),
                 **({"calibration": calibration} if calibration else {})}
         atomic_write(self.checkpoint(cycle), lambda tmp: torch.save(ckpt, tmp))
 
