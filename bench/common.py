@@ -51,7 +51,7 @@ def reference_config(cycles: int, engine: str, manifest: Path = REFERENCE, **tra
     return {"name": "bench", "manifest": str(manifest), "engine": engine, "threads": 2, "arms": ["clean"],
             "model": {"name": "sfcn", "width": 0.5, "input_shape": [32, 32, 32]},
             "calibration": {"batchnorm": "site", "threshold": "fixed"},
-            "train": {"cycles": cycles, "warmup": 0, "batch_size": 5, "lr": 1e-3, "seed": 0, **train}}
+            "train": {"cycles": cycles, "branch_cycle": 0, "batch_size": 5, "lr": 1e-3, "seed": 0, **train}}
 
 
 def ensure_cohort(manifest: Path, preset: str = "reference", harm: dict | None = None) -> None:

@@ -90,7 +90,7 @@ def reference_cycle(cohort: Path, out: Path, qc_factor: float) -> dict:
         print(f"generated {cohort} in {time.perf_counter() - t0:.0f} s", flush=True)
     cfg = load_config(ROOT / "configs" / "reference-full.yaml", {
         "manifest": str((cohort / "manifest.csv").resolve()), "model.input_shape": list(FULL), "engine": "inprocess",
-        "arms": ["clean"], "train.cycles": 1, "train.warmup": 0, "device": "auto"})
+        "arms": ["clean"], "train.cycles": 1, "train.branch_cycle": 0, "device": "auto"})
     simulate(cfg, out, quiet=True)
     cycle = pd.read_csv(out / "clean" / "cycles.csv").iloc[0]
     seconds = float(cycle["seconds"])

@@ -311,7 +311,7 @@ def main() -> None:
                     for seed in args.seeds:
                         cfg = load_config(args.config, {**variant.overrides, "manifest": str(path.resolve()),
                                                         "train.seed": seed, "train.cycles": cycles,
-                                                        "train.warmup": min(cycles - 1, 5)})
+                                                        "train.branch_cycle": min(cycles - 1, 5)})
                         out = args.out / cohort / mode / variant.name / f"seed{seed}"
                         t0 = time.perf_counter()
                         run(cfg, out, variant)

@@ -33,8 +33,8 @@ class ScanProblem(NamedTuple):
     stage: str = "train"
 
 
-class AuditFinding(NamedTuple):
-    """A scan that fails a site's image audit."""
+class ImageFinding(NamedTuple):
+    """A scan that fails a site's image checks (:meth:`fedqc.site.Site.check_images`): the QC audit stage's input."""
 
     subject: str
     split: str
@@ -153,7 +153,7 @@ class EvalReply:
         return cls({k: 0.0 for k in COUNT_KEYS}, pd.DataFrame(columns=SCORE_COLUMNS), [], reason)
 
 
-def weights(state: State) -> State:
+def model_arrays(state: State) -> State:
     """The model's arrays only (what scoring needs), without the optimizer's."""
     return {k: v for k, v in state.items() if not k.startswith("optim.")}
 

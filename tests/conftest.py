@@ -40,7 +40,7 @@ def tiny_cohort(tmp_path_factory):
 def tiny_config(manifest, *, check_files: bool = True, **overrides):
     data = {"name": "tiny", "manifest": str(manifest), "engine": "inprocess", "threads": 2,
             "model": {"name": "sfcn", "width": 0.25, "input_shape": [16, 16, 16]},
-            "train": {"cycles": 3, "warmup": 0, "batch_size": 5, "lr": 1e-3, "seed": 1},
+            "train": {"cycles": 3, "branch_cycle": 0, "batch_size": 5, "lr": 1e-3, "seed": 1},
             "arms": ["clean", "dirty"], "qc": {"start": "clean"},
             # the threshold is fitted (one evaluation round per cycle, on every engine), BatchNorm statistics stay the
             # last site's: pooled ones move the tiny cohort's 8 verification scans' AUROC, which the QC tests' skill

@@ -249,7 +249,7 @@ def test_counts_bounded_by_enrolment_leave_an_honest_fedavg_run_bit_identical(ti
 def test_a_qc_arm_names_a_site_whose_update_fails_the_norm_check(tiny_cohort, tmp_path):
     """(c) in a QC arm (update verification): beta's ×1000 updates are rejected before they are verified, each row of
     qc_log.csv naming beta and the check."""
-    cfg = tiny_config(tiny_cohort / "manifest.csv", arms=["clean", "qc-loss-batch"], train={"cycles": 3, "warmup": 1},
+    cfg = tiny_config(tiny_cohort / "manifest.csv", arms=["clean", "qc-loss-batch"], train={"cycles": 3, "branch_cycle": 1},
                       scenario={"adversarial": [{"sites": ["beta"], "attack": "scaled_update"}]},
                       defence={"update_norm": 10.0, "norm_warmup": 1})
     simulate(cfg, tmp_path / "run", quiet=True)

@@ -1,5 +1,5 @@
 """The image audit (``fedqc audit``, :mod:`fedqc.data.audit`): every planted problem is found with its type and
-nothing else is flagged; the command end to end; the QC audit stage's per-site checks (``Site.audit``)."""
+nothing else is flagged; the command end to end; the QC audit stage's per-site checks (``Site.check_images``)."""
 
 from __future__ import annotations
 
@@ -196,7 +196,7 @@ def test_site_audit_uses_the_same_checks(planted, audited):
     manifest, expected = planted
     table = load_manifest(manifest, check_images=False)
     spec = ModelSpec(width=0.25, input_shape=SHAPE)
-    findings = {f.subject: f.reason for name, rows in table.groupby("site") for f in Site(name, rows, model=spec).audit()}
+    findings = {f.subject: f.reason for name, rows in table.groupby("site") for f in Site(name, rows, model=spec).check_images()}
     t = audited[0].set_index("subject")
     within = [s for s, k in expected.items() if s.startswith("planted-exact") and "across_sites" not in k]
     assert set(findings) == set(t.index[t["is_blank"] | t["unreadable"]]) | set(within)

@@ -14,7 +14,7 @@ from tests.conftest import with_absolute_paths
 def base_config(manifest) -> dict:
     return {"name": "tiny", "manifest": str(manifest), "engine": "inprocess",
             "model": {"name": "sfcn", "width": 0.25, "input_shape": [16, 16, 16]},
-            "train": {"cycles": 2, "warmup": 0, "lr": 1e-3}, "arms": ["clean"]}
+            "train": {"cycles": 2, "branch_cycle": 0, "lr": 1e-3}, "arms": ["clean"]}
 
 
 def set_key(data: dict, dotted: str, value) -> dict:
@@ -31,7 +31,8 @@ CONFIGS = [  # (id, dotted key, value, expected message)
     ("unknown nested key", "train.speed", 3, "train.speed: unknown key"),
     ("wrong type", "train.cycles", "ten", "train.cycles: expected int"),
     ("cycles 0", "train.cycles", 0, "train.cycles: must be >= 1"),
-    ("warm-up >= cycles", "train.warmup", 2, "train.warmup: must be in 0..cycles-1"),
+    ("branch cycle >= cycles", "train.branch_cycle", 2, "train.branch_cycle: must be in 0..cycles-1"),
+    ("old and new name", "train.warmup", 0, "train.warmup: renamed train.branch_cycle; give only train.branch_cycle"),
     ("batch size 0", "train.batch_size", 0, "train.batch_size: must be >= 1"),
     ("negative lr", "train.lr", -0.1, "train.lr: must be > 0"),
     ("unknown order", "train.order", "zigzag", "train.order"),
@@ -72,14 +73,14 @@ def test_bad_config(key, value, message, tiny_cohort, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_no_cycle_left_after_warmup(tiny_cohort, tmp_path):
-    """warmup = cycles-1 leaves the dirty and QC arms nothing to run: refused before anything runs."""
-    data = set_key(base_config(tiny_cohort / "manifest.csv"), "train.warmup", 1)
+def test_no_cycle_left_after_the_branch_cycle(tiny_cohort, tmp_path):
+    """branch_cycle = cycles-1 leaves the dirty and QC arms nothing to run: refused before anything runs."""
+    data = set_key(base_config(tiny_cohort / "manifest.csv"), "train.branch_cycle", 1)
     data["arms"] = ["clean", "dirty"]
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(data))
     assert_clean_failure(["simulate", "--config", str(path), "--out", str(tmp_path / "run")],
-                         "train.warmup: the dirty and QC arms start at cycle warmup+1")
+                         "train.branch_cycle: the dirty and QC arms start at cycle branch_cycle+1")
 
 
 @pytest.mark.parametrize("content,message", [("a: [1, 2", "not valid YAML"), ("- 1\n- 2\n", "expected a mapping")],

@@ -239,7 +239,7 @@ def test_a_bids_dataset_trains_end_to_end(dataset, tmp_path):
     assert cli("manifest", "resample", out, "--shape", "16", "--out", tmp_path / "16")[0] == 0
     config = {"name": "bids", "manifest": str(tmp_path / "16" / "manifest.csv"), "engine": "inprocess", "threads": 1,
               "model": {"name": "sfcn", "width": 0.25, "input_shape": [16, 16, 16]},
-              "train": {"cycles": 1, "warmup": 0, "lr": 0.001}, "arms": ["clean"],
+              "train": {"cycles": 1, "branch_cycle": 0, "lr": 0.001}, "arms": ["clean"],
               "calibration": {"batchnorm": "site", "threshold": "fixed"}}
     run = fedqc.run(config, out=tmp_path / "run", n_boot=50)
     preds = run.arms["clean"].predictions(0)

@@ -25,7 +25,7 @@ def base(tiny_cohort, tmp_path) -> Path:
     return write(folder / "base.yaml", {
         "name": "base", "manifest": os.path.relpath(tiny_cohort / "manifest.csv", folder),
         "model": {"name": "sfcn", "width": 0.25, "input_shape": [16, 16, 16]},
-        "train": {"cycles": 3, "warmup": 1, "lr": 1e-3, "batch_size": 4},
+        "train": {"cycles": 3, "branch_cycle": 1, "lr": 1e-3, "batch_size": 4},
         "qc": {"audit": True, "alpha": 0.05, "start": "clean"}, "arms": ["clean", "dirty", "qc"], "engine": "inprocess"})
 
 
@@ -35,7 +35,7 @@ def test_mappings_merge_deeply_lists_replace_and_paths_resolve_from_the_stating_
         "arms": ["clean"]})
     cfg = load_config(child)
     assert cfg.name == "child"
-    assert (cfg.train.cycles, cfg.train.warmup, cfg.train.batch_size) == (4, 1, 4)  # merged key by key
+    assert (cfg.train.cycles, cfg.train.branch_cycle, cfg.train.batch_size) == (4, 1, 4)  # merged key by key
     assert (cfg.qc.audit, cfg.qc.alpha) == (False, 0.05)
     assert [a for a in cfg.arms] == ["clean"]  # a list replaces, it does not append
     assert cfg.manifest == (tiny_cohort / "manifest.csv").resolve()  # the base's relative path, from the base's folder

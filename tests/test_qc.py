@@ -257,6 +257,66 @@ def test_snapshot_round_trip():
     pd.testing.assert_frame_equal(q.baseline, p.baseline, check_dtype=False)
 
 
+def test_the_ledger_and_its_event_log():
+    """Each scan's status, stage and cycles in the ledger; every change an event, in order; flagged.csv's and
+    revisits.csv's rows are views of the log; the state changes through the policy's methods only."""
+    from fedqc.qc.ledger import ScanStatus
+
+    p = policy(revisit_after=2)
+    p.set_untrained({"a": ["a1", "a2", "a3"]})
+    p.flag("a1", "a", cycle=1)
+    p.flag("a2", "a", cycle=1, stage="scan: labels")
+    p.trained(["a3", "v0"], "a", cycle=1)  # v0: not an untrained training scan, nothing to record
+    p.revisit("a1", 3, accepted=True)
+    p.revisit("a2", 3, accepted=False, stage="scan: labels")
+    p.reach_skill(2)
+    p.reach_skill(3)  # the first cycle is kept
+    p.drop_verification(["s00"], cycle=3)
+    entries = {e.subject: (e.status, e.stage, e.cycle_flagged, e.cycle_eliminated, e.untrained)
+               for e in p.ledger.entries.values()}
+    assert entries == {"a1": (ScanStatus.POOL, "", 1, None, True), "a3": (ScanStatus.POOL, "", None, None, False),
+                       "a2": (ScanStatus.ELIMINATED, "scan: labels", 1, 3, True)}
+    assert p.fresh == {"a1", "a2"} and p.excluded("a") == {"a2"}
+    assert [(e["cycle"], e["event"], e["subject"], e["stage"]) for e in p.events] == [
+        (1, "flagged", "a1", "verification"), (1, "flagged", "a2", "scan: labels"), (1, "trained", "a3", ""),
+        (3, "revisited", "a1", "verification"), (3, "revisited", "a2", "scan: labels"),
+        (3, "eliminated", "a2", "scan: labels"), (2, "skill", "", ""), (3, "dropped", "s00", "")]
+    assert [(f["subject"], f["due"]) for f in p.flags] == [("a1", 3), ("a2", 3)]
+    assert [(r["subject"], r["cycle_revisited"], r["accepted"]) for r in p.revisits] == [("a1", 3, True),
+                                                                                        ("a2", 3, False)]
+    for name in ("fresh", "flagged", "eliminated", "skill_cycle", "untrusted", "flagged_sites"):
+        with pytest.raises(AttributeError):
+            setattr(p, name, None)
+    with pytest.raises(TypeError):
+        p.flagged_sites["a"] = {}  # a read-only view
+
+
+def test_the_ledger_keeps_each_status_in_the_order_scans_reached_it(tmp_path):
+    """A scan flagged again after a revisit moves behind the others (checkpoints and eliminated.csv have always
+    listed scans so); the snapshot restores the same ledger; qc_events.csv keeps its integers when appended to and
+    truncated on resume."""
+    from fedqc.qc.logs import QCLogs
+
+    p = policy(revisit_after=1)
+    p.set_untrained({"a": ["a1", "a2"]})
+    for s in ("a1", "a2"):
+        p.flag(s, "a", cycle=1)
+    p.revisit("a1", 2, accepted=True)
+    p.flag("a1", "a", cycle=2)
+    p.eliminate("a3", "a", 2, "audit")
+    assert list(p.flagged) == ["a2", "a1"] and p.flagged["a1"]["cycle_flagged"] == 2
+    q = QCPolicy(train_counts={"a": 4})
+    q.restore(p.snapshot())
+    assert q.snapshot()["flagged"] == p.snapshot()["flagged"] and list(q.flagged) == ["a2", "a1"]
+    assert q.eliminated == p.eliminated and q.fresh == p.fresh and not q.events
+    logs = QCLogs(tmp_path)
+    logs.write(p)
+    logs.truncate(2)  # resuming at cycle 2
+    events = pd.read_csv(tmp_path / "qc_events.csv")
+    assert list(events["cycle"]) == [1, 1] and list(events["due"]) == [2, 2]
+    assert (tmp_path / "qc_events.csv").read_text().splitlines()[1] == "1,flagged,a1,a,verification,1,2,"
+
+
 # ----------------------------------------------------------------------------- granularity
 def info(site, n_train=0, n_val=0, prefix=None):
     return SiteInfo(site, tuple(f"{prefix or site}{i:02d}" for i in range(n_train)), n_val, 0)
@@ -469,9 +529,9 @@ def test_qc_start_and_scan_check_validation(tiny_cohort, monkeypatch):
         tiny_config(manifest, **{"arms": ["clean", "qc"]})
     assert tiny_config(manifest, **{"arms": ["clean", "qc"], "qc": {"scans": ["ood"]}}).qc.scans == ("ood",)
     # a QC arm from scratch starts at cycle 0, so it needs no cycle after the warm-up; one from the clean arm does
-    scratch = {"arms": ["clean", "qc"], "train.cycles": 1, "train.warmup": 0, "qc": {"start": "scratch", "scans": ["ood"]}}
+    scratch = {"arms": ["clean", "qc"], "train.cycles": 1, "train.branch_cycle": 0, "qc": {"start": "scratch", "scans": ["ood"]}}
     assert tiny_config(manifest, **scratch).train.cycles == 1
-    with pytest.raises(ConfigError, match=re.escape("train.warmup: the dirty and QC arms start at cycle warmup+1")):
+    with pytest.raises(ConfigError, match=re.escape("train.branch_cycle: the dirty and QC arms start at cycle branch_cycle+1")):
         tiny_config(manifest, **{**scratch, "arms": ["clean", "qc-clean"]})
 
 
@@ -528,7 +588,7 @@ def test_qc_arms_end_to_end_and_resume(tiny_cohort, tmp_path):
     for arm in [a for a in arms_for(cfg) if a.qc]:
         resumed = kill_and_resume_qc_arm(arm, transport, cfg, cut)
         assert same(resumed, load_checkpoint(checkpoint_path(run / arm.name, 3))["state"])
-        for name in ("qc_log.csv", "flagged.csv", "eliminated.csv"):
+        for name in ("qc_log.csv", "flagged.csv", "revisits.csv", "eliminated.csv", "qc_events.csv"):
             a = pd.read_csv(run / arm.name / name).drop(columns=["seconds", "hop_seconds"], errors="ignore")
             b = pd.read_csv(cut / arm.name / name).drop(columns=["seconds", "hop_seconds"], errors="ignore")
             pd.testing.assert_frame_equal(a, b)

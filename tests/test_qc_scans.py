@@ -324,7 +324,7 @@ def test_trusted_and_scratch_starts_end_to_end_and_resume(tiny_cohort, tmp_path)
 
     cfg = tiny_config(tiny_cohort / "manifest.csv", **{
         "arms": ["qc-auroc-hierarchical-trusted", "qc-auroc-hierarchical-scratch"], "train.cycles": 4,
-        "train.warmup": 1, "qc": {"trusted_sites": ["beta"], "trusted_epochs": 2, "skill": 0.0}})
+        "train.branch_cycle": 1, "qc": {"trusted_sites": ["beta"], "trusted_epochs": 2, "skill": 0.0}})
     assert [(a.name, a.first_cycle, a.start_from) for a in arms_for(cfg)] == [
         ("trusted", 0, None), ("qc-auroc-hierarchical-trusted", 2, "trusted"), ("qc-auroc-hierarchical-scratch", 0, None)]
     manifest = load_manifest(cfg.manifest)

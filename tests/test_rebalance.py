@@ -36,11 +36,11 @@ def test_oversampling_adds_minority_copies_until_balanced_and_augments_every_sca
 
 
 def test_class_weights_balance_the_classes():
-    w = rebalance.weights(LABELS)
+    w = rebalance.class_weights(LABELS)
     assert w.mean() == pytest.approx(1) and w[LABELS == 1].sum() == pytest.approx(w[LABELS == 0].sum())
-    fed = rebalance.weights(LABELS, counts=(900, 100))  # the federation's counts
+    fed = rebalance.class_weights(LABELS, counts=(900, 100))  # the federation's counts
     assert fed[0] == pytest.approx(5.0) and fed[1] == pytest.approx(1000 / 1800)
-    assert np.all(rebalance.weights(np.zeros(4, int)) == 1)  # a one-class site with its own counts
+    assert np.all(rebalance.class_weights(np.zeros(4, int)) == 1)  # a one-class site with its own counts
 
 
 def test_augmentation_changes_the_image_and_is_seeded():

@@ -111,9 +111,9 @@ def test_fedtm_warms_up_by_averaging_over_large_two_class_sites_then_travels():
 def test_strategy_config_is_validated(tiny_cohort):
     with pytest.raises(ConfigError) as err:
         tiny_config(tiny_cohort / "manifest.csv", strategy={"name": "fedsgd", "mu": -1, "local_epochs": 0,
-                                                            "fraction": 0, "weighting": "votes", "warmup": "x"})
+                                                            "fraction": 0, "weighting": "votes", "averaging": "x"})
     for key in ("strategy.name", "strategy.mu", "strategy.local_epochs", "strategy.fraction", "strategy.weighting",
-                "strategy.warmup"):
+                "strategy.averaging"):
         assert key in str(err.value)
 
 
@@ -211,7 +211,7 @@ def _final(out, arm, cycle):
 @pytest.mark.parametrize("strategy", [{"name": "fedavg", "local_epochs": 2}, {"name": "fedprox", "mu": 0.01},
                                       {"name": "fedtm", "rounds": 2, "min_scans": 5}], ids=lambda s: s["name"])
 def test_each_strategy_runs_every_arm_and_resumes_bit_identically(strategy, tiny_cohort, tmp_path):
-    cfg = tiny_config(tiny_cohort / "manifest.csv", **{"train.cycles": 4, "train.warmup": 1,
+    cfg = tiny_config(tiny_cohort / "manifest.csv", **{"train.cycles": 4, "train.branch_cycle": 1,
                                                        "arms": ["clean", "dirty", "qc"], "strategy": strategy})
     simulate(cfg, tmp_path / "full", quiet=True)
     log = pd.read_csv(tmp_path / "full" / "clean" / "train_log.csv")

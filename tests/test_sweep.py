@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -46,6 +47,8 @@ def test_sweep_keys_reach_config_and_scenario_entries(tiny_cohort):
     assert [sweep.config(cfg, v).scenario["label_noise"][0]["rate"] for v in sweep.values] == [0, 0.25, 0.5]
     assert cfg.scenario == NOISE  # the swept configs are copies
     assert Sweep.parse("train.lr=0.01,0.001").config(cfg, 0.01).train.lr == 0.01
+    old = Sweep.parse("train.warmup=0,1")  # a renamed key: the old name's folders, the new key set
+    assert old.config(cfg, 1).train.branch_cycle == 1 and old.folder(Path("s"), 1) == Path("s/train.warmup=1")
     for spec, message in [("train.lr", "expected KEY=v1,v2"), ("train.lr=1,1", "listed twice")]:
         with pytest.raises(UserError, match=message):
             Sweep.parse(spec)

@@ -178,6 +178,35 @@ def test_resume_refuses_another_config_but_not_an_older_snapshot_of_the_same(tin
     run.prepare(tiny_cfg, resume=True, overwrite=False)  # the same settings: resumes
 
 
+def test_a_run_folder_with_the_old_key_names_resumes(tiny_cfg, tmp_path, caplog):
+    """A run folder whose config.yaml has fedqc 0.1's key names (train.warmup, strategy.warmup) resumes to the same
+    weights, with a one-line notice per renamed key; so does a config file with them."""
+    import yaml
+
+    from fedqc.config import load_config
+
+    run = tmp_path / "run"
+    simulate(tiny_cfg, run, quiet=True)
+    final = {arm: _final(run, arm, 2) for arm in ("clean", "dirty")}
+    old = yaml.safe_load((run / "config.yaml").read_text())
+    old["train"]["warmup"] = old["train"].pop("branch_cycle")
+    old["strategy"]["warmup"] = old["strategy"].pop("averaging")
+    (run / "config.yaml").write_text(yaml.safe_dump(old, sort_keys=False))
+    for arm in final:
+        checkpoint_path(run / arm, 2).unlink()
+    with caplog.at_level("WARNING", logger="fedqc.config.load"):
+        simulate(tiny_cfg, run, resume=True, quiet=True)
+    for arm, state in final.items():
+        assert same(_final(run, arm, 2), state)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{run / 'config.yaml'}: train.warmup is deprecated, read as train.branch_cycle",
+        f"{run / 'config.yaml'}: strategy.warmup is deprecated, read as strategy.averaging"]
+    old["name"] = "from-an-old-config"
+    (tmp_path / "old.yaml").write_text(yaml.safe_dump(old, sort_keys=False))
+    cfg = load_config(tmp_path / "old.yaml", {"strategy.warmup": "fedprox"})
+    assert (cfg.train.branch_cycle, cfg.strategy.averaging) == (tiny_cfg.train.branch_cycle, "fedprox")
+
+
 @pytest.mark.flower
 @pytest.mark.slow
 def test_flower_simulation_matches_inprocess(tiny_cohort, tmp_path):

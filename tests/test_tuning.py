@@ -27,7 +27,7 @@ def config(tmp_path, manifest) -> str:
     path.write_text(yaml.safe_dump({
         "name": "tune", "manifest": str(manifest), "engine": "inprocess", "threads": 1, "arms": ["clean"],
         "model": {"name": "sfcn", "width": 0.25, "input_shape": [16, 16, 16]},
-        "train": {"cycles": 2, "warmup": 0, "batch_size": 5, "lr": 1e-3, "seed": 1},
+        "train": {"cycles": 2, "branch_cycle": 0, "batch_size": 5, "lr": 1e-3, "seed": 1},
         "calibration": {"batchnorm": "site", "threshold": "prevalence"}}))
     return path
 

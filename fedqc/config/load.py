@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import logging
 import re
 import types
 import typing
@@ -18,6 +19,7 @@ import yaml
 
 from fedqc.config.schema import (
     ARMS,
+    AVERAGINGS,
     BIAS_TARGETS,
     BN_HANDLING,
     BN_POOLING,
@@ -33,6 +35,7 @@ from fedqc.config.schema import (
     NORMS,
     ORDERS,
     REBALANCE,
+    RENAMED_KEYS,
     SCAN_CHECKS,
     SERVER_OPTIMISERS,
     STARTS,
@@ -41,12 +44,13 @@ from fedqc.config.schema import (
     TRACKING,
     TRACKING_MODULES,
     UNLEARN,
-    WARMUPS,
     WEIGHTINGS,
     ExperimentConfig,
     qc_variant,
 )
 from fedqc.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 def _check_type(value, tp, key: str, problems: list[str]):
@@ -109,11 +113,12 @@ def _check_ranges(cfg: ExperimentConfig, problems: list[str]) -> None:
     criteria, granularities = CRITERIA, GRANULARITIES
     rules = [
         (t.cycles >= 1, f"train.cycles: must be >= 1, got {t.cycles}"),
-        (0 <= t.warmup < t.cycles, f"train.warmup: must be in 0..cycles-1 ({t.cycles - 1}), got {t.warmup}"),
-        (t.warmup != t.cycles - 1 or all(a == "clean" or (a != "dirty" and qc_variant(a) is not None
-                                                          and cfg.qc_for(a).start == "scratch") for a in cfg.arms),
-         f"train.warmup: the dirty and QC arms start at cycle warmup+1 (QC from scratch at 0), so warmup must be <= "
-         f"cycles-2 ({t.cycles - 2}), got {t.warmup}"),
+        (0 <= t.branch_cycle < t.cycles,
+         f"train.branch_cycle: must be in 0..cycles-1 ({t.cycles - 1}), got {t.branch_cycle}"),
+        (t.branch_cycle != t.cycles - 1 or all(a == "clean" or (a != "dirty" and qc_variant(a) is not None
+                                                                and cfg.qc_for(a).start == "scratch") for a in cfg.arms),
+         f"train.branch_cycle: the dirty and QC arms start at cycle branch_cycle+1 (QC from scratch at 0), so "
+         f"branch_cycle must be <= cycles-2 ({t.cycles - 2}), got {t.branch_cycle}"),
         (t.batch_size >= 1, f"train.batch_size: must be >= 1, got {t.batch_size}"),
         (t.lr > 0, f"train.lr: must be > 0, got {t.lr}"),
         (t.lr_decay >= 0, f"train.lr_decay: must be >= 0, got {t.lr_decay}"),
@@ -148,7 +153,8 @@ def _check_ranges(cfg: ExperimentConfig, problems: list[str]) -> None:
          f"calibration.threshold: {cfg.calibration.threshold!r} is not one of {THRESHOLDS}"),
         (cfg.calibration.bn_passes >= 0, f"calibration.bn_passes: must be >= 0, got {cfg.calibration.bn_passes}"),
         (cfg.strategy.name in STRATEGIES, f"strategy.name: {cfg.strategy.name!r} is not one of {STRATEGIES}"),
-        (cfg.strategy.warmup in WARMUPS, f"strategy.warmup: {cfg.strategy.warmup!r} is not one of {WARMUPS}"),
+        (cfg.strategy.averaging in AVERAGINGS,
+         f"strategy.averaging: {cfg.strategy.averaging!r} is not one of {AVERAGINGS}"),
         (cfg.strategy.weighting in WEIGHTINGS,
          f"strategy.weighting: {cfg.strategy.weighting!r} is not one of {WEIGHTINGS}"),
         (cfg.strategy.local_epochs >= 1, f"strategy.local_epochs: must be >= 1, got {cfg.strategy.local_epochs}"),
@@ -314,6 +320,25 @@ def _read_scenario(path: Path, problems: list[str]) -> dict | None:
     return spec
 
 
+def _renamed(data: dict, source: str | Path, problems: list[str]) -> dict:
+    """``data`` with each key of :data:`~fedqc.config.schema.RENAMED_KEYS` moved to its new name, one notice each on
+    stderr (the fedqc logger); both names at once is a problem."""
+    out = dict(data)
+    for old, new in RENAMED_KEYS.items():
+        (part, old_leaf), (_, new_leaf) = old.split("."), new.split(".")
+        section = out.get(part)
+        if not isinstance(section, dict) or old_leaf not in section:
+            continue
+        if new_leaf in section:
+            problems.append(f"{old}: renamed {new}; give only {new}")
+            continue
+        section = dict(section)
+        section[new_leaf] = section.pop(old_leaf)
+        out[part] = section
+        log.warning("%s: %s is deprecated, read as %s", source, old, new)
+    return out
+
+
 def parse_config(data: dict, *, base: Path = Path("."), source: str | Path = "config",
                  check_files: bool = True) -> ExperimentConfig:
     """Validate a config mapping; relative paths are taken from ``base``.
@@ -326,6 +351,8 @@ def parse_config(data: dict, *, base: Path = Path("."), source: str | Path = "co
         data = {**data, "manifest": str((base / data["manifest"]).resolve())}
     if isinstance(data, dict) and isinstance(data.get("scenario"), str):
         data = {**data, "scenario": _read_scenario(base / data["scenario"], problems)}
+    if isinstance(data, dict):
+        data = _renamed(data, source, problems)
     cfg = _build(ExperimentConfig, data, "", problems)
     if cfg is not None:
         _check_ranges(cfg, problems)

@@ -35,7 +35,10 @@ BN_STATS = ("site", "federated")
 # verification scans (never test): Youden's J, the prevalence-matched threshold, or Platt's 0.5 point.
 THRESHOLDS = ("fixed", "youden", "prevalence", "platt")
 STRATEGIES = ("travelling", "fedavg", "fedprox", "fedtm")  # fedqc.strategies runs each
-WARMUPS = ("fedavg", "fedprox")  # fedtm's warm-up strategy
+AVERAGINGS = ("fedavg", "fedprox")  # fedtm's averaging rounds
+# Config keys renamed since fedqc 0.1 (dotted, old → new): the old key is still read, with a one-line notice, so
+# old configs and run folders (whose config.yaml a resume compares) keep working.
+RENAMED_KEYS = {"train.warmup": "train.branch_cycle", "strategy.warmup": "strategy.averaging"}
 WEIGHTINGS = ("scans", "equal")  # how an averaging round weighs a site's update
 # The server's step after an averaging round (Flower's strategies, fedqc.strategies.server): the average itself
 # (``none``), or the average's change taken as a pseudo-gradient by SGD with momentum (FedAvgM) or an adaptive
@@ -110,7 +113,7 @@ class StrategyConfig:
 
     ``travelling`` visits the sites one after another; ``fedavg`` and ``fedprox`` send the
     same model to every site and average what comes back (Flower's FedAvg / FedProx);
-    ``fedtm`` averages for ``rounds`` rounds (``warmup``) over the sites with at least
+    ``fedtm`` averages for ``rounds`` rounds (with ``averaging``) over the sites with at least
     ``min_scans`` training scans (and, unless ``single_class``, both classes), then
     travels over every site for the remaining cycles. The averaging rounds may end with
     a server optimiser (``server``: Flower's FedAvgM, FedAdagrad, FedAdam, FedYogi) and
@@ -123,7 +126,7 @@ class StrategyConfig:
     fraction: float = 1.0  # averaging rounds: share of the sites drawn each round (seeded; at least one)
     mu: float = 0.001  # fedprox (and a fedprox warm-up): weight of the proximal term mu/2 ||w - w_round||^2
     weighting: str = "scans"  # WEIGHTINGS: a site's update weighs its scans trained, or every site the same
-    warmup: str = "fedavg"  # fedtm: WARMUPS
+    averaging: str = "fedavg"  # fedtm: AVERAGINGS, the strategy of its averaging rounds (fedqc 0.1: warmup)
     rounds: int = 5  # fedtm: averaging rounds before travelling
     min_scans: int = 20  # fedtm: sites with fewer training scans sit the warm-up out
     single_class: bool = False  # fedtm: whether sites whose training scans are one class join the warm-up
@@ -141,7 +144,7 @@ class TrainConfig:
     """Travelling schedule; ``order`` is ``random``, ``fixed`` or an explicit site list."""
 
     cycles: int = 30
-    warmup: int = 10
+    branch_cycle: int = 10  # the dirty and QC arms start from the clean arm's checkpoint of it (fedqc 0.1: warmup)
     batch_size: int = 5
     lr: float = 1e-4
     lr_decay: float = 0.1  # lr × exp(-lr_decay · cycle)

@@ -11,7 +11,7 @@ channel axis: (1, X, Y, Z), or (1, X, Y) for a 2D image):
   smooth at any resolution a CNN sees, pure noise is not.
 
 Three more look at the scan as stored, before any resizing or scaling (the *raw* array), and one at the model
-input again; :mod:`fedqc.data.audit` and the QC audit stage (:meth:`fedqc.site.Site.audit`) share them:
+input again; :mod:`fedqc.data.audit` and the QC audit stage (:meth:`fedqc.site.Site.check_images`) share them:
 
 - **blank or near-constant** (:func:`check_raw`): at least :data:`NEAR_CONSTANT_SHARE` of the voxels hold one
   value (:func:`mode_share`);

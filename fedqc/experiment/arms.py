@@ -42,7 +42,7 @@ class Arm:
 
 def arms_for(cfg: ExperimentConfig) -> list[Arm]:
     """The configured arms in run order: clean, the trusted warm-up (when a QC arm needs it), dirty, QC arms."""
-    w = cfg.train.warmup
+    w = cfg.train.branch_cycle
     qc_arms = [a for a in cfg.arms if a not in ("clean", "dirty")]
     starts = {a: cfg.qc_for(a).start for a in qc_arms}
     arms = [Arm("clean", 0, oracle=True)] if "clean" in cfg.arms else []

@@ -27,6 +27,10 @@ from fedqc.protocol import State
 
 PARTS = ("encoder", "classifier", "bias", "optim")
 CYCLE_LOGS = ("train_log.csv", "errors.csv", "cycles.csv", "calibration.csv")
+# The checkpoint key of the arm's visitor's snapshot (:meth:`~fedqc.strategies.cycles.Visitor.snapshot`): a QC arm's
+# policy, a plain arm's update norms. Named "qc" since fedqc 0.1, when only QC arms had one; kept, since another name
+# would change the bytes of every checkpoint (and of the demo's, which stay bit-identical across refactors).
+VISITOR_KEY = "qc"
 FIXED_THRESHOLD = 0.5  # the reference's decision threshold: an arm that does not calibrate uses it
 
 
@@ -94,7 +98,7 @@ class ArmDir:
             part, rest = key.split(".", 1)
             parts[part][rest] = torch.from_numpy(np.array(value))
         parts = {p: v for p, v in parts.items() if v or p != "bias"}  # a model without a bias head stores none
-        ckpt = {**parts, "cycle": cycle, "arm": self.name, "model": model, **({"qc": visitor} if visitor else {}),
+        ckpt = {**parts, "cycle": cycle, "arm": self.name, "model": model, **({VISITOR_KEY: visitor} if visitor else {}),
                 **({"calibration": calibration} if calibration else {}), **({"strategy": strategy} if strategy else {})}
         atomic_write(self.checkpoint(cycle), lambda tmp: torch.save(ckpt, tmp))
 
@@ -128,21 +132,21 @@ def _flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def config_differences(snapshot: str, cfg: ExperimentConfig) -> list[str]:
+def config_differences(snapshot: str, cfg: ExperimentConfig, *, source: str | Path = "config.yaml") -> list[str]:
     """The dotted keys whose value in a run folder's ``config.yaml`` (:func:`parse_snapshot`) differs from ``cfg``'s;
     ``["config.yaml"]`` when the snapshot cannot be read. Empty: a newer version that leaves the settings unchanged
     may resume the run."""
     try:
-        old = _flat(parse_snapshot(snapshot).to_dict())
+        old = _flat(parse_snapshot(snapshot, source=source).to_dict())
     except (UserError, yaml.YAMLError):
         return ["config.yaml"]
     new = _flat(cfg.to_dict())
     return sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
 
 
-def _same_config(snapshot: str, cfg: ExperimentConfig) -> bool:
-    """Whether a run folder's ``config.yaml`` resolves to ``cfg``."""
-    return not config_differences(snapshot, cfg)
+def _same_config(snapshot: str, cfg: ExperimentConfig, source: Path) -> bool:
+    """Whether a run folder's ``config.yaml`` (at ``source``) resolves to ``cfg``."""
+    return not config_differences(snapshot, cfg, source=source)
 
 
 class RunDir:
@@ -178,7 +182,7 @@ class RunDir:
         if self.root.exists() and any(p.name not in ignore for p in self.root.iterdir()):
             if resume:
                 old = self.config.read_text() if self.config.is_file() else None
-                if old is not None and not _same_config(old, cfg):
+                if old is not None and not _same_config(old, cfg, self.config):
                     raise RunDirError(f"{self.root} was run with a different config; resume needs the same one")
             elif overwrite:
                 shutil.rmtree(self.root)

@@ -31,7 +31,7 @@ from fedqc.data.inject import ADVERSARIAL, inject
 from fedqc.data.manifest import load_manifest, target_columns
 from fedqc.errors import BrokenScanError, UserError
 from fedqc.experiment.arms import TRUSTED, Arm, arms_for, harmful_scans
-from fedqc.experiment.run_dir import ArmDir, RunDir, load_checkpoint
+from fedqc.experiment.run_dir import VISITOR_KEY, ArmDir, RunDir, load_checkpoint
 from fedqc.io import append_csv, atomic_write_csv
 from fedqc.models import MARKER_CLASSES
 from fedqc.models.state import initial_state
@@ -132,7 +132,7 @@ def run_arm(arm: Arm, transport: Transport, cfg: ExperimentConfig, run: RunDir, 
     snapshot, kept = None, {}
     if done is not None:
         ckpt = load_checkpoint(arm_dir.checkpoint(done))
-        state, first, snapshot, kept = ckpt["state"], done + 1, ckpt.get("qc"), ckpt.get("strategy", {})
+        state, first, snapshot, kept = ckpt["state"], done + 1, ckpt.get(VISITOR_KEY), ckpt.get("strategy", {})
     elif arm.start_from:
         src = run.arm(arm.start_from).checkpoint(arm.first_cycle - 1)
         if not src.is_file():

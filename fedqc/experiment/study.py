@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 from pathlib import Path
 
 import yaml
 
 from fedqc.config import ExperimentConfig, parse_config
+from fedqc.config.schema import RENAMED_KEYS
 from fedqc.data.corruptions.scenario import Scenario
 from fedqc.data.manifest import load_manifest
 from fedqc.errors import ConfigError, UserError
@@ -74,9 +76,9 @@ def check_recorded(runs: list[StudyRun]) -> None:
         snapshot = RunDir(r.folder).config
         if not snapshot.is_file():
             continue
-        differ = config_differences(snapshot.read_text(), r.cfg)
+        differ = config_differences(snapshot.read_text(), r.cfg, source=snapshot)
         if differ == ["threads"]:
-            old = parse_snapshot(snapshot.read_text()).threads
+            old = parse_snapshot(snapshot.read_text(), source=snapshot).threads
             raise UserError(f"{r.folder} was run with {old} thread(s), this study asks {r.cfg.threads}: the weights "
                             f"depend on the thread count, so resume with --threads-per-run {old} (or use a new --out)")
         if differ:
@@ -119,6 +121,9 @@ class Sweep:
         parsed = tuple(yaml.safe_load(v) for v in values.split(","))
         if len(set(map(str, parsed))) != len(parsed):
             raise UserError(f"--sweep: a value is listed twice in {spec!r}")
+        if key.strip() in RENAMED_KEYS:
+            logging.getLogger(__name__).warning("--sweep: %s is deprecated, read as %s", key.strip(),
+                                                RENAMED_KEYS[key.strip()])
         return cls(key.strip(), parsed)
 
     def folder(self, out: Path, value) -> Path:
@@ -127,7 +132,7 @@ class Sweep:
     def config(self, cfg: ExperimentConfig, value) -> ExperimentConfig:
         """``cfg`` with the swept key set to ``value``, validated as any config."""
         data = copy.deepcopy(cfg.to_dict())
-        *parents, leaf = self.key.split(".")
+        *parents, leaf = RENAMED_KEYS.get(self.key, self.key).split(".")  # an old name keeps its folders
         node = data
         for i, part in enumerate(parents):
             node = _child(node, part, ".".join(parents[: i + 1]))

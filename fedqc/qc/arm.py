@@ -20,7 +20,7 @@ import pandas as pd
 from fedqc.config import ExperimentConfig
 from fedqc.io import atomic_write_csv, atomic_write_text
 from fedqc.protocol import ScanProblem, State, check_update, class_counts
-from fedqc.qc.audit import run_audit
+from fedqc.qc.audit_stage import run_audit_stage
 from fedqc.qc.criteria import SITE_CHECKS, UPDATE_CRITERIA
 from fedqc.qc.gate import Gate, QCStatus, Update, VerificationScans
 from fedqc.qc.logs import QCLogs, eliminated_table, pending_table, scan_issue_counts
@@ -83,10 +83,10 @@ class QCArm:
             return
         t0 = time.perf_counter()
         self.policy.start(self.scans.score(state))
-        self.policy.set_untrained({s for site, ids in self.train_ids.items() if site not in self.trusted for s in ids})
+        self.policy.set_untrained({site: ids for site, ids in self.train_ids.items() if site not in self.trusted})
         if self.qc.audit:
             sites = sorted(set(self.train_ids) | set(self.scans.sites))
-            atomic_write_csv(run_audit(self.transport, self.policy, sites, first_cycle), self.folder / "audit.csv")
+            atomic_write_csv(run_audit_stage(self.transport, self.policy, sites, first_cycle), self.folder / "audit.csv")
         self.gate.screen(state, first_cycle)
         self.setup_seconds = time.perf_counter() - t0
 
@@ -180,7 +180,7 @@ class _Visit:
                 else reply.n_scans
             self.trained.append((n, reply.loss))
             self.state = reply.state
-            arm.policy.trained(reply.subjects)
+            arm.policy.trained(reply.subjects, self.site, self.cycle)
         return ok
 
     def outcome(self, seconds: float) -> Hop:

@@ -20,13 +20,16 @@ Pure Python on hand-made scores: every decision can be unit-tested without a mod
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 import numpy as np
 import pandas as pd
 
 from fedqc.errors import UserError
 from fedqc.qc.criteria import SiteAUROCCheck, UpdateCriterion
+from fedqc.qc.ledger import Event, ScanLedger, ScanStatus
 from fedqc.qc.stats import confusion, excess_rate_p
 from fedqc.scoring import per_scan_loss, score_targets, target_view
 
@@ -52,25 +55,77 @@ def site_decision(check: SiteAUROCCheck, verification: pd.DataFrame, site: pd.Da
 @dataclass
 class QCPolicy:
     """Parameters: ``train_counts`` (training scans per site, for the untrusted rule) and
-    ``revisit_after`` (R: a scan flagged at cycle c is retried at c + R)."""
+    ``revisit_after`` (R: a scan flagged at cycle c is retried at c + R).
+
+    The state — the verification baseline, the per-scan :class:`~fedqc.qc.ledger.ScanLedger`
+    and its event log, the sites' flags and eliminations, the decision log — changes through
+    the methods below only; the properties read it.
+    """
 
     train_counts: dict[str, int] = field(default_factory=dict)
     revisit_after: int = 2
     leave_site_out: bool = True
     untrusted_fraction: float = 0.5
-    baseline: pd.DataFrame | None = None  # index subject; columns site, label, score
-    flagged: dict[str, dict] = field(default_factory=dict)
-    eliminated: dict[str, dict] = field(default_factory=dict)
-    flagged_sites: dict[str, dict] = field(default_factory=dict)
-    eliminated_sites: dict[str, int] = field(default_factory=dict)  # site → cycle eliminated
-    untrusted: set[str] = field(default_factory=set)
-    dropped: dict[str, str] = field(default_factory=dict)  # val scans taken out of the verification set → site
-    fresh: set[str] = field(default_factory=set)  # training scans the model has never trained on (out-of-sample)
-    skill_cycle: int | None = None  # the cycle the model first showed skill: decisions start there
-    scan_issues: dict[str, dict] = field(default_factory=dict)  # subject → its last per-scan check (scans.py)
-    log: list[dict] = field(default_factory=list)
-    flags: list[dict] = field(default_factory=list)
-    revisits: list[dict] = field(default_factory=list)
+    baseline: pd.DataFrame | None = field(default=None, init=False)  # index subject; columns site, label, score
+    ledger: ScanLedger = field(default_factory=ScanLedger, init=False)
+    _flagged_sites: dict[str, dict] = field(default_factory=dict, init=False)
+    _eliminated_sites: dict[str, int] = field(default_factory=dict, init=False)  # site → cycle eliminated
+    _untrusted: set[str] = field(default_factory=set, init=False)
+    _dropped: dict[str, str] = field(default_factory=dict, init=False)  # val scans out of the verification set → site
+    _skill_cycle: int | None = field(default=None, init=False)  # the cycle the model first showed skill
+    _scan_issues: dict[str, dict] = field(default_factory=dict, init=False)  # subject → its last per-scan check
+    log: list[dict] = field(default_factory=list, init=False)  # the decisions: site checks, verifications
+
+    # ------------------------------------------------------------------ reading
+    @property
+    def flagged(self) -> dict[str, dict]:
+        """Flagged scans (subject → subject, site, cycle_flagged, due), in the order they were flagged."""
+        return {e.subject: e.flag_row() for e in self.ledger.with_status(ScanStatus.FLAGGED)}
+
+    @property
+    def eliminated(self) -> dict[str, dict]:
+        """Eliminated scans (subject → subject, site, cycle_flagged, cycle_eliminated, stage), in order."""
+        return {e.subject: e.elimination_row() for e in self.ledger.with_status(ScanStatus.ELIMINATED)}
+
+    @property
+    def fresh(self) -> frozenset[str]:
+        """Training scans the model has never trained on (out of sample: the per-scan checks judge them)."""
+        return self.ledger.untrained()
+
+    @property
+    def flagged_sites(self) -> Mapping[str, dict]:
+        return MappingProxyType(self._flagged_sites)
+
+    @property
+    def eliminated_sites(self) -> Mapping[str, int]:
+        return MappingProxyType(self._eliminated_sites)
+
+    @property
+    def untrusted(self) -> frozenset[str]:
+        return frozenset(self._untrusted)
+
+    @property
+    def skill_cycle(self) -> int | None:
+        """The cycle the model first showed skill: decisions start there."""
+        return self._skill_cycle
+
+    @property
+    def scan_issues(self) -> Mapping[str, dict]:
+        """Subject → its last per-scan check (a row of ``scan_issues.csv``)."""
+        return MappingProxyType(self._scan_issues)
+
+    @property
+    def events(self) -> list[dict]:
+        """The event log of this process (``qc_events.csv``, :data:`~fedqc.qc.ledger.EVENT_COLUMNS`)."""
+        return self.ledger.events
+
+    @property
+    def flags(self) -> list[dict]:
+        return self.ledger.flags()
+
+    @property
+    def revisits(self) -> list[dict]:
+        return self.ledger.revisits()
 
     # ------------------------------------------------------------------ verification set
     def start(self, scores: pd.DataFrame) -> None:
@@ -83,7 +138,7 @@ class QCPolicy:
     def verification_set(self, site: str) -> np.ndarray:
         """Mask over the baseline rows that judge an update trained at (or a check of) ``site``."""
         sites = self.baseline["site"]
-        mask = ~sites.isin(self.untrusted | set(self.flagged_sites)).to_numpy()
+        mask = ~sites.isin(self._untrusted | set(self._flagged_sites)).to_numpy()
         if self.leave_site_out:
             mask &= (sites != site).to_numpy()
         return mask
@@ -95,10 +150,13 @@ class QCPolicy:
             seen = cand.notna()
             self.baseline.loc[seen, column] = cand[seen]
 
-    def drop_verification(self, subjects: list[str]) -> None:
+    def drop_verification(self, subjects: list[str], cycle: int) -> None:
         """Remove scans from the verification set (e.g. val scans that failed the audit)."""
         gone = [s for s in subjects if s in self.baseline.index]
-        self.dropped.update(self.baseline.loc[gone, "site"].to_dict())
+        sites = self.baseline.loc[gone, "site"].to_dict()
+        self._dropped.update(sites)
+        for subject, site in sites.items():
+            self.ledger.record(Event.DROPPED, cycle, subject=subject, site=site)
         self.baseline = self.baseline.drop(index=gone)
 
     # ------------------------------------------------------------------ decisions
@@ -156,15 +214,20 @@ class QCPolicy:
                          "criterion": check.name, **stats, "accepted": accepted,
                          **confusion(rest["label"].to_numpy(), rest["score"].to_numpy()),
                          "n_verify": int(mask.sum()), "n_issues": int(issues.sum()), "seconds": seconds})
-        flag = self.flagged_sites.pop(site, None)
+        flag = self._flagged_sites.pop(site, None)
         if flag is not None:
-            self.revisits.append({**flag, "cycle_revisited": cycle, "accepted": accepted})
+            self.ledger.record(Event.SITE_REVISITED, cycle, site=site, stage="site", cycle_flagged=flag["cycle_flagged"],
+                               due=flag["due"], accepted=accepted)
             if not accepted:
                 self.eliminate_site(site, cycle, subjects, cycle_flagged=flag["cycle_flagged"])
         elif not accepted:
-            self.flagged_sites[site] = {"subject": "", "site": site, "cycle_flagged": cycle,
-                                        "due": cycle + self.revisit_after}
-            self.flags += [{**self.flagged_sites[site], "subject": s} for s in scores["subject"]]
+            self._flagged_sites[site] = {"subject": "", "site": site, "cycle_flagged": cycle,
+                                         "due": cycle + self.revisit_after}
+            self.ledger.record(Event.SITE_FLAGGED, cycle, site=site, stage="site", cycle_flagged=cycle,
+                               due=cycle + self.revisit_after)
+            for s in scores["subject"]:  # flagged with their site (flagged.csv lists them)
+                self.ledger.record(Event.FLAGGED, cycle, subject=s, site=site, stage="site", cycle_flagged=cycle,
+                                   due=cycle + self.revisit_after)
         return accepted
 
     def reject(self, *, cycle: int, site: str, scope: str, subjects: list[str], reason: str) -> None:
@@ -173,87 +236,114 @@ class QCPolicy:
                          "criterion": "invalid update", "accepted": False, "note": reason})
 
     # ------------------------------------------------------------------ what the model has seen
-    def set_untrained(self, subjects: set[str]) -> None:
-        """The training scans the start model has never trained on (out-of-sample: the per-scan checks judge them)."""
-        self.fresh = set(subjects)
+    def set_untrained(self, train_ids: dict[str, list[str]]) -> None:
+        """The training scans (per site) the start model has never trained on: out of sample, the per-scan checks
+        judge them."""
+        self.ledger.set_untrained(train_ids)
 
-    def trained(self, subjects: list[str]) -> None:
-        """An adopted update trained ``subjects``: the model has fitted them."""
-        self.fresh.difference_update(subjects)
+    def trained(self, subjects: list[str], site: str, cycle: int) -> None:
+        """An adopted update at ``site`` trained ``subjects``: the model has fitted them."""
+        for s in subjects:
+            entry = self.ledger.get(s)
+            if entry is not None and entry.untrained:
+                entry.untrained = False
+                self.ledger.record(Event.TRAINED, cycle, subject=s, site=site)
 
     def reach_skill(self, cycle: int) -> None:
         """The model shows skill at ``cycle``: decisions start there (the first such cycle is kept)."""
-        if self.skill_cycle is None:
-            self.skill_cycle = cycle
+        if self._skill_cycle is None:
+            self._skill_cycle = cycle
+            self.ledger.record(Event.SKILL, cycle)
 
     def record_scan_check(self, row: dict) -> None:
         """A scan's per-scan check and its decision (a row of ``scan_issues.csv``); replaces its earlier one."""
-        self.scan_issues[row["subject"]] = row
+        self._scan_issues[row["subject"]] = row
 
     # ------------------------------------------------------------------ scans and sites
     def site_due(self, site: str, cycle: int) -> bool:
         """Whether ``site`` trains at ``cycle``: not eliminated, and not flagged unless its revisit is due."""
-        if site in self.eliminated_sites:
+        if site in self._eliminated_sites:
             return False
-        return site not in self.flagged_sites or self.flagged_sites[site]["due"] <= cycle
+        return site not in self._flagged_sites or self._flagged_sites[site]["due"] <= cycle
 
-    def flag(self, subject: str, site: str, cycle: int) -> None:
-        self.flagged[subject] = {"subject": subject, "site": site, "cycle_flagged": cycle,
-                                 "due": cycle + self.revisit_after}
-        self.flags.append(dict(self.flagged[subject]))
+    def flag(self, subject: str, site: str, cycle: int, stage: str = "verification") -> None:
+        """Flag a scan (``stage``: what found it) until ``cycle + R``."""
+        due = cycle + self.revisit_after
+        self.ledger.move(self.ledger.entry(subject, site), ScanStatus.FLAGGED, site=site, cycle_flagged=cycle, due=due)
+        self.ledger.record(Event.FLAGGED, cycle, subject=subject, site=site, stage=stage, cycle_flagged=cycle, due=due)
 
     def due(self, site: str, cycle: int) -> list[str]:
         """Flagged scans of ``site`` whose revisit is due at ``cycle``."""
-        return sorted(s for s, f in self.flagged.items() if f["site"] == site and f["due"] <= cycle)
+        return sorted(e.subject for e in self.ledger.with_status(ScanStatus.FLAGGED) if e.site == site and e.due <= cycle)
 
     def revisit(self, subject: str, cycle: int, accepted: bool, stage: str = "verification") -> None:
         """Record a revisit: accepted → back in the pool; rejected → eliminated (at ``stage``)."""
-        flag = self.flagged.pop(subject)
-        self.revisits.append({**flag, "cycle_revisited": cycle, "accepted": accepted})
-        if not accepted:
-            self.eliminate(subject, flag["site"], cycle, stage, cycle_flagged=flag["cycle_flagged"])
+        entry = self.ledger.get(subject)
+        if entry is None or entry.status is not ScanStatus.FLAGGED:
+            raise KeyError(subject)
+        self.ledger.record(Event.REVISITED, cycle, subject=subject, site=entry.site, stage=stage,
+                           cycle_flagged=entry.cycle_flagged, due=entry.due, accepted=accepted)
+        if accepted:
+            self.ledger.move(entry, ScanStatus.POOL, due=None)
+        else:
+            self.eliminate(subject, entry.site, cycle, stage, cycle_flagged=entry.cycle_flagged)
 
     def eliminate(self, subject: str, site: str, cycle: int, stage: str, *, cycle_flagged: int | None = None) -> None:
         """Eliminate a scan for the rest of training; a site losing enough scans becomes untrusted."""
-        self.eliminated[subject] = {"subject": subject, "site": site,
-                                    "cycle_flagged": cycle if cycle_flagged is None else cycle_flagged,
-                                    "cycle_eliminated": cycle, "stage": stage}
-        n_out = sum(1 for e in self.eliminated.values() if e["site"] == site)
-        if site not in self.untrusted and n_out >= self.untrusted_fraction * self.train_counts.get(site, math.inf):
-            self.untrusted.add(site)
+        cycle_flagged = cycle if cycle_flagged is None else cycle_flagged
+        self.ledger.move(self.ledger.entry(subject, site), ScanStatus.ELIMINATED, site=site, stage=stage,
+                         cycle_flagged=cycle_flagged, due=None, cycle_eliminated=cycle)
+        self.ledger.record(Event.ELIMINATED, cycle, subject=subject, site=site, stage=stage, cycle_flagged=cycle_flagged)
+        n_out = sum(1 for e in self.ledger.with_status(ScanStatus.ELIMINATED) if e.site == site)
+        if site not in self._untrusted and n_out >= self.untrusted_fraction * self.train_counts.get(site, math.inf):
+            self._untrusted.add(site)
+            self.ledger.record(Event.SITE_UNTRUSTED, cycle, site=site, stage=stage)
 
     def eliminate_site(self, site: str, cycle: int, subjects: list[str], *, cycle_flagged: int) -> None:
         """Eliminate a site: its training scans (stage ``site``) and its val scans leave QC for good."""
-        self.eliminated_sites[site] = cycle
-        self.untrusted.add(site)
+        self._eliminated_sites[site] = cycle
+        self.ledger.record(Event.SITE_ELIMINATED, cycle, site=site, stage="site", cycle_flagged=cycle_flagged)
+        if site not in self._untrusted:
+            self._untrusted.add(site)
+            self.ledger.record(Event.SITE_UNTRUSTED, cycle, site=site, stage="site")
         for s in subjects:
-            if s not in self.eliminated:
-                flag = self.flagged.pop(s, None)
-                self.eliminate(s, site, cycle, "site", cycle_flagged=flag["cycle_flagged"] if flag else cycle_flagged)
+            entry = self.ledger.get(s)
+            if entry is None or entry.status is not ScanStatus.ELIMINATED:
+                flagged = entry is not None and entry.status is ScanStatus.FLAGGED
+                self.eliminate(s, site, cycle, "site", cycle_flagged=entry.cycle_flagged if flagged else cycle_flagged)
 
     def trusted_verification(self) -> dict[str, tuple[str, ...]]:
         """The sites whose verification scans judge updates (none untrusted or flagged), each with its scans taken
         out of the verification set."""
-        sites = set(self.baseline["site"]) - self.untrusted - set(self.flagged_sites)
-        return {s: tuple(sorted(d for d, site in self.dropped.items() if site == s)) for s in sorted(sites)}
+        sites = set(self.baseline["site"]) - self._untrusted - set(self._flagged_sites)
+        return {s: tuple(sorted(d for d, site in self._dropped.items() if site == s)) for s in sorted(sites)}
 
     def excluded(self, site: str) -> set[str]:
         """Scans of ``site`` kept out of training: flagged (until revisit) or eliminated."""
-        return {s for table in (self.flagged, self.eliminated) for s, r in table.items() if r["site"] == site}
+        return {s for s, e in self.ledger.entries.items() if e.site == site and e.status is not ScanStatus.POOL}
 
     # ------------------------------------------------------------------ checkpoints
     def snapshot(self) -> dict:
-        """Everything needed to resume, as plain data."""
-        return {"baseline": self.baseline.reset_index().to_dict("list"), "flagged": dict(self.flagged),
-                "eliminated": dict(self.eliminated), "flagged_sites": dict(self.flagged_sites),
-                "eliminated_sites": dict(self.eliminated_sites), "untrusted": sorted(self.untrusted),
-                "dropped": dict(self.dropped), "fresh": sorted(self.fresh), "skill_cycle": self.skill_cycle,
-                "scan_issues": dict(self.scan_issues)}
+        """Everything needed to resume, as plain data (the layout of fedqc 0.1's checkpoints)."""
+        return {"baseline": self.baseline.reset_index().to_dict("list"), "flagged": self.flagged,
+                "eliminated": self.eliminated, "flagged_sites": dict(self._flagged_sites),
+                "eliminated_sites": dict(self._eliminated_sites), "untrusted": sorted(self._untrusted),
+                "dropped": dict(self._dropped), "fresh": sorted(self.fresh), "skill_cycle": self._skill_cycle,
+                "scan_issues": dict(self._scan_issues)}
 
     def restore(self, snap: dict) -> None:
+        """The state of :meth:`snapshot`; the event log starts empty (``qc_events.csv`` holds the earlier events)."""
         self.baseline = pd.DataFrame(snap["baseline"]).set_index("subject")
-        self.flagged, self.eliminated = dict(snap["flagged"]), dict(snap["eliminated"])
-        self.flagged_sites, self.eliminated_sites = dict(snap["flagged_sites"]), dict(snap["eliminated_sites"])
-        self.untrusted, self.dropped = set(snap["untrusted"]), dict(snap.get("dropped", {}))
-        self.fresh, self.skill_cycle = set(snap.get("fresh", ())), snap.get("skill_cycle")
-        self.scan_issues = dict(snap.get("scan_issues", {}))
+        self.ledger = ScanLedger()
+        self.ledger.set_untrained({"": snap.get("fresh", ())})  # the site is set when the scan is flagged
+        for row in snap["flagged"].values():
+            self.ledger.move(self.ledger.entry(row["subject"], row["site"]), ScanStatus.FLAGGED, site=row["site"],
+                             cycle_flagged=row["cycle_flagged"], due=row["due"])
+        for row in snap["eliminated"].values():
+            self.ledger.move(self.ledger.entry(row["subject"], row["site"]), ScanStatus.ELIMINATED, site=row["site"],
+                             stage=row["stage"], cycle_flagged=row["cycle_flagged"],
+                             cycle_eliminated=row["cycle_eliminated"])
+        self._flagged_sites, self._eliminated_sites = dict(snap["flagged_sites"]), dict(snap["eliminated_sites"])
+        self._untrusted, self._dropped = set(snap["untrusted"]), dict(snap.get("dropped", {}))
+        self._skill_cycle = snap.get("skill_cycle")
+        self._scan_issues = dict(snap.get("scan_issues", {}))

@@ -139,13 +139,13 @@ class SiteScreening(Gate):
 
     def _waiting(self, cycle: int) -> dict[str, list[str]]:
         """Per site that trains at ``cycle``: its scans due for a revisit, and its never-judged untrained scans."""
-        out = {}
+        out, untrained = {}, self.policy.fresh
         for site in sorted(self.train_ids):
             if site in self.policy.eliminated_sites or not self.policy.site_due(site, cycle):
                 continue
             due = set(self.policy.due(site, cycle))
             subjects = [s for s in self._to_score(site, cycle)
-                        if s in due or (s in self.policy.fresh and s not in self.policy.scan_issues)]
+                        if s in due or (s in untrained and s not in self.policy.scan_issues)]
             if subjects:
                 out[site] = subjects
         return out
@@ -248,10 +248,10 @@ class SiteScreening(Gate):
         for r in scans.itertuples(index=False):
             if r.subject in due:
                 decision = "eliminated" if r.issue else "returned"
-                self.policy.revisit(r.subject, cycle, not r.issue, stage=f"scan: {r.issue}")
+                self.policy.revisit(r.subject, cycle, not r.issue, stage=f"scan: {r.issue}" if r.issue else "scan")
             elif r.issue:
                 decision = "flagged"
-                self.policy.flag(r.subject, r.site, cycle)
+                self.policy.flag(r.subject, r.site, cycle, stage=f"scan: {r.issue}")
             else:
                 decision = "kept"
             if r.subject in self.policy.scan_issues and decision == "kept":

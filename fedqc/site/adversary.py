@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fedqc.data.corruptions.scenario import ATTACKS
-from fedqc.protocol import AuditFinding, EvalReply, EvalRequest, SiteInfo, State, TrainReply, TrainRequest
+from fedqc.protocol import EvalReply, EvalRequest, ImageFinding, SiteInfo, State, TrainReply, TrainRequest
 
 DEFAULTS = {"bn_moments": {"count": 1000.0, "shift": 10.0, "scale": 10.0}, "scaled_update": {"factor": 1000.0},
             "sign_flip": {}, "inflated_count": {"factor": 100.0}}
@@ -74,8 +74,8 @@ class Adversary:
     def info(self) -> SiteInfo:
         return self.site.info()
 
-    def audit(self) -> list[AuditFinding]:
-        return self.site.audit()
+    def check_images(self) -> list[ImageFinding]:
+        return self.site.check_images()
 
     def train(self, state: State, request: TrainRequest) -> TrainReply:
         reply = self.site.train(state, request)

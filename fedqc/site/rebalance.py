@@ -45,7 +45,7 @@ def epoch(option: str, subjects: list[str], labels: np.ndarray, seed: int) -> li
     return [entries[i] for i in order]
 
 
-def weights(labels: np.ndarray, counts: tuple[int, ...] = ()) -> np.ndarray:
+def class_weights(labels: np.ndarray, counts: tuple[int, ...] = ()) -> np.ndarray:
     """Per-scan loss weights ``n / (k · n_c)`` from ``counts`` (n_0, n_1), or from ``labels`` themselves."""
     labels = np.asarray(labels, dtype=int)
     c = np.asarray(counts if counts else np.bincount(labels, minlength=2), dtype=float)

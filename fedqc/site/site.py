@@ -34,9 +34,9 @@ from fedqc.models import bias_classes, bias_head, encode, network
 from fedqc.models.state import pack, unpack
 from fedqc.protocol import (
     SCORE_COLUMNS,
-    AuditFinding,
     EvalReply,
     EvalRequest,
+    ImageFinding,
     ScanProblem,
     SiteInfo,
     State,
@@ -47,7 +47,7 @@ from fedqc.protocol import (
 from fedqc.scoring import counts_from_scores, feature_distance
 from fedqc.site.activations import BATCHNORMS
 from fedqc.site.loading import DeviceScans, prefetch
-from fedqc.site.rebalance import augmenter, epoch, weights
+from fedqc.site.rebalance import augmenter, class_weights, epoch
 from fedqc.site.unlearning import unlearning_step
 
 EVAL_BATCH = 16
@@ -230,7 +230,7 @@ class Site:
             if not ok:
                 continue
             y = self.table.loc[ok, "label"].to_numpy(dtype=int)
-            weight = torch.from_numpy(weights(y, counts)).to(self.device) if request.rebalance == "weights" else None
+            weight = torch.from_numpy(class_weights(y, counts)).to(self.device) if request.rebalance == "weights" else None
             loss = self._step(optimizer, self.scans.ready(x), ok, weight, anchor, request.prox_mu)
             total += loss.item() * len(ok)
             n, steps = n + len(ok), steps + 1
@@ -268,7 +268,7 @@ class Site:
         optimizer.step()
         return loss
 
-    def audit(self) -> list[AuditFinding]:
+    def check_images(self) -> list[ImageFinding]:
         """Image-level checks (:mod:`fedqc.data.image_checks`) on the train and val scans, in this order: unusable,
         blank or near-constant as stored, :func:`check_image` on the model input, and an exact copy (same voxels)
         of an earlier scan of this site, train before val. One finding per scan. Copies at other sites stay
@@ -294,7 +294,7 @@ class Site:
                 except ImageError as exc:
                     reason = str(exc)
                 if reason:
-                    findings.append(AuditFinding(s, split, reason))
+                    findings.append(ImageFinding(s, split, reason))
         return findings
 
     def sample(self, split: str, fraction: float, seed: int) -> list[str]:

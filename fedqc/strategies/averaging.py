@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fedqc.protocol import State, weights
+from fedqc.protocol import State, model_arrays
 from fedqc.strategies.calibration import batchnorm_layers
 from fedqc.strategies.cycles import Hop, HopCallback, HopStatus, Local, Visitor, visit
 from fedqc.strategies.server import ServerOptimiser
@@ -119,7 +119,7 @@ class AveragingRound:
 
     def __call__(self, visitor: Visitor, state: State, cycle: int, lr: float,
                  on_hop: HopCallback) -> tuple[State, list[tuple[str, Hop, float]]]:
-        sent = weights(state)  # no optimizer state: each site starts the round with a fresh Adam
+        sent = model_arrays(state)  # no optimizer state: each site starts the round with a fresh Adam
         kept = batchnorm_keys(sent) if self.local_bn else frozenset()
         local = Local(self.epochs, float(getattr(self.strategy, "proximal_mu", 0.0)), self.steps)
         hops, updates = [], []
@@ -129,7 +129,7 @@ class AveragingRound:
             hops.append((site, hop, wall))
             on_hop(cycle, i, site, hop)
             if hop.status == HopStatus.OK and hop.n_scans:
-                updates.append((site, weights(hop.state), hop.n_scans if self.weighting == "scans" else 1))
+                updates.append((site, model_arrays(hop.state), hop.n_scans if self.weighting == "scans" else 1))
                 if kept:
                     self.site_bn[site] = {k: hop.state[k] for k in kept}
         if not updates:

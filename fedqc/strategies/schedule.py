@@ -63,4 +63,4 @@ def rounds_for(strategy: StrategyConfig, train: TrainConfig, sites: list[str],
         every = averaging(strategy.name, sites)
         return Schedule(every, every)
     warm = warmup_sites(strategy, sites, info)
-    return Schedule(averaging(strategy.warmup, warm) if warm else travelling, travelling, strategy.rounds)
+    return Schedule(averaging(strategy.averaging, warm) if warm else travelling, travelling, strategy.rounds)

@@ -7,9 +7,9 @@ from __future__ import annotations
 from typing import Protocol
 
 from fedqc.protocol import (
-    AuditFinding,
     EvalReply,
     EvalRequest,
+    ImageFinding,
     SiteInfo,
     State,
     TrainReply,
@@ -21,8 +21,8 @@ class Transport(Protocol):
     def site_info(self) -> dict[str, SiteInfo]:
         """Per site: its training scans' ids and val/test counts."""
 
-    def audit(self, site: str) -> list[AuditFinding]:
-        """The image audit's findings at ``site``."""
+    def check_images(self, site: str) -> list[ImageFinding]:
+        """The findings of ``site``'s image checks on its own train and val scans (the QC audit stage's input)."""
 
     def train(self, site: str, state: State, request: TrainRequest) -> TrainReply:
         """Train ``state`` at ``site``; :class:`~fedqc.protocol.SiteError` when the site fails."""

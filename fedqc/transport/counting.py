@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fedqc.protocol import AuditFinding, EvalReply, EvalRequest, SiteInfo, State, TrainReply, TrainRequest
+from fedqc.protocol import EvalReply, EvalRequest, ImageFinding, SiteInfo, State, TrainReply, TrainRequest
 from fedqc.transport import Transport
 
 
@@ -17,9 +17,9 @@ class CountingTransport:
     def site_info(self) -> dict[str, SiteInfo]:
         return self.transport.site_info()
 
-    def audit(self, site: str) -> list[AuditFinding]:
+    def check_images(self, site: str) -> list[ImageFinding]:
         self.messages += 1
-        return self.transport.audit(site)
+        return self.transport.check_images(site)
 
     def train(self, site: str, state: State, request: TrainRequest) -> TrainReply:
         self.messages += 1

@@ -7,9 +7,9 @@ import pandas as pd
 from fedqc.config import DataConfig, ModelSpec
 from fedqc.errors import SiteError
 from fedqc.protocol import (
-    AuditFinding,
     EvalReply,
     EvalRequest,
+    ImageFinding,
     SiteInfo,
     State,
     TrainReply,
@@ -30,9 +30,9 @@ class InProcessTransport:
     def site_info(self) -> dict[str, SiteInfo]:
         return {name: site.info() for name, site in self.sites.items()}
 
-    def audit(self, site: str) -> list[AuditFinding]:
+    def check_images(self, site: str) -> list[ImageFinding]:
         try:
-            return self.sites[site].audit()
+            return self.sites[site].check_images()
         except Exception as exc:
             raise SiteError(f"audit failed: {type(exc).__name__}: {exc}") from exc
 

@@ -1,4 +1,4 @@
-"""The ClientApp: one site behind Flower. Handlers ``query`` (site facts, or its audit), ``train``, ``evaluate``.
+"""The ClientApp: one site behind Flower. Handlers ``query`` (site facts, or its image checks), ``train``, ``evaluate``.
 
 A node finds its data from ``node_config``: in deployment ``site`` (and optionally its
 own ``manifest``), in simulation ``partition-id`` indexing the sorted site names of the
@@ -85,7 +85,7 @@ def make_client_app(manifest: str | None = None, mods: list | None = None) -> Cl
 
     def site_facts(site: Site, request: dict) -> RecordDict:
         if request.get("audit"):
-            findings = ["\t".join(f) for f in site.audit()]
+            findings = ["\t".join(f) for f in site.check_images()]
             return RecordDict({IDS: ConfigRecord({"findings": findings} if findings else {})})
         return encode_site_info(site.info())
 

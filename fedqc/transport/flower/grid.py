@@ -31,14 +31,14 @@ from flwr.serverapp import Grid
 from fedqc.config import ExperimentConfig
 from fedqc.errors import SiteError
 from fedqc.protocol import (
-    AuditFinding,
     EvalReply,
     EvalRequest,
+    ImageFinding,
     SiteInfo,
     State,
     TrainReply,
     TrainRequest,
-    weights,
+    model_arrays,
 )
 from fedqc.transport.flower.codec import (
     ARRAYS,
@@ -249,9 +249,10 @@ class GridTransport:
     def site_info(self) -> dict[str, SiteInfo]:
         return dict(self.info)
 
-    def audit(self, site: str) -> list[AuditFinding]:
+    def check_images(self, site: str) -> list[ImageFinding]:
+        # "audit": the query's key since fedqc 0.1, kept so that servers and sites of either version understand it
         (reply,) = self._send([self._message("query", self.node_of[site], {"audit": True})])
-        return [AuditFinding(*f.split("\t", 2)) for f in reply.content[IDS].get("findings", [])]
+        return [ImageFinding(*f.split("\t", 2)) for f in reply.content[IDS].get("findings", [])]
 
     def train(self, site: str, state: State, request: TrainRequest) -> TrainReply:
         self._rejoin()
@@ -261,7 +262,7 @@ class GridTransport:
     def evaluate(self, sites: list[str], state: State, request: EvalRequest) -> dict[str, EvalReply]:
         """Scores from every site that answers; a failed or silent site gets :meth:`EvalReply.failed`."""
         self._rejoin()
-        arrays = state_to_record(weights(state))  # one encoding for the whole fan-out
+        arrays = state_to_record(model_arrays(state))  # one encoding for the whole fan-out
         if self.stored is not None and len(sites) > 1:  # in simulation, a fan-out is one message
             return self._evaluate_at_once(sites, arrays, request)
         replies = self._exchange([self._message("evaluate", self.node_of[s], request.to_dict(), arrays=arrays)

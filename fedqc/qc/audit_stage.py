@@ -16,12 +16,12 @@ from fedqc.transport import Transport
 AUDIT_COLUMNS = ["subject", "site", "split", "reason"]
 
 
-def run_audit(transport: Transport, policy: QCPolicy, sites: list[str], cycle: int) -> pd.DataFrame:
+def run_audit_stage(transport: Transport, policy: QCPolicy, sites: list[str], cycle: int) -> pd.DataFrame:
     """Audit ``sites``, apply the outcome to ``policy`` and return the ``audit.csv`` table."""
     rows = []
     for site in sites:
         try:
-            findings = transport.audit(site)
+            findings = transport.check_images(site)
         except SiteError as exc:  # a site that cannot audit trains unaudited; recorded
             rows.append({"subject": "", "site": site, "split": "train", "reason": f"audit failed: {exc}"})
             continue
@@ -29,5 +29,5 @@ def run_audit(transport: Transport, policy: QCPolicy, sites: list[str], cycle: i
     table = pd.DataFrame(rows, columns=AUDIT_COLUMNS).sort_values(["site", "subject"])
     for r in table[(table["split"] == "train") & (table["subject"] != "")].itertuples():
         policy.eliminate(r.subject, r.site, cycle, "audit")
-    policy.drop_verification(list(table.loc[table["split"] == "val", "subject"]))
+    policy.drop_verification(list(table.loc[table["split"] == "val", "subject"]), cycle)
     return table
