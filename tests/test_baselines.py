@@ -210,7 +210,7 @@ def test_fedbn_needs_batchnorm_layers_and_pooled_statistics(tiny_cohort):
 @pytest.mark.slow
 def test_fedadam_with_fedbn_and_local_steps_resumes_bit_identically(tiny_cohort, tmp_path):
     cfg = tiny_config(tiny_cohort / "manifest.csv", **{
-        "train.cycles": 4, "train.warmup": 1, "arms": ["clean", "dirty"],
+        "train.cycles": 4, "train.branch_cycle": 1, "arms": ["clean", "dirty"],
         "strategy": {"name": "fedavg", "server": "fedadam", "server_lr": 0.01, "batchnorm": "local", "local_steps": 2},
         "calibration": {"batchnorm": "federated", "threshold": "prevalence"}})
     simulate(cfg, tmp_path / "full", quiet=True)

@@ -29,6 +29,17 @@ def base(tiny_cohort, tmp_path) -> Path:
         "qc": {"audit": True, "alpha": 0.05, "start": "clean"}, "arms": ["clean", "dirty", "qc"], "engine": "inprocess"})
 
 
+def test_an_old_key_name_in_a_file_overrides_its_bases_new_one(base, tmp_path, caplog):
+    """A config of fedqc 0.1 (train.warmup) that extends a shipped config (train.branch_cycle) keeps its value."""
+    child = write(tmp_path / "old.yaml", {"extends": str(base), "train": {"warmup": 0}})
+    with caplog.at_level("WARNING", logger="fedqc.config.load"):
+        cfg = load_config(child)
+        assert load_config(base, {"train.warmup": 0}).train.branch_cycle == 0  # an override by the old name too
+    assert cfg.train.branch_cycle == 0
+    assert f"{child}: train.warmup is deprecated, read as train.branch_cycle" in caplog.messages
+    assert "train.warmup is deprecated, read as train.branch_cycle" in caplog.messages
+
+
 def test_mappings_merge_deeply_lists_replace_and_paths_resolve_from_the_stating_file(base, tiny_cohort, tmp_path):
     child = write(tmp_path / "studies" / "q" / "child.yaml", {
         "extends": "../../configs/base.yaml", "name": "child", "train": {"cycles": 4}, "qc": {"audit": False},

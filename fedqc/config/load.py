@@ -329,12 +329,13 @@ def _renamed(data: dict, source: str | Path, problems: list[str]) -> dict:
         section = out.get(part)
         if not isinstance(section, dict) or old_leaf not in section:
             continue
+        section = dict(section)
+        out[part] = section
         if new_leaf in section:
             problems.append(f"{old}: renamed {new}; give only {new}")
+            section.pop(old_leaf)
             continue
-        section = dict(section)
         section[new_leaf] = section.pop(old_leaf)
-        out[part] = section
         log.warning("%s: %s is deprecated, read as %s", source, old, new)
     return out
 
@@ -394,6 +395,10 @@ def read_config_file(path: Path, _chain: tuple[Path, ...] = ()) -> dict:
     for key in ("manifest", "scenario"):
         if isinstance(data.get(key), str):
             data[key] = str((path.parent / data[key]).resolve())
+    problems: list[str] = []
+    data = _renamed(data, path, problems)  # per file, so a file's old key overrides its base's new one
+    if problems:
+        raise ConfigError(path, problems)
     base = data.pop("extends", None)
     if base is None:
         return data
@@ -417,5 +422,8 @@ def load_config(path: str | Path, overrides: dict | None = None) -> ExperimentCo
     path = Path(path)
     data = read_config_file(path)
     for dotted, value in (overrides or {}).items():
+        if dotted in RENAMED_KEYS:
+            log.warning("%s is deprecated, read as %s", dotted, RENAMED_KEYS[dotted])
+            dotted = RENAMED_KEYS[dotted]
         set_dotted(data, dotted, value)
     return parse_config(data, base=path.parent, source=path)
