@@ -24,19 +24,26 @@ from tests.conftest import tiny_config
 
 def test_adversarial_entries_are_checked_one_line_each():
     bad = {"adversarial": [{"sites": "beta", "attack": "scaled_update"},
-                           {"sites": ["beta"], "attack": "backdoor"},
+                           {"sites": ["beta"], "attack": "trojan"},
                            {"sites": ["gamma"], "attack": "scaled_update", "params": {"factr": 2, }},
                            {"sites": ["delta"], "attack": "inflated_count", "params": {"factor": "big"}},
-                           {"sites": ["gamma"], "attack": "sign_flip", "when": 3}]}
+                           {"sites": ["gamma"], "attack": "sign_flip", "when": 3},
+                           {"sites": ["epsilon"], "attack": "framing"},
+                           {"sites": ["zeta"], "attack": "framing", "params": {"target": 3}},
+                           {"sites": ["eta"], "attack": "backdoor", "params": {"label": 2, "share": 1.5}}]}
     with pytest.raises(Exception) as err:
         Scenario.from_dict(bad)
     problems = err.value.problems
     assert any("adversarial[0]: sites must be a list" in p for p in problems)
-    assert any("adversarial[1]: unknown attack 'backdoor'" in p for p in problems)
+    assert any("adversarial[1]: unknown attack 'trojan'" in p for p in problems)
     assert any("adversarial[2]: unknown param 'factr' of scaled_update (allowed: factor)" in p for p in problems)
     assert any("adversarial[3]: params.factor must be a number" in p for p in problems)
     assert any("adversarial[4]: unknown key 'when'" in p for p in problems)
     assert any("adversarial[4]: site gamma already lies in adversarial[2]" in p for p in problems)
+    assert any("adversarial[5]: framing needs params.target, the good site it frames" in p for p in problems)
+    assert any("adversarial[6]: params.target must be a site name, got 3" in p for p in problems)
+    assert any("adversarial[7]: params.label must be 0 or 1, got 2" in p for p in problems)
+    assert any("adversarial[7].params: share must be in [0, 1], got 1.5" in p for p in problems)
     assert all("\n" not in p for p in problems)
 
 
@@ -70,7 +77,8 @@ class Honest:
         self.step, self.n = step, n
 
     def train(self, state, request):
-        return TrainReply({"w": state["w"] + self.step}, self.n, 0.5, 0.0, [f"s{i}" for i in range(self.n)])
+        return TrainReply({"w": state["w"] + self.step}, self.n, 0.5, 0.0, [f"s{i}" for i in range(self.n)],
+                          answers=getattr(request, "nonce", ""))
 
 
 class Sites:

@@ -27,17 +27,17 @@ from rich.progress import (
 from fedqc.config import ExperimentConfig
 from fedqc.config.schema import REFERENCE_CALIBRATION, model_dict
 from fedqc.data.corruptions.scenario import Scenario
-from fedqc.data.inject import ADVERSARIAL, inject
+from fedqc.data.inject import ADVERSARIAL, TRIGGERED, inject
 from fedqc.data.manifest import load_manifest, target_columns
 from fedqc.errors import BrokenScanError, UserError
 from fedqc.experiment.arms import TRUSTED, Arm, arms_for, harmful_scans
 from fedqc.experiment.run_dir import ArmDir, RunDir, load_checkpoint
-from fedqc.io import append_csv, atomic_write_csv
+from fedqc.io import append_csv, atomic_write_csv, atomic_write_text
 from fedqc.models import MARKER_CLASSES
 from fedqc.models.state import initial_state
 from fedqc.protocol import State, class_counts
 from fedqc.qc.arm import QCArm
-from fedqc.qc.detection import score_detection
+from fedqc.qc.detection import score_adversaries, score_detection
 from fedqc.strategies.calibration import Calibrator
 from fedqc.strategies.cycles import (
     Cycle,
@@ -165,6 +165,47 @@ def write_detection(qc: QCArm, manifest: pd.DataFrame | None) -> None:
                          qc.folder / "detection.csv")
 
 
+def write_adversaries(arm_dir: ArmDir, liars: dict[str, tuple[str, dict]], qc: QCArm | None) -> None:
+    """``adversaries.csv``: which lying sites the arm named, with the checks they failed
+    (:func:`~fedqc.qc.detection.score_adversaries`): a QC arm's decisions are its ``qc_log.csv``; a plain arm's its
+    hops that got a reply (``train_log.csv``: ok or rejected)."""
+    if qc is not None:
+        path = qc.folder / "qc_log.csv"
+        decisions = pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=["site", "accepted", "criterion",
+                                                                                   "note"])
+        eliminated = set(qc.policy.eliminated_sites)
+    else:
+        log = pd.read_csv(arm_dir.path / "train_log.csv")
+        log = log[log["status"].isin([HopStatus.OK.value, HopStatus.REJECTED.value])]
+        decisions = log.assign(accepted=log["status"] == HopStatus.OK.value, criterion="")
+        eliminated = set()
+    atomic_write_csv(score_adversaries(liars, decisions, eliminated), arm_dir.path / "adversaries.csv")
+
+
+def write_backdoor(arm_dir: ArmDir, manifest: Path) -> None:
+    """``backdoor.json``, when the manifest has a backdoor's ``triggered.csv``: of its test scans (the other label,
+    trigger planted), the share the arm's last model assigns the backdoor's label at the cycle's threshold — the
+    attack's success — beside the share of the same scans without the trigger (the run's own test predictions)."""
+    from fedqc.analysis.infer import predict_checkpoint
+
+    path, cycle = Path(manifest).parent / TRIGGERED, arm_dir.last_checkpoint()
+    if not path.is_file() or cycle is None:
+        return
+    triggered = load_manifest(path)
+    label = int(json.loads(triggered["marker_detail"].iloc[0]).get("label", 1)) if len(triggered) else 1
+    threshold = arm_dir.threshold(cycle)
+    scores = predict_checkpoint(arm_dir.checkpoint(cycle), triggered)
+    clean = pd.read_csv(arm_dir.predictions(cycle))
+    clean = clean[clean["subject"].isin(triggered["subject"])]
+
+    def target_share(s: pd.Series) -> float:
+        return float(((s >= threshold) == bool(label)).mean()) if len(s) else float("nan")
+
+    atomic_write_text(json.dumps({"cycle": cycle, "label": label, "threshold": threshold, "triggered": len(scores),
+                                  "attack_success": target_share(scores["score"]),
+                                  "clean_rate": target_share(clean["score"])}, indent=1), arm_dir.path / "backdoor.json")
+
+
 def check_trusted_sites(cfg: ExperimentConfig, transport: Transport, console: Console) -> None:
     """A trusted start needs its sites to exist; more than 2 sites or 10 % of the training scans is no longer
     the small curated subset the protocol means (a warning: the user may have reasons)."""
@@ -225,6 +266,10 @@ def run_experiment(cfg: ExperimentConfig, transport: Transport, out: Path, *, re
             visitor = qc or plain_visitor(cfg, transport, arm, leave_out, counts, oracle_val)
             run_arm(arm, transport, cfg, run, visitor=visitor, leave_out=leave_out, resume=resume, on_hop=on_hop)
             seconds[arm.name] = time.perf_counter() - t0
+            if liars := lying_sites(cfg.manifest) if cfg.manifest is not None else {}:
+                write_adversaries(run.arm(arm.name), liars, qc)
+            if cfg.manifest is not None:
+                write_backdoor(run.arm(arm.name), cfg.manifest)
             if qc:
                 s = qc.summary()
                 write_detection(qc, manifest)
@@ -311,6 +356,7 @@ def simulate(cfg: ExperimentConfig, out: Path, *, resume: bool = False, overwrit
                                        deterministic=cfg.deterministic)
         from fedqc.site.adversary import Adversary
 
+        honest = dict(transport.sites)
         for site, (attack, params) in liars.items():  # the simulated attack: the site's replies lie
-            transport.sites[site] = Adversary(transport.sites[site], attack, params)
+            transport.sites[site] = Adversary(honest[site], attack, params, peers=honest)
         run_experiment(cfg, transport, out, resume=resume, quiet=quiet)

@@ -19,7 +19,7 @@ import pandas as pd
 
 from fedqc.config import ExperimentConfig
 from fedqc.io import atomic_write_csv, atomic_write_text
-from fedqc.protocol import ScanProblem, State, check_update, class_counts
+from fedqc.protocol import ScanProblem, State, check_reply, class_counts
 from fedqc.qc.audit import run_audit
 from fedqc.qc.criteria import SITE_CHECKS, UPDATE_CRITERIA
 from fedqc.qc.gate import Gate, QCStatus, Update, VerificationScans
@@ -170,7 +170,7 @@ class _Visit:
                                 prox_mu=self.prox_mu)
         reply = arm.transport.train(self.site, self.state, request)
         self.skipped.update({p.subject: p for p in reply.skipped})
-        if reason := check_update(self.state, reply.state) or (arm.norm_check and arm.norm_check(self.state,
+        if reason := check_reply(self.state, request, reply) or (arm.norm_check and arm.norm_check(self.state,
                                                                                                  reply.state)):
             arm.policy.reject(cycle=self.cycle, site=self.site, scope=scope, subjects=subjects, reason=reason)
             return False  # never evaluated, never adopted

@@ -14,6 +14,7 @@ A site that fails costs its visit; training goes on without it.
 from __future__ import annotations
 
 import math
+import secrets
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ from fedqc.protocol import (
     ScanProblem,
     State,
     TrainRequest,
-    check_update,
+    check_reply,
 )
 from fedqc.strategies.defence import UpdateNormCheck, bounded_count
 from fedqc.transport import Transport
@@ -97,9 +98,11 @@ def hop_seed(seed: int, cycle: int, site: str) -> int:
 def train_request(train: TrainConfig, lr: float, seed: int, *, subjects: tuple[str, ...] | None = None,
                   exclude: tuple[str, ...] = (), class_counts: tuple[int, ...] = (), prox_mu: float = 0.0
                   ) -> TrainRequest:
-    """A visit's :class:`~fedqc.protocol.TrainRequest`, with the run's batch size and class rebalancing."""
+    """A visit's :class:`~fedqc.protocol.TrainRequest`, with the run's batch size and class rebalancing, and a fresh
+    nonce its reply must name (:func:`~fedqc.protocol.check_fresh`; random: it never steers training)."""
     return TrainRequest(lr=lr, seed=seed, batch_size=train.batch_size, subjects=subjects, exclude=exclude,
-                        rebalance=train.rebalance, class_counts=class_counts, prox_mu=prox_mu)
+                        rebalance=train.rebalance, class_counts=class_counts, prox_mu=prox_mu,
+                        nonce=secrets.token_hex(8))
 
 
 def learning_rate(lr: float, decay: float, cycle: int) -> float:
@@ -146,7 +149,7 @@ class PlainVisitor:
             reply = self.transport.train(site, state, request)
             seconds += reply.seconds
             problems += reply.skipped
-            if reason := check_update(state, reply.state) or (self.norm_check and self.norm_check(state, reply.state)):
+            if reason := check_reply(state, request, reply) or (self.norm_check and self.norm_check(state, reply.state)):
                 return Hop(start, seconds=seconds, status=HopStatus.REJECTED, note=reason, problems=problems)
             state, n, loss = reply.state, n + self._count(site, reply.n_scans, request.exclude), reply.loss
         return Hop(state, n, loss, seconds, problems=problems)
