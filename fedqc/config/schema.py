@@ -50,6 +50,9 @@ BN_POOLING = ("sum", "robust")
 # What an averaging round weighs a site's update by: the count in its reply (``reply``), or that count bounded by the
 # scans the server asked it to train, from what it declared at enrolment (``enrolment``).
 COUNTS = ("reply", "enrolment")
+# How an averaging round combines its updates: FedAvg's weighted mean, or Flower's robust aggregations
+# (FedMedian, FedTrimmedAvg, Krum; fedqc.strategies.averaging.Aggregator).
+AGGREGATORS = ("mean", "median", "trimmed_mean", "krum")
 
 
 @dataclass(frozen=True)
@@ -194,6 +197,9 @@ class DefenceConfig:
     norm_window: int = 20  # accepted updates the median is taken over
     norm_warmup: int = 3  # accepted updates before the check starts judging
     counts: str = "enrolment"  # COUNTS
+    aggregator: str = "mean"  # AGGREGATORS: averaging rounds (fedavg, fedprox, fedtm's warm-up)
+    trim_beta: float = 0.2  # trimmed_mean: share of the highest and of the lowest values left out, in [0, 0.5)
+    krum_f: int = 1  # krum: lying sites it resists (needs more than 2·krum_f + 2 updates to mean anything)
 
 
 @dataclass(frozen=True)

@@ -29,13 +29,16 @@ passes it. What each attack targets and which defence answers it: docs/threat-mo
 from __future__ import annotations
 
 import dataclasses
+import json
 import zlib
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from fedqc.data.corruptions.scenario import ATTACKS
+from fedqc.data.inject import ADVERSARIAL
 from fedqc.protocol import AuditFinding, EvalReply, EvalRequest, SiteInfo, State, TrainReply, TrainRequest
 from fedqc.scoring import counts_from_scores
 
@@ -144,3 +147,12 @@ class Adversary:
             return dataclasses.replace(reply, moments=lying_moments(reply.moments, widths, float(p["count"]),
                                                                     float(p["shift"]), float(p["scale"])))
         return reply
+
+
+def lying_sites(manifest: str | Path | None) -> dict[str, tuple[str, dict]]:
+    """Site → (attack, params) of the lying sites recorded beside ``manifest`` (``adversarial.csv``, written by
+    ``fedqc harm`` or a config's ``scenario`` from its ``adversarial`` entries); none without that file."""
+    path = Path(manifest).parent / ADVERSARIAL if manifest is not None else None
+    if path is None or not path.is_file():
+        return {}
+    return {str(r["site"]): (str(r["attack"]), json.loads(r["params"])) for r in pd.read_csv(path).to_dict("records")}

@@ -6,7 +6,7 @@ from typing import Callable
 
 from fedqc.config import StrategyConfig, TrainConfig
 from fedqc.protocol import SiteInfo
-from fedqc.strategies.averaging import AveragingRound, flower_strategy
+from fedqc.strategies.averaging import Aggregator, AveragingRound, flower_strategy
 from fedqc.strategies.cycles import Round
 from fedqc.strategies.travelling import TravellingRound
 
@@ -20,16 +20,17 @@ def warmup_sites(strategy: StrategyConfig, sites: list[str], info: dict[str, Sit
 
 
 def rounds_for(strategy: StrategyConfig, train: TrainConfig, sites: list[str],
-               info: dict[str, SiteInfo]) -> Callable[[int], Round]:
+               info: dict[str, SiteInfo], aggregator: Aggregator | None = None) -> Callable[[int], Round]:
     """``cycle → round`` for ``sites``: always travelling, always averaging (fedavg, fedprox), or FedTM's averaging
-    warm-up over :func:`warmup_sites` for the first ``strategy.rounds`` cycles, then travelling over all."""
+    warm-up over :func:`warmup_sites` for the first ``strategy.rounds`` cycles, then travelling over all; averaging
+    rounds combine their updates with ``aggregator`` (None: the weighted mean)."""
     travelling = TravellingRound(sites, train.order, train.seed)
     if strategy.name == "travelling":
         return lambda cycle: travelling
 
     def averaging(name: str, over: list[str]) -> AveragingRound:
         return AveragingRound(over, flower_strategy(name, strategy.mu), train.seed, strategy.fraction,
-                              strategy.weighting, strategy.local_epochs)
+                              strategy.weighting, strategy.local_epochs, aggregator)
 
     if strategy.name in ("fedavg", "fedprox"):
         every = averaging(strategy.name, sites)
