@@ -31,7 +31,7 @@ from fedqc.data.inject import TRIGGERED, inject
 from fedqc.data.manifest import load_manifest, target_columns
 from fedqc.errors import BrokenScanError, UserError
 from fedqc.experiment.arms import TRUSTED, Arm, arms_for, harmful_scans
-from fedqc.experiment.run_dir import ArmDir, RunDir, load_checkpoint
+from fedqc.experiment.run_dir import ArmDir, RunDir, load_checkpoint, predict_checkpoint
 from fedqc.io import append_csv, atomic_write_csv, atomic_write_text
 from fedqc.models import MARKER_CLASSES
 from fedqc.models.state import initial_state
@@ -190,8 +190,6 @@ def write_backdoor(arm_dir: ArmDir, manifest: Path) -> None:
     """``backdoor.json``, when the manifest has a backdoor's ``triggered.csv``: of its test scans (the other label,
     trigger planted), the share the arm's last model assigns the backdoor's label at the cycle's threshold — the
     attack's success — beside the share of the same scans without the trigger (the run's own test predictions)."""
-    from fedqc.analysis.infer import predict_checkpoint
-
     path, cycle = Path(manifest).parent / TRIGGERED, arm_dir.last_checkpoint()
     if not path.is_file() or cycle is None:
         return
