@@ -1,10 +1,11 @@
 """A site that lies (simulation only): a :class:`~fedqc.site.Site`'s replies, rewritten by one attack.
 
 A scenario's ``adversarial`` entries (:data:`~fedqc.data.corruptions.scenario.ATTACKS`)
-name the sites and the attack; the in-process engine wraps those sites in
-:class:`Adversary`, which trains and scores honestly and then rewrites the reply the way
-a compromised site would — finite and well-formed, so that :func:`~fedqc.protocol.check_update`
-passes it. What each attack targets and which defence answers it: docs/threat-model.md.
+name the sites and the attack (:func:`lying_sites` reads them back); the in-process runner,
+or under Flower's simulation the ClientApp, wraps those sites in :class:`Adversary`,
+which trains and scores honestly and then rewrites the reply the way a compromised site
+would — finite and well-formed, so that :func:`~fedqc.protocol.check_update` passes it.
+What each attack targets and which defence answers it: docs/threat-model.md.
 
 - ``bn_moments``: the BatchNorm moments of an evaluation (federated calibration) claim
   ``count`` × the values, each channel's mean moved by ``shift`` of its standard deviations

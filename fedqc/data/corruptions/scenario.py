@@ -23,7 +23,7 @@ A scenario (YAML or a dict)::
       - {sites: [hospitalA], marker: gain, correlation: 1.0, params: {factor: 1.2}}
     findings:                    # further binary targets: a visible finding at a prevalence, label_<name> columns
       - {name: lesion, marker: patch, prevalence: 0.3, params: {size: 0.12, at: 0.55, value: 200}}
-    adversarial:                 # sites that lie in their replies (simulation, engine inprocess only)
+    adversarial:                 # sites that lie in their replies (simulation: engines inprocess, flower)
       - {sites: [hospitalD], attack: scaled_update, params: {factor: 1000}}
       - {sites: [hospitalE], attack: framing, params: {target: hospitalB}}
 
