@@ -128,9 +128,10 @@ def test_update_norm_check_does_not_see_a_sign_flip():
     assert np.allclose(flipped.state["w"], -1.0) and check(state, flipped.state) is None
 
 
-def test_counts_bounded_by_enrolment_keep_an_inflated_site_from_dominating_fedavg():
+def test_the_count_check_refuses_an_inflated_count_and_names_it():
     """(d) FedAvg over three sites, one reporting 100× the scans it trained: weighted by reply counts the average
-    follows the liar; bounded by the scans it was asked for (its enrolled training scans) it is the honest one."""
+    follows the liar; with the count check (its enrolled training scans bound what it can have trained) its reply
+    is refused, the hop naming the check, and the average is the honest sites'."""
     transport = Sites(a=Honest(1.0), b=Honest(2.0), m=Adversary(Honest(3.0), "inflated_count", {"factor": 100}))
     enrolled = {s: tuple(f"s{i}" for i in range(10)) for s in "abm"}
     state = {"w": np.zeros(2, dtype=np.float32)}
@@ -138,10 +139,16 @@ def test_counts_bounded_by_enrolment_keep_an_inflated_site_from_dominating_fedav
 
     def averaged(enrolment):
         visitor = PlainVisitor(transport, TrainConfig(), enrolled=enrolment)
-        return round_(visitor, state, 0, 1e-3, lambda *_: None)[0]["w"]
+        return round_(visitor, state, 0, 1e-3, lambda *_: None)
 
-    assert np.allclose(averaged(None), (10 + 20 + 3000) / 1020, atol=1e-5)  # the liar's weight: 1000 of 1020
-    assert np.allclose(averaged(enrolled), 2.0, atol=1e-6)  # every site weighs its 10 scans
+    undefended, hops = averaged(None)
+    assert np.allclose(undefended["w"], (10 + 20 + 3000) / 1020, atol=1e-5)  # the liar's weight: 1000 of 1020
+    assert all(h.status == HopStatus.OK for _, h, _ in hops)
+    defended, hops = averaged(enrolled)
+    assert np.allclose(defended["w"], 1.5, atol=1e-6)  # the two honest sites, 10 scans each
+    liar = {site: h for site, h, _ in hops}["m"]
+    assert liar.status == HopStatus.REJECTED
+    assert liar.note == "count check: the reply claims 1000 scans trained, 10 asked"
 
 
 # ----------------------------------------------------------------------------- robust BatchNorm pooling
@@ -309,12 +316,15 @@ def test_message_freshness_refuses_a_replayed_reply(monkeypatch):
 
 def test_a_replaying_and_a_framing_site_in_a_qc_run(tiny_cohort, tmp_path):
     """(f) end to end: beta replays its first reply; every later one is refused in train_log.csv and qc_log.csv, and
-    adversaries.csv names beta with the check it failed. (g) gamma frames alpha: recorded with its target
-    (adversaries.csv shows whether alpha was named: the framing's success). Honest updates are not refused."""
+    adversaries.csv names beta with the check it failed. (d) harm01-inverted claims 100× its scans: the QC arm
+    refuses every update of it before verification, qc_log.csv and adversaries.csv naming the count check (the
+    clean arm leaves that harmful site out). (g) gamma frames alpha: recorded with its target (adversaries.csv shows
+    whether alpha was named: the framing's success; a plain arm has no check that sees it)."""
     cfg = tiny_config(tiny_cohort / "manifest.csv", arms=["clean", "qc-loss-batch"], train={"cycles": 3, "warmup": 1},
                       scenario={"adversarial": [{"sites": ["beta"], "attack": "replay"},
                                                 {"sites": ["gamma"], "attack": "framing",
-                                                 "params": {"target": "alpha"}}]})
+                                                 "params": {"target": "alpha"}},
+                                                {"sites": ["harm01-inverted"], "attack": "inflated_count"}]})
     simulate(cfg, tmp_path / "run", quiet=True)
     train = pd.read_csv(tmp_path / "run" / "clean" / "train_log.csv")
     beta = train[(train["site"] == "beta")].sort_values("cycle")
@@ -323,13 +333,17 @@ def test_a_replaying_and_a_framing_site_in_a_qc_run(tiny_cohort, tmp_path):
     qc_log = pd.read_csv(tmp_path / "run" / "qc-loss-batch" / "qc_log.csv")
     assert (qc_log.loc[qc_log["site"] == "beta", "criterion"] == "invalid update").all()
     assert not qc_log.loc[qc_log["site"] == "beta", "accepted"].any()
+    inflated = qc_log[qc_log["site"] == "harm01-inverted"]
+    assert len(inflated) and not inflated["accepted"].any() and inflated["note"].str.startswith("count check").all()
+    table = pd.read_csv(tmp_path / "run" / "qc-loss-batch" / "adversaries.csv").set_index("site")
+    assert table.loc["harm01-inverted", "named"] and table.loc["harm01-inverted", "checks"] == "count check"
     for arm in ("clean", "qc-loss-batch"):
         table = pd.read_csv(tmp_path / "run" / arm / "adversaries.csv").set_index("site")
         assert table.loc["beta", "role"] == "replay" and table.loc["beta", "named"]
         assert table.loc["beta", "checks"] == "stale reply (message freshness)"
         assert table.loc["gamma", "role"] == "framing" and table.loc["alpha", "role"] == "framed by gamma"
-        honest = table[table["role"] == "honest"]
-        assert (honest["refused"] == 0).all()
+    clean = pd.read_csv(tmp_path / "run" / "clean" / "adversaries.csv").set_index("site")
+    assert not clean.loc["gamma", "named"] and clean.loc["alpha", "refused"] == 0  # a plain arm: framing passes
 
 
 # ----------------------------------------------------------------------------- (g) framing

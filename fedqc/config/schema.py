@@ -47,8 +47,8 @@ BIAS_TARGETS = ("marker", "scanner", "site")
 # clipped to the sites' median ± clip robust spreads with its count bounded by its enrolled verification scans
 # (``robust``, :mod:`fedqc.strategies.defence`).
 BN_POOLING = ("sum", "robust")
-# What an averaging round weighs a site's update by: the count in its reply (``reply``), or that count bounded by the
-# scans the server asked it to train, from what it declared at enrolment (``enrolment``).
+# A reply's count of scans trained (an averaging round's weight): believed (``reply``), or refused when above the
+# scans the server asked the site to train, from what it declared at enrolment (``enrolment``: the count check).
 COUNTS = ("reply", "enrolment")
 # How an averaging round combines its updates: FedAvg's weighted mean, or Flower's robust aggregations
 # (FedMedian, FedTrimmedAvg, Krum; fedqc.strategies.averaging.Aggregator).
@@ -187,8 +187,8 @@ def qc_variant(arm: str) -> dict | None:
 class DefenceConfig:
     """What the server checks beyond a reply's form, against a site that lies (docs/threat-model.md).
 
-    The defaults change no honest run: ``counts: enrolment`` bounds a reply's count by the scans the server asked
-    for, which an honest site never exceeds; the other two are off.
+    The defaults change no honest run: ``counts: enrolment`` refuses a reply that claims more scans than the server
+    asked for, which an honest site never does; the other checks and the robust aggregators are off.
     """
 
     bn_pooling: str = "sum"  # BN_POOLING

@@ -33,7 +33,7 @@ from fedqc.protocol import (
     TrainRequest,
     check_reply,
 )
-from fedqc.strategies.defence import UpdateNormCheck, bounded_count
+from fedqc.strategies.defence import UpdateNormCheck, count_check
 from fedqc.transport import Transport
 
 
@@ -115,8 +115,8 @@ class PlainVisitor:
     ``leave_out`` per site is not trained.
 
     Defences (:mod:`fedqc.strategies.defence`): ``norm_check`` rejects an update far larger than the recent ones;
-    ``enrolled`` (site → the training scans it declared at enrolment) bounds a reply's count by the scans asked for
-    (None: the reply's count as it is).
+    ``enrolled`` (site → the training scans it declared at enrolment) rejects a reply that claims more scans than
+    were asked for (None: the reply's count is believed).
     """
 
     transport: Transport
@@ -133,10 +133,10 @@ class PlainVisitor:
         if self.norm_check is not None and checkpoint:
             self.norm_check.restore(checkpoint.get("update_norms", []))
 
-    def _count(self, site: str, reply_n: int, exclude: tuple[str, ...]) -> int:
+    def _count_check(self, site: str, reply_n: int, exclude: tuple[str, ...]) -> str | None:
         if self.enrolled is None:
-            return reply_n
-        return bounded_count(reply_n, len(set(self.enrolled.get(site, ())) - set(exclude)))
+            return None
+        return count_check(reply_n, len(set(self.enrolled.get(site, ())) - set(exclude)))
 
     def visit(self, site: str, state: State, cycle: int, lr: float, local: Local = ONE_EPOCH) -> Hop:
         seed, start = hop_seed(self.train.seed, cycle, site), state
@@ -149,9 +149,10 @@ class PlainVisitor:
             reply = self.transport.train(site, state, request)
             seconds += reply.seconds
             problems += reply.skipped
-            if reason := check_reply(state, request, reply) or (self.norm_check and self.norm_check(state, reply.state)):
+            if reason := check_reply(state, request, reply) or self._count_check(site, reply.n_scans, request.exclude) \
+                    or (self.norm_check and self.norm_check(state, reply.state)):
                 return Hop(start, seconds=seconds, status=HopStatus.REJECTED, note=reason, problems=problems)
-            state, n, loss = reply.state, n + self._count(site, reply.n_scans, request.exclude), reply.loss
+            state, n, loss = reply.state, n + reply.n_scans, reply.loss
         return Hop(state, n, loss, seconds, problems=problems)
 
     def end_cycle(self, cycle: int) -> None:
