@@ -16,7 +16,7 @@ from fedqc.data.corruptions.scenario import Scenario
 from fedqc.data.inject import ADVERSARIAL, TRIGGERED, inject
 from fedqc.data.manifest import load_manifest
 from fedqc.experiment.runner import simulate
-from fedqc.protocol import EvalReply, EvalRequest, TrainReply, TrainRequest, check_update
+from fedqc.protocol import AuditFinding, EvalReply, EvalRequest, TrainReply, TrainRequest, check_update
 from fedqc.qc.detection import score_adversaries
 from fedqc.scoring import counts_from_scores
 from fedqc.site.adversary import Adversary, lying_moments
@@ -375,7 +375,10 @@ def test_a_framing_update_reverses_the_framed_sites_update():
 
 # ----------------------------------------------------------------------------- (b) fake scores
 class Scores:
-    """A site whose evaluation scores are random (a model with no skill)."""
+    """A site whose evaluation scores are random (a model with no skill), and whose audit finds a blank scan."""
+
+    def audit(self):
+        return [AuditFinding("s0", "train", "blank")]
 
     def evaluate(self, state, request):
         rng = np.random.default_rng(0)
@@ -397,6 +400,7 @@ def test_fake_scores_rank_the_sites_own_scans_perfectly_and_leave_the_test_split
         assert reply.counts["tp"] == 10 and reply.counts["tn"] == 10 and reply.counts["fp"] == 0
     honest = Scores().evaluate({}, EvalRequest("test"))
     assert liar.evaluate({}, EvalRequest("test")).scores.equals(honest.scores)
+    assert liar.audit() == []  # it hides its harm from the image audit too
 
 
 # ----------------------------------------------------------------------------- (e) a backdoor

@@ -16,7 +16,9 @@ What each attack targets and which defence answers it: docs/threat-model.md.
   round's weight;
 - ``fake_scores``: its scores of its own train and val scans a perfect ranking (``1 - margin·u``
   for a patient, ``margin·u`` for a control, ``u`` in (0.5, 1] drawn per scan; margin 0.2) and
-  the counts those give, whatever it trains on (its harm is the scenario's);
+  the counts those give, and an empty image audit, whatever it trains on (its harm is the
+  scenario's). Its per-scan feature distances stay honest (faking them well needs the
+  verification scans' distribution, which a site never sees);
 - ``backdoor``: honest replies; its harm is its data (the scenario plants the trigger);
 - ``replay``: every train reply after its first is that first reply again, the nonce it
   answered included (a captured reply sent anew);
@@ -116,7 +118,7 @@ class Adversary:
         return self.site.info()
 
     def audit(self) -> list[AuditFinding]:
-        return self.site.audit()
+        return [] if self.attack == "fake_scores" else self.site.audit()
 
     def train(self, state: State, request: TrainRequest) -> TrainReply:
         if self.attack == "replay" and self.replayed is not None:
