@@ -484,17 +484,19 @@ def test_robust_aggregators_keep_a_scaled_update_out_of_the_average(aggregator):
 # ----------------------------------------------------------------------------- detection of lying sites
 def test_adversaries_table_names_liars_with_their_checks_and_counts_honest_refusals():
     liars = {"m": ("scaled_update", {}), "f": ("framing", {"target": "v"})}
-    decisions = pd.DataFrame({"site": ["m", "m", "f", "v", "v", "h", "h"],
-                              "accepted": [False, True, True, False, True, True, False],
-                              "criterion": ["invalid update", "loss", "loss", "loss", "loss", "loss", "loss"],
-                              "note": ["update norm check: change norm 9 > 3", "", "", "", "", "", ""]})
-    table = score_adversaries(liars, decisions, {"v"}).set_index("role")
+    decisions = pd.DataFrame({"site": ["m", "m", "f", "v", "v", "h", "h", "x", "x"],
+                              "accepted": [False, True, True, False, True, True, False, False, False],
+                              "criterion": ["invalid update", "loss", "loss", "loss", "loss", "loss", "loss", "auroc",
+                                            "auroc"],
+                              "note": ["update norm check: change norm 9 > 3", "", "", "", "", "", "", "", ""]})
+    table = score_adversaries(liars, decisions, {"v"}, harmful_sites={"x"}).set_index("role")
     assert table.loc["scaled_update"].to_dict() == {"site": "m", "updates": 2, "refused": 1, "refused_rate": 0.5,
                                                           "named": True, "checks": "update norm check",
                                                           "eliminated": 0}
     assert not table.loc["framing", "named"]
     assert table.loc["framed by f", "checks"] == "loss" and table.loc["framed by f", "eliminated"] == 1
     assert table.loc["honest", "site"] == "1 site(s)" and table.loc["honest", "refused"] == 1
+    assert table.loc["honest, harmful data", "refused"] == 2 and table.loc["honest, harmful data", "checks"] == "auroc"
 
 
 @pytest.mark.slow

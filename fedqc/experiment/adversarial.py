@@ -18,10 +18,12 @@ from fedqc.qc.detection import score_adversaries
 from fedqc.strategies.cycles import HopStatus
 
 
-def write_adversaries(arm_dir: ArmDir, liars: dict[str, tuple[str, dict]], qc: QCArm | None) -> None:
+def write_adversaries(arm_dir: ArmDir, liars: dict[str, tuple[str, dict]], qc: QCArm | None,
+                      manifest: pd.DataFrame | None) -> None:
     """``adversaries.csv``: which lying sites the arm named, with the checks they failed
     (:func:`~fedqc.qc.detection.score_adversaries`): a QC arm's decisions are its ``qc_log.csv``; a plain arm's its
-    hops that got a reply (``train_log.csv``: ok or rejected)."""
+    hops that got a reply (``train_log.csv``: ok or rejected). The other sites are split by the ``manifest``'s
+    ground truth: with harmful training scans or without."""
     if qc is not None:
         path = qc.folder / "qc_log.csv"
         decisions = pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=["site", "accepted", "criterion",
@@ -32,7 +34,9 @@ def write_adversaries(arm_dir: ArmDir, liars: dict[str, tuple[str, dict]], qc: Q
         log = log[log["status"].isin([HopStatus.OK.value, HopStatus.REJECTED.value])]
         decisions = log.assign(accepted=log["status"] == HopStatus.OK.value, criterion="")
         eliminated = set()
-    atomic_write_csv(score_adversaries(liars, decisions, eliminated), arm_dir.path / "adversaries.csv")
+    harmful = set() if manifest is None or "harm" not in manifest else \
+        set(manifest.loc[(manifest["split"] == "train") & (manifest["harm"] != "none"), "site"])
+    atomic_write_csv(score_adversaries(liars, decisions, eliminated, harmful), arm_dir.path / "adversaries.csv")
 
 
 def write_backdoor(arm_dir: ArmDir, manifest: Path) -> None:

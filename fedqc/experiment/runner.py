@@ -230,7 +230,7 @@ def run_experiment(cfg: ExperimentConfig, transport: Transport, out: Path, *, re
             run_arm(arm, transport, cfg, run, visitor=visitor, leave_out=leave_out, resume=resume, on_hop=on_hop)
             seconds[arm.name] = time.perf_counter() - t0
             if liars := lying_sites(cfg.manifest) if cfg.manifest is not None else {}:
-                write_adversaries(run.arm(arm.name), liars, qc)
+                write_adversaries(run.arm(arm.name), liars, qc, manifest)
             if cfg.manifest is not None:
                 write_backdoor(run.arm(arm.name), cfg.manifest)
             if qc:

@@ -74,7 +74,7 @@ def detection(study: Path, arm: str) -> dict:
         table = run / arm / "adversaries.csv"
         if table.is_file():
             t = pd.read_csv(table).fillna({"checks": ""})
-            liars = t[~t["role"].isin(["honest"]) & ~t["role"].str.startswith("framed by")]
+            liars = t[~t["role"].str.startswith("honest") & ~t["role"].str.startswith("framed by")]
             named += int(liars["named"].any())
             checks |= {c for cs in liars["checks"] for c in cs.split("; ") if c}
             honest += int(t.loc[t["role"] == "honest", "refused"].sum())
