@@ -78,6 +78,7 @@ class TrainRequest:
     class_counts: tuple[int, ...] = ()
     prox_mu: float = 0.0  # FedProx: the site adds prox_mu/2 · ||w - w_sent||² to its loss
     steps: int = 0  # train the epoch's first ``steps`` batches only (0: the whole epoch): FedAvg's local steps
+    nonce: str = ""  # fresh per request (train_request): the reply names it (message freshness, check_fresh)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -89,7 +90,8 @@ class TrainRequest:
                    subjects=None if subjects is None else tuple(str(s) for s in subjects),
                    exclude=tuple(str(s) for s in d.get("exclude", ())), rebalance=str(d.get("rebalance", "none")),
                    class_counts=tuple(int(x) for x in d.get("class_counts", ())),
-                   prox_mu=float(d.get("prox_mu", 0.0)), steps=int(d.get("steps", 0)))
+                   prox_mu=float(d.get("prox_mu", 0.0)), steps=int(d.get("steps", 0)),
+                   nonce=str(d.get("nonce", "")))
 
 
 @dataclass(frozen=True)
@@ -138,6 +140,7 @@ class TrainReply:
     skipped: list[ScanProblem] = field(default_factory=list)
     data_wait_s: float = 0.0  # of ``seconds``, the time training waited for its next batch of scans
     steps: int = 0  # optimizer steps taken (batches with at least one usable scan)
+    answers: str = ""  # the nonce of the request this reply answers
 
 
 @dataclass
@@ -177,6 +180,21 @@ def check_update(sent: State, reply: State) -> str | None:
         if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
             return f"{key}: non-finite values"
     return None
+
+
+def check_fresh(request: TrainRequest, reply: TrainReply) -> str | None:
+    """Why ``reply`` does not answer ``request`` (message freshness), or None: a request with a nonce must be answered
+    by a reply that names it, so that an earlier reply replayed — by a site or on the network — is refused."""
+    if request.nonce and reply.answers != request.nonce:
+        return (f"stale reply (message freshness): it answers request {reply.answers or '(none)'}, not "
+                f"{request.nonce}")
+    return None
+
+
+def check_reply(sent: State, request: TrainRequest, reply: TrainReply) -> str | None:
+    """Why a train reply cannot be adopted, or None: it must answer ``request`` (:func:`check_fresh`) and carry a
+    well-formed state (:func:`check_update`)."""
+    return check_fresh(request, reply) or check_update(sent, reply.state)
 
 
 def batches(items: list, batch_size: int) -> list[list]:

@@ -3,18 +3,24 @@ to fail without it and hold with it."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
+import SimpleITK as sitk
 
 from fedqc.config import ConfigError, TrainConfig
 from fedqc.data.corruptions.scenario import Scenario
-from fedqc.data.inject import ADVERSARIAL, inject
+from fedqc.data.inject import ADVERSARIAL, TRIGGERED, inject
 from fedqc.data.manifest import load_manifest
 from fedqc.experiment.runner import simulate
-from fedqc.protocol import TrainReply
+from fedqc.protocol import EvalReply, ImageFinding, EvalRequest, TrainReply, TrainRequest, check_update
+from fedqc.qc.detection import score_adversaries
+from fedqc.scoring import counts_from_scores
 from fedqc.site.adversary import Adversary, lying_moments
-from fedqc.strategies.averaging import AveragingRound, flower_strategy
+from fedqc.strategies.averaging import Aggregator, AveragingRound, flower_strategy
 from fedqc.strategies.cycles import HopStatus, PlainVisitor
 from fedqc.strategies.defence import UpdateNormCheck, robust_moments
 from tests.conftest import tiny_config
@@ -24,19 +30,26 @@ from tests.conftest import tiny_config
 
 def test_adversarial_entries_are_checked_one_line_each():
     bad = {"adversarial": [{"sites": "beta", "attack": "scaled_update"},
-                           {"sites": ["beta"], "attack": "backdoor"},
+                           {"sites": ["beta"], "attack": "trojan"},
                            {"sites": ["gamma"], "attack": "scaled_update", "params": {"factr": 2, }},
                            {"sites": ["delta"], "attack": "inflated_count", "params": {"factor": "big"}},
-                           {"sites": ["gamma"], "attack": "sign_flip", "when": 3}]}
+                           {"sites": ["gamma"], "attack": "sign_flip", "when": 3},
+                           {"sites": ["epsilon"], "attack": "framing"},
+                           {"sites": ["zeta"], "attack": "framing", "params": {"target": 3}},
+                           {"sites": ["eta"], "attack": "backdoor", "params": {"label": 2, "share": 1.5}}]}
     with pytest.raises(Exception) as err:
         Scenario.from_dict(bad)
     problems = err.value.problems
     assert any("adversarial[0]: sites must be a list" in p for p in problems)
-    assert any("adversarial[1]: unknown attack 'backdoor'" in p for p in problems)
+    assert any("adversarial[1]: unknown attack 'trojan'" in p for p in problems)
     assert any("adversarial[2]: unknown param 'factr' of scaled_update (allowed: factor)" in p for p in problems)
     assert any("adversarial[3]: params.factor must be a number" in p for p in problems)
     assert any("adversarial[4]: unknown key 'when'" in p for p in problems)
     assert any("adversarial[4]: site gamma already lies in adversarial[2]" in p for p in problems)
+    assert any("adversarial[5]: framing needs params.target, the good site it frames" in p for p in problems)
+    assert any("adversarial[6]: params.target must be a site name, got 3" in p for p in problems)
+    assert any("adversarial[7]: params.label must be 0 or 1, got 2" in p for p in problems)
+    assert any("adversarial[7].params: share must be in [0, 1], got 1.5" in p for p in problems)
     assert all("\n" not in p for p in problems)
 
 
@@ -52,10 +65,14 @@ def test_adversarial_sites_are_recorded_as_ground_truth(tiny_cohort, tmp_path):
     assert err.value.problems == ["adversarial[0]: unknown site(s) ['nowhere']"]
 
 
-def test_lying_sites_run_in_process_only(tiny_cohort):
+def test_lying_sites_are_simulated_only_and_defences_are_checked(tiny_cohort):
     spec = {"adversarial": [{"sites": ["beta"], "attack": "sign_flip"}]}
-    with pytest.raises(ConfigError, match="scenario.adversarial: lying sites are simulated by engine inprocess"):
-        tiny_config(tiny_cohort / "manifest.csv", engine="flower", scenario=spec)
+    with pytest.raises(ConfigError, match="scenario.adversarial: lying sites are simulated .* not in deployment"):
+        tiny_config(tiny_cohort / "manifest.csv", engine="deployment", scenario=spec)
+    with pytest.raises(ConfigError, match="defence.aggregator: 'mode' is not one of"):
+        tiny_config(tiny_cohort / "manifest.csv", defence={"aggregator": "mode"})
+    with pytest.raises(ConfigError, match="defence.trim_beta: must be in \\[0, 0.5\\), got 0.5"):
+        tiny_config(tiny_cohort / "manifest.csv", defence={"trim_beta": 0.5})
     with pytest.raises(ConfigError, match="defence.counts: 'trust' is not one of"):
         tiny_config(tiny_cohort / "manifest.csv", defence={"counts": "trust"})
     with pytest.raises(ConfigError, match="defence.update_norm: 0 \\(off\\) or a factor > 1"):
@@ -70,7 +87,8 @@ class Honest:
         self.step, self.n = step, n
 
     def train(self, state, request):
-        return TrainReply({"w": state["w"] + self.step}, self.n, 0.5, 0.0, [f"s{i}" for i in range(self.n)])
+        return TrainReply({"w": state["w"] + self.step}, self.n, 0.5, 0.0, [f"s{i}" for i in range(self.n)],
+                          answers=getattr(request, "nonce", ""))
 
 
 class Sites:
@@ -110,9 +128,10 @@ def test_update_norm_check_does_not_see_a_sign_flip():
     assert np.allclose(flipped.state["w"], -1.0) and check(state, flipped.state) is None
 
 
-def test_counts_bounded_by_enrolment_keep_an_inflated_site_from_dominating_fedavg():
+def test_the_count_check_refuses_an_inflated_count_and_names_it():
     """(d) FedAvg over three sites, one reporting 100× the scans it trained: weighted by reply counts the average
-    follows the liar; bounded by the scans it was asked for (its enrolled training scans) it is the honest one."""
+    follows the liar; with the count check (its enrolled training scans bound what it can have trained) its reply
+    is refused, the hop naming the check, and the average is the honest sites'."""
     transport = Sites(a=Honest(1.0), b=Honest(2.0), m=Adversary(Honest(3.0), "inflated_count", {"factor": 100}))
     enrolled = {s: tuple(f"s{i}" for i in range(10)) for s in "abm"}
     state = {"w": np.zeros(2, dtype=np.float32)}
@@ -120,10 +139,16 @@ def test_counts_bounded_by_enrolment_keep_an_inflated_site_from_dominating_fedav
 
     def averaged(enrolment):
         visitor = PlainVisitor(transport, TrainConfig(), enrolled=enrolment)
-        return round_(visitor, state, 0, 1e-3, lambda *_: None)[0]["w"]
+        return round_(visitor, state, 0, 1e-3, lambda *_: None)
 
-    assert np.allclose(averaged(None), (10 + 20 + 3000) / 1020, atol=1e-5)  # the liar's weight: 1000 of 1020
-    assert np.allclose(averaged(enrolled), 2.0, atol=1e-6)  # every site weighs its 10 scans
+    undefended, hops = averaged(None)
+    assert np.allclose(undefended["w"], (10 + 20 + 3000) / 1020, atol=1e-5)  # the liar's weight: 1000 of 1020
+    assert all(h.status == HopStatus.OK for _, h, _ in hops)
+    defended, hops = averaged(enrolled)
+    assert np.allclose(defended["w"], 1.5, atol=1e-6)  # the two honest sites, 10 scans each
+    liar = {site: h for site, h, _ in hops}["m"]
+    assert liar.status == HopStatus.REJECTED
+    assert liar.note == "count check: the reply claims 1000 scans trained, 10 asked"
 
 
 # ----------------------------------------------------------------------------- robust BatchNorm pooling
@@ -258,3 +283,233 @@ def test_a_qc_arm_names_a_site_whose_update_fails_the_norm_check(tiny_cohort, tm
     assert len(beta) and (beta["criterion"] == "invalid update").all() and not beta["accepted"].any()
     assert beta["note"].str.startswith("update norm check").all()
     assert log.loc[log["site"] != "beta", "accepted"].any()
+
+
+# ----------------------------------------------------------------------------- (f) a replayed reply
+def test_message_freshness_refuses_a_replayed_reply(monkeypatch):
+    """(f) A site that answers every request after its first with that first reply: well-formed, so without
+    freshness (requests without a nonce) the stale model is adopted and the model goes back; with a fresh nonce per
+    request (the default) the replay is refused and the note names the check."""
+    transport = Sites(a=Honest(0.1), m=Adversary(Honest(0.1), "replay"))
+    state = {"w": np.zeros(3, dtype=np.float32)}
+
+    def hops():
+        visitor = PlainVisitor(transport, TrainConfig())
+        first = visitor.visit("m", state, 0, 1e-3)
+        moved = visitor.visit("a", first.state, 0, 1e-3)
+        return moved, visitor.visit("m", moved.state, 1, 1e-3)
+
+    transport.sites["m"].replayed = None
+    moved, defended = hops()
+    assert defended.status == HopStatus.REJECTED and defended.note.startswith("stale reply (message freshness)")
+    assert np.array_equal(defended.state["w"], moved.state["w"])  # the model goes on as it was
+
+    import fedqc.strategies.cycles
+
+    monkeypatch.setattr(fedqc.strategies.cycles.secrets, "token_hex", lambda n: "")  # no freshness
+    transport.sites["m"].replayed = None
+    moved, undefended = hops()
+    assert undefended.status == HopStatus.OK and np.allclose(undefended.state["w"], 0.1)  # back to the first reply
+    assert not np.allclose(moved.state["w"], 0.1)
+    assert check_update(state, transport.sites["m"].replayed.state) is None  # its form is fine
+
+
+def test_a_replaying_and_a_framing_site_in_a_qc_run(tiny_cohort, tmp_path):
+    """(f) end to end: beta replays its first reply; every later one is refused in train_log.csv and qc_log.csv, and
+    adversaries.csv names beta with the check it failed. (d) harm01-inverted claims 100× its scans: the QC arm
+    refuses every update of it before verification, qc_log.csv and adversaries.csv naming the count check (the
+    clean arm leaves that harmful site out). (g) gamma frames alpha: recorded with its target (adversaries.csv shows
+    whether alpha was named: the framing's success; a plain arm has no check that sees it)."""
+    cfg = tiny_config(tiny_cohort / "manifest.csv", arms=["clean", "qc-loss-batch"], train={"cycles": 3, "branch_cycle": 1},
+                      scenario={"adversarial": [{"sites": ["beta"], "attack": "replay"},
+                                                {"sites": ["gamma"], "attack": "framing",
+                                                 "params": {"target": "alpha"}},
+                                                {"sites": ["harm01-inverted"], "attack": "inflated_count"}]})
+    simulate(cfg, tmp_path / "run", quiet=True)
+    train = pd.read_csv(tmp_path / "run" / "clean" / "train_log.csv")
+    beta = train[(train["site"] == "beta")].sort_values("cycle")
+    assert beta["status"].tolist() == ["ok", "rejected", "rejected"]
+    assert beta["note"].iloc[1:].str.startswith("stale reply (message freshness)").all()
+    qc_log = pd.read_csv(tmp_path / "run" / "qc-loss-batch" / "qc_log.csv")
+    assert (qc_log.loc[qc_log["site"] == "beta", "criterion"] == "invalid update").all()
+    assert not qc_log.loc[qc_log["site"] == "beta", "accepted"].any()
+    inflated = qc_log[qc_log["site"] == "harm01-inverted"]
+    assert len(inflated) and not inflated["accepted"].any() and inflated["note"].str.startswith("count check").all()
+    table = pd.read_csv(tmp_path / "run" / "qc-loss-batch" / "adversaries.csv").set_index("site")
+    assert table.loc["harm01-inverted", "named"] and table.loc["harm01-inverted", "checks"] == "count check"
+    for arm in ("clean", "qc-loss-batch"):
+        table = pd.read_csv(tmp_path / "run" / arm / "adversaries.csv").set_index("site")
+        assert table.loc["beta", "role"] == "replay" and table.loc["beta", "named"]
+        assert table.loc["beta", "checks"] == "stale reply (message freshness)"
+        assert table.loc["gamma", "role"] == "framing" and table.loc["alpha", "role"] == "framed by gamma"
+    clean = pd.read_csv(tmp_path / "run" / "clean" / "adversaries.csv").set_index("site")
+    assert not clean.loc["gamma", "named"] and clean.loc["alpha", "refused"] == 0  # a plain arm: framing passes
+
+
+# ----------------------------------------------------------------------------- (g) framing
+def test_a_framing_update_reverses_the_framed_sites_update():
+    """(g) The framer sends its own update minus the framed site's: on a loss that site's scans define (its step
+    descends it), the framed update raises that loss where the framer's honest update lowered it."""
+    target = np.array([1.0, -2.0, 0.5])
+
+    class Descends(Honest):  # one step towards ``target``: the framed site's kind of scans
+        def train(self, state, request):
+            return TrainReply({"w": state["w"] + 0.5 * (target - state["w"])}, 10, 0.5, 0.0, [],
+                              answers=request.nonce)
+
+    def loss(w):
+        return float(np.sum((w - target) ** 2))
+
+    victim = Descends(0.0)
+    state = {"w": np.zeros(3)}
+    request = TrainRequest(lr=1e-3, seed=0, batch_size=2, subjects=("m0",), nonce="n1")
+    honest = Descends(0.0).train(state, request)
+    framer = Adversary(Descends(0.0), "framing", {"target": "v", "factor": 2.0}, peers={"v": victim})
+    reply = framer.train(state, request)
+    assert loss(honest.state["w"]) < loss(state["w"]) < loss(reply.state["w"])
+    assert np.allclose(reply.state["w"], honest.state["w"] - 2.0 * (victim.train(state, request).state["w"]))
+    assert reply.answers == "n1" and check_update(state, reply.state) is None
+    with pytest.raises(ValueError, match="framed site 'x' is not among the peers"):
+        Adversary(Honest(0.1), "framing", {"target": "x"})
+
+
+# ----------------------------------------------------------------------------- (b) fake scores
+class Scores:
+    """A site whose evaluation scores are random (a model with no skill), and whose image checks find a blank scan."""
+
+    def check_images(self):
+        return [ImageFinding("s0", "train", "blank")]
+
+    def evaluate(self, state, request):
+        rng = np.random.default_rng(0)
+        scores = pd.DataFrame({"subject": [f"s{i}" for i in range(20)], "site": "m", "label": np.tile([0, 1], 10),
+                               "score": rng.random(20), "sex": "F", "age": 60.0})
+        return EvalReply(counts_from_scores(scores["label"], scores["score"]), scores)
+
+
+def test_fake_scores_rank_the_sites_own_scans_perfectly_and_leave_the_test_split():
+    """(b) The liar's train and val scores rank every patient above every control, with counts that agree: what
+    QC's site and label checks read of its own scans. Its test scores (the reported metrics) stay honest."""
+    from sklearn.metrics import roc_auc_score
+
+    liar = Adversary(Scores(), "fake_scores")
+    for split in ("train", "val"):
+        reply = liar.evaluate({}, EvalRequest(split))
+        assert roc_auc_score(reply.scores["label"], reply.scores["score"]) == 1.0
+        assert reply.scores["score"].between(0, 1, inclusive="neither").all() and reply.scores["score"].nunique() == 20
+        assert reply.counts["tp"] == 10 and reply.counts["tn"] == 10 and reply.counts["fp"] == 0
+    honest = Scores().evaluate({}, EvalRequest("test"))
+    assert liar.evaluate({}, EvalRequest("test")).scores.equals(honest.scores)
+    assert liar.check_images() == []  # it hides its harm from the image audit too
+
+
+# ----------------------------------------------------------------------------- (e) a backdoor
+def test_a_backdoor_poisons_a_share_of_its_scans_and_writes_triggered_test_scans(tiny_cohort, tmp_path):
+    """(e) alpha's backdoor: half of its training scans of label 0 carry the trigger with label 1, recorded as harm
+    kind backdoor (scored by detection.csv like any harm); triggered.csv holds every test scan of label 0 with
+    the trigger, its label kept."""
+    from fedqc.data.images import pixels
+    from fedqc.qc.detection import score_detection
+
+    scenario = Scenario.from_dict({"adversarial": [{"sites": ["alpha"], "attack": "backdoor",
+                                                    "params": {"share": 0.5, "label": 1, "value": 255}}]})
+    before = load_manifest(tiny_cohort / "manifest.csv", check_images=False)
+    out = tmp_path / "out"
+    inject(tiny_cohort / "manifest.csv", scenario, out)
+    after = load_manifest(out / "manifest.csv")
+    poisoned = after[after["harm"] == "backdoor"]
+    pool = before[(before["site"] == "alpha") & (before["split"] == "train") & (before["label"] == 0)
+                  & (before["harm"] == "none")]
+    assert len(poisoned) == int(np.floor(0.5 * len(pool) + 0.5)) and set(poisoned["subject"]) <= set(pool["subject"])
+    assert (poisoned["label"] == 1).all()
+
+    def corner(path):
+        image = pixels(sitk.ReadImage(str(path)))
+        return image[tuple(slice(int(0.1 * n), int(0.1 * n) + max(1, round(0.15 * n))) for n in image.shape)]
+
+    assert all((corner(p) == 255).all() for p in poisoned["path"])
+    triggered = load_manifest(out / TRIGGERED)
+    test0 = before[(before["split"] == "test") & (before["label"] == 0)]
+    assert sorted(triggered["subject"]) == sorted(test0["subject"]) and (triggered["label"] == 0).all()
+    assert all((corner(p) == 255).all() for p in triggered["path"])
+    assert not all((corner(p) == 255).all() for p in test0["path"])
+    kinds = score_detection(after, pd.DataFrame(columns=["subject"]), pd.DataFrame(columns=["subject"]))
+    assert kinds.loc[kinds["name"] == "backdoor", "harmful"].tolist() == [len(poisoned)]
+
+
+def test_a_run_measures_a_backdoors_success_on_triggered_test_scans(tiny_cohort, tmp_path):
+    """(e) Every arm writes backdoor.json: the share of triggered test scans its last model gives the backdoor's
+    label at the arm's threshold, beside the share of the same scans without the trigger."""
+    from fedqc.analysis.infer import predict_checkpoint
+    from fedqc.experiment.run_dir import ArmDir
+
+    cfg = tiny_config(tiny_cohort / "manifest.csv", arms=["clean", "dirty"], train={"cycles": 2},
+                      scenario={"adversarial": [{"sites": ["alpha"], "attack": "backdoor"}]})
+    simulate(cfg, tmp_path / "run", quiet=True)
+    for arm in ("clean", "dirty"):
+        result = json.loads((tmp_path / "run" / arm / "backdoor.json").read_text())
+        arm_dir = ArmDir(tmp_path / "run" / arm)
+        scores = predict_checkpoint(arm_dir.checkpoint(1), load_manifest(tmp_path / "run" / "data" / TRIGGERED))
+        assert result["triggered"] == len(scores) > 0 and result["label"] == 1 and result["cycle"] == 1
+        assert result["attack_success"] == pytest.approx((scores["score"] >= arm_dir.threshold(1)).mean())
+        assert 0 <= result["clean_rate"] <= 1
+
+
+# ----------------------------------------------------------------------------- Flower's robust aggregators
+@pytest.mark.parametrize("aggregator", ["median", "trimmed_mean", "krum"])
+def test_robust_aggregators_keep_a_scaled_update_out_of_the_average(aggregator):
+    """FedAvg over five sites, one scaling its update ×1000: the weighted mean follows the liar; Flower's median,
+    trimmed mean (β 0.2: one of five cut at each end) and Krum (f 1) stay among the honest updates."""
+    class Counts(Honest):  # also counts its batches in an integer array, as BatchNorm does
+        def train(self, state, request):
+            reply = super().train(state, request)
+            return dataclasses.replace(reply, state={**reply.state, "n": state["n"] + 1})
+
+    steps = {"a": 1.0, "b": 1.1, "c": 0.9, "d": 1.05}
+    transport = Sites(**{s: Counts(v) for s, v in steps.items()},
+                      m=Adversary(Counts(1.0), "scaled_update", {"factor": 1000}))
+    state = {"w": np.zeros(2, dtype=np.float32), "n": np.zeros(1, dtype=np.int64)}
+
+    def averaged(agg):
+        round_ = AveragingRound(sorted(transport.sites), flower_strategy("fedavg", 0.0), seed=0, aggregator=agg)
+        out = round_(PlainVisitor(transport, TrainConfig()), state, 0, 1e-3, lambda *_: None)[0]
+        assert out["n"].dtype == np.int64
+        return out["w"]
+
+    assert (averaged(None) > 100).all()
+    robust = averaged(Aggregator(aggregator, trim_beta=0.2, krum_f=1))
+    assert (robust >= min(steps.values()) - 1e-6).all() and (robust <= max(steps.values()) + 1e-6).all()
+
+
+# ----------------------------------------------------------------------------- detection of lying sites
+def test_adversaries_table_names_liars_with_their_checks_and_counts_honest_refusals():
+    liars = {"m": ("scaled_update", {}), "f": ("framing", {"target": "v"})}
+    decisions = pd.DataFrame({"site": ["m", "m", "f", "v", "v", "h", "h", "x", "x"],
+                              "accepted": [False, True, True, False, True, True, False, False, False],
+                              "criterion": ["invalid update", "loss", "loss", "loss", "loss", "loss", "loss", "auroc",
+                                            "auroc"],
+                              "note": ["update norm check: change norm 9 > 3", "", "", "", "", "", "", "", ""]})
+    table = score_adversaries(liars, decisions, {"v"}, harmful_sites={"x"}).set_index("role")
+    assert table.loc["scaled_update"].to_dict() == {"site": "m", "updates": 2, "refused": 1, "refused_rate": 0.5,
+                                                          "named": True, "checks": "update norm check",
+                                                          "eliminated": 0}
+    assert not table.loc["framing", "named"]
+    assert table.loc["framed by f", "checks"] == "loss" and table.loc["framed by f", "eliminated"] == 1
+    assert table.loc["honest", "site"] == "1 site(s)" and table.loc["honest", "refused"] == 1
+    assert table.loc["honest, harmful data", "refused"] == 2 and table.loc["honest, harmful data", "checks"] == "auroc"
+
+
+@pytest.mark.slow
+@pytest.mark.flower
+def test_lying_sites_through_the_flower_simulation(tiny_cohort, tmp_path):
+    """The ClientApp wraps the lying sites itself: over Flower's simulation engine beta's replayed reply (a fresh
+    Flower message carrying a stale nonce) is refused and named as in-process."""
+    cfg = tiny_config(tiny_cohort / "manifest.csv", arms=["clean"], engine="flower", train={"cycles": 2},
+                      scenario={"adversarial": [{"sites": ["beta"], "attack": "replay"}]})
+    simulate(cfg, tmp_path / "run", quiet=True)
+    log = pd.read_csv(tmp_path / "run" / "clean" / "train_log.csv")
+    beta = log[log["site"] == "beta"].sort_values("cycle")
+    assert beta["status"].tolist() == ["ok", "rejected"] and beta["note"].iloc[1].startswith("stale reply")
+    assert (log.loc[log["site"] != "beta", "status"] == "ok").all()
+    table = pd.read_csv(tmp_path / "run" / "clean" / "adversaries.csv").set_index("site")
+    assert table.loc["beta", "named"] and table.loc["beta", "checks"] == "stale reply (message freshness)"

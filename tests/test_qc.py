@@ -345,7 +345,7 @@ class FakeTransport:
         harm = sum(s.endswith("x") for s in subjects)
         new = {"encoder.w": state["encoder.w"] + len(subjects), "optim.0.exp_avg": state["optim.0.exp_avg"] + 1,
                "harm": state["harm"] + harm}
-        return TrainReply(new, len(subjects), 0.5, 0.0, subjects)
+        return TrainReply(new, len(subjects), 0.5, 0.0, subjects, answers=request.nonce)
 
     def evaluate(self, sites, state, request):
         self.evaluated.append(request.split)

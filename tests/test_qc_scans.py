@@ -165,7 +165,8 @@ class ScanFederation:
     def train(self, site, state, request):
         subjects = list(request.subjects)
         self.trained += subjects
-        return TrainReply({"encoder.w": state["encoder.w"] + len(subjects)}, len(subjects), 0.5, 0.0, subjects)
+        return TrainReply({"encoder.w": state["encoder.w"] + len(subjects)}, len(subjects), 0.5, 0.0, subjects,
+                          answers=request.nonce)
 
     def evaluate(self, sites, state, request: EvalRequest):
         skilled = state["encoder.w"][0] >= self.skilled_after

@@ -139,7 +139,7 @@ def test_plain_visits_ask_for_the_rounds_epochs_and_proximal_term():
 
         def train(self, site, state, request):
             self.requests.append(request)
-            return TrainReply({"w": state["w"] + 1}, 1, 0.5, 0.0, ["x"])
+            return TrainReply({"w": state["w"] + 1}, 1, 0.5, 0.0, ["x"], answers=request.nonce)
 
     transport = Capture()
     hop = PlainVisitor(transport, TrainConfig(), epochs=2).visit("a", {"w": np.zeros(1)}, 0, 1e-3,
@@ -166,7 +166,7 @@ class QCFederation:
         self.trained.append(site)
         n = len(request.subjects)
         key = "w" if site == "a" else "harm"
-        return TrainReply({**state, key: state[key] + n}, n, 0.5, 0.0, list(request.subjects))
+        return TrainReply({**state, key: state[key] + n}, n, 0.5, 0.0, list(request.subjects), answers=request.nonce)
 
     def evaluate(self, sites, state, request):
         right = np.where(self.labels == 1, 0.8, 0.2) + np.linspace(0, 0.05, 20)

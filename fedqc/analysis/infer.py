@@ -26,13 +26,11 @@ from fedqc.analysis.metrics import (
 from fedqc.analysis.plots import plot_by_arm, plot_qc, plot_subgroups
 from fedqc.analysis.report import write_report
 from fedqc.config import ExperimentConfig
-from fedqc.config.schema import model_spec
 from fedqc.data.manifest import load_manifest
 from fedqc.errors import UserError
 from fedqc.experiment.arms import arms_for
-from fedqc.experiment.run_dir import FIXED_THRESHOLD, RunDir, load_checkpoint, parse_snapshot
+from fedqc.experiment.run_dir import FIXED_THRESHOLD, RunDir, load_checkpoint, parse_snapshot, predict_checkpoint
 from fedqc.io import atomic_write_csv
-from fedqc.protocol import EvalRequest
 from fedqc.scoring import score_targets
 
 
@@ -41,20 +39,6 @@ def checkpoint_threshold(checkpoint: Path) -> tuple[float, str]:
     run did not calibrate)."""
     calibration = load_checkpoint(checkpoint).get("calibration") or {}
     return float(calibration.get("threshold", FIXED_THRESHOLD)), str(calibration.get("method", "fixed"))
-
-
-def predict_checkpoint(checkpoint: Path, manifest: pd.DataFrame, *, split: str = "test") -> pd.DataFrame:
-    """Per-scan scores of one checkpoint on a manifest's ``split``, through the site logic."""
-    from fedqc.transport.inprocess import InProcessTransport
-
-    ckpt = load_checkpoint(checkpoint)
-    spec = model_spec(ckpt["model"])
-    rows = manifest[manifest["split"] == split]
-    if rows.empty:
-        raise UserError(f"manifest has no {split!r} rows to score")
-    transport = InProcessTransport(rows, spec)
-    replies = transport.evaluate(sorted(transport.sites), ckpt["state"], EvalRequest(split))
-    return pd.concat([r.scores for r in replies.values()], ignore_index=True)
 
 
 def run_config(run: RunDir) -> ExperimentConfig:

@@ -18,6 +18,7 @@ from pathlib import Path
 import yaml
 
 from fedqc.config.schema import (
+    AGGREGATORS,
     ARMS,
     AVERAGINGS,
     BIAS_TARGETS,
@@ -213,8 +214,12 @@ def _check_ranges(cfg: ExperimentConfig, problems: list[str]) -> None:
         (1 <= cfg.defence.norm_warmup <= cfg.defence.norm_window,
          f"defence.norm_warmup: must be in 1..norm_window ({cfg.defence.norm_window}), got {cfg.defence.norm_warmup}"),
         (cfg.defence.counts in COUNTS, f"defence.counts: {cfg.defence.counts!r} is not one of {COUNTS}"),
-        (not (isinstance(cfg.scenario, dict) and cfg.scenario.get("adversarial")) or cfg.engine == "inprocess",
-         "scenario.adversarial: lying sites are simulated by engine inprocess only"),
+        (cfg.defence.aggregator in AGGREGATORS,
+         f"defence.aggregator: {cfg.defence.aggregator!r} is not one of {AGGREGATORS}"),
+        (0 <= cfg.defence.trim_beta < 0.5, f"defence.trim_beta: must be in [0, 0.5), got {cfg.defence.trim_beta}"),
+        (cfg.defence.krum_f >= 0, f"defence.krum_f: must be >= 0, got {cfg.defence.krum_f}"),
+        (not (isinstance(cfg.scenario, dict) and cfg.scenario.get("adversarial")) or cfg.engine != "deployment",
+         "scenario.adversarial: lying sites are simulated (engine inprocess or flower), not in deployment"),
         (cfg.scenario is None or cfg.engine != "deployment",
          "scenario: a deployment's sites hold their own data; inject harm beforehand with `fedqc harm`"),
     ]

@@ -57,9 +57,12 @@ BIAS_TARGETS = ("marker", "scanner", "site")
 # clipped to the sites' median ± clip robust spreads with its count bounded by its enrolled verification scans
 # (``robust``, :mod:`fedqc.strategies.defence`).
 BN_POOLING = ("sum", "robust")
-# What an averaging round weighs a site's update by: the count in its reply (``reply``), or that count bounded by the
-# scans the server asked it to train, from what it declared at enrolment (``enrolment``).
+# A reply's count of scans trained (an averaging round's weight): believed (``reply``), or refused when above the
+# scans the server asked the site to train, from what it declared at enrolment (``enrolment``: the count check).
 COUNTS = ("reply", "enrolment")
+# How an averaging round combines its updates: FedAvg's weighted mean, or Flower's robust aggregations
+# (FedMedian, FedTrimmedAvg, Krum; fedqc.strategies.averaging.Aggregator).
+AGGREGATORS = ("mean", "median", "trimmed_mean", "krum")
 
 
 @dataclass(frozen=True)
@@ -204,8 +207,8 @@ def qc_variant(arm: str) -> dict | None:
 class DefenceConfig:
     """What the server checks beyond a reply's form, against a site that lies (docs/threat-model.md).
 
-    The defaults change no honest run: ``counts: enrolment`` bounds a reply's count by the scans the server asked
-    for, which an honest site never exceeds; the other two are off.
+    The defaults change no honest run: ``counts: enrolment`` refuses a reply that claims more scans than the server
+    asked for, which an honest site never does; the other checks and the robust aggregators are off.
     """
 
     bn_pooling: str = "sum"  # BN_POOLING
@@ -214,6 +217,9 @@ class DefenceConfig:
     norm_window: int = 20  # accepted updates the median is taken over
     norm_warmup: int = 3  # accepted updates before the check starts judging
     counts: str = "enrolment"  # COUNTS
+    aggregator: str = "mean"  # AGGREGATORS: averaging rounds (fedavg, fedprox, fedtm's warm-up)
+    trim_beta: float = 0.2  # trimmed_mean: share of the highest and of the lowest values left out, in [0, 0.5)
+    krum_f: int = 1  # krum: lying sites it resists (needs more than 2·krum_f + 2 updates to mean anything)
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,8 @@ and not the image, and the ground truth goes to ``harm`` / ``harm_detail``. A bi
 scenario's markers go to ``marker`` / ``marker_detail``, and ``bias_flipped.csv`` lists
 the test split with every covered scan's marker reversed (marked copies under
 ``flipped/``): the bias-flipped evaluation. Findings become further targets,
-``label_<name>`` columns; a scenario's lying sites go to ``adversarial.csv``. Nothing is
+``label_<name>`` columns; a scenario's lying sites go to ``adversarial.csv`` (and a
+backdoor's triggered test scans to ``triggered.csv``). Nothing is
 written into or next to the input files: the output folder may neither lie inside the
 manifest's or an image's folder nor contain an input file.
 """
@@ -31,6 +32,7 @@ from fedqc.io import atomic_write_csv, atomic_write_text
 
 GROUND_TRUTH = ("harm", "harm_detail")
 ADVERSARIAL = "adversarial.csv"  # site, attack, params of the scenario's lying sites
+TRIGGERED = "triggered.csv"  # a backdoor's test scans of the other label, trigger planted (attack success)
 
 
 def corrupt(image: np.ndarray | None, label: int, action: Action) -> tuple[np.ndarray | None, int, str]:
@@ -87,6 +89,22 @@ def _plant_markers(result: pd.DataFrame, markers: pd.DataFrame, out: Path) -> pd
                 [path, 0, m["record"]] if m["marker"] else [_marked(path, out, m, "flipped" / name), 1, m["record"]]
     atomic_write_csv(flipped, out / "bias_flipped.csv")
     return result
+
+
+def _plant_triggers(result: pd.DataFrame, actions: list[Action], out: Path) -> None:
+    """``triggered.csv``: per backdoor (its label and trigger), the test scans of the other label with the trigger
+    planted (copies under ``triggered/``; true labels kept, ``marker_detail`` the backdoor's record)."""
+    backdoors = {json.dumps(a.params, sort_keys=True): a for a in actions if a.kind == "backdoor"}
+    test, rows = result[result["split"] == "test"], []
+    for i, (record, action) in enumerate(sorted(backdoors.items())):
+        trigger = make_corruption("backdoor", **action.params).trigger()
+        for row in test[test["label"] != action.params.get("label", 1)].to_dict("records"):
+            original = sitk.ReadImage(row["path"] if Path(row["path"]).is_absolute() else str(out / row["path"]))
+            image, _ = trigger(pixels(original), row["label"])
+            rel = Path("triggered") / str(i) / row["site"] / f"{row['subject']}.nii.gz"
+            rows.append({**row, "path": _write(image, original, out, rel), "marker": 1, "marker_detail": record})
+    atomic_write_csv(pd.DataFrame(rows, columns=[*result.columns, *(c for c in ("marker", "marker_detail")
+                                                                      if c not in result)]), out / TRIGGERED)
 
 
 def load_scenario(path: str | Path) -> Scenario:
@@ -151,6 +169,8 @@ def inject(manifest: str | Path, scenario: Scenario, out: str | Path, *, seed: i
         result = _plant_findings(result, scenario.finding_draws(kept, seed), out)
     if scenario.bias:
         result = _plant_markers(result, scenario.markers(kept, seed), out)
+    if any(a.kind == "backdoor" for a in actions):
+        _plant_triggers(result, actions, out)
     atomic_write_csv(result, out / "manifest.csv")
     if dropped:  # what a prevalence entry removed, so that nothing leaves the manifest unrecorded
         gone = table[table["subject"].isin(dropped)][["subject", "site", "split", "label"]]

@@ -23,7 +23,7 @@ from fedqc.config import ExperimentConfig, parse_config
 from fedqc.config.schema import REFERENCE_CALIBRATION
 from fedqc.errors import RunDirError, UserError
 from fedqc.io import atomic_write, atomic_write_text, truncate_csv
-from fedqc.protocol import State
+from fedqc.protocol import EvalRequest, State
 
 PARTS = ("encoder", "classifier", "bias", "optim")
 CYCLE_LOGS = ("train_log.csv", "errors.csv", "cycles.csv", "calibration.csv")
@@ -192,3 +192,17 @@ class RunDir:
         self.root.mkdir(parents=True, exist_ok=True)
         atomic_write_text(snapshot, self.config)
 
+
+def predict_checkpoint(checkpoint: Path, manifest: pd.DataFrame, *, split: str = "test") -> pd.DataFrame:
+    """Per-scan scores of one checkpoint on a manifest's ``split``, through the site logic."""
+    from fedqc.config.schema import model_spec
+    from fedqc.transport.inprocess import InProcessTransport
+
+    ckpt = load_checkpoint(checkpoint)
+    spec = model_spec(ckpt["model"])
+    rows = manifest[manifest["split"] == split]
+    if rows.empty:
+        raise UserError(f"manifest has no {split!r} rows to score")
+    transport = InProcessTransport(rows, spec)
+    replies = transport.evaluate(sorted(transport.sites), ckpt["state"], EvalRequest(split))
+    return pd.concat([r.scores for r in replies.values()], ignore_index=True)

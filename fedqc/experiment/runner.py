@@ -9,7 +9,6 @@ and give bit-identical weights for the same seed.
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from pathlib import Path
 
@@ -27,9 +26,10 @@ from rich.progress import (
 from fedqc.config import ExperimentConfig
 from fedqc.config.schema import REFERENCE_CALIBRATION, model_dict
 from fedqc.data.corruptions.scenario import Scenario
-from fedqc.data.inject import ADVERSARIAL, inject
+from fedqc.data.inject import inject
 from fedqc.data.manifest import load_manifest, target_columns
 from fedqc.errors import BrokenScanError, UserError
+from fedqc.experiment.adversarial import write_adversaries, write_backdoor
 from fedqc.experiment.arms import TRUSTED, Arm, arms_for, harmful_scans
 from fedqc.experiment.run_dir import VISITOR_KEY, ArmDir, RunDir, load_checkpoint
 from fedqc.io import append_csv, atomic_write_csv
@@ -38,6 +38,8 @@ from fedqc.models.state import initial_state
 from fedqc.protocol import State, class_counts
 from fedqc.qc.arm import QCArm
 from fedqc.qc.detection import score_detection
+from fedqc.site.adversary import Adversary, lying_sites
+from fedqc.strategies.averaging import Aggregator
 from fedqc.strategies.calibration import Calibrator
 from fedqc.strategies.cycles import (
     Cycle,
@@ -147,7 +149,9 @@ def run_arm(arm: Arm, transport: Transport, cfg: ExperimentConfig, run: RunDir, 
     train = dataclasses.replace(cfg.train, cycles=arm.end(cfg.train.cycles) + 1)
     calibrate = None if cfg.calibration == REFERENCE_CALIBRATION else Calibrator(
         transport, cfg.calibration, cfg.defence.bn_pooling, cfg.defence.bn_clip, {s: i.n_val for s, i in info.items()})
-    rounds = rounds_for(cfg.strategy, train, arm_sites(transport, arm, leave_out or {}), info)
+    d = cfg.defence
+    rounds = rounds_for(cfg.strategy, train, arm_sites(transport, arm, leave_out or {}), info,
+                        Aggregator(d.aggregator, d.trim_beta, d.krum_f) if d.aggregator != "mean" else None)
     rounds.restore(kept)
     return train_cycles(transport, visitor, state, rounds=rounds, test_sites=sorted(s for s, i in info.items()
                                                                                     if i.n_test),
@@ -232,6 +236,10 @@ def run_experiment(cfg: ExperimentConfig, transport: Transport, out: Path, *, re
             visitor = qc or plain_visitor(cfg, transport, arm, leave_out, counts, oracle_val)
             run_arm(arm, transport, cfg, run, visitor=visitor, leave_out=leave_out, resume=resume, on_hop=on_hop)
             seconds[arm.name] = time.perf_counter() - t0
+            if liars := lying_sites(cfg.manifest) if cfg.manifest is not None else {}:
+                write_adversaries(run.arm(arm.name), liars, qc, manifest)
+            if cfg.manifest is not None:
+                write_backdoor(run.arm(arm.name), cfg.manifest)
             if qc:
                 s = qc.summary()
                 write_detection(qc, manifest)
@@ -277,15 +285,6 @@ def resolve_model(cfg: ExperimentConfig, manifest: pd.DataFrame) -> ExperimentCo
     return dataclasses.replace(cfg, model=m)
 
 
-def lying_sites(manifest: Path) -> dict[str, tuple[str, dict]]:
-    """Site → (attack, params) of the lying sites recorded beside ``manifest`` (``adversarial.csv``, written by
-    ``fedqc harm`` or a config's ``scenario`` from its ``adversarial`` entries); none without that file."""
-    path = Path(manifest).parent / ADVERSARIAL
-    if not path.is_file():
-        return {}
-    return {str(r["site"]): (str(r["attack"]), json.loads(r["params"])) for r in pd.read_csv(path).to_dict("records")}
-
-
 def simulate(cfg: ExperimentConfig, out: Path, *, resume: bool = False, overwrite: bool = False,
              quiet: bool = False) -> None:
     """Prepare the run folder ``out`` and run ``cfg`` on its engine, on this machine."""
@@ -300,9 +299,7 @@ def simulate(cfg: ExperimentConfig, out: Path, *, resume: bool = False, overwrit
     run.prepare(cfg, resume=resume, overwrite=overwrite)
     cfg = inject_scenario(cfg, run, resume=resume)
     cfg = resolve_model(cfg, load_manifest(cfg.manifest, check_images=False))
-    if (liars := lying_sites(cfg.manifest)) and cfg.engine != "inprocess":
-        raise UserError(f"{cfg.manifest.parent / ADVERSARIAL} names lying sites ({', '.join(sorted(liars))}): they "
-                        "are simulated by engine inprocess only")
+    liars = lying_sites(cfg.manifest)  # engine flower: the ClientApp wraps them itself (client_app._site)
     torch.set_num_threads(cfg.threads)
     resolve_device(cfg.device)  # a GPU asked for and absent stops here, not in every site
     if cfg.engine == "flower":
@@ -316,8 +313,7 @@ def simulate(cfg: ExperimentConfig, out: Path, *, resume: bool = False, overwrit
 
         transport = InProcessTransport(load_manifest(cfg.manifest), cfg.model, device=cfg.device, data=cfg.data,
                                        deterministic=cfg.deterministic)
-        from fedqc.site.adversary import Adversary
-
+        honest = dict(transport.sites)
         for site, (attack, params) in liars.items():  # the simulated attack: the site's replies lie
-            transport.sites[site] = Adversary(transport.sites[site], attack, params)
+            transport.sites[site] = Adversary(honest[site], attack, params, peers=honest)
         run_experiment(cfg, transport, out, resume=resume, quiet=quiet)

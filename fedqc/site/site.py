@@ -237,7 +237,7 @@ class Site:
             done.update(dict.fromkeys(ok))
         state = pack(self.encoder, self.classifier, optimizer, self.head)  # on a GPU: waits for its last step
         return TrainReply(state, len(done), total / n if n else float("nan"), time.perf_counter() - t0, list(done),
-                          skipped, wait, steps)
+                          skipped, wait, steps, request.nonce)
 
     def _step(self, optimizer: torch.optim.Optimizer, x: torch.Tensor, ok: list[str], weight: torch.Tensor | None,
               anchor: list[tuple[torch.Tensor, torch.Tensor]], prox_mu: float) -> torch.Tensor:

@@ -63,9 +63,10 @@ def flower_strategy(name: str, mu: float):
     return FedProx(proximal_mu=mu) if name == "fedprox" else FedAvg()
 
 
-def average(strategy, updates: list[tuple[str, State, float]]) -> State:
-    """Flower's weighted average of ``updates`` — (site, model arrays, weight) — taken in site order; each array
-    keeps its dtype (integers rounded back)."""
+def average(strategy, updates: list[tuple[str, State, float]], aggregator: Aggregator | None = None) -> State:
+    """Flower's weighted average of ``updates`` — (site, model arrays, weight) — taken in site order, or with
+    ``aggregator`` one of Flower's robust aggregations (:class:`Aggregator`); each array keeps its dtype (integers
+    rounded back)."""
     from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
     from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
@@ -73,7 +74,8 @@ def average(strategy, updates: list[tuple[str, State, float]]) -> State:
     contents = [RecordDict({"arrays": ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in state.items()}),
                             "metrics": MetricRecord({strategy.weighted_by_key: float(w)})})
                 for _, state, w in updates]
-    mean = aggregate_arrayrecords(contents, strategy.weighted_by_key)
+    mean = aggregate_arrayrecords(contents, strategy.weighted_by_key) if aggregator is None or \
+        aggregator.name == "mean" else aggregator(contents, strategy.weighted_by_key)
     first = updates[0][1]
     return {k: (np.rint(mean[k].numpy()) if np.issubdtype(first[k].dtype, np.integer) else mean[k].numpy())
             .astype(first[k].dtype).reshape(first[k].shape) for k in first}
@@ -82,6 +84,35 @@ def average(strategy, updates: list[tuple[str, State, float]]) -> State:
 def batchnorm_keys(state: State) -> frozenset[str]:
     """Every array of the state's BatchNorm layers: weight, bias, running statistics, batch counter."""
     return frozenset(k for p in batchnorm_layers(state) for k in state if k.startswith(p) and "." not in k[len(p):])
+
+
+@dataclass(frozen=True)
+class Aggregator:
+    """How an averaging round combines its updates (``defence.aggregator``): ``mean`` (FedAvg's weighted mean), or
+    one of Flower's robust aggregations, resistant to a minority of lying sites whatever their weights —
+    ``median`` (FedMedian: each value's median over the sites), ``trimmed_mean`` (FedTrimmedAvg: each value's mean
+    without the ``trim_beta`` share of the highest and of the lowest), ``krum`` (Krum: the one update closest to its
+    n - ``krum_f`` - 2 nearest others, ``krum_f`` the lying sites it resists). The robust ones ignore the scan
+    counts (Krum's one update keeps its own weight); Flower's functions do the arithmetic."""
+
+    name: str = "mean"
+    trim_beta: float = 0.2
+    krum_f: int = 1
+
+    def __call__(self, contents: list, weighted_by_key: str):
+        """The ArrayRecord that Flower's strategy would aggregate from ``contents`` (reply RecordDicts)."""
+        from flwr.app import Array, ArrayRecord
+        from flwr.serverapp.strategy.fedtrimmedavg import trim_mean
+        from flwr.serverapp.strategy.multikrum import select_multikrum
+        from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
+
+        if self.name == "krum":
+            return aggregate_arrayrecords(select_multikrum(contents, self.krum_f, 1), weighted_by_key)
+        keys = list(contents[0]["arrays"].keys())
+        stacked = {k: np.stack([c["arrays"][k].numpy() for c in contents]) for k in keys}
+        if self.name == "median":  # FedMedian.aggregate_train's arithmetic (Flower has no function of it alone)
+            return ArrayRecord({k: Array(np.asarray(np.median(v, axis=0))) for k, v in stacked.items()})
+        return ArrayRecord({k: Array(np.asarray(trim_mean(v, self.trim_beta))) for k, v in stacked.items()})
 
 
 @dataclass(frozen=True)
@@ -108,6 +139,7 @@ class AveragingRound:
     server: ServerOptimiser | None = None
     local_bn: bool = False
     site_bn: dict[str, State] = field(default_factory=dict)  # FedBN: site → its BatchNorm arrays
+    aggregator: Aggregator | None = None  # defence.aggregator (None: the weighted mean)
 
     def select(self, cycle: int) -> list[str]:
         """The round's sites, sorted."""
@@ -134,7 +166,7 @@ class AveragingRound:
                     self.site_bn[site] = {k: hop.state[k] for k in kept}
         if not updates:
             return sent, hops
-        mean = average(self.strategy, updates)
+        mean = average(self.strategy, updates, self.aggregator)
         if self.server is not None:  # Flower counts rounds from 1
             mean = self.server.step(sent, updates, mean, cycle + 1, kept)
         return mean, hops

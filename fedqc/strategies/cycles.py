@@ -14,6 +14,7 @@ A site that fails costs its visit; training goes on without it.
 from __future__ import annotations
 
 import math
+import secrets
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -30,9 +31,9 @@ from fedqc.protocol import (
     ScanProblem,
     State,
     TrainRequest,
-    check_update,
+    check_reply,
 )
-from fedqc.strategies.defence import UpdateNormCheck, bounded_count
+from fedqc.strategies.defence import UpdateNormCheck, count_check
 from fedqc.transport import Transport
 
 
@@ -99,9 +100,11 @@ def hop_seed(seed: int, cycle: int, site: str) -> int:
 def train_request(train: TrainConfig, lr: float, seed: int, *, subjects: tuple[str, ...] | None = None,
                   exclude: tuple[str, ...] = (), class_counts: tuple[int, ...] = (), prox_mu: float = 0.0,
                   steps: int = 0) -> TrainRequest:
-    """A visit's :class:`~fedqc.protocol.TrainRequest`, with the run's batch size and class rebalancing."""
+    """A visit's :class:`~fedqc.protocol.TrainRequest`, with the run's batch size and class rebalancing, and a fresh
+    nonce its reply must name (:func:`~fedqc.protocol.check_fresh`; random: it never steers training)."""
     return TrainRequest(lr=lr, seed=seed, batch_size=train.batch_size, subjects=subjects, exclude=exclude,
-                        rebalance=train.rebalance, class_counts=class_counts, prox_mu=prox_mu, steps=steps)
+                        rebalance=train.rebalance, class_counts=class_counts, prox_mu=prox_mu, steps=steps,
+                        nonce=secrets.token_hex(8))
 
 
 def learning_rate(lr: float, decay: float, cycle: int) -> float:
@@ -114,8 +117,8 @@ class PlainVisitor:
     request per epoch they reach into —, adopted unless a reply is invalid; ``leave_out`` per site is not trained.
 
     Defences (:mod:`fedqc.strategies.defence`): ``norm_check`` rejects an update far larger than the recent ones;
-    ``enrolled`` (site → the training scans it declared at enrolment) bounds a reply's count by the scans asked for
-    (None: the reply's count as it is).
+    ``enrolled`` (site → the training scans it declared at enrolment) rejects a reply that claims more scans than
+    were asked for (None: the reply's count is believed).
     """
 
     transport: Transport
@@ -132,10 +135,10 @@ class PlainVisitor:
         if self.norm_check is not None and checkpoint:
             self.norm_check.restore(checkpoint.get("update_norms", []))
 
-    def _count(self, site: str, reply_n: int, exclude: tuple[str, ...]) -> int:
+    def _count_check(self, site: str, reply_n: int, exclude: tuple[str, ...]) -> str | None:
         if self.enrolled is None:
-            return reply_n
-        return bounded_count(reply_n, len(set(self.enrolled.get(site, ())) - set(exclude)))
+            return None
+        return count_check(reply_n, len(set(self.enrolled.get(site, ())) - set(exclude)))
 
     def visit(self, site: str, state: State, cycle: int, lr: float, local: Local = ONE_EPOCH) -> Hop:
         seed, start = hop_seed(self.train.seed, cycle, site), state
@@ -150,9 +153,10 @@ class PlainVisitor:
             reply = self.transport.train(site, state, request)
             seconds += reply.seconds
             problems += reply.skipped
-            if reason := check_update(state, reply.state) or (self.norm_check and self.norm_check(state, reply.state)):
+            if reason := check_reply(state, request, reply) or self._count_check(site, reply.n_scans, request.exclude) \
+                    or (self.norm_check and self.norm_check(state, reply.state)):
                 return Hop(start, seconds=seconds, status=HopStatus.REJECTED, note=reason, problems=problems)
-            state, n, loss = reply.state, n + self._count(site, reply.n_scans, request.exclude), reply.loss
+            state, n, loss = reply.state, n + reply.n_scans, reply.loss
             epoch += 1
             if local.steps:  # an epoch that took no step ends the visit
                 steps -= reply.steps or steps

@@ -8,10 +8,11 @@ use only what the server can verify itself (docs/threat-model.md):
   far larger than the recent accepted ones (a multiple of their median) is rejected, and
   the hop names the check. It catches scaled updates; a sign-flipped update of honest size
   passes it (QC's verification on other sites' scans is what judges its direction).
-- :func:`bounded_count` (``defence.counts: enrolment``): the weight of an update in an
-  average is the count in the reply bounded by the scans the server asked the site to
-  train, from the training scans it declared at enrolment. An honest site never trains
-  more scans than it was asked (its reply counts distinct scans), so honest runs are unchanged.
+- :func:`count_check` (``defence.counts: enrolment``): a reply that claims more scans
+  trained than the server asked the site to train (from the training scans it declared
+  at enrolment) is refused, and the hop names the check. An honest site never trains
+  more scans than it was asked (its reply counts distinct scans), so honest runs are
+  unchanged; a count above is a proven lie (e.g. to weigh more in an average).
 - :func:`robust_moments` (``defence.bn_pooling: robust``): federated BatchNorm pooling
   combines each site's per-channel mean and variance, each clipped to the sites' median ±
   ``clip`` median standard deviations (the variance within ×/÷ ``clip``²), weighted by a count
@@ -71,9 +72,11 @@ class UpdateNormCheck:
         self.norms = deque(float(x) for x in norms)
 
 
-def bounded_count(n_reply: int, n_asked: int) -> int:
-    """An update's weight: the scans the reply says it trained, at most the ``n_asked`` the server asked for."""
-    return max(0, min(int(n_reply), int(n_asked)))
+def count_check(n_reply: int, n_asked: int) -> str | None:
+    """Why a reply's count of scans trained is a lie, or None: more than the ``n_asked`` the server asked for."""
+    if int(n_reply) > int(n_asked):
+        return f"count check: the reply claims {int(n_reply)} scans trained, {int(n_asked)} asked"
+    return None
 
 
 def robust_moments(moments: list[dict[str, np.ndarray]], expected: list[int], widths: list[int],

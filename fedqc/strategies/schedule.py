@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from fedqc.config import StrategyConfig, TrainConfig
 from fedqc.protocol import SiteInfo
-from fedqc.strategies.averaging import AveragingRound, flower_strategy
+from fedqc.strategies.averaging import Aggregator, AveragingRound, flower_strategy
 from fedqc.strategies.cycles import Round
 from fedqc.strategies.server import ServerOptimiser, flower_optimiser
 from fedqc.strategies.travelling import TravellingRound
@@ -46,9 +46,10 @@ class Schedule:
 
 
 def rounds_for(strategy: StrategyConfig, train: TrainConfig, sites: list[str],
-               info: dict[str, SiteInfo]) -> Schedule:
+               info: dict[str, SiteInfo], aggregator: Aggregator | None = None) -> Schedule:
     """The schedule over ``sites``: always travelling, always averaging (fedavg, fedprox), or FedTM's averaging
-    warm-up over :func:`warmup_sites` for the first ``strategy.rounds`` cycles, then travelling over all."""
+    warm-up over :func:`warmup_sites` for the first ``strategy.rounds`` cycles, then travelling over all; averaging
+    rounds combine their updates with ``aggregator`` (None: the weighted mean)."""
     travelling = TravellingRound(sites, train.order, train.seed)
     if strategy.name == "travelling":
         return Schedule(travelling, travelling)
@@ -57,7 +58,7 @@ def rounds_for(strategy: StrategyConfig, train: TrainConfig, sites: list[str],
         server = ServerOptimiser(flower_optimiser(strategy)) if strategy.server != "none" else None
         return AveragingRound(over, flower_strategy(name, strategy.mu), train.seed, strategy.fraction,
                               strategy.weighting, strategy.local_epochs, strategy.local_steps, server,
-                              strategy.batchnorm == "local")
+                              strategy.batchnorm == "local", aggregator=aggregator)
 
     if strategy.name in ("fedavg", "fedprox"):
         every = averaging(strategy.name, sites)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from fedqc.data.corruptions.transforms import (
     AdditiveNoise,
+    Backdoor,
     Blank,
     Corruption,
     Gain,
@@ -19,7 +20,7 @@ from fedqc.data.corruptions.transforms import (
 from fedqc.errors import UserError
 
 CORRUPTIONS: dict[str, type[Corruption]] = {
-    cls.kind: cls for cls in (Invert, AdditiveNoise, PureNoise, Blank, Mislabel)}
+    cls.kind: cls for cls in (Invert, AdditiveNoise, PureNoise, Blank, Mislabel, Backdoor)}
 # Spurious markers of a bias scenario: ground truth in the manifest's ``marker`` column, never ``harm``.
 MARKERS: dict[str, type[Corruption]] = {cls.kind: cls for cls in (Patch, Gain)}
 

@@ -23,8 +23,9 @@ A scenario (YAML or a dict)::
       - {sites: [hospitalA], marker: gain, correlation: 1.0, params: {factor: 1.2}}
     findings:                    # further binary targets: a visible finding at a prevalence, label_<name> columns
       - {name: lesion, marker: patch, prevalence: 0.3, params: {size: 0.12, at: 0.55, value: 200}}
-    adversarial:                 # sites that lie in their replies (simulation, engine inprocess only)
+    adversarial:                 # sites that lie in their replies (simulation: engines inprocess, flower)
       - {sites: [hospitalD], attack: scaled_update, params: {factor: 1000}}
+      - {sites: [hospitalE], attack: framing, params: {target: hospitalB}}
 
 Prevalence entries apply first, in order, and remove scans from the output manifest
 (``dropped`` actions; ``fedqc harm`` lists them in ``dropped.csv``); the harm entries then
@@ -40,9 +41,14 @@ ground truth is the manifest's ``marker`` column, and ``fedqc harm`` also writes
 *bias-flipped* test split (every test scan with its marker reversed) to score what a
 model learned from the marker.
 
-An **adversarial** entry corrupts no scan: its sites' replies lie (:data:`ATTACKS`,
+An **adversarial** entry makes its sites lie in their replies (:data:`ATTACKS`,
 :mod:`fedqc.site.adversary`); ``fedqc harm`` records them in ``adversarial.csv``, the
-ground truth a defence's detection is scored against (docs/threat-model.md).
+ground truth a defence's detection is scored against (docs/threat-model.md). A
+``backdoor`` entry also poisons data: ``share`` of each of its sites' training scans of
+the other label get the trigger (a :class:`~fedqc.data.corruptions.transforms.Patch`)
+and the label ``label``, recorded as harm kind ``backdoor``; ``fedqc harm`` then writes
+``triggered.csv``, the test scans of the other label with the trigger planted, on which
+a run measures the attack's success.
 
 Any entry may carry the corruption's parameters under ``params`` (e.g. ``{sigma: 25}``).
 Every random choice derives from the injection seed; every problem is reported with the entry it is in.
@@ -73,7 +79,13 @@ _KEYS = {"sites": {"kind", "site", "new", "train", "val", "params"},
 ATTACKS = {"bn_moments": ("count", "shift", "scale"),  # BatchNorm moments: count ×count, mean +shift SDs, SD ×scale
            "scaled_update": ("factor",),  # the model's change ×factor
            "sign_flip": (),  # the model's change reversed
-           "inflated_count": ("factor",)}  # the scans-trained count ×factor
+           "inflated_count": ("factor",),  # the scans-trained count ×factor
+           "fake_scores": ("margin",),  # its train/val scores a perfect ranking (label ± margin), whatever it trains
+           "backdoor": ("share", "label", "size", "at", "value"),  # share of its training scans: trigger, label forced
+           "replay": (),  # every train reply after its first: that first reply again
+           "framing": ("target", "factor")}  # its update plus factor × the reversed update of site target's scans
+TEXT_PARAMS = {"target"}  # attack parameters that are a site name; the others are numbers
+BACKDOOR = {"share": 0.5, "label": 1}  # a backdoor's defaults (the trigger's: Patch's)
 DROPPED = "dropped"  # the kind of an action that removes a scan (prevalence)
 SPLITS = ("train", "val", "test")
 
@@ -250,8 +262,18 @@ class Scenario:
                 if key not in allowed:
                     problems.append(f"{where}: unknown param {key!r} of {e['attack']} (allowed: "
                                     f"{', '.join(allowed) or 'none'})")
+                elif key in TEXT_PARAMS:
+                    if not isinstance(value, str):
+                        problems.append(f"{where}: params.{key} must be a site name, got {value!r}")
                 elif isinstance(value, bool) or not isinstance(value, (int, float)):
                     problems.append(f"{where}: params.{key} must be a number, got {value!r}")
+            if e["attack"] == "framing" and "target" not in (params if isinstance(params, dict) else {}):
+                problems.append(f"{where}: framing needs params.target, the good site it frames")
+            if e["attack"] == "backdoor" and isinstance(params, dict):
+                if isinstance(params.get("share"), (int, float)):
+                    _number(params, "share", f"{where}.params", problems, rate=True)
+                if params.get("label", 1) not in (0, 1):
+                    problems.append(f"{where}: params.label must be 0 or 1, got {params['label']!r}")
         names = [e.get("name") for e in parts["findings"]]
         for i, name in enumerate(names):
             if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", name) or name in names[:i]:
@@ -278,6 +300,9 @@ class Scenario:
         for i, e in enumerate(self.adversarial):
             if unknown := sorted(set(e["sites"]) - set(table["site"])):
                 problems.append(f"adversarial[{i}]: unknown site(s) {unknown}")
+            framed = e.get("params", {}).get("target")
+            if e["attack"] == "framing" and (framed not in set(table["site"]) or framed in self.adversaries()):
+                problems.append(f"adversarial[{i}]: params.target {framed!r} is not a good site of the manifest")
         for i, e in enumerate(self.prevalence):
             where, rng = f"prevalence[{i}]", np.random.default_rng(scan_seed(seed, f"prevalence-{i}"))
             splits = e.get("splits", ["train", "val"])
@@ -308,6 +333,18 @@ class Scenario:
                     continue
                 for s in table.loc[(table["site"] == e["site"]) & (table["split"] != "test"), "subject"]:
                     target(s, e["kind"], e, where)
+        for i, e in enumerate(self.adversarial):  # a backdoor: its poisoned training scans, harm kind backdoor
+            if e["attack"] != "backdoor":
+                continue
+            params = {**BACKDOOR, **e.get("params", {})}
+            trigger = {"params": {k: v for k, v in params.items() if k != "share"}}
+            for site in e["sites"]:
+                rows = train[(train["site"] == site) & (train["label"] != params["label"])
+                             & ~train["subject"].isin(taken)]
+                rng = np.random.default_rng(scan_seed(seed, f"backdoor-{site}"))
+                for s in sorted(rng.choice(rows["subject"].to_numpy(), share(params["share"], len(rows)),
+                                           replace=False)):
+                    target(str(s), "backdoor", trigger, f"adversarial[{i}]")
         good_train = train[~train["site"].isin(harmful_sites)]
         copied: set[str] = set()  # good scans copied into a new site: each at most once
         rng = np.random.default_rng([seed, 1])

@@ -187,6 +187,29 @@ class Patch(Corruption):
         return {"size": self.size, "at": self.at, "value": self.value}
 
 
+class Backdoor(Patch):
+    """A backdoor's poisoned scan (a lying site's, attack (e) of docs/threat-model.md): the :class:`Patch` trigger
+    planted and the label forced to ``label``. Harmful, unlike a marker: a model that learns it answers ``label``
+    to any scan that carries the trigger."""
+
+    kind = "backdoor"
+
+    def __init__(self, size: float = 0.15, at: float = 0.1, value: float = MAX_INTENSITY, label: int = 1,
+                 seed: int | None = None):
+        super().__init__(size, at, value, seed)
+        self.label = int(label)
+
+    def apply(self, image, label):
+        return super().apply(image, label)[0], self.label
+
+    def params(self):
+        return {**super().params(), "label": self.label}
+
+    def trigger(self) -> Patch:
+        """The trigger alone (the label untouched): what a triggered test scan carries."""
+        return Patch(self.size, self.at, self.value)
+
+
 class Gain(Corruption):
     """A scanner-like intensity signature as a spurious marker: every voxel × ``factor``, clipped to the 0-255
     scale."""

@@ -22,6 +22,7 @@ from fedqc.data.manifest import load_manifest
 from fedqc.errors import UserError
 from fedqc.protocol import EvalRequest, TrainRequest
 from fedqc.site import Site
+from fedqc.site.adversary import Adversary, lying_sites
 from fedqc.transport.flower.codec import (
     ARRAYS,
     CONFIG,
@@ -48,11 +49,18 @@ def _names(manifest: str) -> list[str]:
 
 
 @functools.lru_cache(maxsize=None)  # one per site a process serves: a bounded cache thrashed on 83 sites
-def _site(manifest: str, name: str, model: ModelSpec, options: tuple) -> Site:
+def _site(manifest: str, name: str, model: ModelSpec, options: tuple) -> Site | Adversary:
+    """The site ``name``; a site that ``adversarial.csv`` beside the manifest names lies (a simulated attack:
+    :class:`~fedqc.site.adversary.Adversary`, one per process, so a replay replays what this process answered)."""
     if name not in _names(manifest):
         raise UserError(f"site {name!r} is not in manifest {manifest}")
     table = _manifest(manifest)
-    return Site(name, table[table["site"] == name], model=model, **dict(options))
+    site = Site(name, table[table["site"] == name], model=model, **dict(options))
+    if (lie := lying_sites(manifest).get(name)) is None:
+        return site
+    attack, params = lie
+    peers = {params["target"]: _site(manifest, params["target"], model, options)} if attack == "framing" else {}
+    return Adversary(site, attack, params, peers=peers)
 
 
 def _resolve(context: Context, manifest: str | None, request: dict, name: str | None = None) -> Site:

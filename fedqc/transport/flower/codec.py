@@ -124,7 +124,8 @@ def encode_train_reply(res: TrainReply) -> RecordDict:
         ARRAYS: state_to_record(res.state),
         METRICS: MetricRecord({"n_scans": res.n_scans, "loss": float(res.loss), "seconds": float(res.seconds),
                                  "data_wait_s": float(res.data_wait_s), "steps": res.steps}),
-        IDS: to_config({"subjects": res.subjects, "skipped": [f"{p.subject}\t{p.reason}" for p in res.skipped]}),
+        IDS: to_config({"subjects": res.subjects, "skipped": [f"{p.subject}\t{p.reason}" for p in res.skipped],
+                        "answers": res.answers}),
     })
 
 
@@ -132,7 +133,8 @@ def decode_train_reply(content: RecordDict) -> TrainReply:
     m, ids = content[METRICS], content[IDS]
     return TrainReply(record_to_state(content[ARRAYS]), int(m["n_scans"]), float(m["loss"]), float(m["seconds"]),
                       list(ids.get("subjects", [])), _problems(ids.get("skipped", [])),
-                      float(m.get("data_wait_s", 0.0)), int(m.get("steps", 0)))
+                      float(m.get("data_wait_s", 0.0)), int(m.get("steps", 0)),
+                      str(ids.get("answers", "")))
 
 
 TARGET_COLUMNS = ("label_", "score_")  # a multi-label model's further targets and scores
