@@ -16,7 +16,7 @@ from fedqc.data.corruptions.scenario import Scenario
 from fedqc.data.inject import ADVERSARIAL, TRIGGERED, inject
 from fedqc.data.manifest import load_manifest
 from fedqc.experiment.runner import simulate
-from fedqc.protocol import EvalReply, ImageFinding, EvalRequest, TrainReply, TrainRequest, check_update
+from fedqc.protocol import EvalReply, EvalRequest, ImageFinding, TrainReply, TrainRequest, check_update
 from fedqc.qc.detection import score_adversaries
 from fedqc.scoring import counts_from_scores
 from fedqc.site.adversary import Adversary, lying_moments
