@@ -260,7 +260,7 @@ def test_local_steps_run_into_as_many_epochs_as_they_take():
         def train(self, site, state, request):
             self.requests.append(request)
             taken = min(3, request.steps) if request.steps else 3
-            return TrainReply({"w": state["w"] + taken}, 5 * taken, 0.5, 0.0, ["x"], steps=taken)
+            return TrainReply({"w": state["w"] + taken}, 5 * taken, 0.5, 0.0, ["x"], steps=taken, answers=request.nonce)
 
     transport = Epochs()
     hop = PlainVisitor(transport, TrainConfig()).visit("a", {"w": np.zeros(1)}, 0, 1e-3, Local(steps=7))

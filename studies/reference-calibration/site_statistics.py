@@ -50,13 +50,15 @@ def site_statistics_auroc(checkpoint: str, manifest: str) -> dict[str, float]:
             classifier.eval()
             encoder.eval()
             scores["eval"] += score(x)
-            encoder.train()  # BatchNorm normalises with the batch's own moments
+            for m in norms:  # BatchNorm (only: dropout stays off) normalises with the batch's own moments
+                m.train()
             scores["test-batch"] += score(x)
             for m in norms:  # running statistics = the cumulative moments of the site's own scans
                 m.reset_running_stats()
                 m.momentum = None
             encoder(images(own))
-            encoder.eval()
+            for m in norms:
+                m.eval()
             scores["own"] += score(x)
     return {k: float(roc_auc_score(labels, v)) for k, v in scores.items()} | {"n": len(labels)}
 
