@@ -17,7 +17,7 @@ from fedqc.models.state import initial_state
 from fedqc.transport.flower.grid import describe_reply
 from tests.conftest import tiny_config
 
-ALLOWED_METRICS = {"n_scans", "loss", "seconds", "data_wait_s", "n", "tp", "fp", "tn", "fn", "loss_sum", "brier_sum",
+ALLOWED_METRICS = {"n_scans", "steps", "loss", "seconds", "data_wait_s", "n", "tp", "fp", "tn", "fn", "loss_sum", "brier_sum",
                    "score", "label", "age", "val", "test", "train_positives", "ood", "feat_n", "feat_sum", "feat_sq",
                    "bn_n", "bn_sum", "bn_sq"}
 # sums over a site's scans, one value per activation (per BatchNorm layer or channel): never per scan
