@@ -120,11 +120,11 @@ def _start_script(out: Path, sites: Path, log: Path, env: dict | None = None) ->
                                 start_new_session=True)
 
 
-def _wait(condition, script: subprocess.Popen, log: Path, timeout: float = 600) -> None:
+def _wait(condition, script: subprocess.Popen, log: Path, timeout: float = 600, every: float = 0.5) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         assert script.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
-        time.sleep(0.5)
+        time.sleep(every)
 
 
 def _stop(script: subprocess.Popen) -> None:
@@ -147,7 +147,7 @@ def test_a_site_container_killed_mid_run_costs_its_hop_and_trains_again_once_res
         def training() -> bool:
             logs = subprocess.run(["docker", "logs", node], capture_output=True, text=True)
             return "Receiving: train message" in logs.stdout + logs.stderr
-        _wait(training, script, log)
+        _wait(training, script, log, every=0.05)
         # the site's machine crashes while it trains (its SuperNode and SuperExec containers) and comes back as it was
         subprocess.run(["docker", "kill", *site], check=True, capture_output=True)
         subprocess.run(["docker", "start", *site], check=True, capture_output=True)
