@@ -13,6 +13,8 @@
 # 3. CONSTRAIN=1 (default): the build installs the versions of the venv that runs the in-process runs
 #    (VENV, default /work/main/.venv or .venv), so the containers compute what the loopback processes compute
 #    bit for bit (tests/test_compose.py compares them).
+# The wheel server listens on 127.0.0.1:WHEEL_PORT (default 38765; fixed so that Docker's layer cache holds across
+# builds). NO_CACHE=1 rebuilds every layer (the cache does not see a changed wheel or constraint behind the same URL).
 # Prints the build's wall time and the image's size. Needs a running Docker engine (`docker info`).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -51,13 +53,17 @@ if [[ ${CONSTRAIN:-1} == 1 ]]; then
   "$venv/bin/python" -m pip freeze --exclude-editable | grep -v -i -E '^(fedqc|torch)[ =@]' | grep '==' >"$serve/constraints.txt"
   pip_args="--constraint http://127.0.0.1:PORT/constraints.txt"
 fi
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-python3 -m http.server --bind 127.0.0.1 --directory "$serve" "$port" >/dev/null 2>&1 &
+# a fixed port (WHEEL_PORT): the URLs are build arguments, and a changed argument invalidates Docker's layer cache
+port=${WHEEL_PORT:-38765}
+python3 -m http.server --bind 127.0.0.1 --directory "$serve" "$port" >"$serve.http.log" 2>&1 &
 server=$!
-trap 'kill "$server" 2>/dev/null; rm -rf "$serve"' EXIT
+trap 'kill "$server" 2>/dev/null; rm -rf "$serve" "$serve.http.log"' EXIT
 sleep 1
+kill -0 "$server" 2>/dev/null || { echo "error: cannot serve the wheel on 127.0.0.1:$port (in use? set WHEEL_PORT)" >&2; exit 2; }
 
-docker build --network host -t "$tag" \
+cache=()
+if [[ ${NO_CACHE:-0} == 1 ]]; then cache=(--no-cache); fi
+docker build "${cache[@]}" --network host -t "$tag" \
   --build-arg BASE="$base" \
   --build-arg TORCH_PIP_ARGS="--find-links http://127.0.0.1:$port/wheels/" \
   --build-arg PIP_ARGS="${pip_args//PORT/$port}" "${cert_arg[@]//PORT/$port}" .
