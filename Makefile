@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.fedqc-installed
 DEMO_DATA := data/demo
 DEMO_RUN  := runs/demo
 
-.PHONY: install demo test cohort clean bench bench-gpu
+.PHONY: install demo test cohort clean bench bench-gpu image compose-smoke
 
 SMOKE_SITES := sites/deploy-smoke
 
@@ -41,6 +41,15 @@ $(SMOKE_SITES): data/smoke/manifest.csv
 
 test: install
 	$(PY) -m pytest -q
+
+# The image (scripts/build_image.sh: a Debian-built base and the machine's CPU torch wheel when Docker Hub and
+# PyTorch's index are out of reach), then the smoke experiment as docker-compose containers, checked against the
+# in-process run (tests/test_compose.py; it skips when no Docker engine answers).
+image:
+	scripts/build_image.sh
+
+compose-smoke: install
+	$(PY) -m pytest -q -m docker tests/test_compose.py
 
 # Benchmarks (bench/): JSON under bench/results/ and the table in studies/performance/README.md. About an hour on 2 cores.
 bench: install
