@@ -158,34 +158,13 @@ def config(row: str, cycles: int, threads: int, manifest: Path) -> dict:
     return cfg
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(prog="python -m bench.overhead", description=__doc__.splitlines()[0])
-    ap.add_argument("--cycles", type=int, default=4, help="cycles per run (at least 4: the first is reported apart)")
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=2, help="torch threads (and Ray CPUs) of every row")
-    ap.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS))
-    ap.add_argument("--manifest", type=Path, default=REFERENCE,
-                    help="another cohort (a check of the benchmark itself; the figures are the reference shape's)")
-    ap.add_argument("--out", type=Path, default=RESULTS / "overhead.json")
-    args = ap.parse_args()
-    if args.cycles < 4:
-        ap.error("--cycles must be at least 4 (the first cycle is reported apart, the median of the others)")
-    if "plain" not in args.rows:
-        ap.error("--rows must include plain (the other rows are measured against it)")
-    if args.manifest == REFERENCE:
-        ensure_cohort(REFERENCE)
-    runs: dict[str, list] = {row: [] for row in args.rows}
-    with tempfile.TemporaryDirectory() as tmp:
-        for r in range(args.repeats):
-            for row in args.rows:
-                print(f"repeat {r + 1}/{args.repeats}: {row} ...", flush=True)
-                out = Path(tmp) / f"{row}-{r}"
-                runs[row].append(plain_cycles(config(row, args.cycles, args.threads, args.manifest), out) if row == "plain"
-                                 else fedqc_run(config(row, args.cycles, args.threads, args.manifest), out))
+def write(runs: dict[str, list], args: argparse.Namespace) -> dict:
+    """Summarise the repeats run so far (``args.repeats`` says how many were asked for) into ``args.out``."""
     cycle_s = {row: [run if row == "plain" else run["cycle_s"] for run in rs] for row, rs in runs.items()}
     plain = [float(np.median(c[1:])) for c in cycle_s["plain"]]
     rows = {}
     for row, cs in cycle_s.items():
+        cs = cs[:len(plain)]
         rows[row] = summary([c[0] for c in cs], [float(np.median(c[1:])) for c in cs], None if row == "plain" else plain)
         if row != "plain":
             last = runs[row][-1]
@@ -196,12 +175,43 @@ def main() -> None:
                 rows[row] |= {k: float(np.median([run[k] for run in runs[row]]))
                               for k in ("hop_overhead_ms_median", "hop_overhead_ms_p95")}
     rows["plain"]["peak_rss_mb"] = own_peak_rss_mb()
-    shape = "reference preset: 83 sites, 32^3" if args.manifest == REFERENCE else str(args.manifest)
+    shape = "reference preset (32^3)" if args.manifest == REFERENCE else str(args.manifest)
     result = {"machine": machine(), "shape": f"{shape}, SFCN width 0.5, clean arm",
-              "cycles": args.cycles, "repeats": args.repeats, "threads": args.threads, "rows": rows,
-              "cycle_s": cycle_s, "runs": {row: rs for row, rs in runs.items() if row != "plain"}}
+              "cycles": args.cycles, "repeats": len(plain), "repeats_asked": args.repeats, "threads": args.threads,
+              "rows": rows, "cycle_s": cycle_s, "runs": {row: rs for row, rs in runs.items() if row != "plain"}}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(prog="python -m bench.overhead", description=__doc__.splitlines()[0])
+    ap.add_argument("--cycles", type=int, default=4, help="cycles per run (at least 4: the first is reported apart)")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (and Ray CPUs) of every row")
+    ap.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS))
+    ap.add_argument("--manifest", type=Path, default=REFERENCE,
+                    help="another cohort (a check of the benchmark itself; the figures are the reference shape's)")
+    ap.add_argument("--out", type=Path, default=RESULTS / "overhead.json")
+    args = ap.parse_args()
+    args.manifest = args.manifest.resolve()  # the runs' configs are written elsewhere
+    if args.cycles < 4:
+        ap.error("--cycles must be at least 4 (the first cycle is reported apart, the median of the others)")
+    if args.repeats < 1:
+        ap.error("--repeats must be at least 1")
+    if "plain" not in args.rows:
+        ap.error("--rows must include plain (the other rows are measured against it)")
+    if args.manifest == REFERENCE:
+        ensure_cohort(REFERENCE)
+    runs: dict[str, list] = {row: [] for row in args.rows}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(args.repeats):
+            for row in args.rows:
+                print(f"repeat {r + 1}/{args.repeats}: {row} ...", flush=True)
+                cfg = config(row, args.cycles, args.threads, args.manifest)
+                out = Path(tmp) / f"{row}-{r}"
+                runs[row].append(plain_cycles(cfg, out) if row == "plain" else fedqc_run(cfg, out))
+            rows = write(runs, args)  # after every repeat: an interrupted benchmark keeps the repeats it finished
     for row, s in rows.items():
         ratio = f" ({s['over_plain']['median']:.2f}×)" if "over_plain" in s else ""
         print(f"{row:22s} first {s['first_s']['median']:.1f} s, then {s['steady_s']['median']:.2f} s/cycle "

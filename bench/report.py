@@ -82,6 +82,8 @@ def overhead_table(o: dict) -> str:
         cells.append(f"{row['hop_overhead_ms_median']:.0f} ms, {row['hop_overhead_ms_p95']:.0f} ms"
                      if "hop_overhead_ms_median" in row else "–")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    m = o["machine"]
+    lines += ["", f"Machine: {m['cores']} cores ({m['cpu']}), torch {m['torch']} on {m['device']}, flwr {m['flwr']}."]
     return "\n".join(lines)
 
 
