@@ -1,9 +1,11 @@
 """Write the Performance table of studies/performance/README.md from bench/results/*.json (the last step of ``make bench``).
 
     python -m bench.report [--doc studies/performance/README.md]
+    python -m bench.report --overhead-table studies/performance/overhead-2026-12-07.json
 
 Replaces the text between ``<!-- bench:start -->`` and ``<!-- bench:end -->``; a
-benchmark whose JSON is missing gets a row saying so.
+benchmark whose JSON is missing gets a row saying so; the overhead benchmark's rows follow the
+table. ``--overhead-table`` prints that table for another result file instead.
 """
 
 from __future__ import annotations
@@ -142,7 +144,13 @@ def table() -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(prog="python -m bench.report", description=__doc__.splitlines()[0])
     ap.add_argument("--doc", type=Path, default=DOC, help="the Markdown file whose bench block to rewrite")
+    ap.add_argument("--overhead-table", type=Path, metavar="JSON",
+                    help="print the overhead table of this bench.overhead result (e.g. one kept beside a dated "
+                         "study section) and change nothing")
     args = ap.parse_args()
+    if args.overhead_table:
+        print(overhead_table(json.loads(args.overhead_table.read_text())))
+        return
     text = args.doc.read_text() if args.doc.is_file() else ""
     if START not in text or END not in text:
         raise SystemExit(f"{args.doc} has no {START} … {END} block")
