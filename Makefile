@@ -53,7 +53,7 @@ compose-smoke: install
 
 # Benchmarks (bench/): JSON under bench/results/ and the table in studies/performance/README.md. About an hour on 2 cores.
 bench: install
-	$(PY) -m bench.overhead --cycles 2
+	$(PY) -m bench.overhead
 	$(PY) -m bench.scaling
 	$(PY) -m bench.qc_cost
 	$(PY) -m bench.deployment

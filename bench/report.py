@@ -1,9 +1,11 @@
 """Write the Performance table of studies/performance/README.md from bench/results/*.json (the last step of ``make bench``).
 
     python -m bench.report [--doc studies/performance/README.md]
+    python -m bench.report --overhead-table studies/performance/overhead-2026-12-07.json
 
 Replaces the text between ``<!-- bench:start -->`` and ``<!-- bench:end -->``; a
-benchmark whose JSON is missing gets a row saying so.
+benchmark whose JSON is missing gets a row saying so; the overhead benchmark's rows follow the
+table. ``--overhead-table`` prints that table for another result file instead.
 """
 
 from __future__ import annotations
@@ -42,17 +44,57 @@ def _deployment(d: dict) -> str:
             f"{d['clientapp_start_s']:.1f} s")
 
 
+def _ratio(row: dict) -> str:
+    r = row["over_plain"]
+    return f"{r['median']:.2f}× [{r['min']:.2f}–{r['max']:.2f}]"
+
+
+def _overhead(o: dict) -> str:
+    if "rows" not in o:  # a result of the former benchmark (one repeat, no calibration row)
+        return (f"plain {o['plain_s']:.1f} s · in-process {o['inprocess_s']:.1f} s ({o['inprocess_over_plain']:.2f}×) · "
+                f"Flower simulation {o['flower_s']:.1f} s ({o['flower_over_plain']:.2f}×) per cycle, "
+                f"{o['cycles']} cycle(s), one repeat")
+    r = o["rows"]
+    parts = [f"{name} {r[name]['steady_s']['median']:.1f} s ({_ratio(r[name])})" for name in r if name != "plain"]
+    return (f"steady cycle, median [range] of {o['repeats']} repeats × {o['cycles'] - 1} cycles: plain "
+            f"{r['plain']['steady_s']['median']:.1f} s · " + " · ".join(parts) + "; details below")
+
+
+def _overhead_met(o: dict) -> str:
+    r = o["rows"]
+    met = [f"{name}: {'yes' if r[name]['over_plain']['median'] <= (1.15 if name.startswith('flower') else 1.05) else 'no'}"
+           for name in r if name != "plain"]
+    return "; ".join(met)
+
+
+def overhead_table(o: dict) -> str:
+    """The overhead benchmark's rows: first cycle, steady cycle and ratio to plain with their range over the repeats,
+    messages per cycle and the median time split of ``cycles.csv``."""
+    split = ("train", "transport", "eval", "calibration", "test", "write", "other")
+    lines = [f"`overhead`, {o['shape']}, {o['threads']} thread(s), {o['cycles']} cycles × {o['repeats']} repeats "
+             "(seconds; median [min–max] over the repeats; a steady cycle is a repeat's median after its first):", "",
+             "| row | first cycle | steady cycle | × plain | messages / cycle | "
+             + " | ".join(split) + " | Flower hop overhead (median, p95) |",
+             "|---|---|---|---|---|" + "---|" * len(split) + "---|"]
+    for name, row in o["rows"].items():
+        f, s = row["first_s"], row["steady_s"]
+        cells = [f"{f['median']:.1f} [{f['min']:.1f}–{f['max']:.1f}]", f"{s['median']:.2f} [{s['min']:.2f}–{s['max']:.2f}]",
+                 _ratio(row) if "over_plain" in row else "1", str(row.get("messages_per_cycle", "–"))]
+        cells += [f"{row['split_s'][k + '_seconds']:.2f}" for k in split] if "split_s" in row else ["–"] * len(split)
+        cells.append(f"{row['hop_overhead_ms_median']:.0f} ms, {row['hop_overhead_ms_p95']:.0f} ms"
+                     if "hop_overhead_ms_median" in row else "–")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    m = o["machine"]
+    lines += ["", f"Machine: {m['cores']} cores ({m['cpu']}), torch {m['torch']} on {m['device']}, flwr {m['flwr']}."]
+    return "\n".join(lines)
+
+
 def rows() -> list[tuple[str, str, str, str]]:
     """(benchmark, figure, target, met) rows."""
     out = []
     if o := _load("overhead"):
-        out.append(("overhead",
-                    (f"plain {o['plain_s']:.1f} s · in-process {o['inprocess_s']:.1f} s "
-                     f"({o['inprocess_over_plain']:.2f}×) · Flower simulation {o['flower_s']:.1f} s "
-                     f"({o['flower_over_plain']:.2f}×) per cycle; Flower hop overhead median "
-                     f"{o['hop_overhead_ms_median']:.0f} ms, p95 {o['hop_overhead_ms_p95']:.0f} ms; "
-                     f"peak RSS {o['peak_rss_mb']['flower']:.0f} MB (Flower, whole process tree)"),
-                    "Flower ≤ 1.15× plain", "yes" if o["flower_over_plain"] <= 1.15 else "no"))
+        out.append(("overhead", _overhead(o), "Flower ≤ 1.15×, in-process ≤ 1.05× plain",
+                    _overhead_met(o) if "rows" in o else "rerun: python -m bench.overhead"))
     if q := _load("qc_cost"):
         r, d = q["reference_detection"], q["default_detection"]
         out.append(("qc_cost",
@@ -90,6 +132,8 @@ def table() -> str:
     machine = next((r["machine"] for n in BENCHMARKS if (r := _load(n))), None)
     lines = ["| benchmark | measured | target | met |", "|---|---|---|---|"]
     lines += [f"| `{b}` | {f} | {t} | {m} |" for b, f, t, m in rows()]
+    if (o := _load("overhead")) and "rows" in o:
+        lines += ["", overhead_table(o)]
     if machine:
         lines.append("")
         lines.append(f"Machine: {machine['cores']} cores ({machine['cpu']}), torch {machine['torch']} with "
@@ -100,7 +144,13 @@ def table() -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(prog="python -m bench.report", description=__doc__.splitlines()[0])
     ap.add_argument("--doc", type=Path, default=DOC, help="the Markdown file whose bench block to rewrite")
+    ap.add_argument("--overhead-table", type=Path, metavar="JSON",
+                    help="print the overhead table of this bench.overhead result (e.g. one kept beside a dated "
+                         "study section) and change nothing")
     args = ap.parse_args()
+    if args.overhead_table:
+        print(overhead_table(json.loads(args.overhead_table.read_text())))
+        return
     text = args.doc.read_text() if args.doc.is_file() else ""
     if START not in text or END not in text:
         raise SystemExit(f"{args.doc} has no {START} … {END} block")

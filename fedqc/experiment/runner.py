@@ -9,6 +9,7 @@ and give bit-identical weights for the same seed.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from pathlib import Path
 
@@ -71,6 +72,18 @@ def failing_sites(log: pd.DataFrame, cycles: int) -> dict[str, int]:
     return worst
 
 
+def cycle_row(cycle: Cycle, hops: int, messages: int, write_seconds: float, done: float) -> dict:
+    """``cycles.csv``'s row of a cycle: its wall ``seconds`` (from the start of its round to its logs written;
+    the row itself and the checkpoint, written after, are not in it) split by what they were spent on
+    (:func:`~fedqc.strategies.cycles.time_split`, ``write_seconds``: the predictions, logs and the visitor's
+    logs), ``other_seconds`` the remainder: the server's own work in the round (the strategy's aggregation,
+    the visitor's bookkeeping, reply checks, the progress bar) and the log rows' assembly."""
+    seconds = done - cycle.started
+    parts = {**cycle.split, "write_seconds": write_seconds}
+    return {"cycle": cycle.cycle, "hops": hops, "seconds": seconds, **parts,
+            "other_seconds": seconds - sum(v for v in parts.values() if not math.isnan(v)), "messages": messages}
+
+
 class CycleRecorder:
     """Commits a finished cycle: predictions, log rows, the visitor's logs, and last the checkpoint (with the state
     the ``schedule``'s rounds keep)."""
@@ -97,16 +110,17 @@ class CycleRecorder:
             raise BrokenScanError(f"unusable scan in cycle {c}: {bad['subject']}: {bad['reason']} "
                                   "(drop --strict / strict: false to skip and record such scans)")
         preds = pd.concat([r.scores for r in cycle.test.values()], ignore_index=True)
+        t_write = time.perf_counter()
         atomic_write_csv(preds, self.arm_dir.predictions(c))
         append_csv(pd.DataFrame(rows), self.arm_dir.path / "train_log.csv")
         append_csv(pd.DataFrame(errors, columns=ERROR_COLUMNS), self.arm_dir.path / "errors.csv")
-        messages, self.sent = (self.counter.messages - self.sent, self.counter.messages) if self.counter else (0, 0)
-        append_csv(pd.DataFrame([{"cycle": c, "hops": len(rows), "seconds": time.perf_counter() - cycle.started,
-                                  "test_seconds": cycle.test_seconds, "messages": messages}]),
-                   self.arm_dir.path / "cycles.csv")
         if cycle.calibration is not None:
             append_csv(pd.DataFrame([{"cycle": c, **cycle.calibration}]), self.arm_dir.path / "calibration.csv")
         self.visitor.end_cycle(c)
+        done = time.perf_counter()
+        messages, self.sent = (self.counter.messages - self.sent, self.counter.messages) if self.counter else (0, 0)
+        append_csv(pd.DataFrame([cycle_row(cycle, len(rows), messages, done - t_write, done)]),
+                   self.arm_dir.path / "cycles.csv")
         self.arm_dir.save_checkpoint(c, state, model=model_dict(self.cfg.model), visitor=self.visitor.snapshot(),
                                      calibration=cycle.calibration,
                                      strategy=self.schedule.snapshot() if self.schedule is not None else None)
@@ -158,8 +172,8 @@ def run_arm(arm: Arm, transport: Transport, cfg: ExperimentConfig, run: RunDir, 
                         train=train, first_cycle=first, on_hop=on_hop or (lambda *_: None),
                         on_cycle=CycleRecorder(arm_dir, cfg, visitor, transport
                                                if isinstance(transport, CountingTransport) else None, rounds),
-                        calibrate=calibrate,
-                        val_sites=sorted(s for s, i in info.items() if i.n_val))
+                        calibrate=calibrate, val_sites=sorted(s for s, i in info.items() if i.n_val),
+                        meter=transport if isinstance(transport, CountingTransport) else None)
 
 
 def ground_truth(cfg: ExperimentConfig) -> pd.DataFrame | None:

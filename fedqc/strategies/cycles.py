@@ -35,6 +35,7 @@ from fedqc.protocol import (
 )
 from fedqc.strategies.defence import UpdateNormCheck, count_check
 from fedqc.transport import Transport
+from fedqc.transport.counting import CountingTransport, Meter
 
 
 class HopStatus(str, Enum):
@@ -174,8 +175,8 @@ class PlainVisitor:
 
 @dataclass
 class Cycle:
-    """One finished cycle: its hops (with the server's wall time of each), its calibration (None: none done) and
-    the test split's scores."""
+    """One finished cycle: its hops (with the server's wall time of each), its calibration (None: none done), the
+    test split's scores, and where its time went (:func:`time_split`)."""
 
     cycle: int
     hops: list[tuple[str, Hop, float]]  # site, outcome, hop wall seconds
@@ -183,6 +184,22 @@ class Cycle:
     test_seconds: float
     started: float
     calibration: dict | None = None
+    split: dict[str, float] = field(default_factory=dict)
+
+
+def time_split(round_meter: Meter | None, calibration_seconds: float, test_seconds: float) -> dict[str, float]:
+    """A cycle's seconds so far by what they were spent on (``cycles.csv``'s columns; the runner adds its writes and
+    the remainder): ``train_seconds``, the sites' own training (what their replies report); ``transport_seconds``,
+    the rest of the training requests' wall time (sending the model and its state, Ray or the grid, packing);
+    ``eval_seconds``, the evaluation messages of the round itself (QC's verification scoring: transport included);
+    ``calibration_seconds``, the end-of-cycle calibration (its evaluation messages and the server's pooling);
+    ``test_seconds``, scoring the test split. ``round_meter`` is what the transport carried during the round (None:
+    not metered, NaN)."""
+    m = round_meter
+    nan = math.nan
+    return {"train_seconds": m.site_train if m else nan, "transport_seconds": m.train_wall - m.site_train if m else nan,
+            "eval_seconds": m.eval_wall if m else nan, "calibration_seconds": calibration_seconds,
+            "test_seconds": test_seconds}
 
 
 HopCallback = Callable[[int, int, str, Hop], None]  # cycle, index of the visit, site, outcome
@@ -205,17 +222,22 @@ def visit(visitor: Visitor, site: str, state: State, cycle: int, lr: float,
 def train_cycles(transport: Transport, visitor: Visitor, state: State, *, rounds: Callable[[int], Round],
                  test_sites: list[str], train: TrainConfig, first_cycle: int, on_hop: HopCallback,
                  on_cycle: Callable[[Cycle, State], None], calibrate: Calibrate | None = None,
-                 val_sites: list[str] = ()) -> State:
+                 val_sites: list[str] = (), meter: CountingTransport | None = None) -> State:
     """Cycles ``first_cycle .. train.cycles - 1``: run the cycle's round (``rounds(cycle)``), calibrate the model on
     the verification scans of ``val_sites`` the visitor trusts (when ``calibrate`` is given), then score the test
-    split."""
+    split. ``meter``, the counting transport the visitor's and calibration's requests go through, splits the
+    round's time (:func:`time_split`)."""
     for cycle in range(first_cycle, train.cycles):
         started = time.perf_counter()
+        before = meter.meter if meter else None
         state, hops = rounds(cycle)(visitor, state, cycle, learning_rate(train.lr, train.lr_decay, cycle), on_hop)
-        calibration = None
+        during = meter.meter - before if meter else None
+        calibration, t_calibrate = None, time.perf_counter()
         if calibrate is not None:
             state, calibration = calibrate(state, visitor.calibration_scans(list(val_sites)))
         t_test = time.perf_counter()
         test = transport.evaluate(test_sites, state, EvalRequest("test"))
-        on_cycle(Cycle(cycle, hops, test, time.perf_counter() - t_test, started, calibration), state)
+        test_seconds = time.perf_counter() - t_test
+        on_cycle(Cycle(cycle, hops, test, test_seconds, started, calibration,
+                       time_split(during, t_test - t_calibrate, test_seconds)), state)
     return state

@@ -1,30 +1,66 @@
-"""A transport that counts the messages it carries (for the cost of a cycle in ``cycles.csv``)."""
+"""A transport that counts the messages it carries and the time they take (for the cost of a cycle in
+``cycles.csv``)."""
 
 from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, replace
 
 from fedqc.protocol import EvalReply, EvalRequest, ImageFinding, SiteInfo, State, TrainReply, TrainRequest
 from fedqc.transport import Transport
 
 
+@dataclass(frozen=True)
+class Meter:
+    """Running totals of what a :class:`CountingTransport` carried: messages, the server's wall seconds of training
+    requests (``train_wall``) and of evaluations (``eval_wall``), and the sites' own training seconds their replies
+    report (``site_train``; ``train_wall - site_train`` is what the transport added)."""
+
+    messages: int = 0
+    train_wall: float = 0.0
+    site_train: float = 0.0
+    eval_wall: float = 0.0
+
+    def __sub__(self, other: Meter) -> Meter:
+        return Meter(self.messages - other.messages, self.train_wall - other.train_wall,
+                     self.site_train - other.site_train, self.eval_wall - other.eval_wall)
+
+
 class CountingTransport:
     """``transport``, counting one message per training request, per audit and per site of an evaluation — what a
-    Flower grid sends (the one-off site query at start-up is not counted)."""
+    Flower grid sends (the one-off site query at start-up is not counted) — and timing them (:class:`Meter`)."""
 
     def __init__(self, transport: Transport):
         self.transport = transport
-        self.messages = 0
+        self.meter = Meter()
+
+    @property
+    def messages(self) -> int:
+        return self.meter.messages
 
     def site_info(self) -> dict[str, SiteInfo]:
         return self.transport.site_info()
 
     def check_images(self, site: str) -> list[ImageFinding]:
-        self.messages += 1
+        self.meter = replace(self.meter, messages=self.meter.messages + 1)
         return self.transport.check_images(site)
 
     def train(self, site: str, state: State, request: TrainRequest) -> TrainReply:
-        self.messages += 1
-        return self.transport.train(site, state, request)
+        t0 = time.perf_counter()
+        try:
+            reply = self.transport.train(site, state, request)
+        finally:  # a failed request's wall time is the transport's: no site training came back
+            m = self.meter
+            self.meter = replace(m, messages=m.messages + 1, train_wall=m.train_wall + time.perf_counter() - t0)
+        if math.isfinite(reply.seconds):
+            self.meter = replace(self.meter, site_train=self.meter.site_train + reply.seconds)
+        return reply
 
     def evaluate(self, sites: list[str], state: State, request: EvalRequest) -> dict[str, EvalReply]:
-        self.messages += len(sites)
-        return self.transport.evaluate(sites, state, request)
+        t0 = time.perf_counter()
+        try:
+            return self.transport.evaluate(sites, state, request)
+        finally:
+            m = self.meter
+            self.meter = replace(m, messages=m.messages + len(sites), eval_wall=m.eval_wall + time.perf_counter() - t0)
