@@ -33,7 +33,7 @@ if [[ -x .venv/bin/python ]]; then export PATH="$here/.venv/bin:$PATH"; fi
 export OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
 eval "$(python -m fedqc.transport.flower.env)"
 image=${IMAGE:-fedqc:latest}
-compose=(docker-compose)
+compose=(env -u PYTHONPATH -u PYTHONHOME docker-compose)  # Debian's runs on the system Python: no venv paths
 command -v docker-compose >/dev/null || compose=(docker compose)
 docker info >/dev/null 2>&1 || { echo "error: no Docker engine answers (start dockerd, or check DOCKER_HOST)" >&2; exit 2; }
 docker image inspect "$image" >/dev/null 2>&1 || { echo "error: image $image not found (scripts/build_image.sh)" >&2; exit 2; }

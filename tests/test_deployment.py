@@ -149,8 +149,10 @@ def _docker_compose_accepts(text: str, folder: Path) -> None:
     """``docker-compose config`` validates the file without an engine, where Debian's docker-compose is installed."""
     if shutil.which("docker-compose"):
         (folder / "compose.yml").write_text(text)
+        # Debian's docker-compose runs on the system Python: a PYTHONPATH into the venv (Ray sets one) breaks it
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
         proc = subprocess.run(["docker-compose", "-f", str(folder / "compose.yml"), "config", "-q"],
-                              capture_output=True, text=True, cwd=folder)
+                              capture_output=True, text=True, cwd=folder, env=env)
         assert proc.returncode == 0, proc.stderr
 
 
