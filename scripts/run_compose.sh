@@ -38,15 +38,8 @@ command -v docker-compose >/dev/null || compose=(docker compose)
 docker info >/dev/null 2>&1 || { echo "error: no Docker engine answers (start dockerd, or check DOCKER_HOST)" >&2; exit 2; }
 docker image inspect "$image" >/dev/null 2>&1 || { echo "error: image $image not found (scripts/build_image.sh)" >&2; exit 2; }
 
-config=$(realpath "$1")
-name=$(python -c 'import sys; from fedqc.config import load_config; from fedqc.errors import UserError
-try: print(load_config(sys.argv[1]).name)
-except UserError as exc: sys.exit(f"error: {exc}")' "$config")
-sites=${2:-sites/$name}
-out=$(realpath -m "${3:-runs/$name-compose}")
-if [[ ! -f $sites/sites.csv ]] && make -n "$sites" >/dev/null 2>&1; then make -s "$sites"; fi
-[[ -f $sites/sites.csv ]] || { echo "error: $sites/sites.csv not found (make it with \`fedqc sites split --manifest M --out $sites\`)" >&2; exit 2; }
-sites=$(realpath "$sites")
+source scripts/deploy_args.sh
+resolve_run "$1" "${2:-}" "${3:-}" compose
 mapfile -t names < <(python -c 'import sys; from fedqc.transport.flower.deploy.sites import read_sites
 print(*read_sites(sys.argv[1]), sep="\n")' "$sites")
 if [[ $tls == true ]]; then

@@ -47,16 +47,8 @@ case ${RESUME:-0} in 0) resume=false ;; 1) resume=true ;; *) echo "error: RESUME
 export PATH="$here/.venv/bin:$PATH" OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
 eval "$(python -m fedqc.transport.flower.env)"
 
-config=$(realpath "$1")
-# the config is checked here, before anything starts: a mistake in it is one error line per problem, no traceback
-name=$(python -c 'import sys; from fedqc.config import load_config; from fedqc.errors import UserError
-try: print(load_config(sys.argv[1]).name)
-except UserError as exc: sys.exit(f"error: {exc}")' "$config")
-sites=${2:-sites/$name}
-out=$(realpath -m "${3:-runs/$name-deployment}")
-if [[ ! -f $sites/sites.csv ]] && make -n "$sites" >/dev/null 2>&1; then make -s "$sites"; fi
-[[ -f $sites/sites.csv ]] || { echo "error: $sites/sites.csv not found (make it with \`fedqc sites split --manifest M --out $sites\`)" >&2; exit 2; }
-sites=$(realpath "$sites")
+source scripts/deploy_args.sh
+resolve_run "$1" "${2:-}" "${3:-}" deployment
 # one line per site, "<site><TAB><node config>", from a single Python start
 mapfile -t nodes < <(python -c 'import sys; from fedqc.transport.flower.deploy.sites import read_sites, node_config
 for s in read_sites(sys.argv[1]): print(s, node_config(s, f"{sys.argv[1]}/{s}"), sep="\t")' "$sites")
