@@ -104,7 +104,9 @@ class EvalRequest:
     indices in the network's order) of those layers only (the others' counts 0) and, where the site
     can forward from the activations it kept from the previous pass, no scores
     (:mod:`fedqc.site.activations`). ``ood_center``/``ood_scale``
-    (one value per feature): also return each scan's feature distance to them (column ``ood``).
+    (one value per feature): also return each scan's feature distance to them (column ``ood``). ``nonce``: fresh
+    per request (:class:`~fedqc.transport.fresh.FreshTransport`); the reply names it (message freshness,
+    :func:`check_fresh`).
     """
 
     split: str
@@ -116,6 +118,7 @@ class EvalRequest:
     bn_layers: tuple[int, ...] = ()
     ood_center: tuple[float, ...] = ()
     ood_scale: tuple[float, ...] = ()
+    nonce: str = ""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -127,7 +130,7 @@ class EvalRequest:
                    moments=bool(d.get("moments", False)), batchnorm=bool(d.get("batchnorm", False)),
                    bn_layers=tuple(int(i) for i in d.get("bn_layers", ())),
                    ood_center=tuple(float(x) for x in d.get("ood_center", ())),
-                   ood_scale=tuple(float(x) for x in d.get("ood_scale", ())))
+                   ood_scale=tuple(float(x) for x in d.get("ood_scale", ())), nonce=str(d.get("nonce", "")))
 
 
 @dataclass
@@ -150,6 +153,7 @@ class EvalReply:
     skipped: list[ScanProblem] = field(default_factory=list)
     error: str | None = None  # the site failed or did not answer: no scores this time
     moments: dict[str, np.ndarray] | None = None  # MOMENT_KEYS and/or BN_MOMENT_KEYS, as the request asked
+    answers: str = ""  # the nonce of the request this reply answers
 
     @classmethod
     def failed(cls, reason: str) -> EvalReply:
@@ -182,9 +186,20 @@ def check_update(sent: State, reply: State) -> str | None:
     return None
 
 
-def check_fresh(request: TrainRequest, reply: TrainReply) -> str | None:
+def change_norm(sent: State, reply: State) -> float:
+    """The Euclidean norm of the model's change (every floating array but the optimizer's) from ``sent`` to
+    ``reply``."""
+    total = 0.0
+    for key, value in model_arrays(reply).items():
+        if np.issubdtype(value.dtype, np.floating) and key in sent:
+            total += float(np.sum((value.astype(np.float64) - sent[key].astype(np.float64)) ** 2))
+    return float(np.sqrt(total))
+
+
+def check_fresh(request: TrainRequest | EvalRequest, reply: TrainReply | EvalReply) -> str | None:
     """Why ``reply`` does not answer ``request`` (message freshness), or None: a request with a nonce must be answered
-    by a reply that names it, so that an earlier reply replayed — by a site or on the network — is refused."""
+    by a reply that names it, so that an earlier reply replayed — by a site or on the network — is refused. Train and
+    evaluation messages alike."""
     if request.nonce and reply.answers != request.nonce:
         return (f"stale reply (message freshness): it answers request {reply.answers or '(none)'}, not "
                 f"{request.nonce}")

@@ -55,6 +55,7 @@ from fedqc.strategies.defence import UpdateNormCheck
 from fedqc.strategies.schedule import Schedule, rounds_for
 from fedqc.transport import Transport
 from fedqc.transport.counting import CountingTransport
+from fedqc.transport.fresh import FreshTransport
 
 ERROR_COLUMNS = ["subject", "site", "cycle", "stage", "reason"]
 
@@ -224,7 +225,8 @@ def run_experiment(cfg: ExperimentConfig, transport: Transport, out: Path, *, re
                    quiet: bool = False) -> dict[str, float]:
     """Run every arm of ``cfg`` in order (clean first: the others start from it); return seconds per arm."""
     run = RunDir(out)
-    transport = CountingTransport(transport)  # messages per cycle, in cycles.csv
+    # messages per cycle, in cycles.csv; every evaluation request fresh (a stale reply refused)
+    transport = CountingTransport(FreshTransport(transport))
     console = Console(quiet=quiet, stderr=True)
     manifest = ground_truth(cfg)
     oracle, oracle_val = harmful_scans(manifest, "train"), harmful_scans(manifest, "val")

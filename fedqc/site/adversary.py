@@ -12,6 +12,10 @@ What each attack targets and which defence answers it: docs/threat-model.md.
   and its standard deviation × ``scale`` (defaults 1000, 10, 10);
 - ``scaled_update``: the model's change from the state sent × ``factor`` (default 1000);
 - ``sign_flip``: the model's change reversed (same size, opposite direction);
+- ``targeted_shift``: its honest update plus a step towards a model that gives every scan the label ``label``
+  (default 1): the classifier's weights of that output 0, its bias ±5 (p 0.993); the step's norm ``size`` (default 1)
+  × the honest update's norm, so that the update is at most ``1 + size`` × an honest one — under a norm bound — and
+  moves the model one way, hop after hop (a step never overshoots the target model);
 - ``inflated_count``: the count of scans trained × ``factor`` (default 100): an averaging
   round's weight;
 - ``fake_scores``: its scores of its own train and val scans a perfect ranking (``1 - margin·u``
@@ -21,7 +25,8 @@ What each attack targets and which defence answers it: docs/threat-model.md.
   verification scans' distribution, which a site never sees);
 - ``backdoor``: honest replies; its harm is its data (the scenario plants the trigger);
 - ``replay``: every train reply after its first is that first reply again, the nonce it
-  answered included (a captured reply sent anew);
+  answered included (a captured reply sent anew); with ``evaluations`` 1 (default 0) also every evaluation reply
+  after the first to the same request (its nonce aside): stale scores and moments;
 - ``framing``: its honest update plus ``factor`` (default 1) × the reversed update that the
   site ``target`` (a good site; ``peers`` holds it) would make from the model sent: an update
   crafted to raise the loss on that site's kind of scans, the oracle attacker of
@@ -42,12 +47,14 @@ import pandas as pd
 
 from fedqc.data.corruptions.scenario import ATTACKS
 from fedqc.data.inject import ADVERSARIAL
-from fedqc.protocol import EvalReply, EvalRequest, ImageFinding, SiteInfo, State, TrainReply, TrainRequest
+from fedqc.protocol import EvalReply, EvalRequest, ImageFinding, SiteInfo, State, TrainReply, TrainRequest, change_norm
 from fedqc.scoring import counts_from_scores
 
 DEFAULTS = {"bn_moments": {"count": 1000.0, "shift": 10.0, "scale": 10.0}, "scaled_update": {"factor": 1000.0},
-            "sign_flip": {}, "inflated_count": {"factor": 100.0}, "fake_scores": {"margin": 0.2}, "backdoor": {},
-            "replay": {}, "framing": {"factor": 1.0}}
+            "sign_flip": {}, "targeted_shift": {"label": 1, "size": 1.0}, "inflated_count": {"factor": 100.0},
+            "fake_scores": {"margin": 0.2}, "backdoor": {}, "replay": {"evaluations": 0}, "framing": {"factor": 1.0}}
+CLASSIFIER = ("classifier.weight", "classifier.bias")  # the output layer: one row (a logit) per target, label first
+TARGET_LOGIT = 5.0  # a targeted shift's target: every scan this logit (±) of its label
 FAKED_SPLITS = ("train", "val")  # what QC reads of a site's own scans; its test scores (the metrics) stay honest
 
 
@@ -59,6 +66,27 @@ def scaled(sent: State, reply: State, factor: float) -> State:
         if key in sent and not key.startswith("optim.") and np.issubdtype(value.dtype, np.floating):
             out[key] = (sent[key] + factor * (value - sent[key])).astype(value.dtype)
     return out
+
+
+def constant_model(state: State, label: int) -> State:
+    """``state``'s classifier arrays (:data:`CLASSIFIER`) as a model that gives every scan ``label`` would have them:
+    the first output's (the label's) weights 0 and its bias ±:data:`TARGET_LOGIT`, the other outputs as they are."""
+    weight, bias = (state[k].copy() for k in CLASSIFIER)
+    weight[0], bias[0] = 0.0, TARGET_LOGIT if label == 1 else -TARGET_LOGIT
+    return dict(zip(CLASSIFIER, (weight, bias)))
+
+
+def shifted(sent: State, reply: State, label: int, size: float) -> State:
+    """``reply`` moved towards :func:`constant_model` (of ``label``) by a step of norm ``size`` × the honest change's
+    (:func:`~fedqc.protocol.change_norm` from ``sent``), or all the way when it is nearer; as it is without the
+    classifier's arrays."""
+    if not all(k in reply for k in CLASSIFIER):
+        return reply
+    target = constant_model(reply, label)
+    towards = {k: target[k].astype(np.float64) - reply[k] for k in CLASSIFIER}
+    distance = float(np.sqrt(sum(np.sum(d**2) for d in towards.values())))
+    step = min(1.0, size * change_norm(sent, reply) / distance) if distance else 0.0
+    return {**reply, **{k: (reply[k] + step * towards[k]).astype(reply[k].dtype) for k in CLASSIFIER}}
 
 
 def framed(sent: State, own: State, victim: State, factor: float) -> State:
@@ -106,6 +134,7 @@ class Adversary:
     params: dict = field(default_factory=dict)
     peers: dict = field(default_factory=dict)  # site name → site: the framed site of ``framing``
     replayed: TrainReply | None = field(default=None, init=False)
+    replayed_evaluations: dict[EvalRequest, EvalReply] = field(default_factory=dict, init=False)  # nonce ""
 
     def __post_init__(self) -> None:
         if self.attack not in ATTACKS:
@@ -131,6 +160,9 @@ class Adversary:
                                                                                        exclude=()))
             return dataclasses.replace(reply, state=framed(state, reply.state, victim.state,
                                                            float(self.params["factor"])))
+        if self.attack == "targeted_shift":
+            return dataclasses.replace(reply, state=shifted(state, reply.state, int(self.params["label"]),
+                                                            float(self.params["size"])))
         if self.attack in ("scaled_update", "sign_flip"):
             factor = -1.0 if self.attack == "sign_flip" else float(self.params["factor"])
             return dataclasses.replace(reply, state=scaled(state, reply.state, factor))
@@ -139,6 +171,11 @@ class Adversary:
         return reply
 
     def evaluate(self, state: State, request: EvalRequest) -> EvalReply:
+        if self.attack == "replay" and self.params["evaluations"]:
+            asked = dataclasses.replace(request, nonce="")  # the same question, whichever message asks it
+            if asked not in self.replayed_evaluations:
+                self.replayed_evaluations[asked] = self.site.evaluate(state, request)
+            return self.replayed_evaluations[asked]
         reply = self.site.evaluate(state, request)
         if self.attack == "fake_scores" and request.split in FAKED_SPLITS and len(reply.scores):
             scores = perfect_ranking(reply.scores, float(self.params["margin"]))

@@ -348,7 +348,7 @@ class Site:
             with bn, devices.autocast(self.device):
                 skipped = self._batchnorm_pass(tuple(subjects), [positions[i] for i in request.bn_layers])
             return EvalReply(counts_from_scores(np.zeros(0), np.zeros(0)), pd.DataFrame(columns=SCORE_COLUMNS),
-                             skipped, moments=bn.moments())
+                             skipped, moments=bn.moments(), answers=request.nonce)
         scores, taps, done, skipped, blocks = [], [], [], [], []
         loads = (functools.partial(self._images, chunk) for chunk in batches(subjects, EVAL_BATCH))
         with bn, devices.autocast(self.device):
@@ -372,5 +372,5 @@ class Site:
             if request.moments else {}
         moments |= bn.moments() if request.batchnorm else {}
         return EvalReply(counts_from_scores(rows["label"].to_numpy(), rows["score"].to_numpy()), rows, skipped,
-                         moments=moments or None)
+                         moments=moments or None, answers=request.nonce)
 

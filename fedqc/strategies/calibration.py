@@ -163,7 +163,8 @@ class Calibrator:
         thresholds, note = fit_thresholds(scores["label"].to_numpy(), scores["score"].to_numpy())
         failed = sorted(s for s, r in replies.items() if r.error)
         if failed:
-            note = "; ".join(filter(None, [note, f"no answer from {', '.join(failed)}"]))
+            note = "; ".join(filter(None, [note, "no answer from " + ", ".join(f"{s} ({replies[s].error})"
+                                                                             for s in failed)]))
         record = {"threshold": thresholds[self.config.threshold], "method": self.config.threshold,
                   "batchnorm": self.config.batchnorm, "bn_passes": passes, "n_val": len(scores),
                   "n_val_pos": int(scores["label"].sum()), **{f"threshold_{m}": v for m, v in thresholds.items()},

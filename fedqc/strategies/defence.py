@@ -28,17 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fedqc.protocol import BN_MOMENT_KEYS, State, model_arrays
-
-
-def change_norm(sent: State, reply: State) -> float:
-    """The Euclidean norm of the model's change (every floating array but the optimizer's) from ``sent`` to
-    ``reply``."""
-    total = 0.0
-    for key, value in model_arrays(reply).items():
-        if np.issubdtype(value.dtype, np.floating) and key in sent:
-            total += float(np.sum((value.astype(np.float64) - sent[key].astype(np.float64)) ** 2))
-    return float(np.sqrt(total))
+from fedqc.protocol import BN_MOMENT_KEYS, State, change_norm
 
 
 @dataclass

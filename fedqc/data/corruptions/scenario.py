@@ -79,10 +79,12 @@ _KEYS = {"sites": {"kind", "site", "new", "train", "val", "params"},
 ATTACKS = {"bn_moments": ("count", "shift", "scale"),  # BatchNorm moments: count ×count, mean +shift SDs, SD ×scale
            "scaled_update": ("factor",),  # the model's change ×factor
            "sign_flip": (),  # the model's change reversed
+           "targeted_shift": ("label", "size"),  # its change plus a step (size × its norm) to a model of one label
            "inflated_count": ("factor",),  # the scans-trained count ×factor
            "fake_scores": ("margin",),  # its train/val scores a perfect ranking (label ± margin), whatever it trains
            "backdoor": ("share", "label", "size", "at", "value"),  # share of its training scans: trigger, label forced
-           "replay": (),  # every train reply after its first: that first reply again
+           "replay": ("evaluations",),  # every train reply after its first (evaluations 1: also every evaluation
+           #                             reply after the first to the same request) that first reply again
            "framing": ("target", "factor")}  # its update plus factor × the reversed update of site target's scans
 TEXT_PARAMS = {"target"}  # attack parameters that are a site name; the others are numbers
 BACKDOOR = {"share": 0.5, "label": 1}  # a backdoor's defaults (the trigger's: Patch's)
@@ -269,11 +271,14 @@ class Scenario:
                     problems.append(f"{where}: params.{key} must be a number, got {value!r}")
             if e["attack"] == "framing" and "target" not in (params if isinstance(params, dict) else {}):
                 problems.append(f"{where}: framing needs params.target, the good site it frames")
-            if e["attack"] == "backdoor" and isinstance(params, dict):
-                if isinstance(params.get("share"), (int, float)):
-                    _number(params, "share", f"{where}.params", problems, rate=True)
-                if params.get("label", 1) not in (0, 1):
-                    problems.append(f"{where}: params.label must be 0 or 1, got {params['label']!r}")
+            if e["attack"] == "backdoor" and isinstance(params, dict) and isinstance(params.get("share"), (int, float)):
+                _number(params, "share", f"{where}.params", problems, rate=True)
+            for key in (k for k in ("label", "evaluations") if k in allowed):  # 0/1: a class, or a switch
+                if isinstance(params, dict) and isinstance(params.get(key), (int, float)) and params[key] not in (0, 1):
+                    problems.append(f"{where}: params.{key} must be 0 or 1, got {params[key]!r}")
+            if e["attack"] == "targeted_shift" and isinstance(params, dict) \
+                    and isinstance(params.get("size"), (int, float)) and not params["size"] > 0:
+                problems.append(f"{where}: params.size must be > 0, got {params['size']!r}")
         names = [e.get("name") for e in parts["findings"]]
         for i, name in enumerate(names):
             if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", name) or name in names[:i]:

@@ -152,7 +152,7 @@ def encode_eval_reply(res: EvalReply) -> RecordDict:
     if res.moments is not None:
         metrics |= {k: [float(x) for x in v] for k, v in res.moments.items()}
     ids = {"subject": list(s["subject"]), "sex": list(s["sex"]), "site": list(s["site"]),
-           "skipped": [f"{p.subject}\t{p.reason}" for p in res.skipped]}
+           "skipped": [f"{p.subject}\t{p.reason}" for p in res.skipped], "answers": res.answers}
     return RecordDict({METRICS: MetricRecord(metrics), IDS: to_config(ids)})
 
 
@@ -166,4 +166,5 @@ def decode_eval_reply(content: RecordDict) -> EvalReply:
     for c in (c for c in m.keys() if c.startswith(TARGET_COLUMNS)):
         scores[c] = [int(x) for x in m[c]] if c.startswith("label_") else list(m[c])
     moments = {k: np.asarray(m[k], dtype=float) for k in MOMENT_KEYS + BN_MOMENT_KEYS if k in m} or None
-    return EvalReply({k: float(m[k]) for k in COUNT_KEYS}, scores, _problems(ids.get("skipped", [])), moments=moments)
+    return EvalReply({k: float(m[k]) for k in COUNT_KEYS}, scores, _problems(ids.get("skipped", [])), moments=moments,
+                     answers=str(ids.get("answers", "")))
