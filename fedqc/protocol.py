@@ -10,7 +10,7 @@ No torch here: the server side and the config layer use these types too.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import NamedTuple
+from typing import Iterable, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -158,6 +158,13 @@ class EvalReply:
     @classmethod
     def failed(cls, reason: str) -> EvalReply:
         return cls({k: 0.0 for k in COUNT_KEYS}, pd.DataFrame(columns=SCORE_COLUMNS), [], reason)
+
+
+def scores_table(replies: Iterable[EvalReply]) -> pd.DataFrame:
+    """The scores of ``replies`` as one table. A failed reply's empty frame is left out: concatenated, its untyped
+    columns would make the scores objects, which pandas then refuses in a float column (a QC baseline's)."""
+    frames = [r.scores for r in replies if len(r.scores)]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=SCORE_COLUMNS)
 
 
 def model_arrays(state: State) -> State:

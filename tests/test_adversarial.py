@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 
 import numpy as np
 import pandas as pd
@@ -16,13 +17,24 @@ from fedqc.data.corruptions.scenario import Scenario
 from fedqc.data.inject import ADVERSARIAL, TRIGGERED, inject
 from fedqc.data.manifest import load_manifest
 from fedqc.experiment.runner import simulate
-from fedqc.protocol import EvalReply, EvalRequest, ImageFinding, TrainReply, TrainRequest, check_update
+from fedqc.protocol import (
+    EvalReply,
+    EvalRequest,
+    ImageFinding,
+    TrainReply,
+    TrainRequest,
+    change_norm,
+    check_fresh,
+    check_update,
+    scores_table,
+)
 from fedqc.qc.detection import score_adversaries
 from fedqc.scoring import counts_from_scores
-from fedqc.site.adversary import Adversary, lying_moments
+from fedqc.site.adversary import CLASSIFIER, TARGET_LOGIT, Adversary, lying_moments, shifted
 from fedqc.strategies.averaging import Aggregator, AveragingRound, flower_strategy
 from fedqc.strategies.cycles import HopStatus, PlainVisitor
 from fedqc.strategies.defence import UpdateNormCheck, robust_moments
+from fedqc.transport.fresh import FreshTransport
 from tests.conftest import tiny_config
 
 # ----------------------------------------------------------------------------- the attacks as scenario entries
@@ -36,7 +48,9 @@ def test_adversarial_entries_are_checked_one_line_each():
                            {"sites": ["gamma"], "attack": "sign_flip", "when": 3},
                            {"sites": ["epsilon"], "attack": "framing"},
                            {"sites": ["zeta"], "attack": "framing", "params": {"target": 3}},
-                           {"sites": ["eta"], "attack": "backdoor", "params": {"label": 2, "share": 1.5}}]}
+                           {"sites": ["eta"], "attack": "backdoor", "params": {"label": 2, "share": 1.5}},
+                           {"sites": ["theta"], "attack": "targeted_shift", "params": {"label": -1, "size": 0}},
+                           {"sites": ["iota"], "attack": "replay", "params": {"evaluations": 2}}]}
     with pytest.raises(Exception) as err:
         Scenario.from_dict(bad)
     problems = err.value.problems
@@ -50,6 +64,9 @@ def test_adversarial_entries_are_checked_one_line_each():
     assert any("adversarial[6]: params.target must be a site name, got 3" in p for p in problems)
     assert any("adversarial[7]: params.label must be 0 or 1, got 2" in p for p in problems)
     assert any("adversarial[7].params: share must be in [0, 1], got 1.5" in p for p in problems)
+    assert any("adversarial[8]: params.label must be 0 or 1, got -1" in p for p in problems)
+    assert any("adversarial[8]: params.size must be > 0, got 0" in p for p in problems)
+    assert any("adversarial[9]: params.evaluations must be 0 or 1, got 2" in p for p in problems)
     assert all("\n" not in p for p in problems)
 
 
@@ -100,6 +117,9 @@ class Sites:
     def train(self, site, state, request):
         return self.sites[site].train(state, request)
 
+    def evaluate(self, sites, state, request):
+        return {s: self.sites[s].evaluate(state, request) for s in sites}
+
 
 def test_update_norm_check_rejects_a_scaled_update_and_names_the_check():
     """(c) Without the check a ×1000 update is adopted; with it the hop is rejected, the note naming the check."""
@@ -126,6 +146,129 @@ def test_update_norm_check_does_not_see_a_sign_flip():
         assert check(state, {"w": state["w"] + 1.0}) is None
     flipped = Adversary(Honest(1.0), "sign_flip").train(state, None)
     assert np.allclose(flipped.state["w"], -1.0) and check(state, flipped.state) is None
+
+
+class Linear(Honest):
+    """A site of 20 verification scans that its model scores ``sigmoid(classifier.weight · x + classifier.bias)`` (x:
+    two features per scan that separate its labels, with noise; the arrays named as the real model's output layer).
+    A training step adds ``step`` to each of four encoder values and a fiftieth of it to the classifier's weights:
+    an honest update of norm ``2 · step`` that the scans hardly see."""
+
+    def __init__(self, name: str, step: float, seed: int):
+        super().__init__(step)
+        rng = np.random.default_rng(seed)
+        self.name, self.labels = name, np.tile([0, 1], 10)
+        self.x = (2 * self.labels[:, None] - 1) * np.array([1.0, 0.5]) + rng.normal(0, 0.7, (20, 2))
+
+    def train(self, state, request):
+        new = {**state, "encoder.w": state["encoder.w"] + np.float32(self.step),
+               "classifier.weight": state["classifier.weight"] + np.float32(0.02 * self.step)}
+        return TrainReply(new, self.n, 0.5, 0.0, [], answers=request.nonce)
+
+    def evaluate(self, state, request):
+        logit = self.x @ state["classifier.weight"][0].astype(float) + float(state["classifier.bias"][0])
+        scores = pd.DataFrame({"subject": [f"{self.name}{i}" for i in range(20)], "site": self.name,
+                               "label": self.labels, "score": 1 / (1 + np.exp(-logit)), "sex": "F", "age": 60.0})
+        return EvalReply(counts_from_scores(scores["label"], scores["score"]), scores, answers=request.nonce)
+
+
+LINEAR = {"encoder.w": np.zeros(4, dtype=np.float32), "classifier.weight": np.array([[1.5, 1.0]], dtype=np.float32),
+          "classifier.bias": np.zeros(1, dtype=np.float32)}
+
+
+def _val_scores(transport, sites, state) -> pd.DataFrame:
+    return pd.concat([r.scores for r in transport.evaluate(sites, state, EvalRequest("val")).values()])
+
+
+def test_a_targeted_shift_passes_the_norm_check_and_takes_the_model_to_one_label():
+    """(c) A targeted shift (size 3) adds to its honest update a step of 3 × its norm towards a model that gives
+    every scan label 1: each update is at most 4 × an honest one, so a norm check at factor 4 adopts it hop after
+    hop, and four hops later the other sites' scans, both labels at the start, are all scored above 0.5."""
+    transport = Sites(a=Linear("a", 0.25, 0), b=Linear("b", 0.25, 1),
+                      m=Adversary(Linear("m", 0.25, 2), "targeted_shift", {"size": 3}))
+    visitor = PlainVisitor(transport, TrainConfig(), norm_check=UpdateNormCheck(factor=4, warmup=2))
+    state = LINEAR
+    for site in ("a", "b"):  # honest updates: the norm check's reference
+        state = visitor.visit(site, state, 0, 1e-3).state
+    assert (_val_scores(transport, ["a", "b"], state)["score"] < 0.5).sum() == 20  # the controls
+    honest = change_norm(state, transport.train("a", state, TrainRequest(lr=1e-3, seed=0, batch_size=2)).state)
+    for cycle in range(1, 5):
+        hop = visitor.visit("m", state, cycle, 1e-3)
+        assert hop.status == HopStatus.OK and change_norm(state, hop.state) <= 4 * honest + 1e-6
+        state = hop.state
+    assert (_val_scores(transport, ["a", "b"], state)["score"] > 0.5).all()
+    assert float(state["classifier.bias"][0]) == pytest.approx(TARGET_LOGIT)
+
+
+@pytest.mark.parametrize("criterion", ["loss", "reference", "calibrated"])
+def test_update_verification_rejects_a_targeted_shift_and_names_the_site(criterion):
+    """(c) The same shift judged by QC's update verification on the other sites' scans (leave-site-out): the honest
+    update is accepted; the shifted one raises the loss (criterion ``loss``) and the false-positive rate
+    (``reference``) there, so it is rejected, the QC log naming the site and the criterion. A stated limit:
+    ``calibrated`` Platt-recalibrates each model's scores, and the shift maps the honest update's logits by an
+    increasing affine map (the weights shrunk, the bias moved), so it judges the honest update and accepts it."""
+    from fedqc.qc.criteria import UPDATE_CRITERIA
+    from fedqc.qc.gate import Update, VerificationScans
+    from fedqc.qc.policy import QCPolicy
+    from fedqc.qc.verification import UpdateVerification
+
+    transport = Sites(a=Linear("a", 0.25, 0), b=Linear("b", 0.25, 1),
+                      m=Adversary(Linear("m", 0.25, 2), "targeted_shift", {"size": 3}))
+    policy = QCPolicy()
+    scans = VerificationScans(transport, ["a", "b", "m"], fraction=1.0, seed=0)
+    gate = UpdateVerification(UPDATE_CRITERIA[criterion](), policy, scans)
+    policy.start(scans.score(LINEAR))
+    gate.screen(LINEAR, 0)
+    accepted = {}
+    for site in ("a", "m"):
+        gate.check(site, LINEAR, 0)
+        reply = transport.train(site, LINEAR, TrainRequest(lr=1e-3, seed=0, batch_size=2, nonce="n1"))
+        accepted[site] = gate.judge(Update(reply, 0, site, "visit", (), time.perf_counter()))
+    assert accepted["a"]
+    row = policy.log[-1]
+    assert row["site"] == "m" and row["criterion"] == criterion and row["accepted"] == accepted["m"]
+    assert accepted["m"] == (criterion == "calibrated")
+
+
+@pytest.mark.parametrize("aggregator", ["median", "trimmed_mean", "krum"])
+def test_robust_aggregators_bound_a_targeted_shift(aggregator):
+    """(c) FedAvg over five sites, one adding a targeted shift (size 3): the honest sites leave the classifier's bias
+    as it was, the weighted mean moves it by a fifth of the liar's; the median, trimmed mean (β 0.2) and Krum (f 1)
+    keep the bias and the classifier's weights among the honest updates'."""
+    steps = {"a": 0.2, "b": 0.25, "c": 0.3, "d": 0.22}
+    transport = Sites(**{s: Linear(s, v, i) for i, (s, v) in enumerate(steps.items())},
+                      m=Adversary(Linear("m", 0.25, 9), "targeted_shift", {"size": 3}))
+
+    def averaged(agg):
+        round_ = AveragingRound(sorted(transport.sites), flower_strategy("fedavg", 0.0), seed=0, aggregator=agg)
+        return round_(PlainVisitor(transport, TrainConfig()), LINEAR, 0, 1e-3, lambda *_: None)[0]
+
+    assert averaged(None)["classifier.bias"][0] > 0.2
+    robust = averaged(Aggregator(aggregator, trim_beta=0.2, krum_f=1))
+    assert robust["classifier.bias"][0] == pytest.approx(0.0, abs=1e-6)
+    honest = [LINEAR["classifier.weight"] + np.float32(0.02 * v) for v in steps.values()]
+    assert (robust["classifier.weight"] >= np.min(honest, 0) - 1e-6).all()
+    assert (robust["classifier.weight"] <= np.max(honest, 0) + 1e-6).all()
+
+
+@pytest.mark.parametrize("label", [0, 1])
+def test_a_targeted_shift_moves_only_the_real_models_output_layer(label):
+    """On the real network's arrays: beyond the honest update, only the output layer's label row moves (weights
+    towards 0, the bias towards ±TARGET_LOGIT), by ``size`` × the honest change's norm; the reply stays well-formed."""
+    from fedqc.config import ModelSpec
+    from fedqc.models.state import initial_state
+
+    sent = initial_state(ModelSpec("sfcn", 0.25, (16, 16, 16)), 0)
+    reply = {k: (v + np.float32(1e-3)).astype(v.dtype) if np.issubdtype(v.dtype, np.floating) else v
+             for k, v in sent.items()}
+    lied = shifted(sent, reply, label, 2.0)
+    assert check_update(sent, lied) is None
+    assert sorted(k for k in sent if not np.array_equal(lied[k], reply[k])) == sorted(CLASSIFIER)
+    extra = np.sqrt(sum(np.sum((lied[k].astype(float) - reply[k]) ** 2) for k in CLASSIFIER))
+    assert extra == pytest.approx(2.0 * change_norm(sent, reply), rel=1e-4)
+    weight, bias = CLASSIFIER
+    assert np.linalg.norm(lied[weight][0]) < np.linalg.norm(reply[weight][0])
+    assert np.sign(lied[bias][0] - reply[bias][0]) == (1 if label == 1 else -1)
 
 
 def test_the_count_check_refuses_an_inflated_count_and_names_it():
@@ -314,14 +457,70 @@ def test_message_freshness_refuses_a_replayed_reply(monkeypatch):
     assert check_update(state, transport.sites["m"].replayed.state) is None  # its form is fine
 
 
+def test_message_freshness_refuses_a_replayed_evaluation_reply(monkeypatch):
+    """(f) for evaluations: a site that answers a question asked before (same split and options) with its first
+    reply — the scores of an earlier model. Every evaluation request through FreshTransport carries a fresh nonce, so
+    the stale reply is refused (failed, no scores), its reason the stale-reply check's; an honest site's reply and a
+    new question are answered. Without freshness (no nonce) the stale scores are believed."""
+    import fedqc.transport.fresh
+
+    liar = Adversary(Linear("m", 0.25, 2), "replay", {"evaluations": 1})
+    transport = FreshTransport(Sites(a=Linear("a", 0.25, 0), m=liar))
+    moved = {**LINEAR, "classifier.bias": LINEAR["classifier.bias"] + np.float32(1.0)}
+
+    def replayed():
+        liar.replayed_evaluations.clear()
+        first = transport.evaluate(["a", "m"], LINEAR, EvalRequest("val"))["m"]
+        return first, transport.evaluate(["a", "m"], moved, EvalRequest("val"))
+
+    first, later = replayed()
+    assert first.error is None and first.answers
+    assert later["a"].error is None and later["a"].scores["score"].gt(first.scores["score"].min()).any()
+    assert later["m"].error.startswith("stale reply (message freshness): it answers request ")
+    assert later["m"].scores.empty and later["m"].moments is None
+    assert transport.evaluate(["m"], moved, EvalRequest("test"))["m"].error is None  # a new question
+
+    monkeypatch.setattr(fedqc.transport.fresh.secrets, "token_hex", lambda n: "")  # no freshness
+    first, later = replayed()
+    assert later["m"].error is None and later["m"].scores.equals(first.scores)  # the earlier model's scores
+    assert not later["m"].scores.equals(Linear("m", 0.25, 2).evaluate(moved, EvalRequest("val")).scores)
+
+
+def test_a_refused_verification_reply_leaves_the_other_sites_scores_numeric():
+    """A refused (or failed) reply has an empty, untyped score table: left out of the verification scores, so that
+    the QC baseline takes the others' (concatenated, pandas made the scores objects and refused them)."""
+    from fedqc.qc.policy import QCPolicy
+
+    good = Linear("a", 0.25, 0).evaluate(LINEAR, EvalRequest("val"))
+    table = scores_table([good, EvalReply.failed("stale reply (message freshness): it answers request x, not y")])
+    assert table["score"].dtype == np.float64 and len(table) == 20
+    policy = QCPolicy()
+    policy.start(table)
+    policy.rebase(table.assign(score=table["score"] / 2))
+    assert np.allclose(policy.baseline["score"], good.scores["score"].to_numpy() / 2)
+
+
+def test_the_evaluation_nonce_travels_through_the_flower_codec():
+    """The nonce goes out in the request's fields and comes back in the reply's ids (what a Flower message carries)."""
+    from fedqc.transport.flower.codec import decode_eval_reply, encode_eval_reply
+
+    request = EvalRequest("val", exclude=("a1",), nonce="0f1e2d3c4b5a6978")
+    assert EvalRequest.from_dict(request.to_dict()) == request
+    decoded = decode_eval_reply(encode_eval_reply(Linear("a", 0.25, 0).evaluate(LINEAR, request)))
+    assert decoded.answers == request.nonce and check_fresh(request, decoded) is None
+    assert check_fresh(dataclasses.replace(request, nonce="ffff"), decoded).startswith("stale reply")
+
+
 def test_a_replaying_and_a_framing_site_in_a_qc_run(tiny_cohort, tmp_path):
     """(f) end to end: beta replays its first reply; every later one is refused in train_log.csv and qc_log.csv, and
-    adversaries.csv names beta with the check it failed. (d) harm01-inverted claims 100× its scans: the QC arm
-    refuses every update of it before verification, qc_log.csv and adversaries.csv naming the count check (the
-    clean arm leaves that harmful site out). (g) gamma frames alpha: recorded with its target (adversaries.csv shows
-    whether alpha was named: the framing's success; a plain arm has no check that sees it)."""
+    adversaries.csv names beta with the check it failed. It also replays its evaluation replies: each is refused and
+    named in errors.csv (stages test and verification) and in calibration.csv's note; no honest site's is.
+    (d) harm01-inverted claims 100× its scans: the QC arm refuses every update of it before verification,
+    qc_log.csv and adversaries.csv naming the count check (the clean arm leaves that harmful site out).
+    (g) gamma frames alpha: recorded with its target (adversaries.csv shows whether alpha was named: the framing's
+    success; a plain arm has no check that sees it)."""
     cfg = tiny_config(tiny_cohort / "manifest.csv", arms=["clean", "qc-loss-batch"], train={"cycles": 3, "branch_cycle": 1},
-                      scenario={"adversarial": [{"sites": ["beta"], "attack": "replay"},
+                      scenario={"adversarial": [{"sites": ["beta"], "attack": "replay", "params": {"evaluations": 1}},
                                                 {"sites": ["gamma"], "attack": "framing",
                                                  "params": {"target": "alpha"}},
                                                 {"sites": ["harm01-inverted"], "attack": "inflated_count"}]})
@@ -344,6 +543,15 @@ def test_a_replaying_and_a_framing_site_in_a_qc_run(tiny_cohort, tmp_path):
         assert table.loc["gamma", "role"] == "framing" and table.loc["alpha", "role"] == "framed by gamma"
     clean = pd.read_csv(tmp_path / "run" / "clean" / "adversaries.csv").set_index("site")
     assert not clean.loc["gamma", "named"] and clean.loc["alpha", "refused"] == 0  # a plain arm: framing passes
+    # the clean arm's test answer at cycle 0 is beta's first; the QC arm branches after cycle 1
+    for arm, stages, cycles in (("clean", {"test"}, [1, 2]), ("qc-loss-batch", {"test", "verification"}, [2])):
+        errors = pd.read_csv(tmp_path / "run" / arm / "errors.csv")
+        stale = errors[errors["reason"].str.startswith("stale reply (message freshness)")]
+        assert set(stale["stage"]) == stages
+        assert ((stale["site"] == "beta") | stale["reason"].str.endswith("(site beta)")).all()
+        assert stale.loc[stale["stage"] == "test", "cycle"].tolist() == cycles
+        notes = pd.read_csv(tmp_path / "run" / arm / "calibration.csv")["note"].fillna("")
+        assert notes.str.contains("no answer from beta (stale reply (message freshness)", regex=False).any()
 
 
 # ----------------------------------------------------------------------------- (g) framing
@@ -503,9 +711,10 @@ def test_adversaries_table_names_liars_with_their_checks_and_counts_honest_refus
 @pytest.mark.flower
 def test_lying_sites_through_the_flower_simulation(tiny_cohort, tmp_path):
     """The ClientApp wraps the lying sites itself: over Flower's simulation engine beta's replayed reply (a fresh
-    Flower message carrying a stale nonce) is refused and named as in-process."""
+    Flower message carrying a stale nonce) is refused and named as in-process, and so is its replayed evaluation
+    reply; every honest site's evaluation reply names its request's nonce through the codec."""
     cfg = tiny_config(tiny_cohort / "manifest.csv", arms=["clean"], engine="flower", train={"cycles": 2},
-                      scenario={"adversarial": [{"sites": ["beta"], "attack": "replay"}]})
+                      scenario={"adversarial": [{"sites": ["beta"], "attack": "replay", "params": {"evaluations": 1}}]})
     simulate(cfg, tmp_path / "run", quiet=True)
     log = pd.read_csv(tmp_path / "run" / "clean" / "train_log.csv")
     beta = log[log["site"] == "beta"].sort_values("cycle")
@@ -513,3 +722,6 @@ def test_lying_sites_through_the_flower_simulation(tiny_cohort, tmp_path):
     assert (log.loc[log["site"] != "beta", "status"] == "ok").all()
     table = pd.read_csv(tmp_path / "run" / "clean" / "adversaries.csv").set_index("site")
     assert table.loc["beta", "named"] and table.loc["beta", "checks"] == "stale reply (message freshness)"
+    errors = pd.read_csv(tmp_path / "run" / "clean" / "errors.csv")  # its evaluation replies too, every nonce carried
+    stale = errors[errors["reason"].str.startswith("stale reply (message freshness)")]
+    assert stale[["site", "cycle", "stage"]].to_dict("records") == [{"site": "beta", "cycle": 1, "stage": "test"}]

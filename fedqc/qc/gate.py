@@ -24,7 +24,7 @@ from enum import Enum
 
 import pandas as pd
 
-from fedqc.protocol import EvalReply, EvalRequest, ScanProblem, State, TrainReply
+from fedqc.protocol import EvalReply, EvalRequest, ScanProblem, State, TrainReply, scores_table
 from fedqc.qc.policy import QCPolicy
 from fedqc.transport import Transport
 
@@ -75,7 +75,7 @@ class VerificationScans:
         return replies
 
     def score(self, state: State) -> pd.DataFrame:
-        return pd.concat([r.scores for r in self.evaluate(state).values()], ignore_index=True)
+        return scores_table(self.evaluate(state).values())
 
     def note(self, site: str, skipped: list[ScanProblem], error: str | None = None) -> None:
         self.problems.update({(p.subject, site): p.reason for p in skipped})
@@ -121,4 +121,4 @@ class Gate(ABC):
 
     def verification_scores(self, state: State) -> pd.DataFrame:
         """:meth:`score_verification`'s scores as one table."""
-        return pd.concat([r.scores for r in self.score_verification(state).values()], ignore_index=True)
+        return scores_table(self.score_verification(state).values())

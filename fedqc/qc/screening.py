@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from fedqc.errors import SiteError
-from fedqc.protocol import EvalReply, EvalRequest, State
+from fedqc.protocol import EvalReply, EvalRequest, State, scores_table
 from fedqc.qc.criteria import SiteAUROCCheck
 from fedqc.qc.gate import Gate, QCStatus, Update, VerificationScans
 from fedqc.qc.policy import QCPolicy, site_decision
@@ -81,7 +81,7 @@ class SiteScreening(Gate):
         """Rescore the verification scans with ``state`` and make their scores the baseline (the feature reference
         is kept); the replies."""
         replies = self.score_verification(state, **fields)
-        self.policy.rebase(pd.concat([r.scores for r in replies.values()], ignore_index=True))
+        self.policy.rebase(scores_table(replies.values()))
         self.stale = False
         return replies
 
@@ -228,7 +228,7 @@ class SiteScreening(Gate):
         Each site's shift is estimated from all its scored scans and its verification scans,
         the ones the model has fitted included: they show the scanner as well.
         """
-        every = pd.concat([r.scores for r in replies.values()], ignore_index=True) if replies else pd.DataFrame()
+        every = scores_table(replies.values())
         judge = self.policy.fresh if only is None else self.policy.fresh & only
         scored = every[every["subject"].isin(judge)].reset_index(drop=True) if not every.empty else every
         self.reference_issues = None
