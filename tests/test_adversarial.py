@@ -707,6 +707,22 @@ def test_adversaries_table_names_liars_with_their_checks_and_counts_honest_refus
     assert table.loc["honest, harmful data", "refused"] == 2 and table.loc["honest, harmful data", "checks"] == "auroc"
 
 
+def test_adversaries_table_of_a_qc_log_without_notes(tmp_path):
+    """A QC arm whose log has no note column (no reply refused by a check before verification: a liar that only a
+    criterion judged) still gets its adversaries.csv, the liar named by the criterion."""
+    from types import SimpleNamespace
+
+    from fedqc.experiment.adversarial import write_adversaries
+    from fedqc.experiment.run_dir import ArmDir
+
+    pd.DataFrame({"cycle": [1, 1], "site": ["m", "a"], "criterion": ["loss", "loss"],
+                  "accepted": [False, True]}).to_csv(tmp_path / "qc_log.csv", index=False)
+    qc = SimpleNamespace(folder=tmp_path, policy=SimpleNamespace(eliminated_sites={}))
+    write_adversaries(ArmDir(tmp_path), {"m": ("targeted_shift", {})}, qc, None)
+    table = pd.read_csv(tmp_path / "adversaries.csv").set_index("site")
+    assert table.loc["m", "named"] and table.loc["m", "checks"] == "loss" and table.loc["m", "refused"] == 1
+
+
 @pytest.mark.slow
 @pytest.mark.flower
 def test_lying_sites_through_the_flower_simulation(tiny_cohort, tmp_path):

@@ -17,6 +17,8 @@ from fedqc.qc.arm import QCArm
 from fedqc.qc.detection import score_adversaries
 from fedqc.strategies.cycles import HopStatus
 
+DECISION_COLUMNS = ["site", "accepted", "criterion", "note"]  # what score_adversaries reads of a QC log
+
 
 def write_adversaries(arm_dir: ArmDir, liars: dict[str, tuple[str, dict]], qc: QCArm | None,
                       manifest: pd.DataFrame | None) -> None:
@@ -24,10 +26,9 @@ def write_adversaries(arm_dir: ArmDir, liars: dict[str, tuple[str, dict]], qc: Q
     (:func:`~fedqc.qc.detection.score_adversaries`): a QC arm's decisions are its ``qc_log.csv``; a plain arm's its
     hops that got a reply (``train_log.csv``: ok or rejected). The other sites are split by the ``manifest``'s
     ground truth: with harmful training scans or without."""
-    if qc is not None:
+    if qc is not None:  # a log where no check refused a reply has no note column
         path = qc.folder / "qc_log.csv"
-        decisions = pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=["site", "accepted", "criterion",
-                                                                                   "note"])
+        decisions = (pd.read_csv(path) if path.is_file() else pd.DataFrame()).reindex(columns=DECISION_COLUMNS)
         eliminated = set(qc.policy.eliminated_sites)
     else:
         log = pd.read_csv(arm_dir.path / "train_log.csv")

@@ -31,6 +31,7 @@ ATTACKS = {
     "bn_moments": [{"sites": [LIAR], "attack": "bn_moments"}],
     "scaled_update": [{"sites": [LIAR], "attack": "scaled_update", "params": {"factor": 1000}}],
     "sign_flip": [{"sites": [LIAR], "attack": "sign_flip"}],
+    "targeted_shift": [{"sites": [LIAR], "attack": "targeted_shift", "params": {"label": 1, "size": 1}}],
     "inflated_count": [{"sites": [LIAR], "attack": "inflated_count"}],
     "fake_scores": [{"sites": ["harm01-inverted"], "attack": "fake_scores"}],  # (b): a harmful site hides it
     "backdoor": [{"sites": [LIAR], "attack": "backdoor", "params": {"share": 0.5, "label": 1}}],
