@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -22,6 +23,8 @@ from fedqc.data.synth import cohort
 from fedqc.data.synth.cohort import SiteSpec, _subject_rows, generate_cohort, reference_sites
 from fedqc.data.synth.effects import EFFECT_SETS, Effects, effect_keys, oracle_auroc, resolve_effects, subject_draw
 from tests.conftest import TINY_HARM, TINY_SITES
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _digest(folder):
@@ -125,7 +128,15 @@ def test_default_effects_reproduce_the_shipped_generator(tmp_path):
     generate_cohort(tmp_path, preset="smoke", size=16, seed=0, effects=Effects(), workers=1)
     assert _voxel_hash(tmp_path) == SHIPPED_SMOKE_16
     assert json.loads((tmp_path / "cohort.json").read_text())["effects_source"] == "v1"  # the set they equal
-    assert EFFECT_SETS["v1"] == Effects() and all(p[2] == "v1" for p in cohort.PRESETS.values())
+    assert EFFECT_SETS["v1"] == Effects()
+    assert {name: p[2] for name, p in cohort.PRESETS.items()} == {"demo": "v1", "demo2d": "v1", "smoke": "v1",
+                                                                  "reference": "v2"}
+
+
+def test_reference_default_is_the_screened_calibration():
+    """The `reference` preset's default set ``v2`` is the effects file the calibration study screened and measured."""
+    screened, _ = resolve_effects(ROOT / "studies" / "difficulty-screening" / "effects" / "hetero-noise.yaml", "v1")
+    assert EFFECT_SETS["v2"] == screened != EFFECT_SETS["v1"]
 
 
 def test_effects_file_recorded_and_read_back(tmp_path):

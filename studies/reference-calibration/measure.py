@@ -1,7 +1,8 @@
 """Measure issue 42's targets on one `reference` cohort, training seeds paired.
 
-For the cohort at ``--cohort`` (made by ``fedqc cohort --preset reference``), four `fedqc study` runs over the
-same seeds, each a config that ``extends:`` ``configs/reference-study.yaml`` (the reference-shape schedule):
+For the cohort at ``--cohort`` (made by ``fedqc cohort --preset reference``), three `fedqc study` runs over the
+same seeds, each a config that ``extends:`` ``--config`` (default ``calibrated.yaml`` here: the reference-shape
+settings over 20 cycles, W = 10):
 
 - ``main``: the travelling model's clean and dirty arms on the cohort;
 - ``pooled``: the same network on the same good training scans pooled at one site (one cycle = one epoch of
@@ -36,7 +37,7 @@ from fedqc.analysis.study import cycle_metrics
 from fedqc.data.manifest import load_manifest
 from fedqc.experiment.run_dir import RunDir
 
-BASE = Path("configs/reference-study.yaml").resolve()
+CONFIG = Path(__file__).resolve().parent / "calibrated.yaml"
 TRUSTED = ("site02", "site10")  # two two-class sites with 130 of the 1,370 good training scans
 SKILL = 0.65  # "leaves chance"
 STUDIES = {"main": ["clean", "dirty"], "pooled": ["clean"], "trusted": ["clean"]}
@@ -52,9 +53,9 @@ def trusted_manifest(manifest: Path, out: Path) -> Path:
     return path
 
 
-def run_study(name: str, manifest: Path, out: Path, seeds: list[int], parallel: int) -> Path:
+def run_study(name: str, base: Path, manifest: Path, out: Path, seeds: list[int], parallel: int) -> Path:
     config = out / f"{name}.yaml"
-    config.write_text(yaml.safe_dump({"extends": str(BASE), "name": name, "manifest": str(manifest.resolve()),
+    config.write_text(yaml.safe_dump({"extends": str(base.resolve()), "name": name, "manifest": str(manifest.resolve()),
                                       "arms": STUDIES[name], "threads": 1}))
     folder = out / name
     if not (folder / "study.csv").is_file():
@@ -121,6 +122,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument("--parallel", type=int, default=2)
+    ap.add_argument("--config", type=Path, default=CONFIG, help="the schedule every study extends")
     ap.add_argument("--only", choices=list(STUDIES), nargs="+", help="run these studies only (no report)")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -128,7 +130,7 @@ def main() -> None:
     manifests = {"main": manifest, "pooled": pooled_manifest(manifest, args.out),
                  "trusted": trusted_manifest(manifest, args.out)}
     for name in args.only or STUDIES:
-        run_study(name, manifests[name], args.out, args.seeds, args.parallel)
+        run_study(name, args.config, manifests[name], args.out, args.seeds, args.parallel)
     if args.only:
         return
     table = load_manifest(manifest, check_images=False)

@@ -65,8 +65,16 @@ def effect_keys() -> list[str]:
 
 # Named effect sets. A preset names its default set, so a cohort made with an earlier default can be made again
 # by name once the preset moves on. ``v1``: the effects every preset shipped with before the difficulty model
-# (every PD subject the same effect, no competing anatomy, mild scanner effects).
-EFFECT_SETS: dict[str, Effects] = {"v1": Effects()}
+# (every PD subject the same effect, no competing anatomy, mild scanner effects). ``v2``: the `reference` preset's
+# calibration at 32³ (studies/reference-calibration): a disease effect that varies between subjects (a fifth of the
+# patients without a visible one, some controls with a partial one; oracle ceiling about 0.87), more deformation,
+# and scanners told apart by their noise and bias field, effects that do not mimic the disease (a per-scanner
+# contrast or blur stops the travelling model learning at this resolution: decision 41).
+EFFECT_SETS: dict[str, Effects] = {
+    "v1": Effects(),
+    "v2": Effects(pd_nonexpressing=0.2, pd_effect_sd=0.5, hc_pdlike=0.15, deform_mm=3.0, bias_strength=0.4,
+                  noise_max=15.0),
+}
 
 
 def _problems(data: dict) -> list[str]:
