@@ -10,7 +10,7 @@ No torch here: the server side and the config layer use these types too.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Iterable, NamedTuple
+from typing import Callable, Iterable, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -133,6 +133,58 @@ class EvalRequest:
                    ood_scale=tuple(float(x) for x in d.get("ood_scale", ())), nonce=str(d.get("nonce", "")))
 
 
+CYCLE_PARTS = ("verification", "test")  # a CycleEvalRequest's parts, in the order a site answers them
+PART_SPLITS = {"verification": "val", "test": "test"}
+
+
+@dataclass(frozen=True)
+class CycleEvalRequest:
+    """The end of a cycle's scoring of its final state at one site, one message: ``verification``, the ``val``
+    scores the threshold is fitted on (with the calibration's exclusions), and ``test``, the test split's scores
+    (None: the site has no such part). The two score the same state with no server step between them, so they
+    travel together (docs/decisions.md, section 44); each part is an :class:`EvalRequest` of its own, with its own
+    nonce, answered as if it had come alone (:meth:`answer`).
+
+    The parts are named, not listed, so that a reply's test scores can only be read as such: the server hands
+    :attr:`CycleEvalReply.test` to the metrics alone, never to the calibration or QC (the test split steers
+    nothing). Validated: at least one part, each an :class:`EvalRequest` of its part's split.
+    """
+
+    verification: EvalRequest | None = None
+    test: EvalRequest | None = None
+
+    def __post_init__(self) -> None:
+        if self.verification is None and self.test is None:
+            raise ValueError("a cycle evaluation request needs a verification or a test part")
+        for name, part in self.parts():
+            if not isinstance(part, EvalRequest) or part.split != PART_SPLITS[name]:
+                raise ValueError(f"a cycle evaluation request's {name} part must be an EvalRequest of split "
+                                 f"{PART_SPLITS[name]!r}, not {part!r}")
+
+    def parts(self) -> list[tuple[str, EvalRequest]]:
+        """The parts asked for, by name, in :data:`CYCLE_PARTS` order."""
+        return [(name, part) for name in CYCLE_PARTS if (part := getattr(self, name)) is not None]
+
+    def answer(self, evaluate: Callable[[EvalRequest], EvalReply]) -> CycleEvalReply:
+        """Each part answered by ``evaluate``, verification first: what a site does with the message."""
+        return CycleEvalReply(**{name: evaluate(part) for name, part in self.parts()})
+
+    def to_dict(self) -> dict:
+        """One flat dict (a Flower ConfigRecord holds no nesting): ``parts`` names the parts, each part's fields
+        under ``<part>.``."""
+        return {"parts": [name for name, _ in self.parts()],
+                **{f"{name}.{k}": v for name, part in self.parts() for k, v in part.to_dict().items()}}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> CycleEvalRequest:
+        parts = [str(p) for p in d["parts"]]
+        unknown = sorted(set(parts) - set(CYCLE_PARTS))
+        if unknown:
+            raise ValueError(f"unknown cycle evaluation part(s) {unknown}; expected some of {list(CYCLE_PARTS)}")
+        return cls(**{name: EvalRequest.from_dict({k[len(name) + 1:]: v for k, v in d.items()
+                                                   if k.startswith(name + ".")}) for name in parts})
+
+
 @dataclass
 class TrainReply:
     state: State
@@ -158,6 +210,20 @@ class EvalReply:
     @classmethod
     def failed(cls, reason: str) -> EvalReply:
         return cls({k: 0.0 for k in COUNT_KEYS}, pd.DataFrame(columns=SCORE_COLUMNS), [], reason)
+
+
+@dataclass
+class CycleEvalReply:
+    """A site's answer to a :class:`CycleEvalRequest`: one :class:`EvalReply` per part it asked for (None
+    otherwise), each naming its own part's nonce. ``test`` goes to the metrics only (the request's docstring)."""
+
+    verification: EvalReply | None = None
+    test: EvalReply | None = None
+
+    @classmethod
+    def failed(cls, request: CycleEvalRequest, reason: str) -> CycleEvalReply:
+        """Every part ``request`` asked for failed for ``reason`` (the site raised or did not answer)."""
+        return request.answer(lambda _: EvalReply.failed(reason))
 
 
 def scores_table(replies: Iterable[EvalReply]) -> pd.DataFrame:

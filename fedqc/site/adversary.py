@@ -37,6 +37,7 @@ What each attack targets and which defence answers it: docs/threat-model.md.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import zlib
 from dataclasses import dataclass, field
@@ -47,7 +48,18 @@ import pandas as pd
 
 from fedqc.data.corruptions.scenario import ATTACKS
 from fedqc.data.inject import ADVERSARIAL
-from fedqc.protocol import EvalReply, EvalRequest, ImageFinding, SiteInfo, State, TrainReply, TrainRequest, change_norm
+from fedqc.protocol import (
+    CycleEvalReply,
+    CycleEvalRequest,
+    EvalReply,
+    EvalRequest,
+    ImageFinding,
+    SiteInfo,
+    State,
+    TrainReply,
+    TrainRequest,
+    change_norm,
+)
 from fedqc.scoring import counts_from_scores
 
 DEFAULTS = {"bn_moments": {"count": 1000.0, "shift": 10.0, "scale": 10.0}, "scaled_update": {"factor": 1000.0},
@@ -187,6 +199,11 @@ class Adversary:
             return dataclasses.replace(reply, moments=lying_moments(reply.moments, widths, float(p["count"]),
                                                                     float(p["shift"]), float(p["scale"])))
         return reply
+
+    def evaluate_cycle(self, state: State, request: CycleEvalRequest) -> CycleEvalReply:
+        """Each part as :meth:`evaluate` answers it alone: a lie about the verification scores rides in the same
+        message as the honest test scores."""
+        return request.answer(functools.partial(self.evaluate, state))
 
 
 def lying_sites(manifest: str | Path | None) -> dict[str, tuple[str, dict]]:

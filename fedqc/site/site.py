@@ -34,6 +34,8 @@ from fedqc.models import bias_classes, bias_head, encode, network
 from fedqc.models.state import pack, unpack
 from fedqc.protocol import (
     SCORE_COLUMNS,
+    CycleEvalReply,
+    CycleEvalRequest,
     EvalReply,
     EvalRequest,
     ImageFinding,
@@ -334,12 +336,26 @@ class Site:
         activations.keep(self, self.encoder, subjects, first, out, skipped)
         return skipped
 
-    @torch.no_grad()
     def evaluate(self, state: State, request: EvalRequest) -> EvalReply:
         """Scores, counts and loss sums of ``state`` on the scans ``request`` names."""
+        self._load(state)
+        return self._score(request)
+
+    def evaluate_cycle(self, state: State, request: CycleEvalRequest) -> CycleEvalReply:
+        """The end of a cycle's scoring in one message: ``state`` loaded once, then each part of ``request`` answered
+        as :meth:`evaluate` would answer it alone (the same scans in the same batches: bit-identical replies)."""
+        self._load(state)
+        return request.answer(self._score)
+
+    def _load(self, state: State) -> None:
+        """The model's arrays of ``state`` into the network, in evaluation mode."""
         unpack(state, self.encoder, self.classifier, None, self.head)
         for m in self.modules:
             m.eval()
+
+    @torch.no_grad()
+    def _score(self, request: EvalRequest) -> EvalReply:
+        """:meth:`evaluate` of the loaded state."""
         exclude = set(request.exclude)
         subjects = [s for s in self.sample(request.split, request.fraction, request.sample_seed) if s not in exclude]
         bn = BatchNormMoments(*(self.encoder, self.classifier) if request.batchnorm else (), only=request.bn_layers)

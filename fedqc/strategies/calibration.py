@@ -22,6 +22,13 @@ verification (``val``) scans — never on test:
   scans called positive as are positive), ``platt`` (where a logistic fit of the label on
   the score's logit crosses 0.5), or ``fixed`` 0.5, the reference. Every method's value is
   recorded; the configured one is used by the metrics and stored in the checkpoint.
+
+In a run the two steps sit around the cycle's closing message
+(:func:`fedqc.strategies.cycles.score_cycle`): :meth:`Calibrator.statistics` first, its
+passes one evaluation message each; then the final state's verification scores travel in
+the same message per site as its test scores, and :meth:`Calibrator.threshold` fits the
+threshold on the verification part alone. :meth:`Calibrator.__call__` does both with a
+message of its own for the scores (benchmarks, tests).
 """
 
 from __future__ import annotations
@@ -89,6 +96,15 @@ def merge_moments(latest: dict[str, np.ndarray] | None, moments: list[dict[str, 
     return out
 
 
+def exclusion_groups(scans: dict[str, tuple[str, ...]]) -> dict[tuple[str, ...], list[str]]:
+    """The sites of ``scans`` (site → the val scans to leave out) grouped by what they leave out, in site order:
+    one verification request each."""
+    groups: dict[tuple[str, ...], list[str]] = {}
+    for site, exclude in sorted(scans.items()):
+        groups.setdefault(tuple(exclude), []).append(site)
+    return groups
+
+
 def fit_thresholds(labels: np.ndarray, scores: np.ndarray) -> tuple[dict[str, float], str]:
     """Every method's threshold on (labels, scores) of verification scans, and a note when some fall back to
     0.5 (one class only; a Platt fit without a positive slope)."""
@@ -138,16 +154,19 @@ class Calibrator:
 
     def _evaluate(self, state: State, scans: dict[str, tuple[str, ...]], **fields) -> dict[str, EvalReply]:
         replies: dict[str, EvalReply] = {}
-        groups: dict[tuple[str, ...], list[str]] = {}
-        for site, exclude in sorted(scans.items()):
-            groups.setdefault(tuple(exclude), []).append(site)
-        for exclude, sites in groups.items():
+        for exclude, sites in exclusion_groups(scans).items():
             replies |= self.transport.evaluate(sites, state, EvalRequest("val", exclude=exclude, **fields))
         return replies
 
     def __call__(self, state: State, scans: dict[str, tuple[str, ...]]) -> tuple[State, dict]:
-        """The state to checkpoint and score, and the record of what was done (one row of ``calibration.csv``)."""
+        """The state to checkpoint and score, and the record of what was done (one row of ``calibration.csv``):
+        :meth:`statistics`, then the threshold on verification scores asked for in messages of their own."""
         t0 = time.perf_counter()
+        state, passes = self.statistics(state, scans)
+        return state, self.threshold(self._evaluate(state, scans), scans, passes, time.perf_counter() - t0)
+
+    def statistics(self, state: State, scans: dict[str, tuple[str, ...]]) -> tuple[State, int]:
+        """``state`` with federated BatchNorm statistics (as configured; else as it is), and the passes it took."""
         passes = 0
         if self.config.batchnorm == "federated" and (layers := batchnorm_layers(state)):
             passes = min(len(layers), self.config.bn_passes or len(layers))
@@ -157,7 +176,17 @@ class Calibrator:
                 replies = self._evaluate(state, scans, batchnorm=True, bn_layers=wanted)
                 latest = merge_moments(latest, self._pool(replies, scans, widths), widths)
                 state = pool_batchnorm(state, [latest] if latest else [], unbiased=p == passes - 1)
-        replies = self._evaluate(state, scans)
+        return state, passes
+
+    def threshold(self, replies: dict[str, EvalReply], scans: dict[str, tuple[str, ...]], passes: int,
+                  seconds: float) -> dict:
+        """The record of the cycle's calibration (one row of ``calibration.csv``): every method's threshold on the
+        verification ``replies`` of the state :meth:`statistics` returned (site → reply to ``val`` minus its
+        ``scans``), ``passes`` and ``seconds`` spent before this step (plus the fit's own). Verification replies
+        only: a run's test scores never reach the calibration (:func:`fedqc.strategies.cycles.score_cycle`)."""
+        t0 = time.perf_counter()
+        order = [s for sites in exclusion_groups(scans).values() for s in sites]  # pooled in the sites' order of
+        replies = {s: replies[s] for s in order if s in replies}  # their fan-outs: the same threshold bit for bit
         frames = [r.scores for r in replies.values() if not r.error and len(r.scores)]
         scores = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["label", "score"])
         thresholds, note = fit_thresholds(scores["label"].to_numpy(), scores["score"].to_numpy())
@@ -168,5 +197,5 @@ class Calibrator:
         record = {"threshold": thresholds[self.config.threshold], "method": self.config.threshold,
                   "batchnorm": self.config.batchnorm, "bn_passes": passes, "n_val": len(scores),
                   "n_val_pos": int(scores["label"].sum()), **{f"threshold_{m}": v for m, v in thresholds.items()},
-                  "seconds": time.perf_counter() - t0, "note": note}
-        return state, record
+                  "seconds": seconds + time.perf_counter() - t0, "note": note}
+        return record

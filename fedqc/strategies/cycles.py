@@ -4,8 +4,10 @@ A *cycle* (a *round* of the averaging strategies) is one :data:`Round`: the stra
 decides which sites train from which model and how their results become the next model
 (:mod:`fedqc.strategies.travelling`, :mod:`fedqc.strategies.averaging`); *how* a site
 trains is the visitor's: plain training, or a QC arm's verified training
-(:mod:`fedqc.qc.arm`). Then the loop calibrates the model, scores the test split and
-hands the cycle to the caller, who commits it (logs, then the checkpoint). The
+(:mod:`fedqc.qc.arm`). Then the loop calibrates the model, scores the final state —
+verification scores for the threshold and the test split's scores, one message per site
+(:func:`score_cycle`) — and hands the cycle to the caller, who commits it (logs, then the
+checkpoint). The
 learning rate is ``lr × exp(-lr_decay · cycle)``; every random choice inside a cycle
 derives from ``(seed, cycle, site)``, so a run resumed from any cycle ends bit-identical.
 A site that fails costs its visit; training goes on without it.
@@ -26,6 +28,7 @@ import numpy as np
 from fedqc.config import TrainConfig
 from fedqc.errors import SiteError
 from fedqc.protocol import (
+    CycleEvalRequest,
     EvalReply,
     EvalRequest,
     ScanProblem,
@@ -192,9 +195,10 @@ def time_split(round_meter: Meter | None, calibration_seconds: float, test_secon
     the remainder): ``train_seconds``, the sites' own training (what their replies report); ``transport_seconds``,
     the rest of the training requests' wall time (sending the model and its state, Ray or the grid, packing);
     ``eval_seconds``, the evaluation messages of the round itself (QC's verification scoring: transport included);
-    ``calibration_seconds``, the end-of-cycle calibration (its evaluation messages and the server's pooling);
-    ``test_seconds``, scoring the test split. ``round_meter`` is what the transport carried during the round (None:
-    not metered, NaN)."""
+    ``calibration_seconds``, the end-of-cycle calibration (its BatchNorm passes' messages, the server's pooling and
+    the threshold's fit); ``test_seconds``, the cycle's closing message (:func:`score_cycle`: the test split's
+    scores and, riding in it, the threshold's verification scores). ``round_meter`` is what the transport carried
+    during the round (None: not metered, NaN)."""
     m = round_meter
     nan = math.nan
     return {"train_seconds": m.site_train if m else nan, "transport_seconds": m.train_wall - m.site_train if m else nan,
@@ -205,7 +209,42 @@ def time_split(round_meter: Meter | None, calibration_seconds: float, test_secon
 HopCallback = Callable[[int, int, str, Hop], None]  # cycle, index of the visit, site, outcome
 Round = Callable[[Visitor, State, int, float, HopCallback], tuple[State, list[tuple[str, Hop, float]]]]
 """One cycle of a strategy: ``(visitor, state, cycle, lr, on_hop) -> (next state, [(site, hop, wall seconds)])``."""
-Calibrate = Callable[[State, dict[str, tuple[str, ...]]], tuple[State, dict]]
+
+
+class Calibrate(Protocol):
+    """The end-of-cycle calibration in its two steps around the closing message
+    (:class:`~fedqc.strategies.calibration.Calibrator`)."""
+
+    def statistics(self, state: State, scans: dict[str, tuple[str, ...]]) -> tuple[State, int]:
+        """The state to score and checkpoint, and the evaluation passes it took."""
+
+    def threshold(self, replies: dict[str, EvalReply], scans: dict[str, tuple[str, ...]], passes: int,
+                  seconds: float) -> dict:
+        """The calibration's record (a row of ``calibration.csv``), from the verification replies alone."""
+
+
+def score_cycle(transport: Transport, state: State, verification: dict[str, tuple[str, ...]],
+                test_sites: list[str]) -> tuple[dict[str, EvalReply], dict[str, EvalReply]]:
+    """The cycle's closing scoring of its final ``state``, one message per site (a
+    :class:`~fedqc.protocol.CycleEvalRequest`): the ``val`` scores of the sites in ``verification`` (site → the val
+    scans to leave out) and the test scores of ``test_sites``. Both score the same state with no server step between
+    them, so a site asked for both answers both in one message; sites asking alike share a fan-out.
+
+    Returns ``(verification replies, test replies)``, kept apart: the first go to the calibration's threshold
+    (:meth:`Calibrate.threshold`), the test replies only to the cycle's predictions and metrics (the caller's
+    ``on_cycle``), never to training, calibration or QC — the test split steers nothing. The message's parts are
+    named (``verification``, ``test``), so a test score cannot be read as a verification one. The test replies
+    are in ``test_sites``' order (the predictions' row order)."""
+    groups: dict[CycleEvalRequest, list[str]] = {}
+    for site in sorted(set(verification) | set(test_sites)):
+        request = CycleEvalRequest(verification=EvalRequest("val", exclude=tuple(verification[site]))
+                                   if site in verification else None,
+                                   test=EvalRequest("test") if site in test_sites else None)
+        groups.setdefault(request, []).append(site)
+    replies = {}
+    for request, sites in groups.items():
+        replies |= transport.evaluate_cycle(sites, state, request)
+    return {s: replies[s].verification for s in verification}, {s: replies[s].test for s in test_sites}
 
 
 def visit(visitor: Visitor, site: str, state: State, cycle: int, lr: float,
@@ -224,20 +263,25 @@ def train_cycles(transport: Transport, visitor: Visitor, state: State, *, rounds
                  on_cycle: Callable[[Cycle, State], None], calibrate: Calibrate | None = None,
                  val_sites: list[str] = (), meter: CountingTransport | None = None) -> State:
     """Cycles ``first_cycle .. train.cycles - 1``: run the cycle's round (``rounds(cycle)``), calibrate the model on
-    the verification scans of ``val_sites`` the visitor trusts (when ``calibrate`` is given), then score the test
-    split. ``meter``, the counting transport the visitor's and calibration's requests go through, splits the
-    round's time (:func:`time_split`)."""
+    the verification scans of ``val_sites`` the visitor trusts (when ``calibrate`` is given: its BatchNorm
+    statistics, then its threshold on the verification part of the closing message), scoring the test split in
+    that same message (:func:`score_cycle`). ``meter``, the counting transport the visitor's and calibration's
+    requests go through, splits the round's time (:func:`time_split`)."""
     for cycle in range(first_cycle, train.cycles):
         started = time.perf_counter()
         before = meter.meter if meter else None
         state, hops = rounds(cycle)(visitor, state, cycle, learning_rate(train.lr, train.lr_decay, cycle), on_hop)
         during = meter.meter - before if meter else None
-        calibration, t_calibrate = None, time.perf_counter()
+        calibration, passes, t_calibrate = None, 0, time.perf_counter()
+        scans = visitor.calibration_scans(list(val_sites)) if calibrate is not None else {}
         if calibrate is not None:
-            state, calibration = calibrate(state, visitor.calibration_scans(list(val_sites)))
+            state, passes = calibrate.statistics(state, scans)
         t_test = time.perf_counter()
-        test = transport.evaluate(test_sites, state, EvalRequest("test"))
-        test_seconds = time.perf_counter() - t_test
-        on_cycle(Cycle(cycle, hops, test, test_seconds, started, calibration,
-                       time_split(during, t_test - t_calibrate, test_seconds)), state)
+        verification, test = score_cycle(transport, state, scans, test_sites)
+        t_fit = time.perf_counter()
+        if calibrate is not None:
+            calibration = calibrate.threshold(verification, scans, passes, t_test - t_calibrate)
+        calibration_seconds = t_test - t_calibrate + time.perf_counter() - t_fit
+        on_cycle(Cycle(cycle, hops, test, t_fit - t_test, started, calibration,
+                       time_split(during, calibration_seconds, t_fit - t_test)), state)
     return state

@@ -7,6 +7,8 @@ from __future__ import annotations
 from typing import Protocol
 
 from fedqc.protocol import (
+    CycleEvalReply,
+    CycleEvalRequest,
     EvalReply,
     EvalRequest,
     ImageFinding,
@@ -29,3 +31,7 @@ class Transport(Protocol):
 
     def evaluate(self, sites: list[str], state: State, request: EvalRequest) -> dict[str, EvalReply]:
         """Score ``state`` at each site; a site that fails gets :meth:`EvalReply.failed`."""
+
+    def evaluate_cycle(self, sites: list[str], state: State, request: CycleEvalRequest) -> dict[str, CycleEvalReply]:
+        """The end of a cycle's scoring of ``state``: one message per site carrying every part of ``request``
+        (:class:`~fedqc.protocol.CycleEvalRequest`); a site that fails gets :meth:`CycleEvalReply.failed`."""

@@ -7,7 +7,17 @@ import math
 import time
 from dataclasses import dataclass, replace
 
-from fedqc.protocol import EvalReply, EvalRequest, ImageFinding, SiteInfo, State, TrainReply, TrainRequest
+from fedqc.protocol import (
+    CycleEvalReply,
+    CycleEvalRequest,
+    EvalReply,
+    EvalRequest,
+    ImageFinding,
+    SiteInfo,
+    State,
+    TrainReply,
+    TrainRequest,
+)
 from fedqc.transport import Transport
 
 
@@ -28,8 +38,9 @@ class Meter:
 
 
 class CountingTransport:
-    """``transport``, counting one message per training request, per audit and per site of an evaluation — what a
-    Flower grid sends (the one-off site query at start-up is not counted) — and timing them (:class:`Meter`)."""
+    """``transport``, counting one message per training request, per audit and per site of an evaluation — a cycle
+    evaluation too, however many parts it carries — what a Flower grid sends (the one-off site query at start-up is
+    not counted), and timing them (:class:`Meter`)."""
 
     def __init__(self, transport: Transport):
         self.transport = transport
@@ -61,6 +72,14 @@ class CountingTransport:
         t0 = time.perf_counter()
         try:
             return self.transport.evaluate(sites, state, request)
+        finally:
+            m = self.meter
+            self.meter = replace(m, messages=m.messages + len(sites), eval_wall=m.eval_wall + time.perf_counter() - t0)
+
+    def evaluate_cycle(self, sites: list[str], state: State, request: CycleEvalRequest) -> dict[str, CycleEvalReply]:
+        t0 = time.perf_counter()
+        try:
+            return self.transport.evaluate_cycle(sites, state, request)
         finally:
             m = self.meter
             self.meter = replace(m, messages=m.messages + len(sites), eval_wall=m.eval_wall + time.perf_counter() - t0)

@@ -12,6 +12,8 @@ another — an earlier reply replayed, by a site or on the network — becomes
 :func:`~fedqc.protocol.check_fresh`, so that its scores and moments are never believed and
 every consumer records it as it records a site that did not answer (``errors.csv``, the
 calibration's note). The nonce is random and steers nothing: runs stay bit-identical.
+A cycle evaluation (:class:`~fedqc.protocol.CycleEvalRequest`) gets a nonce per part, each
+part's reply checked against its own: a stale part fails alone.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import dataclasses
 import secrets
 
 from fedqc.protocol import (
+    CycleEvalReply,
+    CycleEvalRequest,
     EvalReply,
     EvalRequest,
     ImageFinding,
@@ -51,5 +55,18 @@ class FreshTransport:
     def evaluate(self, sites: list[str], state: State, request: EvalRequest) -> dict[str, EvalReply]:
         request = dataclasses.replace(request, nonce=secrets.token_hex(8))
         replies = self.transport.evaluate(sites, state, request)
-        return {s: EvalReply.failed(reason) if r.error is None and (reason := check_fresh(request, r)) else r
+        return {s: fresh(request, r) for s, r in replies.items()}
+
+    def evaluate_cycle(self, sites: list[str], state: State, request: CycleEvalRequest) -> dict[str, CycleEvalReply]:
+        request = CycleEvalRequest(**{name: dataclasses.replace(part, nonce=secrets.token_hex(8))
+                                      for name, part in request.parts()})
+        replies = self.transport.evaluate_cycle(sites, state, request)
+        return {s: CycleEvalReply(**{name: fresh(part, getattr(r, name)) for name, part in request.parts()})
                 for s, r in replies.items()}
+
+
+def fresh(request: EvalRequest, reply: EvalReply | None) -> EvalReply:
+    """``reply``, or :meth:`EvalReply.failed` when it does not answer ``request`` (or is missing)."""
+    if reply is None:
+        return EvalReply.failed(f"no reply to the {request.split} part")
+    return EvalReply.failed(reason) if reply.error is None and (reason := check_fresh(request, reply)) else reply

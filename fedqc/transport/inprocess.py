@@ -7,6 +7,8 @@ import pandas as pd
 from fedqc.config import DataConfig, ModelSpec
 from fedqc.errors import SiteError
 from fedqc.protocol import (
+    CycleEvalReply,
+    CycleEvalRequest,
     EvalReply,
     EvalRequest,
     ImageFinding,
@@ -49,4 +51,13 @@ class InProcessTransport:
                 replies[s] = self.sites[s].evaluate(state, request)
             except Exception as exc:  # a failing site loses its scores, not the run
                 replies[s] = EvalReply.failed(f"site {s} failed: {type(exc).__name__}: {exc}")
+        return replies
+
+    def evaluate_cycle(self, sites: list[str], state: State, request: CycleEvalRequest) -> dict[str, CycleEvalReply]:
+        replies = {}
+        for s in sites:
+            try:
+                replies[s] = self.sites[s].evaluate_cycle(state, request)
+            except Exception as exc:  # a failing site loses this message's scores, not the run
+                replies[s] = CycleEvalReply.failed(request, f"site {s} failed: {type(exc).__name__}: {exc}")
         return replies

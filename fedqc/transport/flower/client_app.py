@@ -1,4 +1,6 @@
-"""The ClientApp: one site behind Flower. Handlers ``query`` (site facts, or its image checks), ``train``, ``evaluate``.
+"""The ClientApp: one site behind Flower. Handlers ``query`` (site facts, or its image checks), ``train``, ``evaluate``
+(an :class:`~fedqc.protocol.EvalRequest`, or with ``parts`` in its fields a
+:class:`~fedqc.protocol.CycleEvalRequest`: every part in one message).
 
 A node finds its data from ``node_config``: in deployment ``site`` (and optionally its
 own ``manifest``), in simulation ``partition-id`` indexing the sorted site names of the
@@ -20,7 +22,7 @@ from flwr.clientapp import ClientApp
 from fedqc.config import ModelSpec
 from fedqc.data.manifest import load_manifest
 from fedqc.errors import UserError
-from fedqc.protocol import EvalRequest, TrainRequest
+from fedqc.protocol import CycleEvalRequest, EvalRequest, State, TrainRequest
 from fedqc.site import Site
 from fedqc.site.adversary import Adversary, lying_sites
 from fedqc.transport.flower.codec import (
@@ -28,6 +30,7 @@ from fedqc.transport.flower.codec import (
     CONFIG,
     ERROR,
     IDS,
+    encode_cycle_reply,
     encode_eval_reply,
     encode_site_info,
     encode_train_reply,
@@ -106,19 +109,27 @@ def make_client_app(manifest: str | None = None, mods: list | None = None) -> Cl
         return answer(msg, context, lambda site, request: encode_train_reply(
             site.train(record_to_state(msg.content[ARRAYS]), TrainRequest.from_dict(request))))
 
+    def scorer(request: dict) -> Callable[[Site, State], RecordDict]:
+        """How a site answers an ``evaluate`` message of ``request``'s fields, on a state: its encoded reply."""
+        if "parts" in request:
+            cycle = CycleEvalRequest.from_dict(request)
+            return lambda site, state: encode_cycle_reply(site.evaluate_cycle(state, cycle))
+        one = EvalRequest.from_dict(request)
+        return lambda site, state: encode_eval_reply(site.evaluate(state, one))
+
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
         request = dict(msg.content[CONFIG])
+        score = scorer(request)
         if "sites" not in request:
-            return answer(msg, context, lambda site, request: encode_eval_reply(
-                site.evaluate(record_to_state(msg.content[ARRAYS]), EvalRequest.from_dict(request))))
-        # a simulation fan-out in one message (GridTransport.evaluate): reply i of request["sites"] as
-        # "metrics.i"/"ids.i", or "error.i" for a site that raised (codec.slot)
-        state, req, content = record_to_state(msg.content[ARRAYS]), EvalRequest.from_dict(request), RecordDict()
+            return answer(msg, context, lambda site, request: score(site, record_to_state(msg.content[ARRAYS])))
+        # a simulation fan-out in one message (GridTransport._evaluate_at_once): reply i of request["sites"] as
+        # "metrics.i"/"ids.i" (a cycle evaluation's "verification.metrics.i", ...), or "error.i" for a site that
+        # raised (codec.slot)
+        state, content = record_to_state(msg.content[ARRAYS]), RecordDict()
         for i, name in enumerate(request["sites"]):
             try:
-                for key, record in encode_eval_reply(_resolve(context, manifest, request, str(name))
-                                                     .evaluate(state, req)).items():
+                for key, record in score(_resolve(context, manifest, request, str(name)), state).items():
                     content[slot(key, i)] = record
             except Exception as exc:  # noqa: BLE001 - a failing site loses its scores, not the fan-out
                 content[slot(ERROR, i)] = ConfigRecord({"reason": f"{type(exc).__name__}: {exc}"})

@@ -14,7 +14,10 @@ from fedqc.config.schema import model_dict, model_spec
 from fedqc.protocol import (
     BN_MOMENT_KEYS,
     COUNT_KEYS,
+    CYCLE_PARTS,
     MOMENT_KEYS,
+    CycleEvalReply,
+    CycleEvalRequest,
     EvalReply,
     ScanProblem,
     SiteInfo,
@@ -26,6 +29,11 @@ PACKED = "fedqc.packed"  # an Array's stype: a whole state, see :func:`state_to_
 # The records of a message's content: the packed state, a request's settings, a reply's counts and scores, its ids
 ARRAYS, CONFIG, METRICS, IDS = "arrays", "config", "metrics", "ids"
 ERROR = "error"  # a site that raised, in a reply for several sites: its reason
+
+
+def part_key(part: str, key: str) -> str:
+    """The key of a cycle evaluation's ``part`` record ``key`` (``verification.metrics``, ``test.ids``)."""
+    return f"{part}.{key}"
 
 
 def slot(key: str, i: int) -> str:
@@ -103,6 +111,16 @@ def site_options_from_config(config: dict) -> dict:
             "deterministic": bool(config.get("deterministic", False))}
 
 
+def unslot(content: RecordDict, i: int) -> dict:
+    """The records of the ``i``-th site of a reply for several sites, under their own keys (:func:`slot` undone)."""
+    out = {}
+    for key, record in content.items():
+        name, _, index = key.rpartition(".")
+        if index == str(i):
+            out[name] = record
+    return out
+
+
 def _problems(items: list[str]) -> list[ScanProblem]:
     return [ScanProblem(*x.split("\t", 1)) for x in items]
 
@@ -156,7 +174,7 @@ def encode_eval_reply(res: EvalReply) -> RecordDict:
     return RecordDict({METRICS: MetricRecord(metrics), IDS: to_config(ids)})
 
 
-def decode_eval_reply(content: RecordDict) -> EvalReply:
+def decode_eval_reply(content: RecordDict | dict) -> EvalReply:
     m, ids = content[METRICS], content[IDS]
     scores = pd.DataFrame({"subject": list(ids.get("subject", [])), "site": list(ids.get("site", [])),
                            "label": list(m.get("label", [])), "score": list(m.get("score", [])),
@@ -168,3 +186,21 @@ def decode_eval_reply(content: RecordDict) -> EvalReply:
     moments = {k: np.asarray(m[k], dtype=float) for k in MOMENT_KEYS + BN_MOMENT_KEYS if k in m} or None
     return EvalReply({k: float(m[k]) for k in COUNT_KEYS}, scores, _problems(ids.get("skipped", [])), moments=moments,
                      answers=str(ids.get("answers", "")))
+
+
+def encode_cycle_reply(res: CycleEvalReply) -> RecordDict:
+    """Each part's :func:`encode_eval_reply` records under its part's prefix (:func:`part_key`): the same records a
+    part's reply would carry alone, in one message."""
+    return RecordDict({part_key(name, key): record for name in CYCLE_PARTS if (part := getattr(res, name)) is not None
+                       for key, record in encode_eval_reply(part).items()})
+
+
+def decode_cycle_reply(content: RecordDict | dict, request: CycleEvalRequest) -> CycleEvalReply:
+    """The parts ``request`` asked for; a part the reply lacks is :meth:`EvalReply.failed`."""
+    def part(name: str) -> EvalReply:
+        keys = [part_key(name, key) for key in (METRICS, IDS)]
+        if not all(k in content for k in keys):
+            return EvalReply.failed(f"the reply lacks its {name} part")
+        return decode_eval_reply({key: content[k] for key, k in zip((METRICS, IDS), keys)})
+
+    return CycleEvalReply(**{name: part(name) for name, _ in request.parts()})

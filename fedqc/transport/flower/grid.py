@@ -13,16 +13,19 @@ polls); on a deployment grid it waits between pulls a time that grows by 20 % fr
 up to 0.25 s, so a reply is picked up within a fifth of the time already waited, and
 within a quarter of a second on a long hop (a pull is one local request). Evaluation
 messages carry the model's arrays only (scoring needs no optimizer state), encoded once
-per fan-out.
+per fan-out; a cycle evaluation (:class:`~fedqc.protocol.CycleEvalRequest`) is one such
+message per site, its parts' fields and replies under their parts' prefixes (codec).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import threading
 import time
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import httpx
 from flwr.app import ArrayRecord, Message, RecordDict
@@ -31,6 +34,8 @@ from flwr.serverapp import Grid
 from fedqc.config import ExperimentConfig
 from fedqc.errors import SiteError
 from fedqc.protocol import (
+    CycleEvalReply,
+    CycleEvalRequest,
     EvalReply,
     EvalRequest,
     ImageFinding,
@@ -45,8 +50,8 @@ from fedqc.transport.flower.codec import (
     CONFIG,
     ERROR,
     IDS,
-    METRICS,
     PACKED,
+    decode_cycle_reply,
     decode_eval_reply,
     decode_site_info,
     decode_train_reply,
@@ -55,10 +60,12 @@ from fedqc.transport.flower.codec import (
     slot,
     state_to_record,
     to_config,
+    unslot,
 )
 
 log = logging.getLogger(__name__)
 
+Reply = TypeVar("Reply", EvalReply, CycleEvalReply)
 POLL_S = (0.005, 0.25)  # first and longest wait between two pulls for replies
 POLL_GROWTH = 1.2
 QUERY_TRIES = 3  # asks of a node which site it serves, at the start of a run
@@ -261,30 +268,40 @@ class GridTransport:
 
     def evaluate(self, sites: list[str], state: State, request: EvalRequest) -> dict[str, EvalReply]:
         """Scores from every site that answers; a failed or silent site gets :meth:`EvalReply.failed`."""
+        return self._fan_out(sites, state, request.to_dict(), decode_eval_reply, EvalReply.failed)
+
+    def evaluate_cycle(self, sites: list[str], state: State, request: CycleEvalRequest) -> dict[str, CycleEvalReply]:
+        """Every part of ``request`` from every site that answers, one message each; a failed or silent site gets
+        :meth:`CycleEvalReply.failed`."""
+        return self._fan_out(sites, state, request.to_dict(), functools.partial(decode_cycle_reply, request=request),
+                             functools.partial(CycleEvalReply.failed, request))
+
+    def _fan_out(self, sites: list[str], state: State, fields: dict, decode: Callable[[RecordDict | dict], Reply],
+                 failed: Callable[[str], Reply]) -> dict[str, Reply]:
+        """One ``evaluate`` message of ``fields`` per site, ``decode``-d; ``failed`` for a site without a reply."""
         self._rejoin()
         arrays = state_to_record(model_arrays(state))  # one encoding for the whole fan-out
         if self.stored is not None and len(sites) > 1:  # in simulation, a fan-out is one message
-            return self._evaluate_at_once(sites, arrays, request)
-        replies = self._exchange([self._message("evaluate", self.node_of[s], request.to_dict(), arrays=arrays)
-                                  for s in sites])
+            return self._evaluate_at_once(sites, arrays, fields, decode, failed)
+        replies = self._exchange([self._message("evaluate", self.node_of[s], fields, arrays=arrays) for s in sites])
         results = {}
         for site in sites:
             reply = replies[self.node_of[site]]
-            results[site] = (EvalReply.failed(f"site {site} {reply}") if isinstance(reply, str)
-                             else decode_eval_reply(reply.content))
+            results[site] = failed(f"site {site} {reply}") if isinstance(reply, str) else decode(reply.content)
         return results
 
-    def _evaluate_at_once(self, sites: list[str], arrays: ArrayRecord, request: EvalRequest) -> dict[str, EvalReply]:
+    def _evaluate_at_once(self, sites: list[str], arrays: ArrayRecord, fields: dict,
+                          decode: Callable[[RecordDict | dict], Reply],
+                          failed: Callable[[str], Reply]) -> dict[str, Reply]:
         """Simulation only: the whole fan-out as one message, to the first site's node, which scores every site
         (all virtual nodes read the same manifest). One engine dispatch (~10 ms: Ray, the link state) instead of
-        one per site; each site still fails alone; ``timeout_s`` is per site."""
+        one per site; each site still fails alone; ``timeout_s`` is per site. Counted as one message per site
+        (:class:`~fedqc.transport.counting.CountingTransport`): what the deployment grid sends."""
         node = self.node_of[sites[0]]
-        message = self._message("evaluate", node, {**request.to_dict(), "sites": list(sites)}, arrays=arrays)
+        message = self._message("evaluate", node, {**fields, "sites": list(sites)}, arrays=arrays)
         reply = self._exchange([message], self.timeout_s * len(sites))[node]
         if isinstance(reply, str):
-            return {s: EvalReply.failed(f"site {s} {reply}") for s in sites}
-        c, results = reply.content, {}
-        for i, site in enumerate(sites):
-            results[site] = (EvalReply.failed(f"site {site} failed: {c[slot(ERROR, i)]['reason']}") if slot(ERROR, i) in c
-                             else decode_eval_reply({METRICS: c[slot(METRICS, i)], IDS: c[slot(IDS, i)]}))
-        return results
+            return {s: failed(f"site {s} {reply}") for s in sites}
+        c = reply.content
+        return {site: failed(f"site {site} failed: {c[slot(ERROR, i)]['reason']}") if slot(ERROR, i) in c
+                else decode(unslot(c, i)) for i, site in enumerate(sites)}
