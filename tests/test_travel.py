@@ -302,20 +302,21 @@ def test_broken_scans_are_skipped_and_recorded(tiny_cohort, tmp_path):
 
 
 class FlakyTransport(InProcessTransport):
-    """Site ``beta`` raises when training in cycles 1 and 2, and when scoring the test split the second time."""
+    """Site ``beta`` raises when training in cycles 1 and 2, and when scoring the test split the second time (the
+    cycle's closing message: its verification scores for the threshold fail with it)."""
 
     test_calls = 0
 
-    def evaluate(self, sites, state, request):
-        if request.split == "test":
+    def evaluate_cycle(self, sites, state, request):
+        if request.test is not None:
             self.test_calls += 1
             if self.test_calls == 2:
                 self.sites["beta"] = None
                 try:
-                    return super().evaluate(sites, state, request)
+                    return super().evaluate_cycle(sites, state, request)
                 finally:
                     self.sites["beta"] = self.saved
-        return super().evaluate(sites, state, request)
+        return super().evaluate_cycle(sites, state, request)
 
     def train(self, site, state, request):
         if site == "beta" and request.seed in self.bad_seeds:
