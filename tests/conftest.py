@@ -42,7 +42,7 @@ def tiny_config(manifest, *, check_files: bool = True, **overrides):
             "model": {"name": "sfcn", "width": 0.25, "input_shape": [16, 16, 16]},
             "train": {"cycles": 3, "branch_cycle": 0, "batch_size": 5, "lr": 1e-3, "seed": 1},
             "arms": ["clean", "dirty"], "qc": {"start": "clean"},
-            # the threshold is fitted (one evaluation round per cycle, on every engine), BatchNorm statistics stay the
+            # the threshold is fitted (its scores in the cycle's closing message, every engine), BatchNorm statistics stay the
             # last site's: pooled ones move the tiny cohort's 8 verification scans' AUROC, which the QC tests' skill
             # gate reads (tests/test_calibration.py covers pooling)
             "calibration": {"batchnorm": "site", "threshold": "prevalence"}}
