@@ -7,10 +7,9 @@ trains is the visitor's: plain training, or a QC arm's verified training
 (:mod:`fedqc.qc.arm`). Then the loop calibrates the model, scores the final state —
 verification scores for the threshold and the test split's scores, one message per site
 (:func:`score_cycle`) — and hands the cycle to the caller, who commits it (logs, then the
-checkpoint). The
-learning rate is ``lr × exp(-lr_decay · cycle)``; every random choice inside a cycle
-derives from ``(seed, cycle, site)``, so a run resumed from any cycle ends bit-identical.
-A site that fails costs its visit; training goes on without it.
+checkpoint). The learning rate is ``lr × exp(-lr_decay · cycle)``; every random choice
+inside a cycle derives from ``(seed, cycle, site)``, so a run resumed from any cycle ends
+bit-identical. A site that fails costs its visit; training goes on without it.
 """
 
 from __future__ import annotations
