@@ -224,3 +224,24 @@ def test_the_closing_message_counts_one_per_site_in_a_run(tmp_path, tiny_cohort)
     assert np.array_equal(cycles["messages"], cycles["hops"] + passes * len(val) + len(val | test))
     # before: a fan-out for the threshold and one for the test split, len(val) + len(test) messages
     assert len(val) + len(test) - len(val | test) == len(val & test) > 0
+
+
+def test_a_reply_without_a_part_it_was_asked_for_fails_that_part(sites):
+    """Over Flower (the codec) and through FreshTransport: a part missing from a site's reply is a failed part, not a
+    reply the server believes or a crash."""
+    from fedqc.transport.flower.codec import decode_cycle_reply, encode_cycle_reply
+
+    _, transport, state, _ = sites
+    request = CycleEvalRequest(verification=EvalRequest("val"), test=EvalRequest("test"))
+    test_only = transport.evaluate_cycle(["alpha"], state, CycleEvalRequest(test=EvalRequest("test")))["alpha"]
+    decoded = decode_cycle_reply(encode_cycle_reply(test_only), request)
+    assert decoded.verification.error == "the reply lacks its verification part"
+    assert_same(decoded.test, test_only.test)
+
+    class Partial:
+        def evaluate_cycle(self, sites, state, request):
+            return {s: dataclasses.replace(r, verification=None)
+                    for s, r in transport.evaluate_cycle(sites, state, request).items()}
+
+    reply = FreshTransport(Partial()).evaluate_cycle(["alpha"], state, request)["alpha"]
+    assert reply.verification.error == "no reply to the val part" and reply.test.error is None
