@@ -41,6 +41,7 @@ CONFIG = Path(__file__).resolve().parent / "calibrated.yaml"
 TRUSTED = ("site02", "site10")  # two two-class sites with 130 of the 1,370 good training scans
 SKILL = 0.65  # "leaves chance"
 STUDIES = {"main": ["clean", "dirty"], "pooled": ["clean"], "trusted": ["clean"]}
+HARSHER = Path(__file__).resolve().parent / "harsher.yaml"  # more harm injected at each run's start (--harsher)
 
 
 def trusted_manifest(manifest: Path, out: Path) -> Path:
@@ -56,7 +57,7 @@ def trusted_manifest(manifest: Path, out: Path) -> Path:
 def run_study(name: str, base: Path, manifest: Path, out: Path, seeds: list[int], parallel: int) -> Path:
     config = out / f"{name}.yaml"
     config.write_text(yaml.safe_dump({"extends": str(base.resolve()), "name": name, "manifest": str(manifest.resolve()),
-                                      "arms": STUDIES[name], "threads": 1}))
+                                      "arms": STUDIES.get(name, ["clean", "dirty"]), "threads": 1}))
     folder = out / name
     if not (folder / "study.csv").is_file():
         subprocess.run([sys.executable, "-m", "fedqc", "study", "--config", str(config), "--out", str(folder),
@@ -83,8 +84,12 @@ def probes(folder: Path, seed: int, table: pd.DataFrame) -> dict:
 
 def seed_row(out: Path, seed: int, table: pd.DataFrame) -> dict:
     row = {"seed": seed}
-    for name, arm in (("pooled", "clean"), ("clean", "clean"), ("dirty", "dirty"), ("trusted", "clean")):
-        c = curve(out / ("main" if name in ("clean", "dirty") else name), seed, arm)
+    runs = [("pooled", "pooled", "clean"), ("clean", "main", "clean"), ("dirty", "main", "dirty"),
+            ("trusted", "trusted", "clean")]
+    if (out / "harsher").is_dir():
+        runs += [("harsher_clean", "harsher", "clean"), ("harsher_dirty", "harsher", "dirty")]
+    for name, study, arm in runs:
+        c = curve(out / study, seed, arm)
         last = c.tail(3)
         row |= {f"{name}_last3": last.mean(), f"{name}_spread3": last.max() - last.min(),
                 f"{name}_curve": " ".join(f"{v:.2f}" for v in c)}
@@ -102,11 +107,16 @@ def interval(values: pd.Series) -> str:
 def report(rows: pd.DataFrame) -> str:
     s = rows.set_index("seed")
     lines = ["| figure | mean [95 % t-interval over seeds] | per seed |", "|---|---|---|"]
-    for figure in ("pooled_last3", "clean_last3", "dirty_last3", "trusted_last3", "clean_spread3",
-                   "clean_first_skilled", "probe_scanner", "probe_sex"):
+    figures = ["pooled_last3", "clean_last3", "dirty_last3", "trusted_last3", "clean_spread3", "clean_first_skilled",
+               "probe_scanner", "probe_sex"]
+    figures += [f for f in ("harsher_clean_last3", "harsher_dirty_last3") if f in s]
+    for figure in figures:
         lines.append(f"| {figure} | {interval(s[figure])} | {' '.join(f'{v:.2f}' for v in s[figure])} |")
     lines += ["", "| paired difference (last-3 AUROC) | n | mean | 95 % t-interval | sign-flip p |", "|---|---|---|---|---|"]
-    for a, b in (("clean", "pooled"), ("trusted", "clean"), ("dirty", "clean")):
+    pairs = [("clean", "pooled"), ("trusted", "clean"), ("dirty", "clean")]
+    if "harsher_dirty_last3" in s:
+        pairs.append(("harsher_dirty", "harsher_clean"))
+    for a, b in pairs:
         d = paired_difference(s[f"{a}_last3"], s[f"{b}_last3"], names=(a, b))
         lines.append(f"| {a} − {b} | {d['n']} | {d['mean']:+.3f} | [{d['ci_lo']:+.3f}, {d['ci_hi']:+.3f}] | "
                      f"{d['p']:.3f} |")
@@ -123,14 +133,17 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument("--parallel", type=int, default=2)
     ap.add_argument("--config", type=Path, default=CONFIG, help="the schedule every study extends")
-    ap.add_argument("--only", choices=list(STUDIES), nargs="+", help="run these studies only (no report)")
+    ap.add_argument("--harsher", action="store_true", help="also the clean and dirty arms under harsher.yaml's harm")
+    ap.add_argument("--only", choices=[*STUDIES, "harsher"], nargs="+", help="run these studies only (no report)")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     manifest = (args.cohort / "manifest.csv").resolve()
     manifests = {"main": manifest, "pooled": pooled_manifest(manifest, args.out),
                  "trusted": trusted_manifest(manifest, args.out)}
-    for name in args.only or STUDIES:
-        run_study(name, args.config, manifests[name], args.out, args.seeds, args.parallel)
+    studies = args.only or [*STUDIES, *(["harsher"] if args.harsher else [])]
+    for name in studies:
+        base = HARSHER if name == "harsher" else args.config
+        run_study(name, base, manifests.get(name, manifest), args.out, args.seeds, args.parallel)
     if args.only:
         return
     table = load_manifest(manifest, check_images=False)
