@@ -38,11 +38,10 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-import pandas as pd
 
 from fedqc.config import CalibrationConfig
 from fedqc.config.schema import THRESHOLDS
-from fedqc.protocol import BN_MOMENT_KEYS, EvalReply, EvalRequest, State
+from fedqc.protocol import BN_MOMENT_KEYS, EvalReply, EvalRequest, State, scores_table
 from fedqc.strategies.defence import robust_moments
 from fedqc.transport import Transport
 
@@ -187,8 +186,7 @@ class Calibrator:
         t0 = time.perf_counter()
         order = [s for sites in exclusion_groups(scans).values() for s in sites]  # pooled in the sites' order of
         replies = {s: replies[s] for s in order if s in replies}  # their fan-outs: the same threshold bit for bit
-        frames = [r.scores for r in replies.values() if not r.error and len(r.scores)]
-        scores = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["label", "score"])
+        scores = scores_table(r for r in replies.values() if not r.error)
         thresholds, note = fit_thresholds(scores["label"].to_numpy(), scores["score"].to_numpy())
         failed = sorted(s for s, r in replies.items() if r.error)
         if failed:

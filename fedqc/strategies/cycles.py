@@ -271,9 +271,9 @@ def train_cycles(transport: Transport, visitor: Visitor, state: State, *, rounds
         before = meter.meter if meter else None
         state, hops = rounds(cycle)(visitor, state, cycle, learning_rate(train.lr, train.lr_decay, cycle), on_hop)
         during = meter.meter - before if meter else None
-        calibration, passes, t_calibrate = None, 0, time.perf_counter()
-        scans = visitor.calibration_scans(list(val_sites)) if calibrate is not None else {}
+        calibration, scans, passes, t_calibrate = None, {}, 0, time.perf_counter()
         if calibrate is not None:
+            scans = visitor.calibration_scans(list(val_sites))
             state, passes = calibrate.statistics(state, scans)
         t_test = time.perf_counter()
         verification, test = score_cycle(transport, state, scans, test_sites)

@@ -4,7 +4,7 @@ Flower (:mod:`.flower`). Every implementation carries the same typed requests to
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from fedqc.protocol import (
     CycleEvalReply,
@@ -17,6 +17,8 @@ from fedqc.protocol import (
     TrainReply,
     TrainRequest,
 )
+
+Reply = TypeVar("Reply", EvalReply, CycleEvalReply)  # what an evaluation message brings back
 
 
 class Transport(Protocol):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, replace
+from typing import Callable
 
 from fedqc.protocol import (
     CycleEvalReply,
@@ -18,7 +19,7 @@ from fedqc.protocol import (
     TrainReply,
     TrainRequest,
 )
-from fedqc.transport import Transport
+from fedqc.transport import Reply, Transport
 
 
 @dataclass(frozen=True)
@@ -69,17 +70,16 @@ class CountingTransport:
         return reply
 
     def evaluate(self, sites: list[str], state: State, request: EvalRequest) -> dict[str, EvalReply]:
-        t0 = time.perf_counter()
-        try:
-            return self.transport.evaluate(sites, state, request)
-        finally:
-            m = self.meter
-            self.meter = replace(m, messages=m.messages + len(sites), eval_wall=m.eval_wall + time.perf_counter() - t0)
+        return self._evaluation(sites, lambda: self.transport.evaluate(sites, state, request))
 
     def evaluate_cycle(self, sites: list[str], state: State, request: CycleEvalRequest) -> dict[str, CycleEvalReply]:
+        return self._evaluation(sites, lambda: self.transport.evaluate_cycle(sites, state, request))
+
+    def _evaluation(self, sites: list[str], send: Callable[[], dict[str, Reply]]) -> dict[str, Reply]:
+        """``send()``'s replies, counted as one message per site and timed as evaluation."""
         t0 = time.perf_counter()
         try:
-            return self.transport.evaluate_cycle(sites, state, request)
+            return send()
         finally:
             m = self.meter
             self.meter = replace(m, messages=m.messages + len(sites), eval_wall=m.eval_wall + time.perf_counter() - t0)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+from typing import Callable
+
 import pandas as pd
 
 from fedqc.config import DataConfig, ModelSpec
@@ -18,6 +21,7 @@ from fedqc.protocol import (
     TrainRequest,
 )
 from fedqc.site import Site
+from fedqc.transport import Reply
 
 
 class InProcessTransport:
@@ -45,19 +49,19 @@ class InProcessTransport:
             raise SiteError(f"site {site} failed: {type(exc).__name__}: {exc}") from exc
 
     def evaluate(self, sites: list[str], state: State, request: EvalRequest) -> dict[str, EvalReply]:
-        replies = {}
-        for s in sites:
-            try:
-                replies[s] = self.sites[s].evaluate(state, request)
-            except Exception as exc:  # a failing site loses its scores, not the run
-                replies[s] = EvalReply.failed(f"site {s} failed: {type(exc).__name__}: {exc}")
-        return replies
+        return self._each(sites, lambda site: site.evaluate(state, request), EvalReply.failed)
 
     def evaluate_cycle(self, sites: list[str], state: State, request: CycleEvalRequest) -> dict[str, CycleEvalReply]:
+        return self._each(sites, lambda site: site.evaluate_cycle(state, request),
+                          functools.partial(CycleEvalReply.failed, request))
+
+    def _each(self, sites: list[str], ask: Callable[[Site], Reply], failed: Callable[[str], Reply]) -> dict[str, Reply]:
+        """``ask`` of every site in turn; a site that raises gets ``failed`` (it loses this message's scores, not
+        the run)."""
         replies = {}
         for s in sites:
             try:
-                replies[s] = self.sites[s].evaluate_cycle(state, request)
-            except Exception as exc:  # a failing site loses this message's scores, not the run
-                replies[s] = CycleEvalReply.failed(request, f"site {s} failed: {type(exc).__name__}: {exc}")
+                replies[s] = ask(self.sites[s])
+            except Exception as exc:
+                replies[s] = failed(f"site {s} failed: {type(exc).__name__}: {exc}")
         return replies

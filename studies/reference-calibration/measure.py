@@ -42,6 +42,7 @@ TRUSTED = ("site02", "site10")  # two two-class sites with 130 of the 1,370 good
 SKILL = 0.65  # "leaves chance"
 STUDIES = {"main": ["clean", "dirty"], "pooled": ["clean"], "trusted": ["clean"]}
 HARSHER = Path(__file__).resolve().parent / "harsher.yaml"  # more harm injected at each run's start (--harsher)
+ARMS = {**STUDIES, "harsher": ["clean", "dirty"]}  # every study's arms, the optional one included
 
 
 def trusted_manifest(manifest: Path, out: Path) -> Path:
@@ -57,7 +58,7 @@ def trusted_manifest(manifest: Path, out: Path) -> Path:
 def run_study(name: str, base: Path, manifest: Path, out: Path, seeds: list[int], parallel: int) -> Path:
     config = out / f"{name}.yaml"
     config.write_text(yaml.safe_dump({"extends": str(base.resolve()), "name": name, "manifest": str(manifest.resolve()),
-                                      "arms": STUDIES.get(name, ["clean", "dirty"]), "threads": 1}))
+                                      "arms": ARMS[name], "threads": 1}))
     folder = out / name
     if not (folder / "study.csv").is_file():
         subprocess.run([sys.executable, "-m", "fedqc", "study", "--config", str(config), "--out", str(folder),
@@ -134,7 +135,7 @@ def main() -> None:
     ap.add_argument("--parallel", type=int, default=2)
     ap.add_argument("--config", type=Path, default=CONFIG, help="the schedule every study extends")
     ap.add_argument("--harsher", action="store_true", help="also the clean and dirty arms under harsher.yaml's harm")
-    ap.add_argument("--only", choices=[*STUDIES, "harsher"], nargs="+", help="run these studies only (no report)")
+    ap.add_argument("--only", choices=list(ARMS), nargs="+", help="run these studies only (no report)")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     manifest = (args.cohort / "manifest.csv").resolve()

@@ -25,7 +25,7 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Callable
 
 import httpx
 from flwr.app import ArrayRecord, Message, RecordDict
@@ -45,6 +45,7 @@ from fedqc.protocol import (
     TrainRequest,
     model_arrays,
 )
+from fedqc.transport import Reply
 from fedqc.transport.flower.codec import (
     ARRAYS,
     CONFIG,
@@ -65,7 +66,6 @@ from fedqc.transport.flower.codec import (
 
 log = logging.getLogger(__name__)
 
-Reply = TypeVar("Reply", EvalReply, CycleEvalReply)
 POLL_S = (0.005, 0.25)  # first and longest wait between two pulls for replies
 POLL_GROWTH = 1.2
 QUERY_TRIES = 3  # asks of a node which site it serves, at the start of a run
