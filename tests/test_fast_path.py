@@ -96,7 +96,9 @@ def test_a_clientapp_task_runs_flowers_entry_point_in_a_forked_child(tmp_path, m
     seen = tmp_path / "argv"
 
     def entry_point() -> None:  # stands in for flwr-clientapp in the child; exits as Flower's does
-        seen.write_text("\0".join(sys.argv))
+        partial = tmp_path / "argv.part"  # renamed when whole: the parent polls for the file and must not read it half
+        partial.write_text("\0".join(sys.argv))
+        os.replace(partial, seen)
         sys.exit(3)
 
     monkeypatch.setattr(importlib.import_module("flwr.supernode.cli.flwr_clientapp"), "flwr_clientapp", entry_point)
