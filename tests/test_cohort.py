@@ -217,6 +217,19 @@ def test_difficulty_draws_spread_and_keep_keys_apart():
     assert np.array_equal(only_sd, pd_s)  # other keys do not change what pd_effect_sd draws
 
 
+def test_scanner_gamma_scales_the_drawn_gamma_and_nothing_else():
+    names = [f"scanner{i:02d}" for i in range(1, 21)]
+    shipped = [cohort.scanner_params(n, 4, Effects()) for n in names]
+    flat = [cohort.scanner_params(n, 4, Effects(scanner_gamma=0.0)) for n in names]
+    half = [cohort.scanner_params(n, 4, Effects(scanner_gamma=0.075)) for n in names]
+    gammas = np.array([p["gamma"] for p in shipped])
+    assert gammas.min() >= 0.85 and gammas.max() <= 1.15 and gammas.std() > 0.05  # the shipped range
+    assert all(p["gamma"] == 1.0 for p in flat)
+    assert np.allclose([p["gamma"] - 1 for p in half], (gammas - 1) / 2)
+    for a, b in zip(shipped, flat):  # the other scanner effects are drawn as before
+        assert {k: v for k, v in a.items() if k != "gamma"} == {k: v for k, v in b.items() if k != "gamma"}
+
+
 def test_workers_byte_identical_with_difficulty_on(tmp_path):
     hard = Effects(**HARD)
     for n in (1, 2):

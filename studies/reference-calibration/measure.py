@@ -134,7 +134,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument("--parallel", type=int, default=2)
     ap.add_argument("--config", type=Path, default=CONFIG, help="the schedule every study extends")
-    ap.add_argument("--harsher", action="store_true", help="also the clean and dirty arms under harsher.yaml's harm")
+    ap.add_argument("--harsher", action="store_true", help="also the clean and dirty arms under --harm's harm")
+    ap.add_argument("--harm", type=Path, default=HARSHER, help="the `harsher` study's config (default harsher.yaml)")
     ap.add_argument("--only", choices=list(ARMS), nargs="+", help="run these studies only (no report)")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -143,7 +144,7 @@ def main() -> None:
                  "trusted": trusted_manifest(manifest, args.out)}
     studies = args.only or [*STUDIES, *(["harsher"] if args.harsher else [])]
     for name in studies:
-        base = HARSHER if name == "harsher" else args.config
+        base = args.harm if name == "harsher" else args.config
         run_study(name, base, manifests.get(name, manifest), args.out, args.seeds, args.parallel)
     if args.only:
         return

@@ -43,7 +43,7 @@ from scipy import ndimage
 from fedqc.data.corruptions.scenario import DROPPED, Action, Scenario
 from fedqc.data.corruptions.transforms import MAX_INTENSITY
 from fedqc.data.inject import corrupt
-from fedqc.data.synth.effects import EFFECT_SETS, Effects, SubjectDraw, effects_yaml, oracle_auroc, subject_draw
+from fedqc.data.synth.effects import EFFECT_SETS, GAMMA, Effects, SubjectDraw, effects_yaml, oracle_auroc, subject_draw
 from fedqc.errors import UserError
 
 # Deep grey matter centres in MNI mm (left/right putamen, caudate, pallidum, thalamus).
@@ -193,7 +193,7 @@ def scanner_params(name: str, seed: int, effects: Effects) -> dict:
     return {
         "seed": int(rng.integers(2**31)),
         "bias": float(rng.uniform(0.3, 1.0)),
-        "gamma": float(rng.uniform(0.85, 1.15)),
+        "gamma": 1.0 + (float(rng.uniform(1.0 - GAMMA, 1.0 + GAMMA)) - 1.0) * (effects.scanner_gamma / GAMMA),
         "gain": float(rng.uniform(0.8, 1.0)),
         "noise": float(rng.uniform(1.0, effects.noise_max)),
         "contrast": float(extra.uniform(-1.0, 1.0)) * effects.scanner_contrast,

@@ -26,6 +26,7 @@ from scipy import stats
 from fedqc.errors import ProblemsError, UserError
 
 SHARE = (0.0, 1.0)
+GAMMA = 0.15  # the per-scanner gamma's half-range every set before the key existed drew from
 NONNEG = (0.0, math.inf)
 
 
@@ -57,6 +58,7 @@ class Effects:
     noise_max: float = _key(6.0, (1.0, 100.0), "per-scanner noise sd on the 0-255 scale, up to this")
     scanner_contrast: float = _key(0.0, (0.0, 0.9), "per-scanner grey-matter contrast change, uniform in +-this")
     scanner_blur: float = _key(0.0, (0.0, 5.0), "per-scanner blur (Gaussian sd in voxels), uniform in [0, this]")
+    scanner_gamma: float = _key(GAMMA, (0.0, 0.5), "per-scanner intensity gamma, uniform in 1 +- this")
 
 
 def effect_keys() -> list[str]:
