@@ -20,6 +20,9 @@ and per run ``first_065`` (the first cycle with test AUROC ≥ 0.65, none: never
 run's last checkpoint after federated BatchNorm statistics (the default calibration:
 :class:`fedqc.strategies.calibration.Calibrator` on the good val scans), which tells a
 model that ranks well under pooled statistics from one that has learned nothing.
+``--probe`` reads the scanner and sex from each run's last checkpoint (linear probes on
+the frozen encoder's features of the good scans, fitted on train and val, scored on test:
+:func:`fedqc.analysis.bias.checkpoint_probes`).
 
 A variant is ``NAME`` or ``NAME:KEY=VALUE,KEY=VALUE`` with dotted config keys and
 YAML values (``lr1e-4:train.lr=1e-4``, ``gn:model.norm=group``). One key is the
@@ -49,6 +52,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from fedqc.analysis.bias import checkpoint_probes
 from fedqc.analysis.metrics import binary_metrics
 from fedqc.analysis.report import markdown_table
 from fedqc.config import ExperimentConfig, load_config
@@ -240,7 +244,8 @@ def table(records: list[dict]) -> pd.DataFrame:
     rows = [{"cohort": r["cohort"], "mode": r["mode"], "variant": r["variant"], "seed": r["seed"],
              "test AUROC per cycle": " ".join(f"{a:.2f}" for a in r["auroc"]),
              "first ≥ 0.65": "never" if r["first_065"] is None else r["first_065"], "last-3": r["last3"],
-             "fed. BN (last)": r.get("recheck", float("nan"))} for r in records]
+             "fed. BN (last)": r.get("recheck", float("nan")), "scanner probe": r.get("probe_scanner", float("nan")),
+             "sex probe": r.get("probe_sex", float("nan"))} for r in records]
     return pd.DataFrame(rows)
 
 
@@ -293,6 +298,8 @@ def main() -> None:
     ap.add_argument("--no-travelling", action="store_true", help="only the pooled model")
     ap.add_argument("--recheck", action="store_true", help="score each travelling run's last checkpoint after "
                                                             "federated BatchNorm statistics")
+    ap.add_argument("--probe", action="store_true", help="read scanner and sex from each run's last checkpoint "
+                                                          "(linear probes on the frozen encoder's features)")
     ap.add_argument("--diagnose", action="store_true", help="per checkpoint: dead channels, feature spread, "
                                                              "classifier and BatchNorm weights (anatomy)")
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "stall", help="runs and summary.json")
@@ -320,6 +327,12 @@ def main() -> None:
                             rec["anatomy"] = anatomy(out, cfg).round(4).to_dict(orient="list")
                         if args.recheck and mode != POOLED:
                             rec["recheck"] = round(recheck(out, cfg), 3)
+                        if args.probe:
+                            arm = RunDir(out).arm("clean")
+                            scans = load_manifest(cfg.manifest, check_images=False)
+                            good = scans[scans["harm"].isin(("none", ""))] if "harm" in scans else scans
+                            rec |= {k: round(v, 3) for k, v in
+                                    checkpoint_probes(arm.checkpoint(arm.last_checkpoint()), good).items()}
                         rec |= {"config": str(args.config), "date": date.today().isoformat()}
                         key = (cohort, mode, variant.name, seed)
                         same = lambda r: (r["cohort"], r["mode"], r["variant"], r["seed"]) == key  # noqa: E731

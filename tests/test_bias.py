@@ -15,15 +15,17 @@ import torch
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
+from fedqc.analysis import bias
 from fedqc.analysis.bias import FLIPPED, bias_row, probe_accuracy
 from fedqc.analysis.infer import predict_checkpoint
-from fedqc.config.schema import model_spec
+from fedqc.config.schema import ModelSpec, model_dict, model_spec
 from fedqc.data.corruptions.scenario import Scenario
 from fedqc.data.inject import inject
 from fedqc.data.manifest import load_manifest
 from fedqc.errors import ConfigError, UserError
-from fedqc.experiment.run_dir import RunDir, load_checkpoint
+from fedqc.experiment.run_dir import ArmDir, RunDir, load_checkpoint
 from fedqc.experiment.runner import simulate
+from fedqc.models.state import initial_state
 from fedqc.site.site import Site
 from fedqc.site.unlearning import confusion_loss, negative_entropy, reverse_gradient, unlearning_step
 from fedqc.transport.flower.codec import model_from_config, site_config, to_config
@@ -217,6 +219,25 @@ def test_probe_reads_a_linear_bias_and_not_noise():
     assert probe_accuracy(separable, target, fit) == 1.0
     assert abs(probe_accuracy(rng.normal(size=(200, 5)), target, fit) - 0.5) < 0.15
     assert np.isnan(probe_accuracy(separable, np.repeat("a", 200), fit))
+
+
+def test_checkpoint_probes_fit_on_train_and_val_and_score_test(tiny_cohort, tmp_path, monkeypatch):
+    spec = ModelSpec(width=0.25, input_shape=(16, 16, 16))
+    arm = ArmDir(tmp_path / "clean")
+    arm.save_checkpoint(0, initial_state(spec, 0), model=model_dict(spec), visitor={})
+    table = load_manifest(tiny_cohort / "manifest.csv")
+    table["scanner"] = table["site"]  # a confound with one class per site
+    seen = []
+    monkeypatch.setattr(bias, "probe_accuracy", lambda f, target, fit: seen.append((f, target, fit)) or 0.5)
+    out = bias.checkpoint_probes(arm.checkpoint(0), table)
+    features, subjects = bias.encoder_features(arm.checkpoint(0), table)
+    assert [len(t) for _, t, _ in seen] == [len(table)] * 2 and subjects == list(table["subject"])
+    for (f, target, fit), column in zip(seen, ("scanner", "sex")):
+        assert np.array_equal(f, features)
+        assert list(target) == list(table[column].astype(str))
+        assert list(fit) == list(table["split"] != "test")  # fitted on train and val, scored on test
+    assert out == {"probe_scanner": 0.5, "probe_scanner_chance": 1 / table["site"].nunique(),
+                   "probe_sex": 0.5, "probe_sex_chance": 0.5}
 
 
 # ----------------------------------------------------------------------------- errors

@@ -75,6 +75,22 @@ def probe_accuracy(features: np.ndarray, target: np.ndarray, fit: np.ndarray) ->
     return float(balanced_accuracy_score(target[~fit], probe.predict(features[~fit])))
 
 
+def checkpoint_probes(checkpoint: Path, table: pd.DataFrame, columns: tuple[str, ...] = ("scanner", "sex")
+                      ) -> dict[str, float]:
+    """How well each of ``columns`` (a confound: scanner, sex) reads from the frozen encoder's features of
+    ``checkpoint``: a linear probe's balanced accuracy (:func:`probe_accuracy`), fitted on ``table``'s train and val
+    scans and scored on its test scans; also each column's chance level (one over its classes)."""
+    features, subjects = encoder_features(checkpoint, table)
+    rows = table.set_index("subject").loc[subjects]
+    fit = (rows["split"] != "test").to_numpy()
+    out = {}
+    for column in columns:
+        values = rows[column].astype(str).to_numpy()
+        out[f"probe_{column}"] = probe_accuracy(features, values, fit)
+        out[f"probe_{column}_chance"] = 1 / len(set(values))
+    return out
+
+
 def bias_row(run: RunDir, arm: str) -> dict:
     """``auroc_flipped_last3`` (the bias-flipped test split, last three cycles) when the run has one, and the probe's
     ``probe_bacc`` / ``probe_chance`` for the model's bias target when the manifest has its column; {} for a run

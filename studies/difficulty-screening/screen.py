@@ -21,7 +21,7 @@ import pandas as pd
 import yaml
 from sklearn.metrics import roc_auc_score
 
-from fedqc.analysis.bias import encoder_features, probe_accuracy
+from fedqc.analysis.bias import checkpoint_probes
 from fedqc.experiment.run_dir import RunDir
 
 OUT = Path("runs/difficulty-screening")
@@ -60,14 +60,12 @@ def screen(name: str, effects: str, epochs: int, lr: float) -> dict:
     for c in arm.cycles("predictions"):
         p = pd.read_csv(arm.predictions(c))
         aurocs.append(round(float(roc_auc_score(p["label"], p["score"])), 3))
-    features, subjects = encoder_features(arm.checkpoint(arm.cycles("checkpoints")[-1]), table)
-    rows = table.set_index("subject").loc[subjects]
-    fit = (rows["split"] != "test").to_numpy()
+    probe = checkpoint_probes(arm.checkpoint(arm.cycles("checkpoints")[-1]), table)
     result = {"name": name, "effects": effects, "lr": lr, "oracle_test_auroc": round(meta["oracle_test_auroc"], 3),
               "pooled_test_auroc": aurocs,
-              "probe_scanner_bacc": round(probe_accuracy(features, rows["scanner"].astype(str).to_numpy(), fit), 3),
-              "probe_scanner_chance": round(1 / rows["scanner"].nunique(), 3),
-              "probe_sex_bacc": round(probe_accuracy(features, rows["sex"].to_numpy(), fit), 3),
+              "probe_scanner_bacc": round(probe["probe_scanner"], 3),
+              "probe_scanner_chance": round(probe["probe_scanner_chance"], 3),
+              "probe_sex_bacc": round(probe["probe_sex"], 3),
               "cohort_s": round(gen_s, 1), "train_s": round(train_s, 1)}
     with (OUT / "results.jsonl").open("a") as fh:
         fh.write(json.dumps(result) + "\n")

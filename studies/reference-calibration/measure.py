@@ -31,7 +31,7 @@ import pandas as pd
 import yaml
 
 from bench.stall import pooled_manifest
-from fedqc.analysis.bias import encoder_features, probe_accuracy
+from fedqc.analysis.bias import checkpoint_probes
 from fedqc.analysis.paired import paired_difference, t_interval
 from fedqc.analysis.study import cycle_metrics
 from fedqc.data.manifest import load_manifest
@@ -75,12 +75,7 @@ def curve(folder: Path, seed: int, arm: str) -> pd.Series:
 
 def probes(folder: Path, seed: int, table: pd.DataFrame) -> dict:
     arm = RunDir(folder / f"seed_{seed}").arm("clean")
-    features, subjects = encoder_features(arm.checkpoint(arm.cycles("checkpoints")[-1]), table)
-    rows = table.drop_duplicates("subject").set_index("subject").loc[subjects]
-    fit = (rows["split"] != "test").to_numpy()
-    return {"probe_scanner": probe_accuracy(features, rows["scanner"].astype(str).to_numpy(), fit),
-            "probe_sex": probe_accuracy(features, rows["sex"].to_numpy(), fit),
-            "probe_scanner_chance": 1 / rows["scanner"].nunique()}
+    return checkpoint_probes(arm.checkpoint(arm.cycles("checkpoints")[-1]), table)
 
 
 def seed_row(out: Path, seed: int, table: pd.DataFrame) -> dict:
