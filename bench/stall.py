@@ -330,7 +330,7 @@ def main() -> None:
                         if args.probe:
                             arm = RunDir(out).arm("clean")
                             scans = load_manifest(cfg.manifest, check_images=False)
-                            good = scans[scans["harm"].isin(("none", ""))] if "harm" in scans else scans
+                            good = scans[scans["harm"] == "none"]
                             rec |= {k: round(v, 3) for k, v in
                                     checkpoint_probes(arm.checkpoint(arm.last_checkpoint()), good).items()}
                         rec |= {"config": str(args.config), "date": date.today().isoformat()}

@@ -116,11 +116,8 @@ def bias_row(run: RunDir, arm: str) -> dict:
         manifest = manifest[manifest["harm"] == "none"]
     target = cfg.model.bias_target
     if target in manifest:
-        features, subjects = encoder_features(arm_dir.checkpoint(cycles[-1]), manifest)
-        rows = manifest.set_index("subject").loc[subjects]
-        values = rows[target].astype(str).to_numpy()
-        row |= {"probe_target": target, "probe_bacc": probe_accuracy(features, values,
-                                                                     (rows["split"] != "test").to_numpy()),
-                "probe_chance": 1 / len(set(values))}
+        probe = checkpoint_probes(arm_dir.checkpoint(cycles[-1]), manifest, (target,))
+        row |= {"probe_target": target, "probe_bacc": probe[f"probe_{target}"],
+                "probe_chance": probe[f"probe_{target}_chance"]}
     atomic_write_text(json.dumps({"cycle": cycles[-1], **row}, indent=1), cache)
     return row
