@@ -133,10 +133,11 @@ def test_default_effects_reproduce_the_shipped_generator(tmp_path):
                                                                   "reference": "v2"}
 
 
-def test_reference_default_is_the_screened_calibration():
-    """The `reference` preset's default set ``v2`` is the effects file the calibration study screened and measured."""
-    screened, _ = resolve_effects(ROOT / "studies" / "difficulty-screening" / "effects" / "hetero-noise.yaml", "v1")
-    assert EFFECT_SETS["v2"] == screened != EFFECT_SETS["v1"]
+def test_named_sets_are_the_screened_effects_files():
+    """``v2`` and ``v3`` are the effects files the calibration study screened and measured (difficulty-screening)."""
+    effects = ROOT / "studies" / "difficulty-screening" / "effects"
+    assert EFFECT_SETS["v2"] == resolve_effects(effects / "hetero-noise.yaml", "v1")[0] != EFFECT_SETS["v1"]
+    assert EFFECT_SETS["v3"] == resolve_effects(effects / "hetero-bias.yaml", "v1")[0] != EFFECT_SETS["v2"]
 
 
 def test_effects_file_recorded_and_read_back(tmp_path):
