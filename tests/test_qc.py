@@ -578,6 +578,7 @@ def test_qc_arms_end_to_end_and_resume(tiny_cohort, tmp_path):
     assert overall["auroc"].notna().all()
     report = (run / "report.md").read_text()
     assert "QC detection: `qc`" in report and "QC detection: `qc-reference-batch`" in report
+    assert "What QC could decide: `qc`" in report and "What QC could decide: `qc-reference-batch`" in report
     assert (run / "plots" / "qc_qc-reference-batch.png").is_file()
 
     # a QC arm killed mid-cycle resumes to the same weights, decisions and eliminations
@@ -588,7 +589,7 @@ def test_qc_arms_end_to_end_and_resume(tiny_cohort, tmp_path):
     for arm in [a for a in arms_for(cfg) if a.qc]:
         resumed = kill_and_resume_qc_arm(arm, transport, cfg, cut)
         assert same(resumed, load_checkpoint(checkpoint_path(run / arm.name, 3))["state"])
-        for name in ("qc_log.csv", "flagged.csv", "revisits.csv", "eliminated.csv", "qc_events.csv"):
+        for name in ("qc_log.csv", "flagged.csv", "revisits.csv", "eliminated.csv", "qc_events.csv", "qc_decisions.csv"):
             a = pd.read_csv(run / arm.name / name).drop(columns=["seconds", "hop_seconds"], errors="ignore")
             b = pd.read_csv(cut / arm.name / name).drop(columns=["seconds", "hop_seconds"], errors="ignore")
             pd.testing.assert_frame_equal(a, b)

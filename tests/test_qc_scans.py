@@ -408,3 +408,30 @@ def test_a_registered_scan_check_adds_its_columns_and_its_issues_flag_scans(tmp_
         assert summary(arm, tmp_path)["scan_issues"]["fifth"] == int(table["is_fifth_issue"].sum()) > 0
     finally:
         del SCAN_ISSUES["fifth"]
+
+
+def test_qc_decisions_say_what_qc_could_and_could_not_decide(tmp_path):
+    """qc_decisions.csv: no decisions before skill (what trains then can no longer be judged out of sample), then
+    the scans judged out of sample, and a one-class site whose scans the model has fitted checked without evidence."""
+    from fedqc.analysis.report import decisions_section
+
+    arm, fed = scan_arm(tmp_path, start="scratch", skilled_after=4)
+    state = {"encoder.w": np.zeros(1)}
+    arm.begin(state, 0, None)  # a fresh model scores at chance: no skill, no screening
+    state = arm.visit("u", state, 0, 1e-3).state  # u's 4 patients train unjudged
+    arm.end_cycle(0)
+    state = arm.visit("t", state, 1, 1e-3).state  # skill at cycle 1: every site screened, t's 20 scans judged first
+    state = arm.visit("u", state, 1, 1e-3).state  # u: one class, every scan fitted — no evidence either way
+    arm.end_cycle(1)
+    rows = pd.read_csv(tmp_path / "qc_decisions.csv", keep_default_na=False).set_index("cycle")
+    assert rows.loc[0, ["deciding", "sites_checked", "scans_judged", "scans_trained_unjudged", "scans_untrained"]] \
+        .tolist() == [False, 0, 0, 4, 20]
+    assert rows.loc[1, ["deciding", "sites_without_evidence", "scans_judged", "scans_trained_unjudged"]].tolist() \
+        == [True, "u", 20, 0]
+    assert rows.loc[1, "scans_untrained"] == 2 and set(arm.policy.fresh) == {"t03", "t07"}  # flagged, sitting out
+    assert rows.loc[0, "skill"] < 0.7 <= rows.loc[1, "skill"]
+    s = summary(arm, tmp_path)
+    assert (s["cycles_deciding"], s["scans_judged"], s["scans_trained_unjudged"], s["sites_never_judged"]) == \
+        (1, 20, 4, ["u"])
+    text = "\n".join(decisions_section("qc", pd.read_csv(tmp_path / "qc_decisions.csv")))
+    assert "QC decided from cycle 1; 20 scans judged out of sample, 4 trained before" in text and ": u." in text

@@ -31,6 +31,7 @@ from fedqc.errors import UserError
 from fedqc.experiment.arms import arms_for
 from fedqc.experiment.run_dir import FIXED_THRESHOLD, RunDir, load_checkpoint, parse_snapshot, predict_checkpoint
 from fedqc.io import atomic_write_csv
+from fedqc.qc.logs import DECISIONS
 from fedqc.scoring import score_targets
 
 
@@ -109,7 +110,7 @@ def infer_run(run: Path, *, recompute: bool = False, age_edges=DEFAULT_AGE_EDGES
     plot_dir.mkdir(exist_ok=True)
     plots = [plot_dir / "metrics_by_arm.png"]
     plot_by_arm(metrics, plots[0])
-    detections = {}
+    detections, decisions = {}, {}
     for arm in metrics["arm"].unique():
         arm_dir = RunDir(run).arm(arm)
         plots.append(plot_dir / f"subgroups_{arm}.png")
@@ -120,5 +121,7 @@ def infer_run(run: Path, *, recompute: bool = False, age_edges=DEFAULT_AGE_EDGES
                     arm_dir.cycles("predictions"), arm, plots[-1])
         if (arm_dir.path / "detection.csv").is_file():
             detections[arm] = pd.read_csv(arm_dir.path / "detection.csv")
-    write_report(run, metrics, detections, plots)
+        if (arm_dir.path / DECISIONS).is_file():
+            decisions[arm] = pd.read_csv(arm_dir.path / DECISIONS)
+    write_report(run, metrics, detections, plots, decisions)
     return metrics

@@ -23,7 +23,7 @@ from fedqc.protocol import ScanProblem, State, check_reply, class_counts
 from fedqc.qc.audit_stage import run_audit_stage
 from fedqc.qc.criteria import SITE_CHECKS, UPDATE_CRITERIA
 from fedqc.qc.gate import Gate, QCStatus, Update, VerificationScans
-from fedqc.qc.logs import QCLogs, eliminated_table, pending_table, scan_issue_counts
+from fedqc.qc.logs import QCLogs, decision_row, decision_summary, eliminated_table, pending_table, scan_issue_counts
 from fedqc.qc.policy import QCPolicy
 from fedqc.qc.screening import SiteScreening
 from fedqc.qc.search import SEARCHES
@@ -114,7 +114,7 @@ class QCArm:
         return visit.outcome(time.perf_counter() - t0)
 
     def end_cycle(self, cycle: int) -> None:
-        self.logs.write(self.policy)
+        self.logs.write(self.policy, decision_row(self.policy, cycle, deciding=self.gate.deciding))
 
     def snapshot(self) -> dict:
         norms = {"update_norms": self.norm_check.snapshot()} if self.norm_check is not None else {}
@@ -143,7 +143,8 @@ class QCArm:
                    "verify_fraction": self.qc.verify_fraction, "audit": self.qc.audit, "verifications": len(judged),
                    "verify_seconds": round(float(judged["seconds"].sum()), 3),
                    "arm_seconds": round(self.setup_seconds + float(cycles["seconds"].sum()), 3),
-                   "eliminated": len(self.policy.eliminated), "pending": len(self.policy.flagged)}
+                   "eliminated": len(self.policy.eliminated), "pending": len(self.policy.flagged),
+                   **decision_summary(self.folder)}
         atomic_write_text(json.dumps(summary, indent=2), self.folder / "qc_summary.json")
         return summary
 

@@ -96,6 +96,11 @@ class Gate(ABC):
         self.verifications = 0  # decisions made by this process (site checks, update verifications)
         self.counts: Counter[str] = Counter()  # cost counters: verification_rounds, site_scorings, scans_scored
 
+    @property
+    def deciding(self) -> bool:
+        """Whether the gate makes decisions now (a gate that waits for the model's skill does not before it)."""
+        return True
+
     @abstractmethod
     def screen(self, state: State, cycle: int) -> None:
         """Before the arm's first cycle (not on resume): whatever the gate checks before any site trains."""

@@ -20,6 +20,7 @@ Pure Python on hand-made scores: every decision can be unit-tested without a mod
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -75,6 +76,7 @@ class QCPolicy:
     _skill_cycle: int | None = field(default=None, init=False)  # the cycle the model first showed skill
     _scan_issues: dict[str, dict] = field(default_factory=dict, init=False)  # subject → its last per-scan check
     log: list[dict] = field(default_factory=list, init=False)  # the decisions: site checks, verifications
+    scans_judged: Counter[int] = field(default_factory=Counter, init=False)  # cycle → per-scan checks (this process)
 
     # ------------------------------------------------------------------ reading
     @property
@@ -173,6 +175,7 @@ class QCPolicy:
             accepted, stats = True, {"stat": math.nan, "limit": math.nan}
         self.log.append({"cycle": cycle, "site": site, "scope": scope, "subject": _one(subjects),
                          "n_trained": n_trained, "criterion": criterion.name, **stats, "accepted": accepted,
+                         "judged": bool(mask.any()),
                          **confusion(labels, new), "base_loss": float(per_scan_loss(labels, base).mean()),
                          "n_verify": int(mask.sum()), "seconds": seconds})
         if accepted:
@@ -210,8 +213,11 @@ class QCPolicy:
                 k, n, k_ref, n_ref = label_issues
                 accepted, stats = False, stats | {"note": f"label issues at {k} of {n} scans, verification {k_ref} of "
                                                           f"{n_ref} (Fisher p = {p:.2g})"}
+        # evidence: the ranking test had two classes to rank, the label-issue test scans on both sides, or a failure
+        judged = not accepted or not math.isnan(stats.get("p_value", math.nan)) \
+            or (label_issues is not None and label_issues[1] > 0 and label_issues[3] > 0)
         self.log.append({"cycle": cycle, "site": site, "scope": "site", "subject": "", "n_trained": len(rest),
-                         "criterion": check.name, **stats, "accepted": accepted,
+                         "criterion": check.name, **stats, "accepted": accepted, "judged": judged,
                          **confusion(rest["label"].to_numpy(), rest["score"].to_numpy()),
                          "n_verify": int(mask.sum()), "n_issues": int(issues.sum()), "seconds": seconds})
         flag = self._flagged_sites.pop(site, None)
@@ -258,6 +264,7 @@ class QCPolicy:
     def record_scan_check(self, row: dict) -> None:
         """A scan's per-scan check and its decision (a row of ``scan_issues.csv``); replaces its earlier one."""
         self._scan_issues[row["subject"]] = row
+        self.scans_judged[row["cycle"]] += 1
 
     # ------------------------------------------------------------------ scans and sites
     def site_due(self, site: str, cycle: int) -> bool:

@@ -94,6 +94,10 @@ class SiteScreening(Gate):
         return True
 
     # ------------------------------------------------------------------ the gate
+    @property
+    def deciding(self) -> bool:
+        return self.policy.skill_cycle is not None
+
     def screen(self, state: State, cycle: int) -> None:
         """Before the first cycle of the arm: score the verification scans; screen every site if the model has skill."""
         self.refresh(state, cycle, features=True)
