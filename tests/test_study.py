@@ -58,7 +58,7 @@ def test_study_runs_every_seed_and_resumes_an_interrupted_one(tiny_cohort, tmp_p
     assert qc["recall_whole-site"].between(0, 1).all() and qc["recall_single-scan"].between(0, 1).all()
     assert (qc["verifications"] > 0).all() and rows["auroc"].between(0, 1).all()
     assert set(summary["arm"]) == {"clean", "dirty", "qc"} and (out / "study_auroc.png").is_file()
-    assert "| qc |" in (out / "study.md").read_text()
+    assert "| qc |" in (out / "study.md").read_text() and "## QC: recall" in (out / "study.md").read_text()
     paired = pd.read_csv(out / "paired.csv").set_index(["pair", "figure"])  # the defaults once, then the named pair
     assert list(dict.fromkeys(paired.index.get_level_values("pair"))) == ["qc-dirty", "qc-clean", "dirty-clean",
                                                                          "clean-qc"]

@@ -116,7 +116,8 @@ def test_sweep_of_label_noise_runs_trains_on_the_flipped_labels_and_writes_curve
     last3 = paired[paired["figure"] == "auroc_last3"]
     assert set(zip(last3["value"], last3["pair"], last3["n"])) == {(0, "dirty-clean", 2), (0.5, "dirty-clean", 2)}
     assert (out / "sweep_diff_auroc_last3.png").is_file() and "## Paired differences" in (out / "sweep.md").read_text()
-    assert (out / "scenario.label_noise.0.rate=0.5" / "study.md").is_file()
+    text = (out / "scenario.label_noise.0.rate=0.5" / "study.md").read_text()
+    assert "## Test metrics" in text and "## QC" not in text  # no QC arm, no QC section
     page = (out / "report.html").read_text()  # the sweep's page links each value's own study page
     assert all(f'href="scenario.label_noise.0.rate={v}/report.html"' in page for v in (0, 0.5))
     assert 'id="paired-table"' in page and (out / "scenario.label_noise.0.rate=0" / "report.html").is_file()

@@ -284,10 +284,12 @@ def write_study(out: Path, runs: dict[int, Path], command: str, missing: dict[st
              markdown_table(main), ""]
     if not differences.empty:
         lines += ["## Paired differences between arms, seed by seed", "", PAIRED_NOTE, "", paired_md(differences), ""]
-    lines += ["## QC: recall by scope and harm kind, good scans lost, cost", "",
-             "`recall_<scope>` and `recall_<scope>_<kind>`: whole harmful sites (every training scan of the site "
-             "harmful) or single scans in sites that keep good ones; `recall_site_<site>`: each whole harmful site.", "",
-             markdown_table(qc_table), "", "![AUROC across seeds](study_auroc.png)", ""] + missing_runs(out, missing)
+    if qc_arms:
+        lines += ["## QC: recall by scope and harm kind, good scans lost, cost", "",
+                  "`recall_<scope>` and `recall_<scope>_<kind>`: whole harmful sites (every training scan of the site "
+                  "harmful) or single scans in sites that keep good ones; `recall_site_<site>`: each whole harmful "
+                  "site.", "", markdown_table(qc_table), ""]
+    lines += ["![AUROC across seeds](study_auroc.png)", ""] + missing_runs(out, missing)
     atomic_write_text("\n".join(lines), out / "study.md")
     return summary
 
