@@ -57,6 +57,7 @@ def test_study_runs_every_seed_and_resumes_an_interrupted_one(tiny_cohort, tmp_p
     assert (qc["recall_whole-site_inverted"] == 1.0).all() and (qc["recall_site_harm01-inverted"] == 1.0).all()
     assert qc["recall_whole-site"].between(0, 1).all() and qc["recall_single-scan"].between(0, 1).all()
     assert (qc["verifications"] > 0).all() and rows["auroc"].between(0, 1).all()
+    assert (qc["scans_judged"] > 0).all() and (qc["scans_trained_unjudged"] >= 0).all()  # from qc_summary.json
     assert set(summary["arm"]) == {"clean", "dirty", "qc"} and (out / "study_auroc.png").is_file()
     assert "| qc |" in (out / "study.md").read_text() and "## QC: recall" in (out / "study.md").read_text()
     paired = pd.read_csv(out / "paired.csv").set_index(["pair", "figure"])  # the defaults once, then the named pair

@@ -115,6 +115,7 @@ def arm_row(run: RunDir, arm: str) -> dict | None:
     if summary.is_file():
         s = json.loads(summary.read_text())
         row |= {"verifications": s["verifications"], "seconds": s["arm_seconds"]}
+        row |= {k: s[k] for k in ("skill_cycle", "scans_judged", "scans_trained_unjudged") if s.get(k) is not None}
     return row
 
 
@@ -255,7 +256,8 @@ def summary_tables(summary: pd.DataFrame, columns: list[str], arms: list[str],
                          for arm in arms])
     qc = [c for c in columns if c.startswith("recall_")]
     qc += [c for c in ("good_lost", "good_lost_rate", "good_pending", "good_sites_flagged", "harm_sites_flagged",
-                       "precision", "verifications", "cost_vs_dirty") if c in columns]
+                       "precision", "skill_cycle", "scans_judged", "scans_trained_unjudged", "verifications",
+                       "cost_vs_dirty") if c in columns]
     return main, pd.DataFrame([{"figure": f, **{a: _cell(summary, a, f) for a in qc_arms}} for f in qc])
 
 
