@@ -102,7 +102,7 @@ def cohort(preset: str = typer.Option("demo", help="demo, demo2d (2D slices), re
            no_harm: bool = typer.Option(False, "--no-harm", help="Inject no harmful data."),
            workers: int = typer.Option(0, help="Processes making scans (0: every usable core); the files are the "
                                                "same for any number."),
-           effects: str = typer.Option(None, "--effects", help="Effect sizes: a named set (v1) or a YAML file of "
+           effects: str = typer.Option(None, "--effects", help="Effect sizes: a named set (v1, v2, v3) or a YAML file of "
                                                                "any effect keys (docs/data.md); default: the preset's.")):
     """Generate a synthetic multi-center brain-MRI cohort (manifest + NIfTI images)."""
     import time

@@ -130,7 +130,7 @@ def test_default_effects_reproduce_the_shipped_generator(tmp_path):
     assert json.loads((tmp_path / "cohort.json").read_text())["effects_source"] == "v1"  # the set they equal
     assert EFFECT_SETS["v1"] == Effects()
     assert {name: p[2] for name, p in cohort.PRESETS.items()} == {"demo": "v1", "demo2d": "v1", "smoke": "v1",
-                                                                  "reference": "v2"}
+                                                                  "reference": "v3"}
 
 
 def test_named_sets_are_the_screened_effects_files():
@@ -163,7 +163,7 @@ def test_effects_file_recorded_and_read_back(tmp_path):
                                               "hc_pdlike: expected a number, got True"]),
     ("pd_nonexpressing: 1.5\ndeform_mm: -1\n", ["pd_nonexpressing: must be in [0.0, 1.0], got 1.5",
                                                "deform_mm: must be in [0.0, 20.0], got -1"]),
-    ("base: v0\n", ["base: unknown effect set 'v0' (known: v1, v2)"]),
+    ("base: v0\n", ["base: unknown effect set 'v0' (known: v1, v2, v3)"]),
     ("- 0.2\n", ["expected a mapping of effect keys to numbers"]),
     ("pd_intensity: [0.2\n", ["not valid YAML"]),
 ], ids=["unknown keys", "wrong types", "out of range", "unknown base", "not a mapping", "not YAML"])
@@ -181,7 +181,7 @@ def test_bad_effects_file_one_line_each(tmp_path, content, messages):
 
 def test_unknown_effect_set_one_line(tmp_path):
     code, text, _ = run_cli(["cohort", "--preset", "smoke", "--out", str(tmp_path / "c"), "--effects", "v9"])
-    assert code == 1 and text.strip().count("\n") == 0 and "neither an effect set (v1, v2) nor a file" in text
+    assert code == 1 and text.strip().count("\n") == 0 and "neither an effect set (v1, v2, v3) nor a file" in text
 
 
 def test_nonexpressing_patients_drawn_without_effect(tmp_path):

@@ -286,7 +286,7 @@ PRESETS = {
     "demo": (demo_sites, DEMO_HARM, "v1"),
     "demo2d": (demo_sites, DEMO_HARM, "v1"),
     "smoke": (lambda seed: list(SMOKE_SITES), {}, "v1"),  # 3 small good sites: deployment smoke runs
-    "reference": (lambda seed: reference_sites(), REFERENCE_HARM, "v2"),  # calibrated at 32³
+    "reference": (lambda seed: reference_sites(), REFERENCE_HARM, "v3"),  # calibrated at 32³
 }
 PRESET_2D = {"demo2d"}  # presets of 2D slices; their default side is 64 (DenseNet121's smallest)
 
