@@ -434,4 +434,5 @@ def test_qc_decisions_say_what_qc_could_and_could_not_decide(tmp_path):
     assert (s["cycles_deciding"], s["scans_judged"], s["scans_trained_unjudged"], s["sites_never_judged"]) == \
         (1, 20, 4, ["u"])
     text = "\n".join(decisions_section("qc", pd.read_csv(tmp_path / "qc_decisions.csv")))
-    assert "QC decided from cycle 1; 20 scans judged out of sample, 4 trained before" in text and ": u." in text
+    assert "QC decided from cycle 1; 20 per-scan checks, every one out of sample" in text
+    assert "4 trained before any" in text and ": u." in text

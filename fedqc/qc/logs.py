@@ -83,8 +83,8 @@ def decision_row(policy: QCPolicy, cycle: int, *, deciding: bool) -> dict:
 
 def decision_summary(folder: Path) -> dict:
     """``qc_summary.json``'s account of what QC could decide, over the whole run (its ``qc_decisions.csv`` and
-    ``qc_log.csv``): cycles deciding, scans judged out of sample, scans trained unjudged, and the sites every check
-    of which had no evidence (checked, never judged)."""
+    ``qc_log.csv``): cycles deciding, per-scan checks (all out of sample; a revisit judges a scan again), scans
+    trained unjudged, and the sites every check of which had no evidence (checked, never judged)."""
     decisions = pd.read_csv(folder / DECISIONS) if (folder / DECISIONS).is_file() else pd.DataFrame(
         columns=DECISION_COLUMNS)
     log = pd.read_csv(folder / "qc_log.csv") if (folder / "qc_log.csv").is_file() else pd.DataFrame()
