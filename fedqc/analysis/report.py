@@ -29,9 +29,9 @@ def decisions_section(arm: str, decisions: pd.DataFrame) -> list[str]:
     deciding = decisions.loc[decisions["deciding"].astype(bool), "cycle"]
     unjudged = sorted({s for v in decisions["sites_without_evidence"].dropna() for s in str(v).split(";") if s})
     start = f"from cycle {deciding.min()}" if len(deciding) else "in no cycle (the model never showed skill)"
-    line = (f"QC decided {start}; {int(decisions['scans_judged'].sum())} per-scan checks, every one out of sample (a revisit "
-            f"judges a scan again), "
-            f"{int(decisions['scans_trained_unjudged'].sum())} trained before any per-scan check could judge them; "
+    line = (f"QC decided {start}; {int(decisions['scans_judged'].sum())} per-scan checks, every one out of sample "
+            f"(a revisit judges a scan again), {int(decisions['scans_trained_unjudged'].sum())} trained before any "
+            "per-scan check could judge them; "
             f"sites checked without evidence (passed, not judged) at least once: {', '.join(unjudged) or 'none'}.")
     return ["", f"## What QC could decide: `{arm}`", "", line, "", markdown_table(decisions)]
 

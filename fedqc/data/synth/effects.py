@@ -72,8 +72,9 @@ def effect_keys() -> list[str]:
 # patients without a visible one, some controls with a partial one; oracle ceiling about 0.87), more deformation,
 # and scanners told apart by their noise and bias field, effects that do not mimic the disease (a per-scanner
 # contrast or blur stops the travelling model learning at this resolution: decision 41). ``v3``: ``v2`` with ``v1``'s
-# scanner noise (up to 6) and no per-scanner gamma, scanners told apart by their bias field: the travelling model
-# 0.06 rather than 0.08 below central training on the same scans, every other target as on ``v2`` (decision 46).
+# scanner noise (up to 6) and no per-scanner gamma, scanners told apart by their bias field: every seed's travelling
+# model in the calibration's band and learning by W, where ``v2`` missed each once; 0.06-0.08 below central training
+# on the same scans, as ``v2`` (decision 46).
 _V2 = Effects(pd_nonexpressing=0.2, pd_effect_sd=0.5, hc_pdlike=0.15, deform_mm=3.0, bias_strength=0.4, noise_max=15.0)
 EFFECT_SETS: dict[str, Effects] = {
     "v1": Effects(),
