@@ -74,7 +74,7 @@ def detection(study: Path, arm: str) -> dict:
     for run in seeds_of(study).values():
         table = run / arm / "adversaries.csv"
         if table.is_file():
-            t = pd.read_csv(table).fillna({"checks": ""})
+            t = pd.read_csv(table, dtype={"checks": str}).fillna({"checks": ""})
             liars = t[~t["role"].str.startswith("honest") & ~t["role"].str.startswith("framed by")]
             named += int(liars["named"].any())
             checks |= {c for cs in liars["checks"] for c in cs.split("; ") if c}
