@@ -150,6 +150,7 @@ def test_a_one_class_site_gives_the_site_check_no_evidence():
 
 CHECK = SiteAUROCCheck(alpha=0.01)
 REFERENCE = ReferenceCriterion(0.02)
+LOSS = LossCriterion()
 
 
 def site_policy(revisit_after=2) -> QCPolicy:
@@ -219,6 +220,19 @@ def test_state_updates_only_on_acceptance():
     assert list(log["accepted"]) == [False, True] and list(log["fnr"]) == [1.0, 0.0]
     assert {"cycle", "site", "scope", "subject", "n_trained", "stat", "limit", "fp", "fn", "tp", "tn",
             "fpr", "fnr", "loss", "accepted", "seconds", "n_verify"} <= set(log.columns)
+
+
+def test_a_candidate_with_non_finite_verification_scores_is_rejected_not_passed_unjudged():
+    """A ×1,000 update scores the verification scans NaN: rejected and named, never adopted as "no evidence"."""
+    p = policy(leave_site_out=False)
+    base = p.baseline["score"].copy()
+    broken = np.where(LABELS == 1, 0.9, np.nan)
+    assert not p.verify(LOSS, scores_frame(broken), cycle=1, site="a", scope="batch", subjects=["x"], n_trained=1)
+    pd.testing.assert_series_equal(p.baseline["score"], base)
+    row = p.log[-1]
+    assert row["judged"] and row["note"] == f"{int((LABELS == 0).sum())} of {len(LABELS)} verification scores not finite"
+    assert p.verify(LOSS, scores_frame(p.baseline["score"].to_numpy()), cycle=1, site="a", scope="batch",
+                    subjects=["x"], n_trained=1)  # the same model's own scores pass
 
 
 def test_revisit_schedule_exclusion_and_elimination():

@@ -164,18 +164,27 @@ class QCPolicy:
     # ------------------------------------------------------------------ decisions
     def verify(self, criterion: UpdateCriterion, scores: pd.DataFrame, *, cycle: int, site: str, scope: str,
                subjects: list[str], n_trained: int, seconds: float = 0.0) -> bool:
-        """Judge a candidate from its ``scores`` (subject, score) on the verification scans; rebase if accepted."""
+        """Judge a candidate from its ``scores`` (subject, score) on the verification scans; rebase if accepted.
+
+        A candidate that scores any verification scan with a non-finite value is rejected: a model that breaks
+        on the verification scans is harmful, not unjudgeable (a ×1,000 update gave NaN scores, and before this
+        rule passed as "no verification scans"). Scans no site scored (a site that failed) are left out.
+        """
         cand = scores.set_index("subject")["score"].reindex(self.baseline.index)
-        mask = self.verification_set(site) & cand.notna().to_numpy()
+        broken = int((~np.isfinite(scores["score"].to_numpy(dtype=float))).sum())
+        mask = self.verification_set(site) & cand.notna().to_numpy() & np.isfinite(cand.to_numpy(dtype=float))
         labels = self.baseline["label"].to_numpy()[mask]
         base, new = self.baseline["score"].to_numpy()[mask], cand.to_numpy()[mask]
-        if mask.any():
+        if broken:
+            accepted, stats = False, {"stat": math.nan, "limit": math.nan,
+                                      "note": f"{broken} of {len(scores)} verification scores not finite"}
+        elif mask.any():
             accepted, stats = criterion.decide(labels, base, new, n_trained)
         else:
             accepted, stats = True, {"stat": math.nan, "limit": math.nan}
         self.log.append({"cycle": cycle, "site": site, "scope": scope, "subject": _one(subjects),
                          "n_trained": n_trained, "criterion": criterion.name, **stats, "accepted": accepted,
-                         "judged": bool(mask.any()),
+                         "judged": bool(mask.any()) or bool(broken),
                          **confusion(labels, new), "base_loss": float(per_scan_loss(labels, base).mean()),
                          "n_verify": int(mask.sum()), "seconds": seconds})
         if accepted:
