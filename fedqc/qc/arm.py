@@ -144,7 +144,7 @@ class QCArm:
                    "verify_seconds": round(float(judged["seconds"].sum()), 3),
                    "arm_seconds": round(self.setup_seconds + float(cycles["seconds"].sum()), 3),
                    "eliminated": len(self.policy.eliminated), "pending": len(self.policy.flagged),
-                   **decision_summary(self.folder)}
+                   **decision_summary(self.folder, log)}
         atomic_write_text(json.dumps(summary, indent=2), self.folder / "qc_summary.json")
         return summary
 

@@ -16,7 +16,6 @@ from fedqc.io import append_csv, atomic_write_csv, truncate_csv
 from fedqc.qc.ledger import EVENT_COLUMNS, Event
 from fedqc.qc.policy import QCPolicy
 from fedqc.qc.scans import SCAN_ISSUES
-from fedqc.qc.stats import skill
 
 ELIMINATED_COLUMNS = ["subject", "site", "cycle_flagged", "cycle_eliminated", "stage"]
 REVISIT_COLUMNS = ["subject", "site", "cycle_flagged", "due", "cycle_revisited", "accepted"]
@@ -72,22 +71,19 @@ def decision_row(policy: QCPolicy, cycle: int, *, deciding: bool) -> dict:
     ``scans_untrained``: training scans still out of sample at the cycle's end.
     """
     checks = [r for r in policy.log if r["cycle"] == cycle and r["scope"] == "site"]
-    no_evidence = sorted({r["site"] for r in checks} - {r["site"] for r in checks if r.get("judged", True)})
+    no_evidence = sorted({r["site"] for r in checks} - {r["site"] for r in checks if r["judged"]})
     trained = {e["subject"] for e in policy.events if e["cycle"] == cycle and e["event"] == Event.TRAINED.value}
-    b = policy.baseline[policy.verification_set("")] if policy.baseline is not None else None
-    value = skill(b["label"].to_numpy(), b["score"].to_numpy(), b["site"].to_numpy()) if b is not None else float("nan")
-    return {"cycle": cycle, "deciding": deciding, "skill": round(value, 4), "sites_checked": len(checks),
+    return {"cycle": cycle, "deciding": deciding, "skill": round(policy.skill(), 4), "sites_checked": len(checks),
             "sites_without_evidence": ";".join(no_evidence), "scans_judged": policy.scans_judged[cycle],
             "scans_trained_unjudged": len(trained - set(policy.scan_issues)), "scans_untrained": len(policy.fresh)}
 
 
-def decision_summary(folder: Path) -> dict:
+def decision_summary(folder: Path, log: pd.DataFrame) -> dict:
     """``qc_summary.json``'s account of what QC could decide, over the whole run (its ``qc_decisions.csv`` and
-    ``qc_log.csv``): cycles deciding, per-scan checks (all out of sample; a revisit judges a scan again), scans
-    trained unjudged, and the sites every check of which had no evidence (checked, never judged)."""
+    ``log``, its ``qc_log.csv``): cycles deciding, per-scan checks (all out of sample; a revisit judges a scan
+    again), scans trained unjudged, and the sites every check of which had no evidence (checked, never judged)."""
     decisions = pd.read_csv(folder / DECISIONS) if (folder / DECISIONS).is_file() else pd.DataFrame(
         columns=DECISION_COLUMNS)
-    log = pd.read_csv(folder / "qc_log.csv") if (folder / "qc_log.csv").is_file() else pd.DataFrame()
     never: list[str] = []
     if "judged" in log.columns:
         sites = log[log["scope"] == "site"]

@@ -31,7 +31,7 @@ import pandas as pd
 from fedqc.errors import UserError
 from fedqc.qc.criteria import SiteAUROCCheck, UpdateCriterion
 from fedqc.qc.ledger import Event, ScanLedger, ScanStatus
-from fedqc.qc.stats import confusion, excess_rate_p
+from fedqc.qc.stats import confusion, excess_rate_p, skill
 from fedqc.scoring import per_scan_loss, score_targets, target_view
 
 
@@ -145,6 +145,14 @@ class QCPolicy:
             mask &= (sites != site).to_numpy()
         return mask
 
+    def skill(self) -> float:
+        """The verification scans' median within-site AUROC under the baseline (:func:`~fedqc.qc.stats.skill`);
+        NaN before the first baseline."""
+        if self.baseline is None:
+            return math.nan
+        b = self.baseline[self.verification_set("")]
+        return skill(b["label"].to_numpy(), b["score"].to_numpy(), b["site"].to_numpy())
+
     def rebase(self, scores: pd.DataFrame) -> None:
         """Make ``scores`` (subject, score), the adopted model's, the baseline of the scans they cover."""
         for column in ("score", *(c for c in self.baseline.columns if c.startswith("score_") and c in scores)):
@@ -172,7 +180,7 @@ class QCPolicy:
         """
         cand = scores.set_index("subject")["score"].reindex(self.baseline.index)
         broken = int((~np.isfinite(scores["score"].to_numpy(dtype=float))).sum())
-        mask = self.verification_set(site) & cand.notna().to_numpy() & np.isfinite(cand.to_numpy(dtype=float))
+        mask = self.verification_set(site) & np.isfinite(cand.to_numpy(dtype=float))
         labels = self.baseline["label"].to_numpy()[mask]
         base, new = self.baseline["score"].to_numpy()[mask], cand.to_numpy()[mask]
         if broken:

@@ -36,7 +36,6 @@ from fedqc.qc.criteria import SiteAUROCCheck
 from fedqc.qc.gate import Gate, QCStatus, Update, VerificationScans
 from fedqc.qc.policy import QCPolicy, site_decision
 from fedqc.qc.scans import SCAN_ISSUES, FeatureReference, OODLimit, ScanInput, find_scan_issues
-from fedqc.qc.stats import skill
 from fedqc.transport import Transport
 
 
@@ -87,8 +86,7 @@ class SiteScreening(Gate):
 
     def _skilled(self, cycle: int) -> bool:
         if self.policy.skill_cycle is None and self.skill > 0:
-            b = self.policy.baseline[self.policy.verification_set("")]
-            if not skill(b["label"].to_numpy(), b["score"].to_numpy(), b["site"].to_numpy()) >= self.skill:
+            if not self.policy.skill() >= self.skill:
                 return False
         self.policy.reach_skill(cycle)
         return True
