@@ -59,6 +59,8 @@ def run(args: argparse.Namespace) -> None:
         for defence in args.defences:
             cmd = [sys.executable, "-m", "fedqc", "study", "--config", str(config(attack, defence, args.out)),
                    "--seeds", *map(str, args.seeds), "--out", str(args.out / f"{attack}-{defence}")]
+            if args.parallel:
+                cmd += ["--parallel", str(args.parallel)]
             print(" ".join(cmd), flush=True)
             subprocess.run(cmd, check=True)
 
@@ -127,6 +129,7 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--attacks", nargs="+", default=list(ATTACKS), choices=list(ATTACKS))
     r.add_argument("--defences", nargs="+", default=list(DEFENCES), choices=list(DEFENCES))
     r.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    r.add_argument("--parallel", type=int, default=None, help="fedqc study --parallel: runs at a time (Ray tasks)")
     t = sub.add_parser("table", help="tabulate the studies there are")
     t.add_argument("--arms", nargs="+", default=["clean", "dirty", "qc", "qc-loss-batch"])
     for p in (r, t):
