@@ -41,9 +41,12 @@ ATTACKS = {
 DEFENCES = {"default": {}, "checks": {"update_norm": 5.0, "bn_pooling": "robust"}}
 
 
-def config(attack: str, defence: str, out: Path) -> Path:
-    """The study config of one attack and defence set, written under ``out/configs``."""
+def config(attack: str, defence: str, out: Path, arms: list[str] | None = None) -> Path:
+    """The study config of one attack and defence set (``arms`` of it, or demo-adversarial.yaml's), written under
+    ``out/configs``."""
     spec = {"extends": str(HERE / "demo-adversarial.yaml"), "name": f"adversarial-{attack}-{defence}"}
+    if arms:
+        spec["arms"] = arms
     if ATTACKS[attack]:
         spec["scenario"] = {"adversarial": ATTACKS[attack]}
     if DEFENCES[defence]:
@@ -57,7 +60,7 @@ def config(attack: str, defence: str, out: Path) -> Path:
 def run(args: argparse.Namespace) -> None:
     for attack in args.attacks:
         for defence in args.defences:
-            cmd = [sys.executable, "-m", "fedqc", "study", "--config", str(config(attack, defence, args.out)),
+            cmd = [sys.executable, "-m", "fedqc", "study", "--config", str(config(attack, defence, args.out, args.arms)),
                    "--seeds", *map(str, args.seeds), "--out", str(args.out / f"{attack}-{defence}")]
             if args.parallel:
                 cmd += ["--parallel", str(args.parallel)]
@@ -130,6 +133,7 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--defences", nargs="+", default=list(DEFENCES), choices=list(DEFENCES))
     r.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     r.add_argument("--parallel", type=int, default=None, help="fedqc study --parallel: runs at a time (Ray tasks)")
+    r.add_argument("--arms", nargs="+", default=None, help="the arms to run (default: demo-adversarial.yaml's)")
     t = sub.add_parser("table", help="tabulate the studies there are")
     t.add_argument("--arms", nargs="+", default=["clean", "dirty", "qc", "qc-loss-batch"])
     for p in (r, t):
