@@ -38,7 +38,8 @@ ATTACKS = {
     "replay": [{"sites": [LIAR], "attack": "replay"}],
     "framing": [{"sites": [LIAR], "attack": "framing", "params": {"target": "site01"}}],
 }
-DEFENCES = {"default": {}, "checks": {"update_norm": 5.0, "bn_pooling": "robust"}}
+DEFENCES = {"default": {}, "checks": {"update_norm": 5.0, "bn_pooling": "robust"},
+            "norm": {"update_norm": 5.0}, "robust_bn": {"bn_pooling": "robust"}}  # the last two: each check's cost
 
 
 def config(attack: str, defence: str, out: Path, arms: list[str] | None = None) -> Path:
