@@ -269,6 +269,13 @@ def change_norm(sent: State, reply: State) -> float:
     return float(np.sqrt(total))
 
 
+def model_norm(state: State) -> float:
+    """The Euclidean norm of the model (every floating array but the optimizer's): how far a change would have to
+    go to be as large as the model itself."""
+    return float(np.sqrt(sum(float(np.sum(v.astype(np.float64) ** 2)) for v in model_arrays(state).values()
+                             if np.issubdtype(v.dtype, np.floating))))
+
+
 def check_fresh(request: TrainRequest | EvalRequest, reply: TrainReply | EvalReply) -> str | None:
     """Why ``reply`` does not answer ``request`` (message freshness), or None: a request with a nonce must be answered
     by a reply that names it, so that an earlier reply replayed — by a site or on the network — is refused. Train and

@@ -124,28 +124,32 @@ class Sites:
 def test_update_norm_check_rejects_a_scaled_update_and_names_the_check():
     """(c) Without the check a ×1000 update is adopted; with it the hop is rejected, the note naming the check."""
     transport = Sites(a=Honest(0.1), b=Honest(0.12), m=Adversary(Honest(0.1), "scaled_update", {"factor": 1000}))
-    state = {"w": np.zeros(4, dtype=np.float32)}
+    state = {"w": np.ones(4, dtype=np.float32)}
 
-    def hops(check):
+    def hops(check, order=("a", "b", "a", "m")):
         visitor = PlainVisitor(transport, TrainConfig(), norm_check=check)
-        return [visitor.visit(site, state, 0, 1e-3) for site in ("a", "b", "a", "m")]
+        return [visitor.visit(site, state, 0, 1e-3) for site in order]
 
     undefended = hops(None)[-1]
-    assert undefended.status == HopStatus.OK and np.allclose(undefended.state["w"], 100.0)
+    assert undefended.status == HopStatus.OK and np.allclose(undefended.state["w"], 101.0)
     defended = hops(UpdateNormCheck(factor=10, warmup=3))
     assert all(h.status == HopStatus.OK for h in defended[:3])
     assert defended[-1].status == HopStatus.REJECTED and "update norm check" in defended[-1].note
     assert np.array_equal(defended[-1].state["w"], state["w"])  # the model goes on as it was
+    # first, before any reference: a change larger than the model itself is no training step
+    first = hops(UpdateNormCheck(factor=10, warmup=3), order=("m", "a"))
+    assert first[0].status == HopStatus.REJECTED and "the norm" in first[0].note and "warm-up" in first[0].note
+    assert first[1].status == HopStatus.OK
 
 
 def test_update_norm_check_does_not_see_a_sign_flip():
     """A stated limit: a reversed update of honest size passes the norm check (QC's verification judges direction)."""
     check = UpdateNormCheck(factor=3, warmup=2)
-    state = {"w": np.zeros(3)}
+    state = {"w": np.full(3, 10.0)}
     for _ in range(2):
         assert check(state, {"w": state["w"] + 1.0}) is None
     flipped = Adversary(Honest(1.0), "sign_flip").train(state, None)
-    assert np.allclose(flipped.state["w"], -1.0) and check(state, flipped.state) is None
+    assert np.allclose(flipped.state["w"], 9.0) and check(state, flipped.state) is None
 
 
 class Linear(Honest):
@@ -412,6 +416,26 @@ def test_counts_bounded_by_enrolment_leave_an_honest_fedavg_run_bit_identical(ti
         simulate(cfg, tmp_path / counts, quiet=True)
         states.append(load_checkpoint(ArmDir(tmp_path / counts / "clean").checkpoint(1))["state"])
     assert same(*states)
+
+
+def test_an_arm_that_starts_from_another_goes_on_with_its_norm_check(tiny_cohort, tmp_path):
+    """The dirty and QC arms start from the clean arm's checkpoint of cycle W and judge their first updates
+    against the norms the clean arm had accepted by then, not against an empty window (whose warm-up would let a
+    liar's scaled update in, as long as it is smaller than the model)."""
+    from fedqc.experiment.run_dir import RunDir, load_checkpoint
+
+    cfg = tiny_config(tiny_cohort / "manifest.csv", arms=["clean", "dirty", "qc"], train={"cycles": 3, "branch_cycle": 1},
+                      defence={"update_norm": 50.0})
+    simulate(cfg, tmp_path / "run", quiet=True)
+    run = RunDir(tmp_path / "run")
+
+    def norms(arm, cycle):
+        return load_checkpoint(run.arm(arm).checkpoint(cycle))["qc"]["update_norms"]
+
+    clean = norms("clean", 1)
+    assert len(clean) >= 2
+    for arm in ("dirty", "qc"):
+        assert norms(arm, 2)[:len(clean)] == clean and len(norms(arm, 2)) > len(clean)
 
 
 def test_a_qc_arm_names_a_site_whose_update_fails_the_norm_check(tiny_cohort, tmp_path):

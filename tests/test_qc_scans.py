@@ -199,6 +199,18 @@ def scan_arm(tmp_path, start="clean", skilled_after=0, **qc):
     return QCArm(fed, cfg, "qc", tmp_path), fed
 
 
+def test_the_summary_of_an_arm_that_only_refused_updates(tmp_path):
+    """A QC arm whose log holds only refused replies (a lying site's, before any check judged a site) still sums up:
+    no verification, no verification seconds."""
+    arm, _ = scan_arm(tmp_path, skilled_after=99)
+    arm.begin({"encoder.w": np.zeros(1)}, 1, None)
+    arm.policy.reject(cycle=1, site="t", scope="visit", subjects=[], reason="update norm check: ...")
+    arm.end_cycle(1)
+    assert set(pd.read_csv(tmp_path / "qc_log.csv")["criterion"]) == {"invalid update"}
+    result = summary(arm, tmp_path)
+    assert result["verifications"] == 0 and result["verify_seconds"] == 0.0
+
+
 def test_a_flipped_label_and_an_odd_scan_are_flagged_then_eliminated_at_their_revisit(tmp_path):
     arm, fed = scan_arm(tmp_path)
     state = {"encoder.w": np.zeros(1)}

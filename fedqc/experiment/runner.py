@@ -141,12 +141,13 @@ def run_arm(arm: Arm, transport: Transport, cfg: ExperimentConfig, run: RunDir, 
     With ``resume`` the arm continues after its last complete checkpoint; anything a
     killed run wrote beyond it (log rows, predictions) is discarded first. The strategy's
     rounds continue from the state the checkpoint they start from kept (a server
-    optimiser's moments, FedBN's site layers): the arm's own at a resume, the other
-    arm's when it starts from one (it continues that arm's training).
+    optimiser's moments, FedBN's site layers), and so do the visitor's defences (the
+    update norm check's window): the arm's own at a resume, the other arm's when it
+    starts from one (it continues that arm's training).
     """
     arm_dir = run.arm(arm.name)
     done = arm_dir.last_checkpoint() if resume else None
-    snapshot, kept = None, {}
+    snapshot, kept, inherited = None, {}, None
     if done is not None:
         ckpt = load_checkpoint(arm_dir.checkpoint(done))
         state, first, snapshot, kept = ckpt["state"], done + 1, ckpt.get(VISITOR_KEY), ckpt.get("strategy", {})
@@ -155,11 +156,11 @@ def run_arm(arm: Arm, transport: Transport, cfg: ExperimentConfig, run: RunDir, 
         if not src.is_file():
             raise UserError(f"arm {arm.name} starts from {src}, which does not exist")
         ckpt = load_checkpoint(src)
-        state, first, kept = ckpt["state"], arm.first_cycle, ckpt.get("strategy", {})
+        state, first, kept, inherited = ckpt["state"], arm.first_cycle, ckpt.get("strategy", {}), ckpt.get(VISITOR_KEY)
     else:
         state, first = initial_state(cfg.model, cfg.train.seed), arm.first_cycle
     arm_dir.discard_from(first)
-    visitor.begin(state, first, snapshot)
+    visitor.begin(state, first, snapshot, inherited)
     info = transport.site_info()
     train = dataclasses.replace(cfg.train, cycles=arm.end(cfg.train.cycles) + 1)
     calibrate = None if cfg.calibration == REFERENCE_CALIBRATION else Calibrator(

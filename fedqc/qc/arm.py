@@ -72,7 +72,7 @@ class QCArm:
         return self.gate.verifications
 
     # ------------------------------------------------------------------ Visitor
-    def begin(self, state: State, first_cycle: int, checkpoint: dict | None) -> None:
+    def begin(self, state: State, first_cycle: int, checkpoint: dict | None, inherited: dict | None = None) -> None:
         self.logs.truncate(first_cycle)
         if checkpoint:
             self.policy.restore(checkpoint)
@@ -81,6 +81,8 @@ class QCArm:
                 self.norm_check.restore(checkpoint.get("update_norms", []))
             self.gate.resumed()
             return
+        if self.norm_check is not None and inherited:
+            self.norm_check.restore(inherited.get("update_norms", []))
         t0 = time.perf_counter()
         self.policy.start(self.scans.score(state))
         self.policy.set_untrained({site: ids for site, ids in self.train_ids.items() if site not in self.trusted})
@@ -141,7 +143,7 @@ class QCArm:
                    "scan_issues": scan_issue_counts(self.policy),
                    "cost": dict(self.gate.counts),
                    "verify_fraction": self.qc.verify_fraction, "audit": self.qc.audit, "verifications": len(judged),
-                   "verify_seconds": round(float(judged["seconds"].sum()), 3),
+                   "verify_seconds": round(float(judged["seconds"].sum()) if "seconds" in judged else 0.0, 3),
                    "arm_seconds": round(self.setup_seconds + float(cycles["seconds"].sum()), 3),
                    "eliminated": len(self.policy.eliminated), "pending": len(self.policy.flagged),
                    **decision_summary(self.folder, log)}

@@ -78,8 +78,10 @@ ONE_EPOCH = Local()
 class Visitor(Protocol):
     """How an arm trains a visit, and what it keeps between cycles."""
 
-    def begin(self, state: State, first_cycle: int, checkpoint: dict | None) -> None:
-        """Called once before the first cycle; ``checkpoint`` is the resumed one, if any."""
+    def begin(self, state: State, first_cycle: int, checkpoint: dict | None, inherited: dict | None = None) -> None:
+        """Called once before the first cycle; ``checkpoint`` is the resumed one, if any; ``inherited`` what the arm
+        this one starts from kept at that cycle (its checkpoint's visitor part), if it starts from one: the
+        defences' state goes on from it."""
 
     def visit(self, site: str, state: State, cycle: int, lr: float, local: Local = ONE_EPOCH) -> Hop:
         """Train ``state`` at ``site`` as ``local`` asks; the hop carries the state to go on with."""
@@ -134,9 +136,9 @@ class PlainVisitor:
     norm_check: UpdateNormCheck | None = None
     enrolled: dict[str, tuple[str, ...]] | None = None
 
-    def begin(self, state: State, first_cycle: int, checkpoint: dict | None) -> None:
-        if self.norm_check is not None and checkpoint:
-            self.norm_check.restore(checkpoint.get("update_norms", []))
+    def begin(self, state: State, first_cycle: int, checkpoint: dict | None, inherited: dict | None = None) -> None:
+        if self.norm_check is not None and (checkpoint or inherited):
+            self.norm_check.restore((checkpoint or inherited).get("update_norms", []))
 
     def _count_check(self, site: str, reply_n: int, exclude: tuple[str, ...]) -> str | None:
         if self.enrolled is None:
