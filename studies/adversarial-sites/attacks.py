@@ -38,8 +38,10 @@ ATTACKS = {
     "replay": [{"sites": [LIAR], "attack": "replay"}],
     "framing": [{"sites": [LIAR], "attack": "framing", "params": {"target": "site01"}}],
 }
-DEFENCES = {"default": {}, "checks": {"update_norm": 5.0, "bn_pooling": "robust"},
-            "norm": {"update_norm": 5.0}, "robust_bn": {"bn_pooling": "robust"}}  # the last two: each check's cost
+DEFENCES = {"off": {"update_norm": 0.0, "bn_pooling": "sum"},  # only the count check and message freshness
+            "checks": {"update_norm": 5.0, "bn_pooling": "robust"},
+            "norm": {"update_norm": 5.0, "bn_pooling": "sum"}, "robust_bn": {"update_norm": 0.0, "bn_pooling": "robust"},
+            "default": {}}  # norm, robust_bn: each check's cost on honest runs; default: the schema's
 
 
 def config(attack: str, defence: str, out: Path, arms: list[str] | None = None) -> Path:
