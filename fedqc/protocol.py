@@ -60,13 +60,16 @@ def class_counts(info: dict[str, SiteInfo]) -> tuple[int, int]:
 
 @dataclass(frozen=True)
 class TrainRequest:
-    """Train one local epoch.
+    """Train ``epochs`` local epochs (one message, whatever the epochs: what FedAvg's sites do in a round).
 
     ``subjects`` set: exactly these scans in this order (QC retrains exact subsets).
-    Otherwise every training scan except ``exclude``, in an order drawn from ``seed``.
-    ``seed`` also seeds dropout; the server derives it per hop. ``rebalance`` and
+    Otherwise every training scan except ``exclude``, in an order drawn from the epoch's
+    seed: ``seed`` for the first epoch, :func:`epoch_seed` for the others. The seed also
+    seeds dropout; the server derives it per hop. ``rebalance`` and
     ``class_counts`` (the federation's, for weights; empty: the site's own) say how the
-    site rebalances the classes of its scans (:mod:`fedqc.site.rebalance`).
+    site rebalances the classes of its scans (:mod:`fedqc.site.rebalance`). With
+    ``steps``, the site trains that many batches over as many epochs as they take (an
+    epoch that takes none ends the request) and ``epochs`` is not read.
     """
 
     lr: float
@@ -77,8 +80,10 @@ class TrainRequest:
     rebalance: str = "none"
     class_counts: tuple[int, ...] = ()
     prox_mu: float = 0.0  # FedProx: the site adds prox_mu/2 · ||w - w_sent||² to its loss
-    steps: int = 0  # train the epoch's first ``steps`` batches only (0: the whole epoch): FedAvg's local steps
+    steps: int = 0  # train ``steps`` batches, over as many epochs as they take (0: ``epochs`` whole epochs)
     nonce: str = ""  # fresh per request (train_request): the reply names it (message freshness, check_fresh)
+    epochs: int = 1  # local epochs (the model, optimizer and FedProx's anchor carried from one to the next)
+    optimizer_state: bool = True  # the reply carries the optimizer's state (the travelling model's goes on with it)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -91,7 +96,18 @@ class TrainRequest:
                    exclude=tuple(str(s) for s in d.get("exclude", ())), rebalance=str(d.get("rebalance", "none")),
                    class_counts=tuple(int(x) for x in d.get("class_counts", ())),
                    prox_mu=float(d.get("prox_mu", 0.0)), steps=int(d.get("steps", 0)),
-                   nonce=str(d.get("nonce", "")))
+                   nonce=str(d.get("nonce", "")), epochs=int(d.get("epochs", 1)),
+                   optimizer_state=bool(d.get("optimizer_state", True)))
+
+    def most_scans(self, asked: int) -> int:
+        """The most scans an honest reply can count, its site asked to train ``asked`` distinct scans: one per
+        scan and epoch, or one per scan of each batch with ``steps``."""
+        return self.steps * self.batch_size if self.steps else asked * self.epochs
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of a request's ``epoch``: the request's own for the first, one derived from it for the others."""
+    return seed if epoch == 0 else int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
 
 
 @dataclass(frozen=True)
@@ -187,6 +203,10 @@ class CycleEvalRequest:
 
 @dataclass
 class TrainReply:
+    """What a site trained: the state to go on with, ``n_scans`` scans trained summed over the request's epochs (a
+    scan trained in two epochs counts twice: the training work, and FedAvg's weight), the last epoch's mean
+    ``loss``, the distinct ``subjects`` trained, and the scans it could not use (once per epoch)."""
+
     state: State
     n_scans: int
     loss: float

@@ -247,28 +247,27 @@ def test_a_site_trains_the_first_steps_batches_of_its_epoch(tiny_cfg):
     assert TrainRequest.from_dict(TrainRequest(lr=1e-3, seed=1, batch_size=3, steps=2).to_dict()).steps == 2
 
 
-def test_local_steps_run_into_as_many_epochs_as_they_take():
+def test_local_steps_and_epochs_are_one_request():
+    """The visit asks for its steps or epochs in one message; the site runs into as many epochs as the steps take
+    (tests/test_strategies.py trains a real site so)."""
     from fedqc.protocol import TrainReply
     from fedqc.strategies.cycles import PlainVisitor
 
     class Epochs:
-        """A site with 3 batches per epoch."""
-
         def __init__(self):
             self.requests = []
 
         def train(self, site, state, request):
             self.requests.append(request)
-            taken = min(3, request.steps) if request.steps else 3
+            taken = request.steps or 3 * request.epochs
             return TrainReply({"w": state["w"] + taken}, 5 * taken, 0.5, 0.0, ["x"], steps=taken, answers=request.nonce)
 
     transport = Epochs()
     hop = PlainVisitor(transport, TrainConfig()).visit("a", {"w": np.zeros(1)}, 0, 1e-3, Local(steps=7))
-    assert [r.steps for r in transport.requests] == [7, 4, 1] and hop.state["w"][0] == 7 and hop.n_scans == 35
-    assert len({r.seed for r in transport.requests}) == 3
-    whole = Epochs()  # local epochs: whole epochs, whatever steps a reply took
+    assert [r.steps for r in transport.requests] == [7] and hop.state["w"][0] == 7 and hop.n_scans == 35
+    whole = Epochs()  # local epochs: whole epochs
     hop = PlainVisitor(whole, TrainConfig(), epochs=2).visit("a", {"w": np.zeros(1)}, 0, 1e-3, Local(epochs=2))
-    assert [r.steps for r in whole.requests] == [0] * 4 and hop.state["w"][0] == 12
+    assert [(r.steps, r.epochs) for r in whole.requests] == [(0, 4)] and hop.state["w"][0] == 12
     round_ = AveragingRound(list(SITES), flower_strategy("fedavg", 0), seed=0, steps=4)
     visitor = HandMade()
     seen = []

@@ -207,6 +207,30 @@ def test_score_cycle_sends_one_message_per_site_and_keeps_the_test_scores_apart(
     assert test["d"].error == "down" and all((test[s].scores["score"] == 0.75).all() for s in "abc")
 
 
+def test_the_meter_counts_the_model_state_each_message_moves():
+    """A training request moves its state (optimizer's included) and its reply's; an evaluation the model arrays
+    alone, once per site; a training request that fails moves only what was sent."""
+    from fedqc.protocol import TrainReply, TrainRequest
+
+    model = {"w": np.zeros((3, 4), np.float32), "b": np.zeros(4, np.float64)}  # 48 + 32 bytes
+    full = {**model, "optim.m.w": np.zeros((3, 4), np.float32)}  # + 48
+
+    class Fake(Recording):
+        def train(self, site, state, request):
+            if site == "down":
+                raise RuntimeError("site gone")
+            return TrainReply({**state, "optim.v.w": np.zeros((3, 4), np.float32)}, 1, 0.5, 0.1, ["a1"])
+
+    counting = CountingTransport(Fake())
+    counting.train("a", full, TrainRequest(lr=1e-3, seed=0, batch_size=2))
+    assert counting.state_bytes == 128 + 176
+    with pytest.raises(RuntimeError):
+        counting.train("down", full, TrainRequest(lr=1e-3, seed=0, batch_size=2))
+    assert counting.state_bytes == 304 + 128
+    score_cycle(counting, full, {"a": (), "b": ()}, ["a", "b", "c"])
+    assert counting.state_bytes == 432 + 3 * 80 and counting.messages == 2 + 3
+
+
 def test_the_closing_message_counts_one_per_site_in_a_run(tmp_path, tiny_cohort):
     """A clean arm with the default federated calibration: per cycle its hops, one message per BatchNorm pass and
     verification site, then one closing message per site with verification or test scans — the verification

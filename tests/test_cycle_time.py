@@ -30,7 +30,7 @@ def run(tmp_path_factory):
 @pytest.mark.parametrize("arm", ["clean", "qc"])
 def test_the_split_adds_up_to_the_cycle(run, arm):
     cycles = pd.read_csv(run / arm / "cycles.csv")
-    assert list(cycles.columns) == ["cycle", "hops", "seconds", *PARTS, "other_seconds", "messages"]
+    assert list(cycles.columns) == ["cycle", "hops", "seconds", *PARTS, "other_seconds", "messages", "state_bytes"]
     assert (cycles[[*PARTS, "other_seconds"]] >= 0).all().all()  # no part counted twice
     assert np.allclose(cycles[[*PARTS, "other_seconds"]].sum(axis=1), cycles["seconds"], rtol=0, atol=1e-9)
     log = pd.read_csv(run / arm / "train_log.csv")

@@ -14,7 +14,7 @@ from fedqc.data.manifest import load_manifest
 from fedqc.experiment.run_dir import load_checkpoint
 from fedqc.experiment.runner import simulate
 from fedqc.models.state import initial_state
-from fedqc.protocol import EvalReply, SiteInfo, TrainReply, TrainRequest
+from fedqc.protocol import EvalReply, SiteInfo, TrainReply, TrainRequest, epoch_seed
 from fedqc.qc.arm import QCArm
 from fedqc.qc.gate import QCStatus
 from fedqc.site import Site
@@ -60,7 +60,8 @@ def test_every_site_of_a_round_starts_from_the_same_model_without_optimizer_stat
     new, hops = round_(visitor, state, 0, 1e-3, lambda *_: None)
     assert [s for s, _, _ in visitor.seen] == ["s1", "s2", "s3"]  # sorted
     assert all(received is visitor.seen[0][1] and set(received) == {"w"} for _, received, _ in visitor.seen)
-    assert visitor.seen[0][2] == Local(epochs=2, prox_mu=0.01)  # FedProx's mu, from Flower's strategy object
+    # FedProx's mu, from Flower's strategy object; the replies need no optimizer state
+    assert visitor.seen[0][2] == Local(epochs=2, prox_mu=0.01, optimizer_state=False)
     assert set(new) == {"w"} and np.allclose(new["w"], (1 * 1 + 2 * 2 + 3 * 3) / 6)  # weighted by scans trained
     equal = AveragingRound(["s1", "s2", "s3"], flower_strategy("fedavg", 0), seed=0, weighting="equal")
     assert np.allclose(equal(Recorder(), state, 0, 1e-3, lambda *_: None)[0]["w"], 2.0)
@@ -144,8 +145,41 @@ def test_plain_visits_ask_for_the_rounds_epochs_and_proximal_term():
     transport = Capture()
     hop = PlainVisitor(transport, TrainConfig(), epochs=2).visit("a", {"w": np.zeros(1)}, 0, 1e-3,
                                                                  Local(epochs=3, prox_mu=0.1))
-    assert len(transport.requests) == 6 and {r.prox_mu for r in transport.requests} == {0.1}
-    assert hop.n_scans == 6 and hop.state["w"][0] == 6
+    (request,) = transport.requests  # one message, however many epochs
+    assert request.epochs == 6 and request.prox_mu == 0.1 and request.steps == 0
+    assert hop.n_scans == 1 and hop.state["w"][0] == 1
+    PlainVisitor(transport, TrainConfig()).visit("a", {"w": np.zeros(1)}, 0, 1e-3, Local(steps=4))
+    assert transport.requests[-1].steps == 4
+
+
+def test_epochs_in_one_request_train_as_chained_requests_would(tiny_cfg):
+    """A request of two epochs gives what two one-epoch requests give, the second seeded with ``epoch_seed`` and
+    sent the first's state (optimizer included): the same arrays bit for bit, the scans counted once per epoch;
+    with FedProx the anchor stays the weights sent, so the second epoch is pulled back to them, not to the first's."""
+    manifest = load_manifest(tiny_cfg.manifest)
+    site = Site("alpha", manifest[manifest["site"] == "alpha"], model=tiny_cfg.model)
+    state = initial_state(tiny_cfg.model, 0)
+    both = site.train(state, TrainRequest(lr=1e-2, seed=1, batch_size=5, epochs=2))
+    first = site.train(state, TrainRequest(lr=1e-2, seed=1, batch_size=5))
+    second = site.train(first.state, TrainRequest(lr=1e-2, seed=epoch_seed(1, 1), batch_size=5))
+    assert both.state.keys() == second.state.keys()
+    assert all(np.array_equal(both.state[k], second.state[k]) for k in both.state)
+    assert both.n_scans == first.n_scans + second.n_scans == 2 * len(both.subjects) and both.loss == second.loss
+    assert both.steps == first.steps + second.steps
+    prox = site.train(state, TrainRequest(lr=1e-2, seed=1, batch_size=5, epochs=2, prox_mu=100.0))
+    first = site.train(state, TrainRequest(lr=1e-2, seed=1, batch_size=5, prox_mu=100.0))
+    chained = site.train(first.state, TrainRequest(lr=1e-2, seed=epoch_seed(1, 1), batch_size=5, prox_mu=100.0))
+
+    def moved(s):
+        return sum(float(((s[k] - state[k]) ** 2).sum()) for k in state if k.endswith("weight") and
+                   state[k].dtype.kind == "f")
+
+    assert moved(prox.state) < moved(chained.state)
+    steps = site.train(state, TrainRequest(lr=1e-2, seed=1, batch_size=5, steps=first.steps + 1))
+    assert steps.steps == first.steps + 1  # over two epochs
+    bare = site.train(state, TrainRequest(lr=1e-2, seed=1, batch_size=5, epochs=2, optimizer_state=False))
+    assert set(bare.state) == {k for k in both.state if not k.startswith("optim.")}
+    assert all(np.array_equal(bare.state[k], both.state[k]) for k in bare.state)  # Adam went on across the epochs
 
 
 # ----------------------------------------------------------------------------- QC in averaging rounds
@@ -217,11 +251,11 @@ def test_each_strategy_runs_every_arm_and_resumes_bit_identically(strategy, tiny
     log = pd.read_csv(tmp_path / "full" / "clean" / "train_log.csv")
     assert list(log["cycle"].unique()) == [0, 1, 2, 3] and not any(k.startswith("optim.") for k in
                                                                   _final(tmp_path / "full", "clean", 1))
-    if strategy["name"] == "fedavg":  # per cycle: 2 epochs per training site, then the closing message (the
-        # threshold's verification scores and the test scores) to every site with val or test scans
+    if strategy["name"] == "fedavg":  # per cycle: one message of 2 epochs per training site, then the closing
+        # message (the threshold's verification scores and the test scores) to every site with val or test scans
         info = InProcessTransport(load_manifest(cfg.manifest), cfg.model).site_info()
         cycles = pd.read_csv(tmp_path / "full" / "clean" / "cycles.csv")
-        expected = 2 * cycles["hops"] + sum(bool(i.n_val or i.n_test) for i in info.values())
+        expected = cycles["hops"] + sum(bool(i.n_val or i.n_test) for i in info.values())
         assert (cycles["messages"] == expected).all() and (cycles["hops"] >= 2).all()
     simulate(cfg, tmp_path / "cut", quiet=True)
     for arm in ("dirty", "qc"):  # kill after cycle 2: drop the last checkpoint and everything after it

@@ -73,16 +73,18 @@ def failing_sites(log: pd.DataFrame, cycles: int) -> dict[str, int]:
     return worst
 
 
-def cycle_row(cycle: Cycle, hops: int, messages: int, write_seconds: float, done: float) -> dict:
+def cycle_row(cycle: Cycle, hops: int, messages: int, state_bytes: int, write_seconds: float, done: float) -> dict:
     """``cycles.csv``'s row of a cycle: its wall ``seconds`` (from the start of its round to its logs written;
     the row itself and the checkpoint, written after, are not in it) split by what they were spent on
     (:func:`~fedqc.strategies.cycles.time_split`, ``write_seconds``: the predictions, logs and the visitor's
     logs), ``other_seconds`` the remainder: the server's own work in the round (the strategy's aggregation,
-    the visitor's bookkeeping, reply checks, the progress bar) and the log rows' assembly."""
+    the visitor's bookkeeping, reply checks, the progress bar) and the log rows' assembly; the ``messages`` to sites
+    and the model ``state_bytes`` they and the training replies carried (:class:`~fedqc.transport.counting.Meter`)."""
     seconds = done - cycle.started
     parts = {**cycle.split, "write_seconds": write_seconds}
     return {"cycle": cycle.cycle, "hops": hops, "seconds": seconds, **parts,
-            "other_seconds": seconds - sum(v for v in parts.values() if not math.isnan(v)), "messages": messages}
+            "other_seconds": seconds - sum(v for v in parts.values() if not math.isnan(v)), "messages": messages,
+            "state_bytes": state_bytes}
 
 
 class CycleRecorder:
@@ -93,6 +95,7 @@ class CycleRecorder:
                  counter: CountingTransport | None = None, schedule: Schedule | None = None):
         self.arm_dir, self.cfg, self.visitor, self.counter, self.schedule = arm_dir, cfg, visitor, counter, schedule
         self.sent = counter.messages if counter else 0
+        self.bytes = counter.state_bytes if counter else 0
 
     def __call__(self, cycle: Cycle, state: State) -> None:
         c = cycle.cycle
@@ -120,7 +123,8 @@ class CycleRecorder:
         self.visitor.end_cycle(c)
         done = time.perf_counter()
         messages, self.sent = (self.counter.messages - self.sent, self.counter.messages) if self.counter else (0, 0)
-        append_csv(pd.DataFrame([cycle_row(cycle, len(rows), messages, done - t_write, done)]),
+        moved, self.bytes = (self.counter.state_bytes - self.bytes, self.counter.state_bytes) if self.counter else (0, 0)
+        append_csv(pd.DataFrame([cycle_row(cycle, len(rows), messages, moved, done - t_write, done)]),
                    self.arm_dir.path / "cycles.csv")
         self.arm_dir.save_checkpoint(c, state, model=model_dict(self.cfg.model), visitor=self.visitor.snapshot(),
                                      calibration=cycle.calibration,

@@ -174,7 +174,8 @@ class _Visit:
         reply = arm.transport.train(self.site, self.state, request)
         self.skipped.update({p.subject: p for p in reply.skipped})
         if reason := check_reply(self.state, request, reply) \
-                or (arm.cfg.defence.counts == "enrolment" and count_check(reply.n_scans, len(set(subjects)))) \
+                or (arm.cfg.defence.counts == "enrolment"
+                    and count_check(reply.n_scans, request.most_scans(len(set(subjects))))) \
                 or (arm.norm_check and arm.norm_check(self.state, reply.state)):
             arm.policy.reject(cycle=self.cycle, site=self.site, scope=scope, subjects=subjects, reason=reason)
             return False  # never evaluated, never adopted

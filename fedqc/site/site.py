@@ -16,7 +16,9 @@ ids.
 from __future__ import annotations
 
 import functools
+import itertools
 import time
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -45,6 +47,7 @@ from fedqc.protocol import (
     TrainReply,
     TrainRequest,
     batches,
+    epoch_seed,
 )
 from fedqc.scoring import counts_from_scores, feature_distance
 from fedqc.site.activations import BATCHNORMS
@@ -53,6 +56,18 @@ from fedqc.site.rebalance import augmenter, class_weights, epoch
 from fedqc.site.unlearning import unlearning_step
 
 EVAL_BATCH = 16
+
+
+class Epoch(NamedTuple):
+    """What one local epoch trained: distinct scans ``n``, their mean ``loss``, the ``subjects``, the scans it could
+    not use, the seconds it ``wait``-ed for scans, the optimizer ``steps``."""
+
+    n: int
+    loss: float
+    subjects: list[str]
+    skipped: list[ScanProblem]
+    wait: float
+    steps: int
 
 
 class BatchNormMoments:
@@ -198,34 +213,55 @@ class Site:
         return (self.scans.stack(scans) if scans else torch.empty(0)), ok, skipped
 
     def train(self, state: State, request: TrainRequest) -> TrainReply:
-        """One local epoch of ``request`` on ``state`` (weights and optimizer); its first ``request.steps`` batches
-        only when that is set."""
+        """``request.epochs`` local epochs of ``request`` on ``state`` (weights and optimizer), or ``request.steps``
+        batches over as many epochs as they take; the model, the optimizer and FedProx's anchor (the weights sent)
+        go on from one epoch to the next."""
         optimizer = self.optimizer  # built before the clock starts: its first creation is set-up, not training
         t0 = time.perf_counter()
+        if request.subjects is not None:
+            unknown = [s for s in request.subjects if s not in self.table.index]
+            if unknown:
+                raise KeyError(f"site {self.name}: unknown subject(s) {list(unknown)[:5]}")
+        unpack(state, self.encoder, self.classifier, optimizer, self.head)
+        for group in optimizer.param_groups:
+            group["lr"] = request.lr
+        for m in self.modules:
+            m.train()
+        anchor = [(p, p.detach().clone()) for m in self.modules for p in m.parameters()] \
+            if request.prox_mu > 0 else []  # FedProx: the weights the round sent
+        n, done, skipped, wait, steps, loss = 0, {}, [], 0.0, 0, float("nan")
+        for e in itertools.count():
+            left = request.steps - steps if request.steps else 0
+            if (request.steps and left <= 0) or (not request.steps and e >= request.epochs):
+                break
+            trained = self._epoch(optimizer, request, epoch_seed(request.seed, e), anchor, left)
+            n, steps, wait, skipped = n + trained.n, steps + trained.steps, wait + trained.wait, skipped + trained.skipped
+            done.update(dict.fromkeys(trained.subjects))
+            loss = trained.loss
+            if request.steps and not trained.steps:  # an epoch that takes no step ends the request
+                break
+        state = pack(self.encoder, self.classifier, optimizer if request.optimizer_state else None,
+                     self.head)  # on a GPU: waits for its last step
+        return TrainReply(state, n, loss, time.perf_counter() - t0, list(done), skipped, wait, steps, request.nonce)
+
+    def _epoch(self, optimizer: torch.optim.Optimizer, request: TrainRequest, seed: int,
+               anchor: list[tuple[torch.Tensor, torch.Tensor]], steps: int) -> Epoch:
+        """One epoch of ``request`` seeded with ``seed`` (scan order, rebalancing, augmentation, dropout); its
+        first ``steps`` batches only when that is set."""
         subjects = request.subjects
         if subjects is None:
             exclude = set(request.exclude)
             pool = [s for s in self.subjects("train") if s not in exclude]
-            subjects = [pool[i] for i in np.random.default_rng(request.seed).permutation(len(pool))]
-        unknown = [s for s in subjects if s not in self.table.index]
-        if unknown:
-            raise KeyError(f"site {self.name}: unknown subject(s) {list(unknown)[:5]}")
-        unpack(state, self.encoder, self.classifier, optimizer, self.head)
-        for group in optimizer.param_groups:
-            group["lr"] = request.lr
-        torch.manual_seed(request.seed)
-        for m in self.modules:
-            m.train()
+            subjects = [pool[i] for i in np.random.default_rng(seed).permutation(len(pool))]
+        torch.manual_seed(seed)
         labels = self.table.loc[list(subjects), "label"].to_numpy(dtype=int)
-        plan = epoch(request.rebalance, list(subjects), labels, request.seed)
-        augment = augmenter(len(self.model.input_shape), request.seed) if any(a for _, a in plan) else None
+        plan = epoch(request.rebalance, list(subjects), labels, seed)
+        augment = augmenter(len(self.model.input_shape), seed) if any(a for _, a in plan) else None
         counts = request.class_counts or tuple(np.bincount(labels, minlength=2))  # for weights
-        anchor = [(p, p.detach().clone()) for m in self.modules for p in m.parameters()] \
-            if request.prox_mu > 0 else []  # FedProx: the weights the round sent
-        total, n, done, skipped, wait, steps = 0.0, 0, {}, [], 0.0, 0
+        total, n, done, skipped, wait, taken = 0.0, 0, {}, [], 0.0, 0
         chunks = list(batches(plan, request.batch_size))
         loads = (functools.partial(self._images, [s for s, _ in chunk], augment=[a for _, a in chunk],
-                                   transform=augment) for chunk in (chunks[:request.steps] if request.steps > 0 else chunks))
+                                   transform=augment) for chunk in (chunks[:steps] if steps > 0 else chunks))
         for (x, ok, bad), waited in prefetch(loads, self.prefetch):
             wait += waited
             skipped += bad
@@ -235,11 +271,9 @@ class Site:
             weight = torch.from_numpy(class_weights(y, counts)).to(self.device) if request.rebalance == "weights" else None
             loss = self._step(optimizer, self.scans.ready(x), ok, weight, anchor, request.prox_mu)
             total += loss.item() * len(ok)
-            n, steps = n + len(ok), steps + 1
+            n, taken = n + len(ok), taken + 1
             done.update(dict.fromkeys(ok))
-        state = pack(self.encoder, self.classifier, optimizer, self.head)  # on a GPU: waits for its last step
-        return TrainReply(state, len(done), total / n if n else float("nan"), time.perf_counter() - t0, list(done),
-                          skipped, wait, steps, request.nonce)
+        return Epoch(len(done), total / n if n else float("nan"), list(done), skipped, wait, taken)
 
     def _step(self, optimizer: torch.optim.Optimizer, x: torch.Tensor, ok: list[str], weight: torch.Tensor | None,
               anchor: list[tuple[torch.Tensor, torch.Tensor]], prox_mu: float) -> torch.Tensor:

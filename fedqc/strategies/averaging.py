@@ -11,7 +11,7 @@ not call ``aggregate_train`` itself, and calling the function it wraps keeps bot
 on one arithmetic. FedProx's proximal term is the site's (``TrainRequest.prox_mu``).
 
 **Optimizer state.** Every site starts each round with a fresh Adam: the server sends
-the model's arrays only, and only those are averaged. Adam's moments estimate the
+the model's arrays only, the sites reply with theirs only, and only those are averaged. Adam's moments estimate the
 gradients of one site's data along that site's local steps; an average of them
 describes no model's gradients, and would carry a site's step count into another's bias
 correction. (The travelling model carries Adam's state along because one optimizer
@@ -153,7 +153,7 @@ class AveragingRound:
                  on_hop: HopCallback) -> tuple[State, list[tuple[str, Hop, float]]]:
         sent = model_arrays(state)  # no optimizer state: each site starts the round with a fresh Adam
         kept = batchnorm_keys(sent) if self.local_bn else frozenset()
-        local = Local(self.epochs, float(getattr(self.strategy, "proximal_mu", 0.0)), self.steps)
+        local = Local(self.epochs, float(getattr(self.strategy, "proximal_mu", 0.0)), self.steps, optimizer_state=False)
         hops, updates = [], []
         for i, site in enumerate(self.select(cycle)):
             start = {**sent, **self.site_bn.get(site, {})} if kept else sent

@@ -65,11 +65,13 @@ class Hop:
 @dataclass(frozen=True)
 class Local:
     """What a round asks of a site's training: local epochs, or a number of local steps (batches, over as many
-    epochs as they take; 0: whole epochs), and FedProx's proximal weight (0: none)."""
+    epochs as they take; 0: whole epochs), FedProx's proximal weight (0: none), and whether the reply carries the
+    optimizer's state (an averaging round starts every site with a fresh one: its replies need not)."""
 
     epochs: int = 1
     prox_mu: float = 0.0
     steps: int = 0
+    optimizer_state: bool = True
 
 
 ONE_EPOCH = Local()
@@ -104,12 +106,12 @@ def hop_seed(seed: int, cycle: int, site: str) -> int:
 
 def train_request(train: TrainConfig, lr: float, seed: int, *, subjects: tuple[str, ...] | None = None,
                   exclude: tuple[str, ...] = (), class_counts: tuple[int, ...] = (), prox_mu: float = 0.0,
-                  steps: int = 0) -> TrainRequest:
+                  steps: int = 0, epochs: int = 1, optimizer_state: bool = True) -> TrainRequest:
     """A visit's :class:`~fedqc.protocol.TrainRequest`, with the run's batch size and class rebalancing, and a fresh
     nonce its reply must name (:func:`~fedqc.protocol.check_fresh`; random: it never steers training)."""
     return TrainRequest(lr=lr, seed=seed, batch_size=train.batch_size, subjects=subjects, exclude=exclude,
                         rebalance=train.rebalance, class_counts=class_counts, prox_mu=prox_mu, steps=steps,
-                        nonce=secrets.token_hex(8))
+                        nonce=secrets.token_hex(8), epochs=epochs, optimizer_state=optimizer_state)
 
 
 def learning_rate(lr: float, decay: float, cycle: int) -> float:
@@ -118,8 +120,8 @@ def learning_rate(lr: float, decay: float, cycle: int) -> float:
 
 @dataclass
 class PlainVisitor:
-    """``epochs`` × the round's local epochs per visit (one request each) — or ``epochs`` × its local steps, one
-    request per epoch they reach into —, adopted unless a reply is invalid; ``leave_out`` per site is not trained.
+    """``epochs`` × the round's local epochs per visit — or ``epochs`` × its local steps —, in one request, adopted
+    unless a reply is invalid; ``leave_out`` per site is not trained.
 
     Defences (:mod:`fedqc.strategies.defence`): ``norm_check`` rejects an update far larger than the recent ones;
     ``enrolled`` (site → the training scans it declared at enrolment) rejects a reply that claims more scans than
@@ -140,32 +142,21 @@ class PlainVisitor:
         if self.norm_check is not None and (checkpoint or inherited):
             self.norm_check.restore((checkpoint or inherited).get("update_norms", []))
 
-    def _count_check(self, site: str, reply_n: int, exclude: tuple[str, ...]) -> str | None:
+    def _count_check(self, site: str, reply_n: int, request: TrainRequest) -> str | None:
         if self.enrolled is None:
             return None
-        return count_check(reply_n, len(set(self.enrolled.get(site, ())) - set(exclude)))
+        return count_check(reply_n, request.most_scans(len(set(self.enrolled.get(site, ())) - set(request.exclude))))
 
     def visit(self, site: str, state: State, cycle: int, lr: float, local: Local = ONE_EPOCH) -> Hop:
-        seed, start = hop_seed(self.train.seed, cycle, site), state
-        n, loss, seconds, problems, epoch = 0, 0.0, 0.0, [], 0
-        steps = self.epochs * local.steps  # local steps: requests until they are taken (or an epoch takes none)
-        while (steps > 0) if local.steps else (epoch < self.epochs * local.epochs):  # epoch 0 keeps the hop's seed:
-            #                                                                  one epoch is the plain travelling model
-            request = train_request(self.train, lr, seed if epoch == 0 else int(np.random.SeedSequence([seed, epoch])
-                                                                                .generate_state(1)[0]),
-                                    exclude=self.leave_out.get(site, ()), class_counts=self.class_counts,
-                                    prox_mu=local.prox_mu, steps=steps)
-            reply = self.transport.train(site, state, request)
-            seconds += reply.seconds
-            problems += reply.skipped
-            if reason := check_reply(state, request, reply) or self._count_check(site, reply.n_scans, request.exclude) \
-                    or (self.norm_check and self.norm_check(state, reply.state)):
-                return Hop(start, seconds=seconds, status=HopStatus.REJECTED, note=reason, problems=problems)
-            state, n, loss = reply.state, n + reply.n_scans, reply.loss
-            epoch += 1
-            if local.steps:  # an epoch that took no step ends the visit
-                steps -= reply.steps or steps
-        return Hop(state, n, loss, seconds, problems=problems)
+        request = train_request(self.train, lr, hop_seed(self.train.seed, cycle, site),
+                                exclude=self.leave_out.get(site, ()), class_counts=self.class_counts,
+                                prox_mu=local.prox_mu, steps=self.epochs * local.steps,
+                                epochs=self.epochs * local.epochs, optimizer_state=local.optimizer_state)
+        reply = self.transport.train(site, state, request)
+        if reason := check_reply(state, request, reply) or self._count_check(site, reply.n_scans, request) \
+                or (self.norm_check and self.norm_check(state, reply.state)):
+            return Hop(state, seconds=reply.seconds, status=HopStatus.REJECTED, note=reason, problems=reply.skipped)
+        return Hop(reply.state, reply.n_scans, reply.loss, reply.seconds, problems=reply.skipped)
 
     def end_cycle(self, cycle: int) -> None:
         pass
