@@ -345,7 +345,7 @@ def test_trusted_and_scratch_starts_end_to_end_and_resume(tiny_cohort, tmp_path)
     run = tmp_path / "run"
     RunDir(run).prepare(cfg, resume=False, overwrite=False)
     run_experiment(cfg, transport, run, quiet=True)
-    trusted_hops = transport.trained[: 2 * 2]  # the warm-up: cycles 0 and 1, two epochs each, beta only
+    trusted_hops = transport.trained[:2]  # the warm-up: cycles 0 and 1, a message of two epochs each, beta only
     beta = set(manifest.loc[(manifest["site"] == "beta") & (manifest["split"] == "train"), "subject"])
     assert {site for site, _ in trusted_hops} == {"beta"} and set().union(*(set(s) for _, s in trusted_hops)) == beta
     assert RunDir(run).arm("trusted").last_checkpoint() == 1  # the warm-up stops at W
