@@ -37,6 +37,7 @@ ATTACKS = {
     "backdoor": [{"sites": [LIAR], "attack": "backdoor", "params": {"share": 0.5, "label": 1}}],
     "replay": [{"sites": [LIAR], "attack": "replay"}],
     "framing": [{"sites": [LIAR], "attack": "framing", "params": {"target": "site01"}}],
+    "without_liar": [],  # honest, without the liar's site: what refusing every reply of it leaves at best
 }
 DEFENCES = {"off": {"update_norm": 0.0, "bn_pooling": "sum"},  # only the count check and message freshness
             "checks": {"update_norm": 5.0, "bn_pooling": "robust"},
@@ -44,10 +45,25 @@ DEFENCES = {"off": {"update_norm": 0.0, "bn_pooling": "sum"},  # only the count 
             "default": {}}  # norm, robust_bn: each check's cost on honest runs; default: the schema's
 
 
+def without_liar(out: Path) -> Path:
+    """The demo's manifest without the liar's rows (paths made absolute), written under ``out/data``."""
+    from fedqc.config import load_config
+
+    source = load_config(HERE / "demo-adversarial.yaml").manifest
+    table = pd.read_csv(source)
+    table["path"] = [str((source.parent / p).resolve()) for p in table["path"]]
+    path = out / "data" / f"demo-without-{LIAR}.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table[table["site"] != LIAR].to_csv(path, index=False)
+    return path
+
+
 def config(attack: str, defence: str, out: Path, arms: list[str] | None = None) -> Path:
     """The study config of one attack and defence set (``arms`` of it, or demo-adversarial.yaml's), written under
     ``out/configs``."""
     spec = {"extends": str(HERE / "demo-adversarial.yaml"), "name": f"adversarial-{attack}-{defence}"}
+    if attack == "without_liar":
+        spec["manifest"] = str(without_liar(out).resolve())
     if arms:
         spec["arms"] = arms
     if ATTACKS[attack]:
@@ -103,8 +119,9 @@ def table(args: argparse.Namespace) -> pd.DataFrame:
     rows = []
     for (attack, defence), study in sorted(studies.items()):
         per_seed = study_rows(seeds_of(study), list(args.arms))
-        honest = studies.get(("none", defence))
+        honest, lost = studies.get(("none", defence)), studies.get(("without_liar", defence))
         base = study_rows(seeds_of(honest), list(args.arms)) if honest else None
+        floor = study_rows(seeds_of(lost), list(args.arms)) if lost else None
         for arm, r in per_seed.groupby("arm"):
             a = r.set_index("seed")["auroc_last3"]
             row = {"attack": attack, "defence": defence, "arm": arm, "seeds": len(a), "auroc_last3": a.mean()}
@@ -112,6 +129,10 @@ def table(args: argparse.Namespace) -> pd.DataFrame:
                 b = base[base["arm"] == arm].set_index("seed")["auroc_last3"]
                 d = paired_difference(a, b, names=(attack, "none"))
                 row |= {"vs_honest": d["mean"], "ci_lo": d["ci_lo"], "ci_hi": d["ci_hi"]}
+            if floor is not None and attack not in ("none", "without_liar"):
+                b = floor[floor["arm"] == arm].set_index("seed")["auroc_last3"]
+                d = paired_difference(a, b, names=(attack, "without_liar"))
+                row |= {"vs_without_liar": d["mean"], "wl_ci_lo": d["ci_lo"], "wl_ci_hi": d["ci_hi"]}
             rows.append(row | detection(study, arm))
     result = pd.DataFrame(rows)
     result.to_csv(args.out / "table.csv", index=False)
