@@ -262,7 +262,9 @@ def check_update(sent: State, reply: State) -> str | None:
     """Why a site's reply cannot be adopted, or None.
 
     The reply must carry exactly the keys that were sent (plus the optimizer state when
-    none was sent yet), each with the sent shape and dtype, and only finite values.
+    none was sent yet), each with the sent shape and dtype, only finite values, and no
+    negative BatchNorm running variance (which the model takes the square root of: a
+    finite reply that scores every scan NaN).
     """
     missing = sorted(set(sent) - set(reply))
     extra = sorted(set(reply) - set(sent))
@@ -276,6 +278,8 @@ def check_update(sent: State, reply: State) -> str | None:
             return f"{key}: shape/dtype {value.shape}/{value.dtype}, expected {ref.shape}/{ref.dtype}"
         if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
             return f"{key}: non-finite values"
+        if key.endswith("running_var") and (value < 0).any():
+            return f"{key}: negative variances"
     return None
 
 

@@ -605,6 +605,25 @@ def test_a_framing_update_reverses_the_framed_sites_update():
         Adversary(Honest(0.1), "framing", {"target": "x"})
 
 
+def test_a_framing_update_that_makes_a_batchnorm_variance_negative_is_refused():
+    """Reversing another site's BatchNorm statistics can leave a running variance below zero: finite arrays whose
+    model scores every scan NaN (a framing run showed it). The form check refuses such a reply, and the site check
+    fails a site whose own scores are not finite instead of crashing on them."""
+    from fedqc.qc.criteria import SiteAUROCCheck
+    from fedqc.qc.policy import site_decision
+
+    state = {"enc.0.running_var": np.array([1.0, 0.2], np.float32), "enc.0.weight": np.ones(2, np.float32)}
+    victim = {"enc.0.running_var": np.array([1.5, 0.9], np.float32), "enc.0.weight": np.ones(2, np.float32)}
+    framed = {k: 2 * state[k] - victim[k] for k in state}  # the sent state minus the victim's change
+    assert check_update(state, framed) == "enc.0.running_var: negative variances"
+    assert check_update(state, victim) is None
+    labels = np.tile([0, 1], 10)
+    verification = pd.DataFrame({"label": labels, "score": np.linspace(0, 1, 20), "site": np.repeat(["a", "b"], 10)})
+    site = pd.DataFrame({"label": labels[:8], "score": [np.nan] * 8})
+    ok, stats = site_decision(SiteAUROCCheck(alpha=0.01), verification, site)
+    assert not ok and stats["note"] == "8 of 8 of the site's scores are not finite"
+
+
 # ----------------------------------------------------------------------------- (b) fake scores
 class Scores:
     """A site whose evaluation scores are random (a model with no skill), and whose image checks find a blank scan."""

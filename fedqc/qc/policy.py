@@ -46,8 +46,13 @@ def site_decision(check: SiteAUROCCheck, verification: pd.DataFrame, site: pd.Da
     outcome = None
     for target in (t for t in score_targets(site.columns) if t in score_targets(verification.columns)):
         b, rest = target_view(verification, target), target_view(site, target)
-        ok, stats = check.decide(b["label"].to_numpy(), b["score"].to_numpy(), b["site"].to_numpy(),
-                                 rest["label"].to_numpy(), rest["score"].to_numpy())
+        b = b[np.isfinite(b["score"].to_numpy(dtype=float))]  # as update verification: finite scores only
+        broken = int((~np.isfinite(rest["score"].to_numpy(dtype=float))).sum())
+        if broken:  # a reply that cannot be ranked is a failure, not a crash
+            ok, stats = False, {"note": f"{broken} of {len(rest)} of the site's scores are not finite"}
+        else:
+            ok, stats = check.decide(b["label"].to_numpy(), b["score"].to_numpy(), b["site"].to_numpy(),
+                                     rest["label"].to_numpy(), rest["score"].to_numpy())
         if outcome is None or (outcome[0] and not ok):
             outcome = ok, stats | ({"note": f"target {target}"} if target != "label" else {})
     return outcome
