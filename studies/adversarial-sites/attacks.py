@@ -37,7 +37,7 @@ ATTACKS = {
     "backdoor": [{"sites": [LIAR], "attack": "backdoor", "params": {"share": 0.5, "label": 1}}],
     "replay": [{"sites": [LIAR], "attack": "replay"}],
     "framing": [{"sites": [LIAR], "attack": "framing", "params": {"target": "site01"}}],
-    "without_liar": [],  # honest, without the liar's site: what refusing every reply of it leaves at best
+    "without_liar": [],  # honest, without the liar's training scans: what refusing its updates leaves at best
 }
 DEFENCES = {"off": {"update_norm": 0.0, "bn_pooling": "sum"},  # only the count check and message freshness
             "checks": {"update_norm": 5.0, "bn_pooling": "robust"},
@@ -46,7 +46,8 @@ DEFENCES = {"off": {"update_norm": 0.0, "bn_pooling": "sum"},  # only the count 
 
 
 def without_liar(out: Path) -> Path:
-    """The demo's manifest without the liar's rows (paths made absolute), written under ``out/data``."""
+    """The demo's manifest without the liar's training scans (its verification and test scans kept, so that the
+    test split is the attacks' own; paths made absolute), written under ``out/data``."""
     from fedqc.config import load_config
 
     source = load_config(HERE / "demo-adversarial.yaml").manifest
@@ -54,7 +55,7 @@ def without_liar(out: Path) -> Path:
     table["path"] = [str((source.parent / p).resolve()) for p in table["path"]]
     path = out / "data" / f"demo-without-{LIAR}.csv"
     path.parent.mkdir(parents=True, exist_ok=True)
-    table[table["site"] != LIAR].to_csv(path, index=False)
+    table[(table["site"] != LIAR) | (table["split"] != "train")].to_csv(path, index=False)
     return path
 
 
@@ -119,6 +120,8 @@ def table(args: argparse.Namespace) -> pd.DataFrame:
     rows = []
     for (attack, defence), study in sorted(studies.items()):
         per_seed = study_rows(seeds_of(study), list(args.arms))
+        if per_seed.empty:  # started, no arm finished yet
+            continue
         honest, lost = studies.get(("none", defence)), studies.get(("without_liar", defence))
         base = study_rows(seeds_of(honest), list(args.arms)) if honest else None
         floor = study_rows(seeds_of(lost), list(args.arms)) if lost else None
