@@ -373,8 +373,11 @@ class FakeTransport:
 
 
 def qc_cfg(**qc):
-    """A QC config that needs no images: these tests run against fake transports."""
-    return tiny_config("unused.csv", check_files=False, **{"arms": ["clean", "qc"], "qc": {"scans": [], **qc}})
+    """A QC config that needs no images: these tests run against fake transports, whose updates add the scans
+    trained to a weight — sizes that differ by the subset's, which the update norm check (tests/test_adversarial.py)
+    would judge: it is off here."""
+    return tiny_config("unused.csv", check_files=False, **{"arms": ["clean", "qc"], "qc": {"scans": [], **qc},
+                                                           "defence": {"update_norm": 0}})
 
 
 def runner(tmp_path, ids, granularity, criterion="loss", transport_cls=FakeTransport):

@@ -207,13 +207,17 @@ def qc_variant(arm: str) -> dict | None:
 class DefenceConfig:
     """What the server checks beyond a reply's form, against a site that lies (docs/threat-model.md).
 
-    The defaults change no honest run: ``counts: enrolment`` refuses a reply that claims more scans than the server
-    asked for, which an honest site never does; the other checks and the robust aggregators are off.
+    The defaults are chosen from their measured cost on honest runs and what they stop (studies/adversarial-sites):
+    ``counts: enrolment`` refuses a reply that claims more scans than the server asked for, which an honest site
+    never does; ``update_norm: 5`` refuses an update more than five times the recent median's size, and robust
+    BatchNorm pooling bounds what one site's moments can move — each costs honest runs a little (a few honest
+    updates refused) and keeps one lying site from sending every arm to chance. The robust aggregators, which
+    change how honest sites of unequal size weigh, are off.
     """
 
-    bn_pooling: str = "sum"  # BN_POOLING
+    bn_pooling: str = "robust"  # BN_POOLING
     bn_clip: float = 3.0  # robust pooling: a site's channel mean within median ± bn_clip · median SD, its SD within ×/÷ bn_clip
-    update_norm: float = 0.0  # reject an update whose change norm exceeds this × the median of recent accepted ones (0: off)
+    update_norm: float = 5.0  # reject an update whose change norm exceeds this × the median of recent accepted ones (0: off)
     norm_window: int = 20  # accepted updates the median is taken over
     norm_warmup: int = 3  # accepted updates before the check starts judging
     counts: str = "enrolment"  # COUNTS

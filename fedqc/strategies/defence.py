@@ -36,7 +36,8 @@ class UpdateNormCheck:
     """Rejects an update whose :func:`change_norm` exceeds ``factor`` × the median of the last ``window`` accepted
     ones. Until ``warmup`` updates are accepted there is no median yet: an update is then rejected only when its
     change is larger than the whole model it changes (:func:`model_norm` of the state sent) — no training step
-    moves a model by its own size (an honest change is a small share of it), a scaled one does. A site lying from
+    moves a model by its own size (an honest change is a small share of it), a scaled one does; a model of norm 0
+    (initialised at zero) gives no size to compare with. A site lying from
     the very first hops within that bound sets part of the reference: the median still needs a majority of them.
     An arm that goes on from another arm's checkpoint goes on with its accepted norms (:meth:`restore`)."""
 
@@ -48,7 +49,7 @@ class UpdateNormCheck:
     def __call__(self, sent: State, reply: State) -> str | None:
         """Why the update is rejected, or None (then its norm joins the reference)."""
         norm = change_norm(sent, reply)
-        if len(self.norms) < self.warmup and norm > (size := model_norm(sent)):
+        if len(self.norms) < self.warmup and 0 < (size := model_norm(sent)) < norm:
             return (f"update norm check: change norm {norm:.3g} > the norm {size:.3g} of the model it changes "
                     f"(warm-up: {len(self.norms)} of {self.warmup} accepted updates)")
         if len(self.norms) >= self.warmup:

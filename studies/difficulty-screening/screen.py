@@ -32,7 +32,8 @@ def pooled_config(manifest: Path, epochs: int, lr: float) -> dict:
     ``lr`` on one site, so each cycle is one epoch over every good training scan."""
     return {"name": "pooled", "manifest": str(manifest.resolve()), "engine": "inprocess", "threads": 1,
             "arms": ["clean"], "model": {"name": "sfcn", "width": 0.5, "input_shape": [32, 32, 32]},
-            "train": {"cycles": epochs, "branch_cycle": 0, "batch_size": 5, "lr": lr, "seed": 0}}
+            "train": {"cycles": epochs, "branch_cycle": 0, "batch_size": 5, "lr": lr, "seed": 0},
+            "defence": {"update_norm": 0, "bn_pooling": "sum"}}  # as measured: the defences off
 
 
 def screen(name: str, effects: str, epochs: int, lr: float) -> dict:
