@@ -753,6 +753,9 @@ def test_adversaries_table_names_liars_with_their_checks_and_counts_honest_refus
     assert table.loc["framed by f", "checks"] == "loss" and table.loc["framed by f", "eliminated"] == 1
     assert table.loc["honest", "site"] == "1 site(s)" and table.loc["honest", "refused"] == 1
     assert table.loc["honest, harmful data", "refused"] == 2 and table.loc["honest, harmful data", "checks"] == "auroc"
+    form = decisions.assign(note=["encoder.13.running_var: negative variances", *[""] * 8])
+    assert score_adversaries(liars, form).set_index("role").loc["scaled_update", "checks"] == \
+        "form check (negative variances)"
 
 
 def test_adversaries_table_of_a_qc_log_without_notes(tmp_path):

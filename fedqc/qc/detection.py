@@ -51,13 +51,21 @@ def score_detection(manifest: pd.DataFrame, eliminated: pd.DataFrame, pending: p
 ADVERSARY_COLUMNS = ["site", "role", "updates", "refused", "refused_rate", "named", "checks", "eliminated"]
 
 
+FORM_REASONS = ("non-finite values", "negative variances", "shape/dtype")  # what protocol.check_update says of an array
+
+
 def check_name(criterion: str, note: str) -> str:
     """The check an update failed: a QC criterion, or for an update refused before verification (``invalid
     update``, or a plain arm's rejected hop) its reason up to the first colon (``update norm check``, ``stale reply
-    (message freshness)``, ``missing arrays`` ...)."""
+    (message freshness)``, ``missing arrays`` ...), or ``form check (<reason>)`` for an array that failed the form
+    check."""
     if criterion and criterion != "invalid update":
         return criterion
-    return str(note).split(":", 1)[0].strip() or "invalid update"
+    head, _, rest = str(note).partition(":")
+    for reason in FORM_REASONS:  # check_update names the array first: the check is the form check
+        if rest.strip().startswith(reason):
+            return f"form check ({reason})"
+    return head.strip() or "invalid update"
 
 
 def score_adversaries(liars: dict[str, tuple[str, dict]], decisions: pd.DataFrame,
