@@ -104,6 +104,10 @@ class TrainRequest:
         scan and epoch, or one per scan of each batch with ``steps``."""
         return self.steps * self.batch_size if self.steps else asked * self.epochs
 
+    def batches(self, asked: int) -> int:
+        """The batches an honest site trains for this request, asked to train ``asked`` distinct scans."""
+        return self.steps if self.steps else -(-int(asked) // self.batch_size) * self.epochs
+
 
 def epoch_seed(seed: int, epoch: int) -> int:
     """The seed of a request's ``epoch``: the request's own for the first, one derived from it for the others."""

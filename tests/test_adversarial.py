@@ -142,6 +142,19 @@ def test_update_norm_check_rejects_a_scaled_update_and_names_the_check():
     assert first[1].status == HopStatus.OK
 
 
+def test_the_norm_check_judges_the_change_per_batch_asked():
+    """An honest site of 70 scans moves the model seven times as far as sites of 10: per batch asked it is their
+    size and passes, where the same change from a site asked for 10 scans is refused."""
+    check = UpdateNormCheck(factor=5, warmup=2)
+    state = {"w": np.full(4, 10.0)}
+    for _ in range(2):
+        assert check(state, {"w": state["w"] + 0.1}, batches=2) is None  # 10 scans, batches of 5
+    assert check(state, {"w": state["w"] + 0.7}, batches=14) is None  # 70 scans
+    assert "per batch" in check(state, {"w": state["w"] + 0.7}, batches=2)
+    assert TrainRequest(lr=1e-3, seed=0, batch_size=5, epochs=2).batches(11) == 6
+    assert TrainRequest(lr=1e-3, seed=0, batch_size=5, steps=4).batches(11) == 4
+
+
 def test_update_norm_check_does_not_see_a_sign_flip():
     """A stated limit: a reversed update of honest size passes the norm check (QC's verification judges direction)."""
     check = UpdateNormCheck(factor=3, warmup=2)

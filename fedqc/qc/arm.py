@@ -176,7 +176,7 @@ class _Visit:
         if reason := check_reply(self.state, request, reply) \
                 or (arm.cfg.defence.counts == "enrolment"
                     and count_check(reply.n_scans, request.most_scans(len(set(subjects))))) \
-                or (arm.norm_check and arm.norm_check(self.state, reply.state)):
+                or (arm.norm_check and arm.norm_check(self.state, reply.state, request.batches(len(set(subjects))))):
             arm.policy.reject(cycle=self.cycle, site=self.site, scope=scope, subjects=subjects, reason=reason)
             return False  # never evaluated, never adopted
         ok = arm.gate.judge(Update(reply, self.cycle, self.site, scope, tuple(subjects), t))

@@ -32,6 +32,7 @@ from fedqc.protocol import (
     EvalRequest,
     ScanProblem,
     State,
+    TrainReply,
     TrainRequest,
     check_reply,
 )
@@ -142,10 +143,17 @@ class PlainVisitor:
         if self.norm_check is not None and (checkpoint or inherited):
             self.norm_check.restore((checkpoint or inherited).get("update_norms", []))
 
-    def _count_check(self, site: str, reply_n: int, request: TrainRequest) -> str | None:
+    def _asked(self, site: str, request: TrainRequest, reply: TrainReply) -> int:
+        """The distinct scans the site was asked to train: its enrolled ones not excluded, or without enrolment the
+        count its reply claims per epoch (believed, as ``counts: reply`` believes it)."""
+        if self.enrolled is None:
+            return -(-int(reply.n_scans) // max(request.epochs, 1))
+        return len(set(self.enrolled.get(site, ())) - set(request.exclude))
+
+    def _count_check(self, site: str, request: TrainRequest, reply: TrainReply) -> str | None:
         if self.enrolled is None:
             return None
-        return count_check(reply_n, request.most_scans(len(set(self.enrolled.get(site, ())) - set(request.exclude))))
+        return count_check(reply.n_scans, request.most_scans(self._asked(site, request, reply)))
 
     def visit(self, site: str, state: State, cycle: int, lr: float, local: Local = ONE_EPOCH) -> Hop:
         request = train_request(self.train, lr, hop_seed(self.train.seed, cycle, site),
@@ -153,8 +161,8 @@ class PlainVisitor:
                                 prox_mu=local.prox_mu, steps=self.epochs * local.steps,
                                 epochs=self.epochs * local.epochs, optimizer_state=local.optimizer_state)
         reply = self.transport.train(site, state, request)
-        if reason := check_reply(state, request, reply) or self._count_check(site, reply.n_scans, request) \
-                or (self.norm_check and self.norm_check(state, reply.state)):
+        if reason := check_reply(state, request, reply) or self._count_check(site, request, reply) or (
+                self.norm_check and self.norm_check(state, reply.state, request.batches(self._asked(site, request, reply)))):
             return Hop(state, seconds=reply.seconds, status=HopStatus.REJECTED, note=reason, problems=reply.skipped)
         return Hop(reply.state, reply.n_scans, reply.loss, reply.seconds, problems=reply.skipped)
 

@@ -33,8 +33,11 @@ from fedqc.protocol import BN_MOMENT_KEYS, State, change_norm, model_norm
 
 @dataclass
 class UpdateNormCheck:
-    """Rejects an update whose :func:`change_norm` exceeds ``factor`` × the median of the last ``window`` accepted
-    ones. Until ``warmup`` updates are accepted there is no median yet: an update is then rejected only when its
+    """Rejects an update whose :func:`change_norm` per batch exceeds ``factor`` × the median of the last ``window``
+    accepted ones. Per batch the server asked for (given by the caller, from the scans it asked the site to train),
+    because an honest change grows with the steps taken: a site of 70 scans moves the model about seven times as far
+    as one of 10, and a median over sites of unequal size would refuse the largest sites' honest updates. Until
+    ``warmup`` updates are accepted there is no median yet: an update is then rejected only when its
     change is larger than the whole model it changes (:func:`model_norm` of the state sent) — no training step
     moves a model by its own size (an honest change is a small share of it), a scaled one does; a model of norm 0
     (initialised at zero) gives no size to compare with. A site lying from
@@ -46,17 +49,19 @@ class UpdateNormCheck:
     warmup: int = 3
     norms: deque = field(default_factory=deque)
 
-    def __call__(self, sent: State, reply: State) -> str | None:
-        """Why the update is rejected, or None (then its norm joins the reference)."""
-        norm = change_norm(sent, reply)
-        if len(self.norms) < self.warmup and 0 < (size := model_norm(sent)) < norm:
-            return (f"update norm check: change norm {norm:.3g} > the norm {size:.3g} of the model it changes "
+    def __call__(self, sent: State, reply: State, batches: int = 1) -> str | None:
+        """Why the update is rejected, or None (then its norm per batch joins the reference); ``batches``: the
+        batches the server asked the site to train."""
+        change = change_norm(sent, reply)
+        if len(self.norms) < self.warmup and 0 < (size := model_norm(sent)) < change:
+            return (f"update norm check: change norm {change:.3g} > the norm {size:.3g} of the model it changes "
                     f"(warm-up: {len(self.norms)} of {self.warmup} accepted updates)")
+        norm = change / max(int(batches), 1)
         if len(self.norms) >= self.warmup:
             median = float(np.median(self.norms))
             if norm > self.factor * median:
-                return (f"update norm check: change norm {norm:.3g} > {self.factor:g} × median {median:.3g} of the "
-                        f"last {len(self.norms)} accepted updates")
+                return (f"update norm check: change norm per batch {norm:.3g} > {self.factor:g} × median "
+                        f"{median:.3g} of the last {len(self.norms)} accepted updates")
         self.norms.append(norm)
         while len(self.norms) > self.window:
             self.norms.popleft()
