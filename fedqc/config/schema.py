@@ -209,10 +209,10 @@ class DefenceConfig:
 
     The defaults are chosen from their measured cost on honest runs and what they stop (studies/adversarial-sites):
     ``counts: enrolment`` refuses a reply that claims more scans than the server asked for, which an honest site
-    never does; ``update_norm: 5`` refuses an update more than five times the recent median's size, and robust
-    BatchNorm pooling bounds what one site's moments can move — each costs honest runs a little (a few honest
-    updates refused) and keeps one lying site from sending every arm to chance. The robust aggregators, which
-    change how honest sites of unequal size weigh, are off.
+    never does; ``update_norm: 5`` refuses an update more than five times the recent median's size per batch, and
+    robust BatchNorm pooling bounds what one site's moments can move — on the demo's honest runs they left the
+    clean and QC arms as they were, and they keep one lying site from sending every arm to chance. The robust
+    aggregators, which change how honest sites of unequal size weigh, are off.
     """
 
     bn_pooling: str = "robust"  # BN_POOLING
