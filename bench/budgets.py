@@ -66,10 +66,15 @@ def curves(study: Path, arm: str) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
+def within(curves: pd.DataFrame, budget: str, level: float) -> pd.DataFrame:
+    """The cycles that end within ``level`` of ``budget`` (up to float rounding)."""
+    return curves[curves[budget] <= level * (1 + 1e-9)]
+
+
 def at_budget(curve: pd.DataFrame, budget: str, level: float) -> float:
     """The mean test AUROC of the last :data:`LAST` cycles of one run that end within ``level`` of ``budget``."""
-    within = curve[curve[budget] <= level * (1 + 1e-9)]
-    return float(within["auroc"].tail(LAST).mean()) if len(within) else float("nan")
+    spent = within(curve, budget, level)
+    return float(spent["auroc"].tail(LAST).mean()) if len(spent) else float("nan")
 
 
 def equal_budgets(table: pd.DataFrame) -> pd.DataFrame:
@@ -87,8 +92,7 @@ def equal_budgets(table: pd.DataFrame) -> pd.DataFrame:
                 and s != REFERENCE else None
             rows.append({"budget": budget, "level": level, "strategy": s, "seeds": int(auroc.notna().sum()),
                          "auroc": float(auroc.mean()), "cycles_within": float(
-                             table[(table["strategy"] == s) & (table[budget] <= level * (1 + 1e-9))]
-                             .groupby("seed").size().median()),
+                             within(table[table["strategy"] == s], budget, level).groupby("seed").size().median()),
                          "vs_travelling": d["mean"] if d else float("nan"), "ci_lo": d["ci_lo"] if d else float("nan"),
                          "ci_hi": d["ci_hi"] if d else float("nan")})
     return pd.DataFrame(rows)

@@ -262,6 +262,9 @@ def model_arrays(state: State) -> State:
     return {k: v for k, v in state.items() if not k.startswith("optim.")}
 
 
+FORM_REASONS = ("shape/dtype", "non-finite values", "negative variances")  # what check_update says of an array
+
+
 def check_update(sent: State, reply: State) -> str | None:
     """Why a site's reply cannot be adopted, or None.
 
@@ -279,11 +282,11 @@ def check_update(sent: State, reply: State) -> str | None:
     for key, value in reply.items():
         ref = sent.get(key)
         if ref is not None and (value.shape != ref.shape or value.dtype != ref.dtype):
-            return f"{key}: shape/dtype {value.shape}/{value.dtype}, expected {ref.shape}/{ref.dtype}"
+            return f"{key}: {FORM_REASONS[0]} {value.shape}/{value.dtype}, expected {ref.shape}/{ref.dtype}"
         if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
-            return f"{key}: non-finite values"
+            return f"{key}: {FORM_REASONS[1]}"
         if key.endswith("running_var") and (value < 0).any():
-            return f"{key}: negative variances"
+            return f"{key}: {FORM_REASONS[2]}"
     return None
 
 

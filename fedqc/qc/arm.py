@@ -173,10 +173,10 @@ class _Visit:
                                 prox_mu=self.prox_mu)
         reply = arm.transport.train(self.site, self.state, request)
         self.skipped.update({p.subject: p for p in reply.skipped})
+        asked = len(set(subjects))
         if reason := check_reply(self.state, request, reply) \
-                or (arm.cfg.defence.counts == "enrolment"
-                    and count_check(reply.n_scans, request.most_scans(len(set(subjects))))) \
-                or (arm.norm_check and arm.norm_check(self.state, reply.state, request.batches(len(set(subjects))))):
+                or (arm.cfg.defence.counts == "enrolment" and count_check(reply.n_scans, request.most_scans(asked))) \
+                or (arm.norm_check and arm.norm_check(self.state, reply.state, request.batches(asked))):
             arm.policy.reject(cycle=self.cycle, site=self.site, scope=scope, subjects=subjects, reason=reason)
             return False  # never evaluated, never adopted
         ok = arm.gate.judge(Update(reply, self.cycle, self.site, scope, tuple(subjects), t))

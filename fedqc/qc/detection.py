@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from fedqc.protocol import FORM_REASONS
 from fedqc.scoring import ratio
 
 COLUMNS = ["level", "name", "scope", "harmful", "eliminated", "pending", "missed", "recall",
@@ -49,9 +50,6 @@ def score_detection(manifest: pd.DataFrame, eliminated: pd.DataFrame, pending: p
 
 
 ADVERSARY_COLUMNS = ["site", "role", "updates", "refused", "refused_rate", "named", "checks", "eliminated"]
-
-
-FORM_REASONS = ("non-finite values", "negative variances", "shape/dtype")  # what protocol.check_update says of an array
 
 
 def check_name(criterion: str, note: str) -> str:

@@ -16,7 +16,6 @@ ids.
 from __future__ import annotations
 
 import functools
-import itertools
 import time
 from typing import NamedTuple
 
@@ -229,15 +228,13 @@ class Site:
             m.train()
         anchor = [(p, p.detach().clone()) for m in self.modules for p in m.parameters()] \
             if request.prox_mu > 0 else []  # FedProx: the weights the round sent
-        n, done, skipped, wait, steps, loss = 0, {}, [], 0.0, 0, float("nan")
-        for e in itertools.count():
-            left = request.steps - steps if request.steps else 0
-            if (request.steps and left <= 0) or (not request.steps and e >= request.epochs):
-                break
-            trained = self._epoch(optimizer, request, epoch_seed(request.seed, e), anchor, left)
+        n, done, skipped, wait, steps, loss, e = 0, {}, [], 0.0, 0, float("nan"), 0
+        while steps < request.steps if request.steps else e < request.epochs:
+            trained = self._epoch(optimizer, request, epoch_seed(request.seed, e), anchor,
+                                  request.steps - steps if request.steps else 0)
             n, steps, wait, skipped = n + trained.n, steps + trained.steps, wait + trained.wait, skipped + trained.skipped
             done.update(dict.fromkeys(trained.subjects))
-            loss = trained.loss
+            loss, e = trained.loss, e + 1
             if request.steps and not trained.steps:  # an epoch that takes no step ends the request
                 break
         state = pack(self.encoder, self.classifier, optimizer if request.optimizer_state else None,

@@ -150,10 +150,6 @@ class PlainVisitor:
             return -(-int(reply.n_scans) // max(request.epochs, 1))
         return len(set(self.enrolled.get(site, ())) - set(request.exclude))
 
-    def _count_check(self, site: str, request: TrainRequest, reply: TrainReply) -> str | None:
-        if self.enrolled is None:
-            return None
-        return count_check(reply.n_scans, request.most_scans(self._asked(site, request, reply)))
 
     def visit(self, site: str, state: State, cycle: int, lr: float, local: Local = ONE_EPOCH) -> Hop:
         request = train_request(self.train, lr, hop_seed(self.train.seed, cycle, site),
@@ -161,8 +157,10 @@ class PlainVisitor:
                                 prox_mu=local.prox_mu, steps=self.epochs * local.steps,
                                 epochs=self.epochs * local.epochs, optimizer_state=local.optimizer_state)
         reply = self.transport.train(site, state, request)
-        if reason := check_reply(state, request, reply) or self._count_check(site, request, reply) or (
-                self.norm_check and self.norm_check(state, reply.state, request.batches(self._asked(site, request, reply)))):
+        asked = self._asked(site, request, reply)
+        if reason := check_reply(state, request, reply) \
+                or (self.enrolled is not None and count_check(reply.n_scans, request.most_scans(asked))) \
+                or (self.norm_check and self.norm_check(state, reply.state, request.batches(asked))):
             return Hop(state, seconds=reply.seconds, status=HopStatus.REJECTED, note=reason, problems=reply.skipped)
         return Hop(reply.state, reply.n_scans, reply.loss, reply.seconds, problems=reply.skipped)
 
