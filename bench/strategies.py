@@ -6,8 +6,9 @@ across seeds of:
 
 - ``auroc_last3``: test AUROC, mean of the last three cycles; ``sensitivity``, ``specificity``
   at the last cycle's threshold;
-- ``sex_auroc_gap``, ``age_auroc_gap``, ``sex_sens_gap``, ``age_sens_gap``: the largest
-  difference of test AUROC / sensitivity between sexes and between age groups, last cycle;
+- ``sex_auroc_gap``, ``age_auroc_gap``, ``sex_sens_gap``, ``age_sens_gap``, ``sex_miscls_gap``,
+  ``age_miscls_gap``: the largest difference of test AUROC / sensitivity / misclassification rate between sexes
+  and between age groups, last cycle (the FedTM repository has no disparity metric of its own);
 - ``small_sites``: the share of (center with < 5 training scans, cycle) pairs in which
   the center contributed an update (trained at least one scan and was adopted);
 - ``cycle_s``: median seconds per cycle; ``messages``: median messages to sites per cycle
@@ -32,7 +33,7 @@ from fedqc.experiment.run_dir import RunDir, parse_snapshot
 
 SMALL = 5  # training scans under which a center is small
 FIGURES = ("auroc_last3", "sensitivity", "specificity", "sex_auroc_gap", "age_auroc_gap", "sex_sens_gap",
-           "age_sens_gap", "small_sites", "cycle_s", "messages", "recall_whole-site", "recall_single-scan",
+           "age_sens_gap", "sex_miscls_gap", "age_miscls_gap", "small_sites", "cycle_s", "messages", "recall_whole-site", "recall_single-scan",
            "good_lost")
 
 
@@ -64,14 +65,15 @@ def row(run: Path, arm: str) -> dict | None:
     cycles = pd.read_csv(arm_dir.path / "cycles.csv")
     return {**figures, "sex_auroc_gap": g["sex_auroc_gap"], "age_auroc_gap": g["age_auroc_gap"],
             "sex_sens_gap": g["sex_sensitivity_gap"], "age_sens_gap": g["age_sensitivity_gap"],
+            "sex_miscls_gap": g["sex_misclassification_gap"], "age_miscls_gap": g["age_misclassification_gap"],
             "small_sites": small_site_share(arm_dir.path, set(counts[counts < SMALL].index)),
             "cycle_s": float(cycles["seconds"].median()),
             "messages": float(cycles["messages"].iloc[1:].median()) if "messages" in cycles else float("nan")}
 
 
-def table(study: Path) -> pd.DataFrame:
+def table(studies: list[Path]) -> pd.DataFrame:
     rows = []
-    for folder in sorted(study.glob("strategy.name=*")):
+    for folder in sorted(f for study in studies for f in study.glob("strategy.name=*")):
         strategy = folder.name.split("=", 1)[1]
         for run in sorted(folder.glob("seed_*")):
             arms = sorted(p.name for p in run.iterdir() if (p / "cycles.csv").is_file())
@@ -91,7 +93,7 @@ def cell(s: pd.DataFrame, figure: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("study", type=Path)
+    parser.add_argument("study", type=Path, nargs="+", help="strategy sweeps (several: one strategy each)")
     parser.add_argument("--per-seed", action="store_true", help="also print every seed's row")
     args = parser.parse_args()
     rows = table(args.study)
