@@ -14,7 +14,9 @@ across seeds of:
 - ``cycle_s``: median seconds per cycle; ``messages``: median messages to sites per cycle
   (``cycles.csv``; the first cycle, with a QC arm's set-up, left out);
 - QC arms: ``recall_whole-site``, ``recall_single-scan`` (harmful scans eliminated) and
-  ``good_lost`` (good training scans eliminated).
+  ``good_lost`` (good training scans eliminated);
+- ``vs_travelling``: ``auroc_last3`` minus the travelling model's, paired by seed within the arm (mean [95 %
+  t-interval], :func:`fedqc.analysis.paired.paired_difference`).
 
     python -m bench.strategies runs/demo-strategies-study
 """
@@ -27,6 +29,7 @@ from pathlib import Path
 import pandas as pd
 
 from fedqc.analysis.metrics import fairness_gaps, group_metrics
+from fedqc.analysis.paired import paired_difference
 from fedqc.analysis.report import markdown_table
 from fedqc.analysis.study import arm_row, summarize
 from fedqc.experiment.run_dir import RunDir, parse_snapshot
@@ -91,6 +94,17 @@ def cell(s: pd.DataFrame, figure: str) -> str:
     return f"{r['mean']:.{digits}f}" + (f" [{r['ci_lo']:.{digits}f}, {r['ci_hi']:.{digits}f}]" if r["n"] > 1 else "")
 
 
+def versus_travelling(rows: pd.DataFrame, strategy: str, arm: str) -> str:
+    """``auroc_last3`` of ``strategy`` minus the travelling model's in ``arm``, paired by seed: mean [95 % t-interval]."""
+    def last3(s: str) -> pd.Series:
+        return rows[(rows["strategy"] == s) & (rows["arm"] == arm)].set_index("seed")["auroc_last3"]
+
+    if strategy == "travelling" or last3("travelling").empty:
+        return ""
+    d = paired_difference(last3(strategy), last3("travelling"), names=(strategy, "travelling"))
+    return f"{d['mean']:+.3f}" + (f" [{d['ci_lo']:+.3f}, {d['ci_hi']:+.3f}]" if d["n"] > 1 else "")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("study", type=Path, nargs="+", help="strategy sweeps (several: one strategy each)")
@@ -101,7 +115,8 @@ def main() -> None:
     for (strategy, arm), df in rows.groupby(["strategy", "arm"], sort=False):
         s = summarize(df.drop(columns=["strategy"]))
         out.append({"strategy": strategy, "arm": arm, "seeds": len(df),
-                    **{f: cell(s, f) for f in FIGURES if f in df and df[f].notna().any()}})
+                    **{f: cell(s, f) for f in FIGURES if f in df and df[f].notna().any()},
+                    "vs_travelling": versus_travelling(rows, strategy, arm)})
     order = {"travelling": 0, "fedavg": 1, "fedprox": 2, "fedtm": 3}
     print(markdown_table(pd.DataFrame(out).sort_values(["arm", "strategy"], key=lambda c: c.map(order).fillna(c)
                                                        if c.name == "strategy" else c).fillna("")))
