@@ -36,8 +36,8 @@ from fedqc.experiment.run_dir import RunDir, parse_snapshot
 
 SMALL = 5  # training scans under which a center is small
 FIGURES = ("auroc_last3", "sensitivity", "specificity", "sex_auroc_gap", "age_auroc_gap", "sex_sens_gap",
-           "age_sens_gap", "sex_miscls_gap", "age_miscls_gap", "small_sites", "cycle_s", "messages", "recall_whole-site", "recall_single-scan",
-           "good_lost")
+           "age_sens_gap", "sex_miscls_gap", "age_miscls_gap", "small_sites", "cycle_s", "messages",
+           "recall_whole-site", "recall_single-scan", "good_lost")
 
 
 def manifest(run: Path) -> pd.DataFrame:
