@@ -1,6 +1,6 @@
 """Strategies at equal budgets: test AUROC against training work, communication and wall time (issue 38, item 3).
 
-Reads a strategy sweep (``strategy.name=<s>/seed_<k>/<arm>/``, as :mod:`bench.strategies`) and, per strategy,
+Reads strategy sweeps (``strategy.name=<s>/seed_<k>/<arm>/``, as :mod:`bench.strategies`) and, per strategy,
 seed and cycle of ``--arm``, what the run had spent by the end of the cycle and the cycle's test AUROC:
 
 - ``scan_steps``: scans trained (``train_log.csv``'s ``n_scans`` summed over hops: a scan trained in two local
@@ -56,13 +56,14 @@ def arm_curve(arm_dir: Path) -> pd.DataFrame:
                          "seconds": cycles["seconds"].cumsum().to_numpy()})
 
 
-def curves(study: Path, arm: str) -> pd.DataFrame:
-    """Every strategy's and seed's :func:`arm_curve` of ``arm`` in a strategy sweep."""
+def curves(studies: list[Path], arm: str) -> pd.DataFrame:
+    """Every strategy's and seed's :func:`arm_curve` of ``arm`` in strategy sweeps (one study may hold each
+    strategy's settings: e.g. its own learning rate)."""
     frames = [arm_curve(run / arm).assign(strategy=folder.name.split("=", 1)[1], seed=int(run.name.split("_")[1]))
-              for folder in sorted(study.glob("strategy.name=*")) for run in sorted(folder.glob("seed_*"))
-              if (run / arm / "cycles.csv").is_file()]
+              for study in studies for folder in sorted(study.glob("strategy.name=*"))
+              for run in sorted(folder.glob("seed_*")) if (run / arm / "cycles.csv").is_file()]
     if not frames:
-        raise SystemExit(f"{study}: no strategy.name=*/seed_*/{arm}/cycles.csv")
+        raise SystemExit(f"{' '.join(map(str, studies))}: no strategy.name=*/seed_*/{arm}/cycles.csv")
     return pd.concat(frames, ignore_index=True)
 
 
@@ -119,11 +120,11 @@ def plot(table: pd.DataFrame, levels: pd.DataFrame, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("study", type=Path)
+    parser.add_argument("study", type=Path, nargs="+", help="strategy sweeps (several: one strategy each)")
     parser.add_argument("--arm", default="clean")
-    parser.add_argument("--out", type=Path, default=None, help="folder of the outputs (default: the study's)")
+    parser.add_argument("--out", type=Path, default=None, help="folder of the outputs (default: the first study's)")
     args = parser.parse_args(argv)
-    out = args.out or args.study
+    out = args.out or args.study[0]
     out.mkdir(parents=True, exist_ok=True)
     table = curves(args.study, args.arm)
     levels = equal_budgets(table)

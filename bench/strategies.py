@@ -6,14 +6,17 @@ across seeds of:
 
 - ``auroc_last3``: test AUROC, mean of the last three cycles; ``sensitivity``, ``specificity``
   at the last cycle's threshold;
-- ``sex_auroc_gap``, ``age_auroc_gap``, ``sex_sens_gap``, ``age_sens_gap``: the largest
-  difference of test AUROC / sensitivity between sexes and between age groups, last cycle;
+- ``sex_auroc_gap``, ``age_auroc_gap``, ``sex_sens_gap``, ``age_sens_gap``, ``sex_miscls_gap``,
+  ``age_miscls_gap``: the largest difference of test AUROC / sensitivity / misclassification rate between sexes
+  and between age groups, last cycle (the FedTM repository has no disparity metric of its own);
 - ``small_sites``: the share of (center with < 5 training scans, cycle) pairs in which
   the center contributed an update (trained at least one scan and was adopted);
 - ``cycle_s``: median seconds per cycle; ``messages``: median messages to sites per cycle
   (``cycles.csv``; the first cycle, with a QC arm's set-up, left out);
 - QC arms: ``recall_whole-site``, ``recall_single-scan`` (harmful scans eliminated) and
-  ``good_lost`` (good training scans eliminated).
+  ``good_lost`` (good training scans eliminated);
+- ``vs_travelling``: ``auroc_last3`` minus the travelling model's, paired by seed within the arm (mean [95 %
+  t-interval], :func:`fedqc.analysis.paired.paired_difference`).
 
     python -m bench.strategies runs/demo-strategies-study
 """
@@ -26,14 +29,15 @@ from pathlib import Path
 import pandas as pd
 
 from fedqc.analysis.metrics import fairness_gaps, group_metrics
+from fedqc.analysis.paired import paired_difference
 from fedqc.analysis.report import markdown_table
 from fedqc.analysis.study import arm_row, summarize
 from fedqc.experiment.run_dir import RunDir, parse_snapshot
 
 SMALL = 5  # training scans under which a center is small
 FIGURES = ("auroc_last3", "sensitivity", "specificity", "sex_auroc_gap", "age_auroc_gap", "sex_sens_gap",
-           "age_sens_gap", "small_sites", "cycle_s", "messages", "recall_whole-site", "recall_single-scan",
-           "good_lost")
+           "age_sens_gap", "sex_miscls_gap", "age_miscls_gap", "small_sites", "cycle_s", "messages",
+           "recall_whole-site", "recall_single-scan", "good_lost")
 
 
 def manifest(run: Path) -> pd.DataFrame:
@@ -64,14 +68,15 @@ def row(run: Path, arm: str) -> dict | None:
     cycles = pd.read_csv(arm_dir.path / "cycles.csv")
     return {**figures, "sex_auroc_gap": g["sex_auroc_gap"], "age_auroc_gap": g["age_auroc_gap"],
             "sex_sens_gap": g["sex_sensitivity_gap"], "age_sens_gap": g["age_sensitivity_gap"],
+            "sex_miscls_gap": g["sex_misclassification_gap"], "age_miscls_gap": g["age_misclassification_gap"],
             "small_sites": small_site_share(arm_dir.path, set(counts[counts < SMALL].index)),
             "cycle_s": float(cycles["seconds"].median()),
             "messages": float(cycles["messages"].iloc[1:].median()) if "messages" in cycles else float("nan")}
 
 
-def table(study: Path) -> pd.DataFrame:
+def table(studies: list[Path]) -> pd.DataFrame:
     rows = []
-    for folder in sorted(study.glob("strategy.name=*")):
+    for folder in sorted(f for study in studies for f in study.glob("strategy.name=*")):
         strategy = folder.name.split("=", 1)[1]
         for run in sorted(folder.glob("seed_*")):
             arms = sorted(p.name for p in run.iterdir() if (p / "cycles.csv").is_file())
@@ -89,9 +94,20 @@ def cell(s: pd.DataFrame, figure: str) -> str:
     return f"{r['mean']:.{digits}f}" + (f" [{r['ci_lo']:.{digits}f}, {r['ci_hi']:.{digits}f}]" if r["n"] > 1 else "")
 
 
+def versus_travelling(rows: pd.DataFrame, strategy: str, arm: str) -> str:
+    """``auroc_last3`` of ``strategy`` minus the travelling model's in ``arm``, paired by seed: mean [95 % t-interval]."""
+    def last3(s: str) -> pd.Series:
+        return rows[(rows["strategy"] == s) & (rows["arm"] == arm)].set_index("seed")["auroc_last3"]
+
+    if strategy == "travelling" or last3("travelling").empty:
+        return ""
+    d = paired_difference(last3(strategy), last3("travelling"), names=(strategy, "travelling"))
+    return f"{d['mean']:+.3f}" + (f" [{d['ci_lo']:+.3f}, {d['ci_hi']:+.3f}]" if d["n"] > 1 else "")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("study", type=Path)
+    parser.add_argument("study", type=Path, nargs="+", help="strategy sweeps (several: one strategy each)")
     parser.add_argument("--per-seed", action="store_true", help="also print every seed's row")
     args = parser.parse_args()
     rows = table(args.study)
@@ -99,7 +115,8 @@ def main() -> None:
     for (strategy, arm), df in rows.groupby(["strategy", "arm"], sort=False):
         s = summarize(df.drop(columns=["strategy"]))
         out.append({"strategy": strategy, "arm": arm, "seeds": len(df),
-                    **{f: cell(s, f) for f in FIGURES if f in df and df[f].notna().any()}})
+                    **{f: cell(s, f) for f in FIGURES if f in df and df[f].notna().any()},
+                    "vs_travelling": versus_travelling(rows, strategy, arm)})
     order = {"travelling": 0, "fedavg": 1, "fedprox": 2, "fedtm": 3}
     print(markdown_table(pd.DataFrame(out).sort_values(["arm", "strategy"], key=lambda c: c.map(order).fillna(c)
                                                        if c.name == "strategy" else c).fillna("")))

@@ -41,7 +41,8 @@ def tiny_config(manifest, *, check_files: bool = True, **overrides):
     data = {"name": "tiny", "manifest": str(manifest), "engine": "inprocess", "threads": 2,
             "model": {"name": "sfcn", "width": 0.25, "input_shape": [16, 16, 16]},
             "train": {"cycles": 3, "branch_cycle": 0, "batch_size": 5, "lr": 1e-3, "seed": 1},
-            "arms": ["clean", "dirty"], "qc": {"start": "clean"},
+            # the model-based QC alone (the schema's default adds the image audit; tests that need it turn it on)
+            "arms": ["clean", "dirty"], "qc": {"start": "clean", "audit": False},
             # the threshold is fitted (its scores in the cycle's closing message, every engine), BatchNorm statistics stay the
             # last site's: pooled ones move the tiny cohort's 8 verification scans' AUROC, which the QC tests' skill
             # gate reads (tests/test_calibration.py covers pooling)

@@ -230,3 +230,14 @@ def test_a_registered_audit_check_adds_its_columns_and_its_count():
     finally:
         del AUDIT_ISSUES["tiny"]
     assert {"is_blank_issue", "blank_score", "is_blank"} <= set(audit_table(facts).columns)
+
+
+def test_a_qc_arm_of_a_minimal_config_runs_the_audit_and_a_config_can_turn_it_off(tiny_cohort):
+    from fedqc.config.load import parse_config
+
+    minimal = {"name": "minimal", "manifest": str(tiny_cohort / "manifest.csv"), "arms": ["clean", "qc"],
+               "qc": {"start": "scratch"}}
+    assert parse_config(minimal).qc_for("qc").audit is True  # the schema's default (docs/qc.md: why)
+    assert parse_config({**minimal, "qc": {"start": "scratch", "audit": False}}).qc_for("qc").audit is False
+    assert parse_config({**minimal, "arms": ["clean", "qc-auroc-hierarchical-noaudit"]}).qc_for(
+        "qc-auroc-hierarchical-noaudit").audit is False

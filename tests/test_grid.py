@@ -90,6 +90,13 @@ def test_a_restarted_supernode_serves_its_site_again_under_its_new_id(tiny_cohor
     assert len(grid.queried) == asked, "each new node is asked once"
 
 
+def test_a_run_whose_supernodes_do_not_all_connect_stops_in_one_line_instead_of_going_on_without_a_site(tiny_cohort):
+    grid = LoopbackGrid({11: "alpha", 12: "beta"})
+    with pytest.raises(SiteError, match=r"^2 of the 3 SuperNodes expected connected within 0.5 s; start the missing"):
+        GridTransport(grid, tiny_config(tiny_cohort / "manifest.csv"), expected_nodes=3, wait_s=0.5, timeout_s=30)
+    assert not grid.queried, "no site was asked anything"
+
+
 class BusyGrid(LoopbackGrid):
     """A SuperLink whose next pulls fail with ``status`` (as Flower 1.41's did when its SQLite state was locked);
     the replies stay there."""

@@ -17,7 +17,7 @@ from sklearn.metrics import (
     roc_curve,
 )
 
-from fedqc.analysis.metrics import age_group, binary_metrics, bootstrap_ci, group_metrics
+from fedqc.analysis.metrics import age_group, binary_metrics, bootstrap_ci, fairness_gaps, group_metrics
 
 
 def test_matches_sklearn():
@@ -105,6 +105,15 @@ def test_groups_and_age_bins():
     assert list(g.index) == ["all", "sex=F", "sex=M", "age=<60", "age=60-70", "age=>=70"]
     assert g.loc["age=60-70", "n"] == 1 and math.isnan(g.loc["age=60-70", "auroc"])
     assert g.loc["all", "n"] == 5
+
+
+def test_fairness_gaps_include_the_misclassification_rate_by_hand():
+    # women: 4 scans, 1 wrong at 0.5 (rate 0.25); men: 4 scans, 3 wrong (0.75) -> sex gap 0.5
+    preds = pd.DataFrame({"label": [1, 1, 0, 0, 1, 1, 0, 0], "score": [0.9, 0.8, 0.2, 0.7, 0.1, 0.2, 0.9, 0.3],
+                          "sex": ["F"] * 4 + ["M"] * 4, "age": [60] * 8})
+    gaps = fairness_gaps(group_metrics(preds, n_boot=0).assign(arm="clean", cycle=0)).iloc[0]
+    assert gaps["sex_misclassification_gap"] == pytest.approx(0.5)
+    assert math.isnan(gaps["age_misclassification_gap"])  # one age group: no gap
 
 
 @pytest.mark.slow

@@ -42,8 +42,9 @@ def test_intervals_are_clipped_to_what_the_figure_can_be():
 
 @pytest.mark.slow
 def test_study_runs_every_seed_and_resumes_an_interrupted_one(tiny_cohort, tmp_path):
+    # skill 0: QC decides from its first cycle, whatever a 3-cycle tiny model learned on this machine's float paths
     cfg = tiny_config(tiny_cohort / "manifest.csv", **{"arms": ["clean", "dirty", "qc"], "train.cycles": 3,
-                                                       "qc": {"audit": True}})
+                                                       "qc": {"audit": True, "skill": 0}})
     out = tmp_path / "study"
     planned = plan_study(cfg, [0, 1], out)
     run_all(planned, quiet=True)

@@ -168,16 +168,20 @@ def group_metrics(preds: pd.DataFrame, *, age_edges=DEFAULT_AGE_EDGES, n_boot: i
     return pd.DataFrame(rows)
 
 
+GAPS = {"auroc": "auroc", "sensitivity": "sensitivity", "misclassification": "accuracy"}  # gap: metric it is of
+
+
 def fairness_gaps(metrics: pd.DataFrame) -> pd.DataFrame:
-    """Per arm and cycle: the largest gap between subgroups (sex, age) for auroc and sensitivity."""
+    """Per arm and cycle: the largest gap between subgroups (sex, age) of auroc, sensitivity and misclassification
+    rate (1 − accuracy at the threshold: its gap is the accuracy's)."""
     rows = []
     for (arm, cycle), df in metrics.groupby(["arm", "cycle"], sort=True):
         row = {"arm": arm, "cycle": cycle}
         for kind in ("sex", "age"):
             sub = df[df["group"].str.startswith(kind + "=")]
-            for metric in ("auroc", "sensitivity"):
+            for gap, metric in GAPS.items():
                 vals = sub[metric].dropna()
-                row[f"{kind}_{metric}_gap"] = float(vals.max() - vals.min()) if len(vals) >= 2 else float("nan")
+                row[f"{kind}_{gap}_gap"] = float(vals.max() - vals.min()) if len(vals) >= 2 else float("nan")
         rows.append(row)
     return pd.DataFrame(rows)
 

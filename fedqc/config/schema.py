@@ -169,7 +169,7 @@ class QCConfig:
     revisit_after: int = 2  # R: a flagged scan is retried at cycle c + R
     verify_fraction: float = 1.0  # share of each site's val scans in the verification set (seeded)
     leave_site_out: bool = True  # a site's own val scans never judge its own updates
-    audit: bool = False  # image-level audit before training, its own stage
+    audit: bool = True  # image-level audit before training, its own stage (docs/qc.md: why on)
     untrusted_fraction: float = 0.5  # a site with this share of its training scans eliminated
     #                                  loses its val scans from the verification set
     start: str = "trusted"  # STARTS; clean is an oracle (simulation only)

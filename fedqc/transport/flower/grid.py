@@ -89,14 +89,14 @@ def describe_reply(reply: Message) -> dict:
 
 
 class GridTransport:
-    """Sites behind a Flower grid; waits up to ``wait_s`` for ``expected_nodes`` to connect.
+    """Sites behind a Flower grid; waits up to ``wait_s`` for ``expected_nodes`` to connect (fewer: :class:`SiteError`).
 
     With ``message_log`` every reply the server receives is described there, one JSON line each
     (:func:`describe_reply`): what the sites sent, for a privacy review, without the values.
     """
 
     def __init__(self, grid: Grid, cfg: ExperimentConfig, *, expected_nodes: int | None = None,
-                 wait_s: float = 120.0, timeout_s: float | None = None, message_log: Path | None = None):
+                 wait_s: float = 300.0, timeout_s: float | None = None, message_log: Path | None = None):
         self.grid, self.message_log = grid, message_log
         self.timeout_s = timeout_s if timeout_s is not None else cfg.site_timeout_s
         self.stored = self._hook_replies(grid)  # None: a deployment grid, polled
@@ -106,6 +106,9 @@ class GridTransport:
         while expected_nodes and len(nodes) < expected_nodes and time.monotonic() < deadline:
             time.sleep(0.2)
             nodes = list(grid.get_node_ids())
+        if expected_nodes and len(nodes) < expected_nodes:  # a run without a site would lose its data unrecorded
+            raise SiteError(f"{len(nodes)} of the {expected_nodes} SuperNodes expected connected within {wait_s:g} s;"
+                            " start the missing ones and run again")
         self.node_of, self.info = {}, {}
         for reply in self._query_all(nodes):
             info = decode_site_info(reply.content)
