@@ -13,8 +13,9 @@ across seeds of:
   the center contributed an update (trained at least one scan and was adopted);
 - ``cycle_s``: median seconds per cycle; ``messages``: median messages to sites per cycle
   (``cycles.csv``; the first cycle, with a QC arm's set-up, left out);
-- QC arms: ``recall_whole-site``, ``recall_single-scan`` (harmful scans eliminated) and
-  ``good_lost`` (good training scans eliminated);
+- QC arms: ``recall_whole-site``, ``recall_single-scan`` (harmful scans eliminated),
+  ``good_lost`` (good training scans eliminated), ``skill_cycle`` (the cycle QC began deciding; a run that never
+  did is left out of the mean) and ``scans_judged`` (per-scan checks, all out of sample: ``qc_summary.json``);
 - ``vs_travelling``: ``auroc_last3`` minus the travelling model's, paired by seed within the arm (mean [95 %
   t-interval], :func:`fedqc.analysis.paired.paired_difference`).
 
@@ -37,7 +38,7 @@ from fedqc.experiment.run_dir import RunDir, parse_snapshot
 SMALL = 5  # training scans under which a center is small
 FIGURES = ("auroc_last3", "sensitivity", "specificity", "sex_auroc_gap", "age_auroc_gap", "sex_sens_gap",
            "age_sens_gap", "sex_miscls_gap", "age_miscls_gap", "small_sites", "cycle_s", "messages",
-           "recall_whole-site", "recall_single-scan", "good_lost")
+           "recall_whole-site", "recall_single-scan", "good_lost", "skill_cycle", "scans_judged")
 
 
 def manifest(run: Path) -> pd.DataFrame:
@@ -90,7 +91,7 @@ def cell(s: pd.DataFrame, figure: str) -> str:
     if r.empty or pd.isna(r["mean"].iloc[0]):
         return ""
     r = r.iloc[0]
-    digits = 1 if figure in ("cycle_s", "messages", "good_lost") else 3
+    digits = 1 if figure in ("cycle_s", "messages", "good_lost", "skill_cycle", "scans_judged") else 3
     return f"{r['mean']:.{digits}f}" + (f" [{r['ci_lo']:.{digits}f}, {r['ci_hi']:.{digits}f}]" if r["n"] > 1 else "")
 
 
