@@ -19,7 +19,7 @@ import pandas as pd
 
 from fedqc.config import ExperimentConfig
 from fedqc.io import atomic_write_csv, atomic_write_text
-from fedqc.protocol import ScanProblem, State, check_reply, class_counts
+from fedqc.protocol import ScanProblem, State, class_counts
 from fedqc.qc.audit_stage import run_audit_stage
 from fedqc.qc.criteria import SITE_CHECKS, UPDATE_CRITERIA
 from fedqc.qc.gate import Gate, QCStatus, Update, VerificationScans
@@ -29,7 +29,7 @@ from fedqc.qc.screening import SiteScreening
 from fedqc.qc.search import SEARCHES
 from fedqc.qc.verification import UpdateVerification
 from fedqc.strategies.cycles import ONE_EPOCH, Hop, Local, hop_seed, train_request
-from fedqc.strategies.defence import UpdateNormCheck, count_check
+from fedqc.strategies.defence import UpdateNormCheck, refusal
 from fedqc.transport import Transport
 
 HOLDOUT_STREAM = 1  # keeps the held-out draw apart from the visits' seeds (fedqc.strategies.cycles.hop_seed)
@@ -173,10 +173,8 @@ class _Visit:
                                 prox_mu=self.prox_mu)
         reply = arm.transport.train(self.site, self.state, request)
         self.skipped.update({p.subject: p for p in reply.skipped})
-        asked = len(set(subjects))
-        if reason := check_reply(self.state, request, reply) \
-                or (arm.cfg.defence.counts == "enrolment" and count_check(reply.n_scans, request.most_scans(asked))) \
-                or (arm.norm_check and arm.norm_check(self.state, reply.state, request.batches(asked))):
+        if reason := refusal(self.state, request, reply, len(set(subjects)),
+                             counts=arm.cfg.defence.counts == "enrolment", norm_check=arm.norm_check):
             arm.policy.reject(cycle=self.cycle, site=self.site, scope=scope, subjects=subjects, reason=reason)
             return False  # never evaluated, never adopted
         ok = arm.gate.judge(Update(reply, self.cycle, self.site, scope, tuple(subjects), t))

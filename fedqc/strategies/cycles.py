@@ -34,9 +34,8 @@ from fedqc.protocol import (
     State,
     TrainReply,
     TrainRequest,
-    check_reply,
 )
-from fedqc.strategies.defence import UpdateNormCheck, count_check
+from fedqc.strategies.defence import UpdateNormCheck, refusal
 from fedqc.transport import Transport
 from fedqc.transport.counting import CountingTransport, Meter
 
@@ -150,17 +149,14 @@ class PlainVisitor:
             return -(-int(reply.n_scans) // max(request.epochs, 1))
         return len(set(self.enrolled.get(site, ())) - set(request.exclude))
 
-
     def visit(self, site: str, state: State, cycle: int, lr: float, local: Local = ONE_EPOCH) -> Hop:
         request = train_request(self.train, lr, hop_seed(self.train.seed, cycle, site),
                                 exclude=self.leave_out.get(site, ()), class_counts=self.class_counts,
                                 prox_mu=local.prox_mu, steps=self.epochs * local.steps,
                                 epochs=self.epochs * local.epochs, optimizer_state=local.optimizer_state)
         reply = self.transport.train(site, state, request)
-        asked = self._asked(site, request, reply)
-        if reason := check_reply(state, request, reply) \
-                or (self.enrolled is not None and count_check(reply.n_scans, request.most_scans(asked))) \
-                or (self.norm_check and self.norm_check(state, reply.state, request.batches(asked))):
+        if reason := refusal(state, request, reply, self._asked(site, request, reply),
+                             counts=self.enrolled is not None, norm_check=self.norm_check):
             return Hop(state, seconds=reply.seconds, status=HopStatus.REJECTED, note=reason, problems=reply.skipped)
         return Hop(reply.state, reply.n_scans, reply.loss, reply.seconds, problems=reply.skipped)
 

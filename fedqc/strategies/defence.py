@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fedqc.protocol import BN_MOMENT_KEYS, State, change_norm, model_norm
+from fedqc.protocol import BN_MOMENT_KEYS, State, TrainReply, TrainRequest, change_norm, check_reply, model_norm
 
 
 @dataclass
@@ -79,6 +79,17 @@ def count_check(n_reply: int, n_asked: int) -> str | None:
     if int(n_reply) > int(n_asked):
         return f"count check: the reply claims {int(n_reply)} scans trained, {int(n_asked)} asked"
     return None
+
+
+def refusal(sent: State, request: TrainRequest, reply: TrainReply, asked: int, *, counts: bool,
+            norm_check: UpdateNormCheck | None) -> str | None:
+    """Why the server refuses a training reply to ``request`` for ``asked`` distinct scans, or None: its form and
+    freshness (:func:`~fedqc.protocol.check_reply`), with ``counts`` a count of scans beyond what was asked
+    (:func:`count_check`), with ``norm_check`` a change too large per batch asked. In that order: the norm check
+    remembers the updates it accepts, so it sees only replies the others let through."""
+    return check_reply(sent, request, reply) \
+        or (counts and count_check(reply.n_scans, request.most_scans(asked))) \
+        or (norm_check and norm_check(sent, reply.state, request.batches(asked))) or None
 
 
 def robust_moments(moments: list[dict[str, np.ndarray]], expected: list[int], widths: list[int],
